@@ -1,0 +1,391 @@
+//! Batches: the unit of sync. One origin, one category, one period; records in canonical
+//! order (by record key), encoded canonically with bincode; `BatchId = BLAKE3(bytes)`.
+//!
+//! Guarantees:
+//! - [`Batch::encode`] of the same records in any input order gives the same bytes, so the
+//!   same [`BatchId`].
+//! - [`Batch::decode`] accepts only canonical bytes: a size limit is checked before any
+//!   allocation, every byte must be consumed, records must be strictly ordered by key, and
+//!   re-encoding must give back the same bytes (bincode accepts non-minimal varints).
+//! - A batch is immutable. A correction is a new batch that names the batch it supersedes;
+//!   a withdrawal (expired display period, credit repair) is a batch entry too.
+//! - The origin signs the id with its Ed25519 key ([`NodeKey`]); anyone with its public key
+//!   verifies it ([`SignedBatch::verify`]).
+
+use std::fmt;
+
+use bincode::{Decode, Encode};
+
+use crate::ids::{BatchId, Category, NodeId, Period};
+use crate::record::{Record, RecordKey};
+
+/// Version of the batch layout; decoders refuse others.
+pub const BATCH_FORMAT: u16 = 1;
+/// Largest encoded batch. Checked before decoding; bounds memory per batch.
+pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most records one batch holds; ingestion splits larger files into several batches.
+pub const BATCH_RECORDS_MAX: usize = 100_000;
+/// Most withdrawals one batch carries.
+pub const WITHDRAWALS_MAX: usize = 100_000;
+
+/// Domain separation for what a node key signs, so a signature over one kind of message can
+/// never be replayed as another.
+const BATCH_SIGNING_CONTEXT: &[u8] = b"credit-network/batch-id/v1";
+
+pub(crate) fn bincode_config<const LIMIT: usize>() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<LIMIT>,
+> {
+    bincode::config::standard().with_limit::<LIMIT>()
+}
+
+/// Why a batch removes a record that an earlier batch published.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Encode, Decode)]
+pub enum WithdrawalReason {
+    /// The public-display period (公示期) ended.
+    DisplayExpired,
+    /// Credit repair (信用修复) removed the record.
+    CreditRepair,
+    /// The record was published in error.
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Encode, Decode)]
+pub struct Withdrawal {
+    pub key: RecordKey,
+    pub reason: WithdrawalReason,
+}
+
+/// Everything about a batch but its records.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct BatchHeader {
+    pub format: u16,
+    pub origin: NodeId,
+    pub category: Category,
+    pub schema_version: u32,
+    pub period: Period,
+    /// The batch this one corrects: its records replace the superseded batch's records with
+    /// the same keys.
+    pub supersedes: Option<BatchId>,
+    /// Records of earlier batches to remove, in key order.
+    pub withdrawals: Vec<Withdrawal>,
+}
+
+/// A batch of records in canonical order.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Batch {
+    pub header: BatchHeader,
+    pub records: Vec<Record>,
+}
+
+/// Why a batch could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error(
+        "record key {0} appears twice in one batch: keep one row per key, or send a correction batch"
+    )]
+    DuplicateKey(RecordKey),
+    #[error("withdrawal of {0} appears twice")]
+    DuplicateWithdrawal(RecordKey),
+    #[error(
+        "a batch holds at most {BATCH_RECORDS_MAX} records and {WITHDRAWALS_MAX} withdrawals; this one has {records} and {withdrawals}"
+    )]
+    TooLarge { records: usize, withdrawals: usize },
+    #[error("a batch must hold at least one record or withdrawal")]
+    Empty,
+    #[error("batch encodes to {0} bytes, more than {BATCH_BYTES_MAX}")]
+    TooManyBytes(usize),
+}
+
+/// Why bytes are not a valid batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("batch is {0} bytes, more than the limit of {BATCH_BYTES_MAX}")]
+    TooLarge(usize),
+    #[error("batch bytes do not decode: {0}")]
+    Malformed(String),
+    #[error("{0} trailing bytes after the batch")]
+    TrailingBytes(usize),
+    #[error(
+        "batch format {0} is not supported (this node reads format {BATCH_FORMAT}): upgrade the node"
+    )]
+    Format(u16),
+    #[error("batch is not in canonical form: {0}")]
+    NotCanonical(&'static str),
+}
+
+impl Batch {
+    /// Builds a batch: sorts records by key and withdrawals by key, refuses duplicates.
+    pub fn new(header: BatchHeader, mut records: Vec<Record>) -> Result<Batch, BuildError> {
+        let mut header = header;
+        if records.len() > BATCH_RECORDS_MAX || header.withdrawals.len() > WITHDRAWALS_MAX {
+            return Err(BuildError::TooLarge {
+                records: records.len(),
+                withdrawals: header.withdrawals.len(),
+            });
+        }
+        if records.is_empty() && header.withdrawals.is_empty() {
+            return Err(BuildError::Empty);
+        }
+        records.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        if let Some(pair) = records.windows(2).find(|w| w[0].key == w[1].key) {
+            return Err(BuildError::DuplicateKey(pair[0].key.clone()));
+        }
+        header.withdrawals.sort_unstable();
+        if let Some(pair) = header.withdrawals.windows(2).find(|w| w[0].key == w[1].key) {
+            return Err(BuildError::DuplicateWithdrawal(pair[0].key.clone()));
+        }
+        Ok(Batch { header, records })
+    }
+
+    /// The canonical bytes. Only a batch made by [`Batch::new`] or [`Batch::decode`] is
+    /// canonical; both keep records ordered.
+    pub fn encode(&self) -> Result<Vec<u8>, BuildError> {
+        debug_assert!(self.is_ordered(), "records out of canonical order");
+        let bytes = bincode::encode_to_vec(self, bincode_config::<BATCH_BYTES_MAX>())
+            .map_err(|_| BuildError::TooManyBytes(BATCH_BYTES_MAX + 1))?;
+        Ok(bytes)
+    }
+
+    /// Decodes canonical bytes; anything else is an error, never a panic or a large
+    /// allocation.
+    pub fn decode(bytes: &[u8]) -> Result<Batch, DecodeError> {
+        if bytes.len() > BATCH_BYTES_MAX {
+            return Err(DecodeError::TooLarge(bytes.len()));
+        }
+        // The format is the first field: check it before decoding the rest, so a newer
+        // format is reported as such and not as garbage.
+        let (format, _): (u16, usize) = bincode::decode_from_slice(bytes, bincode_config::<16>())
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if format != BATCH_FORMAT {
+            return Err(DecodeError::Format(format));
+        }
+        let (batch, used): (Batch, usize) =
+            bincode::decode_from_slice(bytes, bincode_config::<BATCH_BYTES_MAX>())
+                .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if used != bytes.len() {
+            return Err(DecodeError::TrailingBytes(bytes.len() - used));
+        }
+        if batch.records.len() > BATCH_RECORDS_MAX
+            || batch.header.withdrawals.len() > WITHDRAWALS_MAX
+        {
+            return Err(DecodeError::NotCanonical("too many records or withdrawals"));
+        }
+        if batch.records.is_empty() && batch.header.withdrawals.is_empty() {
+            return Err(DecodeError::NotCanonical("empty batch"));
+        }
+        if !batch.is_ordered() {
+            return Err(DecodeError::NotCanonical(
+                "records or withdrawals not in strict key order",
+            ));
+        }
+        let again = bincode::encode_to_vec(&batch, bincode_config::<BATCH_BYTES_MAX>())
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if again != bytes {
+            return Err(DecodeError::NotCanonical(
+                "re-encoding gives other bytes (non-minimal integers)",
+            ));
+        }
+        Ok(batch)
+    }
+
+    fn is_ordered(&self) -> bool {
+        self.records.windows(2).all(|w| w[0].key < w[1].key)
+            && self
+                .header
+                .withdrawals
+                .windows(2)
+                .all(|w| w[0].key < w[1].key)
+    }
+}
+
+impl BatchId {
+    pub fn of(bytes: &[u8]) -> BatchId {
+        BatchId(*blake3::hash(bytes).as_bytes())
+    }
+}
+
+/// An Ed25519 signature.
+#[derive(Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct Signature(pub [u8; 64]);
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({}..)", crate::ids::hex(&self.0[..8]))
+    }
+}
+
+/// A node's public identity key, as pinned in the topology file.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct PublicKey(pub [u8; 32]);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "public key {0:?} must be 64 hexadecimal characters (an Ed25519 key, as printed by `credit-node init`)"
+    )]
+    Malformed(String),
+    #[error("public key {0:?} is not a valid Ed25519 point")]
+    NotAPoint(String),
+}
+
+impl PublicKey {
+    pub fn parse_hex(text: &str) -> Result<PublicKey, KeyError> {
+        let bytes =
+            crate::ids::parse_hex32(text).ok_or_else(|| KeyError::Malformed(text.to_owned()))?;
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| KeyError::NotAPoint(text.to_owned()))?;
+        Ok(PublicKey(bytes))
+    }
+
+    pub fn to_hex(&self) -> String {
+        crate::ids::hex(&self.0)
+    }
+
+    /// Verifies `signature` over `message` under this key with domain separation `context`.
+    pub fn verify(&self, context: &[u8], message: &[u8], signature: &Signature) -> bool {
+        let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&self.0) else {
+            return false;
+        };
+        let signed = signing_input(context, message);
+        key.verify_strict(&signed, &ed25519_dalek::Signature::from_bytes(&signature.0))
+            .is_ok()
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({}..)", crate::ids::hex(&self.0[..8]))
+    }
+}
+
+fn signing_input(context: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut input = Vec::with_capacity(context.len() + 1 + message.len());
+    input.extend_from_slice(context);
+    input.push(0);
+    input.extend_from_slice(message);
+    input
+}
+
+/// A node's Ed25519 identity key. Made from 32 secret bytes the caller supplies (the node
+/// draws them from the OS), so this crate needs no randomness.
+#[derive(Clone)]
+pub struct NodeKey(ed25519_dalek::SigningKey);
+
+impl NodeKey {
+    pub fn from_seed(seed: [u8; 32]) -> NodeKey {
+        NodeKey(ed25519_dalek::SigningKey::from_bytes(&seed))
+    }
+
+    pub fn seed(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key().to_bytes())
+    }
+
+    pub fn sign(&self, context: &[u8], message: &[u8]) -> Signature {
+        use ed25519_dalek::Signer;
+        Signature(self.0.sign(&signing_input(context, message)).to_bytes())
+    }
+}
+
+impl fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeKey(public {:?})", self.public())
+    }
+}
+
+/// A batch's canonical bytes with its id and its origin's signature: what travels and what
+/// is stored. The bytes never change on the way up.
+#[derive(Clone, PartialEq, Eq, Encode, Decode)]
+pub struct SignedBatch {
+    pub id: BatchId,
+    pub signature: Signature,
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for SignedBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SignedBatch({}, {} bytes)",
+            self.id.short(),
+            self.bytes.len()
+        )
+    }
+}
+
+/// Why a signed batch was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error(
+        "batch bytes hash to {actual}, not to the claimed id {claimed}: the batch was corrupted or tampered with"
+    )]
+    HashMismatch { claimed: BatchId, actual: BatchId },
+    #[error(
+        "signature on batch {0} does not verify under the origin's pinned key: refuse it and check the origin's key in the topology"
+    )]
+    BadSignature(BatchId),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+impl SignedBatch {
+    /// Encodes, hashes and signs a batch.
+    pub fn seal(batch: &Batch, key: &NodeKey) -> Result<SignedBatch, BuildError> {
+        let bytes = batch.encode()?;
+        let id = BatchId::of(&bytes);
+        let signature = key.sign(BATCH_SIGNING_CONTEXT, id.as_bytes());
+        Ok(SignedBatch {
+            id,
+            signature,
+            bytes,
+        })
+    }
+
+    /// Checks the hash and the origin's signature, then decodes. `origin_key` must be the
+    /// key pinned for the batch's origin; use [`SignedBatch::origin`] to find which node that is.
+    pub fn verify(&self, origin_key: &PublicKey) -> Result<Batch, VerifyError> {
+        self.verify_hash_and_signature(origin_key)?;
+        Ok(Batch::decode(&self.bytes)?)
+    }
+
+    /// Checks the hash and the signature without decoding the records.
+    pub fn verify_hash_and_signature(&self, origin_key: &PublicKey) -> Result<(), VerifyError> {
+        let actual = BatchId::of(&self.bytes);
+        if actual != self.id {
+            return Err(VerifyError::HashMismatch {
+                claimed: self.id,
+                actual,
+            });
+        }
+        if !origin_key.verify(BATCH_SIGNING_CONTEXT, self.id.as_bytes(), &self.signature) {
+            return Err(VerifyError::BadSignature(self.id));
+        }
+        Ok(())
+    }
+
+    /// The header alone, decoded from the front of the bytes (cheap: records are not read), to
+    /// find the origin whose key verifies the batch.
+    pub fn header(&self) -> Result<BatchHeader, DecodeError> {
+        if self.bytes.len() > BATCH_BYTES_MAX {
+            return Err(DecodeError::TooLarge(self.bytes.len()));
+        }
+        let (header, _): (BatchHeader, usize) =
+            bincode::decode_from_slice(&self.bytes, bincode_config::<BATCH_BYTES_MAX>())
+                .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if header.format != BATCH_FORMAT {
+            return Err(DecodeError::Format(header.format));
+        }
+        Ok(header)
+    }
+}

@@ -1,0 +1,741 @@
+//! Identifiers that can only hold valid values: node ids (GB/T 2260 division codes), unified
+//! social credit codes (GB 32100-2015), resident identity numbers (GB 11643-1999), periods,
+//! categories, record keys and content hashes.
+//!
+//! Every parser here takes untrusted text and never panics; a value that exists is valid.
+
+use std::fmt;
+
+use bincode::{Decode, Encode};
+
+/// Why an identifier was refused. Each variant says what was wrong with the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error(
+        "node id {0:?} must be six digits (a GB/T 2260 division code such as 445281, or 000000 for the national platform)"
+    )]
+    NodeId(String),
+    #[error(
+        "unified social credit code {0:?} must be 18 characters from 0-9 and A-Y without I, O, S, V, Z; positions 3-8 must be digits"
+    )]
+    UsccFormat(String),
+    #[error("resident id {0:?} must be 17 digits followed by a digit or X")]
+    ResidentIdFormat(String),
+    #[error(
+        "resident id {value:?} has check character {found:?}, the GB 11643 check gives {expected:?}: check the number with its owner"
+    )]
+    ResidentIdCheck {
+        value: String,
+        expected: char,
+        found: char,
+    },
+    #[error(
+        "period {0:?} must be a month YYYY-MM (or YYYYMM) or a day YYYY-MM-DD, with a real calendar date between 1949 and 2199"
+    )]
+    Period(String),
+    #[error("category {0:?} must be 1 to 32 characters of a-z, 0-9 and _")]
+    Category(String),
+    #[error("batch id {0:?} must be 64 hexadecimal characters")]
+    BatchId(String),
+}
+
+/// A node of the network: its GB/T 2260 six-digit division code, `000000` for the national
+/// platform. Stored as the number so that big-endian keys sort in code order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode)]
+pub struct NodeId(u32);
+
+impl NodeId {
+    pub const NATIONAL: NodeId = NodeId(0);
+
+    pub fn parse(text: &str) -> Result<NodeId, IdError> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 6 || !bytes.iter().all(u8::is_ascii_digit) {
+            return Err(IdError::NodeId(text.to_owned()));
+        }
+        let code = bytes
+            .iter()
+            .fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0'));
+        NodeId::from_code(code).ok_or_else(|| IdError::NodeId(text.to_owned()))
+    }
+
+    /// The node with this numeric code, if it is a plausible division code: `0` (national) or a
+    /// code whose province part (first two digits) is 11 to 99.
+    pub fn from_code(code: u32) -> Option<NodeId> {
+        (code == 0 || (110_000..=999_999).contains(&code)).then_some(NodeId(code))
+    }
+
+    pub fn code(self) -> u32 {
+        self.0
+    }
+
+    pub fn is_national(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The division level the code itself implies (`XX0000` province, `XXXX00` city, else county).
+    pub fn level(self) -> DivisionLevel {
+        match self.0 {
+            0 => DivisionLevel::National,
+            c if c % 10_000 == 0 => DivisionLevel::Province,
+            c if c % 100 == 0 => DivisionLevel::City,
+            _ => DivisionLevel::County,
+        }
+    }
+
+    pub fn to_be_bytes(self) -> [u8; 4] {
+        self.0.to_be_bytes()
+    }
+}
+
+impl<C> Decode<C> for NodeId {
+    fn decode<D: bincode::de::Decoder<Context = C>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        NodeId::from_code(u32::decode(decoder)?).ok_or(bincode::error::DecodeError::Other(
+            "node id is not a division code",
+        ))
+    }
+}
+bincode::impl_borrow_decode!(NodeId);
+
+/// The level a division code implies by its shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DivisionLevel {
+    National,
+    Province,
+    City,
+    County,
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:06}", self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({:06})", self.0)
+    }
+}
+
+impl std::str::FromStr for NodeId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NodeId::parse(s)
+    }
+}
+
+/// The 31 symbols of GB 32100-2015, in value order 0..=30.
+const USCC_ALPHABET: &[u8; 31] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
+/// Weights 3^(i-1) mod 31 for positions 1..=17.
+const USCC_WEIGHTS: [u32; 17] = [
+    1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
+];
+
+fn uscc_value(byte: u8) -> Option<u32> {
+    USCC_ALPHABET
+        .iter()
+        .position(|&c| c == byte)
+        .map(|p| p as u32)
+}
+
+/// The GB 32100 check character for the first 17 characters. `None` if a character is not in
+/// the alphabet.
+pub fn uscc_check_char(first17: &[u8]) -> Option<char> {
+    if first17.len() != 17 {
+        return None;
+    }
+    let mut sum = 0u32;
+    for (byte, weight) in first17.iter().zip(USCC_WEIGHTS) {
+        sum += uscc_value(*byte)? * weight;
+    }
+    Some(char::from(USCC_ALPHABET[((31 - sum % 31) % 31) as usize]))
+}
+
+/// The GB 11714 check character of an organization code's 8 body characters.
+pub fn org_code_check_char(body8: &[u8]) -> Option<char> {
+    const WEIGHTS: [u32; 8] = [3, 7, 9, 10, 5, 8, 4, 2];
+    if body8.len() != 8 {
+        return None;
+    }
+    let mut sum = 0u32;
+    for (byte, weight) in body8.iter().zip(WEIGHTS) {
+        let value = match byte {
+            b'0'..=b'9' => u32::from(byte - b'0'),
+            b'A'..=b'Z' => u32::from(byte - b'A') + 10,
+            _ => return None,
+        };
+        sum += value * weight;
+    }
+    Some(match 11 - sum % 11 {
+        10 => 'X',
+        11 => '0',
+        digit => char::from_digit(digit, 10)?,
+    })
+}
+
+/// The ISO 7064 MOD 11,10 check digit of a legacy 15-digit business registration number.
+pub fn registration_number_check_digit(first14: &[u8]) -> Option<char> {
+    if first14.len() != 14 {
+        return None;
+    }
+    let mut p = 10u32;
+    for byte in first14 {
+        if !byte.is_ascii_digit() {
+            return None;
+        }
+        let mut s = (p + u32::from(byte - b'0')) % 10;
+        if s == 0 {
+            s = 10;
+        }
+        p = (2 * s) % 11;
+    }
+    char::from_digit((11 - p) % 10, 10)
+}
+
+/// A unified social credit code whose form is valid. The check character may still fail:
+/// legal early pilot codes do, so that is reported by [`Uscc::check_char_ok`] and treated as a
+/// warning by validation, never as a rejection.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode)]
+pub struct Uscc([u8; 18]);
+
+impl<C> Decode<C> for Uscc {
+    fn decode<D: bincode::de::Decoder<Context = C>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let bytes = <[u8; 18]>::decode(decoder)?;
+        std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| Uscc::parse(text).ok())
+            .filter(|uscc| uscc.0 == bytes)
+            .ok_or(bincode::error::DecodeError::Other(
+                "malformed unified social credit code",
+            ))
+    }
+}
+bincode::impl_borrow_decode!(Uscc);
+
+impl Uscc {
+    /// Parses the form: 18 characters of the GB 32100 alphabet, positions 3–8 digits (the
+    /// region code). Lower-case letters are accepted and upper-cased.
+    pub fn parse(text: &str) -> Result<Uscc, IdError> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 18 {
+            return Err(IdError::UsccFormat(text.to_owned()));
+        }
+        let mut code = [0u8; 18];
+        for (i, byte) in bytes.iter().enumerate() {
+            let upper = byte.to_ascii_uppercase();
+            let ok = if (2..8).contains(&i) {
+                upper.is_ascii_digit()
+            } else {
+                uscc_value(upper).is_some()
+            };
+            if !ok {
+                return Err(IdError::UsccFormat(text.to_owned()));
+            }
+            code[i] = upper;
+        }
+        Ok(Uscc(code))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII bytes from USCC_ALPHABET are ever stored.
+        std::str::from_utf8(&self.0).expect("USCC holds ASCII")
+    }
+
+    /// The check character the code should end with.
+    pub fn expected_check_char(&self) -> char {
+        uscc_check_char(&self.0[..17]).expect("USCC holds alphabet characters")
+    }
+
+    pub fn check_char_ok(&self) -> bool {
+        char::from(self.0[17]) == self.expected_check_char()
+    }
+
+    /// Whether the embedded GB 11714 organization code (positions 9–17) passes its own check.
+    pub fn org_code_ok(&self) -> bool {
+        org_code_check_char(&self.0[8..16]).is_some_and(|c| c == char::from(self.0[16]))
+    }
+
+    /// The registration-authority and entity-category characters, e.g. `"92"` for an
+    /// individual business (个体工商户), whose records usually carry personal data.
+    pub fn kind(&self) -> &str {
+        &self.as_str()[..2]
+    }
+}
+
+impl fmt::Display for Uscc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Uscc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Uscc({})", self.as_str())
+    }
+}
+
+/// A resident identity number (GB 11643-1999, 18 characters) whose check digit is correct.
+/// Never leaves its origin: desensitization turns it into a [`PersonToken`] and a masked form.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ResidentId([u8; 18]);
+
+impl ResidentId {
+    pub fn parse(text: &str) -> Result<ResidentId, IdError> {
+        let bytes = text.as_bytes();
+        let well_formed = bytes.len() == 18
+            && bytes[..17].iter().all(u8::is_ascii_digit)
+            && (bytes[17].is_ascii_digit() || bytes[17] == b'X' || bytes[17] == b'x');
+        if !well_formed {
+            return Err(IdError::ResidentIdFormat(mask_middle(text)));
+        }
+        let mut id = [0u8; 18];
+        id.copy_from_slice(bytes);
+        id[17] = id[17].to_ascii_uppercase();
+        let expected = resident_id_check_char(&id[..17]);
+        let found = char::from(id[17]);
+        if expected != found {
+            return Err(IdError::ResidentIdCheck {
+                value: mask_middle(text),
+                expected,
+                found,
+            });
+        }
+        Ok(ResidentId(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("resident id holds ASCII")
+    }
+
+    /// The display form kept after desensitization: region code and check character only.
+    pub fn masked(&self) -> String {
+        mask_middle(self.as_str())
+    }
+}
+
+impl fmt::Debug for ResidentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the number itself, not even in a debug log.
+        write!(f, "ResidentId({})", self.masked())
+    }
+}
+
+/// The GB 11643 (ISO 7064 MOD 11-2) check character for 17 digits.
+pub fn resident_id_check_char(first17: &[u8]) -> char {
+    const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+    const CHECK: &[u8; 11] = b"10X98765432";
+    assert_eq!(first17.len(), 17, "resident id body is 17 digits");
+    let sum: u32 = first17
+        .iter()
+        .zip(WEIGHTS)
+        .map(|(d, w)| u32::from(d.wrapping_sub(b'0')) * w)
+        .sum();
+    char::from(CHECK[(sum % 11) as usize])
+}
+
+/// Keeps the first six and the last character of an identifier and stars the rest
+/// (`11010519491231002X` → `110105***********X`). Short values are starred whole but for the
+/// first character.
+pub fn mask_middle(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    match chars.len() {
+        0 => String::new(),
+        n if n <= 4 => std::iter::once(chars[0])
+            .chain(std::iter::repeat_n('*', n - 1))
+            .collect(),
+        n if n <= 10 => chars[..2]
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n('*', n - 3))
+            .chain(std::iter::once(chars[n - 1]))
+            .collect(),
+        n => chars[..6]
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n('*', n - 7))
+            .chain(std::iter::once(chars[n - 1]))
+            .collect(),
+    }
+}
+
+/// The period a batch covers: a month for monthly data, a day for daily data.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode)]
+pub enum Period {
+    Month { year: u16, month: u8 },
+    Day { year: u16, month: u8, day: u8 },
+}
+
+impl Period {
+    pub const YEAR_MIN: u16 = 1949;
+    pub const YEAR_MAX: u16 = 2199;
+
+    /// Accepts `YYYY-MM`, `YYYYMM`, `YYYY/MM`, `YYYY-MM-DD`, `YYYY/MM/DD` and `YYYYMMDD`.
+    pub fn parse(text: &str) -> Result<Period, IdError> {
+        let err = || IdError::Period(text.to_owned());
+        let digits: Vec<u8> = text.bytes().filter(|b| *b != b'-' && *b != b'/').collect();
+        let separators = text.len() - digits.len();
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return Err(err());
+        }
+        let num = |range: std::ops::Range<usize>| {
+            digits[range]
+                .iter()
+                .fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'))
+        };
+        // Separators, when present, must sit exactly where a date puts them.
+        let shaped = |len: usize| {
+            separators == 0
+                || (text.len() == len
+                    && text
+                        .bytes()
+                        .enumerate()
+                        .all(|(i, b)| matches!(i, 4 | 7) == (b == b'-' || b == b'/')))
+        };
+        let period = match digits.len() {
+            6 if separators <= 1 && shaped(7) => Period::Month {
+                year: num(0..4),
+                month: num(4..6) as u8,
+            },
+            8 if separators == 0 || separators == 2 && shaped(10) => Period::Day {
+                year: num(0..4),
+                month: num(4..6) as u8,
+                day: num(6..8) as u8,
+            },
+            _ => return Err(err()),
+        };
+        if period.is_valid() {
+            Ok(period)
+        } else {
+            Err(err())
+        }
+    }
+
+    fn is_valid(self) -> bool {
+        let (year, month, day) = match self {
+            Period::Month { year, month } => (year, month, 1),
+            Period::Day { year, month, day } => (year, month, day),
+        };
+        (Self::YEAR_MIN..=Self::YEAR_MAX).contains(&year)
+            && (1..=12).contains(&month)
+            && day >= 1
+            && day <= days_in_month(year, month)
+    }
+
+    /// The month a period falls in (itself for a monthly period).
+    pub fn month(self) -> Period {
+        match self {
+            Period::Month { .. } => self,
+            Period::Day { year, month, .. } => Period::Month { year, month },
+        }
+    }
+
+    /// Big-endian key bytes that sort in time order: year, month, day (0 for a month).
+    pub fn key_bytes(self) -> [u8; 4] {
+        let (year, month, day) = match self {
+            Period::Month { year, month } => (year, month, 0),
+            Period::Day { year, month, day } => (year, month, day),
+        };
+        let y = year.to_be_bytes();
+        [y[0], y[1], month, day]
+    }
+}
+
+/// Decodes through the variant layout and then checks the calendar, so a decoded period is as
+/// valid as a parsed one.
+#[derive(Decode)]
+enum PeriodWire {
+    Month { year: u16, month: u8 },
+    Day { year: u16, month: u8, day: u8 },
+}
+
+impl<C> Decode<C> for Period {
+    fn decode<D: bincode::de::Decoder<Context = C>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let period = match PeriodWire::decode(decoder)? {
+            PeriodWire::Month { year, month } => Period::Month { year, month },
+            PeriodWire::Day { year, month, day } => Period::Day { year, month, day },
+        };
+        if period.is_valid() {
+            Ok(period)
+        } else {
+            Err(bincode::error::DecodeError::Other(
+                "period is not a calendar month or day",
+            ))
+        }
+    }
+}
+bincode::impl_borrow_decode!(Period);
+
+pub fn days_in_month(year: u16, month: u8) -> u8 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => 0,
+    }
+}
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Period::Month { year, month } => write!(f, "{year:04}-{month:02}"),
+            Period::Day { year, month, day } => write!(f, "{year:04}-{month:02}-{day:02}"),
+        }
+    }
+}
+
+impl fmt::Debug for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Period({self})")
+    }
+}
+
+impl std::str::FromStr for Period {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Period::parse(s)
+    }
+}
+
+/// A record category's stable machine name (`water_fee`, `admin_penalty`).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Encode)]
+pub struct Category(String);
+
+impl Category {
+    pub const LEN_MAX: usize = 32;
+
+    pub fn parse(text: &str) -> Result<Category, IdError> {
+        let ok = !text.is_empty()
+            && text.len() <= Self::LEN_MAX
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if ok {
+            Ok(Category(text.to_owned()))
+        } else {
+            Err(IdError::Category(text.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<C> Decode<C> for Category {
+    fn decode<D: bincode::de::Decoder<Context = C>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let text = String::decode(decoder)?;
+        Category::parse(&text).map_err(|_| bincode::error::DecodeError::Other("invalid category"))
+    }
+}
+bincode::impl_borrow_decode!(Category);
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Category({})", self.0)
+    }
+}
+
+/// A 32-byte BLAKE3 digest, shown as lower-case hex.
+macro_rules! digest_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            pub fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+
+            pub fn to_hex(&self) -> String {
+                hex(&self.0)
+            }
+
+            pub fn parse_hex(text: &str) -> Result<$name, IdError> {
+                parse_hex32(text).map($name).ok_or_else(|| IdError::BatchId(text.to_owned()))
+            }
+
+            /// The first 8 bytes in hex, for logs and tables.
+            pub fn short(&self) -> String {
+                hex(&self.0[..8])
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.short())
+            }
+        }
+    };
+}
+
+digest_newtype!(
+    /// `BLAKE3(canonical batch bytes)`: the content address of a batch.
+    BatchId
+);
+digest_newtype!(
+    /// BLAKE3 of an audit-log entry or a receipt body.
+    Digest
+);
+
+pub fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    out
+}
+
+pub fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let high = char::from(pair[0]).to_digit(16)?;
+        let low = char::from(pair[1]).to_digit(16)?;
+        out[i] = (high * 16 + low) as u8;
+    }
+    Some(out)
+}
+
+/// A keyed BLAKE3 token standing for one person's identity number: the same number under the
+/// same network key gives the same token, so upstream nodes can join one person's records
+/// without ever seeing the number. 16 bytes (128 bits) is far beyond collision range for the
+/// population.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct PersonToken(pub [u8; 16]);
+
+impl fmt::Display for PersonToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+impl fmt::Debug for PersonToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PersonToken({})", hex(&self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids() {
+        assert_eq!(NodeId::parse("445281").unwrap().to_string(), "445281");
+        assert_eq!(NodeId::parse("000000").unwrap(), NodeId::NATIONAL);
+        assert_eq!(
+            NodeId::parse("440000").unwrap().level(),
+            DivisionLevel::Province
+        );
+        assert_eq!(
+            NodeId::parse("445200").unwrap().level(),
+            DivisionLevel::City
+        );
+        assert_eq!(
+            NodeId::parse("445281").unwrap().level(),
+            DivisionLevel::County
+        );
+        for bad in [
+            "",
+            "44528",
+            "4452811",
+            "44528a",
+            "001234",
+            "+44528",
+            "４４５２８１",
+        ] {
+            assert!(NodeId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn periods() {
+        let may = Period::Month {
+            year: 2022,
+            month: 5,
+        };
+        for text in ["2022-05", "202205", "2022/05"] {
+            assert_eq!(Period::parse(text).unwrap(), may, "{text}");
+        }
+        let day = Period::parse("2024/02/29").unwrap();
+        assert_eq!(day.to_string(), "2024-02-29");
+        assert_eq!(
+            day.month(),
+            Period::Month {
+                year: 2024,
+                month: 2
+            }
+        );
+        for bad in [
+            "2022-13",
+            "2022-00",
+            "2023-02-29",
+            "1900-01",
+            "2022-5",
+            "22-05",
+            "2022--05",
+            "2022-05-",
+            "2022-0505",
+            "",
+            "２０２２-05",
+            "2022-05-32",
+            "20220-5",
+        ] {
+            assert!(Period::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(
+            Period::parse("2022-05").unwrap().key_bytes()
+                < Period::parse("2022-06").unwrap().key_bytes()
+        );
+    }
+
+    #[test]
+    fn categories() {
+        assert!(Category::parse("water_fee").is_ok());
+        for bad in ["", "Water", "water-fee", "水费", &"a".repeat(33)] {
+            assert!(Category::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn masking_keeps_region_and_check_only() {
+        assert_eq!(mask_middle("11010519491231002X"), "110105***********X");
+        assert_eq!(mask_middle("13812345678"), "138123****8");
+        assert_eq!(mask_middle("abc"), "a**");
+        assert_eq!(mask_middle(""), "");
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let id = BatchId([0xab; 32]);
+        assert_eq!(BatchId::parse_hex(&id.to_hex()).unwrap(), id);
+        assert!(BatchId::parse_hex("zz").is_err());
+    }
+}

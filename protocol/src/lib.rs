@@ -1,0 +1,17 @@
+//! The credit network's data model and wire: identifiers, category schemas and validation,
+//! canonical hash-verified batches, signatures and wire frames.
+//!
+//! Invariant: this crate does no IO. It knows nothing of sockets, files, tokio, quinn, sled,
+//! clocks or randomness; time and key material arrive as arguments. That is what lets the same
+//! code run in production and in deterministic simulation.
+
+pub mod batch;
+pub mod ids;
+pub mod record;
+pub mod schema;
+pub mod wire;
+
+pub use batch::{Batch, BatchHeader, NodeKey, PublicKey, Signature, SignedBatch};
+pub use ids::{BatchId, Category, NodeId, Period, Uscc};
+pub use record::{DesensitizeKey, Problem, Record, RecordKey, Value};
+pub use schema::{Registry, Schema};

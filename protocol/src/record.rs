@@ -1,0 +1,826 @@
+//! Credit records and their validation against a category [`Schema`].
+//!
+//! [`Schema::validate`] turns one row of raw text into a normalized, desensitized [`Record`],
+//! or returns *every* problem of the row at once (field, value, rule, message). It never
+//! panics, whatever the input. [`Schema::check_record`] re-checks a record that arrived from a
+//! peer, so a node never stores a record its schema would not have produced.
+//!
+//! Invariant: a personal field never reaches a [`Record`] in clear. Identity numbers become a
+//! [`PersonToken`] (keyed BLAKE3 under the network's [`DesensitizeKey`]) plus a masked form;
+//! names, phones and addresses are masked; trade secrets are dropped. Problem reports show
+//! personal values masked too, because feedback travels upstream.
+
+use std::fmt;
+
+use bincode::{Decode, Encode};
+
+use crate::ids::{Period, PersonToken, ResidentId, Uscc, mask_middle};
+use crate::schema::{Desensitize, Field, FieldKind, Required, Schema, Sensitivity, trim_value};
+
+/// Longest record key, in bytes; keys are built from key fields joined with `|`.
+pub const RECORD_KEY_BYTES_MAX: usize = 512;
+/// Longest value of any text field, in bytes, whatever the schema says; bounds memory per row.
+pub const VALUE_BYTES_MAX: usize = 16 * 1024;
+
+/// The key of a record, unique within its category and period (a penalty decision number;
+/// an account number and billing month for a fee).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub struct RecordKey(pub String);
+
+impl fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RecordKey({})", self.0)
+    }
+}
+
+/// Whom a record is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+pub enum Subject {
+    Organization(Uscc),
+    /// A natural person, known upstream only by token.
+    Person(PersonToken),
+}
+
+/// One field's value in a record, after normalization and desensitization.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Value {
+    Absent,
+    Text(String),
+    /// An identity number replaced by its token and a masked display form.
+    Token {
+        masked: String,
+        token: PersonToken,
+    },
+}
+
+/// One credit fact. Category and period are the batch's; `values` follow the schema's field
+/// order.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Record {
+    pub key: RecordKey,
+    pub subject: Subject,
+    pub values: Vec<Value>,
+}
+
+/// The network-wide secret under which identity numbers become tokens. Every node of one
+/// network holds the same key, so tokens join across counties; nobody without it can test a
+/// guessed number against a token.
+#[derive(Clone)]
+pub struct DesensitizeKey(pub [u8; 32]);
+
+impl DesensitizeKey {
+    pub fn token(&self, identity: &str) -> PersonToken {
+        let hash = blake3::keyed_hash(&self.0, identity.as_bytes());
+        let mut token = [0u8; 16];
+        token.copy_from_slice(&hash.as_bytes()[..16]);
+        PersonToken(token)
+    }
+}
+
+impl fmt::Debug for DesensitizeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DesensitizeKey(..)")
+    }
+}
+
+/// Which rule a value broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum Rule {
+    Required,
+    TooLong,
+    Format,
+    CheckCharacter,
+    NotInList,
+    OutOfRange,
+    PeriodMismatch,
+    Subject,
+    Key,
+    Desensitization,
+    DuplicateKey,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Required => "required",
+            Rule::TooLong => "too_long",
+            Rule::Format => "format",
+            Rule::CheckCharacter => "check_character",
+            Rule::NotInList => "not_in_list",
+            Rule::OutOfRange => "out_of_range",
+            Rule::PeriodMismatch => "period_mismatch",
+            Rule::Subject => "subject",
+            Rule::Key => "key",
+            Rule::Desensitization => "desensitization",
+            Rule::DuplicateKey => "duplicate_key",
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum Severity {
+    /// The record is refused.
+    Error,
+    /// The record is accepted; an operator should look (e.g. a USCC check character that
+    /// fails, as legal early pilot codes do).
+    Warning,
+}
+
+/// One thing wrong with one field of one record, in words an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Problem {
+    /// Machine name of the field (`account_no`), or `(record)` for whole-record rules.
+    pub field: String,
+    /// Chinese label of the field (`水务户号`).
+    pub label: String,
+    /// The offending value as given, masked if the field is personal, cut to 64 characters.
+    pub value: String,
+    pub rule: Rule,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} ({}) = {:?}: {} [{}]",
+            match self.severity {
+                Severity::Error => "error:",
+                Severity::Warning => "warning:",
+            },
+            self.field,
+            self.label,
+            self.value,
+            self.message,
+            self.rule
+        )
+    }
+}
+
+/// A record that passed validation, with the warnings it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validated {
+    pub record: Record,
+    pub warnings: Vec<Problem>,
+}
+
+/// A value that passed its field's checks: the normalized text and maybe a warning.
+struct Normalized {
+    text: String,
+    warning: Option<(Rule, String)>,
+}
+
+impl Normalized {
+    fn ok(text: impl Into<String>) -> Normalized {
+        Normalized {
+            text: text.into(),
+            warning: None,
+        }
+    }
+}
+
+type FieldResult = Result<Normalized, (Rule, String)>;
+
+impl Schema {
+    /// Validates, normalizes and desensitizes one row. `raw[i]` is the text given for
+    /// `self.fields[i]` (`None` if the file has no such column). `period` is the batch's.
+    pub fn validate(
+        &self,
+        raw: &[Option<&str>],
+        period: Period,
+        key: &DesensitizeKey,
+    ) -> Result<Validated, Vec<Problem>> {
+        assert_eq!(
+            raw.len(),
+            self.fields.len(),
+            "one raw value per schema field"
+        );
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+        let trimmed: Vec<&str> = raw.iter().map(|v| v.map_or("", trim_value)).collect();
+        let mut values = Vec::with_capacity(self.fields.len());
+        for (index, field) in self.fields.iter().enumerate() {
+            let text = trimmed[index];
+            if text.is_empty() {
+                if self.is_required(index, |i| trimmed[i]) {
+                    problems.push(self.problem(
+                        field,
+                        text,
+                        Rule::Required,
+                        required_message(self, field),
+                    ));
+                }
+                values.push(Value::Absent);
+                continue;
+            }
+            match normalize(&field.kind, text) {
+                Err((rule, message)) => {
+                    problems.push(self.problem(field, text, rule, message));
+                    values.push(Value::Absent);
+                }
+                Ok(normalized) => {
+                    if let Some((rule, message)) = normalized.warning {
+                        let mut warning = self.problem(field, text, rule, message);
+                        warning.severity = Severity::Warning;
+                        warnings.push(warning);
+                    }
+                    values.push(desensitize(field, normalized.text, key));
+                }
+            }
+        }
+        if let Some(index) = self.period_field
+            && let Value::Text(text) = &values[index]
+            && *text != period.month().to_string()
+            && *text != period.to_string()
+        {
+            let field = &self.fields[index];
+            problems.push(self.problem(
+                field,
+                text,
+                Rule::PeriodMismatch,
+                format!("the row is for {text} but the batch is for {period}: put this row in a file for {text}, or fix the period"),
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        match self.identify(&values) {
+            Ok((subject, record_key)) => Ok(Validated {
+                record: Record {
+                    key: record_key,
+                    subject,
+                    values,
+                },
+                warnings,
+            }),
+            Err(problem) => Err(vec![problem]),
+        }
+    }
+
+    /// Re-checks a record that arrived from a peer: the right number of values, each one what
+    /// this schema's validation would have produced, personal fields desensitized, and subject
+    /// and key consistent with the values. Returns every problem found.
+    pub fn check_record(&self, record: &Record, period: Period) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if record.values.len() != self.fields.len() {
+            problems.push(record_problem(
+                Rule::Format,
+                format!(
+                    "the record has {} values, schema {} version {} has {} fields",
+                    record.values.len(),
+                    self.category,
+                    self.version,
+                    self.fields.len()
+                ),
+            ));
+            return problems;
+        }
+        let text_of = |i: usize| match &record.values[i] {
+            Value::Text(t) => t.as_str(),
+            Value::Token { masked, .. } => masked.as_str(),
+            Value::Absent => "",
+        };
+        for (index, (field, value)) in self.fields.iter().zip(&record.values).enumerate() {
+            let shown = text_of(index);
+            let problem = match (value, field.desensitize) {
+                (Value::Absent, _) => self
+                    .is_required(index, text_of)
+                    .then(|| (Rule::Required, required_message(self, field))),
+                (Value::Text(_), Desensitize::Drop) | (Value::Token { .. }, Desensitize::Drop) => {
+                    Some((
+                        Rule::Desensitization,
+                        "a dropped field carries a value".to_owned(),
+                    ))
+                }
+                (Value::Text(_), Desensitize::Token) => Some((
+                    Rule::Desensitization,
+                    "an identity number arrived in clear instead of as a token".to_owned(),
+                )),
+                (Value::Token { .. }, rule) if rule != Desensitize::Token => Some((
+                    Rule::Format,
+                    "a token in a field that is not tokenized".to_owned(),
+                )),
+                (Value::Token { masked, .. }, _) => (masked.len() > 64)
+                    .then(|| (Rule::TooLong, "masked form longer than 64 bytes".to_owned())),
+                (Value::Text(text), Desensitize::None) => match normalize(&field.kind, text) {
+                    Ok(n) if n.text == *text => None,
+                    Ok(_) => Some((Rule::Format, "value is not in normalized form".to_owned())),
+                    Err(e) => Some(e),
+                },
+                (Value::Text(text), _masked) => (text.len() > VALUE_BYTES_MAX)
+                    .then(|| (Rule::TooLong, "masked value too long".to_owned())),
+            };
+            if let Some((rule, message)) = problem {
+                problems.push(self.problem(field, shown, rule, message));
+            }
+        }
+        if let Some(index) = self.period_field {
+            let text = text_of(index);
+            if !text.is_empty() && text != period.month().to_string() && text != period.to_string()
+            {
+                problems.push(self.problem(
+                    &self.fields[index],
+                    text,
+                    Rule::PeriodMismatch,
+                    format!("the record is for {text} but its batch is for {period}"),
+                ));
+            }
+        }
+        if problems.is_empty() {
+            match self.identify(&record.values) {
+                Ok((subject, key)) if subject == record.subject && key == record.key => {}
+                Ok(_) => problems.push(record_problem(
+                    Rule::Key,
+                    "subject or record key does not match the record's values".to_owned(),
+                )),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        problems
+    }
+
+    fn is_required<'a>(&self, index: usize, text_of: impl Fn(usize) -> &'a str) -> bool {
+        match &self.fields[index].required {
+            Required::Always => true,
+            Required::Never => false,
+            Required::When { field, values } => {
+                let other = text_of(*field);
+                values.iter().any(|v| v == other)
+            }
+        }
+    }
+
+    /// The subject and record key a record's values give.
+    fn identify(&self, values: &[Value]) -> Result<(Subject, RecordKey), Problem> {
+        let subject = self
+            .subject
+            .iter()
+            .find_map(|&i| match &values[i] {
+                Value::Absent => None,
+                Value::Token { token, .. } => Some(Ok(Subject::Person(*token))),
+                Value::Text(text) => Some(
+                    Uscc::parse(text)
+                        .map(Subject::Organization)
+                        .map_err(|e| e.to_string()),
+                ),
+            })
+            .unwrap_or_else(|| {
+                let names: Vec<String> = self
+                    .subject
+                    .iter()
+                    .map(|&i| format!("{} ({})", self.fields[i].label, self.fields[i].name))
+                    .collect();
+                Err(format!("no subject: fill in one of {}", names.join(" or ")))
+            })
+            .map_err(|message| record_problem(Rule::Subject, message))?;
+        let mut key = String::new();
+        for (n, &i) in self.key.iter().enumerate() {
+            if n > 0 {
+                key.push('|');
+            }
+            match &values[i] {
+                Value::Text(text) => key.push_str(text),
+                Value::Token { token, .. } => key.push_str(&token.to_string()),
+                Value::Absent => {}
+            }
+        }
+        if key.len() > RECORD_KEY_BYTES_MAX {
+            return Err(record_problem(
+                Rule::Key,
+                format!(
+                    "record key is {} bytes, at most {RECORD_KEY_BYTES_MAX}",
+                    key.len()
+                ),
+            ));
+        }
+        if key.bytes().all(|b| b == b'|') {
+            return Err(record_problem(
+                Rule::Key,
+                "record key is empty: fill in the key fields".to_owned(),
+            ));
+        }
+        Ok((subject, RecordKey(key)))
+    }
+
+    fn problem(&self, field: &Field, value: &str, rule: Rule, message: String) -> Problem {
+        let shown = if field.sensitivity == Sensitivity::Public {
+            value.chars().take(64).collect()
+        } else {
+            mask_middle(&value.chars().take(64).collect::<String>())
+        };
+        Problem {
+            field: field.name.clone(),
+            label: field.label.clone(),
+            value: shown,
+            rule,
+            severity: Severity::Error,
+            message,
+        }
+    }
+}
+
+fn record_problem(rule: Rule, message: String) -> Problem {
+    Problem {
+        field: "(record)".to_owned(),
+        label: String::new(),
+        value: String::new(),
+        rule,
+        severity: Severity::Error,
+        message,
+    }
+}
+
+fn required_message(schema: &Schema, field: &Field) -> String {
+    match &field.required {
+        Required::When {
+            field: other,
+            values,
+        } => format!(
+            "required when {} is {}: fill it in",
+            schema.fields[*other].name,
+            values.join(" or ")
+        ),
+        _ => "required but empty: fill it in (or check that the file has this column)".to_owned(),
+    }
+}
+
+fn desensitize(field: &Field, text: String, key: &DesensitizeKey) -> Value {
+    match field.desensitize {
+        Desensitize::None => Value::Text(text),
+        Desensitize::Token => Value::Token {
+            masked: mask_middle(&text),
+            token: key.token(&text),
+        },
+        Desensitize::MaskName => Value::Text(mask_name(&text)),
+        Desensitize::MaskPhone => Value::Text(mask_phone(&text)),
+        Desensitize::MaskMiddle => Value::Text(mask_middle(&text)),
+        Desensitize::Drop => Value::Absent,
+    }
+}
+
+/// `张三丰` → `张**`.
+pub fn mask_name(name: &str) -> String {
+    let mut chars = name.chars();
+    match chars.next() {
+        None => String::new(),
+        Some(first) => std::iter::once(first)
+            .chain(chars.map(|_| '*'))
+            .chain(std::iter::repeat_n(
+                '*',
+                usize::from(name.chars().count() == 1),
+            ))
+            .collect(),
+    }
+}
+
+/// `13812345678` → `138****5678`; other lengths keep the first three and last two digits.
+pub fn mask_phone(phone: &str) -> String {
+    let chars: Vec<char> = phone.chars().collect();
+    let n = chars.len();
+    let (head, tail) = if n == 11 {
+        (3, 4)
+    } else {
+        (3.min(n), 2.min(n.saturating_sub(3)))
+    };
+    chars[..head]
+        .iter()
+        .copied()
+        .chain(std::iter::repeat_n('*', n - head - tail))
+        .chain(chars[n - tail..].iter().copied())
+        .collect()
+}
+
+/// Full-width ASCII forms (as typed with a Chinese input method) become ASCII; returns the
+/// input unchanged (no allocation) when it is already ASCII.
+fn to_half_width(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.is_ascii() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| match c {
+                '\u{ff01}'..='\u{ff5e}' => char::from_u32(c as u32 - 0xfee0).unwrap_or(c),
+                '\u{3000}' => ' ',
+                _ => c,
+            })
+            .collect(),
+    )
+}
+
+fn normalize(kind: &FieldKind, text: &str) -> FieldResult {
+    if text.len() > VALUE_BYTES_MAX {
+        return Err((
+            Rule::TooLong,
+            format!("value is {} bytes, at most {VALUE_BYTES_MAX}", text.len()),
+        ));
+    }
+    match kind {
+        FieldKind::Text { max_chars } => {
+            if text.len() > *max_chars && text.chars().count() > *max_chars {
+                return Err((
+                    Rule::TooLong,
+                    format!("{} characters, at most {max_chars}", text.chars().count()),
+                ));
+            }
+            if text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t')
+            {
+                return Err((
+                    Rule::Format,
+                    "contains a control character: remove it".to_owned(),
+                ));
+            }
+            Ok(Normalized::ok(text))
+        }
+        FieldKind::Uscc => {
+            let text = to_half_width(text);
+            let uscc = Uscc::parse(&text).map_err(|_| {
+                (
+                    Rule::Format,
+                    "not a unified social credit code: 18 characters of 0-9 and A-Y without I, O, S, V, Z".to_owned(),
+                )
+            })?;
+            let mut normalized = Normalized::ok(uscc.as_str());
+            if !uscc.check_char_ok() {
+                normalized.warning = Some((
+                    Rule::CheckCharacter,
+                    format!(
+                        "check character is {} but GB 32100 gives {}: accepted (early pilot codes fail the check), confirm the code with the source unit",
+                        &uscc.as_str()[17..],
+                        uscc.expected_check_char()
+                    ),
+                ));
+            }
+            Ok(normalized)
+        }
+        FieldKind::ResidentId => {
+            let text = to_half_width(text);
+            ResidentId::parse(&text)
+                .map(|id| Normalized::ok(id.as_str()))
+                .map_err(resident_id_error)
+        }
+        FieldKind::IdNumber => {
+            let text = to_half_width(text).to_ascii_uppercase();
+            let looks_resident =
+                text.len() == 18 && text.as_bytes()[..17].iter().all(u8::is_ascii_digit);
+            if looks_resident {
+                return ResidentId::parse(&text)
+                    .map(|id| Normalized::ok(id.as_str()))
+                    .map_err(resident_id_error);
+            }
+            if text.is_empty()
+                || text.len() > 64
+                || !text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err((
+                    Rule::Format,
+                    "not an identity document number: letters, digits and '-', at most 64"
+                        .to_owned(),
+                ));
+            }
+            Ok(Normalized::ok(text))
+        }
+        FieldKind::OrgCode => {
+            let text = to_half_width(text).to_ascii_uppercase().replace('-', "");
+            let bytes = text.as_bytes();
+            if bytes.len() != 9 || !bytes.iter().all(u8::is_ascii_alphanumeric) {
+                return Err((
+                    Rule::Format,
+                    "an organization code is 8 letters or digits and a check character".to_owned(),
+                ));
+            }
+            let expected = crate::ids::org_code_check_char(&bytes[..8]);
+            if expected != Some(char::from(bytes[8])) {
+                return Err((
+                    Rule::CheckCharacter,
+                    format!(
+                        "GB 11714 check character should be {}",
+                        expected.unwrap_or('?')
+                    ),
+                ));
+            }
+            Ok(Normalized::ok(text))
+        }
+        FieldKind::RegNo => {
+            let text = to_half_width(text);
+            let bytes = text.as_bytes();
+            if bytes.len() != 15 || !bytes.iter().all(u8::is_ascii_digit) {
+                return Err((
+                    Rule::Format,
+                    "a business registration number is 15 digits".to_owned(),
+                ));
+            }
+            let expected = crate::ids::registration_number_check_digit(&bytes[..14]);
+            if expected != Some(char::from(bytes[14])) {
+                return Err((
+                    Rule::CheckCharacter,
+                    format!("check digit should be {}", expected.unwrap_or('?')),
+                ));
+            }
+            Ok(Normalized::ok(text.into_owned()))
+        }
+        FieldKind::Phone => {
+            let text = to_half_width(text);
+            let kept: String = text.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+            let digits = kept.bytes().filter(u8::is_ascii_digit).count();
+            let shaped = kept
+                .bytes()
+                .enumerate()
+                .all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'+'));
+            if !shaped || !(7..=20).contains(&digits) {
+                return Err((
+                    Rule::Format,
+                    "a phone number is 7 to 20 digits, optionally starting with +".to_owned(),
+                ));
+            }
+            Ok(Normalized::ok(kept))
+        }
+        FieldKind::Date => {
+            let text = to_half_width(text);
+            // Excel and database exports often append a midnight time: drop a time part.
+            let date = text.split([' ', 'T']).next().unwrap_or("");
+            match Period::parse(date) {
+                Ok(day @ Period::Day { .. }) => Ok(Normalized::ok(day.to_string())),
+                _ => Err((
+                    Rule::Format,
+                    "not a date: use YYYY-MM-DD (or YYYY/MM/DD, YYYYMMDD)".to_owned(),
+                )),
+            }
+        }
+        FieldKind::Month => match Period::parse(&to_half_width(text)) {
+            Ok(month @ Period::Month { .. }) => Ok(Normalized::ok(month.to_string())),
+            _ => Err((
+                Rule::Format,
+                "not a month: use YYYY-MM (or YYYYMM)".to_owned(),
+            )),
+        },
+        FieldKind::Decimal { scale, min } => normalize_decimal(&to_half_width(text), *scale, *min),
+        FieldKind::Integer { min, max } => {
+            let text = to_half_width(text);
+            let value: i64 = text
+                .parse()
+                .ok()
+                .filter(|_| text.len() <= 19)
+                .ok_or((Rule::Format, "not a whole number".to_owned()))?;
+            if min.is_some_and(|m| value < m) || max.is_some_and(|m| value > m) {
+                return Err((
+                    Rule::OutOfRange,
+                    format!(
+                        "must be between {} and {}",
+                        min.map_or("-∞".into(), |m| m.to_string()),
+                        max.map_or("∞".into(), |m| m.to_string())
+                    ),
+                ));
+            }
+            Ok(Normalized::ok(value.to_string()))
+        }
+        FieldKind::Enum { values } => {
+            if values.iter().any(|v| v == text) {
+                Ok(Normalized::ok(text))
+            } else {
+                Err((
+                    Rule::NotInList,
+                    format!("must be one of: {}", values.join(", ")),
+                ))
+            }
+        }
+    }
+}
+
+fn resident_id_error(error: crate::ids::IdError) -> (Rule, String) {
+    match error {
+        crate::ids::IdError::ResidentIdCheck {
+            expected, found, ..
+        } => (
+            Rule::CheckCharacter,
+            format!(
+                "GB 11643 check character is {found} but should be {expected}: the number is mistyped"
+            ),
+        ),
+        _ => (
+            Rule::Format,
+            "a resident id is 17 digits and a digit or X".to_owned(),
+        ),
+    }
+}
+
+/// Normalizes `-1,234.50` to `-1234.5`; at most `scale` fraction digits and 24 integer digits.
+fn normalize_decimal(text: &str, scale: u8, min: Option<i64>) -> FieldResult {
+    let format_error = || {
+        (
+            Rule::Format,
+            format!("not a number with at most {scale} decimal places (e.g. 1234.56)"),
+        )
+    };
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (int_part, frac_part) = match unsigned.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (unsigned, ""),
+    };
+    let int_digits: String = int_part.chars().filter(|c| *c != ',').collect();
+    let grouping_ok = !int_part.contains(',')
+        || int_part.split(',').enumerate().all(|(i, g)| {
+            if i == 0 {
+                (1..=3).contains(&g.len())
+            } else {
+                g.len() == 3
+            }
+        });
+    if int_digits.is_empty()
+        || !grouping_ok
+        || !int_digits.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+        || (unsigned.contains('.') && frac_part.is_empty())
+    {
+        return Err(format_error());
+    }
+    let frac = frac_part.trim_end_matches('0');
+    if frac.len() > usize::from(scale) {
+        return Err((Rule::Format, format!("more than {scale} decimal places")));
+    }
+    let int = int_digits.trim_start_matches('0');
+    if int.len() > 24 {
+        return Err((Rule::OutOfRange, "more than 24 integer digits".to_owned()));
+    }
+    let is_zero = int.is_empty() && frac.is_empty();
+    let negative = negative && !is_zero;
+    if let Some(min) = min {
+        let below = if negative {
+            // -x < min when min >= 0, or when x exceeds -min.
+            min >= 0
+                || int.len() > 19
+                || int
+                    .parse::<i64>()
+                    .map_or(true, |v| -v < min || (-v == min && !frac.is_empty()))
+        } else {
+            min > 0 && int.len() < 19 && int.parse::<i64>().unwrap_or(0) < min
+        };
+        if below {
+            return Err((Rule::OutOfRange, format!("must be at least {min}")));
+        }
+    }
+    let mut out = String::with_capacity(int.len() + frac.len() + 3);
+    if negative {
+        out.push('-');
+    }
+    out.push_str(if int.is_empty() { "0" } else { int });
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    Ok(Normalized::ok(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_normalize() {
+        let ok = |t: &str| normalize_decimal(t, 2, None).map(|n| n.text).ok();
+        assert_eq!(ok("1,234.50").as_deref(), Some("1234.5"));
+        assert_eq!(ok("007.00").as_deref(), Some("7"));
+        assert_eq!(ok("-0.0").as_deref(), Some("0"));
+        assert_eq!(ok("0.05").as_deref(), Some("0.05"));
+        for bad in [
+            "", "-", "1.", ".5", "1.234", "12,34", "1e5", "abc", "1..2", "--1",
+        ] {
+            assert!(ok(bad).is_none(), "{bad:?} accepted");
+        }
+        assert!(normalize_decimal("-1", 2, Some(0)).is_err());
+        assert!(normalize_decimal("0", 2, Some(0)).is_ok());
+    }
+
+    #[test]
+    fn masks() {
+        assert_eq!(mask_phone("13812345678"), "138****5678");
+        assert_eq!(mask_phone("0663123456"), "066*****56");
+        assert_eq!(mask_name("张三丰"), "张**");
+        assert_eq!(mask_name("李"), "李*");
+    }
+
+    #[test]
+    fn full_width_digits_become_ascii() {
+        assert_eq!(
+            to_half_width("９１４４０３００１９２２０３８２１６"),
+            "914403001922038216"
+        );
+    }
+}

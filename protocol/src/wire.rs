@@ -1,0 +1,248 @@
+//! Wire frames of the sync protocol and the signed receipts they carry.
+//!
+//! A frame is `[version: u8][length: u32 big-endian][payload: bincode Message]`. The length is
+//! checked against the caller's limit *before* any buffer is allocated, the payload is decoded
+//! with a bincode size limit, and every byte must be consumed. Arbitrary bytes give an error,
+//! never a panic or a large allocation (a property test feeds random bytes).
+//!
+//! Streams: the control stream of a link carries small frames (at most [`FRAME_BYTES_MAX`]);
+//! each batch travels on its own stream as one frame of at most [`BATCH_FRAME_BYTES_MAX`].
+
+use bincode::{Decode, Encode};
+
+use crate::batch::{BATCH_BYTES_MAX, NodeKey, PublicKey, Signature, SignedBatch, bincode_config};
+use crate::ids::{BatchId, Category, Digest, NodeId, Period};
+use crate::record::Problem;
+
+/// Version of the frame layout and message set.
+pub const WIRE_VERSION: u8 = 1;
+pub const FRAME_HEADER_BYTES: usize = 5;
+/// Largest control frame.
+pub const FRAME_BYTES_MAX: usize = 1024 * 1024;
+/// Largest batch frame: a whole batch and its id and signature.
+pub const BATCH_FRAME_BYTES_MAX: usize = BATCH_BYTES_MAX + 4096;
+/// Most batch offers, wants or receipts in one frame.
+pub const IDS_PER_FRAME_MAX: usize = 1024;
+/// Most problems reported back for one batch.
+pub const FEEDBACK_PROBLEMS_MAX: usize = 10_000;
+
+const RECEIPT_SIGNING_CONTEXT: &[u8] = b"credit-network/receipt/v1";
+
+/// A batch a node holds and offers to its parent.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Offer {
+    pub id: BatchId,
+    pub origin: NodeId,
+    pub category: Category,
+    pub period: Period,
+    pub bytes: u32,
+}
+
+/// The receiver's decision on a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Verdict {
+    /// Stored durably; `warnings` records carried warnings (see the feedback).
+    Accepted { warnings: u32 },
+    /// Refused whole (bad hash, bad signature, a record its schema refuses); not stored.
+    /// Re-sending will not help; the origin must correct and send a new batch.
+    Rejected { reason: String },
+}
+
+/// "Node `receiver` holds batch `batch` durably since `received_at_ms`", signed by the receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Receipt {
+    pub receiver: NodeId,
+    pub batch: BatchId,
+    pub origin: NodeId,
+    /// Unix time in milliseconds, from the receiver's clock.
+    pub received_at_ms: u64,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct SignedReceipt {
+    pub receipt: Receipt,
+    pub signature: Signature,
+}
+
+impl Receipt {
+    fn digest(&self) -> Digest {
+        let bytes = bincode::encode_to_vec(self, bincode_config::<FRAME_BYTES_MAX>())
+            .expect("a receipt encodes within the frame limit");
+        Digest(*blake3::hash(&bytes).as_bytes())
+    }
+
+    pub fn sign(self, key: &NodeKey) -> SignedReceipt {
+        let signature = key.sign(RECEIPT_SIGNING_CONTEXT, self.digest().as_bytes());
+        SignedReceipt {
+            receipt: self,
+            signature,
+        }
+    }
+}
+
+impl SignedReceipt {
+    /// Whether the receipt was signed by the holder of `receiver_key`.
+    pub fn verify(&self, receiver_key: &PublicKey) -> bool {
+        receiver_key.verify(
+            RECEIPT_SIGNING_CONTEXT,
+            self.receipt.digest().as_bytes(),
+            &self.signature,
+        )
+    }
+}
+
+/// A message of the sync protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Message {
+    /// First frame on a link's control stream, both ways.
+    Hello {
+        node: NodeId,
+        wire_version: u8,
+        topology_version: u64,
+    },
+    /// Child → parent: batches the child holds for this link.
+    Offer {
+        offers: Vec<Offer>,
+    },
+    /// Parent → child: which of the offered batches the parent lacks.
+    Want {
+        ids: Vec<BatchId>,
+    },
+    /// One batch, alone on its own stream.
+    Batch(SignedBatch),
+    /// Parent → child: receipts for batches the parent stored or refused.
+    Receipts {
+        receipts: Vec<SignedReceipt>,
+    },
+    /// Parent → child: receipts from further up (grandparent and beyond) for batches the
+    /// child sent, so each origin holds the chain of where its batch got to.
+    UpstreamReceipts {
+        receipts: Vec<SignedReceipt>,
+    },
+    /// Receiver → origin (relayed down): per-record problems found in a batch.
+    Feedback {
+        batch: BatchId,
+        problems: Vec<Problem>,
+    },
+    /// Reconciliation: the fingerprint of the ids a node holds for one origin in a range of
+    /// periods. Equal fingerprints end the exchange; unequal ranges are split.
+    RangeFingerprint {
+        origin: NodeId,
+        from: Period,
+        to: Period,
+        count: u32,
+        fingerprint: Digest,
+    },
+    /// Reconciliation: the ids themselves, once a range is small.
+    RangeIds {
+        origin: NodeId,
+        from: Period,
+        to: Period,
+        ids: Vec<BatchId>,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
+    /// The sender is closing the link, and why.
+    Goodbye {
+        reason: String,
+    },
+}
+
+/// Why bytes are not a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error(
+        "frame version {0} is not supported (this node speaks {WIRE_VERSION}): upgrade the older node"
+    )]
+    Version(u8),
+    #[error(
+        "frame claims {claimed} bytes, more than the limit of {limit}: the peer is misbehaving"
+    )]
+    TooLarge { claimed: usize, limit: usize },
+    #[error("frame payload does not decode: {0}")]
+    Malformed(String),
+    #[error("{0} trailing bytes after the message")]
+    TrailingBytes(usize),
+    #[error("frame carries {count} items, more than the limit of {limit}")]
+    TooManyItems { count: usize, limit: usize },
+}
+
+impl Message {
+    /// The frame bytes: header and payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![WIRE_VERSION, 0, 0, 0, 0];
+        bincode::encode_into_std_write(self, &mut out, bincode_config::<BATCH_FRAME_BYTES_MAX>())
+            .expect("writing to a Vec cannot fail and messages are built within limits");
+        let length = u32::try_from(out.len() - FRAME_HEADER_BYTES).expect("frame below 4 GiB");
+        out[1..5].copy_from_slice(&length.to_be_bytes());
+        out
+    }
+
+    fn check_counts(&self) -> Result<(), FrameError> {
+        let (count, limit) = match self {
+            Message::Offer { offers } => (offers.len(), IDS_PER_FRAME_MAX),
+            Message::Want { ids } | Message::RangeIds { ids, .. } => (ids.len(), IDS_PER_FRAME_MAX),
+            Message::Receipts { receipts } | Message::UpstreamReceipts { receipts } => {
+                (receipts.len(), IDS_PER_FRAME_MAX)
+            }
+            Message::Feedback { problems, .. } => (problems.len(), FEEDBACK_PROBLEMS_MAX),
+            _ => (0, 0),
+        };
+        if count > limit {
+            return Err(FrameError::TooManyItems { count, limit });
+        }
+        Ok(())
+    }
+}
+
+/// Reads a frame header: the payload length, checked against `limit` before anything is
+/// allocated.
+pub fn payload_length(header: [u8; FRAME_HEADER_BYTES], limit: usize) -> Result<usize, FrameError> {
+    if header[0] != WIRE_VERSION {
+        return Err(FrameError::Version(header[0]));
+    }
+    let claimed = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if claimed > limit {
+        return Err(FrameError::TooLarge { claimed, limit });
+    }
+    Ok(claimed)
+}
+
+/// Decodes one payload (without its header).
+pub fn decode_payload(payload: &[u8]) -> Result<Message, FrameError> {
+    if payload.len() > BATCH_FRAME_BYTES_MAX {
+        return Err(FrameError::TooLarge {
+            claimed: payload.len(),
+            limit: BATCH_FRAME_BYTES_MAX,
+        });
+    }
+    let (message, used): (Message, usize) =
+        bincode::decode_from_slice(payload, bincode_config::<BATCH_FRAME_BYTES_MAX>())
+            .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if used != payload.len() {
+        return Err(FrameError::TrailingBytes(payload.len() - used));
+    }
+    message.check_counts()?;
+    Ok(message)
+}
+
+/// Decodes the first frame in `buffer`: `Ok(None)` if more bytes are needed, otherwise the
+/// message and how many bytes it took.
+pub fn decode_frame(buffer: &[u8], limit: usize) -> Result<Option<(Message, usize)>, FrameError> {
+    let Some(header) = buffer.first_chunk::<FRAME_HEADER_BYTES>() else {
+        return Ok(None);
+    };
+    let length = payload_length(*header, limit)?;
+    let Some(payload) = buffer.get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + length) else {
+        return Ok(None);
+    };
+    Ok(Some((
+        decode_payload(payload)?,
+        FRAME_HEADER_BYTES + length,
+    )))
+}

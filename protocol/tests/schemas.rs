@@ -1,0 +1,311 @@
+//! Every compiled-in category schema: it parses, a complete sample row validates, each
+//! required field left empty is reported by name, personal values never survive in clear,
+//! and a validated record passes the receiver's re-check.
+
+use protocol::ids::Period;
+use protocol::record::{DesensitizeKey, Rule, Severity, Value};
+use protocol::schema::{Desensitize, FieldKind, Registry, Required, Schema, Sensitivity};
+
+const PERSON_ID: &str = "11010519491231002X";
+const KEY: DesensitizeKey = DesensitizeKey([7; 32]);
+
+fn period() -> Period {
+    Period::parse("2022-05").unwrap()
+}
+
+/// A valid value for a field of this kind.
+fn sample(kind: &FieldKind) -> String {
+    match kind {
+        FieldKind::Text { max_chars } => "样例文本".chars().take(*max_chars).collect(),
+        FieldKind::Uscc => "914403001922038216".into(),
+        FieldKind::ResidentId | FieldKind::IdNumber => PERSON_ID.into(),
+        FieldKind::OrgCode => "192203821".into(),
+        FieldKind::RegNo => "440301103448669".into(),
+        FieldKind::Phone => "13812345678".into(),
+        FieldKind::Date => "2022-05-03".into(),
+        FieldKind::Month => "2022-05".into(),
+        FieldKind::Decimal { .. } => "12.5".into(),
+        FieldKind::Integer { min, max } => min
+            .or(*max)
+            .unwrap_or(1)
+            .max(1)
+            .min(max.unwrap_or(i64::MAX))
+            .to_string(),
+        FieldKind::Enum { values } => values[0].clone(),
+    }
+}
+
+/// A complete row; enum fields that condition others are set to make every conditional
+/// field required (the first value is fine since each value we give is valid anyway).
+fn full_row(schema: &Schema) -> Vec<String> {
+    schema.fields.iter().map(|f| sample(&f.kind)).collect()
+}
+
+fn validate(
+    schema: &Schema,
+    row: &[String],
+) -> Result<protocol::record::Validated, Vec<protocol::Problem>> {
+    let raw: Vec<Option<&str>> = row.iter().map(|v| Some(v.as_str())).collect();
+    schema.validate(&raw, period(), &KEY)
+}
+
+#[test]
+fn every_category_of_the_sharing_list_is_present() {
+    let registry = Registry::builtin();
+    let mut names = registry.names();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "admin_enforcement",
+            "admin_license",
+            "admin_penalty",
+            "agri_new_entity",
+            "electricity_fee",
+            "env_credit_rating",
+            "gas_fee",
+            "market_entity_registration",
+            "real_estate_mortgage",
+            "real_estate_registration",
+            "sci_tech_rd",
+            "tax_abnormal",
+            "tax_arrears",
+            "water_fee",
+        ]
+    );
+}
+
+#[test]
+fn complete_rows_validate_in_every_category() {
+    for schema in Registry::builtin().iter() {
+        let row = full_row(schema);
+        let validated = validate(schema, &row)
+            .unwrap_or_else(|p| panic!("{}: sample row refused: {p:#?}", schema.category));
+        assert!(
+            validated.warnings.is_empty(),
+            "{}: {:?}",
+            schema.category,
+            validated.warnings
+        );
+        let problems = schema.check_record(&validated.record, period());
+        assert!(
+            problems.is_empty(),
+            "{}: re-check refused its own record: {problems:#?}",
+            schema.category
+        );
+    }
+}
+
+#[test]
+fn personal_values_never_survive_in_clear() {
+    for schema in Registry::builtin().iter() {
+        let validated = validate(schema, &full_row(schema)).unwrap();
+        for (field, value) in schema.fields.iter().zip(&validated.record.values) {
+            if field.sensitivity == Sensitivity::Public {
+                continue;
+            }
+            let shown = match value {
+                Value::Absent => continue,
+                Value::Text(t) => t.clone(),
+                Value::Token { masked, .. } => masked.clone(),
+            };
+            assert_ne!(
+                shown,
+                sample(&field.kind),
+                "{}.{} left in clear",
+                schema.category,
+                field.name
+            );
+            assert!(
+                !shown.contains(PERSON_ID),
+                "{}.{}",
+                schema.category,
+                field.name
+            );
+            if field.desensitize == Desensitize::Token {
+                assert!(
+                    matches!(value, Value::Token { .. }),
+                    "{}.{}",
+                    schema.category,
+                    field.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn each_required_field_left_empty_is_named() {
+    for schema in Registry::builtin().iter() {
+        for (index, field) in schema.fields.iter().enumerate() {
+            if field.required != Required::Always {
+                continue;
+            }
+            let mut row = full_row(schema);
+            row[index] = "\u{3000} ".into(); // full-width and ASCII space only: empty
+            let problems = validate(schema, &row).expect_err(&format!(
+                "{}.{} empty but accepted",
+                schema.category, field.name
+            ));
+            assert!(
+                problems.iter().any(|p| p.field == field.name
+                    && p.rule == Rule::Required
+                    && p.severity == Severity::Error),
+                "{}.{}: {problems:?}",
+                schema.category,
+                field.name
+            );
+        }
+    }
+}
+
+#[test]
+fn every_problem_in_a_row_is_reported_at_once() {
+    let schema = Registry::builtin().by_name("water_fee").unwrap();
+    let mut row = full_row(schema);
+    let set = |row: &mut Vec<String>, name: &str, value: &str| {
+        row[schema.field_index(name).unwrap()] = value.into();
+    };
+    set(&mut row, "subject_kind", "自然人");
+    set(&mut row, "subject_uscc", "");
+    set(&mut row, "subject_id_number", "110105194912310021"); // bad check digit
+    set(&mut row, "consumption", "-3");
+    set(&mut row, "billed_amount", "12.345");
+    set(&mut row, "payment_date", "2022-02-30");
+    set(&mut row, "source_unit_uscc", "not a code");
+    let problems = validate(schema, &row).unwrap_err();
+    let got: Vec<(&str, Rule)> = problems
+        .iter()
+        .map(|p| (p.field.as_str(), p.rule))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("subject_id_number", Rule::CheckCharacter),
+            ("consumption", Rule::OutOfRange),
+            ("billed_amount", Rule::Format),
+            ("payment_date", Rule::Format),
+            ("source_unit_uscc", Rule::Format),
+        ]
+    );
+    let id_problem = &problems[0];
+    assert!(
+        !id_problem.value.contains("110105194912310021"),
+        "{id_problem}"
+    );
+}
+
+#[test]
+fn failing_uscc_check_is_a_warning_not_a_rejection() {
+    let schema = Registry::builtin().by_name("water_fee").unwrap();
+    let mut row = full_row(schema);
+    row[schema.field_index("subject_uscc").unwrap()] = "91350100M000100Y4A".into();
+    let validated = validate(schema, &row).expect("pilot-style code accepted");
+    assert_eq!(validated.warnings.len(), 1);
+    assert_eq!(validated.warnings[0].rule, Rule::CheckCharacter);
+    assert_eq!(validated.warnings[0].severity, Severity::Warning);
+}
+
+#[test]
+fn period_mismatch_is_reported() {
+    let schema = Registry::builtin().by_name("water_fee").unwrap();
+    let mut row = full_row(schema);
+    row[schema.field_index("billing_period").unwrap()] = "2022-04".into();
+    let problems = validate(schema, &row).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.rule == Rule::PeriodMismatch),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn conditional_requirements_follow_the_subject_kind() {
+    let schema = Registry::builtin().by_name("water_fee").unwrap();
+    let mut row = full_row(schema);
+    row[schema.field_index("subject_kind").unwrap()] = "法人及非法人组织".into();
+    row[schema.field_index("subject_id_number").unwrap()] = String::new();
+    assert!(
+        validate(schema, &row).is_ok(),
+        "organization needs no id number"
+    );
+    row[schema.field_index("subject_uscc").unwrap()] = String::new();
+    let problems = validate(schema, &row).unwrap_err();
+    assert_eq!(problems[0].field, "subject_uscc");
+    assert!(
+        problems[0].message.contains("required when subject_kind"),
+        "{}",
+        problems[0].message
+    );
+}
+
+#[test]
+fn tokens_join_one_person_across_records_and_depend_on_the_key() {
+    let schema = Registry::builtin().by_name("water_fee").unwrap();
+    let mut row = full_row(schema);
+    row[schema.field_index("subject_kind").unwrap()] = "自然人".into();
+    row[schema.field_index("subject_uscc").unwrap()] = String::new();
+    let a = validate(schema, &row).unwrap().record;
+    row[schema.field_index("account_no").unwrap()] = "another account".into();
+    let b = validate(schema, &row).unwrap().record;
+    assert_eq!(a.subject, b.subject, "same person, same token");
+    let raw: Vec<Option<&str>> = row.iter().map(|v| Some(v.as_str())).collect();
+    let other_key = schema
+        .validate(&raw, period(), &DesensitizeKey([8; 32]))
+        .unwrap()
+        .record;
+    assert_ne!(
+        b.subject, other_key.subject,
+        "the token depends on the network key"
+    );
+}
+
+#[test]
+fn a_tampered_record_fails_the_receivers_check() {
+    let schema = Registry::builtin().by_name("water_fee").unwrap();
+    let record = validate(schema, &full_row(schema)).unwrap().record;
+    let id_index = schema.field_index("subject_id_number").unwrap();
+    let mut clear = record.clone();
+    clear.values[id_index] = Value::Text(PERSON_ID.into());
+    assert!(
+        schema
+            .check_record(&clear, period())
+            .iter()
+            .any(|p| p.rule == Rule::Desensitization)
+    );
+    let mut unnormalized = record.clone();
+    unnormalized.values[schema.field_index("consumption").unwrap()] = Value::Text("012.50".into());
+    assert!(!schema.check_record(&unnormalized, period()).is_empty());
+    let mut rekeyed = record;
+    rekeyed.key = protocol::RecordKey("other".into());
+    assert!(
+        schema
+            .check_record(&rekeyed, period())
+            .iter()
+            .any(|p| p.rule == Rule::Key)
+    );
+}
+
+#[test]
+fn a_broken_schema_file_is_refused_with_its_name() {
+    let text = include_str!("../schemas/water_fee.toml")
+        .replace("key = [\"account_no\"", "key = [\"no_such_field\"");
+    let error = Schema::parse("broken.toml", &text).unwrap_err().to_string();
+    assert!(
+        error.contains("broken.toml") && error.contains("no_such_field"),
+        "{error}"
+    );
+    let text = include_str!("../schemas/water_fee.toml").replace("desensitize = \"token\"", "");
+    let error = Schema::parse("leaky.toml", &text).unwrap_err().to_string();
+    assert!(error.contains("desensitize"), "{error}");
+}
+
+#[test]
+fn headers_match_by_machine_name_label_or_alias() {
+    let schema = Registry::builtin().by_name("water_fee").unwrap();
+    let account = schema.field_index("account_no");
+    assert_eq!(schema.field_by_header("account_no"), account);
+    assert_eq!(schema.field_by_header("\u{3000}水务户号 "), account);
+    assert_eq!(schema.field_by_header("户号"), account);
+    assert_eq!(schema.field_by_header("ACCOUNT_NO"), account);
+    assert_eq!(schema.field_by_header("nonsense"), None);
+}
