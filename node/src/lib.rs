@@ -1,1 +1,9 @@
-//! x
+//! The credit-node library: ingestion of source-unit exports, node identity, reports, and the
+//! demo. The binary in `main.rs` is a thin CLI over it.
+
+pub mod demo;
+pub mod identity;
+pub mod ingest;
+pub mod progress;
+pub mod report;
+pub mod sample;

@@ -1,1 +1,216 @@
-fn main() {}
+//! `credit-node`: the one binary every level of the credit network runs. This file is the CLI
+//! edge: argument parsing, human and JSON output, exit codes. The work is in the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use node::identity::Identity;
+use node::ingest::{Encoding, IngestOptions, IngestReport, ingest_file};
+use protocol::batch::BATCH_RECORDS_MAX;
+use protocol::{DesensitizeKey, NodeId, NodeKey, Period, Registry, Schema};
+
+#[derive(Parser)]
+#[command(
+    name = "credit-node",
+    version,
+    about = "A node of the federated credit information network (county, city, province or national).",
+    after_help = "Examples:\n  credit-node demo\n  credit-node init --id 445281 --dir ./puning\n  credit-node ingest water.csv --category water_fee --period 2022-05 --dir ./puning"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a node's identity (Ed25519 key and network key) in a directory and print the
+    /// line to paste into the topology file.
+    #[command(
+        after_help = "Example:\n  credit-node init --id 445281 --dir ./puning\n  credit-node init --id 445200 --dir ./jieyang --network-key ./province/network.key"
+    )]
+    Init {
+        /// The node's GB/T 2260 division code (000000 for the national platform).
+        #[arg(long)]
+        id: NodeId,
+        #[arg(long)]
+        dir: PathBuf,
+        /// The network's desensitization key file, as handed out by the provincial operator.
+        /// Without it a new network key is drawn (for the first node of a network).
+        #[arg(long)]
+        network_key: Option<PathBuf>,
+    },
+    /// Validate, desensitize and batch a CSV export, and print the batches and every bad row.
+    /// Nothing is sent: this is the check an operator runs before submitting.
+    #[command(
+        after_help = "Example:\n  credit-node ingest water-2022-05.csv --category water_fee --period 2022-05 --dir ./puning\n  credit-node ingest gbk-export.csv --category gas_fee --period 2022-05 --encoding gbk --json"
+    )]
+    Ingest {
+        file: PathBuf,
+        #[command(flatten)]
+        batch: BatchArgs,
+        /// The node directory whose keys sign the batches. Without it, throwaway keys are used
+        /// and the batch ids are a preview only.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The origin node id when no --dir is given.
+        #[arg(long, default_value = "445281")]
+        origin: NodeId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a realistic sample export for a category (valid credit codes, chosen bad rows).
+    #[command(
+        after_help = "Example:\n  credit-node sample --category water_fee --origin 445281 --period 2022-05 --rows 1000 --bad 3 > water.csv"
+    )]
+    Sample {
+        #[arg(long)]
+        category: String,
+        #[arg(long)]
+        origin: NodeId,
+        #[arg(long)]
+        period: Period,
+        #[arg(long, default_value_t = 1000)]
+        rows: usize,
+        #[arg(long, default_value_t = 0)]
+        bad: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Show the Jieyang example: sample exports for its counties, ingested into batches.
+    #[command(after_help = "Example:\n  credit-node demo")]
+    Demo,
+}
+
+#[derive(clap::Args)]
+struct BatchArgs {
+    /// The category's machine name, e.g. water_fee, gas_fee, admin_penalty.
+    #[arg(long)]
+    category: String,
+    /// The period the file covers: YYYY-MM for monthly data, YYYY-MM-DD for daily data.
+    #[arg(long)]
+    period: Period,
+    #[arg(long, value_enum, default_value = "utf8")]
+    encoding: Encoding,
+    /// Records per batch.
+    #[arg(long, default_value_t = 50_000)]
+    batch_records: usize,
+}
+
+fn schema(name: &str) -> anyhow::Result<&'static Schema> {
+    let registry = Registry::builtin();
+    registry.by_name(name).with_context(|| {
+        format!(
+            "unknown category {name:?}; known categories: {}",
+            registry.names().join(", ")
+        )
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Init {
+            id,
+            dir,
+            network_key,
+        } => {
+            let network = network_key
+                .map(|path| node::identity::read_secret(&path))
+                .transpose()?;
+            let identity = Identity::create(&dir, id, network)?;
+            writeln!(out, "created node {id} in {}", dir.display())?;
+            writeln!(out, "paste into the topology file:")?;
+            writeln!(
+                out,
+                "  id = \"{id}\"\n  public_key = \"{}\"",
+                identity.public()
+            )?;
+        }
+        Command::Ingest {
+            file,
+            batch,
+            dir,
+            origin,
+            json,
+        } => {
+            let schema = schema(&batch.category)?;
+            let identity = match &dir {
+                Some(dir) => Identity::load(dir)?,
+                None => Identity {
+                    id: origin,
+                    key: NodeKey::from_seed(node::identity::random32()?),
+                    network_key: DesensitizeKey(node::identity::random32()?),
+                },
+            };
+            let options = IngestOptions {
+                schema,
+                origin: identity.id,
+                period: batch.period,
+                encoding: batch.encoding,
+                desensitize_key: &identity.network_key,
+                node_key: &identity.key,
+                batch_records_max: batch.batch_records.clamp(1, BATCH_RECORDS_MAX),
+            };
+            let progress = node::progress::Rows::new(&file);
+            let report = ingest_file(&file, &options, |rows| progress.update(rows))?;
+            progress.finish(report.rows);
+            if json {
+                serde_json::to_writer_pretty(&mut out, &node::report::ingest_json(&report))?;
+                writeln!(out)?;
+            } else {
+                node::report::write_ingest(&mut out, &file.display().to_string(), &report)?;
+                if dir.is_none() {
+                    writeln!(
+                        out,
+                        "(preview: signed with a throwaway key; pass --dir to sign as your node)"
+                    )?;
+                }
+            }
+            return Ok(exit_for(&report));
+        }
+        Command::Sample {
+            category,
+            origin,
+            period,
+            rows,
+            bad,
+            seed,
+        } => {
+            let schema = schema(&category)?;
+            if bad > rows {
+                bail!("--bad {bad} is more than --rows {rows}");
+            }
+            let file = node::sample::sample_csv(schema, origin, period, rows, bad, seed);
+            out.write_all(file.text.as_bytes())?;
+        }
+        Command::Demo => node::demo::ingest_demo(&mut out)?,
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// 0 when every row was accepted, 1 when some rows were refused (the good ones are batched).
+fn exit_for(report: &IngestReport) -> std::process::ExitCode {
+    if report.rejected.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    }
+}

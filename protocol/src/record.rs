@@ -537,11 +537,17 @@ fn normalize(kind: &FieldKind, text: &str) -> FieldResult {
             }
             if text
                 .chars()
-                .any(|c| c.is_control() && c != '\n' && c != '\t')
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
             {
                 return Err((
                     Rule::Format,
                     "contains a control character: remove it".to_owned(),
+                ));
+            }
+            // Line breaks inside a cell are canonically LF, whatever the exporting system wrote.
+            if text.contains('\r') {
+                return Ok(Normalized::ok(
+                    text.replace("\r\n", "\n").replace('\r', "\n"),
                 ));
             }
             Ok(Normalized::ok(text))

@@ -1,0 +1,393 @@
+//! Ingestion: a CSV export from a data-source unit becomes validated, desensitized, signed
+//! batches.
+//!
+//! Real exports come from Excel and government systems: UTF-8 with or without a BOM, CRLF line
+//! endings, quoted fields with commas and newlines, full-width spaces around values, or GBK.
+//! One bad row never loses the good ones: each bad row is reported with its line, field and
+//! reason, and the rest are batched. Problems of the file as a whole (unreadable, wrong
+//! encoding, a header that lacks a required column) are errors that name the file and say
+//! what to do.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use protocol::batch::{BATCH_FORMAT, BATCH_RECORDS_MAX, BatchHeader, BuildError};
+use protocol::record::{Problem, Rule, Severity};
+use protocol::schema::{Required, Schema};
+use protocol::{Batch, DesensitizeKey, NodeId, NodeKey, Period, Record, RecordKey, SignedBatch};
+
+/// Largest file `ingest_file` reads, in bytes.
+pub const FILE_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+/// How often, in rows, progress is reported.
+pub const PROGRESS_EVERY_ROWS: u64 = 10_000;
+
+/// The text encoding of an input file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Encoding {
+    /// UTF-8, with or without a byte-order mark.
+    Utf8,
+    /// GBK / GB18030, as written by Excel and many government systems on Chinese Windows.
+    Gbk,
+}
+
+/// What to make batches of.
+#[derive(Debug, Clone)]
+pub struct IngestOptions<'a> {
+    pub schema: &'a Schema,
+    pub origin: NodeId,
+    pub period: Period,
+    pub encoding: Encoding,
+    pub desensitize_key: &'a DesensitizeKey,
+    pub node_key: &'a NodeKey,
+    /// Records per batch; larger files become several batches.
+    pub batch_records_max: usize,
+}
+
+/// The problems of one input row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowProblems {
+    /// Line in the file where the row starts (1 is the header).
+    pub line: u64,
+    pub problems: Vec<Problem>,
+}
+
+/// What ingestion made of a file.
+#[derive(Debug)]
+pub struct IngestReport {
+    pub batches: Vec<SignedBatch>,
+    /// Data rows read (not counting the header and blank lines).
+    pub rows: u64,
+    pub records: u64,
+    /// Rows refused, each with every problem found.
+    pub rejected: Vec<RowProblems>,
+    /// Accepted rows that carry warnings.
+    pub warnings: Vec<RowProblems>,
+    /// Header columns that match no field and were ignored.
+    pub ignored_columns: Vec<String>,
+}
+
+/// Why a file could not be ingested at all.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: file is {bytes} bytes, more than {FILE_BYTES_MAX}: split it")]
+    TooLarge { path: PathBuf, bytes: u64 },
+    #[error(
+        "{path}: line {line}: the file is not UTF-8; it looks like GBK (as saved by Excel on Chinese Windows): pass --encoding gbk"
+    )]
+    LooksLikeGbk { path: PathBuf, line: u64 },
+    #[error(
+        "{path}: line {line}: the file is neither UTF-8 nor GBK: save it as UTF-8 (Excel: Save As → CSV UTF-8)"
+    )]
+    UnknownEncoding { path: PathBuf, line: u64 },
+    #[error("{path}: line {line}: not valid GBK: check the encoding the file was saved in")]
+    BadGbk { path: PathBuf, line: u64 },
+    #[error("{path}: the file is empty: expected a header row naming the fields of {category}")]
+    Empty { path: PathBuf, category: String },
+    #[error("{path}: line 1: {message}")]
+    Header { path: PathBuf, message: String },
+    #[error("{path}: line {line}: {message}")]
+    Csv {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+    #[error("{path}: {source}")]
+    Build { path: PathBuf, source: BuildError },
+}
+
+/// Reads and ingests a file. `progress` is called with the number of rows read so far.
+pub fn ingest_file(
+    path: &Path,
+    options: &IngestOptions<'_>,
+    progress: impl FnMut(u64),
+) -> Result<IngestReport, IngestError> {
+    let read = |source| IngestError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let bytes_len = std::fs::metadata(path).map_err(read)?.len();
+    if bytes_len > FILE_BYTES_MAX {
+        return Err(IngestError::TooLarge {
+            path: path.to_owned(),
+            bytes: bytes_len,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(read)?;
+    ingest_bytes(path, &bytes, options, progress)
+}
+
+/// Ingests file contents already in memory; `path` is used in messages only.
+pub fn ingest_bytes(
+    path: &Path,
+    bytes: &[u8],
+    options: &IngestOptions<'_>,
+    mut progress: impl FnMut(u64),
+) -> Result<IngestReport, IngestError> {
+    let text = decode_text(path, bytes, options.encoding)?;
+    let schema = options.schema;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut rows = reader.records();
+    let header = match rows.next() {
+        None => {
+            return Err(IngestError::Empty {
+                path: path.to_owned(),
+                category: schema.category.to_string(),
+            });
+        }
+        Some(record) => record.map_err(|e| csv_error(path, &e))?,
+    };
+    let (columns, ignored_columns) = map_header(path, schema, &header)?;
+    let column_count = header.len();
+
+    let mut report = IngestReport {
+        batches: Vec::new(),
+        rows: 0,
+        records: 0,
+        rejected: Vec::new(),
+        warnings: Vec::new(),
+        ignored_columns,
+    };
+    let mut records: Vec<Record> = Vec::new();
+    let mut first_line_of_key: HashMap<RecordKey, u64> = HashMap::new();
+    let mut lines = LineCounter::default();
+    for row in rows {
+        let row = row.map_err(|e| csv_error(path, &e))?;
+        let line = lines.line_at(
+            text.as_bytes(),
+            row.position().map_or(0, |p| p.byte() as usize),
+        );
+        if row
+            .iter()
+            .all(|v| protocol::schema::trim_value(v).is_empty())
+        {
+            continue; // blank lines and rows of empty cells, as Excel leaves at the end
+        }
+        report.rows += 1;
+        if report.rows.is_multiple_of(PROGRESS_EVERY_ROWS) {
+            progress(report.rows);
+        }
+        if row.len() != column_count {
+            report.rejected.push(RowProblems {
+                line,
+                problems: vec![file_problem(
+                    Rule::Format,
+                    format!(
+                        "the row has {} columns, the header has {column_count}: check for an unquoted comma or a missing cell",
+                        row.len()
+                    ),
+                )],
+            });
+            continue;
+        }
+        let raw: Vec<Option<&str>> = columns.iter().map(|c| c.map(|c| &row[c])).collect();
+        match schema.validate(&raw, options.period, options.desensitize_key) {
+            Err(problems) => report.rejected.push(RowProblems { line, problems }),
+            Ok(validated) => {
+                if let Some(first) = first_line_of_key.get(&validated.record.key) {
+                    report.rejected.push(RowProblems {
+                        line,
+                        problems: vec![file_problem(
+                            Rule::DuplicateKey,
+                            format!(
+                                "record key {} was already given on line {first}: keep one row per key",
+                                validated.record.key
+                            ),
+                        )],
+                    });
+                    continue;
+                }
+                first_line_of_key.insert(validated.record.key.clone(), line);
+                if !validated.warnings.is_empty() {
+                    report.warnings.push(RowProblems {
+                        line,
+                        problems: validated.warnings,
+                    });
+                }
+                records.push(validated.record);
+            }
+        }
+    }
+    progress(report.rows);
+    report.records = records.len() as u64;
+    report.batches = seal_batches(records, options).map_err(|source| IngestError::Build {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(report)
+}
+
+/// Sorts records by key and cuts them into batches of at most `batch_records_max`, so the
+/// same records always give the same batches.
+pub fn seal_batches(
+    mut records: Vec<Record>,
+    options: &IngestOptions<'_>,
+) -> Result<Vec<SignedBatch>, BuildError> {
+    records.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    let per_batch = options.batch_records_max.clamp(1, BATCH_RECORDS_MAX);
+    let mut batches = Vec::with_capacity(records.len().div_ceil(per_batch));
+    let mut rest = records;
+    while !rest.is_empty() {
+        let tail = rest.split_off(rest.len().min(per_batch));
+        let header = BatchHeader {
+            format: BATCH_FORMAT,
+            origin: options.origin,
+            category: options.schema.category.clone(),
+            schema_version: options.schema.version,
+            period: options.period,
+            supersedes: None,
+            withdrawals: Vec::new(),
+        };
+        let batch = Batch::new(header, rest)?;
+        batches.push(SignedBatch::seal(&batch, options.node_key)?);
+        rest = tail;
+    }
+    Ok(batches)
+}
+
+/// File line numbers from byte offsets. (The csv crate's own line count is one short after
+/// CRLF line endings, which every Excel export has.)
+#[derive(Default)]
+struct LineCounter {
+    offset: usize,
+    line: u64,
+}
+
+impl LineCounter {
+    /// The line of the record starting at `offset` (offsets must not decrease).
+    fn line_at(&mut self, text: &[u8], offset: usize) -> u64 {
+        // A record may be reported as starting on the terminator of the line before it.
+        let mut start = offset.min(text.len());
+        while start < text.len() && matches!(text[start], b'\r' | b'\n') {
+            start += 1;
+        }
+        debug_assert!(start >= self.offset, "records arrive in file order");
+        self.line += text[self.offset..start]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count() as u64;
+        self.offset = start;
+        self.line + 1
+    }
+}
+
+fn file_problem(rule: Rule, message: String) -> Problem {
+    Problem {
+        field: "(row)".to_owned(),
+        label: String::new(),
+        value: String::new(),
+        rule,
+        severity: Severity::Error,
+        message,
+    }
+}
+
+fn csv_error(path: &Path, error: &csv::Error) -> IngestError {
+    IngestError::Csv {
+        path: path.to_owned(),
+        line: error.position().map_or(0, |p| p.line()),
+        message: error.to_string(),
+    }
+}
+
+/// For each schema field, the column holding it; and the header cells that name no field.
+fn map_header(
+    path: &Path,
+    schema: &Schema,
+    header: &csv::StringRecord,
+) -> Result<(Vec<Option<usize>>, Vec<String>), IngestError> {
+    let header_error = |message: String| IngestError::Header {
+        path: path.to_owned(),
+        message,
+    };
+    let mut columns: Vec<Option<usize>> = vec![None; schema.fields.len()];
+    let mut ignored = Vec::new();
+    for (column, name) in header.iter().enumerate() {
+        match schema.field_by_header(name) {
+            None => ignored.push(name.to_owned()),
+            Some(field) => {
+                if let Some(earlier) = columns[field] {
+                    return Err(header_error(format!(
+                        "columns {} and {} both give field {} ({}): remove one",
+                        earlier + 1,
+                        column + 1,
+                        schema.fields[field].name,
+                        schema.fields[field].label
+                    )));
+                }
+                columns[field] = Some(column);
+            }
+        }
+    }
+    let missing: Vec<String> = schema
+        .fields
+        .iter()
+        .zip(&columns)
+        .filter(|(f, c)| c.is_none() && f.required == Required::Always)
+        .map(|(f, _)| format!("{} ({})", f.label, f.name))
+        .collect();
+    if !missing.is_empty() {
+        return Err(header_error(format!(
+            "the header lacks required columns of {}: {}. The header has: {}",
+            schema.category,
+            missing.join(", "),
+            header.iter().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok((columns, ignored))
+}
+
+/// The file as text: UTF-8 (BOM stripped) or GBK decoded. A non-UTF-8 file that decodes as
+/// GBK gets the error that says to pass `--encoding gbk`.
+fn decode_text<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    encoding: Encoding,
+) -> Result<std::borrow::Cow<'a, str>, IngestError> {
+    let line_of =
+        |offset: usize| 1 + bytes[..offset].iter().filter(|b| **b == b'\n').count() as u64;
+    match encoding {
+        Encoding::Utf8 => {
+            let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+            match std::str::from_utf8(body) {
+                Ok(text) => Ok(std::borrow::Cow::Borrowed(text)),
+                Err(e) => {
+                    let offset = e.valid_up_to() + (bytes.len() - body.len());
+                    let (_, had_errors) = encoding_rs::GBK.decode_without_bom_handling(body);
+                    if had_errors {
+                        Err(IngestError::UnknownEncoding {
+                            path: path.to_owned(),
+                            line: line_of(offset),
+                        })
+                    } else {
+                        Err(IngestError::LooksLikeGbk {
+                            path: path.to_owned(),
+                            line: line_of(offset),
+                        })
+                    }
+                }
+            }
+        }
+        Encoding::Gbk => {
+            let (text, had_errors) = encoding_rs::GBK.decode_without_bom_handling(bytes);
+            if had_errors {
+                let offset = text
+                    .find('\u{fffd}')
+                    .map(|char_offset| text[..char_offset].bytes().filter(|b| *b == b'\n').count())
+                    .unwrap_or(0);
+                return Err(IngestError::BadGbk {
+                    path: path.to_owned(),
+                    line: offset as u64 + 1,
+                });
+            }
+            Ok(std::borrow::Cow::Owned(text.into_owned()))
+        }
+    }
+}

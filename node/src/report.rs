@@ -1,0 +1,87 @@
+//! Human and JSON renderings of ingestion results, shared by `ingest`, `submit` and the demo.
+
+use std::io::{self, Write};
+
+use crate::ingest::{IngestReport, RowProblems};
+
+/// Prints the batches, then every refused row with its line, field and reason.
+pub fn write_ingest(out: &mut impl Write, name: &str, report: &IngestReport) -> io::Result<()> {
+    writeln!(
+        out,
+        "{name}: {} rows, {} records in {} batch(es), {} rows refused, {} with warnings",
+        report.rows,
+        report.records,
+        report.batches.len(),
+        report.rejected.len(),
+        report.warnings.len()
+    )?;
+    for batch in &report.batches {
+        let records = protocol::Batch::decode(&batch.bytes).map_or(0, |b| b.records.len());
+        writeln!(
+            out,
+            "  batch {}  {records} records  {} bytes",
+            batch.id,
+            batch.bytes.len()
+        )?;
+    }
+    if !report.ignored_columns.is_empty() {
+        writeln!(
+            out,
+            "  ignored columns (not fields of this category): {}",
+            report.ignored_columns.join(", ")
+        )?;
+    }
+    write_rows(out, "refused", &report.rejected)?;
+    write_rows(out, "warning", &report.warnings)
+}
+
+fn write_rows(out: &mut impl Write, what: &str, rows: &[RowProblems]) -> io::Result<()> {
+    for row in rows {
+        for problem in &row.problems {
+            writeln!(
+                out,
+                "  {what} line {}: {} ({}) = {:?}: {} [{}]",
+                row.line,
+                problem.field,
+                problem.label,
+                problem.value,
+                problem.message,
+                problem.rule
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub fn rows_json(rows: &[RowProblems]) -> serde_json::Value {
+    serde_json::Value::Array(
+        rows.iter()
+            .flat_map(|row| {
+                row.problems.iter().map(move |p| {
+                    serde_json::json!({
+                        "line": row.line,
+                        "field": p.field,
+                        "label": p.label,
+                        "value": p.value,
+                        "rule": p.rule.as_str(),
+                        "message": p.message,
+                    })
+                })
+            })
+            .collect(),
+    )
+}
+
+pub fn ingest_json(report: &IngestReport) -> serde_json::Value {
+    serde_json::json!({
+        "rows": report.rows,
+        "records": report.records,
+        "batches": report.batches.iter().map(|b| serde_json::json!({
+            "id": b.id.to_hex(),
+            "bytes": b.bytes.len(),
+        })).collect::<Vec<_>>(),
+        "refused": rows_json(&report.rejected),
+        "warnings": rows_json(&report.warnings),
+        "ignored_columns": report.ignored_columns,
+    })
+}
