@@ -85,3 +85,88 @@ pub fn ingest_json(report: &IngestReport) -> serde_json::Value {
         "ignored_columns": report.ignored_columns,
     })
 }
+
+/// The human form of `status`.
+pub fn write_status(out: &mut impl Write, status: &serde_json::Value) -> io::Result<()> {
+    writeln!(
+        out,
+        "node {} {} ({}), topology version {}",
+        status["node"].as_str().unwrap_or("?"),
+        status["name"].as_str().unwrap_or(""),
+        status["role"].as_str().unwrap_or("?"),
+        status["topology_version"]
+    )?;
+    writeln!(out, "links:")?;
+    for link in status["links"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "  {:>4} {}  {}  outbox {}  in flight {}  sent {}  received {}{}",
+            link["direction"].as_str().unwrap_or("?"),
+            link["peer"].as_str().unwrap_or("?"),
+            if link["connected"] == true {
+                "connected"
+            } else {
+                "down"
+            },
+            link["outbox"],
+            link["in_flight"],
+            link["batches_sent"],
+            link["batches_received"],
+            link["last_error"]
+                .as_str()
+                .map(|e| format!("  last error: {e}"))
+                .unwrap_or_default()
+        )?;
+    }
+    writeln!(out, "held (origin, category, period: batches, records):")?;
+    for held in status["held"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "  {} {:<28} {}: {} batch(es), {} records",
+            held["origin"].as_str().unwrap_or("?"),
+            held["category"].as_str().unwrap_or("?"),
+            held["period"].as_str().unwrap_or("?"),
+            held["batches"],
+            held["records"]
+        )?;
+    }
+    for refused in status["refused"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "refused by {}: batch {}: {}",
+            refused["receiver"].as_str().unwrap_or("?"),
+            refused["batch"].as_str().unwrap_or("?"),
+            refused["reason"].as_str().unwrap_or("?")
+        )?;
+    }
+    Ok(())
+}
+
+/// The human form of `batches`.
+pub fn write_batches(out: &mut impl Write, batches: &serde_json::Value) -> io::Result<()> {
+    for batch in batches["batches"].as_array().into_iter().flatten() {
+        let chain: Vec<&str> = batch["receipts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["receiver"].as_str())
+            .collect();
+        writeln!(
+            out,
+            "{}  {} {} {}  {} records  signature {}  receipts: {}",
+            &batch["id"].as_str().unwrap_or("?")
+                [..16.min(batch["id"].as_str().unwrap_or("?").len())],
+            batch["origin"].as_str().unwrap_or("?"),
+            batch["category"].as_str().unwrap_or("?"),
+            batch["period"].as_str().unwrap_or("?"),
+            batch["records"],
+            if batch["signature_valid"] == true {
+                "valid"
+            } else {
+                "INVALID"
+            },
+            chain.join(" → ")
+        )?;
+    }
+    Ok(())
+}

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod ids;
 pub mod record;
 pub mod schema;
+pub mod sync;
 pub mod wire;
 
 pub use batch::{Batch, BatchHeader, NodeKey, PublicKey, Signature, SignedBatch};

@@ -120,6 +120,10 @@ pub enum Message {
     UpstreamReceipts {
         receipts: Vec<SignedReceipt>,
     },
+    /// Child → parent: these relayed receipts (batch, receiver) are stored; stop relaying them.
+    UpstreamStored {
+        done: Vec<(BatchId, NodeId)>,
+    },
     /// Receiver → origin (relayed down): per-record problems found in a batch.
     Feedback {
         batch: BatchId,
@@ -187,6 +191,7 @@ impl Message {
         let (count, limit) = match self {
             Message::Offer { offers } => (offers.len(), IDS_PER_FRAME_MAX),
             Message::Want { ids } | Message::RangeIds { ids, .. } => (ids.len(), IDS_PER_FRAME_MAX),
+            Message::UpstreamStored { done } => (done.len(), IDS_PER_FRAME_MAX),
             Message::Receipts { receipts } | Message::UpstreamReceipts { receipts } => {
                 (receipts.len(), IDS_PER_FRAME_MAX)
             }

@@ -1,0 +1,277 @@
+//! The loopback-only operator API of a running node (sled allows one process per store, so
+//! operator commands talk to the node that holds it).
+//!
+//! The node listens on 127.0.0.1 on a free port and writes `api.toml` (address and a random
+//! token, mode 0600) into its directory; a command presents the token with every request, so
+//! only users who can read the node directory can drive the node. A request is
+//! `[u32 big-endian length][bincode (token, ApiRequest)]`, capped at one batch frame; the
+//! answer is `[u32 length][JSON]`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use bincode::{Decode, Encode};
+use protocol::{NodeId, SignedBatch};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{info, warn};
+
+use crate::runtime::Node;
+use crate::transport::current;
+
+/// Largest request: one batch frame and the token.
+const REQUEST_BYTES_MAX: usize = protocol::wire::BATCH_FRAME_BYTES_MAX + 1024;
+const API_FILE: &str = "api.toml";
+
+#[derive(Debug, Encode, Decode)]
+pub enum ApiRequest {
+    Submit(SignedBatch),
+    Status,
+    /// Every held batch, its signature re-verified, and the receipts stored for it.
+    Batches,
+    VerifyAudit,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ApiFile {
+    address: SocketAddr,
+    token: String,
+}
+
+/// Serves the API until the process ends.
+pub async fn serve(node: Arc<Node>, dir: &Path) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the local API")?;
+    let token = crate::identity::random32()?;
+    let file = ApiFile {
+        address: listener.local_addr()?,
+        token: protocol::ids::hex(&token),
+    };
+    let path = dir.join(API_FILE);
+    let text = toml::to_string(&file).expect("plain fields serialize");
+    let tmp = dir.join("api.toml.tmp");
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    info!(address = %file.address, "operator API listening");
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        if !peer.ip().is_loopback() {
+            continue;
+        }
+        let node = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(node, stream, token).await {
+                warn!(error = %format!("{e:#}"), "operator API request failed");
+            }
+        });
+    }
+}
+
+async fn handle(
+    node: Arc<Node>,
+    mut stream: tokio::net::TcpStream,
+    token: [u8; 32],
+) -> anyhow::Result<()> {
+    let length = stream.read_u32().await? as usize;
+    if length > REQUEST_BYTES_MAX {
+        bail!("request of {length} bytes is over the limit");
+    }
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await?;
+    let answer = match bincode::decode_from_slice::<([u8; 32], ApiRequest), _>(
+        &body,
+        bincode::config::standard().with_limit::<REQUEST_BYTES_MAX>(),
+    ) {
+        Err(e) => json!({"ok": false, "error": format!("malformed request: {e}")}),
+        Ok(((given, _), _)) if given != token => {
+            json!({"ok": false, "error": "wrong API token: the node was restarted, or this is another node's directory"})
+        }
+        Ok(((_, request), _)) => match answer(&node, request).await {
+            Ok(value) => value,
+            Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
+        },
+    };
+    let bytes = serde_json::to_vec(&answer)?;
+    stream.write_u32(bytes.len() as u32).await?;
+    stream.write_all(&bytes).await?;
+    Ok(())
+}
+
+async fn answer(node: &Arc<Node>, request: ApiRequest) -> anyhow::Result<Value> {
+    Ok(match request {
+        ApiRequest::Submit(signed) => {
+            let id = signed.id;
+            let new = node.submit(signed).await?;
+            json!({"ok": true, "batch": id.to_hex(), "new": new})
+        }
+        ApiRequest::Status => status(node)?,
+        ApiRequest::Batches => batches(node)?,
+        ApiRequest::VerifyAudit => {
+            let entries = node.store.verify_audit()?;
+            json!({"ok": true, "entries": entries})
+        }
+    })
+}
+
+fn status(node: &Node) -> anyhow::Result<Value> {
+    let topology = current(&node.topology);
+    let me = topology.node(node.me);
+    let mut tally: std::collections::BTreeMap<(NodeId, String, String), (u64, u64)> =
+        Default::default();
+    for entry in node.store.held() {
+        let (_, meta) = entry?;
+        let slot = tally
+            .entry((
+                meta.origin,
+                meta.category.to_string(),
+                meta.period.to_string(),
+            ))
+            .or_default();
+        slot.0 += 1;
+        slot.1 += u64::from(meta.records);
+    }
+    let mut links = Vec::new();
+    for link in node.links() {
+        let peer = NodeId::parse(&link.peer)?;
+        let mut value = serde_json::to_value(&link)?;
+        value["outbox"] = json!(if link.direction == "up" {
+            node.store.outbox_len(peer)
+        } else {
+            0
+        });
+        value["last_receipt_ms"] = json!(node.store.last_receipt_ms(peer)?);
+        links.push(value);
+    }
+    let refused: Vec<Value> = node
+        .store
+        .refused()
+        .map(|r| {
+            r.map(|(id, refusal)| {
+                json!({
+                    "batch": id.to_hex(),
+                    "receiver": refusal.receiver.to_string(),
+                    "reason": refusal.reason,
+                    "problems": refusal.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                })
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(json!({
+        "ok": true,
+        "node": node.me.to_string(),
+        "name": me.map(|n| n.name.clone()),
+        "role": me.map(|n| n.role.to_string()),
+        "topology_version": topology.version,
+        "links": links,
+        "held": tally.into_iter().map(|((origin, category, period), (batches, records))| json!({
+            "origin": origin.to_string(),
+            "category": category,
+            "period": period,
+            "batches": batches,
+            "records": records,
+        })).collect::<Vec<_>>(),
+        "refused": refused,
+    }))
+}
+
+fn batches(node: &Node) -> anyhow::Result<Value> {
+    let topology = current(&node.topology);
+    let mut out = Vec::new();
+    for entry in node.store.held() {
+        let (id, meta) = entry?;
+        let signature_valid = match (node.store.batch(&id)?, topology.node(meta.origin)) {
+            (Some(signed), Some(origin)) => {
+                signed.verify_hash_and_signature(&origin.public_key).is_ok()
+            }
+            _ => false,
+        };
+        let receipts: Vec<Value> = node
+            .store
+            .receipts_for(&id)?
+            .into_iter()
+            .map(|r| {
+                let valid = topology
+                    .node(r.receipt.receiver)
+                    .is_some_and(|n| r.verify(&n.public_key));
+                json!({
+                    "receiver": r.receipt.receiver.to_string(),
+                    "at_ms": r.receipt.received_at_ms,
+                    "accepted": matches!(r.receipt.verdict, protocol::wire::Verdict::Accepted { .. }),
+                    "signature_valid": valid,
+                })
+            })
+            .collect();
+        out.push(json!({
+            "id": id.to_hex(),
+            "origin": meta.origin.to_string(),
+            "category": meta.category.to_string(),
+            "period": meta.period.to_string(),
+            "records": meta.records,
+            "bytes": meta.bytes,
+            "from": meta.from.to_string(),
+            "signature_valid": signature_valid,
+            "receipts": receipts,
+        }));
+    }
+    Ok(json!({"ok": true, "node": node.me.to_string(), "batches": out}))
+}
+
+/// Sends one request to the node running in `dir` and returns its JSON answer; an answer with
+/// `"ok": false` becomes an error.
+pub fn call(dir: &Path, request: &ApiRequest) -> anyhow::Result<Value> {
+    let path = dir.join(API_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {}: is `credit-node run --dir {}` running?",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    let file: ApiFile =
+        toml::from_str(&text).with_context(|| format!("{} is malformed", path.display()))?;
+    let token = protocol::ids::parse_hex32(&file.token)
+        .with_context(|| format!("{}: bad token", path.display()))?;
+    let mut stream = TcpStream::connect(file.address).with_context(|| {
+        format!(
+            "cannot reach the node at {} ({}): is it running?",
+            file.address,
+            path.display()
+        )
+    })?;
+    let body = bincode::encode_to_vec((token, request), bincode::config::standard())
+        .expect("encoding to memory");
+    stream.write_all(&(body.len() as u32).to_be_bytes())?;
+    stream.write_all(&body)?;
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length)?;
+    let length = u32::from_be_bytes(length) as usize;
+    if length > REQUEST_BYTES_MAX {
+        bail!("answer of {length} bytes is over the limit");
+    }
+    let mut answer = vec![0u8; length];
+    stream.read_exact(&mut answer)?;
+    let value: Value = serde_json::from_slice(&answer)?;
+    if value["ok"] != json!(true) {
+        bail!(
+            "{}",
+            value["error"]
+                .as_str()
+                .unwrap_or("the node refused the request")
+        );
+    }
+    Ok(value)
+}

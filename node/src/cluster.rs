@@ -1,0 +1,320 @@
+//! A network of real `credit-node` processes on loopback, each with its own directory, store
+//! and port: what the live demo runs and what the end-to-end tests drive. Processes are
+//! killed when the cluster is dropped, so nothing is left running.
+//!
+//! Waiting is always on a condition with a deadline ([`wait_until`]), never a bare sleep.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use protocol::{NodeId, PublicKey};
+use serde_json::Value;
+use topology::{Node as TopologyNode, Role, Topology};
+
+/// How long to wait for a node to come up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often conditions are re-checked.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Polls `check` until it returns `true`, or fails after `timeout` naming `what`.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {timeout:?} waiting for {what}{}",
+                last_error
+                    .map(|e| format!(" (last error: {e:#})"))
+                    .unwrap_or_default()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// One node of the cluster.
+#[derive(Debug)]
+pub struct Member {
+    pub id: NodeId,
+    pub name: String,
+    pub role: Role,
+    pub parent: Option<NodeId>,
+    pub dir: PathBuf,
+    pub address: SocketAddr,
+    pub public_key: PublicKey,
+    process: Option<Child>,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    binary: PathBuf,
+    root: PathBuf,
+    pub topology_path: PathBuf,
+    pub version: u64,
+    pub members: BTreeMap<NodeId, Member>,
+}
+
+/// A free UDP port on 127.0.0.1 (bound and released; the node binds it right after).
+fn free_udp_port() -> anyhow::Result<SocketAddr> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+impl Cluster {
+    /// Creates the identities of `nodes` (id, name, parent) under `root`, sharing one network
+    /// key, and writes the topology file.
+    pub fn create(
+        binary: &Path,
+        root: &Path,
+        nodes: &[(&str, &str, Option<&str>)],
+    ) -> anyhow::Result<Cluster> {
+        let mut members = BTreeMap::new();
+        let mut network_key: Option<PathBuf> = None;
+        for (id, name, parent) in nodes {
+            let id = NodeId::parse(id)?;
+            let dir = root.join(id.to_string());
+            let mut command = Command::new(binary);
+            command
+                .args(["init", "--id", &id.to_string(), "--dir"])
+                .arg(&dir);
+            if let Some(key) = &network_key {
+                command.arg("--network-key").arg(key);
+            }
+            let output = command
+                .output()
+                .with_context(|| format!("running {}", binary.display()))?;
+            if !output.status.success() {
+                bail!(
+                    "init {id} failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            network_key.get_or_insert_with(|| dir.join("network.key"));
+            let identity = crate::identity::Identity::load(&dir)?;
+            members.insert(
+                id,
+                Member {
+                    id,
+                    name: (*name).to_owned(),
+                    role: Role::of_id(id),
+                    parent: parent.map(NodeId::parse).transpose()?,
+                    dir,
+                    address: free_udp_port()?,
+                    public_key: identity.public(),
+                    process: None,
+                },
+            );
+        }
+        let mut cluster = Cluster {
+            binary: binary.to_owned(),
+            root: root.to_owned(),
+            topology_path: root.join("topology.toml"),
+            version: 0,
+            members,
+        };
+        cluster.write_topology()?;
+        Ok(cluster)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Writes the topology file from the members, with the next version number.
+    pub fn write_topology(&mut self) -> anyhow::Result<()> {
+        self.version += 1;
+        let nodes = self
+            .members
+            .values()
+            .map(|m| TopologyNode {
+                id: m.id,
+                name: m.name.clone(),
+                role: m.role,
+                parent: m.parent,
+                address: m.address,
+                public_key: m.public_key,
+            })
+            .collect();
+        let topology = Topology::from_nodes(self.version, nodes).map_err(|errors| {
+            anyhow::anyhow!(
+                "cluster topology invalid: {}",
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?;
+        let tmp = self.topology_path.with_extension("tmp");
+        std::fs::write(&tmp, topology.render())?;
+        std::fs::rename(&tmp, &self.topology_path)?;
+        Ok(())
+    }
+
+    pub fn member(&self, id: NodeId) -> &Member {
+        self.members.get(&id).expect("node of this cluster")
+    }
+
+    /// Starts a node and waits until its operator API answers.
+    pub fn start(&mut self, id: NodeId) -> anyhow::Result<()> {
+        let member = self.members.get_mut(&id).expect("node of this cluster");
+        assert!(member.process.is_none(), "{id} is already running");
+        let api = member.dir.join("api.toml");
+        let _ = std::fs::remove_file(&api);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(member.dir.join("node.log"))?;
+        let child = Command::new(&self.binary)
+            .args(["run", "--dir"])
+            .arg(&member.dir)
+            .arg("--topology")
+            .arg(&self.topology_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {id}"))?;
+        member.process = Some(child);
+        let dir = member.dir.clone();
+        wait_until(
+            &format!("node {id} to answer on its API"),
+            START_TIMEOUT,
+            || Ok(crate::api::call(&dir, &crate::api::ApiRequest::Status).is_ok()),
+        )
+    }
+
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        let ids: Vec<NodeId> = self.members.keys().copied().collect();
+        for id in ids {
+            self.start(id)?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: the process dies at once, wherever it is.
+    pub fn kill(&mut self, id: NodeId) -> anyhow::Result<()> {
+        let member = self.members.get_mut(&id).expect("node of this cluster");
+        if let Some(mut child) = member.process.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Sends a Unix signal by name (`TERM`, `HUP`) to a running node.
+    pub fn signal(&self, id: NodeId, signal: &str) -> anyhow::Result<()> {
+        let member = self.member(id);
+        let pid = member.process.as_ref().context("node not running")?.id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self, id: NodeId) -> anyhow::Result<()> {
+        if self.member(id).process.is_none() {
+            return Ok(());
+        }
+        self.signal(id, "TERM")?;
+        let member = self.members.get_mut(&id).expect("node of this cluster");
+        let mut child = member.process.take().expect("checked above");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                child.kill()?;
+                break;
+            }
+            std::thread::sleep(POLL);
+        }
+        child.wait()?;
+        Ok(())
+    }
+
+    pub fn stop_all(&mut self) {
+        let ids: Vec<NodeId> = self.members.keys().copied().collect();
+        for id in ids {
+            let _ = self.stop(id);
+        }
+    }
+
+    pub fn status(&self, id: NodeId) -> anyhow::Result<Value> {
+        crate::api::call(&self.member(id).dir, &crate::api::ApiRequest::Status)
+    }
+
+    pub fn batches(&self, id: NodeId) -> anyhow::Result<Value> {
+        crate::api::call(&self.member(id).dir, &crate::api::ApiRequest::Batches)
+    }
+
+    /// Runs `credit-node submit FILE` at a node; returns the JSON report.
+    pub fn submit(
+        &self,
+        id: NodeId,
+        file: &Path,
+        category: &str,
+        period: &str,
+        batch_records: usize,
+    ) -> anyhow::Result<Value> {
+        let output = Command::new(&self.binary)
+            .arg("submit")
+            .arg(file)
+            .args([
+                "--category",
+                category,
+                "--period",
+                period,
+                "--json",
+                "--batch-records",
+            ])
+            .arg(batch_records.to_string())
+            .arg("--dir")
+            .arg(&self.member(id).dir)
+            .output()?;
+        // Exit 1 means some rows were refused; the rest were submitted.
+        if !matches!(output.status.code(), Some(0 | 1)) {
+            bail!(
+                "submit at {id} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// The log a node wrote so far (for failure messages).
+    pub fn log(&self, id: NodeId) -> String {
+        std::fs::read_to_string(self.member(id).dir.join("node.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for member in self.members.values_mut() {
+            if let Some(mut child) = member.process.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,800 @@
+//! The node's sled store: batches, their metadata and indexes, per-link outboxes, receipts,
+//! receipts to relay down, refused batches with their feedback, and the hash-chained audit log.
+//!
+//! Guarantees:
+//! - Everything that must change together changes in one sled transaction (a batch, its
+//!   metadata, its index entry, its outbox entry, this node's receipt for it, and its audit
+//!   entry).
+//! - [`Store::sync`] makes every committed change durable: sled's flush, then `fdatasync` of
+//!   the store file (sled 0.34's own flush is `sync_file_range` on Linux, which survives a
+//!   process kill but not a power cut). Receipts are sent only after it returns.
+//! - Every batch read back is re-hashed against its id ([`StoreError::Corrupt`] otherwise),
+//!   so on-disk corruption is found, not forwarded.
+//! - Keys are big-endian so byte order is numeric order.
+//!
+//! Tree layout (keys → values, values bincode unless said):
+//! - `batches`: id → SignedBatch
+//! - `meta`: id → BatchMeta
+//! - `held`: origin u32 ‖ period [4] ‖ category ‖ 0x00 ‖ id → ()   (tallies, reconciliation)
+//! - `outbox`: peer u32 ‖ id → Offer                               (to send up a link)
+//! - `receipts`: id ‖ receiver u32 → SignedReceipt                  (every hop's receipt)
+//! - `relay`: child u32 ‖ id ‖ receiver u32 → SignedReceipt         (to relay down a link)
+//! - `refused`: id → Refusal                                       (own batches refused upstream)
+//! - `audit`: seq u64 → AuditEntry, hash-chained
+//! - `state`: name → value (audit head, last receipt per link)
+
+use std::path::{Path, PathBuf};
+
+use bincode::{Decode, Encode};
+use protocol::ids::{BatchId, Digest, NodeId};
+use protocol::record::Problem;
+use protocol::wire::{Offer, SignedReceipt, Verdict};
+use protocol::{Batch, Category, Period, SignedBatch};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+/// Page cache per store; sled's default is 1 GiB, and tests run several nodes per machine.
+pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest value this store decodes (a batch frame).
+const VALUE_BYTES_MAX: usize = protocol::wire::BATCH_FRAME_BYTES_MAX;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}; if another credit-node holds this directory, stop it first")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store: cannot make writes durable ({path}): {source}")]
+    Sync {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "store: batch {id} is corrupt on disk (hash mismatch): it must be fetched again from a neighbour"
+    )]
+    Corrupt { id: BatchId },
+    #[error("store: value under {tree} does not decode: {message}")]
+    Decode { tree: &'static str, message: String },
+}
+
+/// What this node knows about a batch it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct BatchMeta {
+    pub origin: NodeId,
+    pub category: Category,
+    pub period: Period,
+    pub records: u32,
+    pub bytes: u32,
+    pub received_at_ms: u64,
+    /// The neighbour it came from (this node itself for a local submission).
+    pub from: NodeId,
+}
+
+/// One of this node's batches that a receiver refused, with what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Refusal {
+    pub receiver: NodeId,
+    pub reason: String,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum AuditEvent {
+    Started {
+        topology_version: u64,
+    },
+    BatchSubmitted {
+        batch: BatchId,
+        category: Category,
+        period: Period,
+        records: u32,
+    },
+    BatchAccepted {
+        batch: BatchId,
+        origin: NodeId,
+        from: NodeId,
+    },
+    BatchRefused {
+        batch: BatchId,
+        from: NodeId,
+        reason: String,
+    },
+    ReceiptStored {
+        batch: BatchId,
+        receiver: NodeId,
+        accepted: bool,
+    },
+    TopologyApplied {
+        version: u64,
+    },
+    TopologyRefused {
+        reason: String,
+    },
+    Migration {
+        node: NodeId,
+        phase: String,
+        detail: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at_ms: u64,
+    /// BLAKE3 of the previous entry's bytes (zeros for the first).
+    pub prev: Digest,
+    pub event: AuditEvent,
+}
+
+/// Why the audit log does not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit entry {seq}: {message}")]
+    Broken { seq: u64, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+const AUDIT_HEAD: &[u8] = b"audit_head";
+
+fn config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<VALUE_BYTES_MAX>,
+> {
+    bincode::config::standard().with_limit::<VALUE_BYTES_MAX>()
+}
+
+fn encode<T: Encode>(value: &T) -> Vec<u8> {
+    bincode::encode_to_vec(value, config()).expect("values are built within the limit")
+}
+
+fn decode<T: Decode<()>>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    let (value, used) =
+        bincode::decode_from_slice(bytes, config()).map_err(|e| StoreError::Decode {
+            tree,
+            message: e.to_string(),
+        })?;
+    if used != bytes.len() {
+        return Err(StoreError::Decode {
+            tree,
+            message: "trailing bytes".into(),
+        });
+    }
+    Ok(value)
+}
+
+/// All trees, so that one transaction can span any of them.
+#[derive(Clone)]
+struct Trees<T> {
+    batches: T,
+    meta: T,
+    held: T,
+    outbox: T,
+    receipts: T,
+    relay: T,
+    refused: T,
+    audit: T,
+    state: T,
+}
+
+/// A node's store. Cheap to clone; clones share the database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+    trees: Trees<sled::Tree>,
+}
+
+type Tx = Trees<TransactionalTree>;
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let tree = |name: &str| db.open_tree(name);
+        let trees = Trees {
+            batches: tree("batches")?,
+            meta: tree("meta")?,
+            held: tree("held")?,
+            outbox: tree("outbox")?,
+            receipts: tree("receipts")?,
+            relay: tree("relay")?,
+            refused: tree("refused")?,
+            audit: tree("audit")?,
+            state: tree("state")?,
+        };
+        Ok(Store {
+            db,
+            path: path.to_owned(),
+            trees,
+        })
+    }
+
+    fn transact<T>(&self, f: impl Fn(&Tx) -> TxResult<T>) -> Result<T, StoreError> {
+        let t = &self.trees;
+        let result = (
+            &t.batches,
+            &t.meta,
+            &t.held,
+            &t.outbox,
+            &t.receipts,
+            &t.relay,
+            &t.refused,
+            &t.audit,
+            &t.state,
+        )
+            .transaction(
+                |(batches, meta, held, outbox, receipts, relay, refused, audit, state)| {
+                    f(&Trees {
+                        batches: batches.clone(),
+                        meta: meta.clone(),
+                        held: held.clone(),
+                        outbox: outbox.clone(),
+                        receipts: receipts.clone(),
+                        relay: relay.clone(),
+                        refused: refused.clone(),
+                        audit: audit.clone(),
+                        state: state.clone(),
+                    })
+                },
+            );
+        match result {
+            Ok(value) => Ok(value),
+            Err(TransactionError::Abort(error)) => Err(error),
+            Err(TransactionError::Storage(error)) => Err(StoreError::Sled(error)),
+        }
+    }
+
+    /// Makes every committed change durable: sled flush, then fdatasync of the store file.
+    /// Blocking: call it from a blocking context (see [`Store::sync_async`]).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        let file = self.path.join("db");
+        std::fs::File::open(&file)
+            .and_then(|f| f.sync_data())
+            .map_err(|source| StoreError::Sync { path: file, source })
+    }
+
+    pub async fn sync_async(&self) -> Result<(), StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .expect("sync task does not panic")
+    }
+
+    /// Stores a batch this node accepted (from a child, or submitted locally when `from` is
+    /// this node), with this node's receipt for it, queued for `forward_to` (the parent),
+    /// in one transaction. Returns `false` if the batch was already held (nothing changes).
+    pub fn insert_batch(
+        &self,
+        signed: &SignedBatch,
+        batch: &Batch,
+        from: NodeId,
+        own_receipt: &SignedReceipt,
+        forward_to: Option<NodeId>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let id = signed.id;
+        let meta = BatchMeta {
+            origin: batch.header.origin,
+            category: batch.header.category.clone(),
+            period: batch.header.period,
+            records: batch.records.len() as u32,
+            bytes: signed.bytes.len() as u32,
+            received_at_ms: now_ms,
+            from,
+        };
+        let offer = Offer {
+            id,
+            origin: meta.origin,
+            category: meta.category.clone(),
+            period: meta.period,
+            bytes: meta.bytes,
+        };
+        let signed_bytes = encode(signed);
+        let meta_bytes = encode(&meta);
+        let receipt_bytes = encode(own_receipt);
+        let receiver = own_receipt.receipt.receiver;
+        let event = if from == batch.header.origin && from == receiver {
+            AuditEvent::BatchSubmitted {
+                batch: id,
+                category: meta.category.clone(),
+                period: meta.period,
+                records: meta.records,
+            }
+        } else {
+            AuditEvent::BatchAccepted {
+                batch: id,
+                origin: meta.origin,
+                from,
+            }
+        };
+        self.transact(|t| {
+            if t.batches.get(id.as_bytes())?.is_some() {
+                return Ok(false);
+            }
+            t.batches.insert(id.as_bytes(), signed_bytes.clone())?;
+            t.meta.insert(id.as_bytes(), meta_bytes.clone())?;
+            t.held.insert(held_key(&meta, &id), &[][..])?;
+            t.receipts
+                .insert(receipt_key(&id, receiver), receipt_bytes.clone())?;
+            if let Some(parent) = forward_to {
+                t.outbox.insert(outbox_key(parent, &id), encode(&offer))?;
+            }
+            append_audit(t, now_ms, event.clone())?;
+            Ok(true)
+        })
+    }
+
+    /// Records a refused incoming batch in the audit log (the batch itself is not kept).
+    pub fn audit(&self, event: AuditEvent, now_ms: u64) -> Result<(), StoreError> {
+        self.transact(|t| append_audit(t, now_ms, event.clone()))
+    }
+
+    /// Stores a receipt from the parent on link `peer` (or relayed from further up), drops the
+    /// batch from that link's outbox if the receipt is the peer's, and queues the receipt to be
+    /// relayed to the child the batch came from. Returns the child it is to be relayed to.
+    pub fn insert_receipt(
+        &self,
+        me: NodeId,
+        peer: NodeId,
+        receipt: &SignedReceipt,
+        problems: &[Problem],
+        now_ms: u64,
+    ) -> Result<Option<NodeId>, StoreError> {
+        let id = receipt.receipt.batch;
+        let receiver = receipt.receipt.receiver;
+        let bytes = encode(receipt);
+        let refusal = match &receipt.receipt.verdict {
+            Verdict::Rejected { reason } => Some(encode(&Refusal {
+                receiver,
+                reason: reason.clone(),
+                problems: problems.to_vec(),
+            })),
+            Verdict::Accepted { .. } => None,
+        };
+        self.transact(|t| {
+            let key = receipt_key(&id, receiver);
+            let new = t.receipts.get(&key)?.is_none();
+            t.receipts.insert(key, bytes.clone())?;
+            if receiver == peer {
+                t.outbox.remove(outbox_key(peer, &id))?;
+                t.state
+                    .insert(last_receipt_key(peer), &now_ms.to_be_bytes()[..])?;
+            }
+            if let Some(refusal) = &refusal {
+                t.refused.insert(id.as_bytes(), refusal.clone())?;
+            }
+            let relay_to = match t.meta.get(id.as_bytes())? {
+                Some(meta) => {
+                    let meta: BatchMeta =
+                        decode("meta", &meta).map_err(ConflictableTransactionError::Abort)?;
+                    (meta.from != me).then_some(meta.from)
+                }
+                None => None,
+            };
+            if let Some(child) = relay_to {
+                t.relay
+                    .insert(relay_key(child, &id, receiver), bytes.clone())?;
+            }
+            if new {
+                append_audit(
+                    t,
+                    now_ms,
+                    AuditEvent::ReceiptStored {
+                        batch: id,
+                        receiver,
+                        accepted: refusal.is_none(),
+                    },
+                )?;
+            }
+            Ok(relay_to)
+        })
+    }
+
+    /// Receipts waiting to be relayed down to `child`.
+    pub fn relay_pending(&self, child: NodeId) -> Result<Vec<SignedReceipt>, StoreError> {
+        self.trees
+            .relay
+            .scan_prefix(child.to_be_bytes())
+            .values()
+            .map(|v| decode("relay", &v?))
+            .collect()
+    }
+
+    /// The child stored these relayed receipts: forget them.
+    pub fn relay_done(&self, child: NodeId, done: &[(BatchId, NodeId)]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (id, receiver) in done {
+            batch.remove(relay_key(child, id, *receiver));
+        }
+        Ok(self.trees.relay.apply_batch(batch)?)
+    }
+
+    /// A batch, re-verified against its id.
+    pub fn batch(&self, id: &BatchId) -> Result<Option<SignedBatch>, StoreError> {
+        let Some(bytes) = self.trees.batches.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let signed: SignedBatch = decode("batches", &bytes)?;
+        if signed.id != *id || BatchId::of(&signed.bytes) != *id {
+            return Err(StoreError::Corrupt { id: *id });
+        }
+        Ok(Some(signed))
+    }
+
+    pub fn holds(&self, id: &BatchId) -> Result<bool, StoreError> {
+        Ok(self.trees.meta.contains_key(id.as_bytes())?)
+    }
+
+    pub fn meta(&self, id: &BatchId) -> Result<Option<BatchMeta>, StoreError> {
+        self.trees
+            .meta
+            .get(id.as_bytes())?
+            .map(|v| decode("meta", &v))
+            .transpose()
+    }
+
+    /// The receipt `receiver` gave for a batch, if stored.
+    pub fn receipt(
+        &self,
+        id: &BatchId,
+        receiver: NodeId,
+    ) -> Result<Option<SignedReceipt>, StoreError> {
+        self.trees
+            .receipts
+            .get(receipt_key(id, receiver))?
+            .map(|v| decode("receipts", &v))
+            .transpose()
+    }
+
+    /// Every receipt stored for a batch, in receiver order.
+    pub fn receipts_for(&self, id: &BatchId) -> Result<Vec<SignedReceipt>, StoreError> {
+        self.trees
+            .receipts
+            .scan_prefix(id.as_bytes())
+            .values()
+            .map(|v| decode("receipts", &v?))
+            .collect()
+    }
+
+    /// Up to `limit` outbox entries for the link to `peer`, after `after`.
+    pub fn outbox_page(
+        &self,
+        peer: NodeId,
+        after: Option<&BatchId>,
+        limit: usize,
+    ) -> Result<Vec<Offer>, StoreError> {
+        let start = match after {
+            Some(id) => {
+                let mut key = outbox_key(peer, id);
+                key.push(0);
+                key
+            }
+            None => peer.to_be_bytes().to_vec(),
+        };
+        let end = (u64::from(peer.code()) + 1).to_be_bytes()[4..].to_vec();
+        self.trees
+            .outbox
+            .range(start..end)
+            .values()
+            .take(limit)
+            .map(|v| decode("outbox", &v?))
+            .collect()
+    }
+
+    pub fn outbox_len(&self, peer: NodeId) -> usize {
+        self.trees.outbox.scan_prefix(peer.to_be_bytes()).count()
+    }
+
+    pub fn last_receipt_ms(&self, peer: NodeId) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .trees
+            .state
+            .get(last_receipt_key(peer))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    /// Every held batch with its metadata, in (origin, period, category) order.
+    pub fn held(&self) -> impl Iterator<Item = Result<(BatchId, BatchMeta), StoreError>> + '_ {
+        self.trees.held.iter().keys().map(move |key| {
+            let key = key?;
+            let id = BatchId(
+                key[key.len() - 32..]
+                    .try_into()
+                    .expect("held keys end with an id"),
+            );
+            let meta = self.meta(&id)?.ok_or(StoreError::Decode {
+                tree: "held",
+                message: format!("index names {id} but no metadata is stored"),
+            })?;
+            Ok((id, meta))
+        })
+    }
+
+    pub fn refused(&self) -> impl Iterator<Item = Result<(BatchId, Refusal), StoreError>> + '_ {
+        self.trees.refused.iter().map(|entry| {
+            let (key, value) = entry?;
+            let id = BatchId(key.as_ref().try_into().map_err(|_| StoreError::Decode {
+                tree: "refused",
+                message: "key is not a batch id".into(),
+            })?);
+            Ok((id, decode("refused", &value)?))
+        })
+    }
+
+    /// Walks the audit log from the start and checks every link of the hash chain.
+    pub fn verify_audit(&self) -> Result<u64, AuditError> {
+        let mut prev = Digest([0; 32]);
+        let mut count = 0u64;
+        for entry in self.trees.audit.iter() {
+            let (key, value) = entry.map_err(StoreError::from)?;
+            let entry: AuditEntry = decode("audit", &value)?;
+            let seq = u64::from_be_bytes(key.as_ref().try_into().unwrap_or([0xff; 8]));
+            if entry.seq != seq || seq != count {
+                return Err(AuditError::Broken {
+                    seq,
+                    message: format!("expected entry {count}; entries are missing or reordered"),
+                });
+            }
+            if entry.prev != prev {
+                return Err(AuditError::Broken {
+                    seq,
+                    message: "does not chain to the previous entry: the log was altered".into(),
+                });
+            }
+            prev = Digest(*blake3::hash(&value).as_bytes());
+            count += 1;
+        }
+        if let Some(head) = self.trees.state.get(AUDIT_HEAD).map_err(StoreError::from)? {
+            let (seq, digest): (u64, Digest) = decode("state", &head)?;
+            if seq != count || digest != prev {
+                return Err(AuditError::Broken {
+                    seq,
+                    message:
+                        "the recorded head does not match the last entry: entries were removed"
+                            .into(),
+                });
+            }
+        }
+        Ok(count)
+    }
+
+    pub fn audit_entries(&self) -> impl Iterator<Item = Result<AuditEntry, StoreError>> + '_ {
+        self.trees
+            .audit
+            .iter()
+            .values()
+            .map(|v| decode("audit", &v?))
+    }
+
+    #[cfg(test)]
+    fn tamper_audit(&self, seq: u64, event: AuditEvent) {
+        let key = seq.to_be_bytes();
+        let mut entry: AuditEntry =
+            decode("audit", &self.trees.audit.get(key).unwrap().unwrap()).unwrap();
+        entry.event = event;
+        self.trees.audit.insert(key, encode(&entry)).unwrap();
+    }
+}
+
+fn append_audit(t: &Tx, now_ms: u64, event: AuditEvent) -> TxResult<()> {
+    let (seq, prev) = match t.state.get(AUDIT_HEAD)? {
+        Some(head) => {
+            decode::<(u64, Digest)>("state", &head).map_err(ConflictableTransactionError::Abort)?
+        }
+        None => (0, Digest([0; 32])),
+    };
+    let entry = AuditEntry {
+        seq,
+        at_ms: now_ms,
+        prev,
+        event,
+    };
+    let bytes = encode(&entry);
+    let digest = Digest(*blake3::hash(&bytes).as_bytes());
+    t.audit.insert(&seq.to_be_bytes(), bytes)?;
+    t.state.insert(AUDIT_HEAD, encode(&(seq + 1, digest)))?;
+    Ok(())
+}
+
+fn held_key(meta: &BatchMeta, id: &BatchId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + 4 + meta.category.as_str().len() + 1 + 32);
+    key.extend(meta.origin.to_be_bytes());
+    key.extend(meta.period.key_bytes());
+    key.extend(meta.category.as_str().as_bytes());
+    key.push(0);
+    key.extend(id.as_bytes());
+    key
+}
+
+fn outbox_key(peer: NodeId, id: &BatchId) -> Vec<u8> {
+    let mut key = peer.to_be_bytes().to_vec();
+    key.extend(id.as_bytes());
+    key
+}
+
+fn receipt_key(id: &BatchId, receiver: NodeId) -> Vec<u8> {
+    let mut key = id.as_bytes().to_vec();
+    key.extend(receiver.to_be_bytes());
+    key
+}
+
+fn relay_key(child: NodeId, id: &BatchId, receiver: NodeId) -> Vec<u8> {
+    let mut key = child.to_be_bytes().to_vec();
+    key.extend(id.as_bytes());
+    key.extend(receiver.to_be_bytes());
+    key
+}
+
+fn last_receipt_key(peer: NodeId) -> Vec<u8> {
+    let mut key = b"last_receipt/".to_vec();
+    key.extend(peer.to_be_bytes());
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::NodeKey;
+    use protocol::wire::Receipt;
+
+    fn sample_batch(n: usize) -> (SignedBatch, Batch, NodeKey) {
+        let key = NodeKey::from_seed([9; 32]);
+        let schema = protocol::Registry::builtin().by_name("water_fee").unwrap();
+        let origin = NodeId::parse("445281").unwrap();
+        let period = Period::parse("2022-05").unwrap();
+        let file = crate::sample::sample_csv(schema, origin, period, n, 0, 1);
+        let options = crate::ingest::IngestOptions {
+            schema,
+            origin,
+            period,
+            encoding: crate::ingest::Encoding::Utf8,
+            desensitize_key: &protocol::DesensitizeKey([1; 32]),
+            node_key: &key,
+            batch_records_max: 10_000,
+        };
+        let report =
+            crate::ingest::ingest_bytes(Path::new("t"), file.text.as_bytes(), &options, |_| {})
+                .unwrap();
+        let signed = report.batches.into_iter().next().unwrap();
+        let batch = Batch::decode(&signed.bytes).unwrap();
+        (signed, batch, key)
+    }
+
+    fn receipt(key: &NodeKey, receiver: &str, id: BatchId) -> SignedReceipt {
+        Receipt {
+            receiver: NodeId::parse(receiver).unwrap(),
+            batch: id,
+            origin: NodeId::parse("445281").unwrap(),
+            received_at_ms: 1,
+            verdict: Verdict::Accepted { warnings: 0 },
+        }
+        .sign(key)
+    }
+
+    #[test]
+    fn a_batch_survives_reopen_with_outbox_and_receipt_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (signed, batch, key) = sample_batch(20);
+        let county = NodeId::parse("445281").unwrap();
+        let city = NodeId::parse("445200").unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let own = receipt(&key, "445281", signed.id);
+            assert!(
+                store
+                    .insert_batch(&signed, &batch, county, &own, Some(city), 5)
+                    .unwrap()
+            );
+            assert!(
+                !store
+                    .insert_batch(&signed, &batch, county, &own, Some(city), 6)
+                    .unwrap(),
+                "second insert is a no-op"
+            );
+            store.sync().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.batch(&signed.id).unwrap().unwrap(), signed);
+        let page = store.outbox_page(city, None, 10).unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].id, signed.id);
+        assert!(
+            store
+                .outbox_page(NodeId::parse("445201").unwrap(), None, 10)
+                .unwrap()
+                .is_empty()
+        );
+        let relay = store
+            .insert_receipt(county, city, &receipt(&key, "445200", signed.id), &[], 7)
+            .unwrap();
+        assert_eq!(relay, None, "own batch: nothing to relay");
+        assert_eq!(
+            store.outbox_len(city),
+            0,
+            "receipt drops the batch from the outbox"
+        );
+        let chain: Vec<NodeId> = store
+            .receipts_for(&signed.id)
+            .unwrap()
+            .iter()
+            .map(|r| r.receipt.receiver)
+            .collect();
+        assert_eq!(chain, [city, county]);
+        assert_eq!(store.verify_audit().unwrap(), 2);
+    }
+
+    #[test]
+    fn receipts_for_a_childs_batch_are_queued_for_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (signed, batch, key) = sample_batch(5);
+        let city = NodeId::parse("445200").unwrap();
+        let county = NodeId::parse("445281").unwrap();
+        let province = NodeId::parse("440000").unwrap();
+        store
+            .insert_batch(
+                &signed,
+                &batch,
+                county,
+                &receipt(&key, "445200", signed.id),
+                Some(province),
+                1,
+            )
+            .unwrap();
+        let relay = store
+            .insert_receipt(city, province, &receipt(&key, "440000", signed.id), &[], 2)
+            .unwrap();
+        assert_eq!(relay, Some(county));
+        let pending = store.relay_pending(county).unwrap();
+        assert_eq!(pending.len(), 1);
+        store.relay_done(county, &[(signed.id, province)]).unwrap();
+        assert!(store.relay_pending(county).unwrap().is_empty());
+    }
+
+    #[test]
+    fn tampering_with_the_audit_log_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for version in 1..=3 {
+            store
+                .audit(AuditEvent::TopologyApplied { version }, version)
+                .unwrap();
+        }
+        assert_eq!(store.verify_audit().unwrap(), 3);
+        store.tamper_audit(1, AuditEvent::TopologyApplied { version: 99 });
+        let error = store.verify_audit().unwrap_err().to_string();
+        assert!(error.contains("audit entry 2"), "{error}");
+    }
+
+    #[test]
+    fn a_corrupted_batch_is_found_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (mut signed, batch, key) = sample_batch(3);
+        let id = signed.id;
+        let last = signed.bytes.len() - 1;
+        signed.bytes[last] ^= 1;
+        store
+            .insert_batch(
+                &signed,
+                &batch,
+                batch.header.origin,
+                &receipt(&key, "445281", id),
+                None,
+                1,
+            )
+            .unwrap();
+        assert!(matches!(store.batch(&id), Err(StoreError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,595 @@
+//! The sync protocol of one link, as sans-IO state machines: [`Uplink`] runs on the child
+//! (sending batches up), [`Downlink`] on the parent. No sockets, no clock: the driver passes
+//! messages and the time (`now_ms`) in through `handle_*` and takes what to send out through
+//! `poll_*`, in the manner of quinn-proto.
+//!
+//! Driver contract, after any `handle_*` call: drain `poll_transmit` (control-stream frames),
+//! `poll_send` (batches to send, each on its own stream; report the end with
+//! `handle_batch_sent` or `handle_send_failed`), `poll_event`; then arm a timer for
+//! `poll_timeout` and call `handle_timeout` when it fires.
+//!
+//! Guarantees:
+//! - A batch leaves the child's pending set only on a receipt signed by the parent's pinned
+//!   key ([`UplinkEvent::Receipt`]); the driver drops it from the outbox only after storing
+//!   that receipt.
+//! - Loss, duplication and reordering of any message are harmless: offers are re-sent after
+//!   `retry_ms` without an answer, batches are content-addressed so a duplicate is a no-op,
+//!   and a late receipt for a batch no longer pending is ignored.
+//! - Bounded: at most `window` batches in flight per link, at most [`PENDING_MAX`] batches
+//!   pending in memory (the driver pages the rest from its outbox), at most
+//!   [`IDS_PER_FRAME_MAX`] ids per frame, at most [`WANTED_MAX`] outstanding wants.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::batch::{Batch, PublicKey, SignedBatch, VerifyError};
+use crate::ids::{BatchId, NodeId};
+use crate::record::Problem;
+use crate::schema::Registry;
+use crate::wire::{IDS_PER_FRAME_MAX, Message, Offer, SignedReceipt, Verdict};
+
+/// Most batches an uplink holds in memory; the driver feeds more as these are receipted.
+pub const PENDING_MAX: usize = 65_536;
+/// Most batch ids a downlink has asked for and not yet received.
+pub const WANTED_MAX: usize = 8_192;
+/// Most record problems kept for one refused batch.
+pub const REJECTION_PROBLEMS_MAX: usize = 1_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// Batches sent and not yet receipted, per link.
+    pub window: usize,
+    /// How long an offer or a sent batch waits for an answer before it is offered again.
+    pub retry_ms: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            window: 8,
+            retry_ms: 15_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// To be offered when connected.
+    Queued,
+    Offered {
+        at_ms: u64,
+    },
+    /// The parent asked for it; waiting for a slot in the window.
+    Wanted,
+    /// On its way on its own stream.
+    Sending,
+    AwaitingReceipt {
+        at_ms: u64,
+    },
+}
+
+/// Something the uplink's driver must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UplinkEvent {
+    /// The parent's verified receipt: store it, then drop the batch from the outbox. A
+    /// `Rejected` verdict is final too: the origin must correct and send a new batch.
+    Receipt(SignedReceipt),
+    /// Receipts from further up, relayed by the parent; the driver checks each against the
+    /// receiver's pinned key before storing it.
+    UpstreamReceipts(Vec<SignedReceipt>),
+    /// Per-record problems the parent found in a batch.
+    Feedback {
+        batch: BatchId,
+        problems: Vec<Problem>,
+    },
+}
+
+/// Why a link must be closed: the peer broke the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("receipt for batch {batch} is not signed by {peer}'s pinned key: closing the link")]
+    BadReceiptSignature { peer: NodeId, batch: BatchId },
+    #[error("receipt for batch {batch} names receiver {named}, but the link's peer is {peer}")]
+    WrongReceiver {
+        peer: NodeId,
+        named: NodeId,
+        batch: BatchId,
+    },
+    #[error("peer sent {0} on this link, which is not a message it may send here")]
+    Unexpected(&'static str),
+    #[error("peer introduced itself as {claimed}, but its certificate is {peer}'s")]
+    WrongHello { peer: NodeId, claimed: NodeId },
+}
+
+/// The child's side of a link to its parent.
+#[derive(Debug)]
+pub struct Uplink {
+    me: NodeId,
+    parent: NodeId,
+    parent_key: PublicKey,
+    config: SyncConfig,
+    connected: bool,
+    pending: BTreeMap<BatchId, (Offer, Stage)>,
+    wanted: VecDeque<BatchId>,
+    in_flight: BTreeSet<BatchId>,
+    transmit: VecDeque<Message>,
+    sends: VecDeque<BatchId>,
+    events: VecDeque<UplinkEvent>,
+}
+
+impl Uplink {
+    pub fn new(me: NodeId, parent: NodeId, parent_key: PublicKey, config: SyncConfig) -> Uplink {
+        assert!(config.window > 0, "a window of zero would never send");
+        Uplink {
+            me,
+            parent,
+            parent_key,
+            config,
+            connected: false,
+            pending: BTreeMap::new(),
+            wanted: VecDeque::new(),
+            in_flight: BTreeSet::new(),
+            transmit: VecDeque::new(),
+            sends: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn parent(&self) -> NodeId {
+        self.parent
+    }
+
+    /// How many more batches [`Uplink::handle_outbox`] will take now.
+    pub fn capacity(&self) -> usize {
+        PENDING_MAX - self.pending.len()
+    }
+
+    /// Batches pending on this link (not yet receipted).
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn in_flight_len(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    pub fn is_pending(&self, id: &BatchId) -> bool {
+        self.pending.contains_key(id)
+    }
+
+    /// Batches that entered the outbox for this link. Ones already pending are ignored; at
+    /// most [`Uplink::capacity`] are taken, and the number taken is returned.
+    pub fn handle_outbox(&mut self, offers: impl IntoIterator<Item = Offer>, now_ms: u64) -> usize {
+        let mut taken = 0;
+        let mut fresh = Vec::new();
+        for offer in offers {
+            if self.pending.len() >= PENDING_MAX {
+                break;
+            }
+            if self.pending.contains_key(&offer.id) {
+                continue;
+            }
+            taken += 1;
+            fresh.push(offer.id);
+            self.pending.insert(offer.id, (offer, Stage::Queued));
+        }
+        if self.connected {
+            self.offer(fresh, now_ms);
+        }
+        taken
+    }
+
+    /// The link's control stream is up. Everything pending is offered afresh.
+    pub fn handle_connected(&mut self, topology_version: u64, now_ms: u64) {
+        self.reset();
+        self.connected = true;
+        self.transmit.push_back(Message::Hello {
+            node: self.me,
+            wire_version: crate::wire::WIRE_VERSION,
+            topology_version,
+        });
+        let all: Vec<BatchId> = self.pending.keys().copied().collect();
+        self.offer(all, now_ms);
+    }
+
+    /// The link is down: nothing is in flight any more; all pending batches wait to be offered.
+    pub fn handle_disconnected(&mut self) {
+        self.reset();
+        self.connected = false;
+    }
+
+    fn reset(&mut self) {
+        for (_, stage) in self.pending.values_mut() {
+            *stage = Stage::Queued;
+        }
+        self.wanted.clear();
+        self.in_flight.clear();
+        self.transmit.clear();
+        self.sends.clear();
+    }
+
+    fn offer(&mut self, ids: Vec<BatchId>, now_ms: u64) {
+        let mut offers = Vec::new();
+        for id in ids {
+            if let Some((offer, stage)) = self.pending.get_mut(&id)
+                && *stage == Stage::Queued
+            {
+                *stage = Stage::Offered { at_ms: now_ms };
+                offers.push(offer.clone());
+            }
+        }
+        for chunk in offers.chunks(IDS_PER_FRAME_MAX) {
+            self.transmit.push_back(Message::Offer {
+                offers: chunk.to_vec(),
+            });
+        }
+    }
+
+    /// A message from the parent on the control stream.
+    pub fn handle_message(&mut self, message: Message, now_ms: u64) -> Result<(), ProtocolError> {
+        match message {
+            Message::Hello { node, .. } => {
+                if node != self.parent {
+                    return Err(ProtocolError::WrongHello {
+                        peer: self.parent,
+                        claimed: node,
+                    });
+                }
+            }
+            Message::Want { ids } => {
+                for id in ids {
+                    if let Some((_, stage)) = self.pending.get_mut(&id)
+                        && matches!(stage, Stage::Queued | Stage::Offered { .. })
+                    {
+                        *stage = Stage::Wanted;
+                        self.wanted.push_back(id);
+                    }
+                }
+                self.fill_window();
+            }
+            Message::Receipts { receipts } => {
+                for receipt in receipts {
+                    self.handle_receipt(receipt)?;
+                }
+                self.fill_window();
+            }
+            Message::UpstreamReceipts { receipts } => {
+                self.events
+                    .push_back(UplinkEvent::UpstreamReceipts(receipts));
+            }
+            Message::Feedback { batch, problems } => {
+                self.events
+                    .push_back(UplinkEvent::Feedback { batch, problems });
+            }
+            Message::Ping { nonce } => self.transmit.push_back(Message::Pong { nonce }),
+            Message::Pong { .. } => {}
+            Message::Goodbye { .. } => self.handle_disconnected(),
+            Message::Offer { .. } => return Err(ProtocolError::Unexpected("Offer")),
+            Message::UpstreamStored { .. } => {
+                return Err(ProtocolError::Unexpected("UpstreamStored"));
+            }
+            Message::Batch(_) => return Err(ProtocolError::Unexpected("Batch")),
+            Message::RangeFingerprint { .. } | Message::RangeIds { .. } => {}
+        }
+        let _ = now_ms;
+        Ok(())
+    }
+
+    fn handle_receipt(&mut self, receipt: SignedReceipt) -> Result<(), ProtocolError> {
+        let batch = receipt.receipt.batch;
+        if receipt.receipt.receiver != self.parent {
+            return Err(ProtocolError::WrongReceiver {
+                peer: self.parent,
+                named: receipt.receipt.receiver,
+                batch,
+            });
+        }
+        if !receipt.verify(&self.parent_key) {
+            return Err(ProtocolError::BadReceiptSignature {
+                peer: self.parent,
+                batch,
+            });
+        }
+        if self.pending.remove(&batch).is_some() {
+            self.in_flight.remove(&batch);
+            self.wanted.retain(|id| *id != batch);
+            self.sends.retain(|id| *id != batch);
+            self.events.push_back(UplinkEvent::Receipt(receipt));
+        }
+        Ok(())
+    }
+
+    fn fill_window(&mut self) {
+        while self.in_flight.len() < self.config.window {
+            let Some(id) = self.wanted.pop_front() else {
+                break;
+            };
+            if let Some((_, stage)) = self.pending.get_mut(&id)
+                && *stage == Stage::Wanted
+            {
+                *stage = Stage::Sending;
+                self.in_flight.insert(id);
+                self.sends.push_back(id);
+            }
+        }
+    }
+
+    /// The driver stored relayed receipts: tell the parent so it stops relaying them.
+    pub fn handle_upstream_stored(&mut self, done: Vec<(BatchId, NodeId)>) {
+        for chunk in done.chunks(IDS_PER_FRAME_MAX) {
+            self.transmit.push_back(Message::UpstreamStored {
+                done: chunk.to_vec(),
+            });
+        }
+    }
+
+    /// The batch's stream was written and finished.
+    pub fn handle_batch_sent(&mut self, id: BatchId, now_ms: u64) {
+        if let Some((_, stage)) = self.pending.get_mut(&id)
+            && *stage == Stage::Sending
+        {
+            *stage = Stage::AwaitingReceipt { at_ms: now_ms };
+        }
+    }
+
+    /// The batch could not be sent (stream error, or the batch could not be read back from the
+    /// store); it will be offered again.
+    pub fn handle_send_failed(&mut self, id: BatchId) {
+        if let Some((_, stage)) = self.pending.get_mut(&id) {
+            *stage = Stage::Queued;
+        }
+        self.in_flight.remove(&id);
+        self.fill_window();
+    }
+
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        let mut expired = Vec::new();
+        for (id, (_, stage)) in &mut self.pending {
+            let since = match *stage {
+                Stage::Offered { at_ms } | Stage::AwaitingReceipt { at_ms } => at_ms,
+                _ => continue,
+            };
+            if now_ms.saturating_sub(since) >= self.config.retry_ms {
+                *stage = Stage::Queued;
+                self.in_flight.remove(id);
+                expired.push(*id);
+            }
+        }
+        if self.connected {
+            self.offer(expired, now_ms);
+            self.fill_window();
+        }
+    }
+
+    /// When [`Uplink::handle_timeout`] should next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.pending
+            .values()
+            .filter_map(|(_, stage)| match stage {
+                Stage::Offered { at_ms } | Stage::AwaitingReceipt { at_ms } => {
+                    Some(at_ms + self.config.retry_ms)
+                }
+                _ => None,
+            })
+            .min()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        self.transmit.pop_front()
+    }
+
+    /// The next batch to send on a stream of its own.
+    pub fn poll_send(&mut self) -> Option<BatchId> {
+        self.sends.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<UplinkEvent> {
+        self.events.pop_front()
+    }
+}
+
+/// The parent's side of a link to one child.
+#[derive(Debug)]
+pub struct Downlink {
+    child: NodeId,
+    wanted: BTreeSet<BatchId>,
+    receipts: VecDeque<SignedReceipt>,
+    transmit: VecDeque<Message>,
+    events: VecDeque<DownlinkEvent>,
+}
+
+/// Something the downlink's driver must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownlinkEvent {
+    /// The child stored these relayed receipts: forget them.
+    RelayStored(Vec<(BatchId, NodeId)>),
+}
+
+impl Downlink {
+    pub fn new(child: NodeId) -> Downlink {
+        Downlink {
+            child,
+            wanted: BTreeSet::new(),
+            receipts: VecDeque::new(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<DownlinkEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn child(&self) -> NodeId {
+        self.child
+    }
+
+    /// A control message from the child. `held` answers, from the store, the receipt this
+    /// node gave for a batch it already holds.
+    pub fn handle_message(
+        &mut self,
+        message: Message,
+        held: impl Fn(&BatchId) -> Option<SignedReceipt>,
+    ) -> Result<(), ProtocolError> {
+        match message {
+            Message::Hello { node, .. } => {
+                if node != self.child {
+                    return Err(ProtocolError::WrongHello {
+                        peer: self.child,
+                        claimed: node,
+                    });
+                }
+            }
+            Message::Offer { offers } => {
+                let mut want = Vec::new();
+                for offer in offers {
+                    if let Some(receipt) = held(&offer.id) {
+                        // Already held: the receipt is the answer; re-sending would be a no-op.
+                        self.receipts.push_back(receipt);
+                    } else if self.wanted.contains(&offer.id) {
+                        // Asked for already; the child re-offers after a loss: ask again.
+                        want.push(offer.id);
+                    } else if self.wanted.len() < WANTED_MAX {
+                        self.wanted.insert(offer.id);
+                        want.push(offer.id);
+                    }
+                    // Beyond WANTED_MAX the child offers again after its retry interval.
+                }
+                for chunk in want.chunks(IDS_PER_FRAME_MAX) {
+                    self.transmit.push_back(Message::Want {
+                        ids: chunk.to_vec(),
+                    });
+                }
+            }
+            Message::UpstreamStored { done } => {
+                self.events.push_back(DownlinkEvent::RelayStored(done))
+            }
+            Message::Ping { nonce } => self.transmit.push_back(Message::Pong { nonce }),
+            Message::Pong { .. } | Message::Goodbye { .. } => {}
+            Message::RangeFingerprint { .. } | Message::RangeIds { .. } => {}
+            Message::Want { .. } => return Err(ProtocolError::Unexpected("Want")),
+            Message::Receipts { .. } | Message::UpstreamReceipts { .. } => {
+                return Err(ProtocolError::Unexpected("Receipts"));
+            }
+            Message::Feedback { .. } => return Err(ProtocolError::Unexpected("Feedback")),
+            Message::Batch(_) => {
+                return Err(ProtocolError::Unexpected("Batch on the control stream"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A batch arrived on its own stream (wanted or not: re-sending is always safe).
+    pub fn handle_batch_arrived(&mut self, id: &BatchId) {
+        self.wanted.remove(id);
+    }
+
+    /// The driver stored the batch durably (or refused it) and signed this receipt.
+    pub fn handle_decided(&mut self, receipt: SignedReceipt, problems: Vec<Problem>) {
+        if !problems.is_empty() {
+            self.transmit.push_back(Message::Feedback {
+                batch: receipt.receipt.batch,
+                problems,
+            });
+        }
+        self.receipts.push_back(receipt);
+    }
+
+    /// Receipts from further up for batches this child sent, to relay down.
+    pub fn handle_upstream_receipts(&mut self, receipts: Vec<SignedReceipt>) {
+        for chunk in receipts.chunks(IDS_PER_FRAME_MAX) {
+            self.transmit.push_back(Message::UpstreamReceipts {
+                receipts: chunk.to_vec(),
+            });
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Message> {
+        if let Some(message) = self.transmit.pop_front() {
+            return Some(message);
+        }
+        if self.receipts.is_empty() {
+            return None;
+        }
+        let take = self.receipts.len().min(IDS_PER_FRAME_MAX);
+        Some(Message::Receipts {
+            receipts: self.receipts.drain(..take).collect(),
+        })
+    }
+}
+
+/// Why a received batch was refused (the verdict's reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("origin {0} is not in this node's topology or not below the sending child")]
+    UnknownOrigin(NodeId),
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("category {0} is not known to this node: upgrade it")]
+    UnknownCategory(String),
+    #[error("schema version {got} of {category} is not this node's version {have}")]
+    SchemaVersion {
+        category: String,
+        got: u32,
+        have: u32,
+    },
+    #[error("{count} record(s) fail the {category} schema (see the feedback)")]
+    Records { category: String, count: usize },
+}
+
+impl Rejection {
+    pub fn verdict(&self) -> Verdict {
+        Verdict::Rejected {
+            reason: self.to_string(),
+        }
+    }
+}
+
+/// What a receiver checks before it stores a batch: hash against id, the origin's signature
+/// under its pinned key, canonical form, and every record against its schema. On a record
+/// failure, the problems (at most [`REJECTION_PROBLEMS_MAX`]) are returned for feedback.
+pub fn verify_incoming(
+    signed: &SignedBatch,
+    origin_key: impl Fn(NodeId) -> Option<PublicKey>,
+    registry: &Registry,
+) -> Result<Batch, (Rejection, Vec<Problem>)> {
+    let header = signed
+        .header()
+        .map_err(|e| (Rejection::Verify(VerifyError::Decode(e)), Vec::new()))?;
+    let key =
+        origin_key(header.origin).ok_or((Rejection::UnknownOrigin(header.origin), Vec::new()))?;
+    let batch = signed
+        .verify(&key)
+        .map_err(|e| (Rejection::Verify(e), Vec::new()))?;
+    let category = batch.header.category.to_string();
+    let schema = registry
+        .get(&batch.header.category)
+        .ok_or_else(|| (Rejection::UnknownCategory(category.clone()), Vec::new()))?;
+    if schema.version != batch.header.schema_version {
+        return Err((
+            Rejection::SchemaVersion {
+                category,
+                got: batch.header.schema_version,
+                have: schema.version,
+            },
+            Vec::new(),
+        ));
+    }
+    let mut problems = Vec::new();
+    let mut count = 0;
+    for record in &batch.records {
+        let found = schema.check_record(record, batch.header.period);
+        if !found.is_empty() {
+            count += 1;
+            for mut problem in found {
+                if problems.len() < REJECTION_PROBLEMS_MAX {
+                    problem.message = format!("record {}: {}", record.key, problem.message);
+                    problems.push(problem);
+                }
+            }
+        }
+    }
+    if count > 0 {
+        return Err((Rejection::Records { category, count }, problems));
+    }
+    Ok(batch)
+}

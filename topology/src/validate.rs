@@ -1,0 +1,629 @@
+//! The rules a topology must obey, checked on a [`Draft`] — the nodes as far as they could be
+//! read, each value with its position — whether the draft came from a file or from code.
+//!
+//! Every rule reports every violation; a value that could not be read is left out of the
+//! rules that need it, so one typo does not bury the file under follow-on errors.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use protocol::{NodeId, PublicKey};
+
+use crate::{NAME_CHARS_MAX, NODES_MAX, Node, Role, Topology, TopologyError};
+
+/// A 1-based position in the file; `Pos::NONE` (0, 0) for values made in code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Pos {
+    pub const NONE: Pos = Pos { line: 0, column: 0 };
+    pub const START: Pos = Pos { line: 1, column: 1 };
+
+    /// " (line N)" to point the operator at a related place, or nothing without a file.
+    fn on_line(self) -> String {
+        self.on_line_as("line")
+    }
+
+    /// " (WORDS N)", or nothing without a file.
+    fn on_line_as(self, words: &str) -> String {
+        if self.line == 0 {
+            String::new()
+        } else {
+            format!(" ({words} {})", self.line)
+        }
+    }
+}
+
+/// A value and where it was written.
+#[derive(Debug, Clone)]
+pub(crate) struct At<T> {
+    pub value: T,
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum ParentField {
+    Absent,
+    /// Written but not a node id; already reported.
+    Invalid(Pos),
+    Given(At<NodeId>),
+}
+
+/// One `[[node]]` as far as it could be read. `None` means missing or invalid, and already
+/// reported.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    /// The `[[node]]` header: where a missing key belongs.
+    pub table: Pos,
+    pub id: Option<At<NodeId>>,
+    pub name: Option<At<String>>,
+    pub role: Option<At<Role>>,
+    pub parent: ParentField,
+    pub address: Option<At<SocketAddr>>,
+    pub public_key: Option<At<PublicKey>>,
+}
+
+impl Entry {
+    fn id(&self) -> Option<NodeId> {
+        self.id.as_ref().map(|id| id.value)
+    }
+
+    fn role(&self) -> Option<Role> {
+        self.role.as_ref().map(|role| role.value)
+    }
+
+    /// The declared role, or the one the code implies when the role could not be read.
+    fn effective_role(&self) -> Option<Role> {
+        self.role().or_else(|| self.id().map(Role::of_id))
+    }
+
+    /// "node 445281" when the id is known, for messages.
+    fn label(&self) -> String {
+        match self.id() {
+            Some(id) => format!("node {id}"),
+            None => "this node".to_owned(),
+        }
+    }
+}
+
+/// A topology as far as it could be read.
+#[derive(Debug)]
+pub(crate) struct Draft {
+    /// Where whole-file problems are reported.
+    pub file: Pos,
+    /// `None` when missing or not a number; already reported.
+    pub version: Option<At<u64>>,
+    pub entries: Vec<Entry>,
+}
+
+pub(crate) fn error(pos: Pos, message: impl Into<String>) -> TopologyError {
+    TopologyError {
+        line: pos.line,
+        column: pos.column,
+        message: message.into(),
+    }
+}
+
+/// A name is shown to operators and in reports: it must say something and stay on one line.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("name must not be empty: write the division's name, such as \"揭阳市\"".into());
+    }
+    let chars = name.chars().count();
+    if chars > NAME_CHARS_MAX {
+        return Err(format!(
+            "name has {chars} characters, more than {NAME_CHARS_MAX}: shorten it"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("name must not contain control characters such as line breaks or tabs".into());
+    }
+    Ok(())
+}
+
+/// The address is where peers connect, so it needs a real port.
+pub(crate) fn check_address(address: SocketAddr) -> Result<(), String> {
+    if address.port() == 0 {
+        return Err(format!(
+            "address {address} has port 0: give the port the node listens on, such as {}",
+            SocketAddr::new(address.ip(), 7000)
+        ));
+    }
+    Ok(())
+}
+
+/// A draft of nodes made in code. Checks what the types cannot: names, ports and whether the
+/// key bytes are an Ed25519 point.
+pub(crate) fn draft_from_nodes(version: u64, nodes: Vec<Node>) -> (Draft, Vec<TopologyError>) {
+    let mut errors = Vec::new();
+    fn at<T>(value: T) -> At<T> {
+        At {
+            value,
+            pos: Pos::NONE,
+        }
+    }
+    let entries = nodes
+        .into_iter()
+        .map(|node| {
+            let mut report = |message: String| {
+                errors.push(error(Pos::NONE, format!("node {}: {message}", node.id)));
+            };
+            let name = match check_name(&node.name) {
+                Ok(()) => Some(at(node.name)),
+                Err(message) => {
+                    report(message);
+                    None
+                }
+            };
+            let address = match check_address(node.address) {
+                Ok(()) => Some(at(node.address)),
+                Err(message) => {
+                    report(message);
+                    None
+                }
+            };
+            let public_key = match PublicKey::parse_hex(&node.public_key.to_hex()) {
+                Ok(key) => Some(at(key)),
+                Err(problem) => {
+                    report(problem.to_string());
+                    None
+                }
+            };
+            Entry {
+                table: Pos::NONE,
+                id: Some(at(node.id)),
+                name,
+                role: Some(at(node.role)),
+                parent: match node.parent {
+                    Some(parent) => ParentField::Given(at(parent)),
+                    None => ParentField::Absent,
+                },
+                address,
+                public_key,
+            }
+        })
+        .collect();
+    let draft = Draft {
+        file: Pos::NONE,
+        version: Some(at(version)),
+        entries,
+    };
+    (draft, errors)
+}
+
+/// Checks every rule and builds the topology if neither reading nor the rules found a problem.
+pub(crate) fn validate(
+    draft: Draft,
+    mut errors: Vec<TopologyError>,
+) -> Result<Topology, Vec<TopologyError>> {
+    let entries = &draft.entries;
+    if let Some(version) = &draft.version
+        && version.value == 0
+    {
+        errors.push(error(
+            version.pos,
+            "version must be 1 or more: start at 1 and raise it on every edit",
+        ));
+    }
+    if entries.len() > NODES_MAX {
+        errors.push(error(
+            draft.file,
+            format!(
+                "the file has {} nodes, more than the limit of {NODES_MAX}",
+                entries.len()
+            ),
+        ));
+    }
+    check_roles_fit_codes(entries, &mut errors);
+    let first_by_id = check_unique_ids(entries, &mut errors);
+    check_unique_keys(entries, &mut errors);
+    check_unique_addresses(entries, &mut errors);
+    check_one_national(&draft, &mut errors);
+    check_parents(entries, &first_by_id, &mut errors);
+    check_paths(entries, &first_by_id, &mut errors);
+
+    if !errors.is_empty() {
+        // Stable: problems at one position keep the order in which the rules found them.
+        errors.sort_by_key(|e| (e.line, e.column));
+        return Err(errors);
+    }
+    let version = draft
+        .version
+        .expect("no error, so the version was read")
+        .value;
+    let nodes = draft
+        .entries
+        .into_iter()
+        .map(|entry| {
+            let missing = "no error, so every value was read";
+            Node {
+                id: entry.id.expect(missing).value,
+                name: entry.name.expect(missing).value,
+                role: entry.role.expect(missing).value,
+                parent: match entry.parent {
+                    ParentField::Given(parent) => Some(parent.value),
+                    ParentField::Absent => None,
+                    ParentField::Invalid(_) => unreachable!("{missing}"),
+                },
+                address: entry.address.expect(missing).value,
+                public_key: entry.public_key.expect(missing).value,
+            }
+        })
+        .collect();
+    Ok(Topology::assemble(version, nodes))
+}
+
+fn check_roles_fit_codes(entries: &[Entry], errors: &mut Vec<TopologyError>) {
+    for entry in entries {
+        let (Some(id), Some(role)) = (entry.id(), &entry.role) else {
+            continue;
+        };
+        let implied = Role::of_id(id);
+        if implied != role.value {
+            errors.push(error(
+                role.pos,
+                format!(
+                    "node {id} has role \"{}\" but its code is shaped like a {implied}: national is 000000, a province XX0000, a city XXXX00, a county any other code; fix the role or the id",
+                    role.value
+                ),
+            ));
+        }
+    }
+}
+
+/// Reports repeated ids at the repetition and returns the first entry of each id: the one the
+/// graph rules use.
+fn check_unique_ids(entries: &[Entry], errors: &mut Vec<TopologyError>) -> HashMap<NodeId, usize> {
+    let mut first_by_id: HashMap<NodeId, usize> = HashMap::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let Some(id) = &entry.id else { continue };
+        if let Some(&first) = first_by_id.get(&id.value) {
+            errors.push(error(
+                id.pos,
+                format!(
+                    "node id {} is declared twice{}: each node appears once; remove one [[node]] or correct its id",
+                    id.value,
+                    entries[first]
+                        .id
+                        .as_ref()
+                        .map_or(Pos::NONE, |first| first.pos)
+                        .on_line_as("first on line")
+                ),
+            ));
+        } else {
+            first_by_id.insert(id.value, index);
+        }
+    }
+    first_by_id
+}
+
+fn check_unique_keys(entries: &[Entry], errors: &mut Vec<TopologyError>) {
+    let mut first: HashMap<PublicKey, usize> = HashMap::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let Some(key) = &entry.public_key else {
+            continue;
+        };
+        if let Some(&owner) = first.get(&key.value) {
+            let owner = &entries[owner];
+            errors.push(error(
+                key.pos,
+                format!(
+                    "public key of {} is already the key of {}{}: every node has its own key; paste the key `credit-node init` printed on this node",
+                    entry.label(),
+                    owner.label(),
+                    owner.public_key.as_ref().map_or(Pos::NONE, |key| key.pos).on_line()
+                ),
+            ));
+        } else {
+            first.insert(key.value, index);
+        }
+    }
+}
+
+fn check_unique_addresses(entries: &[Entry], errors: &mut Vec<TopologyError>) {
+    let mut first: HashMap<SocketAddr, usize> = HashMap::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let Some(address) = &entry.address else {
+            continue;
+        };
+        if let Some(&owner) = first.get(&address.value) {
+            let owner = &entries[owner];
+            errors.push(error(
+                address.pos,
+                format!(
+                    "address {} of {} is already the address of {}{}: every node listens on its own address",
+                    address.value,
+                    entry.label(),
+                    owner.label(),
+                    owner.address.as_ref().map_or(Pos::NONE, |address| address.pos).on_line()
+                ),
+            ));
+        } else {
+            first.insert(address.value, index);
+        }
+    }
+}
+
+fn check_one_national(draft: &Draft, errors: &mut Vec<TopologyError>) {
+    let entries = &draft.entries;
+    if entries.is_empty() {
+        errors.push(error(
+            draft.file,
+            "the file declares no nodes: add a [[node]] for the national platform 000000 and one for each node of the network",
+        ));
+        return;
+    }
+    let mut nationals = entries
+        .iter()
+        .filter(|entry| entry.role() == Some(Role::National));
+    match nationals.next() {
+        None => {
+            // With an unreadable role the national platform may be there; that role is reported.
+            if entries.iter().all(|entry| entry.role.is_some()) {
+                errors.push(error(
+                    draft.file,
+                    "no national node: add the national platform as a [[node]] with id = \"000000\" and role = \"national\"",
+                ));
+            }
+        }
+        Some(first) => {
+            for extra in nationals {
+                let pos = extra.role.as_ref().expect("filtered on the role").pos;
+                errors.push(error(
+                    pos,
+                    format!(
+                        "{} is a second national node (the first is {}{}): the network has exactly one national platform, 000000",
+                        extra.label(),
+                        first.label(),
+                        first.role.as_ref().map_or(Pos::NONE, |role| role.pos).on_line()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// The parent a node of this code most likely has, for a hint in "has no parent".
+fn likely_parent(id: NodeId, first_by_id: &HashMap<NodeId, usize>) -> NodeId {
+    let code = id.code();
+    let province = NodeId::from_code(code / 10_000 * 10_000).unwrap_or(NodeId::NATIONAL);
+    match Role::of_id(id) {
+        Role::County => NodeId::from_code(code / 100 * 100)
+            .filter(|city| first_by_id.contains_key(city))
+            .unwrap_or(province),
+        Role::City => province,
+        Role::Province | Role::National => NodeId::NATIONAL,
+    }
+}
+
+fn check_parents(
+    entries: &[Entry],
+    first_by_id: &HashMap<NodeId, usize>,
+    errors: &mut Vec<TopologyError>,
+) {
+    for (index, entry) in entries.iter().enumerate() {
+        let Some(id) = entry.id() else { continue };
+        if first_by_id.get(&id) != Some(&index) {
+            continue; // a repeated id, already reported
+        }
+        let Some(role) = entry.effective_role() else {
+            continue;
+        };
+        match &entry.parent {
+            ParentField::Invalid(_) => {}
+            ParentField::Absent => {
+                if role != Role::National {
+                    errors.push(error(
+                        entry.table,
+                        format!(
+                            "node {id} ({role}) has no parent: add parent = \"{}\"; {}",
+                            likely_parent(id, first_by_id),
+                            role.parent_rule()
+                        ),
+                    ));
+                }
+            }
+            ParentField::Given(parent) => {
+                if role == Role::National {
+                    errors.push(error(
+                        parent.pos,
+                        format!(
+                            "the national platform {id} has no parent: remove parent = \"{}\"",
+                            parent.value
+                        ),
+                    ));
+                    continue;
+                }
+                if parent.value == id {
+                    continue; // a cycle of one, reported with the cycles
+                }
+                let Some(&parent_index) = first_by_id.get(&parent.value) else {
+                    errors.push(error(
+                        parent.pos,
+                        format!(
+                            "parent {} of node {id} is not in the topology: add a [[node]] with id = \"{}\" or correct the parent",
+                            parent.value, parent.value
+                        ),
+                    ));
+                    continue;
+                };
+                if let Some(parent_role) = entries[parent_index].effective_role()
+                    && !role.may_have_parent(parent_role)
+                {
+                    errors.push(error(
+                        parent.pos,
+                        format!(
+                            "node {id} ({role}) cannot have parent {} ({parent_role}): {}",
+                            parent.value,
+                            role.parent_rule()
+                        ),
+                    ));
+                }
+                let province = |node: NodeId| node.code() / 10_000;
+                if matches!(role, Role::City | Role::County)
+                    && !parent.value.is_national()
+                    && province(parent.value) != province(id)
+                {
+                    errors.push(error(
+                        parent.pos,
+                        format!(
+                            "node {id} (province {:02}) has parent {} in another province: a city or county hangs under a node of its own province; fix the parent or the id",
+                            province(id),
+                            parent.value
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Where a node's parent chain ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Unvisited,
+    OnPath,
+    National,
+    /// Stops at this entry: no parent, an unknown or unreadable parent, or (for the first
+    /// entry of a cycle) a cycle.
+    BrokenAt(usize),
+}
+
+/// Follows every parent chain: reports each cycle once, and for each place where chains break,
+/// the nodes below it that are cut off from the national platform.
+fn check_paths(
+    entries: &[Entry],
+    first_by_id: &HashMap<NodeId, usize>,
+    errors: &mut Vec<TopologyError>,
+) {
+    let parent_of = |index: usize| match &entries[index].parent {
+        ParentField::Given(parent) => first_by_id.get(&parent.value).copied(),
+        _ => None,
+    };
+    let mut reach = vec![Reach::Unvisited; entries.len()];
+    let mut in_cycle: HashSet<usize> = HashSet::new();
+    let mut graph: Vec<usize> = first_by_id.values().copied().collect();
+    graph.sort_unstable();
+    for &start in &graph {
+        let mut path = Vec::new();
+        let mut current = start;
+        let outcome = loop {
+            match reach[current] {
+                Reach::National => break Reach::National,
+                Reach::BrokenAt(at) => break Reach::BrokenAt(at),
+                Reach::OnPath => {
+                    let from = path
+                        .iter()
+                        .position(|&index| index == current)
+                        .expect("a node on the path is in the path");
+                    let cycle = &path[from..];
+                    let anchor = *cycle.iter().min().expect("a cycle has a node");
+                    in_cycle.extend(cycle.iter().copied());
+                    errors.push(cycle_error(entries, cycle, anchor));
+                    break Reach::BrokenAt(anchor);
+                }
+                Reach::Unvisited => {
+                    reach[current] = Reach::OnPath;
+                    path.push(current);
+                    if entries[current].id() == Some(NodeId::NATIONAL) {
+                        break Reach::National;
+                    }
+                    match parent_of(current) {
+                        Some(parent) => current = parent,
+                        None => break Reach::BrokenAt(current),
+                    }
+                }
+            }
+        };
+        for index in path {
+            reach[index] = outcome;
+        }
+    }
+
+    let mut cut_off: HashMap<usize, Vec<usize>> = HashMap::new();
+    for &index in &graph {
+        if let Reach::BrokenAt(at) = reach[index]
+            && at != index
+            && !in_cycle.contains(&index)
+        {
+            cut_off.entry(at).or_default().push(index);
+        }
+    }
+    let mut breaks: Vec<(usize, Vec<usize>)> = cut_off.into_iter().collect();
+    breaks.sort_unstable();
+    for (at, below) in breaks {
+        let entry = &entries[at];
+        let pos = match &entry.parent {
+            ParentField::Given(parent) => parent.pos,
+            ParentField::Invalid(pos) => *pos,
+            ParentField::Absent => entry.table,
+        };
+        let name = entry.id().map(|id| id.to_string()).unwrap_or_default();
+        let (through, fix) = if in_cycle.contains(&at) {
+            (format!("the cycle through {name}"), "the cycle".to_owned())
+        } else {
+            (name.clone(), format!("the parent of {name}"))
+        };
+        errors.push(error(
+            pos,
+            format!(
+                "{} below {through} {} no path to the national platform 000000: {}; fix {fix} first",
+                count(below.len(), "node", "nodes"),
+                if below.len() == 1 { "has" } else { "have" },
+                list_ids(entries, &below)
+            ),
+        ));
+    }
+}
+
+fn cycle_error(entries: &[Entry], cycle: &[usize], anchor: usize) -> TopologyError {
+    let start = cycle
+        .iter()
+        .position(|&index| index == anchor)
+        .expect("the anchor is in the cycle");
+    let names: Vec<String> = cycle[start..]
+        .iter()
+        .chain(&cycle[..start])
+        .chain(std::iter::once(&anchor))
+        .map(|&index| {
+            entries[index]
+                .id()
+                .map(|id| id.to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    let pos = match &entries[anchor].parent {
+        ParentField::Given(parent) => parent.pos,
+        _ => entries[anchor].table,
+    };
+    error(
+        pos,
+        format!(
+            "cycle in parent links: {}: a chain of parents must end at the national platform 000000; fix one of these parents",
+            names.join(" → ")
+        ),
+    )
+}
+
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The ids of `indexes`, at most ten, then how many more.
+fn list_ids(entries: &[Entry], indexes: &[usize]) -> String {
+    const SHOWN: usize = 10;
+    let mut text = indexes
+        .iter()
+        .take(SHOWN)
+        .filter_map(|&index| entries[index].id())
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if indexes.len() > SHOWN {
+        text.push_str(&format!(" and {} more", indexes.len() - SHOWN));
+    }
+    text
+}
