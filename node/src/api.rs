@@ -33,6 +33,10 @@ pub enum ApiRequest {
     /// Every held batch, its signature re-verified, and the receipts stored for it.
     Batches,
     VerifyAudit,
+    /// The migration phase of a node with a legacy direct link, and what it waits for.
+    Migration,
+    /// The audit entries, oldest first.
+    AuditLog,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -124,6 +128,20 @@ async fn answer(node: &Arc<Node>, request: ApiRequest) -> anyhow::Result<Value> 
             let entries = node.store.verify_audit()?;
             json!({"ok": true, "entries": entries})
         }
+        ApiRequest::Migration => {
+            let mut value = node.migration_status()?;
+            value["ok"] = json!(true);
+            value["node"] = json!(node.me.to_string());
+            value
+        }
+        ApiRequest::AuditLog => {
+            let entries: Vec<Value> = node
+                .store
+                .audit_entries()
+                .map(|entry| entry.map(|e| audit_json(&e)))
+                .collect::<Result<_, _>>()?;
+            json!({"ok": true, "entries": entries})
+        }
     })
 }
 
@@ -186,6 +204,29 @@ fn status(node: &Node) -> anyhow::Result<Value> {
         })).collect::<Vec<_>>(),
         "refused": refused,
     }))
+}
+
+fn audit_json(entry: &crate::store::AuditEntry) -> Value {
+    use crate::store::AuditEvent;
+    let mut value = json!({"seq": entry.seq, "at_ms": entry.at_ms});
+    match &entry.event {
+        AuditEvent::Path { peer, up } => {
+            value["kind"] = json!("path");
+            value["peer"] = json!(peer.to_string());
+            value["up"] = json!(up);
+        }
+        AuditEvent::Migration { node, phase, detail } => {
+            value["kind"] = json!("migration");
+            value["node"] = json!(node.to_string());
+            value["phase"] = json!(phase);
+            value["detail"] = json!(detail);
+        }
+        other => {
+            value["kind"] = json!("other");
+            value["detail"] = json!(format!("{other:?}"));
+        }
+    }
+    value
 }
 
 fn batches(node: &Node) -> anyhow::Result<Value> {

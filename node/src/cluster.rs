@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use protocol::{NodeId, PublicKey};
 use serde_json::Value;
-use topology::{Node as TopologyNode, Role, Topology};
+use topology::{LegacyLink, Node as TopologyNode, Role, Topology};
 
 /// How long to wait for a node to come up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,6 +56,8 @@ pub struct Member {
     pub dir: PathBuf,
     pub address: SocketAddr,
     pub public_key: PublicKey,
+    /// Whether the topology file lists this node (a node can be created before it is added).
+    pub in_topology: bool,
     process: Option<Child>,
 }
 
@@ -66,6 +68,8 @@ pub struct Cluster {
     pub topology_path: PathBuf,
     pub version: u64,
     pub members: BTreeMap<NodeId, Member>,
+    /// Legacy direct links to the national platform, by node.
+    pub legacy_links: BTreeMap<NodeId, LegacyLink>,
 }
 
 /// A free UDP port on 127.0.0.1 (bound and released; the node binds it right after).
@@ -77,6 +81,18 @@ impl Cluster {
     /// Creates the identities of `nodes` (id, name, parent) under `root`, sharing one network
     /// key, and writes the topology file.
     pub fn create(
+        binary: &Path,
+        root: &Path,
+        nodes: &[(&str, &str, Option<&str>)],
+    ) -> anyhow::Result<Cluster> {
+        let mut cluster = Cluster::init(binary, root, nodes)?;
+        cluster.write_topology()?;
+        Ok(cluster)
+    }
+
+    /// Creates the identities only; adjust members and legacy links, then call
+    /// [`Cluster::write_topology`].
+    pub fn init(
         binary: &Path,
         root: &Path,
         nodes: &[(&str, &str, Option<&str>)],
@@ -114,19 +130,19 @@ impl Cluster {
                     dir,
                     address: free_udp_port()?,
                     public_key: identity.public(),
+                    in_topology: true,
                     process: None,
                 },
             );
         }
-        let mut cluster = Cluster {
+        Ok(Cluster {
             binary: binary.to_owned(),
             root: root.to_owned(),
             topology_path: root.join("topology.toml"),
             version: 0,
             members,
-        };
-        cluster.write_topology()?;
-        Ok(cluster)
+            legacy_links: BTreeMap::new(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -139,6 +155,7 @@ impl Cluster {
         let nodes = self
             .members
             .values()
+            .filter(|m| m.in_topology)
             .map(|m| TopologyNode {
                 id: m.id,
                 name: m.name.clone(),
@@ -148,7 +165,8 @@ impl Cluster {
                 public_key: m.public_key,
             })
             .collect();
-        let topology = Topology::from_nodes(self.version, nodes).map_err(|errors| {
+        let legacy = self.legacy_links.values().cloned().collect();
+        let topology = Topology::from_parts(self.version, nodes, legacy, Vec::new(), Vec::new()).map_err(|errors| {
             anyhow::anyhow!(
                 "cluster topology invalid: {}",
                 errors
@@ -262,6 +280,14 @@ impl Cluster {
 
     pub fn status(&self, id: NodeId) -> anyhow::Result<Value> {
         crate::api::call(&self.member(id).dir, &crate::api::ApiRequest::Status)
+    }
+
+    pub fn migration(&self, id: NodeId) -> anyhow::Result<Value> {
+        crate::api::call(&self.member(id).dir, &crate::api::ApiRequest::Migration)
+    }
+
+    pub fn audit_log(&self, id: NodeId) -> anyhow::Result<Value> {
+        crate::api::call(&self.member(id).dir, &crate::api::ApiRequest::AuditLog)
     }
 
     pub fn batches(&self, id: NodeId) -> anyhow::Result<Value> {

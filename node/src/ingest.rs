@@ -8,13 +8,12 @@
 //! encoding, a header that lacks a required column) are errors that name the file and say
 //! what to do.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use protocol::batch::{BATCH_FORMAT, BATCH_RECORDS_MAX, BatchHeader, BuildError};
 use protocol::record::{Problem, Rule, Severity};
 use protocol::schema::{Required, Schema};
-use protocol::{Batch, DesensitizeKey, NodeId, NodeKey, Period, Record, RecordKey, SignedBatch};
+use protocol::{Batch, DesensitizeKey, NodeId, NodeKey, Period, Record, SignedBatch};
 
 /// Largest file `ingest_file` reads, in bytes.
 pub const FILE_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
@@ -134,16 +133,22 @@ pub fn ingest_bytes(
         .has_headers(false)
         .flexible(true)
         .from_reader(text.as_bytes());
-    let mut rows = reader.records();
-    let header = match rows.next() {
-        None => {
-            return Err(IngestError::Empty {
-                path: path.to_owned(),
-                category: schema.category.to_string(),
-            });
-        }
-        Some(record) => record.map_err(|e| csv_error(path, &e))?,
+    // One reused ByteRecord: the per-row StringRecord of `records()` costs an allocation
+    // and a UTF-8 check of the whole record; fields are checked one by one instead.
+    let mut row = csv::ByteRecord::new();
+    let read_row = |reader: &mut csv::Reader<&[u8]>, row: &mut csv::ByteRecord| {
+        reader
+            .read_byte_record(row)
+            .map_err(|e| csv_error(path, &e))
     };
+    if !read_row(&mut reader, &mut row)? {
+        return Err(IngestError::Empty {
+            path: path.to_owned(),
+            category: schema.category.to_string(),
+        });
+    }
+    let header = csv::StringRecord::from_byte_record(row.clone())
+        .map_err(|e| not_utf8(path, row.position(), e.utf8_error().field()))?;
     let (columns, ignored_columns) = map_header(path, schema, &header)?;
     let column_count = header.len();
 
@@ -155,19 +160,28 @@ pub fn ingest_bytes(
         warnings: Vec::new(),
         ignored_columns,
     };
-    let mut records: Vec<Record> = Vec::new();
-    let mut first_line_of_key: HashMap<RecordKey, u64> = HashMap::new();
+    // Accepted records with their lines. Duplicate keys are found after the loop by sorting
+    // (cheaper than a map holding a copy of every key).
+    let mut accepted: Vec<(Record, u64)> = Vec::new();
     let mut lines = LineCounter::default();
-    for row in rows {
-        let row = row.map_err(|e| csv_error(path, &e))?;
+    while read_row(&mut reader, &mut row)? {
         let line = lines.line_at(
             text.as_bytes(),
             row.position().map_or(0, |p| p.byte() as usize),
         );
-        if row
-            .iter()
-            .all(|v| protocol::schema::trim_value(v).is_empty())
-        {
+        // The whole text is UTF-8 and the csv parser splits it at ASCII bytes only, so every
+        // field is UTF-8: the check per field cannot fail, but is kept (no unsafe).
+        let field = |index: usize| {
+            std::str::from_utf8(&row[index]).map_err(|_| not_utf8(path, row.position(), index))
+        };
+        let mut blank = true;
+        for index in 0..row.len() {
+            if !protocol::schema::trim_value(field(index)?).is_empty() {
+                blank = false;
+                break;
+            }
+        }
+        if blank {
             continue; // blank lines and rows of empty cells, as Excel leaves at the end
         }
         report.rows += 1;
@@ -187,41 +201,71 @@ pub fn ingest_bytes(
             });
             continue;
         }
-        let raw: Vec<Option<&str>> = columns.iter().map(|c| c.map(|c| &row[c])).collect();
+        let raw = columns
+            .iter()
+            .map(|c| c.map(field).transpose())
+            .collect::<Result<Vec<Option<&str>>, IngestError>>()?;
         match schema.validate(&raw, options.period, options.desensitize_key) {
             Err(problems) => report.rejected.push(RowProblems { line, problems }),
             Ok(validated) => {
-                if let Some(first) = first_line_of_key.get(&validated.record.key) {
-                    report.rejected.push(RowProblems {
-                        line,
-                        problems: vec![file_problem(
-                            Rule::DuplicateKey,
-                            format!(
-                                "record key {} was already given on line {first}: keep one row per key",
-                                validated.record.key
-                            ),
-                        )],
-                    });
-                    continue;
-                }
-                first_line_of_key.insert(validated.record.key.clone(), line);
                 if !validated.warnings.is_empty() {
                     report.warnings.push(RowProblems {
                         line,
                         problems: validated.warnings,
                     });
                 }
-                records.push(validated.record);
+                accepted.push((validated.record, line));
             }
         }
     }
     progress(report.rows);
+    let records = drop_duplicate_keys(accepted, &mut report);
     report.records = records.len() as u64;
     report.batches = seal_batches(records, options).map_err(|source| IngestError::Build {
         path: path.to_owned(),
         source,
     })?;
     Ok(report)
+}
+
+/// Keeps the first row (by line) of each record key and rejects every later one, naming
+/// the first line; a rejected row's warnings are not reported. Returns the records kept, in
+/// key order, and leaves `report.rejected` in line order.
+fn drop_duplicate_keys(mut accepted: Vec<(Record, u64)>, report: &mut IngestReport) -> Vec<Record> {
+    // Lines are unique, so this unstable sort puts each key's rows in line order.
+    accepted
+        .sort_unstable_by(|(a, a_line), (b, b_line)| a.key.cmp(&b.key).then(a_line.cmp(b_line)));
+    let mut records: Vec<Record> = Vec::with_capacity(accepted.len());
+    let mut first_line = 0;
+    let mut duplicate_lines = Vec::new();
+    for (record, line) in accepted {
+        if let Some(last) = records.last()
+            && last.key == record.key
+        {
+            report.rejected.push(RowProblems {
+                line,
+                problems: vec![file_problem(
+                    Rule::DuplicateKey,
+                    format!(
+                        "record key {} was already given on line {first_line}: keep one row per key",
+                        record.key
+                    ),
+                )],
+            });
+            duplicate_lines.push(line);
+            continue;
+        }
+        first_line = line;
+        records.push(record);
+    }
+    if !duplicate_lines.is_empty() {
+        duplicate_lines.sort_unstable();
+        report
+            .warnings
+            .retain(|w| duplicate_lines.binary_search(&w.line).is_err());
+        report.rejected.sort_by_key(|r| r.line);
+    }
+    records
 }
 
 /// Sorts records by key and cuts them into batches of at most `batch_records_max`, so the
@@ -286,6 +330,15 @@ fn file_problem(rule: Rule, message: String) -> Problem {
         rule,
         severity: Severity::Error,
         message,
+    }
+}
+
+/// A field that is not UTF-8 (which decoding the whole text first rules out).
+fn not_utf8(path: &Path, position: Option<&csv::Position>, field: usize) -> IngestError {
+    IngestError::Csv {
+        path: path.to_owned(),
+        line: position.map_or(0, |p| p.line()),
+        message: format!("field {} is not valid UTF-8", field + 1),
     }
 }
 

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod demo;
 pub mod identity;
 pub mod ingest;
+pub mod migration;
 pub mod progress;
 pub mod report;
 pub mod runtime;

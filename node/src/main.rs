@@ -127,10 +127,43 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Check, plan, generate topology files, and show a node's migration.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
     /// The live demo: a Jieyang-shaped network on loopback (province, city, five counties),
     /// real QUIC and sled stores in a temporary folder; a month of water and gas fees moves up.
     #[command(after_help = "Example:\n  credit-node demo")]
     Demo,
+}
+
+#[derive(Subcommand)]
+enum TopologyCommand {
+    /// Validate a topology file and list every problem with its line and column.
+    #[command(after_help = "Example:\n  credit-node topology check topology/examples/guangdong.toml")]
+    Check { file: PathBuf },
+    /// Show the ordered steps that take the network from OLD to NEW, each with the condition
+    /// that must hold before it runs; refuse a change under which some node would, at some
+    /// step, have no path to the national platform.
+    #[command(after_help = "Example:\n  credit-node topology plan jieyang-v1.toml jieyang-v2.toml")]
+    Plan { old: PathBuf, new: PathBuf },
+    /// Write a full topology for a province from the GB/T 2260 division list (keys and
+    /// addresses are placeholders to replace with the lines `credit-node init` prints).
+    #[command(after_help = "Example:\n  credit-node topology generate --province 440000 > guangdong.toml")]
+    Generate {
+        #[arg(long)]
+        province: NodeId,
+        /// First port of the placeholder addresses.
+        #[arg(long, default_value_t = 20000)]
+        base_port: u16,
+    },
+    /// Show a running node's migration: its phase, and what it is waiting for.
+    #[command(after_help = "Example:\n  credit-node topology status --dir ./puning")]
+    Status {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -323,9 +356,85 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 value["entries"]
             )?;
         }
+        Command::Topology(command) => return topology_command(&mut out, command),
         Command::Demo => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(node::demo::live_demo(&mut out))?;
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Reads a topology file; its problems, one per line with file, line and column, are the error.
+fn read_topology_file(path: &std::path::Path) -> anyhow::Result<topology::Topology> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    topology::Topology::parse(&text).map_err(|errors| {
+        let lines: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message))
+            .collect();
+        anyhow::anyhow!("{} problem(s):\n{}", errors.len(), lines.join("\n"))
+    })
+}
+
+fn topology_command(out: &mut impl Write, command: TopologyCommand) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        TopologyCommand::Check { file } => {
+            let topology = read_topology_file(&file)?;
+            let mut roles = std::collections::BTreeMap::new();
+            for node in topology.nodes() {
+                *roles.entry(node.role.to_string()).or_insert(0) += 1;
+            }
+            let roles: Vec<String> = roles.into_iter().map(|(role, n)| format!("{n} {role}")).collect();
+            writeln!(
+                out,
+                "{}: ok — version {}, {} nodes ({}), {} legacy link(s), {} schedule(s)",
+                file.display(),
+                topology.version,
+                topology.len(),
+                roles.join(", "),
+                topology.legacy_links().len(),
+                topology.schedules().len()
+            )?;
+        }
+        TopologyCommand::Plan { old, new } => {
+            let old = read_topology_file(&old)?;
+            let new = read_topology_file(&new)?;
+            match topology::plan(&old, &new) {
+                Ok(plan) => write!(out, "{plan}")?,
+                Err(refusal) => {
+                    writeln!(out, "{refusal}")?;
+                    return Ok(std::process::ExitCode::from(1));
+                }
+            }
+        }
+        TopologyCommand::Generate { province, base_port } => {
+            let topology = topology::generate(province, base_port)?;
+            out.write_all(topology.render_with_header(topology::GENERATED_HEADER).as_bytes())?;
+        }
+        TopologyCommand::Status { dir, json } => {
+            let value = node::api::call(&dir, &node::api::ApiRequest::Migration)?;
+            if json {
+                serde_json::to_writer_pretty(&mut *out, &value)?;
+                writeln!(out)?;
+            } else if value["legacy_link"] == true {
+                writeln!(
+                    out,
+                    "node {}: migration phase {} — waiting for {}\n  legacy link {}, new batches go by {}",
+                    value["node"].as_str().unwrap_or("?"),
+                    value["phase"].as_str().unwrap_or("?"),
+                    value["waiting_for"].as_str().unwrap_or("?"),
+                    if value["legacy_open"] == true { "open" } else { "closed" },
+                    match (value["sends_on_legacy"] == true, value["sends_on_new_path"] == true) {
+                        (true, true) => "both paths",
+                        (true, false) => "the legacy link",
+                        (false, true) => "the new path",
+                        (false, false) => "no path (check the topology)",
+                    }
+                )?;
+            } else {
+                writeln!(out, "node {}: no legacy link, nothing to migrate", value["node"].as_str().unwrap_or("?"))?;
+            }
         }
     }
     Ok(std::process::ExitCode::SUCCESS)

@@ -30,6 +30,7 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::identity::Identity;
+use crate::migration::{Migration, Observed, Phase};
 use crate::store::{AuditEvent, Store};
 use crate::transport::{self, ChildrenPolicy, SharedTopology, current};
 
@@ -70,8 +71,11 @@ pub struct Node {
     pub endpoint: quinn::Endpoint,
     pub config: SyncConfig,
     started: Instant,
-    outbox_changed: Notify,
+    /// Wakes the uplink of each route when its outbox grew.
+    outbox_changed: [Notify; 2],
+    /// Bumped when the topology or the migration phase changes what links should exist.
     topology_changed: tokio::sync::watch::Sender<u64>,
+    migration: Mutex<Option<Migration>>,
     links: Mutex<BTreeMap<(NodeId, &'static str), LinkStatus>>,
     relay_wakers: Mutex<HashMap<NodeId, Arc<Notify>>>,
 }
@@ -129,11 +133,64 @@ impl Node {
         topology.node(origin).map(|n| n.public_key)
     }
 
-    fn parent(&self) -> Option<(NodeId, SocketAddr, PublicKey)> {
+    /// Which links this node keeps open and sends new batches on, from the topology and, for a
+    /// node with a legacy direct link, its migration phase.
+    fn routes(&self, topology: &topology::Topology) -> ActiveRoutes {
+        let has_parent = topology.parent_of(self.me).is_some();
+        if topology.legacy_link(self.me).is_none() {
+            return ActiveRoutes {
+                parent_open: has_parent,
+                parent_sends: has_parent,
+                legacy_open: false,
+                legacy_sends: false,
+            };
+        }
+        let routes = self
+            .migration
+            .lock()
+            .expect("migration lock")
+            .as_ref()
+            .map_or_else(|| Migration::new(Phase::Direct, 0).routes(), Migration::routes);
+        ActiveRoutes {
+            parent_open: has_parent && routes.parent_sends,
+            parent_sends: has_parent && routes.parent_sends,
+            legacy_open: routes.legacy_open,
+            legacy_sends: routes.legacy_sends,
+        }
+    }
+
+    /// The links a newly stored batch is queued for.
+    fn forward_targets(&self) -> Vec<NodeId> {
         let topology = current(&self.topology);
-        topology
-            .parent_of(self.me)
-            .map(|p| (p.id, p.address, p.public_key))
+        let routes = self.routes(&topology);
+        let mut targets = Vec::with_capacity(2);
+        if routes.parent_sends
+            && let Some(parent) = topology.parent_of(self.me)
+        {
+            targets.push(parent.id);
+        }
+        if routes.legacy_sends {
+            targets.push(NodeId::NATIONAL);
+        }
+        targets
+    }
+
+    /// The peer a route dials now, if the route is open.
+    fn uplink_target(&self, route: Route) -> Option<(NodeId, SocketAddr, PublicKey)> {
+        let topology = current(&self.topology);
+        let routes = self.routes(&topology);
+        let peer = match route {
+            Route::Parent if routes.parent_open => topology.parent_of(self.me)?,
+            Route::Legacy if routes.legacy_open => topology.node(NodeId::NATIONAL)?,
+            _ => return None,
+        };
+        Some((peer.id, peer.address, peer.public_key))
+    }
+
+    fn notify_outboxes(&self) {
+        for notify in &self.outbox_changed {
+            notify.notify_one();
+        }
     }
 
     /// Accepts a batch submitted by this node's operator: checks it as a receiver would,
@@ -154,13 +211,17 @@ impl Node {
             Err((rejection, _)) => bail!("batch {} refused: {rejection}", signed.id),
         };
         let receipt = self.own_receipt(&signed, Verdict::Accepted { warnings: 0 });
-        let parent = self.parent().map(|p| p.0);
-        let new = self
-            .store
-            .insert_batch(&signed, &batch, me, &receipt, parent, wall_ms())?;
+        let new = self.store.insert_batch(
+            &signed,
+            &batch,
+            me,
+            &receipt,
+            &self.forward_targets(),
+            wall_ms(),
+        )?;
         self.store.sync_async().await?;
         if new {
-            self.outbox_changed.notify_one();
+            self.notify_outboxes();
         }
         Ok(new)
     }
@@ -269,14 +330,19 @@ pub async fn start(
         endpoint,
         config,
         started: Instant::now(),
-        outbox_changed: Notify::new(),
+        outbox_changed: [Notify::new(), Notify::new()],
+        migration: Mutex::new(None),
         topology_changed: tokio::sync::watch::channel(version).0,
         links: Mutex::new(BTreeMap::new()),
         relay_wakers: Mutex::new(HashMap::new()),
     });
     info!(node = %me, %address, topology_version = version, "node listening");
+    // Restore the migration phase before any link is dialed, so a restart resumes it.
+    node.migration_tick()?;
     tokio::spawn(accept_loop(node.clone()));
-    tokio::spawn(uplink_loop(node.clone()));
+    tokio::spawn(uplink_loop(node.clone(), Route::Parent));
+    tokio::spawn(uplink_loop(node.clone(), Route::Legacy));
+    tokio::spawn(migration_loop(node.clone()));
     Ok(node)
 }
 
@@ -325,44 +391,77 @@ fn spawn_reader(mut recv: quinn::RecvStream, tx: mpsc::Sender<Result<Message, St
     });
 }
 
-async fn uplink_loop(node: Arc<Node>) {
+/// An uplink: to the parent in the hierarchy, or the legacy direct link to the national
+/// platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Parent,
+    Legacy,
+}
+
+impl Route {
+    fn index(self) -> usize {
+        match self {
+            Route::Parent => 0,
+            Route::Legacy => 1,
+        }
+    }
+
+    /// The direction name in link status.
+    fn direction(self) -> &'static str {
+        match self {
+            Route::Parent => "up",
+            Route::Legacy => "legacy",
+        }
+    }
+}
+
+/// What links a node keeps and sends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ActiveRoutes {
+    parent_open: bool,
+    parent_sends: bool,
+    legacy_open: bool,
+    legacy_sends: bool,
+}
+
+async fn uplink_loop(node: Arc<Node>, route: Route) {
     let mut machine: Option<Uplink> = None;
     let mut backoff = BACKOFF_MIN;
     let mut topology_changes = node.topology_changed.subscribe();
     loop {
-        let Some((parent, address, parent_key)) = node.parent() else {
-            // The national platform, or a node whose topology gives no parent yet.
+        let Some((peer, address, peer_key)) = node.uplink_target(route) else {
+            // No such link now (the national platform, a node without a legacy link, a
+            // migration phase that closes it): wait for the topology or the phase to change.
             if topology_changes.changed().await.is_err() {
                 return;
             }
             continue;
         };
-        if machine.as_ref().is_none_or(|m| m.parent() != parent) {
-            machine = Some(Uplink::new(node.me, parent, parent_key, node.config));
+        if machine.as_ref().is_none_or(|m| m.parent() != peer) {
+            machine = Some(Uplink::new(node.me, peer, peer_key, node.config));
         }
         let uplink = machine.as_mut().expect("just set");
-        let span = info_span!("uplink", peer = %parent);
+        let span = info_span!("uplink", peer = %peer, route = route.direction());
+        let mut connected = false;
         let result = async {
-            let connection = transport::connect(
-                &node.endpoint,
-                &node.identity.key,
-                parent,
-                address,
-                parent_key,
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to {parent} at {address}: {e}"))?;
-            drive_uplink(&node, uplink, connection, &mut topology_changes).await
+            let connection = transport::connect(&node.endpoint, &node.identity.key, peer, address, peer_key)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot connect to {peer} at {address}: {e}"))?;
+            drive_uplink(&node, route, uplink, connection, &mut topology_changes, &mut connected).await
         }
         .instrument(span.clone())
         .await;
         uplink.handle_disconnected();
-        node.link(parent, "up", |s| s.connected = false);
+        node.link(peer, route.direction(), |s| s.connected = false);
+        if connected {
+            let _ = node.store.audit(AuditEvent::Path { peer, up: false }, wall_ms());
+        }
         match result {
             Ok(()) => backoff = BACKOFF_MIN,
             Err(e) => {
                 span.in_scope(|| warn!(error = %format!("{e:#}"), retry_ms = backoff.as_millis() as u64, "uplink down"));
-                node.link(parent, "up", |s| s.last_error = Some(format!("{e:#}")));
+                node.link(peer, route.direction(), |s| s.last_error = Some(format!("{e:#}")));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = topology_changes.changed() => {}
@@ -409,11 +508,14 @@ async fn send_batch(
 
 async fn drive_uplink(
     node: &Arc<Node>,
+    route: Route,
     uplink: &mut Uplink,
     connection: quinn::Connection,
     topology_changes: &mut tokio::sync::watch::Receiver<u64>,
+    connected: &mut bool,
 ) -> anyhow::Result<()> {
     let parent = uplink.parent();
+    let direction = route.direction();
     // A refused client certificate shows here, on the first stream operation.
     let (mut send, recv) = connection
         .open_bi()
@@ -429,7 +531,9 @@ async fn drive_uplink(
         write_frame(&mut send, &message).await?;
     }
     info!("uplink connected");
-    node.link(parent, "up", |s| {
+    *connected = true;
+    node.store.audit(AuditEvent::Path { peer: parent, up: true }, wall_ms())?;
+    node.link(parent, direction, |s| {
         s.connected = true;
         s.since_ms = wall_ms();
         s.last_error = None;
@@ -479,6 +583,9 @@ async fn drive_uplink(
                         {
                             node.relay_waker(child).notify_one();
                         }
+                        if receiver == NodeId::NATIONAL {
+                            node.store.mark_via_hierarchy(&receipt.receipt.batch)?;
+                        }
                         done.push((receipt.receipt.batch, receiver));
                     }
                     uplink.handle_upstream_stored(done);
@@ -489,7 +596,7 @@ async fn drive_uplink(
                 }
             }
         }
-        node.link(parent, "up", |s| {
+        node.link(parent, direction, |s| {
             s.pending = uplink.pending_len();
             s.in_flight = uplink.in_flight_len();
         });
@@ -513,7 +620,7 @@ async fn drive_uplink(
                 match result {
                     Ok(()) => {
                         uplink.handle_batch_sent(id, node.now_ms());
-                        node.link(parent, "up", |s| s.batches_sent += 1);
+                        node.link(parent, direction, |s| s.batches_sent += 1);
                     }
                     Err(e) => {
                         warn!(batch = %id, error = %format!("{e:#}"), "sending failed; will offer again");
@@ -521,16 +628,14 @@ async fn drive_uplink(
                     }
                 }
             }
-            _ = node.outbox_changed.notified() => fill_from_outbox(node, uplink)?,
+            _ = node.outbox_changed[route.index()].notified() => fill_from_outbox(node, uplink)?,
             _ = sleep => uplink.handle_timeout(node.now_ms()),
             _ = topology_changes.changed() => {
-                let now_parent = node.parent();
-                if now_parent.map(|p| (p.0, p.2)) != Some((parent, pinned_key(parent).unwrap_or(PublicKey([0; 32])))) || now_parent.is_none() {
+                // Close the link if the route is gone or now points at another peer or key.
+                let pinned = transport::peer_key(&connection);
+                if node.uplink_target(route).map(|t| (t.0, Some(t.2))) != Some((parent, pinned)) {
+                    info!("link no longer in the topology or the migration phase: closing it");
                     connection.close(0u32.into(), b"topology changed");
-                    return Ok(());
-                }
-                if now_parent.is_some_and(|p| transport::peer_key(&connection) != Some(p.2)) {
-                    connection.close(0u32.into(), b"parent key changed");
                     return Ok(());
                 }
             }
@@ -575,11 +680,11 @@ async fn receive_batch(
         match checked {
             Ok(batch) => {
                 let receipt = node.own_receipt(&signed, Verdict::Accepted { warnings: 0 });
-                let parent = node.parent().map(|p| p.0);
-                let new = node.store.insert_batch(&signed, &batch, child, &receipt, parent, wall_ms())?;
+                let targets = node.forward_targets();
+                let new = node.store.insert_batch(&signed, &batch, child, &receipt, &targets, wall_ms())?;
                 node.store.sync_async().await?;
                 if new {
-                    node.outbox_changed.notify_one();
+                    node.notify_outboxes();
                     info!(origin = %batch.header.origin, category = %batch.header.category, period = %batch.header.period, records = batch.records.len(), "batch stored");
                 }
                 // A batch stored by a concurrent stream keeps the receipt stored with it.
@@ -603,7 +708,7 @@ async fn serve_child(node: Arc<Node>, connection: quinn::Connection) {
         let topology = current(&node.topology);
         topology
             .node_by_key(&key)
-            .filter(|n| n.parent == Some(node.me))
+            .filter(|n| transport::may_connect(&topology, node.me, n.id))
             .map(|n| n.id)
     });
     let Some(child) = child else {
@@ -693,13 +798,132 @@ async fn drive_downlink(
             _ = topology_changes.changed() => {
                 let topology = current(&node.topology);
                 let still = transport::peer_key(connection)
-                    .and_then(|k| topology.node_by_key(&k).map(|n| (n.id, n.parent)));
-                if still != Some((child, Some(node.me))) {
+                    .and_then(|k| topology.node_by_key(&k).map(|n| n.id));
+                if still != Some(child) || !transport::may_connect(&topology, node.me, child) {
                     connection.close(0u32.into(), b"no longer pinned in the topology");
                     bail!("{child} is no longer a pinned child in the topology: link closed");
                 }
             }
             reason = connection.closed() => bail!("connection closed: {reason}"),
+        }
+    }
+}
+
+const MIGRATION_STATE: &str = "migration_phase";
+/// How often a migrating node re-checks its phase.
+const MIGRATION_TICK: Duration = Duration::from_millis(250);
+
+impl Node {
+    /// What the migration machine observes now; `None` if this node has no legacy link.
+    fn observe(&self) -> anyhow::Result<Option<Observed>> {
+        let topology = current(&self.topology);
+        let Some(link) = topology.legacy_link(self.me) else {
+            return Ok(None);
+        };
+        let parent = topology.parent_of(self.me).map(|p| p.id);
+        let up_since = parent.and_then(|p| {
+            self.links
+                .lock()
+                .expect("links lock")
+                .get(&(p, Route::Parent.direction()))
+                .filter(|s| s.connected)
+                .map(|s| s.since_ms)
+        });
+        let (delivered, covered) = self.store.coverage(self.me)?;
+        Ok(Some(Observed {
+            migrate: link.migrate && parent.is_some(),
+            new_path_up_since_ms: up_since,
+            delivered,
+            covered,
+            verify_window_ms: link.verify_window_s * 1000,
+            rollback_window_ms: link.rollback_window_s * 1000,
+            now_ms: wall_ms(),
+        }))
+    }
+
+    /// Advances this node's migration by what it observes; logs, audits and persists every
+    /// phase change, and re-queues held batches for the links the new phase sends on.
+    pub fn migration_tick(&self) -> anyhow::Result<()> {
+        let Some(observed) = self.observe()? else {
+            *self.migration.lock().expect("migration lock") = None;
+            return Ok(());
+        };
+        let transition = {
+            let mut guard = self.migration.lock().expect("migration lock");
+            if guard.is_none() {
+                let (phase, since) = self
+                    .store
+                    .state_get::<(Phase, u64)>(MIGRATION_STATE)?
+                    .unwrap_or((Phase::Direct, observed.now_ms));
+                // A restart in verify starts the health window again: conservative.
+                let since = if phase == Phase::Verify { observed.now_ms } else { since };
+                *guard = Some(Migration::new(phase, since));
+            }
+            let migration = guard.as_mut().expect("just set");
+            migration.step(&observed).map(|t| (t, migration.since_ms))
+        };
+        let Some((transition, since)) = transition else {
+            return Ok(());
+        };
+        self.store.state_put(MIGRATION_STATE, &(transition.to, since))?;
+        self.store.audit(
+            AuditEvent::Migration {
+                node: self.me,
+                phase: transition.to.to_string(),
+                detail: transition.reason.clone(),
+            },
+            observed.now_ms,
+        )?;
+        if transition.fallback {
+            warn!(from = %transition.from, to = %transition.to, reason = %transition.reason, "migration: falling back to the legacy link");
+        } else {
+            info!(from = %transition.from, to = %transition.to, reason = %transition.reason, "migration phase");
+        }
+        for target in self.forward_targets() {
+            let added = self.store.requeue_unreceipted(target)?;
+            if added > 0 {
+                info!(peer = %target, batches = added, "queued held batches for a link of the new phase");
+            }
+        }
+        self.store.sync()?;
+        self.topology_changed.send_modify(|_| {});
+        self.notify_outboxes();
+        Ok(())
+    }
+
+    /// The migration as `topology status` shows it.
+    pub fn migration_status(&self) -> anyhow::Result<serde_json::Value> {
+        let Some(observed) = self.observe()? else {
+            return Ok(serde_json::json!({"legacy_link": false, "phase": null, "waiting_for": "nothing: no legacy link"}));
+        };
+        let migration = self
+            .migration
+            .lock()
+            .expect("migration lock")
+            .clone()
+            .unwrap_or_else(|| Migration::new(Phase::Direct, observed.now_ms));
+        let routes = migration.routes();
+        Ok(serde_json::json!({
+            "legacy_link": true,
+            "phase": migration.phase.to_string(),
+            "since_ms": migration.since_ms,
+            "waiting_for": migration.waiting_for(&observed),
+            "delivered": observed.delivered,
+            "covered": observed.covered,
+            "new_path_up": observed.new_path_up_since_ms.is_some(),
+            "legacy_open": routes.legacy_open,
+            "sends_on_legacy": routes.legacy_sends,
+            "sends_on_new_path": routes.parent_sends,
+        }))
+    }
+}
+
+async fn migration_loop(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(MIGRATION_TICK);
+    loop {
+        tick.tick().await;
+        if let Err(e) = node.migration_tick() {
+            error!(error = %format!("{e:#}"), "migration check failed");
         }
     }
 }

@@ -104,6 +104,12 @@ pub enum AuditEvent {
         receiver: NodeId,
         accepted: bool,
     },
+    /// An uplink (to the parent, or the legacy link to the national platform) came up or
+    /// went down: the record from which "never without a path" is checked.
+    Path {
+        peer: NodeId,
+        up: bool,
+    },
     TopologyApplied {
         version: u64,
     },
@@ -280,7 +286,7 @@ impl Store {
         batch: &Batch,
         from: NodeId,
         own_receipt: &SignedReceipt,
-        forward_to: Option<NodeId>,
+        forward_to: &[NodeId],
         now_ms: u64,
     ) -> Result<bool, StoreError> {
         let id = signed.id;
@@ -327,8 +333,8 @@ impl Store {
             t.held.insert(held_key(&meta, &id), &[][..])?;
             t.receipts
                 .insert(receipt_key(&id, receiver), receipt_bytes.clone())?;
-            if let Some(parent) = forward_to {
-                t.outbox.insert(outbox_key(parent, &id), encode(&offer))?;
+            for peer in forward_to {
+                t.outbox.insert(outbox_key(*peer, &id), encode(&offer))?;
             }
             append_audit(t, now_ms, event.clone())?;
             Ok(true)
@@ -532,6 +538,65 @@ impl Store {
         })
     }
 
+    /// Queues for `peer` every held batch that `peer` has not receipted and did not send us.
+    /// Returns how many entries were added. Used when a migration changes where batches go.
+    pub fn requeue_unreceipted(&self, peer: NodeId) -> Result<usize, StoreError> {
+        let mut added = 0;
+        for entry in self.held() {
+            let (id, meta) = entry?;
+            if meta.from == peer || self.receipt(&id, peer)?.is_some() {
+                continue;
+            }
+            let key = outbox_key(peer, &id);
+            if self.trees.outbox.contains_key(&key)? {
+                continue;
+            }
+            let offer = Offer {
+                id,
+                origin: meta.origin,
+                category: meta.category.clone(),
+                period: meta.period,
+                bytes: meta.bytes,
+            };
+            self.trees.outbox.insert(key, encode(&offer))?;
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    /// Notes that the national platform's receipt for `id` came back through the hierarchy
+    /// (relayed by the parent), not by the legacy link.
+    pub fn mark_via_hierarchy(&self, id: &BatchId) -> Result<(), StoreError> {
+        self.trees.state.insert(via_key(id), &[][..])?;
+        Ok(())
+    }
+
+    /// Of the batches `origin` originated that the national platform acknowledged, how many
+    /// (delivered, covered): covered ones were also acknowledged through the hierarchy.
+    pub fn coverage(&self, origin: NodeId) -> Result<(u64, u64), StoreError> {
+        let (mut delivered, mut covered) = (0, 0);
+        for key in self.trees.held.scan_prefix(origin.to_be_bytes()).keys() {
+            let key = key?;
+            let id = BatchId(key[key.len() - 32..].try_into().expect("held keys end with an id"));
+            if self.trees.receipts.contains_key(receipt_key(&id, NodeId::NATIONAL))? {
+                delivered += 1;
+                if self.trees.state.contains_key(via_key(&id))? {
+                    covered += 1;
+                }
+            }
+        }
+        Ok((delivered, covered))
+    }
+
+    pub fn state_get<T: Decode<()>>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        self.trees.state.get(name.as_bytes())?.map(|v| decode("state", &v)).transpose()
+    }
+
+    pub fn state_put<T: Encode>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+        self.trees.state.insert(name.as_bytes(), encode(value))?;
+        Ok(())
+    }
+
     /// Walks the audit log from the start and checks every link of the hash chain.
     pub fn verify_audit(&self) -> Result<u64, AuditError> {
         let mut prev = Digest([0; 32]);
@@ -636,6 +701,12 @@ fn relay_key(child: NodeId, id: &BatchId, receiver: NodeId) -> Vec<u8> {
     key
 }
 
+fn via_key(id: &BatchId) -> Vec<u8> {
+    let mut key = b"via_hierarchy/".to_vec();
+    key.extend(id.as_bytes());
+    key
+}
+
 fn last_receipt_key(peer: NodeId) -> Vec<u8> {
     let mut key = b"last_receipt/".to_vec();
     key.extend(peer.to_be_bytes());
@@ -693,12 +764,12 @@ mod tests {
             let own = receipt(&key, "445281", signed.id);
             assert!(
                 store
-                    .insert_batch(&signed, &batch, county, &own, Some(city), 5)
+                    .insert_batch(&signed, &batch, county, &own, &[city], 5)
                     .unwrap()
             );
             assert!(
                 !store
-                    .insert_batch(&signed, &batch, county, &own, Some(city), 6)
+                    .insert_batch(&signed, &batch, county, &own, &[city], 6)
                     .unwrap(),
                 "second insert is a no-op"
             );
@@ -748,7 +819,7 @@ mod tests {
                 &batch,
                 county,
                 &receipt(&key, "445200", signed.id),
-                Some(province),
+                &[province],
                 1,
             )
             .unwrap();
@@ -791,7 +862,7 @@ mod tests {
                 &batch,
                 batch.header.origin,
                 &receipt(&key, "445281", id),
-                None,
+                &[],
                 1,
             )
             .unwrap();

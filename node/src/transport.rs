@@ -322,7 +322,8 @@ pub fn peer_key(connection: &quinn::Connection) -> Option<PublicKey> {
     certificate_key(certs.first()?)
 }
 
-/// Children of this node in the current topology may connect.
+/// Children of this node in the current topology may connect (and, at the national platform,
+/// nodes with a legacy direct link).
 #[derive(Debug)]
 pub struct ChildrenPolicy {
     pub me: NodeId,
@@ -333,6 +334,13 @@ impl PeerPolicy for ChildrenPolicy {
     fn allowed_client(&self, key: &PublicKey) -> Option<NodeId> {
         let topology = current(&self.topology);
         let node = topology.node_by_key(key)?;
-        (node.parent == Some(self.me)).then_some(node.id)
+        may_connect(&topology, self.me, node.id).then_some(node.id)
     }
+}
+
+/// Whether `node` may hold a link to `me`: it is a child of `me` in the hierarchy, or `me` is
+/// the national platform and `node` has a legacy direct link in the topology.
+pub fn may_connect(topology: &Topology, me: NodeId, node: NodeId) -> bool {
+    topology.node(node).is_some_and(|n| n.parent == Some(me))
+        || (me.is_national() && topology.legacy_link(node).is_some())
 }

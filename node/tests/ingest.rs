@@ -7,6 +7,7 @@ use std::path::Path;
 use node::ingest::{Encoding, IngestError, IngestOptions, IngestReport, ingest_bytes, ingest_file};
 use node::sample::{Rng, resident_id, sample_csv};
 use protocol::record::Rule;
+use protocol::schema::FieldKind;
 use protocol::{Batch, DesensitizeKey, NodeId, NodeKey, Period, Registry, Schema};
 
 const NETWORK_KEY: DesensitizeKey = DesensitizeKey([3; 32]);
@@ -250,4 +251,356 @@ fn unreadable_and_empty_files_name_the_file() {
     );
     let empty = ingest(b"", Encoding::Utf8).unwrap_err();
     assert!(matches!(empty, IngestError::Empty { .. }), "{empty}");
+}
+
+/// One golden case: a 2,000-row sample export (5 bad rows, seed 42), maybe reshaped.
+struct Golden {
+    category: &'static str,
+    /// Rewrite cells into other accepted spellings (and a few wrong ones); see [`quirk`].
+    quirks: bool,
+    /// Data rows appended again at the end, by their line in the sample (2 is the first),
+    /// as written (with the same quirks).
+    duplicate_lines: &'static [usize],
+    /// Batch ids (700 records per batch), in order.
+    ids: &'static [&'static str],
+    /// Rows rejected, and how many problems of each rule they have.
+    rejected_rows: usize,
+    problems_by_rule: &'static [(Rule, usize)],
+    /// Problems of rejected rows (line, rule, field): every one for the plain samples; for
+    /// the reshaped ones all but the many `Format` and `OutOfRange` ones, which the counts
+    /// above and `report_digest` pin.
+    rejected: &'static [(u64, Rule, &'static str)],
+    /// Accepted rows with warnings.
+    warnings: usize,
+    /// BLAKE3 of the Debug form of the rejected and warned rows, which pins every message
+    /// and shown value too.
+    report_digest: &'static str,
+}
+
+/// Rewrites cell `value` of a field of `kind` the `n`-th way: mostly into another spelling
+/// that validation accepts and normalizes (full-width characters, separators, grouping,
+/// leading zeros, time parts, quoted line breaks), now and then into a wrong value.
+fn quirk(kind: &FieldKind, value: &str, n: usize) -> String {
+    let full_width = |text: &str| -> String {
+        text.chars()
+            .map(|c| match c {
+                '!'..='~' => char::from_u32(c as u32 + 0xfee0).unwrap(),
+                c => c,
+            })
+            .collect()
+    };
+    let ascii = value.is_ascii() && value.len() >= 11;
+    match kind {
+        _ if value.is_empty() => String::new(),
+        FieldKind::Text { .. } => match n % 4 {
+            1 => format!("\u{3000}{value} "),
+            2 if value.chars().count() > 2 => {
+                let (head, tail) = value.split_at(value.char_indices().nth(2).unwrap().0);
+                format!("{head}\r\n{tail}")
+            }
+            3 => format!("{value}\r"),
+            _ => value.to_owned(),
+        },
+        // The sample's bad rows (a short code, a number in words) stay as they are.
+        FieldKind::Uscc | FieldKind::Phone if !ascii => value.to_owned(),
+        FieldKind::Decimal { .. } if !value.is_ascii() => value.to_owned(),
+        FieldKind::Uscc => match n % 9 {
+            1 => value.to_ascii_lowercase(),
+            2 => full_width(value),
+            // A wrong check character is a warning, not a rejection.
+            3 => format!(
+                "{}{}",
+                &value[..17],
+                if value.ends_with('0') { '1' } else { '0' }
+            ),
+            _ => value.to_owned(),
+        },
+        FieldKind::ResidentId | FieldKind::IdNumber => match n % 5 {
+            1 => full_width(value),
+            2 => value.to_ascii_lowercase(),
+            _ => value.to_owned(),
+        },
+        FieldKind::Phone => match n % 6 {
+            1 => format!("{} {} {}", &value[..3], &value[3..7], &value[7..]),
+            2 => format!("{}-{}-{}", &value[..3], &value[3..7], &value[7..]),
+            3 => format!("+86{value}"),
+            4 => full_width(value),
+            5 if n % 19 == 0 => "12-34".to_owned(),
+            _ => value.to_owned(),
+        },
+        FieldKind::Date => match n % 8 {
+            1 => value.replace('-', "/"),
+            2 => value.replace('-', ""),
+            3 => format!("{value} 00:00:00"),
+            4 => format!("{value}T08:30"),
+            5 => full_width(value),
+            6 if n % 29 == 0 => "2022-02-30".to_owned(),
+            _ => value.to_owned(),
+        },
+        FieldKind::Month => match n % 7 {
+            1 => value.replace('-', ""),
+            2 => value.replace('-', "/"),
+            3 => full_width(value),
+            4 if n % 31 == 0 => "2022-06".to_owned(),
+            5 if n % 37 == 0 => "2022-05-01".to_owned(),
+            _ => value.to_owned(),
+        },
+        FieldKind::Decimal { .. } => {
+            let (int, frac) = value.split_once('.').unwrap_or((value, ""));
+            let dot_frac = if frac.is_empty() {
+                String::new()
+            } else {
+                format!(".{frac}")
+            };
+            match n % 9 {
+                1 => format!("00{value}"),
+                2 if !frac.is_empty() => format!("{value}000"),
+                3 => full_width(value),
+                4 if int.len() > 3 => {
+                    format!(
+                        "{},{}{dot_frac}",
+                        &int[..int.len() - 3],
+                        &int[int.len() - 3..]
+                    )
+                }
+                5 if int.len() <= 3 => format!("1,000,{int:0>3}{dot_frac}"),
+                6 if n % 23 == 0 => format!("-{value}"),
+                7 if n % 41 == 0 => format!("{int}.125"),
+                8 => format!("-0{}", if n % 2 == 0 { ".00" } else { "" }),
+                _ => value.to_owned(),
+            }
+        }
+        FieldKind::Integer { .. } => match n % 5 {
+            1 => format!("0{value}"),
+            2 => format!("+{value}"),
+            3 => full_width(value),
+            4 if n % 43 == 0 => "601".to_owned(),
+            _ => value.to_owned(),
+        },
+        FieldKind::OrgCode | FieldKind::RegNo | FieldKind::Enum { .. } => value.to_owned(),
+    }
+}
+
+/// The golden case's input file.
+fn golden_file(schema: &Schema, golden: &Golden) -> String {
+    let sample = sample_csv(schema, origin(), period(), 2000, 5, 42);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(sample.text.as_bytes());
+    let rows: Vec<Vec<String>> = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect();
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .flexible(true)
+        .from_writer(vec![]);
+    let mut written: Vec<Vec<String>> = Vec::with_capacity(rows.len());
+    for (line, row) in (1..).zip(&rows) {
+        let cells: Vec<String> = if golden.quirks && line > 1 {
+            row.iter()
+                .zip(&schema.fields)
+                .enumerate()
+                .map(|(column, (value, field))| quirk(&field.kind, value, line * 13 + column))
+                .collect()
+        } else {
+            row.clone()
+        };
+        writer.write_record(&cells).unwrap();
+        written.push(cells);
+        if golden.quirks && line % 450 == 0 {
+            // A row of empty cells, a ragged row, and a row repeating one 300 lines up.
+            writer.write_record(vec![""; row.len()]).unwrap();
+            writer.write_record(["only", "three", "cells"]).unwrap();
+            writer.write_record(&written[line - 300 - 1]).unwrap();
+        }
+    }
+    for &line in golden.duplicate_lines {
+        writer.write_record(&written[line - 1]).unwrap();
+    }
+    let mut text = String::from_utf8(writer.into_inner().unwrap()).unwrap();
+    if golden.quirks {
+        text.push_str("\r\n\r\n"); // blank lines at the end, as Excel leaves them
+    }
+    text
+}
+
+/// Batch building must not change its output: the same input gives byte-identical batches
+/// (the same ids), the same rejected rows with the same problems in the same order and the
+/// same warnings. The expected values are hard-coded from the implementation as it was
+/// before batch building was optimized.
+#[test]
+fn golden_batches_and_reports_do_not_change() {
+    let goldens = [
+        Golden {
+            category: "water_fee",
+            quirks: false,
+            duplicate_lines: &[],
+            ids: &[
+                "5eda431b30240350a5f5fb3f1269ad76efa19bd47de1492254a5388c12b5e38c",
+                "b34676533329f5a58c56e56ab4af593c3a677e81c9154d088e2c285d656ad617",
+                "25a16eb7af2a154865d4e992117b41070524d7959a48d189715ec9eab06ebf46",
+            ],
+            rejected_rows: 5,
+            problems_by_rule: &[(Rule::Required, 1), (Rule::Format, 4)],
+            rejected: &[
+                (202, Rule::Format, "source_unit_uscc"),
+                (602, Rule::Format, "consumption"),
+                (1002, Rule::Required, "account_no"),
+                (1402, Rule::Format, "source_unit_uscc"),
+                (1802, Rule::Format, "consumption"),
+            ],
+            warnings: 0,
+            report_digest: "36cdc942603fe54dd8592eaf592324fb45602bbcc7b47060b707f3584df7fd77",
+        },
+        Golden {
+            category: "gas_fee",
+            quirks: false,
+            duplicate_lines: &[],
+            ids: &[
+                "eed5a7a4219cbf40e811e19deac3031e52a4993fa035eca2a44804f21fcbed6e",
+                "75e6a521626cbc3ede9b577c26171b429e422159a64e4159fb92f59d258867f4",
+                "e3fff747b136b7861a4b824253ae32fc905b69fec3e84543588cd018c3e4f213",
+            ],
+            rejected_rows: 5,
+            problems_by_rule: &[(Rule::Required, 1), (Rule::Format, 4)],
+            rejected: &[
+                (202, Rule::Format, "source_unit_uscc"),
+                (602, Rule::Format, "consumption"),
+                (1002, Rule::Required, "account_no"),
+                (1402, Rule::Format, "source_unit_uscc"),
+                (1802, Rule::Format, "consumption"),
+            ],
+            warnings: 0,
+            report_digest: "ed5b310d73f0a45c8c581cd4fac260248ae3e7be6a63468826aa227093a0b6f3",
+        },
+        Golden {
+            category: "water_fee",
+            quirks: true,
+            duplicate_lines: &[5, 1700, 5, 202, 9, 2001, 5],
+            ids: &[
+                "b88aa94aa64fe9215bd9ffc9b24c7eb298ed598ba37f8325800ca8c98b480408",
+                "911299814e2c964a9e72d85ecb577b94c88b89d1fab13f8271f74295db348e7f",
+                "6587b4712a96d6aa2d91baf2dd382ef5c43ee1c0268031739159b2121a626cfd",
+            ],
+            rejected_rows: 154,
+            problems_by_rule: &[
+                (Rule::Required, 1),
+                (Rule::Format, 79),
+                (Rule::OutOfRange, 59),
+                (Rule::PeriodMismatch, 9),
+                (Rule::DuplicateKey, 10),
+            ],
+            rejected: &[
+                (327, Rule::PeriodMismatch, "billing_period"),
+                (760, Rule::PeriodMismatch, "billing_period"),
+                (904, Rule::DuplicateKey, "(row)"),
+                (1200, Rule::PeriodMismatch, "billing_period"),
+                (1636, Rule::PeriodMismatch, "billing_period"),
+                (1808, Rule::DuplicateKey, "(row)"),
+                (2011, Rule::Required, "account_no"),
+                (2071, Rule::PeriodMismatch, "billing_period"),
+                (2504, Rule::PeriodMismatch, "billing_period"),
+                (2712, Rule::DuplicateKey, "(row)"),
+                (2944, Rule::PeriodMismatch, "billing_period"),
+                (3380, Rule::PeriodMismatch, "billing_period"),
+                (3616, Rule::DuplicateKey, "(row)"),
+                (3816, Rule::PeriodMismatch, "billing_period"),
+                (4019, Rule::DuplicateKey, "(row)"),
+                (4021, Rule::DuplicateKey, "(row)"),
+                (4022, Rule::DuplicateKey, "(row)"),
+                (4028, Rule::DuplicateKey, "(row)"),
+                (4030, Rule::DuplicateKey, "(row)"),
+                (4032, Rule::DuplicateKey, "(row)"),
+            ],
+            warnings: 396,
+            report_digest: "b77d86c7b53713747c0ba42f070d5a33b2c7819e24eb676adbbfa67a07f32de0",
+        },
+        Golden {
+            category: "gas_fee",
+            quirks: true,
+            duplicate_lines: &[1001, 3, 1001],
+            ids: &[
+                "b85cee08a67dbf0c2d30e3b297ecfcb4919e31ee37cb7702e137f8862b7cf19c",
+                "061ff7cc981972b2ec06100e39fe08f394816352dde6260b8d6604b026f486ca",
+                "3e3d520409a354d5b6abe44596d36863d7f8cbd2103e61d6b53797ff0fdaa2ee",
+            ],
+            rejected_rows: 247,
+            problems_by_rule: &[
+                (Rule::Required, 1),
+                (Rule::Format, 121),
+                (Rule::OutOfRange, 116),
+                (Rule::PeriodMismatch, 9),
+                (Rule::DuplicateKey, 7),
+            ],
+            rejected: &[
+                (366, Rule::PeriodMismatch, "billing_period"),
+                (854, Rule::PeriodMismatch, "billing_period"),
+                (1015, Rule::DuplicateKey, "(row)"),
+                (1348, Rule::PeriodMismatch, "billing_period"),
+                (1837, Rule::PeriodMismatch, "billing_period"),
+                (2031, Rule::DuplicateKey, "(row)"),
+                (2261, Rule::Required, "account_no"),
+                (2327, Rule::PeriodMismatch, "billing_period"),
+                (2815, Rule::PeriodMismatch, "billing_period"),
+                (3048, Rule::DuplicateKey, "(row)"),
+                (3309, Rule::PeriodMismatch, "billing_period"),
+                (3798, Rule::PeriodMismatch, "billing_period"),
+                (4064, Rule::DuplicateKey, "(row)"),
+                (4289, Rule::PeriodMismatch, "billing_period"),
+                (4519, Rule::DuplicateKey, "(row)"),
+                (4522, Rule::DuplicateKey, "(row)"),
+                (4523, Rule::DuplicateKey, "(row)"),
+            ],
+            warnings: 390,
+            report_digest: "789b670089ff8399d2dda09dfb57fb7ff3798d1dbcd7fd9594179843e80a7940",
+        },
+    ];
+    let node_key = NodeKey::from_seed([5; 32]);
+    let desensitize_key = DesensitizeKey([3; 32]);
+    for golden in goldens {
+        let schema = Registry::builtin().by_name(golden.category).unwrap();
+        let text = golden_file(schema, &golden);
+        let options = IngestOptions {
+            schema,
+            origin: origin(),
+            period: period(),
+            encoding: Encoding::Utf8,
+            desensitize_key: &desensitize_key,
+            node_key: &node_key,
+            batch_records_max: 700,
+        };
+        let report =
+            ingest_bytes(Path::new("golden.csv"), text.as_bytes(), &options, |_| {}).unwrap();
+        let case = format!(
+            "{} quirks={} duplicates={:?}",
+            golden.category, golden.quirks, golden.duplicate_lines
+        );
+        let ids: Vec<String> = report.batches.iter().map(|b| b.id.to_hex()).collect();
+        assert_eq!(ids, golden.ids, "{case}: batch ids");
+        let problems = || {
+            report
+                .rejected
+                .iter()
+                .flat_map(|r| r.problems.iter().map(move |p| (r.line, p)))
+        };
+        let rejected: Vec<(u64, Rule, &str)> = problems()
+            .filter(|(_, p)| !golden.quirks || !matches!(p.rule, Rule::Format | Rule::OutOfRange))
+            .map(|(line, p)| (line, p.rule, p.field.as_str()))
+            .collect();
+        assert_eq!(rejected, golden.rejected, "{case}: rejected rows");
+        assert_eq!(report.rejected.len(), golden.rejected_rows, "{case}");
+        for &(rule, count) in golden.problems_by_rule {
+            let found = problems().filter(|(_, p)| p.rule == rule).count();
+            assert_eq!(found, count, "{case}: problems of rule {rule}");
+        }
+        let rules_counted: usize = golden.problems_by_rule.iter().map(|(_, n)| n).sum();
+        assert_eq!(problems().count(), rules_counted, "{case}: problems");
+        assert_eq!(report.warnings.len(), golden.warnings, "{case}: warnings");
+        let digest =
+            blake3::hash(format!("{:?}\n{:?}", report.rejected, report.warnings).as_bytes())
+                .to_hex()
+                .to_string();
+        assert_eq!(digest, golden.report_digest, "{case}: problem reports");
+    }
 }

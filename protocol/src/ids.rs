@@ -133,11 +133,23 @@ const USCC_WEIGHTS: [u32; 17] = [
     1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
 ];
 
+/// Each byte's value in [`USCC_ALPHABET`], `u8::MAX` for bytes not in it: a table, as every
+/// character of every code is looked up (twice) during ingestion.
+const USCC_VALUES: [u8; 256] = {
+    let mut values = [u8::MAX; 256];
+    let mut i = 0;
+    while i < USCC_ALPHABET.len() {
+        values[USCC_ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    values
+};
+
 fn uscc_value(byte: u8) -> Option<u32> {
-    USCC_ALPHABET
-        .iter()
-        .position(|&c| c == byte)
-        .map(|p| p as u32)
+    match USCC_VALUES[usize::from(byte)] {
+        u8::MAX => None,
+        value => Some(u32::from(value)),
+    }
 }
 
 /// The GB 32100 check character for the first 17 characters. `None` if a character is not in
@@ -341,25 +353,30 @@ pub fn resident_id_check_char(first17: &[u8]) -> char {
 /// (`11010519491231002X` → `110105***********X`). Short values are starred whole but for the
 /// first character.
 pub fn mask_middle(text: &str) -> String {
-    let chars: Vec<char> = text.chars().collect();
-    match chars.len() {
-        0 => String::new(),
-        n if n <= 4 => std::iter::once(chars[0])
-            .chain(std::iter::repeat_n('*', n - 1))
-            .collect(),
-        n if n <= 10 => chars[..2]
-            .iter()
-            .copied()
-            .chain(std::iter::repeat_n('*', n - 3))
-            .chain(std::iter::once(chars[n - 1]))
-            .collect(),
-        n => chars[..6]
-            .iter()
-            .copied()
-            .chain(std::iter::repeat_n('*', n - 7))
-            .chain(std::iter::once(chars[n - 1]))
-            .collect(),
-    }
+    let (head, tail) = match text.chars().count() {
+        0 => return String::new(),
+        n if n <= 4 => (1, 0),
+        n if n <= 10 => (2, 1),
+        _ => (6, 1),
+    };
+    mask_chars(text, head, tail, 0)
+}
+
+/// `text` with all but its first `head` and last `tail` characters replaced by `*`, plus
+/// `extra_stars` more; built in one allocation of the exact size (it runs for every
+/// personal field of every row). `head + tail` must not exceed the character count.
+pub(crate) fn mask_chars(text: &str, head: usize, tail: usize, extra_stars: usize) -> String {
+    let head_end = text.char_indices().nth(head).map_or(text.len(), |(i, _)| i);
+    let tail_start = match tail {
+        0 => text.len(),
+        _ => text.char_indices().nth_back(tail - 1).map_or(0, |(i, _)| i),
+    };
+    let stars = text[head_end..tail_start].chars().count() + extra_stars;
+    let mut masked = String::with_capacity(head_end + stars + (text.len() - tail_start));
+    masked.push_str(&text[..head_end]);
+    masked.extend(std::iter::repeat_n('*', stars));
+    masked.push_str(&text[tail_start..]);
+    masked
 }
 
 /// The period a batch covers: a month for monthly data, a day for daily data.
@@ -376,15 +393,24 @@ impl Period {
     /// Accepts `YYYY-MM`, `YYYYMM`, `YYYY/MM`, `YYYY-MM-DD`, `YYYY/MM/DD` and `YYYYMMDD`.
     pub fn parse(text: &str) -> Result<Period, IdError> {
         let err = || IdError::Period(text.to_owned());
-        let digits: Vec<u8> = text.bytes().filter(|b| *b != b'-' && *b != b'/').collect();
-        let separators = text.len() - digits.len();
-        if !digits.iter().all(u8::is_ascii_digit) {
-            return Err(err());
+        // The digits, on the stack: more than 8 is no period, so they stop there.
+        let mut digits = [0u8; 8];
+        let mut count = 0;
+        for byte in text.bytes() {
+            match byte {
+                b'-' | b'/' => {}
+                b'0'..=b'9' if count < digits.len() => {
+                    digits[count] = byte - b'0';
+                    count += 1;
+                }
+                _ => return Err(err()),
+            }
         }
+        let separators = text.len() - count;
         let num = |range: std::ops::Range<usize>| {
             digits[range]
                 .iter()
-                .fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0'))
+                .fold(0u16, |acc, d| acc * 10 + u16::from(*d))
         };
         // Separators, when present, must sit exactly where a date puts them.
         let shaped = |len: usize| {
@@ -395,7 +421,7 @@ impl Period {
                         .enumerate()
                         .all(|(i, b)| matches!(i, 4 | 7) == (b == b'-' || b == b'/')))
         };
-        let period = match digits.len() {
+        let period = match count {
             6 if separators <= 1 && shaped(7) => Period::Month {
                 year: num(0..4),
                 month: num(4..6) as u8,
@@ -483,12 +509,65 @@ pub fn days_in_month(year: u16, month: u8) -> u8 {
     }
 }
 
+/// The canonical text of a [`Period`] (`YYYY-MM` or `YYYY-MM-DD`), made on the stack: what
+/// `to_string` gives, without an allocation, for comparing and copying per row.
+#[derive(Clone, Copy)]
+pub struct PeriodText {
+    /// Room for the widest fields a `u16` year and `u8` month and day can print.
+    bytes: [u8; 13],
+    len: usize,
+}
+
+impl PeriodText {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and '-' are ever written.
+        std::str::from_utf8(&self.bytes[..self.len]).expect("period text is ASCII")
+    }
+
+    /// Appends `n` in decimal, zero-padded to `width` digits (as `{n:0width$}` would).
+    fn push_number(&mut self, n: u16, width: usize) {
+        let digits = match n {
+            0..=9 => 1,
+            10..=99 => 2,
+            100..=999 => 3,
+            1000..=9999 => 4,
+            _ => 5,
+        };
+        let end = self.len + digits.max(width);
+        let mut rest = n;
+        for byte in self.bytes[self.len..end].iter_mut().rev() {
+            *byte = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        self.len = end;
+    }
+}
+
+impl Period {
+    /// The canonical text, as `Display` writes it.
+    pub fn text(self) -> PeriodText {
+        let mut text = PeriodText {
+            bytes: [b'-'; 13],
+            len: 0,
+        };
+        let (year, month, day) = match self {
+            Period::Month { year, month } => (year, month, None),
+            Period::Day { year, month, day } => (year, month, Some(day)),
+        };
+        text.push_number(year, 4);
+        text.len += 1; // '-'
+        text.push_number(month.into(), 2);
+        if let Some(day) = day {
+            text.len += 1; // '-'
+            text.push_number(day.into(), 2);
+        }
+        text
+    }
+}
+
 impl fmt::Display for Period {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Period::Month { year, month } => write!(f, "{year:04}-{month:02}"),
-            Period::Day { year, month, day } => write!(f, "{year:04}-{month:02}-{day:02}"),
-        }
+        f.write_str(self.text().as_str())
     }
 }
 
@@ -602,13 +681,18 @@ digest_newtype!(
 );
 
 pub fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
+}
+
+/// Appends `bytes` in lower-case hex to `out`.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         out.push(char::from(HEX[usize::from(b >> 4)]));
         out.push(char::from(HEX[usize::from(b & 15)]));
     }
-    out
 }
 
 pub fn parse_hex32(text: &str) -> Option<[u8; 32]> {
@@ -741,3 +825,5 @@ mod tests {
         assert!(BatchId::parse_hex("zz").is_err());
     }
 }
+#[cfg(test)]
+pub(crate) fn tests_uscc_value(b: u8) -> Option<u32> { uscc_value(b) }

@@ -10,11 +10,12 @@
 //! names, phones and addresses are masked; trade secrets are dropped. Problem reports show
 //! personal values masked too, because feedback travels upstream.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use bincode::{Decode, Encode};
 
-use crate::ids::{Period, PersonToken, ResidentId, Uscc, mask_middle};
+use crate::ids::{Period, PersonToken, ResidentId, Uscc, mask_chars, mask_middle, push_hex};
 use crate::schema::{Desensitize, Field, FieldKind, Required, Schema, Sensitivity, trim_value};
 
 /// Longest record key, in bytes; keys are built from key fields joined with `|`.
@@ -177,22 +178,31 @@ pub struct Validated {
     pub warnings: Vec<Problem>,
 }
 
-/// A value that passed its field's checks: the normalized text and maybe a warning.
-struct Normalized {
-    text: String,
+/// A value that passed its field's checks: the normalized text and maybe a warning. The
+/// text borrows the input when that is already in normal form (the usual case), so a field
+/// costs at most the one allocation of the value it becomes.
+struct Normalized<'a> {
+    text: Cow<'a, str>,
     warning: Option<(Rule, String)>,
 }
 
-impl Normalized {
-    fn ok(text: impl Into<String>) -> Normalized {
+impl<'a> Normalized<'a> {
+    fn ok(text: impl Into<Cow<'a, str>>) -> Normalized<'a> {
         Normalized {
             text: text.into(),
             warning: None,
         }
     }
+
+    fn into_owned(self) -> Normalized<'static> {
+        Normalized {
+            text: Cow::Owned(self.text.into_owned()),
+            warning: self.warning,
+        }
+    }
 }
 
-type FieldResult = Result<Normalized, (Rule, String)>;
+type FieldResult<'a> = Result<Normalized<'a>, (Rule, String)>;
 
 impl Schema {
     /// Validates, normalizes and desensitizes one row. `raw[i]` is the text given for
@@ -210,12 +220,12 @@ impl Schema {
         );
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
-        let trimmed: Vec<&str> = raw.iter().map(|v| v.map_or("", trim_value)).collect();
+        let trimmed = |i: usize| raw[i].map_or("", trim_value);
         let mut values = Vec::with_capacity(self.fields.len());
         for (index, field) in self.fields.iter().enumerate() {
-            let text = trimmed[index];
+            let text = trimmed(index);
             if text.is_empty() {
-                if self.is_required(index, |i| trimmed[i]) {
+                if self.is_required(index, trimmed) {
                     problems.push(self.problem(
                         field,
                         text,
@@ -243,8 +253,8 @@ impl Schema {
         }
         if let Some(index) = self.period_field
             && let Value::Text(text) = &values[index]
-            && *text != period.month().to_string()
-            && *text != period.to_string()
+            && *text != period.month().text().as_str()
+            && *text != period.text().as_str()
         {
             let field = &self.fields[index];
             problems.push(self.problem(
@@ -316,7 +326,7 @@ impl Schema {
                 (Value::Token { masked, .. }, _) => (masked.len() > 64)
                     .then(|| (Rule::TooLong, "masked form longer than 64 bytes".to_owned())),
                 (Value::Text(text), Desensitize::None) => match normalize(&field.kind, text) {
-                    Ok(n) if n.text == *text => None,
+                    Ok(n) if n.text == text.as_str() => None,
                     Ok(_) => Some((Rule::Format, "value is not in normalized form".to_owned())),
                     Err(e) => Some(e),
                 },
@@ -329,7 +339,9 @@ impl Schema {
         }
         if let Some(index) = self.period_field {
             let text = text_of(index);
-            if !text.is_empty() && text != period.month().to_string() && text != period.to_string()
+            if !text.is_empty()
+                && text != period.month().text().as_str()
+                && text != period.text().as_str()
             {
                 problems.push(self.problem(
                     &self.fields[index],
@@ -386,14 +398,22 @@ impl Schema {
                 Err(format!("no subject: fill in one of {}", names.join(" or ")))
             })
             .map_err(|message| record_problem(Rule::Subject, message))?;
-        let mut key = String::new();
+        let part_len = |i: usize| match &values[i] {
+            Value::Text(text) => text.len(),
+            Value::Token { token, .. } => 2 * token.0.len(),
+            Value::Absent => 0,
+        };
+        let separators = self.key.len().saturating_sub(1);
+        let mut key =
+            String::with_capacity(self.key.iter().map(|&i| part_len(i)).sum::<usize>() + separators);
         for (n, &i) in self.key.iter().enumerate() {
             if n > 0 {
                 key.push('|');
             }
             match &values[i] {
                 Value::Text(text) => key.push_str(text),
-                Value::Token { token, .. } => key.push_str(&token.to_string()),
+                // The token's Display form, written in place.
+                Value::Token { token, .. } => push_hex(&mut key, &token.0),
                 Value::Absent => {}
             }
         }
@@ -416,10 +436,12 @@ impl Schema {
     }
 
     fn problem(&self, field: &Field, value: &str, rule: Rule, message: String) -> Problem {
+        // At most the first 64 characters.
+        let cut = value.char_indices().nth(64).map_or(value, |(i, _)| &value[..i]);
         let shown = if field.sensitivity == Sensitivity::Public {
-            value.chars().take(64).collect()
+            cut.to_owned()
         } else {
-            mask_middle(&value.chars().take(64).collect::<String>())
+            mask_middle(cut)
         };
         Problem {
             field: field.name.clone(),
@@ -457,9 +479,11 @@ fn required_message(schema: &Schema, field: &Field) -> String {
     }
 }
 
-fn desensitize(field: &Field, text: String, key: &DesensitizeKey) -> Value {
+/// The value a normalized text becomes; a masked or tokenized field is made from the text
+/// without copying it first.
+fn desensitize(field: &Field, text: Cow<'_, str>, key: &DesensitizeKey) -> Value {
     match field.desensitize {
-        Desensitize::None => Value::Text(text),
+        Desensitize::None => Value::Text(text.into_owned()),
         Desensitize::Token => Value::Token {
             masked: mask_middle(&text),
             token: key.token(&text),
@@ -473,43 +497,32 @@ fn desensitize(field: &Field, text: String, key: &DesensitizeKey) -> Value {
 
 /// `张三丰` → `张**`.
 pub fn mask_name(name: &str) -> String {
-    let mut chars = name.chars();
-    match chars.next() {
-        None => String::new(),
-        Some(first) => std::iter::once(first)
-            .chain(chars.map(|_| '*'))
-            .chain(std::iter::repeat_n(
-                '*',
-                usize::from(name.chars().count() == 1),
-            ))
-            .collect(),
+    match name.chars().count() {
+        0 => String::new(),
+        // A one-character name still shows that something was masked.
+        1 => mask_chars(name, 1, 0, 1),
+        _ => mask_chars(name, 1, 0, 0),
     }
 }
 
 /// `13812345678` → `138****5678`; other lengths keep the first three and last two digits.
 pub fn mask_phone(phone: &str) -> String {
-    let chars: Vec<char> = phone.chars().collect();
-    let n = chars.len();
+    let n = phone.chars().count();
     let (head, tail) = if n == 11 {
         (3, 4)
     } else {
         (3.min(n), 2.min(n.saturating_sub(3)))
     };
-    chars[..head]
-        .iter()
-        .copied()
-        .chain(std::iter::repeat_n('*', n - head - tail))
-        .chain(chars[n - tail..].iter().copied())
-        .collect()
+    mask_chars(phone, head, tail, 0)
 }
 
 /// Full-width ASCII forms (as typed with a Chinese input method) become ASCII; returns the
 /// input unchanged (no allocation) when it is already ASCII.
-fn to_half_width(text: &str) -> std::borrow::Cow<'_, str> {
+fn to_half_width(text: &str) -> Cow<'_, str> {
     if text.is_ascii() {
-        return std::borrow::Cow::Borrowed(text);
+        return Cow::Borrowed(text);
     }
-    std::borrow::Cow::Owned(
+    Cow::Owned(
         text.chars()
             .map(|c| match c {
                 '\u{ff01}'..='\u{ff5e}' => char::from_u32(c as u32 - 0xfee0).unwrap_or(c),
@@ -520,7 +533,7 @@ fn to_half_width(text: &str) -> std::borrow::Cow<'_, str> {
     )
 }
 
-fn normalize(kind: &FieldKind, text: &str) -> FieldResult {
+fn normalize<'a>(kind: &FieldKind, text: &'a str) -> FieldResult<'a> {
     if text.len() > VALUE_BYTES_MAX {
         return Err((
             Rule::TooLong,
@@ -553,14 +566,13 @@ fn normalize(kind: &FieldKind, text: &str) -> FieldResult {
             Ok(Normalized::ok(text))
         }
         FieldKind::Uscc => {
-            let text = to_half_width(text);
-            let uscc = Uscc::parse(&text).map_err(|_| {
+            let uscc = Uscc::parse(&to_half_width(text)).map_err(|_| {
                 (
                     Rule::Format,
                     "not a unified social credit code: 18 characters of 0-9 and A-Y without I, O, S, V, Z".to_owned(),
                 )
             })?;
-            let mut normalized = Normalized::ok(uscc.as_str());
+            let mut normalized = normal_form(text, uscc.as_str());
             if !uscc.check_char_ok() {
                 normalized.warning = Some((
                     Rule::CheckCharacter,
@@ -573,19 +585,22 @@ fn normalize(kind: &FieldKind, text: &str) -> FieldResult {
             }
             Ok(normalized)
         }
-        FieldKind::ResidentId => {
-            let text = to_half_width(text);
-            ResidentId::parse(&text)
-                .map(|id| Normalized::ok(id.as_str()))
-                .map_err(resident_id_error)
-        }
+        FieldKind::ResidentId => ResidentId::parse(&to_half_width(text))
+            .map(|id| normal_form(text, id.as_str()))
+            .map_err(resident_id_error),
         FieldKind::IdNumber => {
-            let text = to_half_width(text).to_ascii_uppercase();
+            let given = text;
+            let text = match to_half_width(text) {
+                half if half.bytes().any(|b| b.is_ascii_lowercase()) => {
+                    Cow::Owned(half.to_ascii_uppercase())
+                }
+                half => half,
+            };
             let looks_resident =
                 text.len() == 18 && text.as_bytes()[..17].iter().all(u8::is_ascii_digit);
             if looks_resident {
                 return ResidentId::parse(&text)
-                    .map(|id| Normalized::ok(id.as_str()))
+                    .map(|id| normal_form(given, id.as_str()))
                     .map_err(resident_id_error);
             }
             if text.is_empty()
@@ -637,11 +652,15 @@ fn normalize(kind: &FieldKind, text: &str) -> FieldResult {
                     format!("check digit should be {}", expected.unwrap_or('?')),
                 ));
             }
-            Ok(Normalized::ok(text.into_owned()))
+            Ok(Normalized::ok(text))
         }
         FieldKind::Phone => {
             let text = to_half_width(text);
-            let kept: String = text.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
+            let kept = if text.contains([' ', '-']) {
+                Cow::Owned(text.chars().filter(|c| !matches!(c, ' ' | '-')).collect())
+            } else {
+                text
+            };
             let digits = kept.bytes().filter(u8::is_ascii_digit).count();
             let shaped = kept
                 .bytes()
@@ -656,11 +675,11 @@ fn normalize(kind: &FieldKind, text: &str) -> FieldResult {
             Ok(Normalized::ok(kept))
         }
         FieldKind::Date => {
-            let text = to_half_width(text);
+            let half = to_half_width(text);
             // Excel and database exports often append a midnight time: drop a time part.
-            let date = text.split([' ', 'T']).next().unwrap_or("");
+            let date = half.split([' ', 'T']).next().unwrap_or("");
             match Period::parse(date) {
-                Ok(day @ Period::Day { .. }) => Ok(Normalized::ok(day.to_string())),
+                Ok(day @ Period::Day { .. }) => Ok(normal_form(text, day.text().as_str())),
                 _ => Err((
                     Rule::Format,
                     "not a date: use YYYY-MM-DD (or YYYY/MM/DD, YYYYMMDD)".to_owned(),
@@ -668,19 +687,22 @@ fn normalize(kind: &FieldKind, text: &str) -> FieldResult {
             }
         }
         FieldKind::Month => match Period::parse(&to_half_width(text)) {
-            Ok(month @ Period::Month { .. }) => Ok(Normalized::ok(month.to_string())),
+            Ok(month @ Period::Month { .. }) => Ok(normal_form(text, month.text().as_str())),
             _ => Err((
                 Rule::Format,
                 "not a month: use YYYY-MM (or YYYYMM)".to_owned(),
             )),
         },
-        FieldKind::Decimal { scale, min } => normalize_decimal(&to_half_width(text), *scale, *min),
+        FieldKind::Decimal { scale, min } => match to_half_width(text) {
+            Cow::Borrowed(text) => normalize_decimal(text, *scale, *min),
+            Cow::Owned(text) => normalize_decimal(&text, *scale, *min).map(Normalized::into_owned),
+        },
         FieldKind::Integer { min, max } => {
-            let text = to_half_width(text);
-            let value: i64 = text
+            let half = to_half_width(text);
+            let value: i64 = half
                 .parse()
                 .ok()
-                .filter(|_| text.len() <= 19)
+                .filter(|_| half.len() <= 19)
                 .ok_or((Rule::Format, "not a whole number".to_owned()))?;
             if min.is_some_and(|m| value < m) || max.is_some_and(|m| value > m) {
                 return Err((
@@ -692,7 +714,18 @@ fn normalize(kind: &FieldKind, text: &str) -> FieldResult {
                     ),
                 ));
             }
-            Ok(Normalized::ok(value.to_string()))
+            // The text is `value.to_string()` already unless it has a '+', a leading zero, a
+            // '-' on zero or full-width digits.
+            let unsigned = text.strip_prefix('-');
+            let digits = unsigned.unwrap_or(text);
+            let normal = text.is_ascii()
+                && !digits.starts_with('+')
+                && (!digits.starts_with('0') || (digits == "0" && unsigned.is_none()));
+            if normal {
+                Ok(Normalized::ok(text))
+            } else {
+                Ok(Normalized::ok(value.to_string()))
+            }
         }
         FieldKind::Enum { values } => {
             if values.iter().any(|v| v == text) {
@@ -704,6 +737,15 @@ fn normalize(kind: &FieldKind, text: &str) -> FieldResult {
                 ))
             }
         }
+    }
+}
+
+/// `given` if it is already the normal form `normal` (no allocation), else a copy of `normal`.
+fn normal_form<'a>(given: &'a str, normal: &str) -> Normalized<'a> {
+    if given == normal {
+        Normalized::ok(given)
+    } else {
+        Normalized::ok(normal.to_owned())
     }
 }
 
@@ -725,7 +767,7 @@ fn resident_id_error(error: crate::ids::IdError) -> (Rule, String) {
 }
 
 /// Normalizes `-1,234.50` to `-1234.5`; at most `scale` fraction digits and 24 integer digits.
-fn normalize_decimal(text: &str, scale: u8, min: Option<i64>) -> FieldResult {
+fn normalize_decimal(text: &str, scale: u8, min: Option<i64>) -> FieldResult<'_> {
     let format_error = || {
         (
             Rule::Format,
@@ -740,7 +782,11 @@ fn normalize_decimal(text: &str, scale: u8, min: Option<i64>) -> FieldResult {
         Some((i, f)) => (i, f),
         None => (unsigned, ""),
     };
-    let int_digits: String = int_part.chars().filter(|c| *c != ',').collect();
+    let int_digits = if int_part.contains(',') {
+        Cow::Owned(int_part.chars().filter(|c| *c != ',').collect())
+    } else {
+        Cow::Borrowed(int_part)
+    };
     let grouping_ok = !int_part.contains(',')
         || int_part.split(',').enumerate().all(|(i, g)| {
             if i == 0 {
@@ -782,7 +828,16 @@ fn normalize_decimal(text: &str, scale: u8, min: Option<i64>) -> FieldResult {
             return Err((Rule::OutOfRange, format!("must be at least {min}")));
         }
     }
-    let mut out = String::with_capacity(int.len() + frac.len() + 3);
+    // Normalizing only removes characters (separators, leading and trailing zeros, the '-'
+    // of a zero, a '.' left alone), but for the "0" of an all-zero integer part, which
+    // stands where at least one zero was: a normal form as long as the text is the text.
+    let normal_len = usize::from(negative)
+        + int.len().max(1)
+        + if frac.is_empty() { 0 } else { 1 + frac.len() };
+    if normal_len == text.len() {
+        return Ok(Normalized::ok(text));
+    }
+    let mut out = String::with_capacity(normal_len);
     if negative {
         out.push('-');
     }
@@ -800,7 +855,7 @@ mod tests {
 
     #[test]
     fn decimals_normalize() {
-        let ok = |t: &str| normalize_decimal(t, 2, None).map(|n| n.text).ok();
+        let ok = |t: &str| normalize_decimal(t, 2, None).map(|n| n.text.into_owned()).ok();
         assert_eq!(ok("1,234.50").as_deref(), Some("1234.5"));
         assert_eq!(ok("007.00").as_deref(), Some("7"));
         assert_eq!(ok("-0.0").as_deref(), Some("0"));
@@ -830,3 +885,6 @@ mod tests {
         );
     }
 }
+#[cfg(test)]
+#[path = "/tmp/orig/equiv.rs"]
+mod equiv_tmp;

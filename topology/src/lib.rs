@@ -1,12 +1,21 @@
 //! The topology file: which nodes make up the credit network, how they hang together
-//! (county → city → province → national) and how to reach and authenticate each of them.
+//! (county → city → province → national), how to reach and authenticate each of them, which
+//! platforms are still connected straight to the national platform (legacy links) and how
+//! they move into the hierarchy, which keys are revoked, and who owes which category by when.
 //!
 //! [`Topology::parse`] turns the operator's TOML into a [`Topology`] or into *every* problem
 //! it has, each with the 1-based line and column of the offending value and a message that says
-//! what to change. A `Topology` that exists is valid: exactly one national platform `000000`,
-//! every other node with a known parent of a strictly higher role in its own province, no
-//! cycles, so every node has a path to the national platform; ids, public keys and addresses
-//! are unique.
+//! what to change. A `Topology` that exists is valid: exactly one national platform `000000`;
+//! every other node with a known parent of a strictly higher role in its own province, or a
+//! legacy link, or both; no cycles, so every node has a path to the national platform; ids,
+//! public keys and addresses unique; no node holding a revoked key; schedules only for known
+//! categories, with due days that fit their cadence and reporters that are nodes.
+//!
+//! [`plan`] compares two topologies and lists the ordered steps (each with the precondition
+//! that must hold before it) that take the network from one to the other, establishing every
+//! new path before dismantling an old one; it refuses an edit that would leave some node,
+//! at some step, without a path to the national platform. [`generate`] writes a province's
+//! topology from the compiled-in GB/T 2260 division list.
 //!
 //! **Invariant:** pure — no IO, no files, no clock. The node reads the file and hands the text
 //! in; a rejected file changes nothing.
@@ -14,7 +23,10 @@
 //! # File format
 //!
 //! ```toml
-//! version = 1          # raise it on every edit; a node refuses to go back to a lower version
+//! version = 2          # raise it on every edit; a node refuses to go back to a lower version
+//!
+//! # Optional: keys never to be accepted again (a stolen or lost node key). No node may hold one.
+//! revoked_keys = ["d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"]
 //!
 //! [[node]]
 //! id = "000000"                        # GB/T 2260 division code; 000000 is the national platform
@@ -27,17 +39,85 @@
 //! id = "440000"
 //! name = "广东省"
 //! role = "province"
-//! parent = "000000"                    # every node but the national platform has one
-//! address = "127.0.0.1:7001"
+//! parent = "000000"                    # every node but the national platform has one, unless it
+//! address = "127.0.0.1:7001"           # has a [[legacy_link]] (then it is optional)
 //! public_key = "..."
+//!
+//! [[node]]
+//! id = "445200"
+//! name = "揭阳市"
+//! role = "city"
+//! parent = "440000"
+//! address = "127.0.0.1:7002"
+//! public_key = "..."
+//!
+//! [[node]]
+//! id = "445281"
+//! name = "普宁市"
+//! role = "county"
+//! parent = "445200"                    # where it moves to; unused while it is not migrating
+//! address = "127.0.0.1:7003"
+//! public_key = "..."
+//!
+//! # A platform connected straight to the national platform today.
+//! [[legacy_link]]
+//! node = "445281"
+//! migrate = true              # optional, default false: move onto `parent` (which must then be
+//!                             # set) by establish → verify → cut over → dismantle
+//! verify_window_s = 60        # optional, default 60: the new path must stay healthy this long
+//!                             # in "verify"
+//! rollback_window_s = 300     # optional, default 300: after cut-over the legacy link stays open
+//!                             # and idle this long before it is dismantled
+//!
+//! # The reporting schedule of one category, for the timeliness ledger.
+//! [[schedule]]
+//! category = "water_fee"      # a category with a compiled-in schema
+//! cadence = "monthly"         # monthly | daily | event; must be the cadence of the category's schema
+//! due_day = 10                # monthly: day of the following month, 1..=28;
+//!                             # event: days after the event, 1..=365; daily: absent or 1
+//! reporters = ["445281"]      # optional: default every county-level node (every county, and
+//!                             # every city without counties such as 441900 东莞 and 442000 中山)
 //! ```
+//!
+//! Tables may come in any order after the top-level keys; [`Topology::render`] writes
+//! `version`, `revoked_keys`, then every `[[node]]`, `[[legacy_link]]` and `[[schedule]]` in
+//! the order they were given, every key spelt out.
+//!
+//! ## Nodes and parents
 //!
 //! The role must fit the code's shape: national is `000000`, a province `XX0000`, a city
 //! `XXXX00`, a county anything else. A county's parent is its city, or its province for a
 //! county-level unit directly under a province (Chongqing, Hainan); a city's parent is its
 //! province; a province's parent is the national platform. Parent and child share the first
-//! two digits (the province). Legacy direct links to the national platform are not parents;
-//! they get their own section in a later version of the format.
+//! two digits (the province). Cities without counties (441900 东莞, 442000 中山) are simply
+//! cities that no node names as parent.
+//!
+//! ## Legacy links
+//!
+//! A `[[legacy_link]]` records that a city or county platform sends straight to the national
+//! platform today. It counts as a path to the national platform (`node → 000000`), for the node
+//! and for every node below it, so such a node may have no `parent` yet. While `migrate` is
+//! false the node sends only over the legacy link; a `parent` it names is where it will go.
+//! `migrate = true` asks the node to move onto its parent in four phases, each guarded by a
+//! precondition the node checks itself: **establish** (send over both paths; receivers dedupe
+//! by batch id), **verify** (the receipts that came back through the parent cover every batch
+//! the legacy link delivered, and the new path stayed healthy for `verify_window_s`), **cut
+//! over** (new batches use only the new path; the legacy link stays open and idle for
+//! `rollback_window_s`) and **dismantle** (the legacy link is closed). Only once the node
+//! reports the migration complete may a later version remove the `[[legacy_link]]`; removing
+//! one that never had `migrate = true` is refused by [`plan`]. Setting `migrate` back to
+//! false before the dismantle rolls the node back onto the legacy link alone.
+//!
+//! ## Revoked keys
+//!
+//! `revoked_keys` lists Ed25519 keys (64 hexadecimal characters) that are never to be
+//! accepted again. A node whose `public_key` is listed is an error: run `credit-node init` for
+//! a new key. [`plan`] refuses a version that drops a key from the list.
+//!
+//! ## Schedules
+//!
+//! One `[[schedule]]` per category says which nodes owe it and by when; the timeliness ledger
+//! compares it with what arrived. See [`Topology::reporters`] for the default reporters.
 //!
 //! # Why the file is walked, not derived with serde
 //!
@@ -46,20 +126,28 @@
 //! the spanned document (`toml::de::DeTable`, every key and value a `toml::Spanned`) against a
 //! list of known keys per table, so it reports every unknown key (with a "did you mean"),
 //! every missing key and every wrong type in one pass. Unknown keys are refused exactly as
-//! `deny_unknown_fields` would. A new section (`[[legacy_link]]`, `revoked_keys`,
-//! `[[schedule]]`) is one more name in the reader's list of top-level keys and one more reader
-//! function; files without it stay valid.
+//! `deny_unknown_fields` would. A new section is one more name in the reader's list of
+//! top-level keys and one more reader function; files without it stay valid.
 
+mod generate;
+mod plan;
 mod read;
 mod validate;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 
-use protocol::NodeId;
-use protocol::PublicKey;
 use protocol::ids::DivisionLevel;
+use protocol::{Category, NodeId, PublicKey};
+
+pub use generate::{
+    CHINA_DIVISIONS_CSV, Division, GENERATED_HEADER, GUANGDONG_DIVISIONS_CSV, GenerateError,
+    NATIONAL_NAME, divisions, generate, placeholder_key,
+};
+pub use plan::{Plan, Refusal, Step, plan};
+/// How often a category is reported; the same type as the category schemas use.
+pub use protocol::schema::Cadence;
 
 /// At most this many nodes in one file. The whole nation is about 3,200 divisions (31
 /// provinces, some 330 cities, some 2,850 counties); the bound leaves room and keeps a
@@ -161,6 +249,68 @@ pub struct Node {
     pub public_key: PublicKey,
 }
 
+/// A platform connected straight to the national platform today, and whether (and how) it
+/// moves onto its parent. See the crate documentation, "Legacy links".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyLink {
+    /// The city or county platform with the direct link.
+    pub node: NodeId,
+    /// When true the node moves onto its `parent`: establish → verify → cut over → dismantle.
+    pub migrate: bool,
+    /// How long the new path must stay healthy in "verify", in seconds.
+    pub verify_window_s: u64,
+    /// How long the legacy link stays open and idle after cut-over, in seconds.
+    pub rollback_window_s: u64,
+}
+
+impl LegacyLink {
+    pub const VERIFY_WINDOW_S_DEFAULT: u64 = 60;
+    pub const ROLLBACK_WINDOW_S_DEFAULT: u64 = 300;
+    /// The windows are 1 second to 30 days.
+    pub const WINDOW_S_MAX: u64 = 86_400 * 30;
+
+    /// A legacy link that is not migrating, with the default windows.
+    pub fn new(node: NodeId) -> LegacyLink {
+        LegacyLink {
+            node,
+            migrate: false,
+            verify_window_s: Self::VERIFY_WINDOW_S_DEFAULT,
+            rollback_window_s: Self::ROLLBACK_WINDOW_S_DEFAULT,
+        }
+    }
+}
+
+/// Who owes one category, and by when, for the timeliness ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    /// A category with a compiled-in schema (`protocol::Registry::builtin()`).
+    pub category: Category,
+    /// The cadence of the category's schema.
+    pub cadence: Cadence,
+    /// Monthly: the day of the following month by which a month is due (1..=28). Event: the
+    /// number of days after the event (1..=365). Daily: 1 (a day is due the next day).
+    pub due_day: u8,
+    /// The nodes that owe this category, in file order. Empty means the default: every
+    /// county-level node, see [`Topology::reporters`].
+    pub reporters: Vec<NodeId>,
+}
+
+/// `monthly`, `daily` or `event`, as written in the file.
+pub fn cadence_name(cadence: Cadence) -> &'static str {
+    match cadence {
+        Cadence::Monthly => "monthly",
+        Cadence::Daily => "daily",
+        Cadence::Event => "event",
+    }
+}
+
+/// The cadence named `monthly`, `daily` or `event`.
+pub fn parse_cadence(text: &str) -> Option<Cadence> {
+    [Cadence::Monthly, Cadence::Daily, Cadence::Event]
+        .into_iter()
+        .find(|cadence| cadence_name(*cadence) == text)
+}
+
 /// One problem of a topology, at the 1-based line and column of the offending value (line 0
 /// when the topology did not come from a file, see [`Topology::from_nodes`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -171,7 +321,8 @@ pub struct TopologyError {
     pub message: String,
 }
 
-/// A validated topology: nodes in file order, indexed by id, by key and by parent.
+/// A validated topology: nodes, legacy links, revoked keys and schedules in file order,
+/// indexed by id, by key and by parent.
 #[derive(Clone)]
 pub struct Topology {
     /// Raised by the operator on every edit; a node refuses to go back to a lower version.
@@ -181,6 +332,11 @@ pub struct Topology {
     by_key: HashMap<PublicKey, usize>,
     /// Children of each node, in file order.
     children: HashMap<NodeId, Vec<usize>>,
+    legacy_links: Vec<LegacyLink>,
+    link_by_node: HashMap<NodeId, usize>,
+    revoked_keys: Vec<PublicKey>,
+    revoked: HashSet<PublicKey>,
+    schedules: Vec<Schedule>,
 }
 
 impl Topology {
@@ -193,14 +349,34 @@ impl Topology {
     }
 
     /// Builds a topology from nodes made in code (generators, tests), under the same rules as
-    /// [`Topology::parse`]. Errors have line and column 0 and name the node instead.
+    /// [`Topology::parse`], without legacy links, revoked keys or schedules. Errors have line
+    /// and column 0 and name the node instead.
     pub fn from_nodes(version: u64, nodes: Vec<Node>) -> Result<Topology, Vec<TopologyError>> {
-        let (draft, errors) = validate::draft_from_nodes(version, nodes);
+        Topology::from_parts(version, nodes, Vec::new(), Vec::new(), Vec::new())
+    }
+
+    /// Builds a whole topology made in code, under the same rules as [`Topology::parse`].
+    /// Errors have line and column 0 and name the node, link or schedule instead.
+    pub fn from_parts(
+        version: u64,
+        nodes: Vec<Node>,
+        legacy_links: Vec<LegacyLink>,
+        revoked_keys: Vec<PublicKey>,
+        schedules: Vec<Schedule>,
+    ) -> Result<Topology, Vec<TopologyError>> {
+        let (draft, errors) =
+            validate::draft_from_parts(version, nodes, legacy_links, revoked_keys, schedules);
         validate::validate(draft, errors)
     }
 
-    /// Assembles the indexes. The caller has validated `nodes`.
-    fn assemble(version: u64, nodes: Vec<Node>) -> Topology {
+    /// Assembles the indexes. The caller has validated every part.
+    fn assemble(
+        version: u64,
+        nodes: Vec<Node>,
+        legacy_links: Vec<LegacyLink>,
+        revoked_keys: Vec<PublicKey>,
+        schedules: Vec<Schedule>,
+    ) -> Topology {
         let by_id: HashMap<NodeId, usize> = nodes
             .iter()
             .enumerate()
@@ -217,14 +393,31 @@ impl Topology {
                 children.entry(parent).or_default().push(index);
             }
         }
+        let link_by_node: HashMap<NodeId, usize> = legacy_links
+            .iter()
+            .enumerate()
+            .map(|(index, link)| (link.node, index))
+            .collect();
+        let revoked: HashSet<PublicKey> = revoked_keys.iter().copied().collect();
         assert_eq!(by_id.len(), nodes.len(), "validated ids are unique");
         assert_eq!(by_key.len(), nodes.len(), "validated keys are unique");
+        assert_eq!(
+            link_by_node.len(),
+            legacy_links.len(),
+            "validated legacy links are one per node"
+        );
+        assert_eq!(revoked.len(), revoked_keys.len(), "validated revoked keys are unique");
         Topology {
             version,
             nodes,
             by_id,
             by_key,
             children,
+            legacy_links,
+            link_by_node,
+            revoked_keys,
+            revoked,
+            schedules,
         }
     }
 
@@ -275,8 +468,10 @@ impl Topology {
         self.by_key.get(key).map(|&index| &self.nodes[index])
     }
 
-    /// `id`, its parent, its parent's parent, …, ending with `000000`. Empty if `id` is not in
-    /// the topology.
+    /// `id`, its parent, its parent's parent, …: the hierarchy path. It ends with `000000`
+    /// unless the chain stops at a node without a parent, which then reaches the national
+    /// platform through a legacy link (its own or, for a node below it, an ancestor's; see
+    /// [`Topology::paths_to_national`]). Empty if `id` is not in the topology.
     pub fn path_to_national(&self, id: NodeId) -> Vec<NodeId> {
         let mut path = Vec::new();
         let mut current = self.node(id);
@@ -288,17 +483,111 @@ impl Topology {
             );
             current = node.parent.and_then(|parent| self.node(parent));
         }
-        assert!(
-            path.is_empty() || path.last() == Some(&NodeId::NATIONAL),
-            "a validated topology leads every node to the national platform"
-        );
         path
     }
 
-    /// The canonical text of this topology: `version`, then one `[[node]]` table per node in
-    /// order, keys in the documented order. Parses back to an equal topology.
+    /// Every path from `id` to the national platform the file declares: first the hierarchy
+    /// path if it reaches `000000`, then for each node on the hierarchy path that has a legacy
+    /// link (starting with `id` itself) the path up to it followed by `000000`. A valid
+    /// topology gives every node at least one. A link with `migrate = true` is listed too,
+    /// though the node may already have dismantled it. Empty if `id` is not in the topology.
+    pub fn paths_to_national(&self, id: NodeId) -> Vec<Vec<NodeId>> {
+        let chain = self.path_to_national(id);
+        let mut paths = Vec::new();
+        if chain.last() == Some(&NodeId::NATIONAL) {
+            paths.push(chain.clone());
+        }
+        for (index, node) in chain.iter().enumerate() {
+            if self.legacy_link(*node).is_some() {
+                let mut path = chain[..=index].to_vec();
+                path.push(NodeId::NATIONAL);
+                paths.push(path);
+            }
+        }
+        paths
+    }
+
+    /// The legacy links, in file order.
+    pub fn legacy_links(&self) -> &[LegacyLink] {
+        &self.legacy_links
+    }
+
+    /// The legacy link of `node`, if it has one.
+    pub fn legacy_link(&self, node: NodeId) -> Option<&LegacyLink> {
+        self.link_by_node
+            .get(&node)
+            .map(|&index| &self.legacy_links[index])
+    }
+
+    /// The keys never to be accepted again, in file order. No node holds one.
+    pub fn revoked_keys(&self) -> &[PublicKey] {
+        &self.revoked_keys
+    }
+
+    pub fn is_revoked(&self, key: &PublicKey) -> bool {
+        self.revoked.contains(key)
+    }
+
+    /// The reporting schedules, in file order; at most one per category.
+    pub fn schedules(&self) -> &[Schedule] {
+        &self.schedules
+    }
+
+    /// The schedule of `category`, if it has one.
+    pub fn schedule(&self, category: &Category) -> Option<&Schedule> {
+        self.schedules
+            .iter()
+            .find(|schedule| &schedule.category == category)
+    }
+
+    /// The nodes that owe `schedule`'s category: its `reporters` if it lists them, else every
+    /// county-level node — every county, and every city that no node names as parent (441900
+    /// 东莞 and 442000 中山 have no counties: the city platform reports for its towns) — in
+    /// file order.
+    pub fn reporters(&self, schedule: &Schedule) -> Vec<NodeId> {
+        if !schedule.reporters.is_empty() {
+            return schedule.reporters.clone();
+        }
+        self.nodes
+            .iter()
+            .filter(|node| match node.role {
+                Role::County => true,
+                Role::City => !self.children.contains_key(&node.id),
+                Role::Province | Role::National => false,
+            })
+            .map(|node| node.id)
+            .collect()
+    }
+
+    /// The canonical text of this topology: `version`, `revoked_keys` (if any), then one
+    /// `[[node]]`, `[[legacy_link]]` and `[[schedule]]` table per item in order, keys in the
+    /// documented order. Parses back to an equal topology.
     pub fn render(&self) -> String {
-        let mut out = format!("version = {}\n", self.version);
+        self.render_with_header("")
+    }
+
+    /// [`Topology::render`] preceded by `header` as TOML comments (each line prefixed with
+    /// `# `) and a blank line; nothing is added for an empty header.
+    pub fn render_with_header(&self, header: &str) -> String {
+        let mut out = String::new();
+        if !header.is_empty() {
+            for line in header.lines() {
+                if line.is_empty() {
+                    out.push_str("#\n");
+                } else {
+                    out.push_str(&format!("# {line}\n"));
+                }
+            }
+            out.push('\n');
+        }
+        out.push_str(&format!("version = {}\n", self.version));
+        if !self.revoked_keys.is_empty() {
+            out.push_str("revoked_keys = [\n");
+            for key in &self.revoked_keys {
+                out.push_str(&format!("    \"{}\",\n", key.to_hex()));
+            }
+            out.push_str("]\n");
+        }
         for node in &self.nodes {
             out.push_str("\n[[node]]\n");
             out.push_str(&format!("id = \"{}\"\n", node.id));
@@ -310,6 +599,32 @@ impl Topology {
             out.push_str(&format!("address = \"{}\"\n", node.address));
             out.push_str(&format!("public_key = \"{}\"\n", node.public_key.to_hex()));
         }
+        for link in &self.legacy_links {
+            out.push_str("\n[[legacy_link]]\n");
+            out.push_str(&format!("node = \"{}\"\n", link.node));
+            out.push_str(&format!("migrate = {}\n", link.migrate));
+            out.push_str(&format!("verify_window_s = {}\n", link.verify_window_s));
+            out.push_str(&format!("rollback_window_s = {}\n", link.rollback_window_s));
+        }
+        for schedule in &self.schedules {
+            out.push_str("\n[[schedule]]\n");
+            out.push_str(&format!("category = \"{}\"\n", schedule.category));
+            out.push_str(&format!(
+                "cadence = \"{}\"\n",
+                cadence_name(schedule.cadence)
+            ));
+            if schedule.cadence != Cadence::Daily {
+                out.push_str(&format!("due_day = {}\n", schedule.due_day));
+            }
+            if !schedule.reporters.is_empty() {
+                let reporters: Vec<String> = schedule
+                    .reporters
+                    .iter()
+                    .map(|id| format!("\"{id}\""))
+                    .collect();
+                out.push_str(&format!("reporters = [{}]\n", reporters.join(", ")));
+            }
+        }
         out
     }
 }
@@ -319,10 +634,14 @@ fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
 }
 
-/// Equal when the version and the nodes (in order) are equal; the indexes follow from them.
+/// Equal when the version and every part (in order) are equal; the indexes follow from them.
 impl PartialEq for Topology {
     fn eq(&self, other: &Topology) -> bool {
-        self.version == other.version && self.nodes == other.nodes
+        self.version == other.version
+            && self.nodes == other.nodes
+            && self.legacy_links == other.legacy_links
+            && self.revoked_keys == other.revoked_keys
+            && self.schedules == other.schedules
     }
 }
 
@@ -333,6 +652,9 @@ impl fmt::Debug for Topology {
         f.debug_struct("Topology")
             .field("version", &self.version)
             .field("nodes", &self.nodes)
+            .field("legacy_links", &self.legacy_links)
+            .field("revoked_keys", &self.revoked_keys)
+            .field("schedules", &self.schedules)
             .finish()
     }
 }

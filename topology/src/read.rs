@@ -6,20 +6,28 @@
 
 use std::net::SocketAddr;
 
-use protocol::{NodeId, PublicKey};
+use protocol::{Category, NodeId, PublicKey, Registry};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::Role;
-use crate::TopologyError;
-use crate::validate::{At, Draft, Entry, ParentField, Pos, check_address, check_name, error};
+use crate::validate::{
+    At, Draft, Entry, Field, LinkEntry, ParentField, Pos, ScheduleEntry, check_address,
+    check_name, error, unknown_category,
+};
+use crate::{Role, TopologyError, parse_cadence};
 
-/// The keys of the top level. A later section (`legacy_link`, `revoked_keys`, `schedule`) is
-/// added here and read in [`read`]; files without it stay valid.
-const TOP_LEVEL_KEYS: &[&str] = &["version", "node"];
+/// The keys of the top level. A new section is added here and read in [`read`]; files
+/// without it stay valid.
+const TOP_LEVEL_KEYS: &[&str] = &["version", "revoked_keys", "node", "legacy_link", "schedule"];
 
 /// The keys of a `[[node]]` table, in the order [`crate::Topology::render`] writes them.
 const NODE_KEYS: &[&str] = &["id", "name", "role", "parent", "address", "public_key"];
+
+/// The keys of a `[[legacy_link]]` table, in the order they are rendered.
+const LEGACY_LINK_KEYS: &[&str] = &["node", "migrate", "verify_window_s", "rollback_window_s"];
+
+/// The keys of a `[[schedule]]` table, in the order they are rendered.
+const SCHEDULE_KEYS: &[&str] = &["category", "cadence", "due_day", "reporters"];
 
 /// Reads `text` into a draft and the problems found so far. Syntax errors end the reading: the
 /// document after one cannot be trusted, so they are returned alone.
@@ -52,38 +60,24 @@ pub(crate) fn read(text: &str) -> Result<(Draft, Vec<TopologyError>), Vec<Topolo
         Some(value) => reader.version(value),
     };
 
-    let mut entries = Vec::new();
-    if let Some(nodes) = lookup(root, "node") {
-        match nodes.get_ref() {
-            DeValue::Array(array) => {
-                for element in array.iter() {
-                    match element.get_ref() {
-                        DeValue::Table(table) => {
-                            entries.push(reader.node(table, reader.pos(element.span().start)));
-                        }
-                        other => reader.report(
-                            reader.pos(element.span().start),
-                            format!(
-                                "each node must be a table, found {}: write each node as a [[node]] table",
-                                a_type(other)
-                            ),
-                        ),
-                    }
-                }
-            }
-            other => reader.report(
-                reader.pos(nodes.span().start),
-                format!(
-                    "`node` must be an array of tables, found {}: write each node under its own [[node]] header (two brackets)",
-                    a_type(other)
-                ),
-            ),
-        }
-    }
+    let revoked_keys = match lookup(root, "revoked_keys") {
+        None => Vec::new(),
+        Some(value) => reader.revoked_keys(value),
+    };
+    let entries = reader.tables(root, "node", |reader, table, pos| reader.node(table, pos));
+    let links = reader.tables(root, "legacy_link", |reader, table, pos| {
+        reader.legacy_link(table, pos)
+    });
+    let schedules = reader.tables(root, "schedule", |reader, table, pos| {
+        reader.schedule(table, pos)
+    });
     let draft = Draft {
         file: Pos::START,
         version,
+        revoked_keys,
         entries,
+        links,
+        schedules,
     };
     Ok((draft, reader.errors))
 }
@@ -178,11 +172,54 @@ impl Reader<'_> {
         }
     }
 
-    /// A string value of `key` in a node table, or a report that it is missing or not a string.
+    /// Reads the array of tables `[[name]]` with `read`, reporting anything else.
+    fn tables<T>(
+        &mut self,
+        root: &DeTable<'_>,
+        name: &str,
+        mut read: impl FnMut(&mut Self, &DeTable<'_>, Pos) -> T,
+    ) -> Vec<T> {
+        let mut items = Vec::new();
+        let Some(value) = lookup(root, name) else {
+            return items;
+        };
+        match value.get_ref() {
+            DeValue::Array(array) => {
+                for element in array.iter() {
+                    let pos = self.pos(element.span().start);
+                    match element.get_ref() {
+                        DeValue::Table(table) => items.push(read(self, table, pos)),
+                        other => self.report(
+                            pos,
+                            format!(
+                                "each {name} must be a table, found {}: write each {name} as a [[{name}]] table",
+                                a_type(other)
+                            ),
+                        ),
+                    }
+                }
+            }
+            other => {
+                let pos = self.pos(value.span().start);
+                self.report(
+                    pos,
+                    format!(
+                        "`{name}` must be an array of tables, found {}: write each {name} under its own [[{name}]] header (two brackets)",
+                        a_type(other)
+                    ),
+                );
+            }
+        }
+        items
+    }
+
+    /// A string value of `key` in a `[[table_name]]` table, or a report that it is missing or
+    /// not a string.
     fn string<'t>(
         &mut self,
         table: &'t DeTable<'_>,
         table_pos: Pos,
+        table_name: &str,
         key: &str,
         required: bool,
     ) -> Option<(&'t str, Pos)> {
@@ -190,7 +227,10 @@ impl Reader<'_> {
             if required {
                 self.report(
                     table_pos,
-                    format!("this [[node]] has no `{key}`: add {}", example(key)),
+                    format!(
+                        "this [[{table_name}]] has no `{key}`: add {}",
+                        example(table_name, key)
+                    ),
                 );
             }
             return None;
@@ -204,7 +244,7 @@ impl Reader<'_> {
                     format!(
                         "`{key}` must be a string in quotes, found {}: write {}",
                         a_type(other),
-                        example(key)
+                        example(table_name, key)
                     ),
                 );
                 None
@@ -212,11 +252,214 @@ impl Reader<'_> {
         }
     }
 
+    /// An optional whole number, as written (range checks come later).
+    fn integer(&mut self, table: &DeTable<'_>, table_name: &str, key: &str) -> Field<i128> {
+        let Some(value) = lookup(table, key) else {
+            return Field::Absent;
+        };
+        let pos = self.pos(value.span().start);
+        let number = match value.get_ref() {
+            DeValue::Integer(integer) => {
+                i128::from_str_radix(integer.as_str(), integer.radix()).ok()
+            }
+            _ => None,
+        };
+        match number {
+            Some(value) => Field::Given(At { value, pos }),
+            None => {
+                let found = a_type(value.get_ref());
+                self.report(
+                    pos,
+                    format!(
+                        "`{key}` must be a whole number, found {found}: write {}",
+                        example(table_name, key)
+                    ),
+                );
+                Field::Invalid
+            }
+        }
+    }
+
+    fn revoked_keys(&mut self, value: &Spanned<DeValue<'_>>) -> Vec<At<PublicKey>> {
+        let mut keys = Vec::new();
+        let DeValue::Array(array) = value.get_ref() else {
+            let pos = self.pos(value.span().start);
+            let found = a_type(value.get_ref());
+            self.report(
+                pos,
+                format!(
+                    "`revoked_keys` must be an array of keys, found {found}: write revoked_keys = [\"<64 hexadecimal characters>\", …]"
+                ),
+            );
+            return keys;
+        };
+        for element in array.iter() {
+            let pos = self.pos(element.span().start);
+            match element.get_ref() {
+                DeValue::String(text) => match PublicKey::parse_hex(text) {
+                    Ok(key) => keys.push(At { value: key, pos }),
+                    Err(problem) => self.report(pos, format!("revoked_keys: {problem}")),
+                },
+                other => self.report(
+                    pos,
+                    format!(
+                        "each revoked key must be a string in quotes, found {}: write the key's 64 hexadecimal characters in quotes",
+                        a_type(other)
+                    ),
+                ),
+            }
+        }
+        keys
+    }
+
+    fn legacy_link(&mut self, table: &DeTable<'_>, table_pos: Pos) -> LinkEntry {
+        const NAME: &str = "legacy_link";
+        self.unknown_keys(table, LEGACY_LINK_KEYS, "in [[legacy_link]]");
+        let node = self
+            .string(table, table_pos, NAME, "node", true)
+            .and_then(|(text, pos)| match NodeId::parse(text) {
+                Ok(id) => Some(At { value: id, pos }),
+                Err(problem) => {
+                    self.report(pos, format!("legacy_link node: {problem}"));
+                    None
+                }
+            });
+        let migrate = match lookup(table, "migrate") {
+            None => Field::Absent,
+            Some(value) => {
+                let pos = self.pos(value.span().start);
+                match value.get_ref() {
+                    DeValue::Boolean(flag) => Field::Given(At { value: *flag, pos }),
+                    other => {
+                        self.report(
+                            pos,
+                            format!(
+                                "`migrate` must be true or false (no quotes), found {}: write {}",
+                                a_type(other),
+                                example(NAME, "migrate")
+                            ),
+                        );
+                        Field::Invalid
+                    }
+                }
+            }
+        };
+        let verify_window_s = self.integer(table, NAME, "verify_window_s");
+        let rollback_window_s = self.integer(table, NAME, "rollback_window_s");
+        LinkEntry {
+            node,
+            migrate,
+            verify_window_s,
+            rollback_window_s,
+        }
+    }
+
+    fn schedule(&mut self, table: &DeTable<'_>, table_pos: Pos) -> ScheduleEntry {
+        const NAME: &str = "schedule";
+        self.unknown_keys(table, SCHEDULE_KEYS, "in [[schedule]]");
+        let category = self
+            .string(table, table_pos, NAME, "category", true)
+            .and_then(|(text, pos)| {
+                match Category::parse(text)
+                    .ok()
+                    .filter(|category| Registry::builtin().get(category).is_some())
+                {
+                    Some(category) => Some(At {
+                        value: category,
+                        pos,
+                    }),
+                    None => {
+                        self.report(pos, unknown_category(text));
+                        None
+                    }
+                }
+            });
+        let cadence = self
+            .string(table, table_pos, NAME, "cadence", true)
+            .and_then(|(text, pos)| match parse_cadence(text) {
+                Some(cadence) => Some(At {
+                    value: cadence,
+                    pos,
+                }),
+                None => {
+                    self.report(
+                        pos,
+                        format!("cadence {text:?} must be one of monthly, daily, event"),
+                    );
+                    None
+                }
+            });
+        let due_day = self.integer(table, NAME, "due_day");
+        let reporters = match lookup(table, "reporters") {
+            None => Field::Absent,
+            Some(value) => {
+                let pos = self.pos(value.span().start);
+                match value.get_ref() {
+                    DeValue::Array(array) => {
+                        if array.is_empty() {
+                            let of = category.as_ref().map_or_else(
+                                || "this category".to_owned(),
+                                |category| category.value.to_string(),
+                            );
+                            self.report(
+                                pos,
+                                format!(
+                                    "reporters of {of} is empty: list the nodes that owe {of}, or remove `reporters` to mean every county-level node"
+                                ),
+                            );
+                        }
+                        let mut ids = Vec::new();
+                        for element in array.iter() {
+                            let element_pos = self.pos(element.span().start);
+                            match element.get_ref() {
+                                DeValue::String(text) => match NodeId::parse(text) {
+                                    Ok(id) => ids.push(At {
+                                        value: id,
+                                        pos: element_pos,
+                                    }),
+                                    Err(problem) => {
+                                        self.report(element_pos, format!("reporters: {problem}"))
+                                    }
+                                },
+                                other => self.report(
+                                    element_pos,
+                                    format!(
+                                        "each reporter must be a node id in quotes, found {}: write reporters = [\"445281\", \"445202\"]",
+                                        a_type(other)
+                                    ),
+                                ),
+                            }
+                        }
+                        Field::Given(At { value: ids, pos })
+                    }
+                    other => {
+                        self.report(
+                            pos,
+                            format!(
+                                "`reporters` must be an array of node ids, found {}: write {}",
+                                a_type(other),
+                                example(NAME, "reporters")
+                            ),
+                        );
+                        Field::Invalid
+                    }
+                }
+            }
+        };
+        ScheduleEntry {
+            table: table_pos,
+            category,
+            cadence,
+            due_day,
+            reporters,
+        }
+    }
+
     fn node(&mut self, table: &DeTable<'_>, table_pos: Pos) -> Entry {
         self.unknown_keys(table, NODE_KEYS, "in [[node]]");
 
         let id = self
-            .string(table, table_pos, "id", true)
+            .string(table, table_pos, "node", "id", true)
             .and_then(|(text, pos)| match NodeId::parse(text) {
                 Ok(id) => Some(At { value: id, pos }),
                 Err(problem) => {
@@ -225,7 +468,7 @@ impl Reader<'_> {
                 }
             });
         let name = self
-            .string(table, table_pos, "name", true)
+            .string(table, table_pos, "node", "name", true)
             .and_then(|(text, pos)| match check_name(text) {
                 Ok(()) => Some(At {
                     value: text.to_owned(),
@@ -237,7 +480,7 @@ impl Reader<'_> {
                 }
             });
         let role = self
-            .string(table, table_pos, "role", true)
+            .string(table, table_pos, "node", "role", true)
             .and_then(|(text, pos)| match text.parse::<Role>() {
                 Ok(role) => Some(At { value: role, pos }),
                 Err(problem) => {
@@ -249,7 +492,7 @@ impl Reader<'_> {
             None => ParentField::Absent,
             Some(value) => {
                 let pos = self.pos(value.span().start);
-                match self.string(table, table_pos, "parent", false) {
+                match self.string(table, table_pos, "node", "parent", false) {
                     None => ParentField::Invalid(pos),
                     Some((text, pos)) => match NodeId::parse(text) {
                         Ok(id) => ParentField::Given(At { value: id, pos }),
@@ -262,7 +505,7 @@ impl Reader<'_> {
             }
         };
         let address = self
-            .string(table, table_pos, "address", true)
+            .string(table, table_pos, "node", "address", true)
             .and_then(|(text, pos)| {
                 let checked = text
                     .parse::<SocketAddr>()
@@ -283,8 +526,8 @@ impl Reader<'_> {
                     }
                 }
             });
-        let public_key =
-            self.string(table, table_pos, "public_key", true)
+        let public_key = self
+            .string(table, table_pos, "node", "public_key", true)
                 .and_then(|(text, pos)| match PublicKey::parse_hex(text) {
                     Ok(key) => Some(At { value: key, pos }),
                     Err(problem) => {
@@ -304,25 +547,47 @@ impl Reader<'_> {
     }
 }
 
-/// How to write `key`, for messages.
-fn example(key: &str) -> &'static str {
-    match key {
-        "id" => {
+/// How to write `key` of a `[[table]]`, for messages.
+fn example(table: &str, key: &str) -> &'static str {
+    match (table, key) {
+        ("node", "id") => {
             "id = \"445281\" (the six-digit division code; \"000000\" for the national platform)"
         }
-        "name" => "name = \"普宁市\" (the division's name)",
-        "role" => "role = \"county\" (county, city, province or national)",
-        "parent" => "parent = \"445200\" (the id of the node above this one)",
-        "address" => "address = \"127.0.0.1:7000\" (the IP address and port the node listens on)",
-        "public_key" => {
+        ("node", "name") => "name = \"普宁市\" (the division's name)",
+        ("node", "role") => "role = \"county\" (county, city, province or national)",
+        ("node", "parent") => "parent = \"445200\" (the id of the node above this one)",
+        ("node", "address") => {
+            "address = \"127.0.0.1:7000\" (the IP address and port the node listens on)"
+        }
+        ("node", "public_key") => {
             "public_key = \"...\" (the 64 hexadecimal characters `credit-node init` printed on that node)"
+        }
+        ("legacy_link", "node") => {
+            "node = \"445281\" (the id of the node connected straight to the national platform)"
+        }
+        ("legacy_link", "migrate") => {
+            "migrate = true (move onto the node's parent) or migrate = false (stay on the legacy link)"
+        }
+        ("legacy_link", "verify_window_s") => {
+            "verify_window_s = 60 (seconds the new path must stay healthy in verify)"
+        }
+        ("legacy_link", "rollback_window_s") => {
+            "rollback_window_s = 300 (seconds the legacy link stays open and idle after cut-over)"
+        }
+        ("schedule", "category") => "category = \"water_fee\" (a category with a schema)",
+        ("schedule", "cadence") => "cadence = \"monthly\" (monthly, daily or event)",
+        ("schedule", "due_day") => {
+            "due_day = 10 (monthly: day of the following month, 1 to 28; event: days after the event, 1 to 365)"
+        }
+        ("schedule", "reporters") => {
+            "reporters = [\"445281\", \"445202\"] (node ids; leave it out to mean every county-level node)"
         }
         _ => "a value",
     }
 }
 
 /// The known key closest to a misspelt one, if it is close enough to be a typo.
-fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+pub(crate) fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
     let name = name.to_lowercase();
     known
         .iter()
@@ -408,7 +673,8 @@ mod tests {
         assert_eq!(closest("publickey", NODE_KEYS), Some("public_key"));
         assert_eq!(closest("Parent", NODE_KEYS), Some("parent"));
         assert_eq!(closest("versoin", TOP_LEVEL_KEYS), Some("version"));
-        assert_eq!(closest("schedule", TOP_LEVEL_KEYS), None);
+        assert_eq!(closest("schedules", TOP_LEVEL_KEYS), Some("schedule"));
+        assert_eq!(closest("colour", TOP_LEVEL_KEYS), None);
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }

@@ -7,9 +7,12 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-use protocol::{NodeId, PublicKey};
+use protocol::{Category, NodeId, PublicKey, Registry};
 
-use crate::{NAME_CHARS_MAX, NODES_MAX, Node, Role, Topology, TopologyError};
+use crate::{
+    Cadence, LegacyLink, NAME_CHARS_MAX, NODES_MAX, Node, Role, Schedule, Topology, TopologyError,
+    cadence_name,
+};
 
 /// A 1-based position in the file; `Pos::NONE` (0, 0) for values made in code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,6 +53,46 @@ pub(crate) enum ParentField {
     /// Written but not a node id; already reported.
     Invalid(Pos),
     Given(At<NodeId>),
+}
+
+/// An optional value: absent (the default applies), written but unreadable (already
+/// reported), or given.
+#[derive(Debug, Clone)]
+pub(crate) enum Field<T> {
+    Absent,
+    Invalid,
+    Given(At<T>),
+}
+
+impl<T> Field<T> {
+    fn given(&self) -> Option<&At<T>> {
+        match self {
+            Field::Given(at) => Some(at),
+            Field::Absent | Field::Invalid => None,
+        }
+    }
+}
+
+/// One `[[legacy_link]]` as far as it could be read.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkEntry {
+    pub node: Option<At<NodeId>>,
+    pub migrate: Field<bool>,
+    /// Whole numbers as written, range-checked by [`validate`].
+    pub verify_window_s: Field<i128>,
+    pub rollback_window_s: Field<i128>,
+}
+
+/// One `[[schedule]]` as far as it could be read.
+#[derive(Debug, Clone)]
+pub(crate) struct ScheduleEntry {
+    /// The `[[schedule]]` header.
+    pub table: Pos,
+    pub category: Option<At<Category>>,
+    pub cadence: Option<At<Cadence>>,
+    pub due_day: Field<i128>,
+    /// The ids that could be read; the position is the array's.
+    pub reporters: Field<Vec<At<NodeId>>>,
 }
 
 /// One `[[node]]` as far as it could be read. `None` means missing or invalid, and already
@@ -96,7 +139,11 @@ pub(crate) struct Draft {
     pub file: Pos,
     /// `None` when missing or not a number; already reported.
     pub version: Option<At<u64>>,
+    /// The keys that could be read.
+    pub revoked_keys: Vec<At<PublicKey>>,
     pub entries: Vec<Entry>,
+    pub links: Vec<LinkEntry>,
+    pub schedules: Vec<ScheduleEntry>,
 }
 
 pub(crate) fn error(pos: Pos, message: impl Into<String>) -> TopologyError {
@@ -135,16 +182,23 @@ pub(crate) fn check_address(address: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
-/// A draft of nodes made in code. Checks what the types cannot: names, ports and whether the
-/// key bytes are an Ed25519 point.
-pub(crate) fn draft_from_nodes(version: u64, nodes: Vec<Node>) -> (Draft, Vec<TopologyError>) {
-    let mut errors = Vec::new();
-    fn at<T>(value: T) -> At<T> {
-        At {
-            value,
-            pos: Pos::NONE,
-        }
+fn at<T>(value: T) -> At<T> {
+    At {
+        value,
+        pos: Pos::NONE,
     }
+}
+
+/// A draft of a topology made in code. Checks what the types cannot: names, ports and whether
+/// the key bytes are an Ed25519 point; [`validate`] checks the rest.
+pub(crate) fn draft_from_parts(
+    version: u64,
+    nodes: Vec<Node>,
+    legacy_links: Vec<LegacyLink>,
+    revoked_keys: Vec<PublicKey>,
+    schedules: Vec<Schedule>,
+) -> (Draft, Vec<TopologyError>) {
+    let mut errors = Vec::new();
     let entries = nodes
         .into_iter()
         .map(|node| {
@@ -186,10 +240,46 @@ pub(crate) fn draft_from_nodes(version: u64, nodes: Vec<Node>) -> (Draft, Vec<To
             }
         })
         .collect();
+    let revoked_keys = revoked_keys
+        .into_iter()
+        .filter_map(|key| match PublicKey::parse_hex(&key.to_hex()) {
+            Ok(key) => Some(at(key)),
+            Err(problem) => {
+                errors.push(error(Pos::NONE, format!("revoked_keys: {problem}")));
+                None
+            }
+        })
+        .collect();
+    let links = legacy_links
+        .into_iter()
+        .map(|link| LinkEntry {
+            node: Some(at(link.node)),
+            migrate: Field::Given(at(link.migrate)),
+            verify_window_s: Field::Given(at(i128::from(link.verify_window_s))),
+            rollback_window_s: Field::Given(at(i128::from(link.rollback_window_s))),
+        })
+        .collect();
+    let schedules = schedules
+        .into_iter()
+        .map(|schedule| ScheduleEntry {
+            table: Pos::NONE,
+            category: Some(at(schedule.category)),
+            cadence: Some(at(schedule.cadence)),
+            due_day: Field::Given(at(i128::from(schedule.due_day))),
+            reporters: if schedule.reporters.is_empty() {
+                Field::Absent
+            } else {
+                Field::Given(at(schedule.reporters.into_iter().map(at).collect()))
+            },
+        })
+        .collect();
     let draft = Draft {
         file: Pos::NONE,
         version: Some(at(version)),
+        revoked_keys,
         entries,
+        links,
+        schedules,
     };
     (draft, errors)
 }
@@ -220,40 +310,85 @@ pub(crate) fn validate(
     check_roles_fit_codes(entries, &mut errors);
     let first_by_id = check_unique_ids(entries, &mut errors);
     check_unique_keys(entries, &mut errors);
+    check_revoked_keys(&draft, &mut errors);
     check_unique_addresses(entries, &mut errors);
     check_one_national(&draft, &mut errors);
-    check_parents(entries, &first_by_id, &mut errors);
-    check_paths(entries, &first_by_id, &mut errors);
+    let linked = check_legacy_links(&draft, &first_by_id, &mut errors);
+    check_parents(entries, &first_by_id, &linked, &mut errors);
+    check_paths(entries, &first_by_id, &linked, &mut errors);
+    check_schedules(&draft, &first_by_id, &mut errors);
 
     if !errors.is_empty() {
         // Stable: problems at one position keep the order in which the rules found them.
         errors.sort_by_key(|e| (e.line, e.column));
         return Err(errors);
     }
-    let version = draft
-        .version
-        .expect("no error, so the version was read")
-        .value;
+    let missing = "no error, so every value was read";
+    let version = draft.version.expect(missing).value;
     let nodes = draft
         .entries
         .into_iter()
-        .map(|entry| {
-            let missing = "no error, so every value was read";
-            Node {
-                id: entry.id.expect(missing).value,
-                name: entry.name.expect(missing).value,
-                role: entry.role.expect(missing).value,
-                parent: match entry.parent {
-                    ParentField::Given(parent) => Some(parent.value),
-                    ParentField::Absent => None,
-                    ParentField::Invalid(_) => unreachable!("{missing}"),
-                },
-                address: entry.address.expect(missing).value,
-                public_key: entry.public_key.expect(missing).value,
-            }
+        .map(|entry| Node {
+            id: entry.id.expect(missing).value,
+            name: entry.name.expect(missing).value,
+            role: entry.role.expect(missing).value,
+            parent: match entry.parent {
+                ParentField::Given(parent) => Some(parent.value),
+                ParentField::Absent => None,
+                ParentField::Invalid(_) => unreachable!("{missing}"),
+            },
+            address: entry.address.expect(missing).value,
+            public_key: entry.public_key.expect(missing).value,
         })
         .collect();
-    Ok(Topology::assemble(version, nodes))
+    let window = |field: Field<i128>, default: u64| match field {
+        Field::Absent => default,
+        Field::Given(at) => u64::try_from(at.value).expect("validated window"),
+        Field::Invalid => unreachable!("{missing}"),
+    };
+    let links = draft
+        .links
+        .into_iter()
+        .map(|link| LegacyLink {
+            node: link.node.expect(missing).value,
+            migrate: match link.migrate {
+                Field::Absent => false,
+                Field::Given(at) => at.value,
+                Field::Invalid => unreachable!("{missing}"),
+            },
+            verify_window_s: window(link.verify_window_s, LegacyLink::VERIFY_WINDOW_S_DEFAULT),
+            rollback_window_s: window(
+                link.rollback_window_s,
+                LegacyLink::ROLLBACK_WINDOW_S_DEFAULT,
+            ),
+        })
+        .collect();
+    let revoked_keys = draft.revoked_keys.into_iter().map(|key| key.value).collect();
+    let schedules = draft
+        .schedules
+        .into_iter()
+        .map(|schedule| Schedule {
+            category: schedule.category.expect(missing).value,
+            cadence: schedule.cadence.expect(missing).value,
+            due_day: match schedule.due_day {
+                Field::Absent => 1,
+                Field::Given(at) => u8::try_from(at.value).expect("validated due day"),
+                Field::Invalid => unreachable!("{missing}"),
+            },
+            reporters: match schedule.reporters {
+                Field::Absent => Vec::new(),
+                Field::Given(at) => at.value.into_iter().map(|id| id.value).collect(),
+                Field::Invalid => unreachable!("{missing}"),
+            },
+        })
+        .collect();
+    Ok(Topology::assemble(
+        version,
+        nodes,
+        links,
+        revoked_keys,
+        schedules,
+    ))
 }
 
 fn check_roles_fit_codes(entries: &[Entry], errors: &mut Vec<TopologyError>) {
@@ -402,6 +537,7 @@ fn likely_parent(id: NodeId, first_by_id: &HashMap<NodeId, usize>) -> NodeId {
 fn check_parents(
     entries: &[Entry],
     first_by_id: &HashMap<NodeId, usize>,
+    linked: &HashSet<usize>,
     errors: &mut Vec<TopologyError>,
 ) {
     for (index, entry) in entries.iter().enumerate() {
@@ -415,11 +551,18 @@ fn check_parents(
         match &entry.parent {
             ParentField::Invalid(_) => {}
             ParentField::Absent => {
-                if role != Role::National {
+                if role != Role::National && !linked.contains(&index) {
+                    let legacy = if matches!(role, Role::City | Role::County) {
+                        format!(
+                            "; or, if it sends straight to the national platform today, add a [[legacy_link]] with node = \"{id}\""
+                        )
+                    } else {
+                        String::new()
+                    };
                     errors.push(error(
                         entry.table,
                         format!(
-                            "node {id} ({role}) has no parent: add parent = \"{}\"; {}",
+                            "node {id} ({role}) has no parent: add parent = \"{}\"; {}{legacy}",
                             likely_parent(id, first_by_id),
                             role.parent_rule()
                         ),
@@ -493,10 +636,12 @@ enum Reach {
 }
 
 /// Follows every parent chain: reports each cycle once, and for each place where chains break,
-/// the nodes below it that are cut off from the national platform.
+/// the nodes below it that are cut off from the national platform. A node with a legacy link
+/// reaches the national platform through it, and so does every node below it.
 fn check_paths(
     entries: &[Entry],
     first_by_id: &HashMap<NodeId, usize>,
+    linked: &HashSet<usize>,
     errors: &mut Vec<TopologyError>,
 ) {
     let parent_of = |index: usize| match &entries[index].parent {
@@ -528,7 +673,8 @@ fn check_paths(
                 Reach::Unvisited => {
                     reach[current] = Reach::OnPath;
                     path.push(current);
-                    if entries[current].id() == Some(NodeId::NATIONAL) {
+                    if entries[current].id() == Some(NodeId::NATIONAL) || linked.contains(&current)
+                    {
                         break Reach::National;
                     }
                     match parent_of(current) {
@@ -605,6 +751,300 @@ fn cycle_error(entries: &[Entry], cycle: &[usize], anchor: usize) -> TopologyErr
             "cycle in parent links: {}: a chain of parents must end at the national platform 000000; fix one of these parents",
             names.join(" → ")
         ),
+    )
+}
+
+/// Reports nodes that hold a revoked key and keys revoked twice.
+fn check_revoked_keys(draft: &Draft, errors: &mut Vec<TopologyError>) {
+    let mut first: HashMap<PublicKey, Pos> = HashMap::new();
+    for key in &draft.revoked_keys {
+        if let Some(&pos) = first.get(&key.value) {
+            errors.push(error(
+                key.pos,
+                format!(
+                    "revoked key {} is listed twice{}: list each revoked key once",
+                    key.value.to_hex(),
+                    pos.on_line_as("first on line")
+                ),
+            ));
+        } else {
+            first.insert(key.value, key.pos);
+        }
+    }
+    for entry in &draft.entries {
+        let Some(key) = &entry.public_key else {
+            continue;
+        };
+        if let Some(&revoked_at) = first.get(&key.value) {
+            let who = match entry.id() {
+                Some(id) => id.to_string(),
+                None => "this node".to_owned(),
+            };
+            errors.push(error(
+                key.pos,
+                format!(
+                    "key of {who} is revoked{}: run `credit-node init` for a new key and paste the public_key it prints",
+                    revoked_at.on_line_as("in revoked_keys on line")
+                ),
+            ));
+        }
+    }
+}
+
+/// Checks each legacy link and returns the entries (first of each id) that have one: they
+/// reach the national platform through it.
+fn check_legacy_links(
+    draft: &Draft,
+    first_by_id: &HashMap<NodeId, usize>,
+    errors: &mut Vec<TopologyError>,
+) -> HashSet<usize> {
+    let entries = &draft.entries;
+    let mut linked = HashSet::new();
+    let mut first_link: HashMap<NodeId, Pos> = HashMap::new();
+    for link in &draft.links {
+        for (name, field) in [
+            ("verify_window_s", &link.verify_window_s),
+            ("rollback_window_s", &link.rollback_window_s),
+        ] {
+            if let Some(window) = field.given()
+                && !(1..=i128::from(LegacyLink::WINDOW_S_MAX)).contains(&window.value)
+            {
+                let of = link
+                    .node
+                    .as_ref()
+                    .map(|node| format!(" of the legacy link of {}", node.value))
+                    .unwrap_or_default();
+                errors.push(error(
+                    window.pos,
+                    format!(
+                        "{name} = {}{of} is out of range: write a number of seconds from 1 to {} (30 days)",
+                        window.value,
+                        LegacyLink::WINDOW_S_MAX
+                    ),
+                ));
+            }
+        }
+        let Some(node) = &link.node else { continue };
+        let id = node.value;
+        if let Some(&pos) = first_link.get(&id) {
+            errors.push(error(
+                node.pos,
+                format!(
+                    "second [[legacy_link]] for {id}{}: a node has at most one legacy link; remove one",
+                    pos.on_line_as("the first is on line")
+                ),
+            ));
+            continue;
+        }
+        first_link.insert(id, node.pos);
+        if id.is_national() {
+            errors.push(error(
+                node.pos,
+                "the national platform 000000 has no legacy link to itself: remove this [[legacy_link]]",
+            ));
+            continue;
+        }
+        let Some(&index) = first_by_id.get(&id) else {
+            errors.push(error(
+                node.pos,
+                format!(
+                    "legacy link for {id}, which is not a node: add a [[node]] with id = \"{id}\" or correct `node`"
+                ),
+            ));
+            continue;
+        };
+        linked.insert(index);
+        let entry = &entries[index];
+        if entry.effective_role() == Some(Role::Province) {
+            errors.push(error(
+                node.pos,
+                format!(
+                    "province {id} cannot have a legacy link: its parent already is the national platform 000000; remove this [[legacy_link]]"
+                ),
+            ));
+        }
+        if let Some(migrate) = link.migrate.given()
+            && migrate.value
+            && matches!(entry.parent, ParentField::Absent)
+        {
+            errors.push(error(
+                migrate.pos,
+                format!(
+                    "{id} has migrate = true but no parent to move onto: add parent = \"{}\" to its [[node]]{} or set migrate = false",
+                    likely_parent(id, first_by_id),
+                    entry.table.on_line()
+                ),
+            ));
+        }
+    }
+    linked
+}
+
+/// Checks each schedule against the compiled-in category schemas and the nodes.
+fn check_schedules(
+    draft: &Draft,
+    first_by_id: &HashMap<NodeId, usize>,
+    errors: &mut Vec<TopologyError>,
+) {
+    let registry = Registry::builtin();
+    let mut first: HashMap<Category, Pos> = HashMap::new();
+    for schedule in &draft.schedules {
+        let schema = schedule.category.as_ref().and_then(|category| {
+            let schema = registry.get(&category.value);
+            if schema.is_none() {
+                errors.push(error(category.pos, unknown_category(category.value.as_str())));
+            }
+            schema
+        });
+        let name = schedule
+            .category
+            .as_ref()
+            .map_or_else(|| "this category".to_owned(), |c| c.value.to_string());
+        if let Some(category) = &schedule.category {
+            if let Some(&pos) = first.get(&category.value) {
+                errors.push(error(
+                    category.pos,
+                    format!(
+                        "second [[schedule]] for {name}{}: a category has one schedule; merge them",
+                        pos.on_line_as("the first is on line")
+                    ),
+                ));
+            } else {
+                first.insert(category.value.clone(), category.pos);
+            }
+        }
+        if let (Some(schema), Some(cadence)) = (schema, &schedule.cadence)
+            && schema.cadence != cadence.value
+        {
+            errors.push(error(
+                cadence.pos,
+                format!(
+                    "{name} is reported {} (its schema says so), not {}: write cadence = \"{}\"",
+                    cadence_adverb(schema.cadence),
+                    cadence_adverb(cadence.value),
+                    cadence_name(schema.cadence)
+                ),
+            ));
+        }
+        if let Some(cadence) = &schedule.cadence {
+            let suggested = schema
+                .filter(|schema| schema.cadence == cadence.value)
+                .map(|schema| schema.due_day);
+            check_due_day(schedule, &name, cadence.value, suggested, errors);
+        }
+        if let Some(reporters) = schedule.reporters.given() {
+            let mut seen: HashSet<NodeId> = HashSet::new();
+            for reporter in &reporters.value {
+                let id = reporter.value;
+                if !seen.insert(id) {
+                    errors.push(error(
+                        reporter.pos,
+                        format!("reporter {id} of {name} is listed twice: list each reporter once"),
+                    ));
+                } else if id.is_national() {
+                    errors.push(error(
+                        reporter.pos,
+                        format!(
+                            "the national platform 000000 receives {name}, it does not owe it: remove it from reporters"
+                        ),
+                    ));
+                } else if !first_by_id.contains_key(&id) {
+                    errors.push(error(
+                        reporter.pos,
+                        format!(
+                            "reporter {id} of {name} is not a node: add a [[node]] with id = \"{id}\" or remove it from reporters"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn check_due_day(
+    schedule: &ScheduleEntry,
+    name: &str,
+    cadence: Cadence,
+    suggested: Option<u8>,
+    errors: &mut Vec<TopologyError>,
+) {
+    let (range, a_schedule, meaning, default) = match cadence {
+        Cadence::Monthly => (
+            1..=28,
+            "a monthly schedule",
+            "the day of the following month by which a month is due, 1 to 28",
+            10,
+        ),
+        Cadence::Event => (
+            1..=365,
+            "an event schedule",
+            "the number of days after the event by which it is due, 1 to 365",
+            7,
+        ),
+        Cadence::Daily => {
+            if let Some(due_day) = schedule.due_day.given()
+                && due_day.value != 1
+            {
+                errors.push(error(
+                    due_day.pos,
+                    format!(
+                        "due_day = {} does not apply to daily {name}: a day is due the next day; remove due_day",
+                        due_day.value
+                    ),
+                ));
+            }
+            return;
+        }
+    };
+    match &schedule.due_day {
+        Field::Invalid => {}
+        Field::Absent => errors.push(error(
+            schedule.table,
+            format!(
+                "the {} schedule of {name} has no due_day: add due_day = {} ({meaning})",
+                cadence_name(cadence),
+                suggested.unwrap_or(default)
+            ),
+        )),
+        Field::Given(due_day) => {
+            if !range.contains(&due_day.value) {
+                errors.push(error(
+                    due_day.pos,
+                    format!(
+                        "due_day = {} is out of range for {a_schedule}: write {meaning}",
+                        due_day.value
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn cadence_adverb(cadence: Cadence) -> &'static str {
+    match cadence {
+        Cadence::Monthly => "monthly",
+        Cadence::Daily => "daily",
+        Cadence::Event => "per event",
+    }
+}
+
+/// "unknown category …: did you mean …? the known categories are …".
+pub(crate) fn unknown_category(name: &str) -> String {
+    let names = Registry::builtin().names();
+    let prefixed = || {
+        let lower = name.to_lowercase();
+        names
+            .iter()
+            .find(|known| !lower.is_empty() && known.starts_with(&lower))
+            .copied()
+    };
+    let hint = match crate::read::closest(name, &names).or_else(prefixed) {
+        Some(suggestion) => format!("did you mean `{suggestion}`? "),
+        None => String::new(),
+    };
+    format!(
+        "unknown category {name:?}: {hint}the known categories are {}",
+        names.join(", ")
     )
 }
 

@@ -250,7 +250,7 @@ public_key = ["KEY2"]
     assert_eq!(
         errors_as_strings(text),
         [
-            "line 2, column 1: unknown key `versoin` at the top level of the file: did you mean `version`? the keys here are `version`, `node`",
+            "line 2, column 1: unknown key `versoin` at the top level of the file: did you mean `version`? the keys here are `version`, `revoked_keys`, `node`, `legacy_link`, `schedule`",
             "line 4, column 1: this [[node]] has no `role`: add role = \"county\" (county, city, province or national)",
             "line 4, column 1: this [[node]] has no `address`: add address = \"127.0.0.1:7000\" (the IP address and port the node listens on)",
             "line 7, column 1: unknown key `rol` in [[node]]: did you mean `role`? the keys here are `id`, `name`, `role`, `parent`, `address`, `public_key`",
@@ -442,7 +442,7 @@ public_key = "KEY7"
             "line 30, column 10: node 445202 (county) cannot have parent 445203 (county): a county's parent is its city, or its province for a county-level unit directly under a province",
             "line 38, column 10: parent 445300 of node 445203 is not in the topology: add a [[node]] with id = \"445300\" or correct the parent",
             "line 38, column 10: 1 node below 445203 has no path to the national platform 000000: 445202; fix the parent of 445203 first",
-            "line 42, column 1: node 445222 (county) has no parent: add parent = \"445200\"; a county's parent is its city, or its province for a county-level unit directly under a province",
+            "line 42, column 1: node 445222 (county) has no parent: add parent = \"445200\"; a county's parent is its city, or its province for a county-level unit directly under a province; or, if it sends straight to the national platform today, add a [[legacy_link]] with node = \"445222\"",
             r#"line 53, column 10: parent: node id "4452" must be six digits (a GB/T 2260 division code such as 445281, or 000000 for the national platform)"#,
         ]
     );
