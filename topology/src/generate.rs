@@ -60,7 +60,10 @@ pub fn divisions(csv: &str) -> Result<Vec<Division>, String> {
         }
         let cells: Vec<&str> = line.split(',').collect();
         let [code, name, level, parent] = cells[..] else {
-            return Err(format!("line {number}: expected 4 cells, found {}", cells.len()));
+            return Err(format!(
+                "line {number}: expected 4 cells, found {}",
+                cells.len()
+            ));
         };
         let id = NodeId::parse(code).map_err(|e| format!("line {number}: {e}"))?;
         let role = match level {
@@ -218,7 +221,13 @@ pub fn generate(province: NodeId, base_port: u16) -> Result<Topology, GenerateEr
             public_key: placeholder_key(id),
         }
     };
-    let mut nodes = vec![node(0, NodeId::NATIONAL, NATIONAL_NAME, Role::National, None)];
+    let mut nodes = vec![node(
+        0,
+        NodeId::NATIONAL,
+        NATIONAL_NAME,
+        Role::National,
+        None,
+    )];
     for (index, row) in rows.iter().enumerate() {
         let parent = row.parent.unwrap_or(NodeId::NATIONAL);
         nodes.push(node(index + 1, row.id, &row.name, row.role, Some(parent)));
@@ -237,7 +246,11 @@ mod tests {
         assert_eq!(china.len(), 3_209);
         let count = |role| china.iter().filter(|d| d.role == role).count();
         assert_eq!(
-            (count(Role::Province), count(Role::City), count(Role::County)),
+            (
+                count(Role::Province),
+                count(Role::City),
+                count(Role::County)
+            ),
             (31, 333, 2_845)
         );
         let guangdong = divisions(GUANGDONG_DIVISIONS_CSV).unwrap();
@@ -277,7 +290,9 @@ mod tests {
         let unknown = generate(NodeId::parse("445200").unwrap(), 7000).unwrap_err();
         let text = unknown.to_string();
         assert!(
-            text.starts_with("445200 is not a province: the provinces are 110000 北京市, 120000 天津市,"),
+            text.starts_with(
+                "445200 is not a province: the provinces are 110000 北京市, 120000 天津市,"
+            ),
             "{text}"
         );
         assert!(text.ends_with("650000 新疆维吾尔自治区"), "{text}");

@@ -288,8 +288,9 @@ pub struct Schedule {
     /// The cadence of the category's schema.
     pub cadence: Cadence,
     /// Monthly: the day of the following month by which a month is due (1..=28). Event: the
-    /// number of days after the event (1..=365). Daily: 1 (a day is due the next day).
-    pub due_day: u8,
+    /// number of days after the event (1..=365, hence not a `u8`). Daily: 1 (a day is due the
+    /// next day).
+    pub due_day: u16,
     /// The nodes that owe this category, in file order. Empty means the default: every
     /// county-level node, see [`Topology::reporters`].
     pub reporters: Vec<NodeId>,
@@ -406,7 +407,11 @@ impl Topology {
             legacy_links.len(),
             "validated legacy links are one per node"
         );
-        assert_eq!(revoked.len(), revoked_keys.len(), "validated revoked keys are unique");
+        assert_eq!(
+            revoked.len(),
+            revoked_keys.len(),
+            "validated revoked keys are unique"
+        );
         Topology {
             version,
             nodes,

@@ -103,8 +103,30 @@ impl fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
-/// Plans the move from `old` (the topology the network runs) to `new`. See the module
-/// documentation for the order of the steps and the path rule.
+/// Plans the move from `old` (the topology the network runs) to `new`.
+///
+/// Refused outright: a `new.version` not above `old.version`, and a key revoked in `old` that
+/// `new` no longer revokes. Otherwise the steps come in this order of phases:
+///
+/// 1. revocations of compromised keys (nothing waits for them);
+/// 2. nodes added, top-down (a parent before its children), each with its legacy link if it
+///    has one;
+/// 3. legacy links added to existing nodes;
+/// 4. re-parenting, establish before dismantle: connect to the new parent (once it holds a
+///    verified path), then close the link to the old one (once its outbox is empty and the new
+///    parent has receipted everything the old one acknowledged);
+/// 5. legacy links: each migration asked for in this version as four steps (establish,
+///    verify, cut over, dismantle), roll-backs (`migrate` back to false) and window changes;
+/// 6. legacy links removed — only if `old` already had `migrate = true` (the node reports the
+///    migration complete); removing one that never migrated is refused;
+/// 7. re-keys; 8. address changes and renames; 9. schedules;
+/// 10. nodes removed, bottom-up (once their outbox is empty and no node names them as parent).
+///
+/// Then the steps are applied in order to a model of the network's links that starts from
+/// `old`. After every step each node present must reach `000000` through parent links between
+/// present nodes, or through a legacy link still in use (its own or an ancestor's); the first
+/// step after which one does not is refused, naming that node. A legacy link that had
+/// `migrate = true` in `old` does not count as in use: the node may already have dismantled it.
 pub fn plan(old: &Topology, new: &Topology) -> Result<Plan, Refusal> {
     if new.version <= old.version {
         return Err(Refusal {
@@ -167,12 +189,26 @@ enum Effect {
         legacy: bool,
     },
     /// The node's legacy link is (or is no longer) a path in use.
-    Legacy { id: NodeId, in_use: bool },
-    Connect { id: NodeId, parent: NodeId },
-    Close { id: NodeId, parent: NodeId },
+    Legacy {
+        id: NodeId,
+        in_use: bool,
+    },
+    Connect {
+        id: NodeId,
+        parent: NodeId,
+    },
+    Close {
+        id: NodeId,
+        parent: NodeId,
+    },
     /// The declared parent changes while the node sends only over its legacy link.
-    SetParent { id: NodeId, parent: Option<NodeId> },
-    RemoveNode { id: NodeId },
+    SetParent {
+        id: NodeId,
+        parent: Option<NodeId>,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
 }
 
 #[derive(Debug)]
@@ -247,7 +283,6 @@ impl Planner<'_> {
             effect,
         });
     }
-
 
     fn revocations(&mut self) {
         let (old, new) = (self.old, self.new);
@@ -464,7 +499,11 @@ impl Planner<'_> {
                     format!("{id}'s legacy link: {}", changes.join(", ")),
                     format!(
                         "nothing: {id} applies the new {} to the phase it is in",
-                        if changes.len() == 1 { "window" } else { "windows" }
+                        if changes.len() == 1 {
+                            "window"
+                        } else {
+                            "windows"
+                        }
                     ),
                     Effect::None,
                 );
@@ -826,6 +865,10 @@ mod tests {
             id: id("445200"),
             in_use: true,
         });
-        assert_eq!(links.stranded(1), None, "a legacy link carries the city and its counties");
+        assert_eq!(
+            links.stranded(1),
+            None,
+            "a legacy link carries the city and its counties"
+        );
     }
 }

@@ -11,8 +11,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::validate::{
-    At, Draft, Entry, Field, LinkEntry, ParentField, Pos, ScheduleEntry, check_address,
-    check_name, error, unknown_category,
+    At, Draft, Entry, Field, LinkEntry, ParentField, Pos, ScheduleEntry, check_address, check_name,
+    error, unknown_category,
 };
 use crate::{Role, TopologyError, parse_cadence};
 
@@ -528,13 +528,13 @@ impl Reader<'_> {
             });
         let public_key = self
             .string(table, table_pos, "node", "public_key", true)
-                .and_then(|(text, pos)| match PublicKey::parse_hex(text) {
-                    Ok(key) => Some(At { value: key, pos }),
-                    Err(problem) => {
-                        self.report(pos, problem.to_string());
-                        None
-                    }
-                });
+            .and_then(|(text, pos)| match PublicKey::parse_hex(text) {
+                Ok(key) => Some(At { value: key, pos }),
+                Err(problem) => {
+                    self.report(pos, problem.to_string());
+                    None
+                }
+            });
         Entry {
             table: table_pos,
             id,

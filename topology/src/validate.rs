@@ -363,7 +363,11 @@ pub(crate) fn validate(
             ),
         })
         .collect();
-    let revoked_keys = draft.revoked_keys.into_iter().map(|key| key.value).collect();
+    let revoked_keys = draft
+        .revoked_keys
+        .into_iter()
+        .map(|key| key.value)
+        .collect();
     let schedules = draft
         .schedules
         .into_iter()
@@ -372,7 +376,7 @@ pub(crate) fn validate(
             cadence: schedule.cadence.expect(missing).value,
             due_day: match schedule.due_day {
                 Field::Absent => 1,
-                Field::Given(at) => u8::try_from(at.value).expect("validated due day"),
+                Field::Given(at) => u16::try_from(at.value).expect("validated due day"),
                 Field::Invalid => unreachable!("{missing}"),
             },
             reporters: match schedule.reporters {
@@ -892,7 +896,10 @@ fn check_schedules(
         let schema = schedule.category.as_ref().and_then(|category| {
             let schema = registry.get(&category.value);
             if schema.is_none() {
-                errors.push(error(category.pos, unknown_category(category.value.as_str())));
+                errors.push(error(
+                    category.pos,
+                    unknown_category(category.value.as_str()),
+                ));
             }
             schema
         });
