@@ -2,27 +2,30 @@
 //! between two endpoints of this process, in the same run.
 //!
 //! One run measures:
-//! 1. **raw quinn**: two endpoints on 127.0.0.1 with the nodes' own TLS (self-signed Ed25519
-//!    certificates, pinned keys, `node::transport` configs), one connection, `BENCH_MB` MiB
-//!    (256) sent as uni streams of 16 MiB (at most `BENCH_WINDOW` open at once, like batch
-//!    streams), each read with `read_to_end`. Run before and after the sync run; the faster
-//!    of the two is the reference (the raw limit).
+//! 1. **raw quinn**: two endpoints on 127.0.0.1 with the nodes' own TLS and transport
+//!    settings (`node::transport`: self-signed Ed25519 certificates, pinned keys, the same
+//!    windows), one connection, `BENCH_MB` MiB (256) sent as uni streams of 16 MiB (at most
+//!    `BENCH_WINDOW` being written at once, like batch streams), each read with
+//!    `read_to_end` as a node reads a batch. Two runs; the faster is the raw limit.
 //! 2. **real sync**: three nodes started in-process with `node::runtime::start` (province
 //!    440000, city 445200, county 445281; the national platform 000000 is in the topology but
-//!    never started). `BENCH_RECORDS` (100,000) water-fee records signed by the county are
-//!    built into batches of `BENCH_BATCH_RECORDS` (10,000) outside the timing. Timed:
-//!    `county.submit` of every batch (verify, store, fsync at the county), until the city and
-//!    then the province hold every batch id (polled every 5 ms), and until the county holds
-//!    the province's receipt for each (relayed down: durable at the province).
+//!    never started). Each of `BENCH_SYNC_RUNS` (3) runs sends `BENCH_RECORDS` (100,000) fresh
+//!    water-fee records signed by the county, in batches of `BENCH_BATCH_RECORDS` (10,000),
+//!    built outside the timing. Timed: `county.submit` of every batch, one after another
+//!    (verify, store, fsync at the county), until the city and then the province hold every
+//!    batch id (polled every 5 ms), and until the county holds the province's receipt for
+//!    each (relayed down: the batch is durable at the province). Runs follow each other on
+//!    the same nodes; the median run is the result.
 //! 3. **memory**: RSS at each stage and the peak (VmHWM) of each network phase (the peak is
 //!    reset between phases through `/proc/self/clear_refs` where the kernel allows it).
-//! 4. **where the time goes**: on one thread, outside the network, over all batches: what the
-//!    sender does per batch (`Store::batch`, frame encoding), what the receiver does
+//! 4. **where the time goes**: on one thread, outside the network, over one run's batches:
+//!    what a sender does per batch (`Store::batch`, frame encoding), what a receiver does
 //!    (frame decoding, `verify_incoming` and its parts, `Store::insert_batch`, `Store::sync`),
 //!    and durable writes with one fsync per batch against one for all (group commit).
 //!
-//! Process CPU time (user + system, all threads) is read from `/proc/self/stat` around each
-//! network phase, to tell a CPU-bound run from one that waits.
+//! Around each network phase the bench reads this process's CPU time, the machine's (other
+//! processes, I/O wait) from `/proc/stat`, UDP receive-buffer drops from `/proc/net/snmp` and
+//! bytes written from `/proc/self/io`, to tell a CPU-bound run from a starved or waiting one.
 //!
 //! A plain `main` (harness = false); arguments cargo passes are ignored. `BENCH_WINDOW` sets
 //! `SyncConfig::window` (default 8). `RUST_LOG` turns on the nodes' logs (stderr).
@@ -45,13 +48,16 @@ use node::transport::{self, PeerPolicy};
 use protocol::batch::BATCH_RECORDS_MAX;
 use protocol::sync::{SyncConfig, verify_incoming};
 use protocol::wire::{self, Message, Receipt, Verdict};
-use protocol::{Batch, BatchId, NodeId, NodeKey, Period, PublicKey, Registry, SignedBatch};
+use protocol::{
+    Batch, BatchId, DesensitizeKey, NodeId, NodeKey, Period, PublicKey, Registry, SignedBatch,
+};
 use tokio::task::JoinSet;
 use topology::{Node as TopologyNode, Role, Topology};
 
 const DEFAULT_RAW_MIB: usize = 256;
 const DEFAULT_RECORDS: usize = 100_000;
 const DEFAULT_BATCH_RECORDS: usize = 10_000;
+const DEFAULT_SYNC_RUNS: usize = 3;
 /// Bytes per raw stream: a large batch.
 const STREAM_BYTES: usize = 16 * 1024 * 1024;
 const SEED: u64 = 202_205;
@@ -59,9 +65,15 @@ const SEED: u64 = 202_205;
 const POLL: Duration = Duration::from_millis(5);
 /// A sync run that takes longer than this is stuck.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
-/// Repetitions of each offline CPU measurement (median reported).
+/// Repetitions of each offline measurement (median reported).
 const OFFLINE_ITERS: usize = 3;
+/// Clock ticks per second in `/proc` (USER_HZ, 100 on every Linux port).
+const TICKS_PER_S: f64 = 100.0;
 const MB: f64 = 1e6;
+
+const PROVINCE: &str = "440000";
+const CITY: &str = "445200";
+const COUNTY: &str = "445281";
 
 fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
@@ -75,6 +87,9 @@ fn env_usize(name: &str, default: usize) -> usize {
             .unwrap_or_else(|| panic!("{name}={text:?}: expected a positive whole number")),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// What the process and the machine did
 
 /// A field of `/proc/self/status` in KiB (Linux), if known.
 fn status_kib(field: &str) -> Option<u64> {
@@ -99,12 +114,58 @@ fn reset_peak() -> bool {
 fn mem(kib: Option<u64>) -> String {
     kib.map_or_else(
         || "?".to_owned(),
-        |k| format!("{:.1} MB", k as f64 * 1024.0 / MB),
+        |k| format!("{:.0} MB", k as f64 * 1024.0 / MB),
     )
 }
 
-/// UDP datagrams the kernel dropped for a full socket receive buffer, machine-wide
-/// (`RcvbufErrors` in `/proc/net/snmp`): loss QUIC's congestion control reacts to.
+/// Counters read at one moment; the difference of two is a [`Usage`].
+#[derive(Clone, Copy)]
+struct Snapshot {
+    at: Instant,
+    /// This process, all threads, user + system, in ticks.
+    process: Option<u64>,
+    /// All CPUs of the machine: (busy, I/O wait, total) ticks.
+    machine: Option<(u64, u64, u64)>,
+    /// UDP datagrams dropped for a full socket receive buffer, machine-wide.
+    udp_drops: Option<u64>,
+    /// Bytes this process passed to `write` and friends.
+    written: Option<u64>,
+}
+
+impl Snapshot {
+    fn now() -> Snapshot {
+        Snapshot {
+            at: Instant::now(),
+            process: process_ticks(),
+            machine: machine_ticks(),
+            udp_drops: udp_drops(),
+            written: written(),
+        }
+    }
+}
+
+fn process_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the command name: state is field 3; utime is 14 and stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn machine_ticks() -> Option<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(|t| t.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: u64 = ticks.iter().take(8).sum();
+    let (idle, iowait) = (*ticks.get(3)?, *ticks.get(4)?);
+    Some((total - idle - iowait, iowait, total))
+}
+
 fn udp_drops() -> Option<u64> {
     let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
     let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
@@ -113,34 +174,72 @@ fn udp_drops() -> Option<u64> {
     values.split_whitespace().nth(column)?.parse().ok()
 }
 
-fn drops(before: Option<u64>, after: Option<u64>) -> String {
-    match (before, after) {
-        (Some(b), Some(a)) => (a - b).to_string(),
-        _ => "?".to_owned(),
+fn written() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// What happened between two snapshots.
+struct Usage {
+    wall: Duration,
+    /// CPU in % of one core: this process, other processes, all CPUs waiting on I/O.
+    ours: Option<f64>,
+    others: Option<f64>,
+    iowait: Option<f64>,
+    udp_drops: Option<u64>,
+    written: Option<u64>,
+}
+
+impl Usage {
+    fn between(a: Snapshot, b: Snapshot, cpus: usize) -> Usage {
+        let wall = b.at - a.at;
+        let ours = b
+            .process
+            .zip(a.process)
+            .map(|(b, a)| 100.0 * (b - a) as f64 / TICKS_PER_S / wall.as_secs_f64());
+        let machine = b.machine.zip(a.machine).map(|(b, a)| {
+            let total = (b.2 - a.2).max(1) as f64;
+            let cores = cpus as f64 * 100.0;
+            (
+                cores * (b.0 - a.0) as f64 / total,
+                cores * (b.1 - a.1) as f64 / total,
+            )
+        });
+        Usage {
+            wall,
+            ours,
+            others: machine
+                .zip(ours)
+                .map(|((busy, _), ours)| (busy - ours).max(0.0)),
+            iowait: machine.map(|(_, iowait)| iowait),
+            udp_drops: b.udp_drops.zip(a.udp_drops).map(|(b, a)| b - a),
+            written: b.written.zip(a.written).map(|(b, a)| b - a),
+        }
+    }
+
+    /// `ours/others/iowait` in % of one core.
+    fn cpu(&self) -> String {
+        let pct = |v: Option<f64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}"));
+        format!(
+            "{}/{}/{}",
+            pct(self.ours),
+            pct(self.others),
+            pct(self.iowait)
+        )
+    }
+
+    fn drops(&self) -> String {
+        self.udp_drops
+            .map_or_else(|| "?".to_owned(), |d| d.to_string())
     }
 }
 
-/// CPU time of this process so far, all threads, user + system (`/proc/self/stat`, in
-/// clock ticks of 1/100 s, the USER_HZ of every Linux port).
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // After the command name: state is field 3; utime 14 and stime 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(Duration::from_millis((utime + stime) * 10))
-}
-
-/// CPU use over a phase, in % of one core.
-fn cpu_percent(before: Option<Duration>, after: Option<Duration>, wall: Duration) -> String {
-    match (before, after) {
-        (Some(b), Some(a)) => format!(
-            "{:.0} %",
-            100.0 * (a - b).as_secs_f64() / wall.as_secs_f64()
-        ),
-        _ => "?".to_owned(),
-    }
-}
+// ---------------------------------------------------------------------------------------------
+// Small helpers
 
 /// `1234567` → `1,234,567`.
 fn grouped(n: f64) -> String {
@@ -184,7 +283,7 @@ fn median<T>(iters: usize, mut run: impl FnMut() -> T) -> Duration {
     times[times.len() / 2]
 }
 
-/// Water-fee batches of `rows` sample records from the county, signed by `key`.
+/// Water-fee batches of `rows` sample records from `origin`, signed by `key`.
 fn build_batches(
     origin: NodeId,
     period: &str,
@@ -192,7 +291,7 @@ fn build_batches(
     per_batch: usize,
     seed: u64,
     key: &NodeKey,
-    network_key: &protocol::DesensitizeKey,
+    network_key: &DesensitizeKey,
 ) -> Vec<SignedBatch> {
     let schema = Registry::builtin()
         .by_name("water_fee")
@@ -232,22 +331,16 @@ impl PeerPolicy for OnlyKey {
     }
 }
 
-struct Raw {
+struct RawRun {
     bytes: usize,
-    time: Duration,
-    cpu_before: Option<Duration>,
-    cpu_after: Option<Duration>,
-    drops: String,
+    usage: Usage,
+    /// Process CPU seconds per MB moved (both ends).
+    cpu_s_per_mb: Option<f64>,
 }
 
-impl Raw {
+impl RawRun {
     fn mb_per_s(&self) -> f64 {
-        self.bytes as f64 / MB / self.time.as_secs_f64()
-    }
-
-    /// Process CPU seconds per MB moved (both ends).
-    fn cpu_s_per_mb(&self) -> Option<f64> {
-        Some((self.cpu_after? - self.cpu_before?).as_secs_f64() / (self.bytes as f64 / MB))
+        self.bytes as f64 / MB / self.usage.wall.as_secs_f64()
     }
 }
 
@@ -255,7 +348,7 @@ impl Raw {
 async fn raw_pair() -> (quinn::Connection, quinn::Connection, [quinn::Endpoint; 2]) {
     let server_key = NodeKey::from_seed(random32().expect("random"));
     let client_key = NodeKey::from_seed(random32().expect("random"));
-    let (server_id, client_id) = (node_id("445200"), node_id("445281"));
+    let (server_id, client_id) = (node_id(CITY), node_id(COUNTY));
     let loopback: SocketAddr = "127.0.0.1:0".parse().expect("address");
     let server = transport::endpoint(
         loopback,
@@ -291,14 +384,15 @@ async fn raw_pair() -> (quinn::Connection, quinn::Connection, [quinn::Endpoint; 
 }
 
 /// Sends `streams` uni streams of `payload`, at most `window` being written at once; returns
-/// once the receiver has read every byte (`read_to_end`, as a node reads a batch).
+/// once the receiver has read every byte.
 async fn raw_transfer(
     client: &quinn::Connection,
     server: &quinn::Connection,
     streams: usize,
     payload: Arc<Vec<u8>>,
     window: usize,
-) -> Raw {
+    cpus: usize,
+) -> RawRun {
     let receiver = {
         let server = server.clone();
         tokio::spawn(async move {
@@ -320,9 +414,7 @@ async fn raw_transfer(
             total
         })
     };
-    let drops_before = udp_drops();
-    let cpu_before = cpu_time();
-    let start = Instant::now();
+    let before = Snapshot::now();
     let slots = Arc::new(tokio::sync::Semaphore::new(window));
     let mut sends = JoinSet::new();
     for _ in 0..streams {
@@ -337,46 +429,45 @@ async fn raw_transfer(
         });
     }
     let bytes = receiver.await.expect("receiver task");
-    let time = start.elapsed();
-    let cpu_after = cpu_time();
-    let drops_after = udp_drops();
+    let after = Snapshot::now();
     while let Some(sent) = sends.join_next().await {
         sent.expect("send task");
     }
     assert_eq!(bytes, streams * payload.len(), "every byte arrived");
-    Raw {
+    let cpu_s_per_mb = after
+        .process
+        .zip(before.process)
+        .map(|(b, a)| (b - a) as f64 / TICKS_PER_S / (bytes as f64 / MB));
+    RawRun {
         bytes,
-        time,
-        cpu_before,
-        cpu_after,
-        drops: drops(drops_before, drops_after),
+        usage: Usage::between(before, after, cpus),
+        cpu_s_per_mb,
     }
+}
+
+/// A fresh pair of endpoints, a warm-up stream, then the timed transfer.
+async fn raw_run(streams: usize, payload: Arc<Vec<u8>>, window: usize, cpus: usize) -> RawRun {
+    let (client, server, _endpoints) = raw_pair().await;
+    raw_transfer(&client, &server, 1, payload.clone(), window, cpus).await;
+    let run = raw_transfer(&client, &server, streams, payload, window, cpus).await;
+    client.close(0u32.into(), b"done");
+    run
 }
 
 // ---------------------------------------------------------------------------------------------
 // 2. Real sync
-
-struct Cluster {
-    _root: tempfile::TempDir,
-    province: Arc<Node>,
-    city: Arc<Node>,
-    county: Arc<Node>,
-}
 
 struct Identities {
     root: tempfile::TempDir,
     topology_path: PathBuf,
     county_key: NodeKey,
     county_public: PublicKey,
-    network_key: protocol::DesensitizeKey,
+    network_key: DesensitizeKey,
     city_key: NodeKey,
 }
 
-const PROVINCE: &str = "440000";
-const CITY: &str = "445200";
-const COUNTY: &str = "445281";
-
-/// Identities for province, city and county sharing one network key, and the topology file.
+/// Identities for province, city and county sharing one network key, and the topology file
+/// (with a national platform that is never started).
 fn make_identities() -> Identities {
     let root = tempfile::tempdir().expect("temp dir");
     let dir = |id: &str| root.path().join(id);
@@ -428,76 +519,88 @@ fn make_identities() -> Identities {
     }
 }
 
-async fn start_cluster(identities: Identities, config: SyncConfig) -> Cluster {
+struct Cluster {
+    province: Arc<Node>,
+    city: Arc<Node>,
+    county: Arc<Node>,
+}
+
+async fn start_cluster(identities: &Identities, config: SyncConfig) -> Cluster {
     let start = |id: &str| {
         let dir = identities.root.path().join(id);
         let topology = identities.topology_path.clone();
         async move {
             runtime::start(&dir, &topology, config)
                 .await
-                .unwrap_or_else(|e| panic!("start {dir:?}: {e:#}"))
+                .unwrap_or_else(|e| panic!("start {}: {e:#}", dir.display()))
         }
     };
+    // Parents first, so the first dial of each uplink finds its parent listening.
     let province = start(PROVINCE).await;
     let city = start(CITY).await;
     let county = start(COUNTY).await;
     Cluster {
-        _root: identities.root,
         province,
         city,
         county,
     }
 }
 
-/// When each condition first held, measured from `start`.
-#[derive(Default)]
+/// When each batch was first seen at each stage, measured from the first submit (to within
+/// [`POLL`]), per batch in submission order.
 struct Arrivals {
-    city_holds: Option<Duration>,
-    province_holds: Option<Duration>,
-    county_has_province_receipts: Option<Duration>,
+    city: Vec<Duration>,
+    province: Vec<Duration>,
+    /// The county holds the province's receipt (relayed down: durable at the province).
+    receipt: Vec<Duration>,
+}
+
+fn last(times: &[Duration]) -> Duration {
+    times.iter().copied().max().unwrap_or_default()
 }
 
 /// Polls the stores every [`POLL`] until the city and the province hold every id and the
 /// county holds the province's receipt for every id.
 async fn watch(cluster: &Cluster, ids: &[BatchId], start: Instant) -> Arrivals {
     let province_id = cluster.province.me;
-    let mut city_left = ids.to_vec();
-    let mut province_left = ids.to_vec();
-    let mut receipts_left = ids.to_vec();
-    let mut arrivals = Arrivals::default();
+    let mut seen: [Vec<Option<Duration>>; 3] = std::array::from_fn(|_| vec![None; ids.len()]);
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        city_left.retain(|id| !cluster.city.store.holds(id).expect("city store"));
-        province_left.retain(|id| !cluster.province.store.holds(id).expect("province store"));
-        receipts_left.retain(|id| {
-            cluster
-                .county
-                .store
-                .receipt(id, province_id)
-                .expect("county store")
-                .is_none()
-        });
         let now = start.elapsed();
-        for (left, at) in [
-            (&city_left, &mut arrivals.city_holds),
-            (&province_left, &mut arrivals.province_holds),
-            (&receipts_left, &mut arrivals.county_has_province_receipts),
-        ] {
-            if left.is_empty() && at.is_none() {
-                *at = Some(now);
+        for (i, id) in ids.iter().enumerate() {
+            for (stage, seen) in seen.iter_mut().enumerate() {
+                let held = || match stage {
+                    0 => cluster.city.store.holds(id).expect("city store"),
+                    1 => cluster.province.store.holds(id).expect("province store"),
+                    _ => cluster
+                        .county
+                        .store
+                        .receipt(id, province_id)
+                        .expect("county store")
+                        .is_some(),
+                };
+                if seen[i].is_none() && held() {
+                    seen[i] = Some(now);
+                }
             }
         }
-        if city_left.is_empty() && province_left.is_empty() && receipts_left.is_empty() {
-            return arrivals;
+        if seen.iter().flatten().all(Option::is_some) {
+            let [city, province, receipt] = seen.map(|stage| stage.into_iter().flatten().collect());
+            return Arrivals {
+                city,
+                province,
+                receipt,
+            };
         }
         if now > SYNC_TIMEOUT {
+            let left = |stage: &Vec<Option<Duration>>| stage.iter().filter(|s| s.is_none()).count();
             panic!(
                 "sync stuck after {now:?}: city lacks {}, province lacks {}, county lacks {} province receipts; links: county {:?}, city {:?}",
-                city_left.len(),
-                province_left.len(),
-                receipts_left.len(),
+                left(&seen[0]),
+                left(&seen[1]),
+                left(&seen[2]),
                 cluster.county.links(),
                 cluster.city.links()
             );
@@ -506,69 +609,96 @@ async fn watch(cluster: &Cluster, ids: &[BatchId], start: Instant) -> Arrivals {
 }
 
 struct SyncRun {
-    submitted: Duration,
-    drops: String,
+    /// When each submit returned (durable at the county), from the first submit.
+    submitted: Vec<Duration>,
     arrivals: Arrivals,
-    cpu_before: Option<Duration>,
-    cpu_after: Option<Duration>,
-    rss_started: Option<u64>,
-    rss_after: Option<u64>,
-    peak: Option<u64>,
+    /// Until the county held every receipt.
+    usage: Usage,
 }
 
-async fn sync_run(
-    identities: Identities,
-    config: SyncConfig,
-    warmup: Vec<SignedBatch>,
-    batches: Vec<SignedBatch>,
-) -> SyncRun {
-    let cluster = start_cluster(identities, config).await;
-    // Warm-up: connections up, first stores written, blocking threads spawned.
-    let warm_ids: Vec<BatchId> = warmup.iter().map(|b| b.id).collect();
-    let warm_start = Instant::now();
-    for batch in warmup {
-        cluster.county.submit(batch).await.expect("warm-up submit");
+impl SyncRun {
+    /// The sync time: until the province holds every batch.
+    fn province_holds(&self) -> Duration {
+        last(&self.arrivals.province)
     }
-    watch(&cluster, &warm_ids, warm_start).await;
-    let rss_started = rss();
+}
 
+/// Submits every batch at the county, one after another, and waits for the province.
+async fn sync_once(cluster: &Cluster, batches: Vec<SignedBatch>, cpus: usize) -> SyncRun {
     let ids: Vec<BatchId> = batches.iter().map(|b| b.id).collect();
-    let drops_before = udp_drops();
-    let cpu_before = cpu_time();
-    let start = Instant::now();
+    let before = Snapshot::now();
+    let start = before.at;
     let (submitted, arrivals) = tokio::join!(
         async {
+            let mut done = Vec::new();
             for batch in batches {
                 assert!(
                     cluster.county.submit(batch).await.expect("submit"),
                     "every batch is new"
                 );
+                done.push(start.elapsed());
             }
-            start.elapsed()
+            done
         },
-        watch(&cluster, &ids, start)
+        watch(cluster, &ids, start)
     );
-    let cpu_after = cpu_time();
-    let drops_after = udp_drops();
-    let rss_after = rss();
+    let after = Snapshot::now();
+    SyncRun {
+        submitted,
+        arrivals,
+        usage: Usage::between(before, after, cpus),
+    }
+}
+
+struct SyncPhase {
+    runs: Vec<SyncRun>,
+    rss_warm: Option<u64>,
+    rss_synced: Option<u64>,
+    peak: Option<u64>,
+}
+
+async fn sync_phase(
+    identities: &Identities,
+    config: SyncConfig,
+    warmup: Vec<SignedBatch>,
+    rounds: Vec<Vec<SignedBatch>>,
+    cpus: usize,
+) -> SyncPhase {
+    let cluster = start_cluster(identities, config).await;
+    // Warm-up: connections up, first stores written, blocking threads spawned.
+    sync_once(&cluster, warmup, cpus).await;
+    let rss_warm = rss();
+    let mut runs = Vec::new();
+    for batches in rounds {
+        runs.push(sync_once(&cluster, batches, cpus).await);
+    }
+    let rss_synced = rss();
     let peak = peak();
     for node in [&cluster.county, &cluster.city, &cluster.province] {
         let _ = tokio::time::timeout(Duration::from_secs(3), runtime::shutdown(node)).await;
     }
-    SyncRun {
-        submitted,
-        drops: drops(drops_before, drops_after),
-        arrivals,
-        cpu_before,
-        cpu_after,
-        rss_started,
-        rss_after,
+    SyncPhase {
+        runs,
+        rss_warm,
+        rss_synced,
         peak,
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // 4. Where the time goes
+
+/// Durable writes of every batch into a fresh store.
+struct StoreRun {
+    insert: Duration,
+    sync: Duration,
+    total: Duration,
+    /// Each `insert_batch`, in order.
+    insert_each: Vec<Duration>,
+    written: Option<u64>,
+    /// Bytes on disk after, and files under `blobs/`.
+    on_disk: (u64, usize),
+}
 
 struct Offline {
     store_read: Duration,
@@ -578,10 +708,28 @@ struct Offline {
     hash_signature: Duration,
     decode: Duration,
     reencode: Duration,
-    insert: Duration,
-    sync_each: Duration,
-    insert_and_sync_each: Duration,
-    group_commit: Duration,
+    /// One transaction and one fsync per batch, as a receiving node does.
+    each: StoreRun,
+    /// Every batch, then one fsync.
+    group: StoreRun,
+    usage: Usage,
+}
+
+/// Total size of the files under `dir` and how many files `dir/blobs` holds.
+fn dir_size(dir: &Path) -> (u64, usize) {
+    fn walk(dir: &Path, total: &mut u64) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => walk(&entry.path(), total),
+                Ok(m) => *total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    let mut total = 0;
+    walk(dir, &mut total);
+    let blobs = std::fs::read_dir(dir.join("blobs")).map_or(0, |d| d.count());
+    (total, blobs)
 }
 
 fn offline_costs(
@@ -589,7 +737,9 @@ fn offline_costs(
     county: PublicKey,
     city_key: &NodeKey,
     dir: &Path,
+    cpus: usize,
 ) -> Offline {
+    let before = Snapshot::now();
     let (county_id, city_id, province_id) = (node_id(COUNTY), node_id(CITY), node_id(PROVINCE));
     let origin_key = |o: NodeId| (o == county_id).then_some(county);
     let registry = Registry::builtin();
@@ -623,11 +773,7 @@ fn offline_costs(
             .map(|b| b.encode().expect("encodes"))
             .collect::<Vec<Vec<u8>>>()
     });
-    let frames: Vec<Vec<u8>> = batches
-        .iter()
-        .map(|b| Message::Batch(b.clone()).encode())
-        .collect();
-    // Encoding takes the message by value in production too (the batch read from the store).
+    // The sender encodes the batch it read from its store into a frame.
     let frame_encode = {
         let mut times = Vec::new();
         for _ in 0..OFFLINE_ITERS {
@@ -640,6 +786,10 @@ fn offline_costs(
         times.sort_unstable();
         times[times.len() / 2]
     };
+    let frames: Vec<Vec<u8>> = batches
+        .iter()
+        .map(|b| Message::Batch(b.clone()).encode())
+        .collect();
     let frame_decode = median(OFFLINE_ITERS, || {
         frames
             .iter()
@@ -650,6 +800,7 @@ fn offline_costs(
             })
             .collect::<Vec<_>>()
     });
+    drop(frames);
 
     let receipts: Vec<_> = batches
         .iter()
@@ -664,9 +815,15 @@ fn offline_costs(
             .sign(city_key)
         })
         .collect();
-    let insert = |store: &Store, i: usize| {
-        assert!(
-            store
+    let store_run = |path: PathBuf, sync_each: bool| -> StoreRun {
+        let store = Store::open(&path).expect("open store");
+        store.sync().expect("sync");
+        let written_before = written();
+        let (mut insert, mut sync) = (Duration::ZERO, Duration::ZERO);
+        let mut insert_each = Vec::new();
+        for i in 0..batches.len() {
+            let start = Instant::now();
+            let new = store
                 .insert_batch(
                     &batches[i],
                     &decoded[i],
@@ -675,40 +832,46 @@ fn offline_costs(
                     &[province_id],
                     runtime::wall_ms(),
                 )
-                .expect("insert"),
-            "new batch"
-        );
+                .expect("insert");
+            assert!(new, "a fresh store holds no batch");
+            let inserted = start.elapsed();
+            insert += inserted;
+            insert_each.push(inserted);
+            if sync_each || i + 1 == batches.len() {
+                let start = Instant::now();
+                store.sync().expect("sync");
+                sync += start.elapsed();
+            }
+        }
+        let written = written().zip(written_before).map(|(a, b)| a - b);
+        drop(store);
+        StoreRun {
+            insert,
+            sync,
+            total: insert + sync,
+            insert_each,
+            written,
+            on_disk: dir_size(&path),
+        }
     };
+    let median_run = |sync_each: bool, name: &str| -> StoreRun {
+        let mut runs: Vec<StoreRun> = (0..OFFLINE_ITERS)
+            .map(|i| store_run(dir.join(format!("{name}-{i}")), sync_each))
+            .collect();
+        runs.sort_unstable_by_key(|r| r.total);
+        runs.swap_remove(runs.len() / 2)
+    };
+    let each = median_run(true, "each");
+    let group = median_run(false, "group");
 
-    // As a receiving node does: one transaction and one fsync per batch.
-    let store = Store::open(&dir.join("each")).expect("open store");
-    store.sync().expect("sync");
-    let (mut insert_time, mut sync_time) = (Duration::ZERO, Duration::ZERO);
-    for i in 0..batches.len() {
-        let start = Instant::now();
-        insert(&store, i);
-        let inserted = Instant::now();
-        store.sync().expect("sync");
-        insert_time += inserted - start;
-        sync_time += inserted.elapsed();
-    }
+    // What a sender does first: read the batch back (re-hashed against its id).
+    let store = Store::open(&dir.join("each-0")).expect("open store");
     let store_read = median(OFFLINE_ITERS, || {
         batches
             .iter()
             .map(|b| store.batch(&b.id).expect("read").expect("held"))
             .collect::<Vec<SignedBatch>>()
     });
-    drop(store);
-
-    // Group commit: every batch in, then one fsync.
-    let store = Store::open(&dir.join("group")).expect("open store");
-    store.sync().expect("sync");
-    let start = Instant::now();
-    for i in 0..batches.len() {
-        insert(&store, i);
-    }
-    store.sync().expect("sync");
-    let group_commit = start.elapsed();
     drop(store);
 
     Offline {
@@ -719,10 +882,9 @@ fn offline_costs(
         hash_signature,
         decode,
         reencode,
-        insert: insert_time,
-        sync_each: sync_time,
-        insert_and_sync_each: insert_time + sync_time,
-        group_commit,
+        each,
+        group,
+        usage: Usage::between(before, Snapshot::now(), cpus),
     }
 }
 
@@ -740,6 +902,7 @@ fn main() {
     let raw_mib = env_usize("BENCH_MB", DEFAULT_RAW_MIB);
     let records = env_usize("BENCH_RECORDS", DEFAULT_RECORDS);
     let per_batch = env_usize("BENCH_BATCH_RECORDS", DEFAULT_BATCH_RECORDS).min(BATCH_RECORDS_MAX);
+    let sync_runs = env_usize("BENCH_SYNC_RUNS", DEFAULT_SYNC_RUNS).min(12);
     let config = SyncConfig {
         window: env_usize("BENCH_WINDOW", SyncConfig::default().window),
         ..SyncConfig::default()
@@ -747,38 +910,36 @@ fn main() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rss_start = rss();
 
-    // Batches, outside every timing.
+    // Batches, outside every timing: a warm-up batch, then one month of records per run.
     let identities = make_identities();
     let county_id = node_id(COUNTY);
-    let batches = build_batches(
-        county_id,
-        "2022-05",
-        records,
-        per_batch,
-        SEED,
-        &identities.county_key,
-        &identities.network_key,
-    );
-    let warmup = build_batches(
-        county_id,
-        "2022-04",
-        1_000,
-        per_batch,
-        SEED + 1,
-        &identities.county_key,
-        &identities.network_key,
-    );
-    let batch_count = batches.len();
-    let batch_bytes: usize = batches.iter().map(|b| b.bytes.len()).sum();
+    let build = |period: &str, rows: usize, seed: u64| {
+        build_batches(
+            county_id,
+            period,
+            rows,
+            per_batch,
+            seed,
+            &identities.county_key,
+            &identities.network_key,
+        )
+    };
+    let warmup = build("2021-12", 1_000, SEED - 1);
+    let rounds: Vec<Vec<SignedBatch>> = (0..sync_runs)
+        .map(|run| build(&format!("2022-{:02}", run + 1), records, SEED + run as u64))
+        .collect();
+    let batch_count = rounds[0].len();
+    let batch_bytes: usize = rounds[0].iter().map(|b| b.bytes.len()).sum();
     let rss_built = rss();
 
     // 4. Offline costs, one thread, before any node runs.
     let offline_dir = tempfile::tempdir().expect("temp dir");
     let offline = offline_costs(
-        &batches,
+        &rounds[0],
         identities.county_public,
         &identities.city_key,
         offline_dir.path(),
+        cpus,
     );
     drop(offline_dir);
 
@@ -786,6 +947,14 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+
+    // 2. Sync first, on a heap not yet grown by raw quinn's buffers.
+    let peak_resets = reset_peak();
+    let rss_before_sync = rss();
+    let sync = tokio.block_on(sync_phase(&identities, config, warmup, rounds, cpus));
+    let rss_after_sync = rss();
+
+    // 1. Raw quinn, twice.
     let streams = (raw_mib * 1024 * 1024).div_ceil(STREAM_BYTES).max(1);
     let payload: Arc<Vec<u8>> = Arc::new({
         let mut rng = node::sample::Rng::new(SEED);
@@ -793,131 +962,158 @@ fn main() {
             .flat_map(|_| rng.next_u64().to_le_bytes())
             .collect()
     });
-
-    // 1. Raw quinn (warm-up stream, then timed), 2. sync, 1'. raw quinn again.
-    let peak_resets = reset_peak();
-    let (raw_first, raw_peak) = tokio.block_on(async {
-        let (client, server, _endpoints) = raw_pair().await;
-        raw_transfer(&client, &server, 1, payload.clone(), config.window).await;
-        let raw = raw_transfer(&client, &server, streams, payload.clone(), config.window).await;
-        client.close(0u32.into(), b"done");
-        (raw, peak())
-    });
-    let rss_after_raw = rss();
     reset_peak();
-    let rss_before_sync = rss();
-    let sync = tokio.block_on(sync_run(identities, config, warmup, batches));
-    let rss_after_sync = rss();
-    let raw_second = tokio.block_on(async {
-        let (client, server, _endpoints) = raw_pair().await;
-        raw_transfer(&client, &server, 1, payload.clone(), config.window).await;
-        let raw = raw_transfer(&client, &server, streams, payload.clone(), config.window).await;
-        client.close(0u32.into(), b"done");
-        raw
-    });
+    let raw_runs: Vec<RawRun> = (0..2)
+        .map(|_| tokio.block_on(raw_run(streams, payload.clone(), config.window, cpus)))
+        .collect();
+    let raw_peak = peak();
+    let rss_after_raw = rss();
     drop(tokio);
-    let raw = if raw_first.mb_per_s() >= raw_second.mb_per_s() {
-        &raw_first
-    } else {
-        &raw_second
-    };
+    let raw = raw_runs
+        .iter()
+        .max_by(|a, b| a.mb_per_s().total_cmp(&b.mb_per_s()))
+        .expect("two raw runs");
     let raw_rate = raw.mb_per_s();
 
     // Report.
     let data_mb = batch_bytes as f64 / MB;
+    let rate = |time: Duration| data_mb / time.as_secs_f64();
     println!();
     println!(
-        "sync bench: {cpus} CPU(s); MB = 10^6 bytes; CPU % = process user+system time over wall time (100 % = one core)"
+        "sync bench: {cpus} CPU(s); MB = 10^6 bytes; CPU = ours/other processes/I/O wait, in % of one core"
     );
     println!();
     println!(
-        "1. raw quinn, 1 connection, node TLS, {streams} uni streams x 16 MiB, at most {} open, read_to_end",
+        "1. raw quinn: 1 connection, node TLS and transport config, {streams} uni streams x 16 MiB, <= {} written at once, read_to_end",
         config.window
     );
     println!(
-        "{:<44} {:>9} {:>9} {:>9} {:>7} {:>10}",
+        "{:<10} {:>9} {:>9} {:>9} {:>14} {:>10}",
         "", "MB", "ms", "MB/s", "CPU", "UDP drops"
     );
-    for (name, run) in [
-        ("raw quinn, before sync", &raw_first),
-        ("raw quinn, after sync", &raw_second),
-    ] {
+    for (i, run) in raw_runs.iter().enumerate() {
         println!(
-            "{:<44} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>10}",
-            name,
+            "{:<10} {:>9.1} {:>9.1} {:>9.1} {:>14} {:>10}",
+            format!("run {}", i + 1),
             run.bytes as f64 / MB,
-            ms(run.time),
+            ms(run.usage.wall),
             run.mb_per_s(),
-            cpu_percent(run.cpu_before, run.cpu_after, run.time),
-            run.drops
+            run.usage.cpu(),
+            run.usage.drops()
         );
     }
+
     println!();
     println!(
-        "2. sync county → city → province: {} water_fee records in {batch_count} batches of <= {per_batch} ({data_mb:.1} MB, {} bytes/record), window {}",
+        "2. sync county → city → province: {sync_runs} runs of {} water_fee records in {batch_count} batches of <= {} ({data_mb:.1} MB, {} bytes/record), window {}",
         grouped(records as f64),
+        grouped(per_batch as f64),
         batch_bytes / records.max(1),
         config.window
     );
     println!(
-        "{:<44} {:>9} {:>11} {:>9} {:>8}",
-        "time from first submit until", "ms", "records/s", "MB/s", "of raw"
+        "   ms from the first submit until: the county has stored all (submit returned), the city holds all, the province holds all, the county holds the province's receipts"
     );
-    let province_time = sync
-        .arrivals
-        .province_holds
-        .expect("watch returns when all are held");
-    let receipts_time = sync
-        .arrivals
-        .county_has_province_receipts
-        .expect("watch returns when all are receipted");
-    let rows = [
-        ("county submitted all (verify+store+fsync)", sync.submitted),
-        (
-            "city holds all",
-            sync.arrivals.city_holds.expect("all held"),
-        ),
-        ("province holds all  <- sync throughput", province_time),
-        (
-            "county holds province receipts for all",
-            sync.arrivals
-                .county_has_province_receipts
-                .expect("all receipted"),
-        ),
-    ];
-    for (name, time) in rows {
-        let rate = data_mb / time.as_secs_f64();
+    println!(
+        "{:<10} {:>8} {:>8} {:>9} {:>9} {:>11} {:>8} {:>7} {:>14} {:>6} {:>9}",
+        "",
+        "county",
+        "city",
+        "province",
+        "receipts",
+        "records/s",
+        "MB/s",
+        "of raw",
+        "CPU",
+        "drops",
+        "written"
+    );
+    for (i, run) in sync.runs.iter().enumerate() {
+        let province = run.province_holds();
         println!(
-            "{:<44} {:>9.1} {:>11} {:>9.1} {:>7.1}%",
-            name,
-            ms(time),
-            grouped(records as f64 / time.as_secs_f64()),
-            rate,
-            100.0 * rate / raw_rate
+            "{:<10} {:>8.0} {:>8.0} {:>9.0} {:>9.0} {:>11} {:>8.1} {:>6.1}% {:>14} {:>6} {:>9}",
+            format!("run {}", i + 1),
+            ms(last(&run.submitted)),
+            ms(last(&run.arrivals.city)),
+            ms(province),
+            ms(last(&run.arrivals.receipt)),
+            grouped(records as f64 / province.as_secs_f64()),
+            rate(province),
+            100.0 * rate(province) / raw_rate,
+            run.usage.cpu(),
+            run.usage.drops(),
+            run.usage.written.map_or_else(
+                || "?".to_owned(),
+                |w| format!("{:.1}x", w as f64 / (3.0 * batch_bytes as f64))
+            )
         );
     }
-    println!(
-        "CPU during the sync run (until the county held every receipt): {}; UDP receive-buffer drops: {}",
-        cpu_percent(sync.cpu_before, sync.cpu_after, receipts_time),
-        sync.drops
-    );
+    let mut by_time: Vec<&SyncRun> = sync.runs.iter().collect();
+    by_time.sort_unstable_by_key(|r| r.province_holds());
+    let median_run = by_time[by_time.len() / 2];
+    let sync_time = median_run.province_holds();
+    println!("   (written: bytes the three stores passed to write(), over 3x the batch bytes)");
+    // Per batch in the median run: how long each step took (arrivals to within 5 ms).
+    let submit_each: Vec<Duration> = median_run
+        .submitted
+        .iter()
+        .scan(Duration::ZERO, |previous, &at| {
+            let took = at - *previous;
+            *previous = at;
+            Some(took)
+        })
+        .collect();
+    let hop = |from: &[Duration], to: &[Duration]| -> Vec<Duration> {
+        from.iter()
+            .zip(to)
+            .map(|(a, b)| b.saturating_sub(*a))
+            .collect()
+    };
+    let spread = |mut times: Vec<Duration>| {
+        times.sort_unstable();
+        format!(
+            "{:>7.0} {:>7.0} {:>7.0}",
+            ms(times[0]),
+            ms(times[times.len() / 2]),
+            ms(times[times.len() - 1])
+        )
+    };
+    println!("   per batch in the median run (ms)              min  median     max");
+    let arrivals = &median_run.arrivals;
+    for (name, times) in [
+        ("county submit, one after another", submit_each),
+        (
+            "county stored → city holds",
+            hop(&median_run.submitted, &arrivals.city),
+        ),
+        (
+            "city holds → province holds",
+            hop(&arrivals.city, &arrivals.province),
+        ),
+        (
+            "province holds → its receipt at the county",
+            hop(&arrivals.province, &arrivals.receipt),
+        ),
+    ] {
+        println!("   {name:<44} {}", spread(times));
+    }
+
     println!();
     println!(
-        "3. memory: RSS {} at start, {} with batches built, {} after raw quinn; sync: {} before nodes, {} nodes warmed up, {} all synced, {} nodes stopped",
+        "3. memory (RSS): {} at start, {} with batches built; {} before the nodes, {} nodes up and warm, {} after the sync runs, {} nodes stopped; {} after raw quinn",
         mem(rss_start),
         mem(rss_built),
-        mem(rss_after_raw),
         mem(rss_before_sync),
-        mem(sync.rss_started),
-        mem(sync.rss_after),
+        mem(sync.rss_warm),
+        mem(sync.rss_synced),
         mem(rss_after_sync),
+        mem(rss_after_raw),
     );
     if peak_resets {
         println!(
-            "   peak RSS (VmHWM): raw quinn phase {}, sync phase {}, end of run {}",
-            mem(raw_peak),
+            "   peak RSS (VmHWM): sync phase {}, raw quinn phase {}",
             mem(sync.peak),
-            mem(peak())
+            mem(raw_peak)
         );
     } else {
         println!(
@@ -925,82 +1121,111 @@ fn main() {
             mem(peak())
         );
     }
+
     println!();
     println!(
-        "4. where the time goes: one thread, outside the network, all {batch_count} batches ({data_mb:.1} MB); median of {OFFLINE_ITERS} for CPU rows"
+        "4. where the time goes: one thread, outside the network, one run's {batch_count} batches ({data_mb:.1} MB), median of {OFFLINE_ITERS}; CPU meanwhile {}",
+        offline.usage.cpu()
     );
-    println!("{:<44} {:>9} {:>11} {:>9}", "", "ms", "records/s", "MB/s");
+    println!("{:<46} {:>9} {:>11} {:>9}", "", "ms", "records/s", "MB/s");
     let line = |name: &str, time: Duration| {
         println!(
-            "{:<44} {:>9.1} {:>11} {:>9.1}",
+            "{:<46} {:>9.1} {:>11} {:>9.1}",
             name,
             ms(time),
             grouped(records as f64 / time.as_secs_f64()),
-            data_mb / time.as_secs_f64()
+            rate(time)
         );
     };
     line("sender: Store::batch (read + rehash)", offline.store_read);
     line("sender: frame encode", offline.frame_encode);
     line("receiver: frame decode", offline.frame_decode);
     line("receiver: verify_incoming", offline.verify_incoming);
-    line("    hash + signature", offline.hash_signature);
-    line("    Batch::decode", offline.decode);
+    line("  hash + signature", offline.hash_signature);
+    line("  Batch::decode", offline.decode);
+    line("    of which re-encode (canonical check)", offline.reencode);
     line(
-        "      of which re-encode (canonical check)",
-        offline.reencode,
-    );
-    line(
-        "    check_record etc. (the rest)",
+        "  check_record etc. (the rest)",
         offline
             .verify_incoming
             .saturating_sub(offline.hash_signature + offline.decode),
     );
-    line("receiver: Store::insert_batch", offline.insert);
-    line("receiver: Store::sync after each", offline.sync_each);
+    line("receiver: Store::insert_batch", offline.each.insert);
+    line("receiver: Store::sync after each", offline.each.sync);
     line(
         "receiver: insert + sync each (as nodes do)",
-        offline.insert_and_sync_each,
+        offline.each.total,
     );
     line(
         "receiver: insert all + one sync (group)",
-        offline.group_commit,
+        offline.group.total,
+    );
+    println!(
+        "insert_batch per batch, in order (ms): {}",
+        offline
+            .each
+            .insert_each
+            .iter()
+            .map(|t| format!("{:.0}", ms(*t)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let amplification = |run: &StoreRun| {
+        run.written.map_or_else(
+            || "?".to_owned(),
+            |w| {
+                format!(
+                    "{:.1} MB written ({:.1}x)",
+                    w as f64 / MB,
+                    w as f64 / batch_bytes as f64
+                )
+            },
+        )
+    };
+    println!(
+        "store writes: one fsync per batch {}, group commit {}; on disk after: {:.1} MB, {} files under blobs/",
+        amplification(&offline.each),
+        amplification(&offline.group),
+        offline.each.on_disk.0 as f64 / MB,
+        offline.each.on_disk.1,
     );
 
-    // A rough budget for one hop, each stage alone at full speed.
-    let network = Duration::from_secs_f64(batch_bytes as f64 / MB / raw_rate);
+    // A budget for one hop, each stage alone at full speed, against what the run took.
+    let network = Duration::from_secs_f64(data_mb / raw_rate);
     let sender = offline.store_read + offline.frame_encode;
     let receive_cpu = offline.frame_decode + offline.verify_incoming;
     let stages = [
-        ("network (raw quinn)", network),
+        ("network at raw quinn speed", network),
         ("sender read + encode", sender),
         ("receiver decode + verify", receive_cpu),
-        ("receiver durable write", offline.insert_and_sync_each),
+        ("receiver insert + fsync", offline.each.total),
     ];
     println!();
-    println!("one hop, each stage alone (ms): {}", {
+    println!(
+        "one hop, each stage alone (ms): {}",
         stages
             .iter()
-            .map(|(name, time)| format!("{name} {:.1}", ms(*time)))
+            .map(|(name, time)| format!("{name} {:.0}", ms(*time)))
             .collect::<Vec<_>>()
             .join(", ")
-    });
-    let slowest = stages.iter().max_by_key(|(_, time)| *time).expect("stages");
-    // Work the whole run needs (three stores, two hops) against the CPUs there are.
-    let cpu_work = offline.verify_incoming * 3
-        + offline.insert * 3
+    );
+    // Work the whole run needs: three stores, two hops, QUIC at both ends of each hop.
+    let cpu_work = (offline.verify_incoming + offline.each.insert) * 3
         + (sender + offline.frame_decode) * 2
-        + raw.cpu_s_per_mb().map_or(Duration::ZERO, |s| {
+        + raw.cpu_s_per_mb.map_or(Duration::ZERO, |s| {
             Duration::from_secs_f64(s * data_mb * 2.0)
         });
     println!(
-        "slowest stage: {} ({:.1} ms); CPU work of the whole run (3x verify + insert, 2x send/receive + QUIC) ~{:.0} ms on {cpus} CPU(s), fsyncs 3x {:.1} ms",
-        slowest.0,
-        ms(slowest.1),
+        "CPU work of a sync run (3x verify + insert, 2x send/receive + QUIC) ~{:.0} ms: >= {:.0} ms on {cpus} idle CPU(s); fsyncs 3x {:.0} ms",
         ms(cpu_work),
-        ms(offline.sync_each)
+        ms(cpu_work) / cpus as f64,
+        ms(offline.each.sync)
     );
     println!(
-        "sync / raw quinn: {:.1} % (target >= 60 %)",
-        100.0 * data_mb / province_time.as_secs_f64() / raw_rate
+        "sync (median run, until the province holds all): {} records/s, {:.1} MB/s = {:.1} % of raw quinn {:.1} MB/s (target >= 60 %)",
+        grouped(records as f64 / sync_time.as_secs_f64()),
+        rate(sync_time),
+        100.0 * rate(sync_time) / raw_rate,
+        raw_rate
     );
 }

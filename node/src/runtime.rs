@@ -211,15 +211,10 @@ impl Node {
             Err((rejection, _)) => bail!("batch {} refused: {rejection}", signed.id),
         };
         let receipt = self.own_receipt(&signed, Verdict::Accepted { warnings: 0 });
-        let new = self.store.insert_batch(
-            &signed,
-            &batch,
-            me,
-            &receipt,
-            &self.forward_targets(),
-            wall_ms(),
-        )?;
-        self.store.sync_async().await?;
+        let new = self
+            .store
+            .insert_batch_durable(signed, batch, me, receipt, self.forward_targets(), wall_ms())
+            .await?;
         if new {
             self.notify_outboxes();
         }
@@ -681,11 +676,15 @@ async fn receive_batch(
             Ok(batch) => {
                 let receipt = node.own_receipt(&signed, Verdict::Accepted { warnings: 0 });
                 let targets = node.forward_targets();
-                let new = node.store.insert_batch(&signed, &batch, child, &receipt, &targets, wall_ms())?;
-                node.store.sync_async().await?;
+                let (origin, category, period, records) =
+                    (batch.header.origin, batch.header.category.clone(), batch.header.period, batch.records.len());
+                let new = node
+                    .store
+                    .insert_batch_durable(signed, batch, child, receipt.clone(), targets, wall_ms())
+                    .await?;
                 if new {
                     node.notify_outboxes();
-                    info!(origin = %batch.header.origin, category = %batch.header.category, period = %batch.header.period, records = batch.records.len(), "batch stored");
+                    info!(%origin, %category, %period, records, "batch stored");
                 }
                 // A batch stored by a concurrent stream keeps the receipt stored with it.
                 let receipt = node.store.receipt(&id, node.me)?.unwrap_or(receipt);

@@ -1,19 +1,24 @@
-//! The node's sled store: batches, their metadata and indexes, per-link outboxes, receipts,
-//! receipts to relay down, refused batches with their feedback, and the hash-chained audit log.
+//! The node's store: batch bytes in content-addressed files, and in sled their signatures,
+//! metadata and indexes, per-link outboxes, receipts, receipts to relay down, refused batches
+//! with their feedback, and the hash-chained audit log.
 //!
 //! Guarantees:
 //! - Everything that must change together changes in one sled transaction (a batch, its
 //!   metadata, its index entry, its outbox entry, this node's receipt for it, and its audit
 //!   entry).
-//! - [`Store::sync`] makes every committed change durable: sled's flush, then `fdatasync` of
-//!   the store file (sled 0.34's own flush is `sync_file_range` on Linux, which survives a
+//! - A batch's bytes are written to `<store>/batches/xx/<id>` (temporary file, `fsync`,
+//!   rename, `fsync` of the directory) *before* the sled transaction that records the batch,
+//!   so a recorded batch always has its bytes on disk. sled is not trusted with them: values
+//!   over ~128 KiB become sled "blob" files that sled 0.34 never fsyncs.
+//! - [`Store::sync`] makes every committed sled change durable: sled's flush, then `fdatasync`
+//!   of sled's log file (sled 0.34's own flush is `sync_file_range` on Linux, which survives a
 //!   process kill but not a power cut). Receipts are sent only after it returns.
 //! - Every batch read back is re-hashed against its id ([`StoreError::Corrupt`] otherwise),
 //!   so on-disk corruption is found, not forwarded.
 //! - Keys are big-endian so byte order is numeric order.
 //!
 //! Tree layout (keys → values, values bincode unless said):
-//! - `batches`: id → SignedBatch
+//! - `batches`: id → StoredBatch (origin signature, byte length; the bytes are in the file)
 //! - `meta`: id → BatchMeta
 //! - `held`: origin u32 ‖ period [4] ‖ category ‖ 0x00 ‖ id → ()   (tallies, reconciliation)
 //! - `outbox`: peer u32 ‖ id → Offer                               (to send up a link)
@@ -50,7 +55,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error(
-        "store: batch {id} is corrupt on disk (hash mismatch): it must be fetched again from a neighbour"
+        "store: batch {id} is corrupt or missing on disk: it must be fetched again from a neighbour"
     )]
     Corrupt { id: BatchId },
     #[error("store: value under {tree} does not decode: {message}")]
@@ -68,6 +73,13 @@ pub struct BatchMeta {
     pub received_at_ms: u64,
     /// The neighbour it came from (this node itself for a local submission).
     pub from: NodeId,
+}
+
+/// What sled keeps of a batch; its bytes are in the batch file.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+struct StoredBatch {
+    signature: protocol::Signature,
+    bytes: u64,
 }
 
 /// One of this node's batches that a receiver refused, with what was wrong.
@@ -188,7 +200,10 @@ struct Trees<T> {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// sled's directory.
     path: PathBuf,
+    /// Batch files, `xx/<id hex>` by the id's first byte.
+    files: PathBuf,
     trees: Trees<sled::Tree>,
 }
 
@@ -196,14 +211,22 @@ type Tx = Trees<TransactionalTree>;
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 impl Store {
+    /// Opens (or creates) the store in `path`: sled in `path/sled`, batch files in
+    /// `path/batches`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let files = path.join("batches");
+        std::fs::create_dir_all(&files).map_err(|source| StoreError::Sync {
+            path: files.clone(),
+            source,
+        })?;
+        let sled_path = path.join("sled");
         let db = sled::Config::new()
-            .path(path)
+            .path(&sled_path)
             .cache_capacity(CACHE_BYTES)
             .flush_every_ms(Some(1000))
             .open()
             .map_err(|source| StoreError::Open {
-                path: path.to_owned(),
+                path: sled_path.clone(),
                 source,
             })?;
         let tree = |name: &str| db.open_tree(name);
@@ -220,7 +243,8 @@ impl Store {
         };
         Ok(Store {
             db,
-            path: path.to_owned(),
+            path: sled_path,
+            files,
             trees,
         })
     }
@@ -306,7 +330,12 @@ impl Store {
             period: meta.period,
             bytes: meta.bytes,
         };
-        let signed_bytes = encode(signed);
+        // The bytes first, durably: a batch sled records must have its file.
+        self.write_batch_file(&id, &signed.bytes)?;
+        let signed_bytes = encode(&StoredBatch {
+            signature: signed.signature,
+            bytes: signed.bytes.len() as u64,
+        });
         let meta_bytes = encode(&meta);
         let receipt_bytes = encode(own_receipt);
         let receiver = own_receipt.receipt.receiver;
@@ -339,6 +368,27 @@ impl Store {
             append_audit(t, now_ms, event.clone())?;
             Ok(true)
         })
+    }
+
+    /// [`Store::insert_batch`] then [`Store::sync`], on a blocking thread: what a receiver
+    /// does before it may sign a receipt.
+    pub async fn insert_batch_durable(
+        &self,
+        signed: SignedBatch,
+        batch: Batch,
+        from: NodeId,
+        own_receipt: SignedReceipt,
+        forward_to: Vec<NodeId>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let new = store.insert_batch(&signed, &batch, from, &own_receipt, &forward_to, now_ms)?;
+            store.sync()?;
+            Ok(new)
+        })
+        .await
+        .expect("store task does not panic")
     }
 
     /// Records a refused incoming batch in the audit log (the batch itself is not kept).
@@ -426,17 +476,65 @@ impl Store {
         Ok(self.trees.relay.apply_batch(batch)?)
     }
 
-    /// A batch, re-verified against its id.
+    fn batch_path(&self, id: &BatchId) -> PathBuf {
+        let hex = id.to_hex();
+        self.files.join(&hex[..2]).join(hex)
+    }
+
+    /// Writes a batch's bytes to its file durably: temporary file, fsync, rename, fsync of the
+    /// directory. A file already there with the right content is kept (content-addressed).
+    fn write_batch_file(&self, id: &BatchId, bytes: &[u8]) -> Result<(), StoreError> {
+        use std::io::Write;
+        let path = self.batch_path(id);
+        if std::fs::read(&path).is_ok_and(|existing| BatchId::of(&existing) == *id) {
+            return Ok(());
+        }
+        let dir = path.parent().expect("batch files sit in a subdirectory");
+        let io = |source| StoreError::Sync {
+            path: path.clone(),
+            source,
+        };
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+            std::fs::File::open(&self.files)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        let tmp = dir.join(format!(".{}.tmp", id.to_hex()));
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)
+    }
+
+    /// A batch, read from its file and re-verified against its id.
     pub fn batch(&self, id: &BatchId) -> Result<Option<SignedBatch>, StoreError> {
-        let Some(bytes) = self.trees.batches.get(id.as_bytes())? else {
+        let Some(stored) = self.trees.batches.get(id.as_bytes())? else {
             return Ok(None);
         };
-        let signed: SignedBatch = decode("batches", &bytes)?;
-        if signed.id != *id || BatchId::of(&signed.bytes) != *id {
+        let stored: StoredBatch = decode("batches", &stored)?;
+        let path = self.batch_path(id);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Corrupt { id: *id });
+            }
+            Err(source) => return Err(StoreError::Sync { path, source }),
+        };
+        if bytes.len() as u64 != stored.bytes || BatchId::of(&bytes) != *id {
             return Err(StoreError::Corrupt { id: *id });
         }
-        Ok(Some(signed))
+        Ok(Some(SignedBatch {
+            id: *id,
+            signature: stored.signature,
+            bytes,
+        }))
     }
+
 
     pub fn holds(&self, id: &BatchId) -> Result<bool, StoreError> {
         Ok(self.trees.meta.contains_key(id.as_bytes())?)
@@ -742,6 +840,20 @@ mod tests {
         (signed, batch, key)
     }
 
+    fn reopen(path: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(path) {
+                Ok(store) => return store,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("lock"), "{e}");
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
     fn receipt(key: &NodeKey, receiver: &str, id: BatchId) -> SignedReceipt {
         Receipt {
             receiver: NodeId::parse(receiver).unwrap(),
@@ -775,8 +887,11 @@ mod tests {
             );
             store.sync().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        // sled releases its file lock from a background thread after the last handle drops.
+        let store = reopen(dir.path());
         assert_eq!(store.batch(&signed.id).unwrap().unwrap(), signed);
+        let file = dir.path().join("batches").join(&signed.id.to_hex()[..2]).join(signed.id.to_hex());
+        assert_eq!(std::fs::read(&file).unwrap(), signed.bytes, "the bytes live in the batch file");
         let page = store.outbox_page(city, None, 10).unwrap();
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].id, signed.id);
