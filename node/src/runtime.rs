@@ -251,6 +251,21 @@ impl Node {
                 self.me
             );
         }
+        let old = current(&self.topology);
+        if *old == next {
+            info!(version = next.version, "topology file unchanged");
+            return Ok(next.version);
+        }
+        // The same planner operators run: a change that would leave some node without a path
+        // to the national platform at some step (or that goes back a version) is refused here
+        // too, and links are only closed as the plan allows.
+        if let Err(refusal) = topology::plan(&old, &next) {
+            bail!(
+                "{}: refused by the planner: {refusal}; keeping version {}",
+                self.topology_path.display(),
+                old.version
+            );
+        }
         let version = next.version;
         *self.topology.write().expect("topology lock") = Arc::new(next);
         self.store
