@@ -139,7 +139,9 @@ enum Command {
 #[derive(Subcommand)]
 enum TopologyCommand {
     /// Validate a topology file and list every problem with its line and column.
-    #[command(after_help = "Example:\n  credit-node topology check topology/examples/guangdong.toml")]
+    #[command(
+        after_help = "Example:\n  credit-node topology check topology/examples/guangdong.toml"
+    )]
     Check { file: PathBuf },
     /// Show the ordered steps that take the network from OLD to NEW, each with the condition
     /// that must hold before it runs; refuse a change under which some node would, at some
@@ -148,7 +150,9 @@ enum TopologyCommand {
     Plan { old: PathBuf, new: PathBuf },
     /// Write a full topology for a province from the GB/T 2260 division list (keys and
     /// addresses are placeholders to replace with the lines `credit-node init` prints).
-    #[command(after_help = "Example:\n  credit-node topology generate --province 440000 > guangdong.toml")]
+    #[command(
+        after_help = "Example:\n  credit-node topology generate --province 440000 > guangdong.toml"
+    )]
     Generate {
         #[arg(long)]
         province: NodeId,
@@ -179,6 +183,28 @@ struct BatchArgs {
     /// Records per batch.
     #[arg(long, default_value_t = 50_000)]
     batch_records: usize,
+}
+
+/// Ingests a file as `identity`, with a progress line on stderr.
+fn ingest_with_progress(
+    file: &std::path::Path,
+    schema: &'static Schema,
+    batch: &BatchArgs,
+    identity: &Identity,
+) -> anyhow::Result<IngestReport> {
+    let options = IngestOptions {
+        schema,
+        origin: identity.id,
+        period: batch.period,
+        encoding: batch.encoding,
+        desensitize_key: &identity.network_key,
+        node_key: &identity.key,
+        batch_records_max: batch.batch_records.clamp(1, BATCH_RECORDS_MAX),
+    };
+    let progress = node::progress::Rows::new(file);
+    let report = ingest_file(file, &options, |rows| progress.update(rows))?;
+    progress.finish(report.rows);
+    Ok(report)
 }
 
 fn schema(name: &str) -> anyhow::Result<&'static Schema> {
@@ -243,18 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     network_key: DesensitizeKey(node::identity::random32()?),
                 },
             };
-            let options = IngestOptions {
-                schema,
-                origin: identity.id,
-                period: batch.period,
-                encoding: batch.encoding,
-                desensitize_key: &identity.network_key,
-                node_key: &identity.key,
-                batch_records_max: batch.batch_records.clamp(1, BATCH_RECORDS_MAX),
-            };
-            let progress = node::progress::Rows::new(&file);
-            let report = ingest_file(&file, &options, |rows| progress.update(rows))?;
-            progress.finish(report.rows);
+            let report = ingest_with_progress(&file, schema, &batch, &identity)?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &node::report::ingest_json(&report))?;
                 writeln!(out)?;
@@ -296,18 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         } => {
             let schema = schema(&batch.category)?;
             let identity = Identity::load(&dir)?;
-            let options = IngestOptions {
-                schema,
-                origin: identity.id,
-                period: batch.period,
-                encoding: batch.encoding,
-                desensitize_key: &identity.network_key,
-                node_key: &identity.key,
-                batch_records_max: batch.batch_records.clamp(1, BATCH_RECORDS_MAX),
-            };
-            let progress = node::progress::Rows::new(&file);
-            let report = ingest_file(&file, &options, |rows| progress.update(rows))?;
-            progress.finish(report.rows);
+            let report = ingest_with_progress(&file, schema, &batch, &identity)?;
             let mut submitted = Vec::new();
             for signed in &report.batches {
                 let answer = node::api::call(&dir, &node::api::ApiRequest::Submit(signed.clone()))?;
@@ -367,7 +371,8 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 
 /// Reads a topology file; its problems, one per line with file, line and column, are the error.
 fn read_topology_file(path: &std::path::Path) -> anyhow::Result<topology::Topology> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     topology::Topology::parse(&text).map_err(|errors| {
         let lines: Vec<String> = errors
             .iter()
@@ -377,7 +382,10 @@ fn read_topology_file(path: &std::path::Path) -> anyhow::Result<topology::Topolo
     })
 }
 
-fn topology_command(out: &mut impl Write, command: TopologyCommand) -> anyhow::Result<std::process::ExitCode> {
+fn topology_command(
+    out: &mut impl Write,
+    command: TopologyCommand,
+) -> anyhow::Result<std::process::ExitCode> {
     match command {
         TopologyCommand::Check { file } => {
             let topology = read_topology_file(&file)?;
@@ -385,7 +393,10 @@ fn topology_command(out: &mut impl Write, command: TopologyCommand) -> anyhow::R
             for node in topology.nodes() {
                 *roles.entry(node.role.to_string()).or_insert(0) += 1;
             }
-            let roles: Vec<String> = roles.into_iter().map(|(role, n)| format!("{n} {role}")).collect();
+            let roles: Vec<String> = roles
+                .into_iter()
+                .map(|(role, n)| format!("{n} {role}"))
+                .collect();
             writeln!(
                 out,
                 "{}: ok — version {}, {} nodes ({}), {} legacy link(s), {} schedule(s)",
@@ -408,9 +419,16 @@ fn topology_command(out: &mut impl Write, command: TopologyCommand) -> anyhow::R
                 }
             }
         }
-        TopologyCommand::Generate { province, base_port } => {
+        TopologyCommand::Generate {
+            province,
+            base_port,
+        } => {
             let topology = topology::generate(province, base_port)?;
-            out.write_all(topology.render_with_header(topology::GENERATED_HEADER).as_bytes())?;
+            out.write_all(
+                topology
+                    .render_with_header(topology::GENERATED_HEADER)
+                    .as_bytes(),
+            )?;
         }
         TopologyCommand::Status { dir, json } => {
             let value = node::api::call(&dir, &node::api::ApiRequest::Migration)?;
@@ -424,8 +442,15 @@ fn topology_command(out: &mut impl Write, command: TopologyCommand) -> anyhow::R
                     value["node"].as_str().unwrap_or("?"),
                     value["phase"].as_str().unwrap_or("?"),
                     value["waiting_for"].as_str().unwrap_or("?"),
-                    if value["legacy_open"] == true { "open" } else { "closed" },
-                    match (value["sends_on_legacy"] == true, value["sends_on_new_path"] == true) {
+                    if value["legacy_open"] == true {
+                        "open"
+                    } else {
+                        "closed"
+                    },
+                    match (
+                        value["sends_on_legacy"] == true,
+                        value["sends_on_new_path"] == true
+                    ) {
                         (true, true) => "both paths",
                         (true, false) => "the legacy link",
                         (false, true) => "the new path",
@@ -433,7 +458,11 @@ fn topology_command(out: &mut impl Write, command: TopologyCommand) -> anyhow::R
                     }
                 )?;
             } else {
-                writeln!(out, "node {}: no legacy link, nothing to migrate", value["node"].as_str().unwrap_or("?"))?;
+                writeln!(
+                    out,
+                    "node {}: no legacy link, nothing to migrate",
+                    value["node"].as_str().unwrap_or("?")
+                )?;
             }
         }
     }

@@ -75,6 +75,19 @@ pub struct BatchMeta {
     pub from: NodeId,
 }
 
+impl BatchMeta {
+    /// What an uplink offers its parent for this batch.
+    pub fn offer(&self, id: BatchId) -> Offer {
+        Offer {
+            id,
+            origin: self.origin,
+            category: self.category.clone(),
+            period: self.period,
+            bytes: self.bytes,
+        }
+    }
+}
+
 /// What sled keeps of a batch; its bytes are in the batch file.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 struct StoredBatch {
@@ -323,13 +336,7 @@ impl Store {
             received_at_ms: now_ms,
             from,
         };
-        let offer = Offer {
-            id,
-            origin: meta.origin,
-            category: meta.category.clone(),
-            period: meta.period,
-            bytes: meta.bytes,
-        };
+        let offer = meta.offer(id);
         // The bytes first, durably: a batch sled records must have its file.
         self.write_batch_file(&id, &signed.bytes)?;
         let signed_bytes = encode(&StoredBatch {
@@ -383,7 +390,8 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
-            let new = store.insert_batch(&signed, &batch, from, &own_receipt, &forward_to, now_ms)?;
+            let new =
+                store.insert_batch(&signed, &batch, from, &own_receipt, &forward_to, now_ms)?;
             store.sync()?;
             Ok(new)
         })
@@ -535,7 +543,6 @@ impl Store {
         }))
     }
 
-
     pub fn holds(&self, id: &BatchId) -> Result<bool, StoreError> {
         Ok(self.trees.meta.contains_key(id.as_bytes())?)
     }
@@ -649,14 +656,7 @@ impl Store {
             if self.trees.outbox.contains_key(&key)? {
                 continue;
             }
-            let offer = Offer {
-                id,
-                origin: meta.origin,
-                category: meta.category.clone(),
-                period: meta.period,
-                bytes: meta.bytes,
-            };
-            self.trees.outbox.insert(key, encode(&offer))?;
+            self.trees.outbox.insert(key, encode(&meta.offer(id)))?;
             added += 1;
         }
         Ok(added)
@@ -675,8 +675,16 @@ impl Store {
         let (mut delivered, mut covered) = (0, 0);
         for key in self.trees.held.scan_prefix(origin.to_be_bytes()).keys() {
             let key = key?;
-            let id = BatchId(key[key.len() - 32..].try_into().expect("held keys end with an id"));
-            if self.trees.receipts.contains_key(receipt_key(&id, NodeId::NATIONAL))? {
+            let id = BatchId(
+                key[key.len() - 32..]
+                    .try_into()
+                    .expect("held keys end with an id"),
+            );
+            if self
+                .trees
+                .receipts
+                .contains_key(receipt_key(&id, NodeId::NATIONAL))?
+            {
                 delivered += 1;
                 if self.trees.state.contains_key(via_key(&id))? {
                     covered += 1;
@@ -687,7 +695,11 @@ impl Store {
     }
 
     pub fn state_get<T: Decode<()>>(&self, name: &str) -> Result<Option<T>, StoreError> {
-        self.trees.state.get(name.as_bytes())?.map(|v| decode("state", &v)).transpose()
+        self.trees
+            .state
+            .get(name.as_bytes())?
+            .map(|v| decode("state", &v))
+            .transpose()
     }
 
     pub fn state_put<T: Encode>(&self, name: &str, value: &T) -> Result<(), StoreError> {
@@ -890,8 +902,16 @@ mod tests {
         // sled releases its file lock from a background thread after the last handle drops.
         let store = reopen(dir.path());
         assert_eq!(store.batch(&signed.id).unwrap().unwrap(), signed);
-        let file = dir.path().join("batches").join(&signed.id.to_hex()[..2]).join(signed.id.to_hex());
-        assert_eq!(std::fs::read(&file).unwrap(), signed.bytes, "the bytes live in the batch file");
+        let file = dir
+            .path()
+            .join("batches")
+            .join(&signed.id.to_hex()[..2])
+            .join(signed.id.to_hex());
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            signed.bytes,
+            "the bytes live in the batch file"
+        );
         let page = store.outbox_page(city, None, 10).unwrap();
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].id, signed.id);
