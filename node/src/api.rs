@@ -215,7 +215,11 @@ fn audit_json(entry: &crate::store::AuditEntry) -> Value {
             value["peer"] = json!(peer.to_string());
             value["up"] = json!(up);
         }
-        AuditEvent::Migration { node, phase, detail } => {
+        AuditEvent::Migration {
+            node,
+            phase,
+            detail,
+        } => {
             value["kind"] = json!("migration");
             value["node"] = json!(node.to_string());
             value["phase"] = json!(phase);

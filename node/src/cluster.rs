@@ -166,16 +166,17 @@ impl Cluster {
             })
             .collect();
         let legacy = self.legacy_links.values().cloned().collect();
-        let topology = Topology::from_parts(self.version, nodes, legacy, Vec::new(), Vec::new()).map_err(|errors| {
-            anyhow::anyhow!(
-                "cluster topology invalid: {}",
-                errors
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
-        })?;
+        let topology = Topology::from_parts(self.version, nodes, legacy, Vec::new(), Vec::new())
+            .map_err(|errors| {
+                anyhow::anyhow!(
+                    "cluster topology invalid: {}",
+                    errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            })?;
         let tmp = self.topology_path.with_extension("tmp");
         std::fs::write(&tmp, topology.render())?;
         std::fs::rename(&tmp, &self.topology_path)?;

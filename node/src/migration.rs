@@ -83,15 +83,34 @@ pub struct Migration {
 
 impl Migration {
     pub fn new(phase: Phase, now_ms: u64) -> Migration {
-        Migration { phase, since_ms: now_ms }
+        Migration {
+            phase,
+            since_ms: now_ms,
+        }
     }
 
     pub fn routes(&self) -> Routes {
         match self.phase {
-            Phase::Direct => Routes { legacy_sends: true, legacy_open: true, parent_sends: false },
-            Phase::Establish | Phase::Verify => Routes { legacy_sends: true, legacy_open: true, parent_sends: true },
-            Phase::CutOver => Routes { legacy_sends: false, legacy_open: true, parent_sends: true },
-            Phase::Dismantled => Routes { legacy_sends: false, legacy_open: false, parent_sends: true },
+            Phase::Direct => Routes {
+                legacy_sends: true,
+                legacy_open: true,
+                parent_sends: false,
+            },
+            Phase::Establish | Phase::Verify => Routes {
+                legacy_sends: true,
+                legacy_open: true,
+                parent_sends: true,
+            },
+            Phase::CutOver => Routes {
+                legacy_sends: false,
+                legacy_open: true,
+                parent_sends: true,
+            },
+            Phase::Dismantled => Routes {
+                legacy_sends: false,
+                legacy_open: false,
+                parent_sends: true,
+            },
         }
     }
 
@@ -99,7 +118,12 @@ impl Migration {
         let from = self.phase;
         self.phase = to;
         self.since_ms = now_ms;
-        Some(Transition { from, to, reason, fallback })
+        Some(Transition {
+            from,
+            to,
+            reason,
+            fallback,
+        })
     }
 
     /// Advances at most one phase from what is observed now.
@@ -147,7 +171,9 @@ impl Migration {
             Phase::Direct => "nothing: no migration in the topology".into(),
             Phase::Establish => "the new path to come up".into(),
             Phase::Verify => {
-                let healthy_ms = o.new_path_up_since_ms.map_or(0, |up| o.now_ms.saturating_sub(up.max(self.since_ms)));
+                let healthy_ms = o
+                    .new_path_up_since_ms
+                    .map_or(0, |up| o.now_ms.saturating_sub(up.max(self.since_ms)));
                 format!(
                     "coverage {}/{} batches through the new path; healthy {} of {} s",
                     o.covered,
@@ -185,19 +211,55 @@ mod tests {
     #[test]
     fn the_four_phases_in_order() {
         let mut m = Migration::new(Phase::Direct, 0);
-        assert_eq!(m.step(&observed(0, None, 5, 0)).unwrap().to, Phase::Establish);
+        assert_eq!(
+            m.step(&observed(0, None, 5, 0)).unwrap().to,
+            Phase::Establish
+        );
         assert!(m.routes().legacy_sends && m.routes().parent_sends);
-        assert_eq!(m.step(&observed(1_000, None, 5, 0)), None, "waits for the new path");
-        assert_eq!(m.step(&observed(2_000, Some(1_500), 5, 0)).unwrap().to, Phase::Verify);
-        assert_eq!(m.step(&observed(20_000, Some(1_500), 5, 4)), None, "not yet covered");
-        assert_eq!(m.step(&observed(5_000, Some(1_500), 5, 5)), None, "covered but not healthy long enough");
+        assert_eq!(
+            m.step(&observed(1_000, None, 5, 0)),
+            None,
+            "waits for the new path"
+        );
+        assert_eq!(
+            m.step(&observed(2_000, Some(1_500), 5, 0)).unwrap().to,
+            Phase::Verify
+        );
+        assert_eq!(
+            m.step(&observed(20_000, Some(1_500), 5, 4)),
+            None,
+            "not yet covered"
+        );
+        assert_eq!(
+            m.step(&observed(5_000, Some(1_500), 5, 5)),
+            None,
+            "covered but not healthy long enough"
+        );
         let cut = m.step(&observed(12_000, Some(1_500), 5, 5)).unwrap();
         assert_eq!(cut.to, Phase::CutOver);
-        assert_eq!(m.routes(), Routes { legacy_sends: false, legacy_open: true, parent_sends: true });
-        assert_eq!(m.step(&observed(31_000, Some(1_500), 6, 6)), None, "rollback window not over");
-        assert_eq!(m.step(&observed(32_000, Some(1_500), 6, 6)).unwrap().to, Phase::Dismantled);
+        assert_eq!(
+            m.routes(),
+            Routes {
+                legacy_sends: false,
+                legacy_open: true,
+                parent_sends: true
+            }
+        );
+        assert_eq!(
+            m.step(&observed(31_000, Some(1_500), 6, 6)),
+            None,
+            "rollback window not over"
+        );
+        assert_eq!(
+            m.step(&observed(32_000, Some(1_500), 6, 6)).unwrap().to,
+            Phase::Dismantled
+        );
         assert!(!m.routes().legacy_open);
-        assert_eq!(m.step(&observed(99_000, None, 6, 6)), None, "dismantled is final");
+        assert_eq!(
+            m.step(&observed(99_000, None, 6, 6)),
+            None,
+            "dismantled is final"
+        );
     }
 
     #[test]
@@ -209,7 +271,10 @@ mod tests {
         let mut m = Migration::new(Phase::CutOver, 0);
         let back = m.step(&observed(5_000, None, 3, 3)).unwrap();
         assert_eq!((back.to, back.fallback), (Phase::Establish, true));
-        assert!(m.routes().legacy_sends, "batches go by the legacy link again");
+        assert!(
+            m.routes().legacy_sends,
+            "batches go by the legacy link again"
+        );
     }
 
     #[test]
@@ -217,7 +282,10 @@ mod tests {
         let mut m = Migration::new(Phase::Verify, 0);
         // Up since 9 s into verify: at 12 s only 3 s healthy.
         assert_eq!(m.step(&observed(12_000, Some(9_000), 1, 1)), None);
-        assert_eq!(m.step(&observed(19_000, Some(9_000), 1, 1)).unwrap().to, Phase::CutOver);
+        assert_eq!(
+            m.step(&observed(19_000, Some(9_000), 1, 1)).unwrap().to,
+            Phase::CutOver
+        );
     }
 
     #[test]

@@ -150,7 +150,10 @@ impl Node {
             .lock()
             .expect("migration lock")
             .as_ref()
-            .map_or_else(|| Migration::new(Phase::Direct, 0).routes(), Migration::routes);
+            .map_or_else(
+                || Migration::new(Phase::Direct, 0).routes(),
+                Migration::routes,
+            );
         ActiveRoutes {
             parent_open: has_parent && routes.parent_sends,
             parent_sends: has_parent && routes.parent_sends,
@@ -213,7 +216,14 @@ impl Node {
         let receipt = self.own_receipt(&signed, Verdict::Accepted { warnings: 0 });
         let new = self
             .store
-            .insert_batch_durable(signed, batch, me, receipt, self.forward_targets(), wall_ms())
+            .insert_batch_durable(
+                signed,
+                batch,
+                me,
+                receipt,
+                self.forward_targets(),
+                wall_ms(),
+            )
             .await?;
         if new {
             self.notify_outboxes();
@@ -455,23 +465,36 @@ async fn uplink_loop(node: Arc<Node>, route: Route) {
         let span = info_span!("uplink", peer = %peer, route = route.direction());
         let mut connected = false;
         let result = async {
-            let connection = transport::connect(&node.endpoint, &node.identity.key, peer, address, peer_key)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot connect to {peer} at {address}: {e}"))?;
-            drive_uplink(&node, route, uplink, connection, &mut topology_changes, &mut connected).await
+            let connection =
+                transport::connect(&node.endpoint, &node.identity.key, peer, address, peer_key)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot connect to {peer} at {address}: {e}"))?;
+            drive_uplink(
+                &node,
+                route,
+                uplink,
+                connection,
+                &mut topology_changes,
+                &mut connected,
+            )
+            .await
         }
         .instrument(span.clone())
         .await;
         uplink.handle_disconnected();
         node.link(peer, route.direction(), |s| s.connected = false);
         if connected {
-            let _ = node.store.audit(AuditEvent::Path { peer, up: false }, wall_ms());
+            let _ = node
+                .store
+                .audit(AuditEvent::Path { peer, up: false }, wall_ms());
         }
         match result {
             Ok(()) => backoff = BACKOFF_MIN,
             Err(e) => {
                 span.in_scope(|| warn!(error = %format!("{e:#}"), retry_ms = backoff.as_millis() as u64, "uplink down"));
-                node.link(peer, route.direction(), |s| s.last_error = Some(format!("{e:#}")));
+                node.link(peer, route.direction(), |s| {
+                    s.last_error = Some(format!("{e:#}"))
+                });
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = topology_changes.changed() => {}
@@ -542,7 +565,13 @@ async fn drive_uplink(
     }
     info!("uplink connected");
     *connected = true;
-    node.store.audit(AuditEvent::Path { peer: parent, up: true }, wall_ms())?;
+    node.store.audit(
+        AuditEvent::Path {
+            peer: parent,
+            up: true,
+        },
+        wall_ms(),
+    )?;
     node.link(parent, direction, |s| {
         s.connected = true;
         s.since_ms = wall_ms();
@@ -680,19 +709,34 @@ async fn receive_batch(
     async {
         if let Some(receipt) = node.store.receipt(&id, node.me)? {
             debug!("already held; answering with the stored receipt");
-            return Ok(Decision { id, receipt, problems: Vec::new() });
+            return Ok(Decision {
+                id,
+                receipt,
+                problems: Vec::new(),
+            });
         }
         let checked = {
             let node = node.clone();
             let signed = signed.clone();
-            tokio::task::spawn_blocking(move || verify_incoming(&signed, |origin| node.origin_key(child, origin), Registry::builtin())).await?
+            tokio::task::spawn_blocking(move || {
+                verify_incoming(
+                    &signed,
+                    |origin| node.origin_key(child, origin),
+                    Registry::builtin(),
+                )
+            })
+            .await?
         };
         match checked {
             Ok(batch) => {
                 let receipt = node.own_receipt(&signed, Verdict::Accepted { warnings: 0 });
                 let targets = node.forward_targets();
-                let (origin, category, period, records) =
-                    (batch.header.origin, batch.header.category.clone(), batch.header.period, batch.records.len());
+                let (origin, category, period, records) = (
+                    batch.header.origin,
+                    batch.header.category.clone(),
+                    batch.header.period,
+                    batch.records.len(),
+                );
                 let new = node
                     .store
                     .insert_batch_durable(signed, batch, child, receipt.clone(), targets, wall_ms())
@@ -703,13 +747,28 @@ async fn receive_batch(
                 }
                 // A batch stored by a concurrent stream keeps the receipt stored with it.
                 let receipt = node.store.receipt(&id, node.me)?.unwrap_or(receipt);
-                Ok(Decision { id, receipt, problems: Vec::new() })
+                Ok(Decision {
+                    id,
+                    receipt,
+                    problems: Vec::new(),
+                })
             }
             Err((rejection, problems)) => {
                 error!(reason = %rejection, problems = problems.len(), "batch refused");
-                node.store.audit(AuditEvent::BatchRefused { batch: id, from: child, reason: rejection.to_string() }, wall_ms())?;
+                node.store.audit(
+                    AuditEvent::BatchRefused {
+                        batch: id,
+                        from: child,
+                        reason: rejection.to_string(),
+                    },
+                    wall_ms(),
+                )?;
                 node.store.sync_async().await?;
-                Ok(Decision { id, receipt: node.own_receipt(&signed, rejection.verdict()), problems })
+                Ok(Decision {
+                    id,
+                    receipt: node.own_receipt(&signed, rejection.verdict()),
+                    problems,
+                })
             }
         }
     }
@@ -870,7 +929,11 @@ impl Node {
                     .state_get::<(Phase, u64)>(MIGRATION_STATE)?
                     .unwrap_or((Phase::Direct, observed.now_ms));
                 // A restart in verify starts the health window again: conservative.
-                let since = if phase == Phase::Verify { observed.now_ms } else { since };
+                let since = if phase == Phase::Verify {
+                    observed.now_ms
+                } else {
+                    since
+                };
                 *guard = Some(Migration::new(phase, since));
             }
             let migration = guard.as_mut().expect("just set");
@@ -879,7 +942,8 @@ impl Node {
         let Some((transition, since)) = transition else {
             return Ok(());
         };
-        self.store.state_put(MIGRATION_STATE, &(transition.to, since))?;
+        self.store
+            .state_put(MIGRATION_STATE, &(transition.to, since))?;
         self.store.audit(
             AuditEvent::Migration {
                 node: self.me,
@@ -908,7 +972,9 @@ impl Node {
     /// The migration as `topology status` shows it.
     pub fn migration_status(&self) -> anyhow::Result<serde_json::Value> {
         let Some(observed) = self.observe()? else {
-            return Ok(serde_json::json!({"legacy_link": false, "phase": null, "waiting_for": "nothing: no legacy link"}));
+            return Ok(
+                serde_json::json!({"legacy_link": false, "phase": null, "waiting_for": "nothing: no legacy link"}),
+            );
         };
         let migration = self
             .migration
