@@ -663,7 +663,7 @@ async fn drive_uplink(
                     }
                     Err(e) => {
                         warn!(batch = %id, error = %format!("{e:#}"), "sending failed; will offer again");
-                        uplink.handle_send_failed(id);
+                        uplink.handle_send_failed(id, node.now_ms());
                     }
                 }
             }

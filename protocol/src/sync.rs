@@ -332,10 +332,11 @@ impl Uplink {
     }
 
     /// The batch could not be sent (stream error, or the batch could not be read back from the
-    /// store); it will be offered again.
-    pub fn handle_send_failed(&mut self, id: BatchId) {
+    /// store); it is offered again after `retry_ms`. Waiting, rather than offering at once,
+    /// keeps a batch that fails every time (say, corrupt on disk) from spinning.
+    pub fn handle_send_failed(&mut self, id: BatchId, now_ms: u64) {
         if let Some((_, stage)) = self.pending.get_mut(&id) {
-            *stage = Stage::Queued;
+            *stage = Stage::Offered { at_ms: now_ms };
         }
         self.in_flight.remove(&id);
         self.fill_window();

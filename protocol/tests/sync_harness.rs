@@ -241,7 +241,7 @@ impl Sim {
         }
         while let Some(id) = self.uplink.poll_send() {
             if self.rng.chance(self.faults.send_fail) {
-                self.uplink.handle_send_failed(id);
+                self.uplink.handle_send_failed(id, self.now);
                 continue;
             }
             let signed = self.b.outbox.get(&id).cloned();
@@ -369,6 +369,8 @@ impl Sim {
             if self.uplink.poll_timeout().is_some_and(|at| at <= self.now) {
                 self.uplink.handle_timeout(self.now);
                 self.drain();
+                let rearmed = self.uplink.poll_timeout().is_none_or(|at| at > self.now);
+                assert!(rearmed, "{}: timer not re-armed", self.tag());
             }
         }
     }
@@ -539,13 +541,11 @@ fn wants_stay_bounded_and_the_rest_are_wanted_after_a_retry() {
 }
 
 #[test]
-#[ignore = "~8,300 receipt verifications: about a minute in the debug profile; run with --release"]
 fn wants_stay_bounded_and_everything_converges() {
     offers_beyond_wanted_max(true);
 }
 
 #[test]
-#[ignore = "sync.rs bug: handle_send_failed leaves the batch Queued with no timer and no offer"]
 fn failed_sends_are_offered_again() {
     let all = batches(20);
     let faults = Faults {
