@@ -31,6 +31,8 @@ use crate::wire::{IDS_PER_FRAME_MAX, Message, Offer, SignedReceipt, Verdict};
 pub const PENDING_MAX: usize = 65_536;
 /// Most batch ids a downlink has asked for and not yet received.
 pub const WANTED_MAX: usize = 8_192;
+/// Refusal receipts a downlink remembers, to answer late re-offers of refused batches.
+pub const RECENT_REFUSALS_MAX: usize = 64;
 /// Most record problems kept for one refused batch.
 pub const REJECTION_PROBLEMS_MAX: usize = 1_000;
 
@@ -396,6 +398,9 @@ pub struct Downlink {
     receipts: VecDeque<SignedReceipt>,
     transmit: VecDeque<Message>,
     events: VecDeque<DownlinkEvent>,
+    /// Receipts of recently refused batches: refused batches are not stored, so without these
+    /// a late duplicate offer would be wanted again, and never sent, forever.
+    recent_refusals: VecDeque<SignedReceipt>,
 }
 
 /// Something the downlink's driver must act on.
@@ -413,6 +418,7 @@ impl Downlink {
             receipts: VecDeque::new(),
             transmit: VecDeque::new(),
             events: VecDeque::new(),
+            recent_refusals: VecDeque::new(),
         }
     }
 
@@ -443,7 +449,13 @@ impl Downlink {
             Message::Offer { offers } => {
                 let mut want = Vec::new();
                 for offer in offers {
-                    if let Some(receipt) = held(&offer.id) {
+                    let refused = || {
+                        self.recent_refusals
+                            .iter()
+                            .find(|r| r.receipt.batch == offer.id)
+                            .cloned()
+                    };
+                    if let Some(receipt) = held(&offer.id).or_else(refused) {
                         // Already held: the receipt is the answer; re-sending would be a no-op.
                         self.receipts.push_back(receipt);
                     } else if self.wanted.contains(&offer.id) {
@@ -486,6 +498,12 @@ impl Downlink {
 
     /// The driver stored the batch durably (or refused it) and signed this receipt.
     pub fn handle_decided(&mut self, receipt: SignedReceipt, problems: Vec<Problem>) {
+        if matches!(receipt.receipt.verdict, Verdict::Rejected { .. }) {
+            if self.recent_refusals.len() == RECENT_REFUSALS_MAX {
+                self.recent_refusals.pop_front();
+            }
+            self.recent_refusals.push_back(receipt.clone());
+        }
         if !problems.is_empty() {
             self.transmit.push_back(Message::Feedback {
                 batch: receipt.receipt.batch,
