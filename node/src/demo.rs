@@ -171,8 +171,8 @@ fn run(
     )?;
     writeln!(
         out,
-        "  {:<16} {:<10} {:>8} {:>9}  {}",
-        "county", "category", "batches", "records", "check"
+        "  {:<16} {:<10} {:>8} {:>9}  check",
+        "county", "category", "batches", "records"
     )?;
     let mut all_good = true;
     for ((origin, category), (count, records, valid)) in &tally {

@@ -9,6 +9,7 @@
 //! what to do.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError, mpsc};
 
 use protocol::batch::{BATCH_FORMAT, BATCH_RECORDS_MAX, BatchHeader, BuildError};
 use protocol::record::{Problem, Rule, Severity};
@@ -121,6 +122,10 @@ pub fn ingest_file(
 }
 
 /// Ingests file contents already in memory; `path` is used in messages only.
+///
+/// The calling thread parses the CSV and hands rows, in chunks, to validation workers (one
+/// per core): validation, normalization and desensitization are most of the work. Results
+/// are merged in file order, so the report is the same as from one thread.
 pub fn ingest_bytes(
     path: &Path,
     bytes: &[u8],
@@ -133,8 +138,7 @@ pub fn ingest_bytes(
         .has_headers(false)
         .flexible(true)
         .from_reader(text.as_bytes());
-    // One reused ByteRecord: the per-row StringRecord of `records()` costs an allocation
-    // and a UTF-8 check of the whole record; fields are checked one by one instead.
+    // One reused ByteRecord: `records()` allocates a StringRecord per row.
     let mut row = csv::ByteRecord::new();
     let read_row = |reader: &mut csv::Reader<&[u8]>, row: &mut csv::ByteRecord| {
         reader
@@ -160,66 +164,96 @@ pub fn ingest_bytes(
         warnings: Vec::new(),
         ignored_columns,
     };
-    // Accepted records with their lines. Duplicate keys are found after the loop by sorting
-    // (cheaper than a map holding a copy of every key).
-    let mut accepted: Vec<(Record, u64)> = Vec::new();
-    let mut lines = LineCounter::default();
-    while read_row(&mut reader, &mut row)? {
-        let line = lines.line_at(
-            text.as_bytes(),
-            row.position().map_or(0, |p| p.byte() as usize),
-        );
-        // The whole text is UTF-8 and the csv parser splits it at ASCII bytes only, so every
-        // field is UTF-8: the check per field cannot fail, but is kept (no unsafe).
-        let field = |index: usize| {
-            std::str::from_utf8(&row[index]).map_err(|_| not_utf8(path, row.position(), index))
-        };
-        let mut blank = true;
-        for index in 0..row.len() {
-            if !protocol::schema::trim_value(field(index)?).is_empty() {
-                blank = false;
-                break;
-            }
-        }
-        if blank {
-            continue; // blank lines and rows of empty cells, as Excel leaves at the end
-        }
-        report.rows += 1;
-        if report.rows.is_multiple_of(PROGRESS_EVERY_ROWS) {
-            progress(report.rows);
-        }
-        if row.len() != column_count {
-            report.rejected.push(RowProblems {
-                line,
-                problems: vec![file_problem(
-                    Rule::Format,
-                    format!(
-                        "the row has {} columns, the header has {column_count}: check for an unquoted comma or a missing cell",
-                        row.len()
-                    ),
-                )],
-            });
-            continue;
-        }
-        let raw = columns
-            .iter()
-            .map(|c| c.map(field).transpose())
-            .collect::<Result<Vec<Option<&str>>, IngestError>>()?;
-        match schema.validate(&raw, options.period, options.desensitize_key) {
-            Err(problems) => report.rejected.push(RowProblems { line, problems }),
-            Ok(validated) => {
-                if !validated.warnings.is_empty() {
-                    report.warnings.push(RowProblems {
-                        line,
-                        problems: validated.warnings,
-                    });
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(WORKERS_MAX));
+    // Bounded, so parsing runs at most a few chunks ahead of checking.
+    let (chunk_sender, chunk_receiver) = mpsc::sync_channel::<(usize, Chunk)>(2 * workers);
+    let chunk_receiver = Mutex::new(chunk_receiver);
+    let (checked_sender, checked_receiver) = mpsc::channel();
+    // If a worker panics, the scope re-raises the panic once every thread has ended, so
+    // nothing below has to deal with chunks that never come back.
+    let checked = std::thread::scope(|scope| -> Result<Vec<Checked>, IngestError> {
+        for _ in 0..workers {
+            let (chunk_receiver, checked_sender) = (&chunk_receiver, checked_sender.clone());
+            let columns = &columns;
+            scope.spawn(move || {
+                loop {
+                    // A worker that panicked holding the lock leaves nothing half-done in it.
+                    let next = chunk_receiver
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .recv();
+                    let Ok((index, chunk)) = next else { break };
+                    let checked = check_chunk(path, &chunk, columns, options);
+                    if checked_sender.send((index, checked)).is_err() {
+                        break;
+                    }
                 }
-                accepted.push((validated.record, line));
+            });
+        }
+        drop(checked_sender);
+
+        let mut chunks_sent = 0;
+        let mut chunk = Chunk::default();
+        let mut lines = LineCounter::default();
+        while read_row(&mut reader, &mut row)? {
+            let line = lines.line_at(
+                text.as_bytes(),
+                row.position().map_or(0, |p| p.byte() as usize),
+            );
+            if is_blank(&row).map_err(|field| not_utf8(path, row.position(), field))? {
+                continue; // blank lines and rows of empty cells, as Excel leaves at the end
+            }
+            report.rows += 1;
+            if report.rows.is_multiple_of(PROGRESS_EVERY_ROWS) {
+                progress(report.rows);
+            }
+            if row.len() != column_count {
+                report.rejected.push(RowProblems {
+                    line,
+                    problems: vec![file_problem(
+                        Rule::Format,
+                        format!(
+                            "the row has {} columns, the header has {column_count}: check for an unquoted comma or a missing cell",
+                            row.len()
+                        ),
+                    )],
+                });
+                continue;
+            }
+            chunk.push(line, &row);
+            if chunk.rows.len() == CHUNK_ROWS {
+                let full = std::mem::take(&mut chunk);
+                if chunk_sender.send((chunks_sent, full)).is_err() {
+                    break; // every worker panicked
+                }
+                chunks_sent += 1;
             }
         }
-    }
+        if !chunk.rows.is_empty() && chunk_sender.send((chunks_sent, chunk)).is_ok() {
+            chunks_sent += 1;
+        }
+        drop(chunk_sender);
+        // Back in file order.
+        let mut checked: Vec<Option<Result<Checked, IngestError>>> = Vec::new();
+        checked.resize_with(chunks_sent, || None);
+        for (index, result) in checked_receiver {
+            checked[index] = Some(result);
+        }
+        checked.into_iter().flatten().collect()
+    })?;
     progress(report.rows);
+
+    let mut accepted: Vec<(Record, u64)> =
+        Vec::with_capacity(checked.iter().map(|c| c.accepted.len()).sum());
+    for chunk in checked {
+        accepted.extend(chunk.accepted);
+        report.rejected.extend(chunk.rejected);
+        report.warnings.extend(chunk.warnings);
+    }
     let records = drop_duplicate_keys(accepted, &mut report);
+    // Rows of the wrong width were rejected as read, the others as checked and duplicate
+    // keys last: merge by line.
+    report.rejected.sort_by_key(|r| r.line);
     report.records = records.len() as u64;
     report.batches = seal_batches(records, options).map_err(|source| IngestError::Build {
         path: path.to_owned(),
@@ -228,44 +262,155 @@ pub fn ingest_bytes(
     Ok(report)
 }
 
+/// Most validation workers: one parsing thread cannot keep more busy.
+const WORKERS_MAX: usize = 8;
+/// Rows handed to a worker at a time: enough that passing them costs nothing next to
+/// checking them, few enough to spread a small file over the workers.
+const CHUNK_ROWS: usize = 256;
+
+/// Rows read and waiting to be checked, the cells of all of them in one buffer.
+#[derive(Default)]
+struct Chunk {
+    /// The cells of every row, back to back.
+    cells: Vec<u8>,
+    /// Where each cell ends in `cells` (it starts where the one before ends).
+    cell_ends: Vec<usize>,
+    /// Each row's line, and where its cells end in `cell_ends`.
+    rows: Vec<(u64, usize)>,
+}
+
+impl Chunk {
+    fn push(&mut self, line: u64, row: &csv::ByteRecord) {
+        let base = self.cells.len();
+        self.cells.extend_from_slice(row.as_slice());
+        self.cell_ends.extend(
+            (0..row.len())
+                .filter_map(|i| row.range(i))
+                .map(|r| base + r.end),
+        );
+        self.rows.push((line, self.cell_ends.len()));
+    }
+}
+
+/// What the checking of one chunk gave, its rows in file order.
+struct Checked {
+    accepted: Vec<(Record, u64)>,
+    rejected: Vec<RowProblems>,
+    warnings: Vec<RowProblems>,
+}
+
+/// Validates, normalizes and desensitizes the rows of a chunk (each as wide as the header).
+fn check_chunk(
+    path: &Path,
+    chunk: &Chunk,
+    columns: &[Option<usize>],
+    options: &IngestOptions<'_>,
+) -> Result<Checked, IngestError> {
+    let mut checked = Checked {
+        accepted: Vec::with_capacity(chunk.rows.len()),
+        rejected: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut raw: Vec<Option<&str>> = Vec::with_capacity(columns.len());
+    // Where the row's bytes and its cell ends start.
+    let (mut row_start, mut ends_start) = (0, 0);
+    for &(line, ends_end) in &chunk.rows {
+        let ends = &chunk.cell_ends[ends_start..ends_end];
+        ends_start = ends_end;
+        let row_end = ends.last().copied().unwrap_or(row_start);
+        // One UTF-8 check per row rather than per cell. It cannot fail (the whole text was
+        // checked and the csv parser splits it at ASCII bytes only), but skipping it would
+        // take unsafe code.
+        let not_utf8 = |field| IngestError::Csv {
+            path: path.to_owned(),
+            line,
+            message: format!("field {} is not valid UTF-8", field + 1),
+        };
+        let text =
+            std::str::from_utf8(&chunk.cells[row_start..row_end]).map_err(|_| not_utf8(0))?;
+        raw.clear();
+        for column in columns {
+            raw.push(match *column {
+                None => None,
+                Some(c) => {
+                    let start = if c == 0 { row_start } else { ends[c - 1] };
+                    let cell = text.get(start - row_start..ends[c] - row_start);
+                    Some(cell.ok_or_else(|| not_utf8(c))?)
+                }
+            });
+        }
+        row_start = row_end;
+        match options
+            .schema
+            .validate(&raw, options.period, options.desensitize_key)
+        {
+            Err(problems) => checked.rejected.push(RowProblems { line, problems }),
+            Ok(validated) => {
+                if !validated.warnings.is_empty() {
+                    checked.warnings.push(RowProblems {
+                        line,
+                        problems: validated.warnings,
+                    });
+                }
+                checked.accepted.push((validated.record, line));
+            }
+        }
+    }
+    Ok(checked)
+}
+
+/// Whether every cell of a row is empty after trimming; `Err(field)` if a cell is not UTF-8.
+fn is_blank(row: &csv::ByteRecord) -> Result<bool, usize> {
+    // Trimming keeps a visible ASCII character, and nearly every row has a cell starting
+    // with one: look for that before decoding any cell.
+    if row
+        .iter()
+        .any(|cell| cell.first().is_some_and(u8::is_ascii_graphic))
+    {
+        return Ok(false);
+    }
+    for (index, cell) in row.iter().enumerate() {
+        let text = std::str::from_utf8(cell).map_err(|_| index)?;
+        if !protocol::schema::trim_value(text).is_empty() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Keeps the first row (by line) of each record key and rejects every later one, naming
 /// the first line; a rejected row's warnings are not reported. Returns the records kept, in
-/// key order, and leaves `report.rejected` in line order.
+/// key order.
 fn drop_duplicate_keys(mut accepted: Vec<(Record, u64)>, report: &mut IngestReport) -> Vec<Record> {
     // Lines are unique, so this unstable sort puts each key's rows in line order.
     accepted
         .sort_unstable_by(|(a, a_line), (b, b_line)| a.key.cmp(&b.key).then(a_line.cmp(b_line)));
-    let mut records: Vec<Record> = Vec::with_capacity(accepted.len());
-    let mut first_line = 0;
     let mut duplicate_lines = Vec::new();
-    for (record, line) in accepted {
-        if let Some(last) = records.last()
-            && last.key == record.key
-        {
-            report.rejected.push(RowProblems {
-                line,
-                problems: vec![file_problem(
-                    Rule::DuplicateKey,
-                    format!(
-                        "record key {} was already given on line {first_line}: keep one row per key",
-                        record.key
-                    ),
-                )],
-            });
-            duplicate_lines.push(line);
-            continue;
+    // In place: `later` is removed when it has the key of `first`, the row kept before it.
+    accepted.dedup_by(|(later, later_line), (first, first_line)| {
+        if later.key != first.key {
+            return false;
         }
-        first_line = line;
-        records.push(record);
-    }
+        report.rejected.push(RowProblems {
+            line: *later_line,
+            problems: vec![file_problem(
+                Rule::DuplicateKey,
+                format!(
+                    "record key {} was already given on line {first_line}: keep one row per key",
+                    later.key
+                ),
+            )],
+        });
+        duplicate_lines.push(*later_line);
+        true
+    });
     if !duplicate_lines.is_empty() {
         duplicate_lines.sort_unstable();
         report
             .warnings
             .retain(|w| duplicate_lines.binary_search(&w.line).is_err());
-        report.rejected.sort_by_key(|r| r.line);
     }
-    records
+    accepted.into_iter().map(|(record, _)| record).collect()
 }
 
 /// Sorts records by key and cuts them into batches of at most `batch_records_max`, so the
@@ -277,6 +422,7 @@ pub fn seal_batches(
     records.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     let per_batch = options.batch_records_max.clamp(1, BATCH_RECORDS_MAX);
     let mut batches = Vec::with_capacity(records.len().div_ceil(per_batch));
+    let mut sealed = Vec::with_capacity(batches.capacity());
     let mut rest = records;
     while !rest.is_empty() {
         let tail = rest.split_off(rest.len().min(per_batch));
@@ -291,9 +437,20 @@ pub fn seal_batches(
         };
         let batch = Batch::new(header, rest)?;
         batches.push(SignedBatch::seal(&batch, options.node_key)?);
+        sealed.push(batch);
         rest = tail;
     }
+    drop_in_background(sealed);
     Ok(batches)
+}
+
+/// Drops `value` on a thread of its own: freeing the millions of strings of a large file's
+/// records takes a while, and nothing needs to wait for it.
+fn drop_in_background<T: Send + 'static>(value: T) {
+    // If no thread can be started, `spawn` drops the closure, and `value` with it, here.
+    let _ = std::thread::Builder::new()
+        .name("ingest-drop".to_owned())
+        .spawn(move || drop(value));
 }
 
 /// File line numbers from byte offsets. (The csv crate's own line count is one short after
@@ -313,13 +470,21 @@ impl LineCounter {
             start += 1;
         }
         debug_assert!(start >= self.offset, "records arrive in file order");
-        self.line += text[self.offset..start]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count() as u64;
+        self.line += count_newlines(&text[self.offset..start]);
         self.offset = start;
         self.line + 1
     }
+}
+
+/// The number of `\n` bytes, counted 32 at a time into a byte (which compiles to vector
+/// code): this runs over the whole file.
+fn count_newlines(bytes: &[u8]) -> u64 {
+    let mut chunks = bytes.chunks_exact(32);
+    let mut count = 0;
+    for chunk in &mut chunks {
+        count += u64::from(chunk.iter().map(|&b| u8::from(b == b'\n')).sum::<u8>());
+    }
+    count + chunks.remainder().iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 fn file_problem(rule: Rule, message: String) -> Problem {

@@ -325,7 +325,7 @@ fn quirk(kind: &FieldKind, value: &str, n: usize) -> String {
             2 => format!("{}-{}-{}", &value[..3], &value[3..7], &value[7..]),
             3 => format!("+86{value}"),
             4 => full_width(value),
-            5 if n % 19 == 0 => "12-34".to_owned(),
+            5 if n.is_multiple_of(19) => "12-34".to_owned(),
             _ => value.to_owned(),
         },
         FieldKind::Date => match n % 8 {
@@ -334,15 +334,15 @@ fn quirk(kind: &FieldKind, value: &str, n: usize) -> String {
             3 => format!("{value} 00:00:00"),
             4 => format!("{value}T08:30"),
             5 => full_width(value),
-            6 if n % 29 == 0 => "2022-02-30".to_owned(),
+            6 if n.is_multiple_of(29) => "2022-02-30".to_owned(),
             _ => value.to_owned(),
         },
         FieldKind::Month => match n % 7 {
             1 => value.replace('-', ""),
             2 => value.replace('-', "/"),
             3 => full_width(value),
-            4 if n % 31 == 0 => "2022-06".to_owned(),
-            5 if n % 37 == 0 => "2022-05-01".to_owned(),
+            4 if n.is_multiple_of(31) => "2022-06".to_owned(),
+            5 if n.is_multiple_of(37) => "2022-05-01".to_owned(),
             _ => value.to_owned(),
         },
         FieldKind::Decimal { .. } => {
@@ -364,9 +364,9 @@ fn quirk(kind: &FieldKind, value: &str, n: usize) -> String {
                     )
                 }
                 5 if int.len() <= 3 => format!("1,000,{int:0>3}{dot_frac}"),
-                6 if n % 23 == 0 => format!("-{value}"),
-                7 if n % 41 == 0 => format!("{int}.125"),
-                8 => format!("-0{}", if n % 2 == 0 { ".00" } else { "" }),
+                6 if n.is_multiple_of(23) => format!("-{value}"),
+                7 if n.is_multiple_of(41) => format!("{int}.125"),
+                8 => format!("-0{}", if n.is_multiple_of(2) { ".00" } else { "" }),
                 _ => value.to_owned(),
             }
         }
@@ -374,7 +374,7 @@ fn quirk(kind: &FieldKind, value: &str, n: usize) -> String {
             1 => format!("0{value}"),
             2 => format!("+{value}"),
             3 => full_width(value),
-            4 if n % 43 == 0 => "601".to_owned(),
+            4 if n.is_multiple_of(43) => "601".to_owned(),
             _ => value.to_owned(),
         },
         FieldKind::OrgCode | FieldKind::RegNo | FieldKind::Enum { .. } => value.to_owned(),
@@ -408,7 +408,7 @@ fn golden_file(schema: &Schema, golden: &Golden) -> String {
         };
         writer.write_record(&cells).unwrap();
         written.push(cells);
-        if golden.quirks && line % 450 == 0 {
+        if golden.quirks && line.is_multiple_of(450) {
             // A row of empty cells, a ragged row, and a row repeating one 300 lines up.
             writer.write_record(vec![""; row.len()]).unwrap();
             writer.write_record(["only", "three", "cells"]).unwrap();

@@ -17,7 +17,7 @@ use std::fmt;
 use bincode::{Decode, Encode};
 
 use crate::ids::{BatchId, Category, NodeId, Period};
-use crate::record::{Record, RecordKey};
+use crate::record::{Record, RecordKey, Value};
 
 /// Version of the batch layout; decoders refuse others.
 pub const BATCH_FORMAT: u16 = 1;
@@ -143,9 +143,47 @@ impl Batch {
     /// canonical; both keep records ordered.
     pub fn encode(&self) -> Result<Vec<u8>, BuildError> {
         debug_assert!(self.is_ordered(), "records out of canonical order");
-        let bytes = bincode::encode_to_vec(self, bincode_config::<BATCH_BYTES_MAX>())
+        // One pass into a buffer sized by estimate: bincode's `encode_to_vec` encodes
+        // everything twice, once only to size its buffer. Bincode checks a configured limit
+        // when decoding only, so the writer enforces it here.
+        let mut writer = LimitedWriter {
+            bytes: Vec::with_capacity(self.encoded_len_estimate().min(BATCH_BYTES_MAX)),
+            dropped: 0,
+        };
+        bincode::encode_into_writer(self, &mut writer, bincode_config::<BATCH_BYTES_MAX>())
             .map_err(|_| BuildError::TooManyBytes(BATCH_BYTES_MAX + 1))?;
-        Ok(bytes)
+        if writer.dropped > 0 {
+            return Err(BuildError::TooManyBytes(writer.len()));
+        }
+        Ok(writer.bytes)
+    }
+
+    /// About the encoded size, from the text lengths of the first records: a buffer this
+    /// size rarely has to grow.
+    fn encoded_len_estimate(&self) -> usize {
+        const SAMPLE: usize = 64;
+        let sample = &self.records[..self.records.len().min(SAMPLE)];
+        let sample_len: usize = sample
+            .iter()
+            .map(|record| {
+                // Lengths, tags and the subject: at most about 24 bytes beyond the texts.
+                let texts: usize = record
+                    .values
+                    .iter()
+                    .map(|value| match value {
+                        Value::Absent => 1,
+                        Value::Text(text) => 3 + text.len(),
+                        Value::Token { masked, token } => 3 + masked.len() + token.0.len(),
+                    })
+                    .sum();
+                24 + record.key.0.len() + texts
+            })
+            .sum();
+        let per_record = sample_len.div_ceil(sample.len().max(1));
+        // Header and withdrawals: small next to the records; 1/8 spare for what the sample
+        // does not show.
+        let records = self.records.len().saturating_mul(per_record);
+        1024 + 64 * self.header.withdrawals.len() + records.saturating_add(records / 8)
     }
 
     /// Decodes canonical bytes; anything else is an error, never a panic or a large
@@ -197,6 +235,34 @@ impl Batch {
                 .withdrawals
                 .windows(2)
                 .all(|w| w[0].key < w[1].key)
+    }
+}
+
+/// A bincode writer into a buffer that stops storing bytes beyond `BATCH_BYTES_MAX` but
+/// keeps counting them, so an oversized batch is refused with its true size without holding
+/// more than the limit in memory.
+struct LimitedWriter {
+    bytes: Vec<u8>,
+    /// Bytes not stored because they would have passed the limit.
+    dropped: usize,
+}
+
+impl LimitedWriter {
+    fn len(&self) -> usize {
+        self.bytes.len().saturating_add(self.dropped)
+    }
+}
+
+impl bincode::enc::write::Writer for LimitedWriter {
+    // Called for every tag, length and text: inlined like bincode's own Vec writer.
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        if self.dropped == 0 && bytes.len() <= BATCH_BYTES_MAX - self.bytes.len() {
+            self.bytes.extend_from_slice(bytes);
+        } else {
+            self.dropped = self.dropped.saturating_add(bytes.len());
+        }
+        Ok(())
     }
 }
 
@@ -387,5 +453,67 @@ impl SignedBatch {
             return Err(DecodeError::Format(header.format));
         }
         Ok(header)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::PersonToken;
+    use crate::record::Subject;
+
+    /// A batch of one record per text length, each holding a text that long.
+    fn batch_of_texts(lengths: &[usize]) -> Batch {
+        let header = BatchHeader {
+            format: BATCH_FORMAT,
+            origin: NodeId::parse("445281").unwrap(),
+            category: Category::parse("water_fee").unwrap(),
+            schema_version: 1,
+            period: Period::parse("2022-05").unwrap(),
+            supersedes: None,
+            withdrawals: Vec::new(),
+        };
+        let records = lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| Record {
+                key: RecordKey(format!("K{i:04}")),
+                subject: Subject::Person(PersonToken([i as u8; 16])),
+                values: vec![
+                    Value::Text("x".repeat(len)),
+                    Value::Absent,
+                    Value::Token {
+                        masked: "110105***********X".to_owned(),
+                        token: PersonToken([7; 16]),
+                    },
+                ],
+            })
+            .collect();
+        Batch::new(header, records).unwrap()
+    }
+
+    fn encoded_len(batch: &Batch) -> usize {
+        let mut size = bincode::enc::write::SizeWriter::default();
+        bincode::encode_into_writer(batch, &mut size, bincode_config::<BATCH_BYTES_MAX>()).unwrap();
+        size.bytes_written
+    }
+
+    #[test]
+    fn encode_gives_the_bytes_of_bincode_encode_to_vec() {
+        let batch = batch_of_texts(&[0, 1, 127, 128, 300, 70_000, 5]);
+        let bytes = batch.encode().unwrap();
+        assert_eq!(
+            bytes,
+            bincode::encode_to_vec(&batch, bincode_config::<BATCH_BYTES_MAX>()).unwrap()
+        );
+        assert_eq!(Batch::decode(&bytes).unwrap(), batch);
+    }
+
+    #[test]
+    fn a_batch_over_the_byte_limit_is_refused_with_its_size() {
+        let batch = batch_of_texts(&[BATCH_BYTES_MAX / 2, BATCH_BYTES_MAX / 2]);
+        let len = encoded_len(&batch);
+        assert!(len > BATCH_BYTES_MAX);
+        assert_eq!(batch.encode(), Err(BuildError::TooManyBytes(len)));
     }
 }

@@ -825,5 +825,3 @@ mod tests {
         assert!(BatchId::parse_hex("zz").is_err());
     }
 }
-#[cfg(test)]
-pub(crate) fn tests_uscc_value(b: u8) -> Option<u32> { uscc_value(b) }

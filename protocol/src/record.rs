@@ -220,7 +220,7 @@ impl Schema {
         );
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
-        let trimmed = |i: usize| raw[i].map_or("", trim_value);
+        let trimmed = |i: usize| raw[i].map_or("", trim);
         let mut values = Vec::with_capacity(self.fields.len());
         for (index, field) in self.fields.iter().enumerate() {
             let text = trimmed(index);
@@ -404,8 +404,9 @@ impl Schema {
             Value::Absent => 0,
         };
         let separators = self.key.len().saturating_sub(1);
-        let mut key =
-            String::with_capacity(self.key.iter().map(|&i| part_len(i)).sum::<usize>() + separators);
+        let mut key = String::with_capacity(
+            self.key.iter().map(|&i| part_len(i)).sum::<usize>() + separators,
+        );
         for (n, &i) in self.key.iter().enumerate() {
             if n > 0 {
                 key.push('|');
@@ -437,7 +438,10 @@ impl Schema {
 
     fn problem(&self, field: &Field, value: &str, rule: Rule, message: String) -> Problem {
         // At most the first 64 characters.
-        let cut = value.char_indices().nth(64).map_or(value, |(i, _)| &value[..i]);
+        let cut = value
+            .char_indices()
+            .nth(64)
+            .map_or(value, |(i, _)| &value[..i]);
         let shown = if field.sensitivity == Sensitivity::Public {
             cut.to_owned()
         } else {
@@ -451,6 +455,18 @@ impl Schema {
             severity: Severity::Error,
             message,
         }
+    }
+}
+
+/// [`trim_value`], without its work for the usual cell that starts and ends with a visible
+/// ASCII character, which it would leave as it is.
+fn trim(value: &str) -> &str {
+    let visible = |byte: Option<&u8>| byte.is_some_and(u8::is_ascii_graphic);
+    let bytes = value.as_bytes();
+    if visible(bytes.first()) && visible(bytes.last()) {
+        value
+    } else {
+        trim_value(value)
     }
 }
 
@@ -548,17 +564,15 @@ fn normalize<'a>(kind: &FieldKind, text: &'a str) -> FieldResult<'a> {
                     format!("{} characters, at most {max_chars}", text.chars().count()),
                 ));
             }
-            if text
-                .chars()
-                .any(|c| c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
-            {
+            let (control, carriage_return) = scan_controls(text);
+            if control {
                 return Err((
                     Rule::Format,
                     "contains a control character: remove it".to_owned(),
                 ));
             }
             // Line breaks inside a cell are canonically LF, whatever the exporting system wrote.
-            if text.contains('\r') {
+            if carriage_return {
                 return Ok(Normalized::ok(
                     text.replace("\r\n", "\n").replace('\r', "\n"),
                 ));
@@ -679,7 +693,7 @@ fn normalize<'a>(kind: &FieldKind, text: &'a str) -> FieldResult<'a> {
             // Excel and database exports often append a midnight time: drop a time part.
             let date = half.split([' ', 'T']).next().unwrap_or("");
             match Period::parse(date) {
-                Ok(day @ Period::Day { .. }) => Ok(normal_form(text, day.text().as_str())),
+                Ok(day @ Period::Day { .. }) => Ok(period_form(text, day)),
                 _ => Err((
                     Rule::Format,
                     "not a date: use YYYY-MM-DD (or YYYY/MM/DD, YYYYMMDD)".to_owned(),
@@ -687,7 +701,7 @@ fn normalize<'a>(kind: &FieldKind, text: &'a str) -> FieldResult<'a> {
             }
         }
         FieldKind::Month => match Period::parse(&to_half_width(text)) {
-            Ok(month @ Period::Month { .. }) => Ok(normal_form(text, month.text().as_str())),
+            Ok(month @ Period::Month { .. }) => Ok(period_form(text, month)),
             _ => Err((
                 Rule::Format,
                 "not a month: use YYYY-MM (or YYYYMM)".to_owned(),
@@ -740,6 +754,55 @@ fn normalize<'a>(kind: &FieldKind, text: &'a str) -> FieldResult<'a> {
     }
 }
 
+/// Whether `text` holds a control character other than '\n', '\t' and '\r' (Unicode
+/// category Cc: C0 and DEL as single bytes, C1 U+0080..=U+009F as 0xC2 0x80..=0x9F), and
+/// whether it holds a '\r'. One pass over the bytes; text cells are most of the bytes of a
+/// file.
+fn scan_controls(text: &str) -> (bool, bool) {
+    let bytes = text.as_bytes();
+    // Nearly always there is none of these bytes: a test the compiler vectorizes.
+    if !bytes.iter().any(|&b| b < 0x20 || b == 0x7f || b == 0xc2) {
+        return (false, false);
+    }
+    let mut carriage_return = false;
+    for (i, &byte) in bytes.iter().enumerate() {
+        match byte {
+            b'\r' => carriage_return = true,
+            b'\n' | b'\t' => {}
+            0..=0x1f | 0x7f => return (true, carriage_return),
+            // In UTF-8, 0xC2 is always a lead byte.
+            0xc2 if bytes
+                .get(i + 1)
+                .is_some_and(|next| (0x80..=0x9f).contains(next)) =>
+            {
+                return (true, carriage_return);
+            }
+            _ => {}
+        }
+    }
+    (false, carriage_return)
+}
+
+/// The normal form of `period`, parsed from `given`: `given` itself (no allocation) if it is
+/// written that way already, `YYYY-MM` or `YYYY-MM-DD` in ASCII digits. (A parsed period's
+/// year has four digits, so those digits are exactly what `Display` writes.)
+fn period_form(given: &str, period: Period) -> Normalized<'_> {
+    let len = match period {
+        Period::Month { .. } => 7,
+        Period::Day { .. } => 10,
+    };
+    let shaped = given.len() == len
+        && given.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    if shaped {
+        Normalized::ok(given)
+    } else {
+        Normalized::ok(period.to_string())
+    }
+}
+
 /// `given` if it is already the normal form `normal` (no allocation), else a copy of `normal`.
 fn normal_form<'a>(given: &'a str, normal: &str) -> Normalized<'a> {
     if given == normal {
@@ -778,16 +841,20 @@ fn normalize_decimal(text: &str, scale: u8, min: Option<i64>) -> FieldResult<'_>
         Some(rest) => (true, rest),
         None => (false, text),
     };
-    let (int_part, frac_part) = match unsigned.split_once('.') {
-        Some((i, f)) => (i, f),
+    // Byte scans rather than `split_once` and `contains`: cells are short, and decimals are
+    // most of the cells of a fee export.
+    let dot = unsigned.bytes().position(|b| b == b'.');
+    let (int_part, frac_part) = match dot {
+        Some(i) => (&unsigned[..i], &unsigned[i + 1..]),
         None => (unsigned, ""),
     };
-    let int_digits = if int_part.contains(',') {
+    let grouped = int_part.bytes().any(|b| b == b',');
+    let int_digits = if grouped {
         Cow::Owned(int_part.chars().filter(|c| *c != ',').collect())
     } else {
         Cow::Borrowed(int_part)
     };
-    let grouping_ok = !int_part.contains(',')
+    let grouping_ok = !grouped
         || int_part.split(',').enumerate().all(|(i, g)| {
             if i == 0 {
                 (1..=3).contains(&g.len())
@@ -799,15 +866,22 @@ fn normalize_decimal(text: &str, scale: u8, min: Option<i64>) -> FieldResult<'_>
         || !grouping_ok
         || !int_digits.bytes().all(|b| b.is_ascii_digit())
         || !frac_part.bytes().all(|b| b.is_ascii_digit())
-        || (unsigned.contains('.') && frac_part.is_empty())
+        || (dot.is_some() && frac_part.is_empty())
     {
         return Err(format_error());
     }
-    let frac = frac_part.trim_end_matches('0');
+    // Both parts are ASCII digits now.
+    let frac = &frac_part[..frac_part
+        .bytes()
+        .rposition(|b| b != b'0')
+        .map_or(0, |i| i + 1)];
     if frac.len() > usize::from(scale) {
         return Err((Rule::Format, format!("more than {scale} decimal places")));
     }
-    let int = int_digits.trim_start_matches('0');
+    let int = &int_digits[int_digits
+        .bytes()
+        .position(|b| b != b'0')
+        .unwrap_or(int_digits.len())..];
     if int.len() > 24 {
         return Err((Rule::OutOfRange, "more than 24 integer digits".to_owned()));
     }
@@ -829,11 +903,11 @@ fn normalize_decimal(text: &str, scale: u8, min: Option<i64>) -> FieldResult<'_>
         }
     }
     // Normalizing only removes characters (separators, leading and trailing zeros, the '-'
-    // of a zero, a '.' left alone), but for the "0" of an all-zero integer part, which
-    // stands where at least one zero was: a normal form as long as the text is the text.
-    let normal_len = usize::from(negative)
-        + int.len().max(1)
-        + if frac.is_empty() { 0 } else { 1 + frac.len() };
+    // of a zero, a '.' with no digits after it left), but for the "0" of an all-zero
+    // integer part, which stands where at least one zero was: so the text is in normal form
+    // exactly when it is as long as the normal form.
+    let normal_len =
+        usize::from(negative) + int.len().max(1) + if frac.is_empty() { 0 } else { 1 + frac.len() };
     if normal_len == text.len() {
         return Ok(Normalized::ok(text));
     }
@@ -855,7 +929,11 @@ mod tests {
 
     #[test]
     fn decimals_normalize() {
-        let ok = |t: &str| normalize_decimal(t, 2, None).map(|n| n.text.into_owned()).ok();
+        let ok = |t: &str| {
+            normalize_decimal(t, 2, None)
+                .map(|n| n.text.into_owned())
+                .ok()
+        };
         assert_eq!(ok("1,234.50").as_deref(), Some("1234.5"));
         assert_eq!(ok("007.00").as_deref(), Some("7"));
         assert_eq!(ok("-0.0").as_deref(), Some("0"));
@@ -885,6 +963,3 @@ mod tests {
         );
     }
 }
-#[cfg(test)]
-#[path = "/tmp/orig/equiv.rs"]
-mod equiv_tmp;

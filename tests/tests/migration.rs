@@ -43,12 +43,20 @@ fn legacy_network() -> Net {
     cluster.members.get_mut(&id("445200")).unwrap().in_topology = false;
     cluster.legacy_links.insert(
         id("445281"),
-        LegacyLink { node: id("445281"), migrate: false, verify_window_s: 3, rollback_window_s: 3 },
+        LegacyLink {
+            node: id("445281"),
+            migrate: false,
+            verify_window_s: 3,
+            rollback_window_s: 3,
+        },
     );
     cluster.write_topology().unwrap();
     cluster.start(id("000000")).unwrap();
     cluster.start(id("445281")).unwrap();
-    Net { cluster, _root: root }
+    Net {
+        cluster,
+        _root: root,
+    }
 }
 
 /// Version 2: city and province join; the county gets the city as parent and migrates.
@@ -58,7 +66,12 @@ fn add_hierarchy_and_migrate(cluster: &mut Cluster, verify_window_s: u64, rollba
     cluster.members.get_mut(&id("445281")).unwrap().parent = Some(id("445200"));
     cluster.legacy_links.insert(
         id("445281"),
-        LegacyLink { node: id("445281"), migrate: true, verify_window_s, rollback_window_s },
+        LegacyLink {
+            node: id("445281"),
+            migrate: true,
+            verify_window_s,
+            rollback_window_s,
+        },
     );
     cluster.write_topology().unwrap();
     cluster.start(id("440000")).unwrap();
@@ -71,16 +84,33 @@ fn add_hierarchy_and_migrate(cluster: &mut Cluster, verify_window_s: u64, rollba
 fn submit(cluster: &Cluster, n: u64) -> (Vec<String>, u64) {
     let county = id("445281");
     let schema = Registry::builtin().by_name("water_fee").unwrap();
-    let file = node::sample::sample_csv(schema, county, Period::parse("2022-05").unwrap(), 120, 0, 1000 + n);
+    let file = node::sample::sample_csv(
+        schema,
+        county,
+        Period::parse("2022-05").unwrap(),
+        120,
+        0,
+        1000 + n,
+    );
     let path = cluster.root().join(format!("water-{n}.csv"));
     std::fs::write(&path, &file.text).unwrap();
-    let report = cluster.submit(county, &path, "water_fee", "2022-05", 60).unwrap();
-    let ids = report["batches"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_owned()).collect();
+    let report = cluster
+        .submit(county, &path, "water_fee", "2022-05", 60)
+        .unwrap();
+    let ids = report["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect();
     (ids, report["records"].as_u64().unwrap())
 }
 
 fn phase(cluster: &Cluster) -> anyhow::Result<String> {
-    Ok(cluster.migration(id("445281"))?["phase"].as_str().unwrap_or("none").to_owned())
+    Ok(cluster.migration(id("445281"))?["phase"]
+        .as_str()
+        .unwrap_or("none")
+        .to_owned())
 }
 
 /// Replays the county's audit trail: once a path was up, some path stayed up at every
@@ -98,7 +128,11 @@ fn check_never_without_a_path(audit: &Value) -> Vec<String> {
                     ever_up = true;
                 } else {
                     up.remove(&peer);
-                    assert!(!ever_up || !up.is_empty(), "entry {}: the county had no path at all after {peer} went down", entry["seq"]);
+                    assert!(
+                        !ever_up || !up.is_empty(),
+                        "entry {}: the county had no path at all after {peer} went down",
+                        entry["seq"]
+                    );
                 }
             }
             "migration" => phases.push(entry["phase"].as_str().unwrap().to_owned()),
@@ -112,7 +146,12 @@ fn check_never_without_a_path(audit: &Value) -> Vec<String> {
 /// Every submitted batch is at the national platform exactly once, with all its records.
 fn assert_national_holds_exactly(cluster: &Cluster, submitted: &BTreeSet<String>, records: u64) {
     wait_until("the national platform to hold every batch", TIMEOUT, || {
-        let held: BTreeSet<String> = cluster.batches(id("000000"))?["batches"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_owned()).collect();
+        let held: BTreeSet<String> = cluster.batches(id("000000"))?["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap().to_owned())
+            .collect();
         Ok(submitted.is_subset(&held))
     })
     .unwrap_or_else(|e| panic!("{e}\ncounty log:\n{}", cluster.log(id("445281"))));
@@ -122,12 +161,21 @@ fn assert_national_holds_exactly(cluster: &Cluster, submitted: &BTreeSet<String>
     let unique: BTreeSet<String> = ids.iter().map(|s| (*s).to_owned()).collect();
     assert_eq!(ids.len(), unique.len(), "one copy per batch id");
     assert_eq!(&unique, submitted);
-    assert_eq!(list.iter().map(|b| b["records"].as_u64().unwrap()).sum::<u64>(), records);
+    assert_eq!(
+        list.iter()
+            .map(|b| b["records"].as_u64().unwrap())
+            .sum::<u64>(),
+        records
+    );
     assert!(list.iter().all(|b| b["signature_valid"] == true));
 }
 
 /// Submits a batch about every 400 ms from a second thread until `stop` is set.
-fn keep_submitting<'a>(scope: &'a std::thread::Scope<'a, '_>, cluster: &'a Cluster, stop: &'a AtomicBool) -> std::thread::ScopedJoinHandle<'a, (Vec<String>, u64)> {
+fn keep_submitting<'a>(
+    scope: &'a std::thread::Scope<'a, '_>,
+    cluster: &'a Cluster,
+    stop: &'a AtomicBool,
+) -> std::thread::ScopedJoinHandle<'a, (Vec<String>, u64)> {
     scope.spawn(move || {
         let (mut ids, mut records) = (Vec::new(), 0);
         let mut n = 100;
@@ -159,13 +207,18 @@ fn a_legacy_county_migrates_onto_the_hierarchy_without_ever_lacking_a_path() {
     let stop = AtomicBool::new(false);
     let (more, more_records) = std::thread::scope(|scope| {
         let submitter = keep_submitting(scope, &cluster, &stop);
-        let done = wait_until("the migration to complete", TIMEOUT, || Ok(phase(&cluster)? == "dismantled"));
+        let done = wait_until("the migration to complete", TIMEOUT, || {
+            Ok(phase(&cluster)? == "dismantled")
+        });
         stop.store(true, Ordering::Relaxed);
         let result = submitter.join().unwrap();
         done.unwrap_or_else(|e| panic!("{e}\ncounty log:\n{}", cluster.log(id("445281"))));
         result
     });
-    assert!(!more.is_empty(), "the county submitted during the migration");
+    assert!(
+        !more.is_empty(),
+        "the county submitted during the migration"
+    );
     submitted.extend(more);
     records += more_records;
     // After the migration, one more batch goes by the hierarchy alone.
@@ -179,9 +232,17 @@ fn a_legacy_county_migrates_onto_the_hierarchy_without_ever_lacking_a_path() {
     // The legacy link is closed: at the county and at the national platform.
     wait_until("the legacy link to be closed at both ends", TIMEOUT, || {
         let county_links = cluster.status(id("445281"))?["links"].clone();
-        let legacy_up = county_links.as_array().unwrap().iter().any(|l| l["direction"] == "legacy" && l["connected"] == true);
+        let legacy_up = county_links
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["direction"] == "legacy" && l["connected"] == true);
         let national_links = cluster.status(id("000000"))?["links"].clone();
-        let county_down = national_links.as_array().unwrap().iter().any(|l| l["peer"] == "445281" && l["connected"] == true);
+        let county_down = national_links
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["peer"] == "445281" && l["connected"] == true);
         Ok(!legacy_up && !county_down)
     })
     .unwrap();
@@ -201,9 +262,17 @@ fn a_new_path_that_breaks_during_verify_sends_the_county_back_to_the_legacy_link
     records += count;
     // A long verify window, so the break surely lands inside it.
     add_hierarchy_and_migrate(&mut cluster, 600, 600);
-    wait_until("the county to start verifying the new path", TIMEOUT, || Ok(phase(&cluster)? == "verify")).unwrap();
+    wait_until(
+        "the county to start verifying the new path",
+        TIMEOUT,
+        || Ok(phase(&cluster)? == "verify"),
+    )
+    .unwrap();
     cluster.kill(id("445200")).unwrap();
-    wait_until("the county to fall back", TIMEOUT, || Ok(phase(&cluster)? == "establish")).unwrap();
+    wait_until("the county to fall back", TIMEOUT, || {
+        Ok(phase(&cluster)? == "establish")
+    })
+    .unwrap();
     // On the legacy link alone, the county keeps delivering.
     for n in 1..4 {
         let (ids, count) = submit(&cluster, n);
@@ -214,8 +283,20 @@ fn a_new_path_that_breaks_during_verify_sends_the_county_back_to_the_legacy_link
     let audit = cluster.audit_log(id("445281")).unwrap();
     let phases = check_never_without_a_path(&audit);
     assert_eq!(phases, ["establish", "verify", "establish"]);
-    let fallback: Vec<&Value> = audit["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "migration" && e["phase"] == "establish").collect();
-    assert!(fallback[1]["detail"].as_str().unwrap().contains("failed during verify"), "{}", fallback[1]);
+    let fallback: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "migration" && e["phase"] == "establish")
+        .collect();
+    assert!(
+        fallback[1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("failed during verify"),
+        "{}",
+        fallback[1]
+    );
     let status = cluster.migration(id("445281")).unwrap();
     assert_eq!(status["sends_on_legacy"], true);
     cluster.stop_all();

@@ -179,7 +179,10 @@ fn batches_reach_the_province_verified_and_survive_a_city_sigkill() {
     .unwrap();
     cluster.kill(city).unwrap();
     let arrived = held_count(&cluster, province, "gas_fee").unwrap();
-    eprintln!("at the kill, {arrived} of {} queued batches had reached the province", second.len());
+    eprintln!(
+        "at the kill, {arrived} of {} queued batches had reached the province",
+        second.len()
+    );
     assert!(
         arrived < second.len() as u64,
         "the kill must happen while batches are in flight ({arrived} of {} had arrived)",
