@@ -36,6 +36,9 @@ use crate::transport::{self, ChildrenPolicy, SharedTopology, current};
 
 /// Control frames buffered from a peer before the reader waits.
 const CONTROL_QUEUE: usize = 64;
+/// Batch streams read at once per link. Each may hold up to a whole batch (64 MiB) in memory;
+/// further streams wait unread inside QUIC's flow-control window.
+const RECEIVES_PER_LINK: usize = 4;
 /// Outbox entries read from the store per page.
 const OUTBOX_PAGE: usize = 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -830,6 +833,7 @@ async fn drive_downlink(
     let mut relayed: HashSet<(BatchId, NodeId)> = HashSet::new();
     relay.notify_one();
     let mut receiving: JoinSet<anyhow::Result<Decision>> = JoinSet::new();
+    let receive_slots = Arc::new(tokio::sync::Semaphore::new(RECEIVES_PER_LINK));
     let mut topology_changes = node.topology_changed.subscribe();
     let store = node.store.clone();
     let me = node.me;
@@ -848,7 +852,12 @@ async fn drive_downlink(
             },
             stream = connection.accept_uni() => {
                 let stream = stream.context("accepting a batch stream")?;
-                receiving.spawn(receive_batch(node.clone(), child, stream));
+                let permit = receive_slots.clone();
+                let node = node.clone();
+                receiving.spawn(async move {
+                    let _slot = permit.acquire_owned().await.expect("the semaphore is never closed");
+                    receive_batch(node, child, stream).await
+                });
             }
             Some(joined) = receiving.join_next() => match joined.context("receive task")? {
                 Ok(decision) => {
