@@ -4,8 +4,8 @@
 //! The node listens on 127.0.0.1 on a free port and writes `api.toml` (address and a random
 //! token, mode 0600) into its directory; a command presents the token with every request, so
 //! only users who can read the node directory can drive the node. A request is
-//! `[u32 big-endian length][bincode (token, ApiRequest)]`, capped at one batch frame; the
-//! answer is `[u32 length][JSON]`.
+//! `[token: 32 bytes][u32 big-endian length][bincode ApiRequest]`; the token is checked before
+//! the body (capped at one batch frame) is read. The answer is `[u32 length][JSON]`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -90,24 +90,29 @@ async fn handle(
     mut stream: tokio::net::TcpStream,
     token: [u8; 32],
 ) -> anyhow::Result<()> {
-    let length = stream.read_u32().await? as usize;
-    if length > REQUEST_BYTES_MAX {
-        bail!("request of {length} bytes is over the limit");
-    }
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await?;
-    let answer = match bincode::decode_from_slice::<([u8; 32], ApiRequest), _>(
-        &body,
-        bincode::config::standard().with_limit::<REQUEST_BYTES_MAX>(),
-    ) {
-        Err(e) => json!({"ok": false, "error": format!("malformed request: {e}")}),
-        Ok(((given, _), _)) if given != token => {
-            json!({"ok": false, "error": "wrong API token: the node was restarted, or this is another node's directory"})
+    // The token comes first and is checked before the body is read, so nobody without it
+    // can make the node allocate.
+    let mut given = [0u8; 32];
+    stream.read_exact(&mut given).await?;
+    let answer = if given != token {
+        json!({"ok": false, "error": "wrong API token: the node was restarted, or this is another node's directory"})
+    } else {
+        let length = stream.read_u32().await? as usize;
+        if length > REQUEST_BYTES_MAX {
+            bail!("request of {length} bytes is over the limit");
         }
-        Ok(((_, request), _)) => match answer(&node, request).await {
-            Ok(value) => value,
-            Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
-        },
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).await?;
+        match bincode::decode_from_slice::<ApiRequest, _>(
+            &body,
+            bincode::config::standard().with_limit::<REQUEST_BYTES_MAX>(),
+        ) {
+            Err(e) => json!({"ok": false, "error": format!("malformed request: {e}")}),
+            Ok((request, _)) => match answer(&node, request).await {
+                Ok(value) => value,
+                Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
+            },
+        }
     };
     let bytes = serde_json::to_vec(&answer)?;
     stream.write_u32(bytes.len() as u32).await?;
@@ -297,8 +302,9 @@ pub fn call(dir: &Path, request: &ApiRequest) -> anyhow::Result<Value> {
             path.display()
         )
     })?;
-    let body = bincode::encode_to_vec((token, request), bincode::config::standard())
-        .expect("encoding to memory");
+    let body =
+        bincode::encode_to_vec(request, bincode::config::standard()).expect("encoding to memory");
+    stream.write_all(&token)?;
     stream.write_all(&(body.len() as u32).to_be_bytes())?;
     stream.write_all(&body)?;
     let mut length = [0u8; 4];
