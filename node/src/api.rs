@@ -90,17 +90,24 @@ async fn handle(
     mut stream: tokio::net::TcpStream,
     token: [u8; 32],
 ) -> anyhow::Result<()> {
-    // The token comes first and is checked before the body is read, so nobody without it
-    // can make the node allocate.
+    // The token comes first and is checked before the body is read into memory, so nobody
+    // without it can make the node allocate.
     let mut given = [0u8; 32];
     stream.read_exact(&mut given).await?;
+    let length = stream.read_u32().await? as usize;
+    if length > REQUEST_BYTES_MAX {
+        bail!("request of {length} bytes is over the limit");
+    }
     let answer = if given != token {
+        // Discard the body without keeping it, so the caller reads our answer instead of a
+        // connection reset.
+        tokio::io::copy(
+            &mut (&mut stream).take(length as u64),
+            &mut tokio::io::sink(),
+        )
+        .await?;
         json!({"ok": false, "error": "wrong API token: the node was restarted, or this is another node's directory"})
     } else {
-        let length = stream.read_u32().await? as usize;
-        if length > REQUEST_BYTES_MAX {
-            bail!("request of {length} bytes is over the limit");
-        }
         let mut body = vec![0u8; length];
         stream.read_exact(&mut body).await?;
         match bincode::decode_from_slice::<ApiRequest, _>(
