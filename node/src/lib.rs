@@ -3,10 +3,10 @@
 
 pub mod api;
 pub mod cluster;
+pub mod core;
 pub mod demo;
 pub mod identity;
 pub mod ingest;
-pub mod migration;
 pub mod progress;
 pub mod report;
 pub mod runtime;

@@ -338,9 +338,4 @@ impl PeerPolicy for ChildrenPolicy {
     }
 }
 
-/// Whether `node` may hold a link to `me`: it is a child of `me` in the hierarchy, or `me` is
-/// the national platform and `node` has a legacy direct link in the topology.
-pub fn may_connect(topology: &Topology, me: NodeId, node: NodeId) -> bool {
-    topology.node(node).is_some_and(|n| n.parent == Some(me))
-        || (me.is_national() && topology.legacy_link(node).is_some())
-}
+pub use crate::core::may_connect;

@@ -364,6 +364,52 @@ impl NodeKey {
     }
 }
 
+/// Makes signatures: the seam through which a node signs. [`NodeKey`] signs with Ed25519; a
+/// simulation may stand in a keyed hash (see [`Verifier`]).
+pub trait Signer {
+    fn public(&self) -> PublicKey;
+    fn sign(&self, context: &[u8], message: &[u8]) -> Signature;
+}
+
+/// Checks signatures: the seam through which a node verifies. [`Ed25519`] is the real one.
+/// A simulation may use a keyed hash instead, as long as a simulated forger cannot produce a
+/// signature that verifies without the signer's secret.
+pub trait Verifier {
+    fn verify(
+        &self,
+        key: &PublicKey,
+        context: &[u8],
+        message: &[u8],
+        signature: &Signature,
+    ) -> bool;
+}
+
+/// Ed25519 verification (strict), as used in production.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ed25519;
+
+impl Verifier for Ed25519 {
+    fn verify(
+        &self,
+        key: &PublicKey,
+        context: &[u8],
+        message: &[u8],
+        signature: &Signature,
+    ) -> bool {
+        key.verify(context, message, signature)
+    }
+}
+
+impl Signer for NodeKey {
+    fn public(&self) -> PublicKey {
+        NodeKey::public(self)
+    }
+
+    fn sign(&self, context: &[u8], message: &[u8]) -> Signature {
+        NodeKey::sign(self, context, message)
+    }
+}
+
 impl fmt::Debug for NodeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "NodeKey(public {:?})", self.public())
@@ -408,6 +454,11 @@ pub enum VerifyError {
 impl SignedBatch {
     /// Encodes, hashes and signs a batch.
     pub fn seal(batch: &Batch, key: &NodeKey) -> Result<SignedBatch, BuildError> {
+        SignedBatch::seal_with(batch, key)
+    }
+
+    /// [`SignedBatch::seal`] through a [`Signer`] seam.
+    pub fn seal_with(batch: &Batch, key: &dyn Signer) -> Result<SignedBatch, BuildError> {
         let bytes = batch.encode()?;
         let id = BatchId::of(&bytes);
         let signature = key.sign(BATCH_SIGNING_CONTEXT, id.as_bytes());
@@ -421,12 +472,30 @@ impl SignedBatch {
     /// Checks the hash and the origin's signature, then decodes. `origin_key` must be the
     /// key pinned for the batch's origin; use [`SignedBatch::origin`] to find which node that is.
     pub fn verify(&self, origin_key: &PublicKey) -> Result<Batch, VerifyError> {
-        self.verify_hash_and_signature(origin_key)?;
+        self.verify_with(origin_key, &Ed25519)
+    }
+
+    /// [`SignedBatch::verify`] through a [`Verifier`] seam.
+    pub fn verify_with(
+        &self,
+        origin_key: &PublicKey,
+        verifier: &dyn Verifier,
+    ) -> Result<Batch, VerifyError> {
+        self.verify_hash_and_signature_with(origin_key, verifier)?;
         Ok(Batch::decode(&self.bytes)?)
     }
 
     /// Checks the hash and the signature without decoding the records.
     pub fn verify_hash_and_signature(&self, origin_key: &PublicKey) -> Result<(), VerifyError> {
+        self.verify_hash_and_signature_with(origin_key, &Ed25519)
+    }
+
+    /// [`SignedBatch::verify_hash_and_signature`] through a [`Verifier`] seam.
+    pub fn verify_hash_and_signature_with(
+        &self,
+        origin_key: &PublicKey,
+        verifier: &dyn Verifier,
+    ) -> Result<(), VerifyError> {
         let actual = BatchId::of(&self.bytes);
         if actual != self.id {
             return Err(VerifyError::HashMismatch {
@@ -434,7 +503,12 @@ impl SignedBatch {
                 actual,
             });
         }
-        if !origin_key.verify(BATCH_SIGNING_CONTEXT, self.id.as_bytes(), &self.signature) {
+        if !verifier.verify(
+            origin_key,
+            BATCH_SIGNING_CONTEXT,
+            self.id.as_bytes(),
+            &self.signature,
+        ) {
             return Err(VerifyError::BadSignature(self.id));
         }
         Ok(())

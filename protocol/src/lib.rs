@@ -12,7 +12,9 @@ pub mod schema;
 pub mod sync;
 pub mod wire;
 
-pub use batch::{Batch, BatchHeader, NodeKey, PublicKey, Signature, SignedBatch};
+pub use batch::{
+    Batch, BatchHeader, Ed25519, NodeKey, PublicKey, Signature, SignedBatch, Signer, Verifier,
+};
 pub use ids::{BatchId, Category, NodeId, Period, Uscc};
 pub use record::{DesensitizeKey, Problem, Record, RecordKey, Value};
 pub use schema::{Registry, Schema};

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::batch::{Batch, PublicKey, SignedBatch, VerifyError};
+use crate::batch::{Batch, Ed25519, PublicKey, SignedBatch, Verifier, VerifyError};
 use crate::ids::{BatchId, NodeId};
 use crate::record::Problem;
 use crate::schema::Registry;
@@ -228,6 +228,16 @@ impl Uplink {
 
     /// A message from the parent on the control stream.
     pub fn handle_message(&mut self, message: Message, now_ms: u64) -> Result<(), ProtocolError> {
+        self.handle_message_with(message, now_ms, &Ed25519)
+    }
+
+    /// [`Uplink::handle_message`], checking receipt signatures through `verifier`.
+    pub fn handle_message_with(
+        &mut self,
+        message: Message,
+        now_ms: u64,
+        verifier: &dyn Verifier,
+    ) -> Result<(), ProtocolError> {
         match message {
             Message::Hello { node, .. } => {
                 if node != self.parent {
@@ -250,7 +260,7 @@ impl Uplink {
             }
             Message::Receipts { receipts } => {
                 for receipt in receipts {
-                    self.handle_receipt(receipt)?;
+                    self.handle_receipt(receipt, verifier)?;
                 }
                 self.fill_window();
             }
@@ -276,7 +286,11 @@ impl Uplink {
         Ok(())
     }
 
-    fn handle_receipt(&mut self, receipt: SignedReceipt) -> Result<(), ProtocolError> {
+    fn handle_receipt(
+        &mut self,
+        receipt: SignedReceipt,
+        verifier: &dyn Verifier,
+    ) -> Result<(), ProtocolError> {
         let batch = receipt.receipt.batch;
         if receipt.receipt.receiver != self.parent {
             return Err(ProtocolError::WrongReceiver {
@@ -285,7 +299,7 @@ impl Uplink {
                 batch,
             });
         }
-        if !receipt.verify(&self.parent_key) {
+        if !receipt.verify_with(&self.parent_key, verifier) {
             return Err(ProtocolError::BadReceiptSignature {
                 peer: self.parent,
                 batch,
@@ -571,13 +585,23 @@ pub fn verify_incoming(
     origin_key: impl Fn(NodeId) -> Option<PublicKey>,
     registry: &Registry,
 ) -> Result<Batch, (Rejection, Vec<Problem>)> {
+    verify_incoming_with(signed, origin_key, registry, &Ed25519)
+}
+
+/// [`verify_incoming`], checking the origin's signature through `verifier`.
+pub fn verify_incoming_with(
+    signed: &SignedBatch,
+    origin_key: impl Fn(NodeId) -> Option<PublicKey>,
+    registry: &Registry,
+    verifier: &dyn Verifier,
+) -> Result<Batch, (Rejection, Vec<Problem>)> {
     let header = signed
         .header()
         .map_err(|e| (Rejection::Verify(VerifyError::Decode(e)), Vec::new()))?;
     let key =
         origin_key(header.origin).ok_or((Rejection::UnknownOrigin(header.origin), Vec::new()))?;
     let batch = signed
-        .verify(&key)
+        .verify_with(&key, verifier)
         .map_err(|e| (Rejection::Verify(e), Vec::new()))?;
     let category = batch.header.category.to_string();
     let schema = registry

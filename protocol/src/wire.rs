@@ -10,7 +10,10 @@
 
 use bincode::{Decode, Encode};
 
-use crate::batch::{BATCH_BYTES_MAX, NodeKey, PublicKey, Signature, SignedBatch, bincode_config};
+use crate::batch::{
+    BATCH_BYTES_MAX, Ed25519, NodeKey, PublicKey, Signature, SignedBatch, Signer, Verifier,
+    bincode_config,
+};
 use crate::ids::{BatchId, Category, Digest, NodeId, Period};
 use crate::record::Problem;
 
@@ -73,6 +76,11 @@ impl Receipt {
     }
 
     pub fn sign(self, key: &NodeKey) -> SignedReceipt {
+        self.sign_with(key)
+    }
+
+    /// [`Receipt::sign`] through a [`Signer`] seam.
+    pub fn sign_with(self, key: &dyn Signer) -> SignedReceipt {
         let signature = key.sign(RECEIPT_SIGNING_CONTEXT, self.digest().as_bytes());
         SignedReceipt {
             receipt: self,
@@ -84,7 +92,13 @@ impl Receipt {
 impl SignedReceipt {
     /// Whether the receipt was signed by the holder of `receiver_key`.
     pub fn verify(&self, receiver_key: &PublicKey) -> bool {
-        receiver_key.verify(
+        self.verify_with(receiver_key, &Ed25519)
+    }
+
+    /// [`SignedReceipt::verify`] through a [`Verifier`] seam.
+    pub fn verify_with(&self, receiver_key: &PublicKey, verifier: &dyn Verifier) -> bool {
+        verifier.verify(
+            receiver_key,
             RECEIPT_SIGNING_CONTEXT,
             self.receipt.digest().as_bytes(),
             &self.signature,

@@ -1,0 +1,1420 @@
+//! The node core: every decision of one node, as a sans-IO state machine in the manner of
+//! `quinn-proto`, one level above `protocol::sync` (which stays the machine of one link).
+//!
+//! Inputs are `handle_*` calls (a link came up or went down, a control frame or a batch
+//! arrived on a link, a batch was sent, the store reported writes durable, a topology was
+//! loaded, a timer fired, the operator submitted a batch); outputs are [`Output`]s drained
+//! with [`Core::poll_output`] (dial a peer, send a frame, send a batch on a stream of its own,
+//! close a link, make the store durable up to a write). Time arrives as [`Now`]: monotonic
+//! milliseconds for every window, retry and backoff, wall milliseconds only for stamps.
+//!
+//! The core owns: routing by migration phase (parent, legacy link), the subtree rule for
+//! forwarded batches, the receive decision (held → the stored receipt; else verify → store →
+//! receipt), trust checks on relayed receipts, relay and its acknowledgement, feedback
+//! matching, reload acceptance, closing links after a re-key, and the migration machine.
+//!
+//! **Invariant: nothing is acknowledged to a peer before it is durable here.** Every receipt
+//! and every `UpstreamStored` is created as a [`Deferred`] tagged with the store write that
+//! holds what it acknowledges, and reaches a link only from [`Core::handle_durable`], when the
+//! store has reported that write durable. There is no other path to a link.
+//!
+//! **Invariant: no IO.** No tokio, quinn, sled, files, clocks or OS randomness here: the store
+//! is the [`Kv`] seam, signatures the [`Signer`]/[`Verifier`] seams. A test reads this
+//! directory's source to keep it so.
+
+pub mod migration;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use protocol::ids::{BatchId, NodeId};
+use protocol::record::Problem;
+use protocol::sync::{
+    Downlink, DownlinkEvent, ProtocolError, SyncConfig, Uplink, UplinkEvent, verify_incoming_with,
+};
+use protocol::wire::{self, Message, Receipt, SignedReceipt, Verdict};
+use protocol::{PublicKey, Registry, SignedBatch, Signer, Verifier};
+use topology::Topology;
+use tracing::{debug, error, info, warn};
+
+use crate::store::{AuditEvent, Kv, Store, StoreError};
+use migration::{Migration, Observed, Phase};
+
+/// Outbox entries read from the store per page.
+const OUTBOX_PAGE: usize = 1024;
+/// Relayed receipts sent down per wake-up.
+const RELAY_PAGE: usize = 1024;
+/// Most receipts a downlink remembers having relayed on one connection.
+const RELAYED_MAX: usize = 65_536;
+/// How long a failed sync waits before it is tried again.
+const SYNC_RETRY_MS: u64 = 1_000;
+/// The state name under which the migration phase is kept.
+const MIGRATION_STATE: &str = "migration_phase";
+
+/// The time as the core sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Now {
+    /// Monotonic milliseconds (since the node started): windows, retries, backoff.
+    pub mono_ms: u64,
+    /// Unix milliseconds: stamps in receipts and the audit log only.
+    pub wall_ms: u64,
+}
+
+/// Where the core's time comes from: the system clock in production, virtual time in
+/// simulation.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Now;
+}
+
+/// A connection to a peer, named by the runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkId(pub u64);
+
+/// An uplink: to the parent in the hierarchy, or the legacy direct link to the national
+/// platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Route {
+    Parent,
+    Legacy,
+}
+
+impl Route {
+    pub const ALL: [Route; 2] = [Route::Parent, Route::Legacy];
+
+    fn index(self) -> usize {
+        match self {
+            Route::Parent => 0,
+            Route::Legacy => 1,
+        }
+    }
+
+    /// The direction name in link status.
+    pub fn direction(self) -> &'static str {
+        match self {
+            Route::Parent => "up",
+            Route::Legacy => "legacy",
+        }
+    }
+}
+
+/// What the runtime must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Dial `peer` at `address`, pinned to `key`; report [`Core::handle_link_up`] with
+    /// [`LinkKind::Up`] on success (the control stream open), [`Core::handle_dial_failed`]
+    /// otherwise.
+    Dial {
+        route: Route,
+        peer: NodeId,
+        address: SocketAddr,
+        key: PublicKey,
+    },
+    /// Send a frame on the link's control stream.
+    Transmit { link: LinkId, message: Message },
+    /// Send a stored batch on a stream of its own; report [`Core::handle_batch_sent`].
+    SendBatch { link: LinkId, id: BatchId },
+    /// Close the link; report [`Core::handle_link_down`] when it is gone.
+    Close { link: LinkId, reason: String },
+    /// Make every store write up to `upto` durable; report [`Core::handle_durable`] (or
+    /// [`Core::handle_sync_failed`]).
+    Sync { upto: u64 },
+}
+
+/// Which side of a link a new connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// This node dialed a route's peer.
+    Up(Route),
+    /// A peer dialed this node, proving it holds `key`.
+    Down { key: PublicKey },
+}
+
+/// Something acknowledged to a peer, held until the write it acknowledges is durable.
+#[derive(Debug, Clone)]
+enum Deferred {
+    /// This node's receipt for a batch (accepted: the batch is durable; refused: the refusal
+    /// is in the audit log).
+    Receipt {
+        link: LinkId,
+        receipt: SignedReceipt,
+        problems: Vec<Problem>,
+    },
+    /// Relayed receipts this node stored, acknowledged to the parent.
+    UpstreamStored {
+        link: LinkId,
+        done: Vec<(BatchId, NodeId)>,
+    },
+}
+
+/// Bugs planted on purpose behind a test-only switch, to show the simulator catches them.
+#[cfg(feature = "planted-bugs")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// A receipt leaves before the store write holding its batch is durable.
+    ReceiptBeforeDurable,
+    /// A forwarded batch is stored without checking its origin's signature.
+    SkipOriginSignature,
+    /// A batch leaves the outbox when it is sent, before its receipt is stored.
+    DropOutboxOnSend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreConfig {
+    pub sync: SyncConfig,
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    #[cfg(feature = "planted-bugs")]
+    pub planted: Option<PlantedBug>,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            sync: SyncConfig::default(),
+            backoff_min_ms: 100,
+            backoff_max_ms: 5_000,
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
+        }
+    }
+}
+
+/// What the operator sees of one link.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LinkStatus {
+    pub peer: String,
+    pub direction: &'static str,
+    pub connected: bool,
+    /// Wall time of the last change.
+    pub since_ms: u64,
+    pub last_error: Option<String>,
+    pub pending: usize,
+    pub in_flight: usize,
+    pub batches_sent: u64,
+    pub batches_received: u64,
+}
+
+/// Why the core could not do what an input asked. The link stays as it was unless said.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("batch {id} refused: {reason}")]
+    Refused { id: BatchId, reason: String },
+}
+
+/// Why a topology was not applied; the node keeps the one it had.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("node {0} is not in the new topology; keeping the old one")]
+    NotInTopology(NodeId),
+    #[error("the key pinned for {0} is not this node's key; keeping the old one")]
+    NotMyKey(NodeId),
+    #[error("refused by the planner: {refusal}; keeping version {kept}")]
+    Planner { refusal: String, kept: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A submitted batch, accepted: durable once [`Core::durable_seq`] reaches `durable_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Submitted {
+    pub new: bool,
+    pub durable_at: u64,
+}
+
+#[derive(Debug, Default)]
+struct UplinkSlot {
+    machine: Option<Uplink>,
+    link: Option<LinkId>,
+    /// The peer answered with its Hello: it accepted this node. Only then is the path up.
+    established: bool,
+    dialing: bool,
+    next_dial_ms: u64,
+    backoff_ms: u64,
+    up_since_ms: Option<u64>,
+    feedback: HashMap<BatchId, Vec<Problem>>,
+}
+
+#[derive(Debug)]
+struct DownlinkSlot {
+    machine: Downlink,
+    key: PublicKey,
+    relayed: HashSet<(BatchId, NodeId)>,
+}
+
+/// One node's decisions.
+pub struct Core<K: Kv> {
+    me: NodeId,
+    signer: Box<dyn Signer + Send>,
+    verifier: Box<dyn Verifier + Send>,
+    registry: &'static Registry,
+    topology: Arc<Topology>,
+    store: Store<K>,
+    config: CoreConfig,
+    uplinks: [UplinkSlot; 2],
+    downlinks: BTreeMap<LinkId, DownlinkSlot>,
+    /// Which route each uplink connection serves.
+    uplink_links: BTreeMap<LinkId, Route>,
+    migration: Option<Migration>,
+    migration_dirty: bool,
+    /// Store write groups applied, and how many are known durable.
+    written: u64,
+    durable: u64,
+    sync_requested: u64,
+    sync_retry_at_ms: Option<u64>,
+    deferred: VecDeque<(u64, Deferred)>,
+    /// Batches written and not yet reported durable, with their write.
+    unsynced: HashMap<BatchId, u64>,
+    outputs: VecDeque<Output>,
+    links: BTreeMap<(NodeId, &'static str), LinkStatus>,
+}
+
+impl<K: Kv> std::fmt::Debug for Core<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("me", &self.me)
+            .field("written", &self.written)
+            .field("durable", &self.durable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Kv> Core<K> {
+    /// A core over a store (new or reopened after a restart or crash). `topology` must
+    /// already be checked: it names this node with `signer`'s key.
+    pub fn new(
+        signer: Box<dyn Signer + Send>,
+        verifier: Box<dyn Verifier + Send>,
+        topology: Arc<Topology>,
+        store: Store<K>,
+        config: CoreConfig,
+        now: Now,
+    ) -> Result<Core<K>, CoreError> {
+        let me = topology
+            .node_by_key(&signer.public())
+            .map(|n| n.id)
+            .expect("the topology pins this node's key (checked by the caller)");
+        store.audit(
+            AuditEvent::Started {
+                topology_version: topology.version,
+            },
+            now.wall_ms,
+        )?;
+        let mut core = Core {
+            me,
+            signer,
+            verifier,
+            registry: Registry::builtin(),
+            topology,
+            store,
+            config,
+            uplinks: Default::default(),
+            downlinks: BTreeMap::new(),
+            uplink_links: BTreeMap::new(),
+            migration: None,
+            migration_dirty: true,
+            written: 1,
+            durable: 0,
+            sync_requested: 0,
+            sync_retry_at_ms: None,
+            deferred: VecDeque::new(),
+            unsynced: HashMap::new(),
+            outputs: VecDeque::new(),
+            links: BTreeMap::new(),
+        };
+        for slot in &mut core.uplinks {
+            slot.backoff_ms = config.backoff_min_ms;
+        }
+        // Restore the migration phase before any link is dialed, so a restart resumes it.
+        core.migration_step(now)?;
+        core.request_sync();
+        core.plan_dials(now);
+        Ok(core)
+    }
+
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn topology(&self) -> &Arc<Topology> {
+        &self.topology
+    }
+
+    pub fn store(&self) -> &Store<K> {
+        &self.store
+    }
+
+    /// Store writes known durable: acknowledgements up to here have been released.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable
+    }
+
+    pub fn links(&self) -> Vec<LinkStatus> {
+        self.links.values().cloned().collect()
+    }
+
+    /// The next thing the runtime must do. Drain after every `handle_*` call.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Core::handle_timeout`] should next be called (monotonic ms), if ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut at = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
+        for (route, slot) in Route::ALL.iter().zip(&self.uplinks) {
+            if let Some(t) = slot.machine.as_ref().and_then(Uplink::poll_timeout)
+                && slot.link.is_some()
+            {
+                at(t);
+            }
+            if slot.link.is_none() && !slot.dialing && self.route_target(*route).is_some() {
+                at(slot.next_dial_ms);
+            }
+        }
+        if let Some(t) = self.sync_retry_at_ms {
+            at(t);
+        }
+        if let Some(t) = self.migration_deadline() {
+            at(t);
+        }
+        next
+    }
+
+    fn push(&mut self, output: Output) {
+        self.outputs.push_back(output);
+    }
+
+    fn link_status(&mut self, peer: NodeId, direction: &'static str, now: Now) -> &mut LinkStatus {
+        self.links
+            .entry((peer, direction))
+            .or_insert_with(|| LinkStatus {
+                peer: peer.to_string(),
+                direction,
+                connected: false,
+                since_ms: now.wall_ms,
+                last_error: None,
+                pending: 0,
+                in_flight: 0,
+                batches_sent: 0,
+                batches_received: 0,
+            })
+    }
+
+    // ---- durability ----
+
+    /// Notes that a store write group was applied; returns its number.
+    fn wrote(&mut self) -> u64 {
+        self.written += 1;
+        self.request_sync();
+        self.written
+    }
+
+    fn request_sync(&mut self) {
+        if self.written > self.sync_requested && self.sync_retry_at_ms.is_none() {
+            self.sync_requested = self.written;
+            self.outputs.push_back(Output::Sync { upto: self.written });
+        }
+    }
+
+    fn defer(&mut self, seq: u64, item: Deferred) {
+        #[cfg(feature = "planted-bugs")]
+        if self.config.planted == Some(PlantedBug::ReceiptBeforeDurable) {
+            self.release(item);
+            return;
+        }
+        if seq <= self.durable {
+            self.release(item);
+        } else {
+            self.deferred.push_back((seq, item));
+        }
+    }
+
+    /// The only way an acknowledgement reaches a link.
+    fn release(&mut self, item: Deferred) {
+        match item {
+            Deferred::Receipt {
+                link,
+                receipt,
+                problems,
+            } => {
+                if let Some(slot) = self.downlinks.get_mut(&link) {
+                    slot.machine.handle_decided(receipt, problems);
+                }
+            }
+            Deferred::UpstreamStored { link, done } => {
+                if let Some(route) = self.uplink_links.get(&link).copied()
+                    && let Some(machine) = self.uplinks[route.index()].machine.as_mut()
+                {
+                    machine.handle_upstream_stored(done);
+                }
+            }
+        }
+    }
+
+    /// The store made every write up to `upto` durable: release what waited for it.
+    pub fn handle_durable(&mut self, upto: u64, now: Now) {
+        if upto <= self.durable {
+            return;
+        }
+        self.durable = upto;
+        self.unsynced.retain(|_, seq| *seq > upto);
+        while self.deferred.front().is_some_and(|(seq, _)| *seq <= upto) {
+            let (_, item) = self.deferred.pop_front().expect("just checked");
+            self.release(item);
+        }
+        self.flush_links(now);
+    }
+
+    /// A sync failed (a full disk, say): nothing waiting is released; it is tried again.
+    pub fn handle_sync_failed(&mut self, reason: &str, now: Now) {
+        error!(%reason, "store sync failed: acknowledgements wait until it succeeds; free disk space if it is full");
+        self.sync_requested = self.durable;
+        self.sync_retry_at_ms = Some(now.mono_ms + SYNC_RETRY_MS);
+    }
+
+    // ---- routing ----
+
+    /// Which links this node keeps open and sends new batches on.
+    fn routes(&self) -> migration::Routes {
+        let has_parent = self.topology.parent_of(self.me).is_some();
+        if self.topology.legacy_link(self.me).is_none() {
+            return migration::Routes {
+                parent_sends: has_parent,
+                legacy_open: false,
+                legacy_sends: false,
+            };
+        }
+        let routes = self.migration.as_ref().map_or_else(
+            || Migration::new(Phase::Direct, 0).routes(),
+            Migration::routes,
+        );
+        migration::Routes {
+            parent_sends: has_parent && routes.parent_sends,
+            legacy_open: routes.legacy_open,
+            legacy_sends: routes.legacy_sends,
+        }
+    }
+
+    /// The peer a route connects to now, if the route is open.
+    fn route_target(&self, route: Route) -> Option<(NodeId, SocketAddr, PublicKey)> {
+        let routes = self.routes();
+        let peer = match route {
+            Route::Parent if routes.parent_sends => self.topology.parent_of(self.me)?,
+            Route::Legacy if routes.legacy_open => self.topology.node(NodeId::NATIONAL)?,
+            _ => return None,
+        };
+        Some((peer.id, peer.address, peer.public_key))
+    }
+
+    /// The links a newly stored batch is queued for.
+    fn forward_targets(&self) -> Vec<NodeId> {
+        let routes = self.routes();
+        let mut targets = Vec::with_capacity(2);
+        if routes.parent_sends
+            && let Some(parent) = self.topology.parent_of(self.me)
+        {
+            targets.push(parent.id);
+        }
+        if routes.legacy_sends {
+            targets.push(NodeId::NATIONAL);
+        }
+        targets
+    }
+
+    /// The key pinned for `origin`, if `origin` is `via` itself or below it (a child may only
+    /// send batches of its own subtree).
+    fn origin_key(&self, via: NodeId, origin: NodeId) -> Option<PublicKey> {
+        if !self.topology.path_to_national(origin).contains(&via) {
+            return None;
+        }
+        self.topology.node(origin).map(|n| n.public_key)
+    }
+
+    fn plan_dials(&mut self, now: Now) {
+        for route in Route::ALL {
+            let target = self.route_target(route);
+            let slot = &mut self.uplinks[route.index()];
+            // A link that no longer matches the route (gone, other peer or key): close it.
+            if let Some(link) = slot.link
+                && target.is_none_or(|(peer, _, key)| {
+                    slot.machine.as_ref().is_none_or(|m| {
+                        m.parent() != peer
+                            || self.topology.node(peer).is_none_or(|n| n.public_key != key)
+                    })
+                })
+            {
+                self.outputs.push_back(Output::Close {
+                    link,
+                    reason: "link no longer in the topology or the migration phase".into(),
+                });
+                continue;
+            }
+            let Some((peer, address, key)) = target else {
+                continue;
+            };
+            if slot.link.is_some() || slot.dialing || now.mono_ms < slot.next_dial_ms {
+                continue;
+            }
+            if slot.machine.as_ref().is_none_or(|m| m.parent() != peer) {
+                slot.machine = Some(Uplink::new(self.me, peer, key, self.config.sync));
+            }
+            slot.dialing = true;
+            self.outputs.push_back(Output::Dial {
+                route,
+                peer,
+                address,
+                key,
+            });
+        }
+    }
+
+    // ---- links ----
+
+    /// A dial failed (unreachable, or refused): try again after a backoff.
+    pub fn handle_dial_failed(&mut self, route: Route, reason: &str, now: Now) {
+        let slot = &mut self.uplinks[route.index()];
+        slot.dialing = false;
+        slot.next_dial_ms = now.mono_ms + slot.backoff_ms;
+        slot.backoff_ms = (slot.backoff_ms * 2).min(self.config.backoff_max_ms);
+        let retry_ms = slot.next_dial_ms - now.mono_ms;
+        if let Some((peer, _, _)) = self.route_target(route) {
+            warn!(%peer, route = route.direction(), error = %reason, retry_ms, "uplink down");
+            self.link_status(peer, route.direction(), now).last_error = Some(reason.to_owned());
+        }
+    }
+
+    /// A connection is up with its control stream open. For a child's connection the core
+    /// decides whether the key belongs to a child it accepts; if not, it closes the link.
+    pub fn handle_link_up(
+        &mut self,
+        link: LinkId,
+        kind: LinkKind,
+        now: Now,
+    ) -> Result<(), CoreError> {
+        match kind {
+            LinkKind::Up(route) => {
+                let target = self.route_target(route);
+                let slot = &mut self.uplinks[route.index()];
+                slot.dialing = false;
+                let matches = target.is_some_and(|(peer, _, _)| {
+                    slot.machine.as_ref().is_some_and(|m| m.parent() == peer)
+                });
+                if !matches || slot.link.is_some() {
+                    self.outputs.push_back(Output::Close {
+                        link,
+                        reason: "the route changed while dialing".into(),
+                    });
+                    return Ok(());
+                }
+                slot.link = Some(link);
+                slot.established = false;
+                self.uplink_links.insert(link, route);
+                let machine = slot.machine.as_mut().expect("matched above");
+                machine.handle_connected(self.topology.version, now.mono_ms);
+                self.fill_from_outbox(route, now)?;
+            }
+            LinkKind::Down { key } => {
+                let child = self
+                    .topology
+                    .node_by_key(&key)
+                    .filter(|n| may_connect(&self.topology, self.me, n.id))
+                    .map(|n| n.id);
+                let Some(child) = child else {
+                    self.push(Output::Close {
+                        link,
+                        reason: "not a child of this node".into(),
+                    });
+                    return Ok(());
+                };
+                info!(peer = %child, "child connected");
+                self.downlinks.insert(
+                    link,
+                    DownlinkSlot {
+                        machine: Downlink::new(child),
+                        key,
+                        relayed: HashSet::new(),
+                    },
+                );
+                self.push(Output::Transmit {
+                    link,
+                    message: Message::Hello {
+                        node: self.me,
+                        wire_version: wire::WIRE_VERSION,
+                        topology_version: self.topology.version,
+                    },
+                });
+                let status = self.link_status(child, "down", now);
+                status.connected = true;
+                status.since_ms = now.wall_ms;
+                status.last_error = None;
+                self.relay_to(child)?;
+            }
+        }
+        self.flush_links(now);
+        Ok(())
+    }
+
+    /// A link is gone (closed by either side, timed out, or the process lost it).
+    pub fn handle_link_down(
+        &mut self,
+        link: LinkId,
+        reason: &str,
+        now: Now,
+    ) -> Result<(), CoreError> {
+        if let Some(route) = self.uplink_links.remove(&link) {
+            let slot = &mut self.uplinks[route.index()];
+            if slot.link != Some(link) {
+                return Ok(());
+            }
+            slot.link = None;
+            let was_established = std::mem::take(&mut slot.established);
+            slot.up_since_ms = None;
+            slot.feedback.clear();
+            slot.next_dial_ms = now.mono_ms + slot.backoff_ms;
+            slot.backoff_ms = (slot.backoff_ms * 2).min(self.config.backoff_max_ms);
+            let peer = slot.machine.as_mut().map(|m| {
+                m.handle_disconnected();
+                m.parent()
+            });
+            if let Some(peer) = peer {
+                warn!(%peer, route = route.direction(), %reason, "uplink down");
+                let status = self.link_status(peer, route.direction(), now);
+                status.connected = false;
+                status.since_ms = now.wall_ms;
+                status.last_error = Some(reason.to_owned());
+                if was_established {
+                    self.store
+                        .audit(AuditEvent::Path { peer, up: false }, now.wall_ms)?;
+                    self.wrote();
+                }
+            }
+            self.migration_dirty = true;
+            self.migration_step(now)?;
+        } else if let Some(slot) = self.downlinks.remove(&link) {
+            let child = slot.machine.child();
+            info!(peer = %child, %reason, "downlink ended");
+            let status = self.link_status(child, "down", now);
+            status.connected = false;
+            status.last_error = Some(reason.to_owned());
+        }
+        self.plan_dials(now);
+        Ok(())
+    }
+
+    /// The runtime failed to read a batch stream on a link: the child will offer it again.
+    pub fn handle_batch_stream_failed(&mut self, link: LinkId, reason: &str) {
+        if let Some(slot) = self.downlinks.get(&link) {
+            warn!(peer = %slot.machine.child(), %reason, "batch stream failed; the child will offer it again");
+        }
+    }
+
+    /// A control frame arrived on a link. A frame that breaks the protocol closes the link.
+    pub fn handle_message(
+        &mut self,
+        link: LinkId,
+        message: Message,
+        now: Now,
+    ) -> Result<(), CoreError> {
+        let result = if let Some(route) = self.uplink_links.get(&link).copied() {
+            self.uplink_message(route, link, message, now)
+        } else if self.downlinks.contains_key(&link) {
+            self.downlink_message(link, message)
+        } else {
+            return Ok(());
+        };
+        match result {
+            Ok(()) => {}
+            Err(Broken::Protocol(e)) => {
+                warn!(error = %e, "peer broke the protocol: closing the link");
+                self.push(Output::Close {
+                    link,
+                    reason: e.to_string(),
+                });
+            }
+            Err(Broken::Store(e)) => {
+                self.flush_links(now);
+                return Err(e.into());
+            }
+        }
+        self.flush_links(now);
+        Ok(())
+    }
+
+    fn uplink_message(
+        &mut self,
+        route: Route,
+        link: LinkId,
+        message: Message,
+        now: Now,
+    ) -> Result<(), Broken> {
+        let slot = &mut self.uplinks[route.index()];
+        let machine = slot.machine.as_mut().expect("a linked route has a machine");
+        let parent = machine.parent();
+        if let Message::Hello { node, .. } = &message
+            && *node == parent
+            && !slot.established
+        {
+            // The parent accepted this node and answered: only now is the path up.
+            slot.established = true;
+            slot.up_since_ms = Some(now.mono_ms);
+            slot.backoff_ms = self.config.backoff_min_ms;
+            info!(peer = %parent, route = route.direction(), "uplink connected");
+            let status = self.link_status(parent, route.direction(), now);
+            status.connected = true;
+            status.since_ms = now.wall_ms;
+            status.last_error = None;
+            self.store.audit(
+                AuditEvent::Path {
+                    peer: parent,
+                    up: true,
+                },
+                now.wall_ms,
+            )?;
+            self.wrote();
+            self.migration_dirty = true;
+        }
+        let slot = &mut self.uplinks[route.index()];
+        let machine = slot.machine.as_mut().expect("a linked route has a machine");
+        machine.handle_message_with(message, now.mono_ms, &*self.verifier)?;
+        self.uplink_events(route, link, now)?;
+        self.migration_step(now)?;
+        Ok(())
+    }
+
+    fn uplink_events(&mut self, route: Route, link: LinkId, now: Now) -> Result<(), Broken> {
+        loop {
+            let slot = &mut self.uplinks[route.index()];
+            let Some(machine) = slot.machine.as_mut() else {
+                return Ok(());
+            };
+            let parent = machine.parent();
+            let Some(event) = machine.poll_event() else {
+                break;
+            };
+            match event {
+                UplinkEvent::Receipt(receipt) => {
+                    let problems = slot
+                        .feedback
+                        .remove(&receipt.receipt.batch)
+                        .unwrap_or_default();
+                    if let Verdict::Rejected { reason } = &receipt.receipt.verdict {
+                        error!(batch = %receipt.receipt.batch, %reason, problems = problems.len(), "batch refused by parent: correct the data and submit again");
+                    }
+                    let relay = self.store.insert_receipt(
+                        self.me,
+                        parent,
+                        &receipt,
+                        &problems,
+                        now.wall_ms,
+                    )?;
+                    self.wrote();
+                    if receipt.receipt.receiver == NodeId::NATIONAL {
+                        self.migration_dirty = true;
+                    }
+                    if let Some(child) = relay {
+                        self.relay_to(child)?;
+                    }
+                    self.link_status(parent, route.direction(), now)
+                        .batches_sent += 1;
+                }
+                UplinkEvent::UpstreamReceipts(receipts) => {
+                    let path = self.topology.path_to_national(self.me);
+                    let mut done = Vec::new();
+                    let mut children = BTreeMap::new();
+                    for receipt in receipts {
+                        let receiver = receipt.receipt.receiver;
+                        let trusted = path.contains(&receiver)
+                            && self.topology.node(receiver).is_some_and(|n| {
+                                receipt.verify_with(&n.public_key, &*self.verifier)
+                            });
+                        if !trusted {
+                            warn!(%receiver, batch = %receipt.receipt.batch, "relayed receipt does not verify under a pinned key above this node; ignored");
+                            continue;
+                        }
+                        if let Some(child) = self.store.insert_receipt(
+                            self.me,
+                            parent,
+                            &receipt,
+                            &[],
+                            now.wall_ms,
+                        )? {
+                            children.insert(child, ());
+                        }
+                        if receiver == NodeId::NATIONAL {
+                            self.store.mark_via_hierarchy(&receipt.receipt.batch)?;
+                            self.migration_dirty = true;
+                        }
+                        done.push((receipt.receipt.batch, receiver));
+                    }
+                    let seq = self.wrote();
+                    for child in children.into_keys() {
+                        self.relay_to(child)?;
+                    }
+                    if !done.is_empty() {
+                        // The parent forgets these once told: only after they are durable here.
+                        self.defer(seq, Deferred::UpstreamStored { link, done });
+                    }
+                }
+                UplinkEvent::Feedback { batch, problems } => {
+                    warn!(%batch, problems = problems.len(), "feedback from parent");
+                    slot.feedback.insert(batch, problems);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn downlink_message(&mut self, link: LinkId, message: Message) -> Result<(), Broken> {
+        let me = self.me;
+        let store = &self.store;
+        let unsynced = &self.unsynced;
+        let slot = self
+            .downlinks
+            .get_mut(&link)
+            .expect("checked by the caller");
+        // Only a durable batch is answered with the stored receipt; one still being made
+        // durable is wanted again, and its receipt waits for durability when it arrives.
+        slot.machine.handle_message(message, |id| {
+            if unsynced.contains_key(id) {
+                return None;
+            }
+            store.receipt(id, me).ok().flatten()
+        })?;
+        let child = slot.machine.child();
+        let mut stored = Vec::new();
+        while let Some(DownlinkEvent::RelayStored(done)) = slot.machine.poll_event() {
+            for item in &done {
+                slot.relayed.remove(item);
+            }
+            stored.extend(done);
+        }
+        if !stored.is_empty() {
+            self.store.relay_done(child, &stored)?;
+            self.wrote();
+        }
+        Ok(())
+    }
+
+    /// Queues for `child`'s link (if connected) the receipts waiting to be relayed to it.
+    fn relay_to(&mut self, child: NodeId) -> Result<(), StoreError> {
+        let Some((_, slot)) = self
+            .downlinks
+            .iter_mut()
+            .find(|(_, s)| s.machine.child() == child)
+        else {
+            return Ok(());
+        };
+        let pending: Vec<SignedReceipt> = self
+            .store
+            .relay_pending(child, RELAY_PAGE)?
+            .into_iter()
+            .filter(|r| {
+                slot.relayed.len() < RELAYED_MAX
+                    && slot.relayed.insert((r.receipt.batch, r.receipt.receiver))
+            })
+            .collect();
+        if !pending.is_empty() {
+            slot.machine.handle_upstream_receipts(pending);
+        }
+        Ok(())
+    }
+
+    /// A batch arrived on its own stream on a child's link: the receive decision.
+    pub fn handle_batch(
+        &mut self,
+        link: LinkId,
+        signed: SignedBatch,
+        now: Now,
+    ) -> Result<(), CoreError> {
+        let Some(slot) = self.downlinks.get_mut(&link) else {
+            return Ok(());
+        };
+        let child = slot.machine.child();
+        let id = signed.id;
+        slot.machine.handle_batch_arrived(&id);
+        self.link_status(child, "down", now).batches_received += 1;
+        let result = self.receive(link, child, signed, now);
+        self.flush_links(now);
+        result
+    }
+
+    fn receive(
+        &mut self,
+        link: LinkId,
+        child: NodeId,
+        signed: SignedBatch,
+        now: Now,
+    ) -> Result<(), CoreError> {
+        let id = signed.id;
+        if let Some(receipt) = self.store.receipt(&id, self.me)? {
+            debug!(batch = %id.short(), "already held; answering with the stored receipt once durable");
+            let seq = self.unsynced.get(&id).copied().unwrap_or(self.durable);
+            self.defer(
+                seq,
+                Deferred::Receipt {
+                    link,
+                    receipt,
+                    problems: Vec::new(),
+                },
+            );
+            return Ok(());
+        }
+        let verifier: &dyn Verifier = &*self.verifier;
+        #[cfg(feature = "planted-bugs")]
+        let verifier: &dyn Verifier =
+            if self.config.planted == Some(PlantedBug::SkipOriginSignature) {
+                &AcceptAny
+            } else {
+                verifier
+            };
+        let checked = verify_incoming_with(
+            &signed,
+            |origin| self.origin_key(child, origin),
+            self.registry,
+            verifier,
+        );
+        match checked {
+            Ok(batch) => {
+                let receipt = self.own_receipt(&signed, Verdict::Accepted { warnings: 0 }, now);
+                let targets = self.forward_targets();
+                let new = self.store.insert_batch(
+                    &signed,
+                    &batch,
+                    child,
+                    &receipt,
+                    &targets,
+                    now.wall_ms,
+                )?;
+                let seq = self.wrote();
+                if new {
+                    self.unsynced.insert(id, seq);
+                    info!(batch = %id.short(), origin = %batch.header.origin, category = %batch.header.category, period = %batch.header.period, records = batch.records.len(), "batch stored");
+                    self.outbox_grew(now)?;
+                }
+                self.defer(
+                    seq,
+                    Deferred::Receipt {
+                        link,
+                        receipt,
+                        problems: Vec::new(),
+                    },
+                );
+            }
+            Err((rejection, problems)) => {
+                error!(batch = %id.short(), reason = %rejection, problems = problems.len(), "batch refused");
+                self.store.audit(
+                    AuditEvent::BatchRefused {
+                        batch: id,
+                        from: child,
+                        reason: rejection.to_string(),
+                    },
+                    now.wall_ms,
+                )?;
+                let seq = self.wrote();
+                let receipt = self.own_receipt(&signed, rejection.verdict(), now);
+                self.defer(
+                    seq,
+                    Deferred::Receipt {
+                        link,
+                        receipt,
+                        problems,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn own_receipt(&self, signed: &SignedBatch, verdict: Verdict, now: Now) -> SignedReceipt {
+        let origin = signed.header().map_or(NodeId::NATIONAL, |h| h.origin);
+        Receipt {
+            receiver: self.me,
+            batch: signed.id,
+            origin,
+            received_at_ms: now.wall_ms,
+            verdict,
+        }
+        .sign_with(&*self.signer)
+    }
+
+    /// A batch this node's operator submitted: checked as a receiver would, stored with this
+    /// node's own receipt and queued up. Durable (and only then to be confirmed to the
+    /// operator) once [`Core::durable_seq`] reaches the returned write.
+    pub fn submit(&mut self, signed: SignedBatch, now: Now) -> Result<Submitted, CoreError> {
+        let me = self.me;
+        let key = self.signer.public();
+        let id = signed.id;
+        let batch = verify_incoming_with(
+            &signed,
+            |o| (o == me).then_some(key),
+            self.registry,
+            &*self.verifier,
+        )
+        .map_err(|(rejection, _)| CoreError::Refused {
+            id,
+            reason: rejection.to_string(),
+        })?;
+        let receipt = self.own_receipt(&signed, Verdict::Accepted { warnings: 0 }, now);
+        let targets = self.forward_targets();
+        let new = self
+            .store
+            .insert_batch(&signed, &batch, me, &receipt, &targets, now.wall_ms)?;
+        let seq = if new {
+            let seq = self.wrote();
+            self.unsynced.insert(id, seq);
+            self.outbox_grew(now)?;
+            seq
+        } else {
+            self.unsynced.get(&id).copied().unwrap_or(self.durable)
+        };
+        self.flush_links(now);
+        Ok(Submitted {
+            new,
+            durable_at: seq,
+        })
+    }
+
+    /// The batch's stream was written and finished (`ok`), or failed.
+    pub fn handle_batch_sent(
+        &mut self,
+        link: LinkId,
+        id: BatchId,
+        ok: bool,
+        now: Now,
+    ) -> Result<(), CoreError> {
+        let Some(route) = self.uplink_links.get(&link).copied() else {
+            return Ok(());
+        };
+        let Some(machine) = self.uplinks[route.index()].machine.as_mut() else {
+            return Ok(());
+        };
+        if ok {
+            machine.handle_batch_sent(id, now.mono_ms);
+            #[cfg(feature = "planted-bugs")]
+            if self.config.planted == Some(PlantedBug::DropOutboxOnSend) {
+                let peer = machine.parent();
+                self.store.drop_outbox_entry(peer, &id)?;
+                self.wrote();
+            }
+        } else {
+            warn!(batch = %id.short(), "sending failed; will offer again");
+            machine.handle_send_failed(id, now.mono_ms);
+        }
+        self.flush_links(now);
+        Ok(())
+    }
+
+    /// A timer fired (or the runtime woke up): retries, dials, migration windows.
+    pub fn handle_timeout(&mut self, now: Now) -> Result<(), CoreError> {
+        for slot in &mut self.uplinks {
+            if slot.link.is_some()
+                && let Some(machine) = slot.machine.as_mut()
+                && machine.poll_timeout().is_some_and(|t| t <= now.mono_ms)
+            {
+                machine.handle_timeout(now.mono_ms);
+            }
+        }
+        if self.sync_retry_at_ms.is_some_and(|t| t <= now.mono_ms) {
+            self.sync_retry_at_ms = None;
+            self.request_sync();
+        }
+        if self.migration_deadline().is_some_and(|t| t <= now.mono_ms) {
+            self.migration_dirty = true;
+        }
+        self.migration_step(now)?;
+        self.plan_dials(now);
+        self.flush_links(now);
+        Ok(())
+    }
+
+    /// A new topology, read and validated by the caller: applied if this node is in it with
+    /// its own key and the planner accepts the change; links it no longer allows are closed.
+    pub fn handle_topology(&mut self, next: Topology, now: Now) -> Result<u64, ReloadError> {
+        let Some(entry) = next.node(self.me) else {
+            return Err(ReloadError::NotInTopology(self.me));
+        };
+        if entry.public_key != self.signer.public() {
+            return Err(ReloadError::NotMyKey(self.me));
+        }
+        if *self.topology == next {
+            info!(version = next.version, "topology file unchanged");
+            return Ok(next.version);
+        }
+        // The same planner operators run: a change that would leave some node without a path
+        // to the national platform at some step (or that goes back a version) is refused.
+        if let Err(refusal) = topology::plan(&self.topology, &next) {
+            return Err(ReloadError::Planner {
+                refusal: refusal.to_string(),
+                kept: self.topology.version,
+            });
+        }
+        let version = next.version;
+        self.topology = Arc::new(next);
+        self.store
+            .audit(AuditEvent::TopologyApplied { version }, now.wall_ms)?;
+        self.wrote();
+        info!(version, "topology reloaded");
+        // Children no longer pinned (removed, re-keyed) lose their links.
+        let stale: Vec<LinkId> = self
+            .downlinks
+            .iter()
+            .filter(|(_, slot)| {
+                let child = slot.machine.child();
+                self.topology.node_by_key(&slot.key).map(|n| n.id) != Some(child)
+                    || !may_connect(&self.topology, self.me, child)
+            })
+            .map(|(link, _)| *link)
+            .collect();
+        for link in stale {
+            self.push(Output::Close {
+                link,
+                reason: "no longer pinned in the topology".into(),
+            });
+        }
+        self.migration_dirty = true;
+        self.migration_step(now)?;
+        self.plan_dials(now);
+        self.flush_links(now);
+        Ok(version)
+    }
+
+    /// Records a refused reload in the audit log.
+    pub fn audit_refused_topology(&mut self, reason: &str, now: Now) -> Result<(), CoreError> {
+        self.store.audit(
+            AuditEvent::TopologyRefused {
+                reason: reason.to_owned(),
+            },
+            now.wall_ms,
+        )?;
+        self.wrote();
+        Ok(())
+    }
+
+    // ---- outbox ----
+
+    fn outbox_grew(&mut self, now: Now) -> Result<(), StoreError> {
+        for route in Route::ALL {
+            if self.uplinks[route.index()].link.is_some() {
+                self.fill_from_outbox(route, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fill_from_outbox(&mut self, route: Route, now: Now) -> Result<(), StoreError> {
+        let Some(machine) = self.uplinks[route.index()].machine.as_mut() else {
+            return Ok(());
+        };
+        let mut after: Option<BatchId> = None;
+        while machine.capacity() > 0 {
+            let page = self
+                .store
+                .outbox_page(machine.parent(), after.as_ref(), OUTBOX_PAGE)?;
+            let Some(last) = page.last().map(|o| o.id) else {
+                break;
+            };
+            let full = page.len() == OUTBOX_PAGE;
+            machine.handle_outbox(page, now.mono_ms);
+            if !full {
+                break;
+            }
+            after = Some(last);
+        }
+        Ok(())
+    }
+
+    /// Moves every machine's queued frames and sends to outputs.
+    fn flush_links(&mut self, now: Now) {
+        for route in Route::ALL {
+            let slot = &mut self.uplinks[route.index()];
+            let (Some(link), Some(machine)) = (slot.link, slot.machine.as_mut()) else {
+                continue;
+            };
+            while let Some(message) = machine.poll_transmit() {
+                self.outputs.push_back(Output::Transmit { link, message });
+            }
+            while let Some(id) = machine.poll_send() {
+                self.outputs.push_back(Output::SendBatch { link, id });
+            }
+            let (peer, pending, in_flight) = (
+                machine.parent(),
+                machine.pending_len(),
+                machine.in_flight_len(),
+            );
+            let status = self.link_status(peer, route.direction(), now);
+            status.pending = pending;
+            status.in_flight = in_flight;
+        }
+        for (link, slot) in &mut self.downlinks {
+            while let Some(message) = slot.machine.poll_transmit() {
+                self.outputs.push_back(Output::Transmit {
+                    link: *link,
+                    message,
+                });
+            }
+        }
+    }
+
+    // ---- migration ----
+
+    fn migration_deadline(&self) -> Option<u64> {
+        let migration = self.migration.as_ref()?;
+        let link = self.topology.legacy_link(self.me)?;
+        match migration.phase {
+            Phase::Verify => {
+                let up = self.uplinks[Route::Parent.index()].up_since_ms?;
+                Some(up.max(migration.since_ms) + link.verify_window_s * 1000)
+            }
+            Phase::CutOver => Some(migration.since_ms + link.rollback_window_s * 1000),
+            _ => None,
+        }
+    }
+
+    /// What the migration machine observes now; `None` if this node has no legacy link.
+    fn observe(&self, now: Now) -> Result<Option<Observed>, StoreError> {
+        let Some(link) = self.topology.legacy_link(self.me) else {
+            return Ok(None);
+        };
+        let parent = self.topology.parent_of(self.me).map(|p| p.id);
+        let slot = &self.uplinks[Route::Parent.index()];
+        let up_since = slot
+            .up_since_ms
+            .filter(|_| slot.established && slot.machine.as_ref().map(Uplink::parent) == parent);
+        let (delivered, covered) = self.store.coverage(self.me)?;
+        Ok(Some(Observed {
+            migrate: link.migrate && parent.is_some(),
+            new_path_up_since_ms: up_since,
+            delivered,
+            covered,
+            verify_window_ms: link.verify_window_s * 1000,
+            rollback_window_ms: link.rollback_window_s * 1000,
+            now_ms: now.mono_ms,
+        }))
+    }
+
+    /// Advances the migration by what is observed, if anything it depends on changed; audits
+    /// and persists every phase change, and re-queues held batches for the links the new
+    /// phase sends on. Windows run on monotonic time: a restart starts the current phase's
+    /// window again (conservative), and a wall-clock step changes nothing.
+    fn migration_step(&mut self, now: Now) -> Result<(), StoreError> {
+        if !std::mem::take(&mut self.migration_dirty) {
+            return Ok(());
+        }
+        let Some(observed) = self.observe(now)? else {
+            self.migration = None;
+            return Ok(());
+        };
+        if self.migration.is_none() {
+            // Kept as (phase, since) for stores of earlier versions; `since` was wall time
+            // and is ignored: the phase's window starts again now.
+            let phase = self
+                .store
+                .state_get::<(Phase, u64)>(MIGRATION_STATE)
+                .ok()
+                .flatten()
+                .map_or(Phase::Direct, |(phase, _)| phase);
+            self.migration = Some(Migration::new(phase, now.mono_ms));
+        }
+        let migration = self.migration.as_mut().expect("just set");
+        let Some(transition) = migration.step(&observed) else {
+            return Ok(());
+        };
+        self.store
+            .state_put(MIGRATION_STATE, &(transition.to, 0u64))?;
+        self.store.audit(
+            AuditEvent::Migration {
+                node: self.me,
+                phase: transition.to.to_string(),
+                detail: transition.reason.clone(),
+            },
+            now.wall_ms,
+        )?;
+        if transition.fallback {
+            warn!(from = %transition.from, to = %transition.to, reason = %transition.reason, "migration: falling back to the legacy link");
+        } else {
+            info!(from = %transition.from, to = %transition.to, reason = %transition.reason, "migration phase");
+        }
+        for target in self.forward_targets() {
+            let added = self.store.requeue_unreceipted(target)?;
+            if added > 0 {
+                info!(peer = %target, batches = added, "queued held batches for a link of the new phase");
+            }
+        }
+        self.wrote();
+        // Another step may follow at once (e.g. establish → verify with the path already up).
+        self.migration_dirty = true;
+        self.plan_dials(now);
+        self.outbox_grew(now)?;
+        self.migration_step(now)
+    }
+
+    /// The migration as `topology status` shows it.
+    pub fn migration_status(&self, now: Now) -> Result<serde_json::Value, StoreError> {
+        let Some(observed) = self.observe(now)? else {
+            return Ok(
+                serde_json::json!({"legacy_link": false, "phase": null, "waiting_for": "nothing: no legacy link"}),
+            );
+        };
+        let migration = self
+            .migration
+            .clone()
+            .unwrap_or_else(|| Migration::new(Phase::Direct, now.mono_ms));
+        let routes = migration.routes();
+        Ok(serde_json::json!({
+            "legacy_link": true,
+            "phase": migration.phase.to_string(),
+            "since_ms": now.wall_ms.saturating_sub(now.mono_ms.saturating_sub(migration.since_ms)),
+            "waiting_for": migration.waiting_for(&observed),
+            "delivered": observed.delivered,
+            "covered": observed.covered,
+            "new_path_up": observed.new_path_up_since_ms.is_some(),
+            "legacy_open": routes.legacy_open,
+            "sends_on_legacy": routes.legacy_sends,
+            "sends_on_new_path": routes.parent_sends,
+        }))
+    }
+
+    /// The migration phase now, if this node has a legacy link.
+    pub fn migration_phase(&self) -> Option<Phase> {
+        self.migration.as_ref().map(|m| m.phase)
+    }
+}
+
+/// Why handling a frame stopped.
+enum Broken {
+    Protocol(ProtocolError),
+    Store(StoreError),
+}
+
+impl From<ProtocolError> for Broken {
+    fn from(e: ProtocolError) -> Broken {
+        Broken::Protocol(e)
+    }
+}
+
+impl From<StoreError> for Broken {
+    fn from(e: StoreError) -> Broken {
+        Broken::Store(e)
+    }
+}
+
+/// The verifier of planted bug (b): accepts every signature.
+#[cfg(feature = "planted-bugs")]
+struct AcceptAny;
+
+#[cfg(feature = "planted-bugs")]
+impl Verifier for AcceptAny {
+    fn verify(&self, _: &PublicKey, _: &[u8], _: &[u8], _: &protocol::Signature) -> bool {
+        true
+    }
+}
+
+/// Whether `node` may hold a link to `me`: it is a child of `me` in the hierarchy, or `me` is
+/// the national platform and `node` has a legacy direct link in the topology.
+pub fn may_connect(topology: &Topology, me: NodeId, node: NodeId) -> bool {
+    topology.node(node).is_some_and(|n| n.parent == Some(me))
+        || (me.is_national() && topology.legacy_link(node).is_some())
+}

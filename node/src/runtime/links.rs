@@ -1,0 +1,207 @@
+//! Connections: dialing a route's peer, accepting children, and driving one connection for
+//! the core — control frames in and out, batch streams in (children's links) and out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use protocol::PublicKey;
+use protocol::ids::{BatchId, NodeId};
+use protocol::wire::Message;
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{Instrument, debug, error, info_span, warn};
+
+use super::Node;
+use super::framing::{self, CONTROL_QUEUE};
+use crate::core::{LinkId, LinkKind, Route};
+use crate::store::Kv;
+use crate::transport::{self, current};
+
+/// Batch streams read at once per link. Each may hold up to a whole batch (64 MiB) in memory;
+/// further streams wait unread inside QUIC's flow-control window.
+const RECEIVES_PER_LINK: usize = 4;
+
+/// Dials a route's peer for the core; drives the connection until it ends.
+pub(super) async fn dial<K: Kv>(
+    node: Arc<Node<K>>,
+    route: Route,
+    peer: NodeId,
+    address: SocketAddr,
+    key: PublicKey,
+) {
+    let span = info_span!("uplink", peer = %peer, route = route.direction());
+    async move {
+        let opened = async {
+            let connection =
+                transport::connect(&node.endpoint, &node.identity.key, peer, address, key)
+                    .await
+                    .map_err(|e| format!("cannot connect to {peer} at {address}: {e}"))?;
+            // A refused client certificate shows only later, on the first stream operation:
+            // the core counts the path as up only when the peer's Hello arrives.
+            let (send, recv) = connection
+                .open_bi()
+                .await
+                .map_err(|e| format!("opening the control stream: {e}"))?;
+            Ok::<_, String>((connection, send, recv))
+        }
+        .await;
+        match opened {
+            Err(reason) => node.with_core(|core, now| core.handle_dial_failed(route, &reason, now)),
+            Ok((connection, send, recv)) => {
+                let link = open_link(&node, &connection, send);
+                if let Err(e) =
+                    node.with_core(|core, now| core.handle_link_up(link, LinkKind::Up(route), now))
+                {
+                    error!(error = %e, "uplink: the store failed");
+                }
+                drive(node, link, connection, recv, false).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn open_link<K: Kv>(
+    node: &Arc<Node<K>>,
+    connection: &quinn::Connection,
+    send: quinn::SendStream,
+) -> LinkId {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let link = node.register(connection.clone(), tx);
+    tokio::spawn(framing::writer(send, rx, connection.clone()));
+    link
+}
+
+/// Accepts connections from children (the TLS layer has already checked their keys against
+/// the topology; the core decides again on the key it is told).
+pub(super) async fn accept_loop<K: Kv>(node: Arc<Node<K>>) {
+    while let Some(incoming) = node.endpoint.accept().await {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                // Refused handshakes (unknown keys) are logged by the verifier with the key.
+                Err(e) => return debug!(%remote, error = %e, "incoming connection failed"),
+            };
+            let Some(key) = transport::peer_key(&connection) else {
+                connection.close(1u32.into(), b"no pinned key");
+                return;
+            };
+            let peer = current(&node.topology)
+                .node_by_key(&key)
+                .map(|n| n.id.to_string());
+            let span = info_span!("downlink", peer = peer.as_deref().unwrap_or("unknown"));
+            async move {
+                let (send, recv) = match connection.accept_bi().await {
+                    Ok(streams) => streams,
+                    Err(e) => return debug!(error = %e, "no control stream"),
+                };
+                let link = open_link(&node, &connection, send);
+                if let Err(e) = node
+                    .with_core(|core, now| core.handle_link_up(link, LinkKind::Down { key }, now))
+                {
+                    error!(error = %e, "downlink: the store failed");
+                }
+                drive(node, link, connection, recv, true).await;
+            }
+            .instrument(span)
+            .await
+        });
+    }
+}
+
+/// Feeds one connection's control frames (and, on a child's link, its batch streams) to the
+/// core until the connection ends; then tells the core the link is down.
+async fn drive<K: Kv>(
+    node: Arc<Node<K>>,
+    link: LinkId,
+    connection: quinn::Connection,
+    recv: quinn::RecvStream,
+    accepts_batches: bool,
+) {
+    let (tx, mut frames) = mpsc::channel(CONTROL_QUEUE);
+    framing::spawn_reader(recv, tx);
+    let slots = Arc::new(Semaphore::new(RECEIVES_PER_LINK));
+    let reason = loop {
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(Ok(message)) => {
+                    if let Err(e) = node.with_core(|core, now| core.handle_message(link, message, now)) {
+                        error!(error = %e, "handling a frame: the store failed");
+                    }
+                }
+                Some(Err(e)) => {
+                    connection.close(1u32.into(), b"bad frame");
+                    break format!("peer sent a bad frame: {e}");
+                }
+                None => {
+                    connection.close(0u32.into(), b"control stream closed");
+                    break "control stream closed".to_owned();
+                }
+            },
+            stream = connection.accept_uni(), if accepts_batches => match stream {
+                Ok(stream) => {
+                    let node = node.clone();
+                    let slots = slots.clone();
+                    tokio::spawn(async move {
+                        let _slot = slots.acquire_owned().await.expect("the semaphore is never closed");
+                        match framing::read_batch(stream).await {
+                            Ok(signed) => {
+                                let span = info_span!("batch", batch = %signed.id.short());
+                                let _ = tokio::task::spawn_blocking(move || {
+                                    let _entered = span.enter();
+                                    if let Err(e) = node.with_core(|core, now| core.handle_batch(link, signed, now)) {
+                                        error!(error = %e, "storing a batch failed; the child will offer it again");
+                                    }
+                                })
+                                .await;
+                            }
+                            Err(reason) => node.with_core(|core, _| core.handle_batch_stream_failed(link, &reason)),
+                        }
+                    });
+                }
+                Err(e) => break e.to_string(),
+            },
+            reason = connection.closed() => break reason.to_string(),
+        }
+    };
+    node.unregister(link);
+    if let Err(e) = node.with_core(|core, now| core.handle_link_down(link, &reason, now)) {
+        error!(error = %e, "link down: the store failed");
+    }
+}
+
+/// Sends one stored batch on a stream of its own and reports the outcome to the core.
+pub(super) async fn send_batch<K: Kv>(
+    node: Arc<Node<K>>,
+    link: LinkId,
+    connection: quinn::Connection,
+    id: BatchId,
+) {
+    let store = node.store.clone();
+    let result = async {
+        let signed = tokio::task::spawn_blocking(move || store.batch(&id))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("batch {id} is in the outbox but not in the store"))?;
+        let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
+        stream
+            .write_all(&Message::Batch(signed).encode())
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.finish().map_err(|e| e.to_string())?;
+        Ok::<(), String>(())
+    }
+    .instrument(info_span!("batch", batch = %id.short()))
+    .await;
+    if let Err(e) = &result {
+        warn!(batch = %id.short(), error = %e, "sending a batch failed");
+    }
+    if let Err(e) =
+        node.with_core(|core, now| core.handle_batch_sent(link, id, result.is_ok(), now))
+    {
+        error!(error = %e, "after sending a batch: the store failed");
+    }
+}
