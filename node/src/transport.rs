@@ -10,18 +10,35 @@
 //! servers send no tickets, so a re-keyed or removed peer can never resume its way in; refusal
 //! by the server shows on the client's first stream operation, which callers must expect; the
 //! ring provider is passed explicitly everywhere.
+//!
+//! **Seams for simulation.** Where randomness and wall-clock time come from is a
+//! [`TransportSeams`] value. The production functions ([`server_config`], [`client_config`],
+//! [`endpoint`], [`connect`]) use [`TransportSeams::os`] and nothing else: ring's OS randomness,
+//! the system clock, quinn's own random keys. [`TransportSeams::seeded`] is reachable only
+//! through the explicit `*_with` constructors ([`server_config_with`], [`client_config_with`],
+//! [`endpoint_with_socket`], [`connect_with`]): every random byte QUIC and TLS use (TLS randoms,
+//! X25519 ephemeral keys, connection ids, reset and token keys, quinn's endpoint rng) is then
+//! drawn from BLAKE3 streams derived from one seed, and wall-clock time comes from a clock
+//! function, so a node's real QUIC + TLS stack runs over a simulated network (turmoil) and
+//! replays bit for bit. [`endpoint_with_socket`] takes any `quinn::AsyncUdpSocket` and
+//! `quinn::Runtime`; QUIC timers follow the runtime's clock (tokio's, paused under turmoil).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use curve25519_dalek::montgomery::MontgomeryPoint;
 use protocol::{NodeId, NodeKey, PublicKey};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::{
+    ActiveKeyExchange, CryptoProvider, GetRandomFailed, SecureRandom, SharedSecret,
+    SupportedKxGroup,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::time_provider::{DefaultTimeProvider, TimeProvider};
+use rustls::{DigitallySignedStruct, DistinguishedName, NamedGroup, SignatureScheme};
 use topology::Topology;
 
 /// The ALPN protocol name of the credit sync protocol.
@@ -56,10 +73,267 @@ pub enum TransportError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot make a QUIC endpoint on the given socket: {0}")]
+    Socket(std::io::Error),
 }
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Where QUIC and TLS take their randomness and wall-clock time from.
+///
+/// [`TransportSeams::os`] (also the `Default`) is production: ring's OS randomness, the system
+/// clock, and quinn's own randomly keyed configs. [`TransportSeams::seeded`] is for
+/// deterministic simulation only: every random byte comes from BLAKE3 output streams derived
+/// from the seed, and wall-clock time from the given clock function. Clones share the streams,
+/// so the several configs built for one endpoint (its server config, a client config per dial)
+/// keep drawing fresh bytes from one stream; the draws happen in the order the (deterministic)
+/// simulation makes them.
+#[derive(Clone, Default)]
+pub struct TransportSeams {
+    seeded: Option<Seeded>,
+}
+
+#[derive(Clone)]
+struct Seeded {
+    seed: [u8; 32],
+    /// TLS randomness and X25519 ephemeral keys. rustls takes these as `&'static`, so one is
+    /// leaked per [`TransportSeams::seeded`] call (a few hundred bytes per simulated endpoint).
+    tls: &'static SeededTls,
+    /// Connection ids: every generator quinn makes from the endpoint config, and the initial
+    /// destination ids of client configs.
+    cids: Arc<SeededStream>,
+    clock: Arc<SimClock>,
+}
+
+// BLAKE3 key-derivation contexts, one per use of the seed.
+const SEED_TLS: &str = "credit-network/sim/tls-random/v1";
+const SEED_CIDS: &str = "credit-network/sim/quic-cids/v1";
+const SEED_QUIC_RNG: &str = "credit-network/sim/quic-endpoint-rng/v1";
+const SEED_RESET_KEY: &str = "credit-network/sim/quic-reset-key/v1";
+const SEED_TOKEN_KEY: &str = "credit-network/sim/quic-token-key/v1";
+
+impl TransportSeams {
+    /// OS randomness and the system clock: what every production path uses.
+    pub fn os() -> Self {
+        Self::default()
+    }
+
+    /// Deterministic randomness from `seed` and wall-clock time from `wall_clock` (the time
+    /// since the Unix epoch; `None` if it cannot be told). For simulation only: two endpoints
+    /// must not share a seed, and the same seed replays the same bytes.
+    pub fn seeded(
+        seed: [u8; 32],
+        wall_clock: impl Fn() -> Option<Duration> + Send + Sync + 'static,
+    ) -> Self {
+        let tls: &'static SeededTls = Box::leak(Box::new(SeededTls {
+            stream: SeededStream::new(SEED_TLS, &seed),
+        }));
+        Self {
+            seeded: Some(Seeded {
+                seed,
+                tls,
+                cids: Arc::new(SeededStream::new(SEED_CIDS, &seed)),
+                clock: Arc::new(SimClock {
+                    now: Box::new(wall_clock),
+                }),
+            }),
+        }
+    }
+
+    /// The seed, if these seams are seeded.
+    pub fn seed(&self) -> Option<[u8; 32]> {
+        self.seeded.as_ref().map(|s| s.seed)
+    }
+
+    /// The seed of quinn's endpoint rng (`EndpointConfig::rng_seed`), if seeded.
+    pub fn rng_seed(&self) -> Option<[u8; 32]> {
+        self.seeded
+            .as_ref()
+            .map(|s| blake3::derive_key(SEED_QUIC_RNG, &s.seed))
+    }
+
+    /// The rustls crypto provider: ring, with the seeded randomness and X25519 if seeded.
+    pub fn crypto_provider(&self) -> Arc<CryptoProvider> {
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(seeded) = &self.seeded {
+            provider.secure_random = seeded.tls;
+            provider.kx_groups = vec![seeded.tls];
+        }
+        Arc::new(provider)
+    }
+
+    /// The rustls time provider: the system clock, or the seeded seams' clock.
+    pub fn time_provider(&self) -> Arc<dyn TimeProvider> {
+        match &self.seeded {
+            Some(seeded) => seeded.clock.clone(),
+            None => Arc::new(DefaultTimeProvider),
+        }
+    }
+}
+
+impl std::fmt::Debug for TransportSeams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.seeded {
+            None => f.write_str("TransportSeams::os"),
+            Some(seeded) => write!(
+                f,
+                "TransportSeams::seeded({})",
+                blake3::Hash::from_bytes(seeded.seed).to_hex()
+            ),
+        }
+    }
+}
+
+/// A deterministic byte stream: BLAKE3's extendable output, keyed from a seed and a context.
+struct SeededStream(Mutex<blake3::OutputReader>);
+
+impl SeededStream {
+    fn new(context: &str, seed: &[u8; 32]) -> Self {
+        let mut hasher = blake3::Hasher::new_derive_key(context);
+        hasher.update(seed);
+        Self(Mutex::new(hasher.finalize_xof()))
+    }
+
+    fn fill(&self, buf: &mut [u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fill(buf);
+    }
+
+    fn array<const N: usize>(&self) -> [u8; N] {
+        let mut out = [0; N];
+        self.fill(&mut out);
+        out
+    }
+}
+
+impl std::fmt::Debug for SeededStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SeededStream")
+    }
+}
+
+/// Seeded TLS randomness, and X25519 whose ephemeral keys come from it (ring's key exchange
+/// draws its keys from the OS, bypassing the provider's `secure_random`).
+#[derive(Debug)]
+struct SeededTls {
+    stream: SeededStream,
+}
+
+impl SecureRandom for SeededTls {
+    fn fill(&self, buf: &mut [u8]) -> Result<(), GetRandomFailed> {
+        self.stream.fill(buf);
+        Ok(())
+    }
+}
+
+impl SupportedKxGroup for SeededTls {
+    fn start(&self) -> Result<Box<dyn ActiveKeyExchange>, rustls::Error> {
+        let private = self.stream.array::<32>();
+        let public = MontgomeryPoint::mul_base_clamped(private).to_bytes();
+        Ok(Box::new(SeededX25519 { private, public }))
+    }
+
+    fn name(&self) -> NamedGroup {
+        NamedGroup::X25519
+    }
+}
+
+/// One X25519 exchange (RFC 7748) with a seeded private key.
+struct SeededX25519 {
+    private: [u8; 32],
+    public: [u8; 32],
+}
+
+impl ActiveKeyExchange for SeededX25519 {
+    fn complete(self: Box<Self>, peer_pub_key: &[u8]) -> Result<SharedSecret, rustls::Error> {
+        let invalid = || rustls::Error::from(rustls::PeerMisbehaved::InvalidKeyShare);
+        let peer: [u8; 32] = peer_pub_key.try_into().map_err(|_| invalid())?;
+        let shared = MontgomeryPoint(peer).mul_clamped(self.private).to_bytes();
+        // A low-order peer point gives the all-zero secret; refuse it as ring does.
+        if shared == [0; 32] {
+            return Err(invalid());
+        }
+        Ok(SharedSecret::from(&shared[..]))
+    }
+
+    fn pub_key(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn group(&self) -> NamedGroup {
+        NamedGroup::X25519
+    }
+}
+
+/// Seeded 8-byte connection ids (quinn's default generators draw from the OS).
+struct SeededCids {
+    stream: Arc<SeededStream>,
+}
+
+impl quinn::ConnectionIdGenerator for SeededCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&self.stream.array::<8>())
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// Wall-clock time from a function, for rustls and for quinn's token timestamps.
+struct SimClock {
+    now: Box<dyn Fn() -> Option<Duration> + Send + Sync>,
+}
+
+impl std::fmt::Debug for SimClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SimClock")
+    }
+}
+
+impl TimeProvider for SimClock {
+    fn current_time(&self) -> Option<UnixTime> {
+        (self.now)().map(UnixTime::since_unix_epoch)
+    }
+}
+
+impl quinn::TimeSource for SimClock {
+    fn now(&self) -> SystemTime {
+        let since_epoch = (self.now)().unwrap_or_else(|| {
+            tracing::warn!("simulated clock has no time here; using the Unix epoch");
+            Duration::ZERO
+        });
+        UNIX_EPOCH + since_epoch
+    }
+}
+
+/// The QUIC endpoint configuration: quinn's defaults, or, if seeded, the same with the
+/// endpoint rng, the stateless-reset key and the connection-id generator drawn from the seed.
+pub fn endpoint_config(seams: &TransportSeams) -> quinn::EndpointConfig {
+    let Some(seeded) = &seams.seeded else {
+        return quinn::EndpointConfig::default();
+    };
+    let reset_key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &blake3::derive_key(SEED_RESET_KEY, &seeded.seed),
+    );
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.rng_seed(seams.rng_seed());
+    let cids = seeded.cids.clone();
+    config.cid_generator(move || {
+        Box::new(SeededCids {
+            stream: cids.clone(),
+        })
+    });
+    config
 }
 
 /// The node's self-signed certificate and private key, made from its identity key.
@@ -249,17 +523,37 @@ pub fn server_config(
     key: &NodeKey,
     policy: Arc<dyn PeerPolicy>,
 ) -> Result<quinn::ServerConfig, TransportError> {
+    server_config_with(key, policy, &TransportSeams::os())
+}
+
+/// [`server_config`] with randomness and time from `seams`; with [`TransportSeams::os`] it is
+/// exactly [`server_config`].
+pub fn server_config_with(
+    key: &NodeKey,
+    policy: Arc<dyn PeerPolicy>,
+    seams: &TransportSeams,
+) -> Result<quinn::ServerConfig, TransportError> {
     let (cert, private) = certificate(key)?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(PinnedClients { policy }))
-        .with_single_cert(vec![cert], private)?;
+    let mut tls =
+        rustls::ServerConfig::builder_with_details(seams.crypto_provider(), seams.time_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(PinnedClients { policy }))
+            .with_single_cert(vec![cert], private)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.send_tls13_tickets = 0;
     tls.max_early_data_size = 0;
     let crypto =
-        QuicServerConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        Arc::new(QuicServerConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?);
+    let mut config = match &seams.seeded {
+        None => quinn::ServerConfig::with_crypto(crypto),
+        Some(seeded) => {
+            let token_key = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[])
+                .extract(&blake3::derive_key(SEED_TOKEN_KEY, &seeded.seed));
+            let mut config = quinn::ServerConfig::new(crypto, Arc::new(token_key));
+            config.time_source(seeded.clock.clone());
+            config
+        }
+    };
     config.transport_config(transport_config());
     Ok(config)
 }
@@ -271,15 +565,27 @@ pub fn client_config(
     peer: NodeId,
     peer_key: PublicKey,
 ) -> Result<quinn::ClientConfig, TransportError> {
+    client_config_with(key, peer, peer_key, &TransportSeams::os())
+}
+
+/// [`client_config`] with randomness and time from `seams`; with [`TransportSeams::os`] it is
+/// exactly [`client_config`].
+pub fn client_config_with(
+    key: &NodeKey,
+    peer: NodeId,
+    peer_key: PublicKey,
+    seams: &TransportSeams,
+) -> Result<quinn::ClientConfig, TransportError> {
     let (cert, private) = certificate(key)?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedServer {
-            node: peer,
-            key: peer_key,
-        }))
-        .with_client_auth_cert(vec![cert], private)?;
+    let mut tls =
+        rustls::ClientConfig::builder_with_details(seams.crypto_provider(), seams.time_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedServer {
+                node: peer,
+                key: peer_key,
+            }))
+            .with_client_auth_cert(vec![cert], private)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.resumption = rustls::client::Resumption::disabled();
     tls.enable_early_data = false;
@@ -287,6 +593,13 @@ pub fn client_config(
         QuicClientConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport_config());
+    if let Some(seeded) = &seams.seeded {
+        // 20 bytes, as quinn's default provider makes them.
+        let cids = seeded.cids.clone();
+        config.initial_dst_cid_provider(Arc::new(move || {
+            quinn::ConnectionId::new(&cids.array::<20>())
+        }));
+    }
     Ok(config)
 }
 
@@ -296,8 +609,36 @@ pub fn endpoint(
     key: &NodeKey,
     policy: Arc<dyn PeerPolicy>,
 ) -> Result<quinn::Endpoint, TransportError> {
-    quinn::Endpoint::server(server_config(key, policy)?, addr)
-        .map_err(|source| TransportError::Bind { addr, source })
+    // What `quinn::Endpoint::server` does, through `endpoint_with_socket`.
+    let bind = |source| TransportError::Bind { addr, source };
+    let server = server_config(key, policy)?;
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| bind(std::io::Error::other("no async runtime found")))?;
+    let socket = runtime.wrap_udp_socket(socket).map_err(bind)?;
+    quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(&TransportSeams::os()),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(bind)
+}
+
+/// A QUIC endpoint on any socket and runtime (e.g. a simulated network's), accepting children
+/// under `policy`, with randomness and time from `seams`. QUIC timers follow
+/// `runtime.now()`; under turmoil pass `quinn::TokioRuntime` (turmoil runs tokio with paused,
+/// simulated time). Must be called inside that runtime.
+pub fn endpoint_with_socket(
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    runtime: Arc<dyn quinn::Runtime>,
+    key: &NodeKey,
+    policy: Arc<dyn PeerPolicy>,
+    seams: &TransportSeams,
+) -> Result<quinn::Endpoint, TransportError> {
+    let server = server_config_with(key, policy, seams)?;
+    quinn::Endpoint::new_with_abstract_socket(endpoint_config(seams), Some(server), socket, runtime)
+        .map_err(TransportError::Socket)
 }
 
 /// Connects to `peer` at `addr`, pinned to `peer_key`.
@@ -308,7 +649,22 @@ pub async fn connect(
     addr: SocketAddr,
     peer_key: PublicKey,
 ) -> Result<quinn::Connection, String> {
-    let config = client_config(key, peer, peer_key).map_err(|e| e.to_string())?;
+    connect_with(endpoint, key, peer, addr, peer_key, &TransportSeams::os()).await
+}
+
+/// [`connect`] with the client config made by [`client_config_with`] from `seams`.
+///
+/// Success means the handshake finished on our side; if the server refuses our certificate,
+/// that shows on the first stream operation (CRATES.md trap 4).
+pub async fn connect_with(
+    endpoint: &quinn::Endpoint,
+    key: &NodeKey,
+    peer: NodeId,
+    addr: SocketAddr,
+    peer_key: PublicKey,
+    seams: &TransportSeams,
+) -> Result<quinn::Connection, String> {
+    let config = client_config_with(key, peer, peer_key, seams).map_err(|e| e.to_string())?;
     let connecting = endpoint
         .connect_with(config, addr, SERVER_NAME)
         .map_err(|e| e.to_string())?;

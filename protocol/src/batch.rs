@@ -496,6 +496,12 @@ impl SignedBatch {
         origin_key: &PublicKey,
         verifier: &dyn Verifier,
     ) -> Result<(), VerifyError> {
+        self.verify_hash()?;
+        self.verify_signature_with(origin_key, verifier)
+    }
+
+    /// Checks that the bytes hash to the claimed id.
+    pub fn verify_hash(&self) -> Result<(), VerifyError> {
         let actual = BatchId::of(&self.bytes);
         if actual != self.id {
             return Err(VerifyError::HashMismatch {
@@ -503,6 +509,15 @@ impl SignedBatch {
                 actual,
             });
         }
+        Ok(())
+    }
+
+    /// Checks the origin's signature over the id alone (the caller has checked the hash).
+    pub fn verify_signature_with(
+        &self,
+        origin_key: &PublicKey,
+        verifier: &dyn Verifier,
+    ) -> Result<(), VerifyError> {
         if !verifier.verify(
             origin_key,
             BATCH_SIGNING_CONTEXT,

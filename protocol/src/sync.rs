@@ -595,14 +595,21 @@ pub fn verify_incoming_with(
     registry: &Registry,
     verifier: &dyn Verifier,
 ) -> Result<Batch, (Rejection, Vec<Problem>)> {
+    // The hash first: bytes that are not the batch the id names say nothing about that batch
+    // (they were damaged on the way), and the caller must be able to tell that apart.
+    signed
+        .verify_hash()
+        .map_err(|e| (Rejection::Verify(e), Vec::new()))?;
     let header = signed
         .header()
         .map_err(|e| (Rejection::Verify(VerifyError::Decode(e)), Vec::new()))?;
     let key =
         origin_key(header.origin).ok_or((Rejection::UnknownOrigin(header.origin), Vec::new()))?;
-    let batch = signed
-        .verify_with(&key, verifier)
+    signed
+        .verify_signature_with(&key, verifier)
         .map_err(|e| (Rejection::Verify(e), Vec::new()))?;
+    let batch = Batch::decode(&signed.bytes)
+        .map_err(|e| (Rejection::Verify(VerifyError::Decode(e)), Vec::new()))?;
     let category = batch.header.category.to_string();
     let schema = registry
         .get(&batch.header.category)

@@ -28,10 +28,12 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use protocol::batch::VerifyError;
 use protocol::ids::{BatchId, NodeId};
 use protocol::record::Problem;
 use protocol::sync::{
-    Downlink, DownlinkEvent, ProtocolError, SyncConfig, Uplink, UplinkEvent, verify_incoming_with,
+    Downlink, DownlinkEvent, ProtocolError, Rejection, SyncConfig, Uplink, UplinkEvent,
+    verify_incoming_with,
 };
 use protocol::wire::{self, Message, Receipt, SignedReceipt, Verdict};
 use protocol::{PublicKey, Registry, SignedBatch, Signer, Verifier};
@@ -1003,6 +1005,22 @@ impl<K: Kv> Core<K> {
                     },
                 );
             }
+            Err((Rejection::Verify(VerifyError::HashMismatch { .. }), _)) => {
+                // The bytes are not the batch the id names (damaged on the way, or a relay
+                // altered them): say nothing about the id, which is still wanted, and let the
+                // child send it again. A refusal here would make the origin drop a good batch.
+                warn!(batch = %id.short(), "batch bytes do not hash to its id: damaged in transit; the child will send it again");
+                self.store.audit(
+                    AuditEvent::BatchRefused {
+                        batch: id,
+                        from: child,
+                        reason: "bytes do not hash to the id (damaged in transit); not receipted"
+                            .into(),
+                    },
+                    now.wall_ms,
+                )?;
+                self.wrote();
+            }
             Err((rejection, problems)) => {
                 error!(batch = %id.short(), reason = %rejection, problems = problems.len(), "batch refused");
                 self.store.audit(
@@ -1377,6 +1395,13 @@ impl<K: Kv> Core<K> {
         }))
     }
 
+    /// (new batches go to the parent, the legacy link is kept): at least one must hold for a
+    /// node other than the national platform, at every moment.
+    pub fn routes_open(&self) -> (bool, bool) {
+        let routes = self.routes();
+        (routes.parent_sends, routes.legacy_open)
+    }
+
     /// The migration phase now, if this node has a legacy link.
     pub fn migration_phase(&self) -> Option<Phase> {
         self.migration.as_ref().map(|m| m.phase)
@@ -1418,3 +1443,6 @@ pub fn may_connect(topology: &Topology, me: NodeId, node: NodeId) -> bool {
     topology.node(node).is_some_and(|n| n.parent == Some(me))
         || (me.is_national() && topology.legacy_link(node).is_some())
 }
+
+#[cfg(test)]
+mod tests;

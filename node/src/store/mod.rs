@@ -772,7 +772,8 @@ fn outbox_key(peer: NodeId, id: &BatchId) -> Vec<u8> {
     key
 }
 
-fn receipt_key(id: &BatchId, receiver: NodeId) -> Vec<u8> {
+/// The key of `receiver`'s receipt for `id` in [`Tree::Receipts`] (checkers read it).
+pub fn receipt_key(id: &BatchId, receiver: NodeId) -> Vec<u8> {
     let mut key = id.as_bytes().to_vec();
     key.extend(receiver.to_be_bytes());
     key

@@ -1,0 +1,1174 @@
+//! The core tier's world: node cores wired by a simulated message network, driven by one
+//! event queue in virtual time, with faults chosen per seed and invariants checked at every
+//! step. Single-threaded and seeded: the same seed replays the same run, event for event
+//! (the trace hash proves it).
+//!
+//! The network model follows QUIC's semantics rather than raw packets (the full-stack tier
+//! runs real QUIC): a link's control frames arrive in order or the link breaks; batch
+//! streams are independent, so they overtake and are overtaken by control frames; a link can
+//! also duplicate a batch stream, flip a byte of one (transit corruption), or re-hash a
+//! modified batch keeping the origin's signature (a tampering relay).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use node::core::{Core, CoreConfig, LinkId, LinkKind, Now, Output, Route};
+use node::store::{Kv, MemKv, Store, Tree, WriteFault};
+use protocol::batch::Batch;
+use protocol::wire::{Message, Verdict};
+use protocol::{BatchId, NodeId, PublicKey, SignedBatch, Signer};
+use topology::Topology;
+
+use super::keys::{self, SimSigner, SimVerifier};
+use super::workload::Workload;
+use super::{Fault, Faults, Plan, Rng, Submission, Violation};
+
+/// The simulations' wall-clock start: 2026-12-01T00:00:00Z, in ms.
+pub const EPOCH_MS: u64 = 1_796_083_200_000;
+/// How long a peer takes to notice that a crashed node is gone (QUIC's idle timeout).
+const CRASH_NOTICE_MS: u64 = 10_000;
+/// How often liveness is checked after the faults are healed.
+const LIVENESS_CHECK_MS: u64 = 10_000;
+/// How long an operator waits before submitting again after a refusal (a full disk, say).
+const RESUBMIT_MS: u64 = 10 * 60_000;
+
+#[derive(Debug, Clone)]
+enum Payload {
+    Frame(Message),
+    Batch(SignedBatch),
+}
+
+#[derive(Debug)]
+enum Event {
+    Submit(usize),
+    Deliver {
+        link: LinkId,
+        to_parent: bool,
+        payload: Payload,
+    },
+    Dialed {
+        node: usize,
+        epoch: u32,
+        route: Route,
+        peer: usize,
+        ok: bool,
+    },
+    Synced {
+        node: usize,
+        epoch: u32,
+        upto: u64,
+    },
+    Sent {
+        node: usize,
+        epoch: u32,
+        link: LinkId,
+        id: BatchId,
+        ok: bool,
+    },
+    Timer {
+        node: usize,
+        epoch: u32,
+        generation: u64,
+    },
+    LinkDown {
+        node: usize,
+        epoch: u32,
+        link: LinkId,
+        reason: &'static str,
+    },
+    Fault(usize),
+    FaultEnd(usize),
+    Restart(usize),
+    Heal,
+    CheckLiveness,
+}
+
+impl Event {
+    fn kind(&self) -> u8 {
+        match self {
+            Event::Submit(_) => 0,
+            Event::Deliver { .. } => 1,
+            Event::Dialed { .. } => 2,
+            Event::Synced { .. } => 3,
+            Event::Sent { .. } => 4,
+            Event::Timer { .. } => 5,
+            Event::LinkDown { .. } => 6,
+            Event::Fault(_) => 7,
+            Event::FaultEnd(_) => 8,
+            Event::Restart(_) => 9,
+            Event::Heal => 10,
+            Event::CheckLiveness => 11,
+        }
+    }
+}
+
+struct SimNode {
+    id: NodeId,
+    kv: MemKv,
+    signer: SimSigner,
+    core: Option<Core<MemKv>>,
+    topology: Arc<Topology>,
+    epoch: u32,
+    started_at_ms: u64,
+    wall_skew_ms: i64,
+    timer: Option<(u64, u64)>,
+    timer_generation: u64,
+    /// Submitted, waiting to be durable: (id, write it is durable at, submission).
+    submitting: Vec<(BatchId, u64, usize)>,
+}
+
+struct SimLink {
+    child: usize,
+    parent: usize,
+    up: bool,
+    /// When the last control frame each way (to the parent, to the child) is delivered: a
+    /// stream is ordered.
+    last_delivery_ms: [u64; 2],
+}
+
+/// Counters the run reports.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub events: u64,
+    pub submitted: u64,
+    pub acknowledged: u64,
+    pub batch_bytes_sent: u64,
+    pub batches_sent: u64,
+    pub frames: u64,
+    pub crashes: u64,
+    pub link_breaks: u64,
+    pub corrupted: u64,
+    pub tampered: u64,
+    pub intruders_refused: u64,
+    pub converged_after_ms: Option<u64>,
+    pub virtual_ms: u64,
+}
+
+pub struct World {
+    pub now_ms: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    events: Vec<Option<Event>>,
+    free_events: Vec<usize>,
+    nodes: Vec<SimNode>,
+    index: HashMap<NodeId, usize>,
+    links: BTreeMap<LinkId, SimLink>,
+    next_link: u64,
+    verifier: SimVerifier,
+    config: CoreConfig,
+    workload: Workload,
+    plan: Plan,
+    rng: Rng,
+    faults: Faults,
+    active: BTreeSet<usize>,
+    healed: bool,
+    heal_at_ms: u64,
+    bound_ms: u64,
+    /// Every batch a legitimate origin made: anything else stored is a forgery.
+    legit: HashMap<BatchId, NodeId>,
+    /// Batches acknowledged to their origin's operator (durable at the origin).
+    acknowledged: BTreeMap<BatchId, NodeId>,
+    trace: blake3::Hasher,
+    pub stats: Stats,
+    pub violation: Option<Violation>,
+    pub done: bool,
+}
+
+fn seq_of(link: LinkId) -> u64 {
+    link.0
+}
+
+impl World {
+    pub fn new(plan: Plan, config: CoreConfig) -> World {
+        let mut rng = Rng::new(plan.seed);
+        let faults = Faults::choose(&plan, &mut rng);
+        let mut secrets = HashMap::new();
+        for (id, secret) in &plan.secrets {
+            secrets.insert(keys::public_of(secret), *secret);
+            let _ = id;
+        }
+        let verifier = SimVerifier::new(secrets);
+        let topology = plan.topology.clone();
+        let mut nodes = Vec::new();
+        let mut index = HashMap::new();
+        for node in topology.nodes() {
+            let secret = plan.secrets[&node.id];
+            index.insert(node.id, nodes.len());
+            nodes.push(SimNode {
+                id: node.id,
+                kv: MemKv::new(),
+                signer: SimSigner::new(secret, node.public_key),
+                core: None,
+                topology: topology.clone(),
+                epoch: 0,
+                started_at_ms: 0,
+                wall_skew_ms: 0,
+                timer: None,
+                timer_generation: 0,
+                submitting: Vec::new(),
+            });
+        }
+        let heal_at_ms = plan.workload_end_ms;
+        let bound_ms = plan.heal_bound_ms;
+        let mut world = World {
+            now_ms: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            free_events: Vec::new(),
+            nodes,
+            index,
+            links: BTreeMap::new(),
+            next_link: 1,
+            verifier,
+            config,
+            workload: Workload::default(),
+            plan,
+            rng,
+            faults,
+            active: BTreeSet::new(),
+            healed: false,
+            heal_at_ms,
+            bound_ms,
+            legit: HashMap::new(),
+            acknowledged: BTreeMap::new(),
+            trace: blake3::Hasher::new(),
+            stats: Stats::default(),
+            violation: None,
+            done: false,
+        };
+        for n in 0..world.nodes.len() {
+            world.start_node(n);
+        }
+        for s in 0..world.plan.submissions.len() {
+            let at = world.plan.submissions[s].at_ms;
+            world.schedule(at, Event::Submit(s));
+        }
+        for f in 0..world.faults.list.len() {
+            let at = world.faults.list[f].at_ms;
+            world.schedule(at, Event::Fault(f));
+        }
+        world.schedule(heal_at_ms, Event::Heal);
+        world
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    fn schedule(&mut self, at_ms: u64, event: Event) {
+        let slot = match self.free_events.pop() {
+            Some(slot) => {
+                self.events[slot] = Some(event);
+                slot
+            }
+            None => {
+                self.events.push(Some(event));
+                self.events.len() - 1
+            }
+        };
+        self.seq += 1;
+        self.queue
+            .push(Reverse((at_ms.max(self.now_ms), self.seq, slot)));
+    }
+
+    fn latency(&mut self) -> u64 {
+        let (base, jitter) = (self.faults.latency_ms, self.faults.jitter_ms);
+        base + self.rng.below(jitter + 1)
+    }
+
+    fn now_of(&self, n: usize) -> Now {
+        let node = &self.nodes[n];
+        Now {
+            mono_ms: self.now_ms - node.started_at_ms,
+            wall_ms: (EPOCH_MS + self.now_ms).saturating_add_signed(node.wall_skew_ms),
+        }
+    }
+
+    fn fail(&mut self, message: String) {
+        if self.violation.is_none() {
+            self.violation = Some(Violation {
+                at_ms: self.now_ms,
+                step: self.stats.events,
+                message,
+            });
+        }
+    }
+
+    /// The world's trace: a digest of every event handled, in order.
+    pub fn trace_hash(&self) -> String {
+        self.trace.finalize().to_hex()[..16].to_owned()
+    }
+
+    /// Runs until the run converges, fails, or passes its bound.
+    pub fn run(&mut self) {
+        while !self.done && self.violation.is_none() {
+            let Some(Reverse((at, _, slot))) = self.queue.pop() else {
+                break;
+            };
+            let event = self.events[slot].take().expect("a scheduled event");
+            self.free_events.push(slot);
+            self.now_ms = at;
+            self.stats.events += 1;
+            self.trace.update(&at.to_le_bytes());
+            self.trace.update(&[event.kind()]);
+            self.handle(event);
+            if self.healed && self.now_ms > self.heal_at_ms + self.bound_ms && !self.done {
+                let why = self.liveness().err().unwrap_or_default();
+                self.fail(format!(
+                    "liveness: not converged {} s after every fault was healed: {why}",
+                    self.bound_ms / 1000
+                ));
+            }
+        }
+        self.stats.virtual_ms = self.now_ms;
+        if !self.done && self.violation.is_none() {
+            let why = self.liveness().err().unwrap_or_default();
+            self.fail(format!(
+                "liveness: the run went quiet without converging: {why}"
+            ));
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Submit(s) => self.submit(s),
+            Event::Deliver {
+                link,
+                to_parent,
+                payload,
+            } => self.deliver(link, to_parent, payload),
+            Event::Dialed {
+                node,
+                epoch,
+                route,
+                peer,
+                ok,
+            } => self.dialed(node, epoch, route, peer, ok),
+            Event::Synced { node, epoch, upto } => self.synced(node, epoch, upto),
+            Event::Sent {
+                node,
+                epoch,
+                link,
+                id,
+                ok,
+            } => {
+                if self.nodes[node].epoch == epoch {
+                    self.trace.update(id.as_bytes());
+                    self.call(node, |core, now| {
+                        core.handle_batch_sent(link, id, ok, now)
+                            .map_err(|e| e.to_string())
+                    });
+                }
+            }
+            Event::Timer {
+                node,
+                epoch,
+                generation,
+            } => {
+                if self.nodes[node].epoch == epoch
+                    && self.nodes[node].timer_generation == generation
+                {
+                    self.nodes[node].timer = None;
+                    self.call(node, |core, now| {
+                        core.handle_timeout(now).map_err(|e| e.to_string())
+                    });
+                }
+            }
+            Event::LinkDown {
+                node,
+                epoch,
+                link,
+                reason,
+            } => {
+                if self.nodes[node].epoch == epoch {
+                    self.call(node, |core, now| {
+                        core.handle_link_down(link, reason, now)
+                            .map_err(|e| e.to_string())
+                    });
+                }
+            }
+            Event::Fault(f) => self.fault(f, true),
+            Event::FaultEnd(f) => self.fault(f, false),
+            Event::Restart(n) => self.restart(n),
+            Event::Heal => self.heal(),
+            Event::CheckLiveness => match self.liveness() {
+                Ok(()) => {
+                    self.stats.converged_after_ms = Some(self.now_ms - self.heal_at_ms);
+                    self.done = true;
+                }
+                Err(_) => self.schedule(self.now_ms + LIVENESS_CHECK_MS, Event::CheckLiveness),
+            },
+        }
+    }
+
+    // ---- nodes ----
+
+    fn start_node(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        node.started_at_ms = self.now_ms;
+        node.timer = None;
+        let now = self.now_of(n);
+        let node = &mut self.nodes[n];
+        let core = Core::new(
+            Box::new(node.signer.clone()),
+            Box::new(self.verifier.clone()),
+            node.topology.clone(),
+            Store::new(node.kv.clone()),
+            self.config,
+            now,
+        );
+        match core {
+            Ok(core) => {
+                node.core = Some(core);
+                self.after_call(n);
+            }
+            // A full disk at start: try again later, as a supervisor would.
+            Err(_) => self.schedule(self.now_ms + 60_000, Event::Restart(n)),
+        }
+    }
+
+    fn crash(&mut self, n: usize) {
+        if self.nodes[n].core.is_none() {
+            return;
+        }
+        self.stats.crashes += 1;
+        let node = &mut self.nodes[n];
+        node.kv.crash();
+        node.core = None;
+        node.epoch += 1;
+        node.timer = None;
+        // Submissions not yet durable were never acknowledged: the operator submits them again.
+        let lost: Vec<usize> = node.submitting.drain(..).map(|(_, _, s)| s).collect();
+        for s in lost {
+            self.schedule(self.now_ms + RESUBMIT_MS, Event::Submit(s));
+        }
+        let links: Vec<(LinkId, usize)> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.up && (l.child == n || l.parent == n))
+            .map(|(id, l)| (*id, if l.child == n { l.parent } else { l.child }))
+            .collect();
+        for (link, other) in links {
+            self.links.get_mut(&link).expect("listed").up = false;
+            let epoch = self.nodes[other].epoch;
+            self.schedule(
+                self.now_ms + CRASH_NOTICE_MS,
+                Event::LinkDown {
+                    node: other,
+                    epoch,
+                    link,
+                    reason: "peer crashed (idle timeout)",
+                },
+            );
+        }
+    }
+
+    fn restart(&mut self, n: usize) {
+        if self.nodes[n].core.is_none() {
+            self.start_node(n);
+        }
+    }
+
+    /// Runs one input through node `n`'s core, then carries out its outputs.
+    fn call(&mut self, n: usize, f: impl FnOnce(&mut Core<MemKv>, Now) -> Result<(), String>) {
+        let now = self.now_of(n);
+        let Some(core) = self.nodes[n].core.as_mut() else {
+            return;
+        };
+        // Operating errors (a full disk) are expected under faults: the core stays consistent
+        // and the peers retry.
+        let _ = f(core, now);
+        self.after_call(n);
+    }
+
+    fn after_call(&mut self, n: usize) {
+        let mut outputs = Vec::new();
+        if let Some(core) = self.nodes[n].core.as_mut() {
+            while let Some(output) = core.poll_output() {
+                outputs.push(output);
+            }
+        }
+        for output in outputs {
+            self.output(n, output);
+        }
+        self.check_paths(n);
+        // Re-arm the timer.
+        let Some(core) = self.nodes[n].core.as_ref() else {
+            return;
+        };
+        let next = core.poll_timeout();
+        let node = &mut self.nodes[n];
+        match next {
+            None => node.timer = None,
+            Some(at) => {
+                let at_world = node.started_at_ms + at;
+                if node.timer.map(|(t, _)| t) != Some(at_world) {
+                    node.timer_generation += 1;
+                    node.timer = Some((at_world, node.timer_generation));
+                    let event = Event::Timer {
+                        node: n,
+                        epoch: node.epoch,
+                        generation: node.timer_generation,
+                    };
+                    self.schedule(at_world, event);
+                }
+            }
+        }
+    }
+
+    fn output(&mut self, n: usize, output: Output) {
+        match output {
+            Output::Dial { route, peer, .. } => {
+                let peer = self.index[&peer];
+                let ok = self.nodes[peer].core.is_some() && !self.partitioned(n, peer);
+                let delay = 2 * self.latency();
+                let epoch = self.nodes[n].epoch;
+                self.schedule(
+                    self.now_ms + delay,
+                    Event::Dialed {
+                        node: n,
+                        epoch,
+                        route,
+                        peer,
+                        ok,
+                    },
+                );
+            }
+            Output::Transmit { link, message } => self.transmit(n, link, message),
+            Output::SendBatch { link, id } => self.send_batch(n, link, id),
+            Output::Close { link, .. } => self.close(link),
+            Output::Sync { upto } => {
+                let delay = 1 + self.rng.below(3);
+                let epoch = self.nodes[n].epoch;
+                self.schedule(
+                    self.now_ms + delay,
+                    Event::Synced {
+                        node: n,
+                        epoch,
+                        upto,
+                    },
+                );
+            }
+        }
+    }
+
+    fn synced(&mut self, n: usize, epoch: u32, upto: u64) {
+        if self.nodes[n].epoch != epoch || self.nodes[n].core.is_none() {
+            return;
+        }
+        match self.nodes[n].kv.sync() {
+            Ok(()) => {
+                self.call(n, |core, now| {
+                    core.handle_durable(upto, now);
+                    Ok(())
+                });
+                let durable = self.nodes[n].core.as_ref().map_or(0, Core::durable_seq);
+                let origin = self.nodes[n].id;
+                let submitting = std::mem::take(&mut self.nodes[n].submitting);
+                for (id, at, s) in submitting {
+                    if at <= durable {
+                        if self.acknowledged.insert(id, origin).is_none() {
+                            self.stats.acknowledged += 1;
+                        }
+                    } else {
+                        self.nodes[n].submitting.push((id, at, s));
+                    }
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                self.call(n, |core, now| {
+                    core.handle_sync_failed(&reason, now);
+                    Ok(())
+                });
+            }
+        }
+    }
+
+    fn submit(&mut self, s: usize) {
+        let Submission {
+            origin,
+            ref category,
+            period,
+            salt,
+            ..
+        } = self.plan.submissions[s];
+        let category = category.clone();
+        let n = self.index[&origin];
+        if self.nodes[n].core.is_none() {
+            self.schedule(self.now_ms + RESUBMIT_MS, Event::Submit(s));
+            return;
+        }
+        let signed = self
+            .workload
+            .batch(&category, period, origin, salt, &self.nodes[n].signer);
+        let id = signed.id;
+        self.legit.insert(id, origin);
+        self.trace.update(id.as_bytes());
+        self.stats.submitted += 1;
+        let now = self.now_of(n);
+        let result = self.nodes[n]
+            .core
+            .as_mut()
+            .expect("checked above")
+            .submit(signed, now);
+        match result {
+            Ok(submitted) => self.nodes[n].submitting.push((id, submitted.durable_at, s)),
+            Err(_) => self.schedule(self.now_ms + RESUBMIT_MS, Event::Submit(s)),
+        }
+        self.after_call(n);
+    }
+
+    // ---- links ----
+
+    fn partitioned(&self, a: usize, b: usize) -> bool {
+        self.active
+            .iter()
+            .any(|f| match self.faults.list[*f].fault {
+                Fault::Partition { child, parent } => {
+                    let (child, parent) = (self.index[&child], self.index[&parent]);
+                    (child == a && parent == b) || (child == b && parent == a)
+                }
+                _ => false,
+            })
+    }
+
+    fn link_fault(&self, child: usize, pick: impl Fn(&Fault) -> bool) -> bool {
+        self.active.iter().any(|f| {
+            let fault = &self.faults.list[*f].fault;
+            pick(fault)
+                && match fault {
+                    Fault::Corrupt { child: c } | Fault::Tamper { child: c } => {
+                        self.index[c] == child
+                    }
+                    _ => false,
+                }
+        })
+    }
+
+    fn dialed(&mut self, n: usize, epoch: u32, route: Route, peer: usize, ok: bool) {
+        if self.nodes[n].epoch != epoch || self.nodes[n].core.is_none() {
+            return;
+        }
+        let ok = ok && self.nodes[peer].core.is_some() && !self.partitioned(n, peer);
+        if !ok {
+            self.call(n, |core, now| {
+                core.handle_dial_failed(route, "unreachable", now);
+                Ok(())
+            });
+            return;
+        }
+        let link = LinkId(self.next_link);
+        self.next_link += 1;
+        self.links.insert(
+            link,
+            SimLink {
+                child: n,
+                parent: peer,
+                up: true,
+                last_delivery_ms: [0; 2],
+            },
+        );
+        let key = self.nodes[n].signer.public();
+        self.call(n, |core, now| {
+            core.handle_link_up(link, LinkKind::Up(route), now)
+                .map_err(|e| e.to_string())
+        });
+        self.call(peer, |core, now| {
+            core.handle_link_up(link, LinkKind::Down { key }, now)
+                .map_err(|e| e.to_string())
+        });
+    }
+
+    fn close(&mut self, link: LinkId) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        if !l.up {
+            return;
+        }
+        l.up = false;
+        let (child, parent) = (l.child, l.parent);
+        for n in [child, parent] {
+            let epoch = self.nodes[n].epoch;
+            let delay = self.latency();
+            self.schedule(
+                self.now_ms + delay,
+                Event::LinkDown {
+                    node: n,
+                    epoch,
+                    link,
+                    reason: "link closed",
+                },
+            );
+        }
+    }
+
+    fn transmit(&mut self, n: usize, link: LinkId, message: Message) {
+        let Some(l) = self.links.get(&link) else {
+            return;
+        };
+        if !l.up {
+            return;
+        }
+        let to_parent = l.child == n;
+        let (a, b) = (l.child, l.parent);
+        self.check_acknowledgement(n, &message);
+        if self.partitioned(a, b)
+            || (self.faults.break_per_million > 0
+                && self.rng.below(1_000_000) < self.faults.break_per_million)
+        {
+            self.stats.link_breaks += 1;
+            self.close(link);
+            return;
+        }
+        self.stats.frames += 1;
+        let latency = self.latency();
+        let l = self.links.get_mut(&link).expect("checked above");
+        let way = usize::from(!to_parent);
+        let at = (self.now_ms + latency).max(l.last_delivery_ms[way]);
+        l.last_delivery_ms[way] = at;
+        self.schedule(
+            at,
+            Event::Deliver {
+                link,
+                to_parent,
+                payload: Payload::Frame(message),
+            },
+        );
+    }
+
+    fn send_batch(&mut self, n: usize, link: LinkId, id: BatchId) {
+        let epoch = self.nodes[n].epoch;
+        let read = Store::new(self.nodes[n].kv.clone()).batch(&id);
+        let (up, child, parent) = match self.links.get(&link) {
+            Some(l) => (l.up, l.child, l.parent),
+            None => (false, 0, 0),
+        };
+        let signed = match read {
+            Ok(Some(signed)) if up && !self.partitioned(child, parent) => signed,
+            _ => {
+                self.schedule(
+                    self.now_ms + 1,
+                    Event::Sent {
+                        node: n,
+                        epoch,
+                        link,
+                        id,
+                        ok: false,
+                    },
+                );
+                return;
+            }
+        };
+        self.stats.batches_sent += 1;
+        // Make a rare path happen on purpose: the sender dies with the batch in flight.
+        if self.faults.crash_on_send_per_mille > 0
+            && !self.healed
+            && self.rng.below(1000) < self.faults.crash_on_send_per_mille
+        {
+            let delay = self.rng.below(2 * self.faults.latency_ms + 1);
+            let downtime = self.rng.between(1_000, 60_000);
+            let f = self.faults.list.len();
+            self.faults.list.push(super::PlannedFault {
+                at_ms: self.now_ms + delay,
+                duration_ms: downtime,
+                fault: Fault::Crash {
+                    node: self.nodes[n].id,
+                },
+            });
+            self.schedule(self.now_ms + delay, Event::Fault(f));
+        }
+        self.stats.batch_bytes_sent += signed.bytes.len() as u64;
+        let mut copies = vec![signed];
+        if self.faults.duplicate_percent > 0 && self.rng.below(100) < self.faults.duplicate_percent
+        {
+            copies.push(copies[0].clone());
+        }
+        for mut signed in copies {
+            if self.link_fault(child, |f| matches!(f, Fault::Corrupt { .. }))
+                && self.rng.below(5) == 0
+            {
+                // A flipped byte in transit: the id no longer matches the bytes.
+                let i = self.rng.below(signed.bytes.len() as u64) as usize;
+                signed.bytes[i] ^= 0x20;
+                self.stats.corrupted += 1;
+            } else if self.link_fault(child, |f| matches!(f, Fault::Tamper { .. }))
+                && self.rng.below(5) == 0
+            {
+                signed = tamper(signed);
+                self.stats.tampered += 1;
+            }
+            let latency = self.latency() + (signed.bytes.len() as u64 / 100_000);
+            self.schedule(
+                self.now_ms + latency,
+                Event::Deliver {
+                    link,
+                    to_parent: true,
+                    payload: Payload::Batch(signed),
+                },
+            );
+        }
+        self.schedule(
+            self.now_ms + 1,
+            Event::Sent {
+                node: n,
+                epoch,
+                link,
+                id,
+                ok: true,
+            },
+        );
+    }
+
+    fn deliver(&mut self, link: LinkId, to_parent: bool, payload: Payload) {
+        let Some(l) = self.links.get(&link) else {
+            return;
+        };
+        if !l.up {
+            return;
+        }
+        let n = if to_parent { l.parent } else { l.child };
+        self.trace.update(&seq_of(link).to_le_bytes());
+        match payload {
+            Payload::Frame(message) => {
+                self.call(n, |core, now| {
+                    core.handle_message(link, message, now)
+                        .map_err(|e| e.to_string())
+                });
+            }
+            Payload::Batch(signed) => {
+                self.trace.update(signed.id.as_bytes());
+                self.call(n, |core, now| {
+                    core.handle_batch(link, signed, now)
+                        .map_err(|e| e.to_string())
+                });
+            }
+        }
+    }
+
+    // ---- faults ----
+
+    fn fault(&mut self, f: usize, start: bool) {
+        if self.healed {
+            return;
+        }
+        let planned = self.faults.list[f].clone();
+        if start {
+            self.active.insert(f);
+            self.schedule(self.now_ms + planned.duration_ms, Event::FaultEnd(f));
+        } else {
+            self.active.remove(&f);
+        }
+        match planned.fault {
+            Fault::Partition { child, parent } if start => {
+                let (a, b) = (self.index[&child], self.index[&parent]);
+                let cut: Vec<LinkId> = self
+                    .links
+                    .iter()
+                    .filter(|(_, l)| {
+                        l.up && ((l.child == a && l.parent == b) || (l.child == b && l.parent == a))
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for link in cut {
+                    self.stats.link_breaks += 1;
+                    self.close(link);
+                }
+            }
+            Fault::Crash { node } if start => {
+                let n = self.index[&node];
+                self.crash(n);
+            }
+            Fault::Crash { node } => {
+                let n = self.index[&node];
+                self.restart(n);
+            }
+            Fault::DiskFull { node } => {
+                let n = self.index[&node];
+                self.nodes[n].kv.set_fault(if start {
+                    WriteFault::DiskFull
+                } else {
+                    WriteFault::None
+                });
+            }
+            Fault::ClockStep { node, step_ms } if start => {
+                let n = self.index[&node];
+                self.nodes[n].wall_skew_ms += step_ms;
+            }
+            Fault::Topology { version } if start => {
+                let next = self.plan.topologies[&version].clone();
+                for n in 0..self.nodes.len() {
+                    self.nodes[n].topology = next.clone();
+                    let topology = (*next).clone();
+                    self.call(n, |core, now| {
+                        core.handle_topology(topology, now)
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    });
+                }
+            }
+            Fault::Intruder { parent, key } if start => {
+                // A node that is not (or no longer) pinned keeps trying to connect.
+                let p = self.index[&parent];
+                let link = LinkId(self.next_link);
+                self.next_link += 1;
+                let now = self.now_of(p);
+                let Some(core) = self.nodes[p].core.as_mut() else {
+                    return;
+                };
+                let _ = core.handle_link_up(link, LinkKind::Down { key }, now);
+                let mut outputs = Vec::new();
+                while let Some(output) = core.poll_output() {
+                    outputs.push(output);
+                }
+                let mut refused = false;
+                for output in outputs {
+                    match output {
+                        Output::Close { link: closed, .. } if closed == link => refused = true,
+                        Output::Transmit { link: to, .. } if to == link => {
+                            self.fail(format!(
+                                "an unpinned key got a link to {parent}: the core answered it"
+                            ));
+                        }
+                        other => self.output(p, other),
+                    }
+                }
+                if !refused {
+                    self.fail(format!("an unpinned key's link to {parent} was not closed"));
+                }
+                self.stats.intruders_refused += 1;
+            }
+            _ => {}
+        }
+    }
+
+    fn heal(&mut self) {
+        self.healed = true;
+        self.active.clear();
+        for n in 0..self.nodes.len() {
+            self.nodes[n].kv.set_fault(WriteFault::None);
+            if self.nodes[n].core.is_none() {
+                self.start_node(n);
+            }
+        }
+        self.schedule(self.now_ms + LIVENESS_CHECK_MS, Event::CheckLiveness);
+    }
+
+    // ---- invariants ----
+
+    /// No receipt for a batch that is not durable at its receiver, and no acknowledgement of
+    /// relayed receipts that are not durable; no receipt accepting a batch no origin made.
+    fn check_acknowledgement(&mut self, n: usize, message: &Message) {
+        let me = self.nodes[n].id;
+        match message {
+            Message::Receipts { receipts } => {
+                for r in receipts {
+                    if r.receipt.receiver != me
+                        || !matches!(r.receipt.verdict, Verdict::Accepted { .. })
+                    {
+                        continue;
+                    }
+                    let id = r.receipt.batch;
+                    let kv = &self.nodes[n].kv;
+                    if !kv.durable_contains(Tree::Batches, id.as_bytes()) || !kv.durable_blob(&id) {
+                        self.fail(format!(
+                            "{me} sent a receipt for batch {} that is not durable there",
+                            id.short()
+                        ));
+                    }
+                    if !self.legit.contains_key(&id) {
+                        self.fail(format!(
+                            "{me} accepted and stored batch {} that no origin made (a forgery)",
+                            id.short()
+                        ));
+                    }
+                }
+            }
+            Message::UpstreamStored { done } => {
+                for (id, receiver) in done {
+                    let key = node::store::receipt_key(id, *receiver);
+                    if !self.nodes[n].kv.durable_contains(Tree::Receipts, &key) {
+                        self.fail(format!(
+                            "{me} acknowledged {receiver}'s relayed receipt for {} before it was durable",
+                            id.short()
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A node is never without a path to the national platform.
+    fn check_paths(&mut self, n: usize) {
+        let Some(core) = self.nodes[n].core.as_ref() else {
+            return;
+        };
+        let me = self.nodes[n].id;
+        if me.is_national() {
+            return;
+        }
+        let (parent_sends, legacy_open) = core.routes_open();
+        if !parent_sends && !legacy_open {
+            self.fail(format!("{me} has no path to the national platform"));
+        }
+    }
+
+    /// Every acknowledged batch held exactly once at the national platform, every outbox
+    /// drained, every origin holding the complete receipt chain of its batches.
+    pub fn liveness(&self) -> Result<(), String> {
+        let national = &self.nodes[self.index[&NodeId::NATIONAL]];
+        let national_store = Store::new(national.kv.clone());
+        for (id, origin) in &self.acknowledged {
+            if !national_store.holds(id).unwrap_or(false) {
+                let holders: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter(|n| Store::new(n.kv.clone()).holds(id).unwrap_or(false))
+                    .map(|n| {
+                        let links = n.core.as_ref().map(|c| {
+                            c.links()
+                                .iter()
+                                .map(|l| {
+                                    format!(
+                                        "{}:{}:{}:p{}f{}",
+                                        l.peer, l.direction, l.connected, l.pending, l.in_flight
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        });
+                        let store = Store::new(n.kv.clone());
+                        let receipts: Vec<String> = store
+                            .receipts_for(id)
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|r| format!("{}:{:?}", r.receipt.receiver, r.receipt.verdict))
+                            .collect();
+                        format!(
+                            "{} (outbox {}; links {}; receipts {})",
+                            n.id,
+                            n.kv.entries(Tree::Outbox),
+                            links.unwrap_or_default(),
+                            receipts.join(" ")
+                        )
+                    })
+                    .collect();
+                return Err(format!(
+                    "batch {} of {origin} is not at the national platform; held by {}",
+                    id.short(),
+                    holders.join(", ")
+                ));
+            }
+        }
+        let held = national.kv.entries(Tree::Held);
+        if held != national.kv.entries(Tree::Meta) {
+            return Err("the national platform's index and metadata disagree".into());
+        }
+        for node in &self.nodes {
+            if node.kv.entries(Tree::Outbox) > 0 {
+                return Err(format!(
+                    "{}'s outbox is not drained ({} entries)",
+                    node.id,
+                    node.kv.entries(Tree::Outbox)
+                ));
+            }
+            if node.core.is_none() {
+                return Err(format!("{} is not running", node.id));
+            }
+        }
+        for (id, origin) in &self.acknowledged {
+            let n = self.index[origin];
+            let store = Store::new(self.nodes[n].kv.clone());
+            let receipts = store.receipts_for(id).map_err(|e| e.to_string())?;
+            let have: BTreeSet<NodeId> = receipts.iter().map(|r| r.receipt.receiver).collect();
+            let topology = &self.nodes[n].topology;
+            let paths = topology.paths_to_national(*origin);
+            if !paths
+                .iter()
+                .any(|path| path.iter().all(|hop| have.contains(hop)))
+            {
+                return Err(format!(
+                    "{origin} lacks receipts for {}: has {:?}, needs one of {:?}",
+                    id.short(),
+                    have,
+                    paths
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Held batches at the national platform that no legitimate origin made.
+    pub fn forgeries_at_national(&self) -> usize {
+        let national = &self.nodes[self.index[&NodeId::NATIONAL]];
+        Store::new(national.kv.clone())
+            .held()
+            .filter_map(Result::ok)
+            .filter(|(id, _)| !self.legit.contains_key(id))
+            .count()
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn key_of(&self, id: NodeId) -> PublicKey {
+        self.nodes[self.index[&id]].signer.public()
+    }
+}
+
+/// A tampering relay: changes one digit of one value (an amount, a date), re-encodes and
+/// re-hashes the batch, and keeps the origin's signature. It picks a change that still passes
+/// every other check, so only the signature check can catch it.
+fn tamper(signed: SignedBatch) -> SignedBatch {
+    let Ok(batch) = Batch::decode(&signed.bytes) else {
+        return signed;
+    };
+    for r in 0..batch.records.len() {
+        for v in 0..batch.records[r].values.len() {
+            let protocol::Value::Text(text) = &batch.records[r].values[v] else {
+                continue;
+            };
+            let Some((i, c)) = text.char_indices().rev().find(|(_, c)| c.is_ascii_digit()) else {
+                continue;
+            };
+            let mut changed = batch.clone();
+            let protocol::Value::Text(text) = &mut changed.records[r].values[v] else {
+                unreachable!("matched above");
+            };
+            text.replace_range(i..i + 1, if c == '1' { "2" } else { "1" });
+            let Ok(bytes) = changed.encode() else {
+                continue;
+            };
+            let forged = SignedBatch {
+                id: BatchId::of(&bytes),
+                signature: signed.signature,
+                bytes,
+            };
+            let passes_all_but_signature = protocol::sync::verify_incoming_with(
+                &forged,
+                |_| Some(PublicKey([0; 32])),
+                protocol::Registry::builtin(),
+                &AnySignature,
+            )
+            .is_ok();
+            if passes_all_but_signature {
+                return forged;
+            }
+        }
+    }
+    signed
+}
+
+/// What a tamperer hopes the receiver runs.
+struct AnySignature;
+
+impl protocol::Verifier for AnySignature {
+    fn verify(&self, _: &PublicKey, _: &[u8], _: &[u8], _: &protocol::Signature) -> bool {
+        true
+    }
+}

@@ -1,0 +1,133 @@
+//! `credit-simulations`: runs a scenario from a seed (or a sweep of seeds) and prints what
+//! happened: nodes, batches, bytes, virtual time to converge, wall time, peak memory and the
+//! trace hash. A failure prints its seed, the step, and the command that replays it.
+
+// This is CLI output, the one place printing to stdout is the point.
+#![allow(clippy::print_stdout)]
+
+use clap::Parser;
+use credit_simulations::core_tier::{self, Report, SCENARIOS};
+use node::core::{CoreConfig, PlantedBug};
+
+#[derive(Parser)]
+#[command(
+    about = "Deterministic simulations of the credit network, replayable from one seed.",
+    after_help = "Examples:\n  cargo run --release -p credit-simulations -- --scenario guangdong-year --seed 7\n  cargo run --release -p credit-simulations -- --scenario guangdong-year --sweep 200\n  cargo run --release -p credit-simulations -- --scenario china-year --seed 1"
+)]
+struct Cli {
+    /// guangdong-year, china-year or jieyang-year (core tier).
+    #[arg(long, default_value = "guangdong-year")]
+    scenario: String,
+    /// The seed to run (with --sweep: the first seed).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Runs this many seeds, from --seed on, and stops at the first failure.
+    #[arg(long)]
+    sweep: Option<u64>,
+    /// Plants a bug to see the simulator catch it: receipt-before-durable,
+    /// skip-origin-signature or drop-outbox-on-send.
+    #[arg(long)]
+    plant: Option<String>,
+}
+
+fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+fn print(report: &Report) {
+    let s = &report.stats;
+    println!(
+        "{} seed {}: {} nodes, {} batches submitted ({} acknowledged), {} batch sends, {} KB of batches, {} frames, {} events; {} crashes, {} link breaks, {} corrupted, {} tampered; faults: {}",
+        report.scenario,
+        report.seed,
+        report.nodes,
+        s.submitted,
+        s.acknowledged,
+        s.batches_sent,
+        s.batch_bytes_sent / 1000,
+        s.frames,
+        s.events,
+        s.crashes,
+        s.link_breaks,
+        s.corrupted,
+        s.tampered,
+        report.faults
+    );
+    println!(
+        "  converged {} after healing; virtual time {:.1} days; wall {:.2} s; peak memory {} MiB; trace {}",
+        s.converged_after_ms
+            .map_or("never".to_owned(), |ms| format!(
+                "{:.1} s",
+                ms as f64 / 1000.0
+            )),
+        s.virtual_ms as f64 / 86_400_000.0,
+        report.wall_ms as f64 / 1000.0,
+        peak_rss_mib().map_or("?".into(), |m| m.to_string()),
+        report.trace_hash
+    );
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if !SCENARIOS.contains(&cli.scenario.as_str()) {
+        eprintln!(
+            "unknown scenario {:?}; known: {}",
+            cli.scenario,
+            SCENARIOS.join(", ")
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let planted = match cli.plant.as_deref() {
+        None => None,
+        Some("receipt-before-durable") => Some(PlantedBug::ReceiptBeforeDurable),
+        Some("skip-origin-signature") => Some(PlantedBug::SkipOriginSignature),
+        Some("drop-outbox-on-send") => Some(PlantedBug::DropOutboxOnSend),
+        Some(other) => {
+            eprintln!(
+                "unknown bug {other:?}: receipt-before-durable, skip-origin-signature or drop-outbox-on-send"
+            );
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let config = CoreConfig {
+        planted,
+        ..CoreConfig::default()
+    };
+    let seeds = cli.seed..cli.seed + cli.sweep.unwrap_or(1);
+    let count = seeds.end - seeds.start;
+    for seed in seeds {
+        let report = match core_tier::run(&cli.scenario, seed, config) {
+            Ok(report) => report,
+            Err(e) => {
+                eprintln!("{e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        print(&report);
+        if let Some(v) = &report.violation {
+            let plant = cli
+                .plant
+                .as_deref()
+                .map(|p| format!(" --plant {p}"))
+                .unwrap_or_default();
+            eprintln!(
+                "FAILED: {} seed {} at step {} (virtual {:.3} s): {}\n  replay: cargo run --release -p credit-simulations -- --scenario {} --seed {}{plant}",
+                report.scenario,
+                seed,
+                v.step,
+                v.at_ms as f64 / 1000.0,
+                v.message,
+                report.scenario,
+                seed
+            );
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    if count > 1 {
+        println!("{count} seeds passed");
+    }
+    std::process::ExitCode::SUCCESS
+}
