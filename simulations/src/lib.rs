@@ -2,6 +2,8 @@
 //! mutual TLS included, over turmoil's simulated network and virtual time, replayable from
 //! one seed.
 //!
+//! [`full_stack`] runs the real node runtime (core and executor, QUIC, TLS, Ed25519) of a
+//! whole city's network over turmoil, under faults.
 //! [`net`] runs quinn over turmoil's UDP and makes node endpoints on simulated hosts;
 //! [`trace`] digests what happened, so a test can check that a seed replays exactly;
 //! [`sim_builder`] sets turmoil up as CRATES.md (trap 8) says: explicit epoch and fixed latency, a
@@ -10,6 +12,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 pub mod core_tier;
+pub mod full_stack;
 pub mod net;
 pub mod trace;
 

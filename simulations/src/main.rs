@@ -7,6 +7,7 @@
 
 use clap::Parser;
 use credit_simulations::core_tier::{self, Report, SCENARIOS};
+use credit_simulations::full_stack;
 use node::core::{CoreConfig, PlantedBug};
 
 #[derive(Parser)]
@@ -15,7 +16,8 @@ use node::core::{CoreConfig, PlantedBug};
     after_help = "Examples:\n  cargo run --release -p credit-simulations -- --scenario guangdong-year --seed 7\n  cargo run --release -p credit-simulations -- --scenario guangdong-year --sweep 200\n  cargo run --release -p credit-simulations -- --scenario china-year --seed 1"
 )]
 struct Cli {
-    /// guangdong-year, china-year or jieyang-year (core tier).
+    /// guangdong-year, china-year or jieyang-year (core tier), or jieyang-full-stack (the real
+    /// node runtime, QUIC and TLS over a simulated network).
     #[arg(long, default_value = "guangdong-year")]
     scenario: String,
     /// The seed to run (with --sweep: the first seed).
@@ -70,13 +72,69 @@ fn print(report: &Report) {
     );
 }
 
+fn print_full_stack(report: &full_stack::Report) {
+    let secs = |ms: Option<u64>| {
+        ms.map_or("never".to_owned(), |ms| {
+            format!("{:.1} s", ms as f64 / 1000.0)
+        })
+    };
+    println!(
+        "{} seed {}: {} nodes ({} starts), {} batches submitted ({} acknowledged), {} KB of batches, {} datagrams, {} KB over UDP, {} events; faults: {}; city crashed at {}, restarted at {}, losing {} unsynced audit entries",
+        report.scenario,
+        report.seed,
+        report.nodes,
+        report.node_starts,
+        report.submitted,
+        report.acknowledged,
+        report.batch_bytes / 1000,
+        report.datagrams,
+        report.udp_bytes / 1000,
+        report.events,
+        report.faults,
+        secs(report.crashed_at_ms),
+        secs(report.restarted_at_ms),
+        report.lost_in_crash
+    );
+    println!(
+        "  converged {} after healing at {} (bound {} s); virtual time {:.1} s; wall {:.2} s; peak memory {} MiB; trace {}",
+        secs(report.converged_after_ms),
+        secs(report.healed_ms),
+        full_stack::CONVERGE_BOUND.as_secs(),
+        report.virtual_ms as f64 / 1000.0,
+        report.wall_ms as f64 / 1000.0,
+        peak_rss_mib().map_or("?".into(), |m| m.to_string()),
+        report.trace_hash
+    );
+}
+
+/// Log lines stamped with the simulation's virtual time (the host's, inside a host).
+struct VirtualTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for VirtualTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:>9.3}s", t.as_secs_f64()),
+            None => write!(w, "{:>10}", "-"),
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if !SCENARIOS.contains(&cli.scenario.as_str()) {
+    // RUST_LOG=info (or debug, or credit_node=debug,...) shows what the nodes did.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_timer(VirtualTime)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    if cli.scenario != full_stack::SCENARIO && !SCENARIOS.contains(&cli.scenario.as_str()) {
         eprintln!(
-            "unknown scenario {:?}; known: {}",
+            "unknown scenario {:?}; known: {}, {}",
             cli.scenario,
-            SCENARIOS.join(", ")
+            SCENARIOS.join(", "),
+            full_stack::SCENARIO
         );
         return std::process::ExitCode::from(2);
     }
@@ -99,6 +157,23 @@ fn main() -> std::process::ExitCode {
     let seeds = cli.seed..cli.seed + cli.sweep.unwrap_or(1);
     let count = seeds.end - seeds.start;
     for seed in seeds {
+        if cli.scenario == full_stack::SCENARIO {
+            let report = full_stack::run(seed, config);
+            print_full_stack(&report);
+            if let Some(failure) = &report.failure {
+                let plant = cli
+                    .plant
+                    .as_deref()
+                    .map(|p| format!(" --plant {p}"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "FAILED: {} seed {seed}: {failure}\n  replay: cargo run --release -p credit-simulations -- --scenario {} --seed {seed}{plant}",
+                    report.scenario, report.scenario
+                );
+                return std::process::ExitCode::FAILURE;
+            }
+            continue;
+        }
         let report = match core_tier::run(&cli.scenario, seed, config) {
             Ok(report) => report,
             Err(e) => {

@@ -698,9 +698,16 @@ impl<K: Kv> Core<K> {
         } else if let Some(slot) = self.downlinks.remove(&link) {
             let child = slot.machine.child();
             info!(peer = %child, %reason, "downlink ended");
+            let reconnected = self.downlinks.values().any(|s| s.machine.child() == child);
             let status = self.link_status(child, "down", now);
-            status.connected = false;
+            status.connected = reconnected;
             status.last_error = Some(reason.to_owned());
+            if reconnected {
+                // The child is back on a newer link: what was relayed on this one and not
+                // acknowledged goes again there.
+                self.relay_to(child)?;
+                self.flush_links(now);
+            }
         }
         self.plan_dials(now);
         Ok(())
@@ -900,11 +907,14 @@ impl<K: Kv> Core<K> {
         Ok(())
     }
 
-    /// Queues for `child`'s link (if connected) the receipts waiting to be relayed to it.
+    /// Queues for `child`'s link (if connected) the receipts waiting to be relayed to it. A
+    /// child that reconnected before its old connection was found dead has two links for a
+    /// while: the newest (link ids only grow) is the one it uses.
     fn relay_to(&mut self, child: NodeId) -> Result<(), StoreError> {
         let Some((_, slot)) = self
             .downlinks
             .iter_mut()
+            .rev()
             .find(|(_, s)| s.machine.child() == child)
         else {
             return Ok(());

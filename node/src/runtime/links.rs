@@ -31,10 +31,16 @@ pub(super) async fn dial<K: Kv>(
     let span = info_span!("uplink", peer = %peer, route = route.direction());
     async move {
         let opened = async {
-            let connection =
-                transport::connect(&node.endpoint, &node.identity.key, peer, address, key)
-                    .await
-                    .map_err(|e| format!("cannot connect to {peer} at {address}: {e}"))?;
+            let connection = transport::connect_with(
+                &node.endpoint,
+                &node.key,
+                peer,
+                address,
+                key,
+                &node.transport,
+            )
+            .await
+            .map_err(|e| format!("cannot connect to {peer} at {address}: {e}"))?;
             // A refused client certificate shows only later, on the first stream operation:
             // the core counts the path as up only when the peer's Hello arrives.
             let (send, recv) = connection
@@ -124,7 +130,10 @@ async fn drive<K: Kv>(
     framing::spawn_reader(recv, tx);
     let slots = Arc::new(Semaphore::new(RECEIVES_PER_LINK));
     let reason = loop {
+        // `biased`: a fixed order, so a simulated run replays. Frames first; a child that
+        // floods control frames only delays its own batch streams (the queue is bounded).
         tokio::select! {
+            biased;
             frame = frames.recv() => match frame {
                 Some(Ok(message)) => {
                     if let Err(e) = node.with_core(|core, now| core.handle_message(link, message, now)) {
@@ -149,7 +158,8 @@ async fn drive<K: Kv>(
                         match framing::read_batch(stream).await {
                             Ok(signed) => {
                                 let span = info_span!("batch", batch = %signed.id.short());
-                                let _ = tokio::task::spawn_blocking(move || {
+                                let blocking = node.blocking;
+                                let _ = blocking.run(move || {
                                     let _entered = span.enter();
                                     if let Err(e) = node.with_core(|core, now| core.handle_batch(link, signed, now)) {
                                         error!(error = %e, "storing a batch failed; the child will offer it again");
@@ -181,7 +191,9 @@ pub(super) async fn send_batch<K: Kv>(
 ) {
     let store = node.store.clone();
     let result = async {
-        let signed = tokio::task::spawn_blocking(move || store.batch(&id))
+        let signed = node
+            .blocking
+            .run(move || store.batch(&id))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?

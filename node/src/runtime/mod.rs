@@ -9,6 +9,18 @@
 //! - Here: the node handle, the output dispatcher, the timer, the store syncer (group
 //!   commit: one sync covers every write made before it started), submit, reload, shutdown.
 //!
+//! **Seams.** Everything the runtime takes from the outside world arrives in [`Seams`]: the
+//! node's key and checked topology, the store (any [`Kv`]), the [`Clock`], the UDP socket
+//! under QUIC ([`Socket`]), the transport's randomness and TLS time ([`TransportSeams`], used
+//! for every dial too), and how blocking work runs ([`Blocking`]). [`start`] builds the
+//! production seams (identity and topology file from disk, sled, the system clock, a bound
+//! UDP socket, OS randomness, tokio's blocking pool) and calls [`start_with`]; a simulation
+//! calls [`start_with`] with turmoil's socket, virtual time, seeded randomness, an in-memory
+//! store and inline blocking work, and runs exactly this code. Under a simulation nothing here
+//! reads the OS clock, spawns a thread or picks at random: every `select!` is `biased` (tokio
+//! otherwise picks the first branch polled at random), and the topology file is read only by
+//! [`Node::reload_topology`] (a simulation applies a topology with [`Node::apply_topology`]).
+//!
 //! Invariant (by the core's construction): no receipt or other acknowledgement leaves this
 //! node before the store has reported the write that holds it durable.
 
@@ -25,14 +37,14 @@ use anyhow::{Context, bail};
 use protocol::ids::NodeId;
 use protocol::sync::SyncConfig;
 use protocol::wire::Message;
-use protocol::{Ed25519, SignedBatch};
+use protocol::{Ed25519, NodeKey, SignedBatch};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{error, info};
 
 use crate::core::{Clock, Core, CoreConfig, LinkId, LinkStatus, Now, Output};
 use crate::identity::Identity;
 use crate::store::{Kv, SledKv, Store};
-use crate::transport::{self, ChildrenPolicy, SharedTopology, current};
+use crate::transport::{self, ChildrenPolicy, SharedTopology, TransportSeams, current};
 
 pub use crate::core::Route;
 
@@ -76,6 +88,90 @@ impl Clock for SystemClock {
     }
 }
 
+/// How the runtime runs work that blocks (store syncs, reading a batch back, the receive
+/// decision with its store writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Blocking {
+    /// On tokio's blocking thread pool, so the event loop keeps moving (production).
+    #[default]
+    Threads,
+    /// Inline, on the task that asks, once `after` has passed on the runtime's clock
+    /// (simulation: no threads, so a run replays from its seed; the in-memory store does
+    /// not block, and `after` stands for the disk's time, so a crash can fall between a
+    /// write and the sync that makes it durable).
+    Inline { after: Duration },
+}
+
+impl Blocking {
+    /// Runs `work` under this policy. An error means the work panicked on a blocking thread
+    /// (inline, a panic unwinds through the caller as any other would).
+    pub async fn run<R, F>(self, work: F) -> Result<R, tokio::task::JoinError>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        match self {
+            Blocking::Threads => tokio::task::spawn_blocking(work).await,
+            Blocking::Inline { after } => {
+                if !after.is_zero() {
+                    tokio::time::sleep(after).await;
+                }
+                Ok(work())
+            }
+        }
+    }
+}
+
+/// The UDP socket a node's QUIC endpoint runs on.
+pub enum Socket {
+    /// A real UDP socket bound to the node's address in the topology, through
+    /// [`transport::endpoint`] (OS randomness for the endpoint): production.
+    Bind,
+    /// A socket and async runtime given by the caller (e.g. a simulated network's), through
+    /// [`transport::endpoint_with_socket`] with the seams' [`TransportSeams`]. Must be made
+    /// inside the runtime the node runs on.
+    Given {
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+        runtime: Arc<dyn quinn::Runtime>,
+    },
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Socket::Bind => f.write_str("Socket::Bind"),
+            Socket::Given { socket, .. } => f
+                .debug_struct("Socket::Given")
+                .field("local", &socket.local_addr().ok())
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Everything a node takes from the world it runs in. [`start`] makes the production ones.
+pub struct Seams<K: Kv> {
+    /// The node's identity key: signs what it originates and its receipts, and makes its
+    /// TLS certificate.
+    pub key: NodeKey,
+    /// The topology, already parsed and validated; it must pin `key` for some node (that node
+    /// is the one started).
+    pub topology: topology::Topology,
+    /// Where [`Node::reload_topology`] re-reads the topology; `None`: only
+    /// [`Node::apply_topology`] changes it.
+    pub topology_path: Option<PathBuf>,
+    /// The store, new or reopened (after a restart or a crash).
+    pub store: Store<K>,
+    /// Monotonic time for windows and timeouts, wall time for stamps.
+    pub clock: Arc<dyn Clock>,
+    /// The UDP socket under QUIC.
+    pub socket: Socket,
+    /// Randomness and TLS time for the endpoint (with [`Socket::Given`]) and every dial.
+    pub transport: TransportSeams,
+    /// Where blocking work runs.
+    pub blocking: Blocking,
+    pub config: CoreConfig,
+}
+
 /// A connection the runtime holds for the core.
 struct LinkHandle {
     connection: quinn::Connection,
@@ -90,8 +186,10 @@ pub struct Node<K: Kv = SledKv> {
     /// A mirror of the core's topology, for the TLS accept policy and the operator API.
     pub topology: SharedTopology,
     pub endpoint: quinn::Endpoint,
-    identity: Identity,
-    topology_path: PathBuf,
+    key: NodeKey,
+    topology_path: Option<PathBuf>,
+    transport: TransportSeams,
+    blocking: Blocking,
     core: Mutex<Core<K>>,
     clock: Arc<dyn Clock>,
     links: Mutex<HashMap<LinkId, LinkHandle>>,
@@ -202,10 +300,10 @@ impl<K: Kv> Node<K> {
     /// it was new.
     pub async fn submit(self: &Arc<Self>, signed: SignedBatch) -> anyhow::Result<bool> {
         let node = self.clone();
-        let submitted = tokio::task::spawn_blocking(move || {
-            node.with_core(|core, now| core.submit(signed, now))
-        })
-        .await??;
+        let submitted = self
+            .blocking
+            .run(move || node.with_core(|core, now| core.submit(signed, now)))
+            .await??;
         let mut durable = self.durable.subscribe();
         durable
             .wait_for(|seq| *seq >= submitted.durable_at)
@@ -217,11 +315,28 @@ impl<K: Kv> Node<K> {
     /// Re-reads the topology file; a file that does not validate, or that the core refuses,
     /// is refused with every reason, and the node keeps the topology it had.
     pub fn reload_topology(self: &Arc<Self>) -> anyhow::Result<u64> {
-        let path = self.topology_path.clone();
+        let Some(path) = self.topology_path.clone() else {
+            bail!("this node was started without a topology file; nothing to re-read");
+        };
         let result = read_topology(&path).and_then(|next| {
             self.with_core(|core, now| core.handle_topology(next, now))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
         });
+        self.audit_refusal(result)
+    }
+
+    /// Applies a topology already read and validated (as [`Node::reload_topology`] does
+    /// after reading the file): refused with the reason if the core refuses it, and the node
+    /// keeps the topology it had.
+    pub fn apply_topology(self: &Arc<Self>, next: topology::Topology) -> anyhow::Result<u64> {
+        let result = self
+            .with_core(|core, now| core.handle_topology(next, now))
+            .map_err(anyhow::Error::from);
+        self.audit_refusal(result)
+    }
+
+    /// Records a refused reload in the audit log.
+    fn audit_refusal(self: &Arc<Self>, result: anyhow::Result<u64>) -> anyhow::Result<u64> {
         if let Err(e) = &result {
             let reason = format!("{e:#}");
             self.with_core(|core, now| core.audit_refused_topology(&reason, now))?;
@@ -247,7 +362,9 @@ pub fn read_topology(path: &Path) -> anyhow::Result<topology::Topology> {
     })
 }
 
-/// Starts a node from its directory and topology file; returns once it is listening.
+/// Starts a node from its directory and topology file; returns once it is listening. The
+/// production seams: the identity in `dir`, sled in `dir/store`, the system clock, a UDP
+/// socket bound to the node's address, OS randomness, tokio's blocking pool.
 pub async fn start(
     dir: &Path,
     topology_path: &Path,
@@ -270,26 +387,64 @@ pub async fn start(
             identity.public()
         );
     }
-    let address = entry.address;
-    let version = topology.version;
     let store = Store::open(&dir.join("store"))?;
+    start_with(Seams {
+        key: identity.key,
+        topology,
+        topology_path: Some(topology_path.to_owned()),
+        store,
+        clock: Arc::new(SystemClock::new()),
+        socket: Socket::Bind,
+        transport: TransportSeams::os(),
+        blocking: Blocking::Threads,
+        config: CoreConfig {
+            sync: config,
+            ..CoreConfig::default()
+        },
+    })
+    .await
+}
+
+/// Starts a node over the given seams; returns once it is listening. Must be called inside
+/// the tokio runtime the node is to run on (its tasks are spawned there).
+pub async fn start_with<K: Kv>(seams: Seams<K>) -> anyhow::Result<Arc<Node<K>>> {
+    let Seams {
+        key,
+        topology,
+        topology_path,
+        store,
+        clock,
+        socket,
+        transport,
+        blocking,
+        config,
+    } = seams;
+    let Some(entry) = topology.node_by_key(&key.public()) else {
+        bail!(
+            "the topology pins this node's key {} for no node",
+            key.public()
+        );
+    };
+    let (me, address) = (entry.id, entry.address);
+    let version = topology.version;
     let topology = Arc::new(topology);
     let shared: SharedTopology = Arc::new(std::sync::RwLock::new(topology.clone()));
     let policy = Arc::new(ChildrenPolicy {
         me,
         topology: shared.clone(),
     });
-    let endpoint = transport::endpoint(address, &identity.key, policy)?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let endpoint = match socket {
+        Socket::Bind => transport::endpoint(address, &key, policy)?,
+        Socket::Given { socket, runtime } => {
+            transport::endpoint_with_socket(socket, runtime, &key, policy, &transport)?
+        }
+    };
     let core = Core::new(
-        Box::new(identity.key.clone()),
+        Box::new(key.clone()),
         Box::new(Ed25519),
         topology,
         store.clone(),
-        CoreConfig {
-            sync: config,
-            ..CoreConfig::default()
-        },
+        config,
         clock.now(),
     )?;
     let (sync_requests, sync_rx) = mpsc::unbounded_channel();
@@ -298,8 +453,10 @@ pub async fn start(
         store,
         topology: shared,
         endpoint,
-        identity,
-        topology_path: topology_path.to_owned(),
+        key,
+        topology_path,
+        transport,
+        blocking,
         core: Mutex::new(core),
         clock,
         links: Mutex::new(HashMap::new()),
@@ -325,7 +482,9 @@ async fn syncer<K: Kv>(node: Arc<Node<K>>, mut requests: mpsc::UnboundedReceiver
             upto = upto.max(more);
         }
         let store = node.store.clone();
-        let result = tokio::task::spawn_blocking(move || store.sync())
+        let result = node
+            .blocking
+            .run(move || store.sync())
             .await
             .expect("sync task does not panic");
         match result {
@@ -356,7 +515,9 @@ async fn timer<K: Kv>(node: Arc<Node<K>>) {
                 None => std::future::pending().await,
             }
         };
+        // `biased`: a fixed order, so a simulated run replays (either order is correct).
         tokio::select! {
+            biased;
             _ = sleep => {
                 if let Err(e) = node.with_core(|core, now| core.handle_timeout(now)) {
                     error!(error = %e, "timer: the store failed; retrying on the next tick");
@@ -389,7 +550,13 @@ pub async fn reload_on_sighup(node: Arc<Node>) {
 /// Stops accepting and dialing, and makes the store durable.
 pub async fn shutdown<K: Kv>(node: &Node<K>) {
     node.endpoint.close(0u32.into(), b"node stopping");
-    if let Err(e) = node.store.sync_async().await {
+    let store = node.store.clone();
+    let result = node
+        .blocking
+        .run(move || store.sync())
+        .await
+        .expect("sync task does not panic");
+    if let Err(e) = result {
         error!(error = %e, "final store sync failed");
     }
     node.endpoint.wait_idle().await;

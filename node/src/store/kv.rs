@@ -291,17 +291,428 @@ pub enum WriteFault {
     DiskFull,
 }
 
+/// Keys up to this long are kept inside the tree's own nodes (every key the store makes but
+/// held keys of long category names): a search compares bytes already in cache instead of
+/// following a pointer per key, and a key costs no allocation of its own.
+const INLINE_KEY: usize = 62;
+
+/// A key of a [`MemKv`] tree. Ordered, compared and hashed exactly as its bytes are, so trees
+/// and maps keyed by it are searched with a plain `&[u8]`.
+#[derive(Clone)]
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    fn new(key: &[u8]) -> Key {
+        if key.len() <= INLINE_KEY {
+            let mut bytes = [0; INLINE_KEY];
+            bytes[..key.len()].copy_from_slice(key);
+            Key::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            Key::Heap(key.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_slice().fmt(f)
+    }
+}
+
+/// Where a value sits in its tree's [`Values`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    page: u32,
+    start: u32,
+    len: u32,
+}
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        page: 0,
+        start: 0,
+        len: 0,
+    };
+}
+
+/// Values are packed into pages of up to this size (a larger value gets a page of its own).
+const PAGE: usize = 64 * 1024;
+/// The first page of a tree's values.
+const FIRST_PAGE: usize = 512;
+
+/// The values of one tree, packed into pages rather than allocated one by one: a province's
+/// store holds millions of small values, and as separate allocations they would cost a header
+/// each, take long to free, and leave the allocator's free lists full of small holes between
+/// long-lived values (which slows every later small allocation of the process). Space of
+/// values overwritten or removed is reclaimed by compaction once it outweighs the live values.
 #[derive(Debug, Default)]
+struct Values {
+    /// Full pages; `current` is the page after them.
+    full: Vec<Vec<u8>>,
+    current: Vec<u8>,
+    /// Bytes referenced (by the tree, or by the undo log).
+    live: usize,
+    /// Bytes no longer referenced, until the next compaction.
+    dead: usize,
+}
+
+impl Values {
+    fn put(&mut self, bytes: &[u8]) -> Slot {
+        if bytes.is_empty() {
+            return Slot::EMPTY;
+        }
+        let n = bytes.len();
+        // Pages are never grown in place (no copying): each new page is twice the last, from
+        // small (most stores stay small) up to [`PAGE`].
+        if self.current.len() + n > self.current.capacity() {
+            let capacity = match self.current.capacity() {
+                0 => FIRST_PAGE,
+                last => (2 * last).min(PAGE),
+            };
+            let next = Vec::with_capacity(capacity.max(n));
+            let full = std::mem::replace(&mut self.current, next);
+            if full.capacity() > 0 {
+                self.full.push(full);
+            }
+        }
+        let start = self.current.len();
+        self.current.extend_from_slice(bytes);
+        self.live += n;
+        Slot {
+            page: self.full.len() as u32,
+            start: start as u32,
+            len: n as u32,
+        }
+    }
+
+    fn get(&self, slot: Slot) -> &[u8] {
+        if slot.len == 0 {
+            return &[];
+        }
+        let page = match self.full.get(slot.page as usize) {
+            Some(page) => page,
+            None => &self.current,
+        };
+        let start = slot.start as usize;
+        &page[start..start + slot.len as usize]
+    }
+
+    /// The value at `slot` is no longer referenced.
+    fn release(&mut self, slot: Slot) {
+        self.live -= slot.len as usize;
+        self.dead += slot.len as usize;
+    }
+
+    fn wants_compaction(&self) -> bool {
+        self.dead > PAGE && self.dead > self.live
+    }
+}
+
+/// A fast hasher for the store's own keys (in the manner of rustc's FxHasher): nothing
+/// iterates a hashed map in an order that shows.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl KeyHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.add(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
+type IdMap<V> = HashMap<BatchId, V, std::hash::BuildHasherDefault<KeyHasher>>;
+type IdSet = HashSet<BatchId, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// How a tree finds its keys.
+#[derive(Debug)]
+enum Index {
+    /// In order: for trees the store scans by range as often as it writes them.
+    Ordered(BTreeMap<Key, Slot>),
+    /// Hashed: for trees the store reads and writes by key (a lookup is one probe, not a walk
+    /// down a tree of cold nodes). A scan sorts the keys once and reuses them until a key is
+    /// added or removed.
+    Hashed {
+        map: KeyMap<Slot>,
+        sorted: Option<Vec<Key>>,
+    },
+}
+
+impl Index {
+    fn for_tree(tree: Tree) -> Index {
+        match tree {
+            Tree::Batches | Tree::Meta | Tree::Held | Tree::Receipts | Tree::State => {
+                Index::Hashed {
+                    map: KeyMap::default(),
+                    sorted: None,
+                }
+            }
+            Tree::Outbox | Tree::Relay | Tree::Refused | Tree::Audit => {
+                Index::Ordered(BTreeMap::new())
+            }
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Slot> {
+        match self {
+            Index::Ordered(map) => map.get(key).copied(),
+            Index::Hashed { map, .. } => map.get(key).copied(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Index::Ordered(map) => map.len(),
+            Index::Hashed { map, .. } => map.len(),
+        }
+    }
+
+    fn insert(&mut self, key: Key, slot: Slot) -> Option<Slot> {
+        match self {
+            Index::Ordered(map) => map.insert(key, slot),
+            Index::Hashed { map, sorted } => {
+                let old = map.insert(key, slot);
+                if old.is_none() {
+                    *sorted = None;
+                }
+                old
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<Slot> {
+        match self {
+            Index::Ordered(map) => map.remove(key),
+            Index::Hashed { map, sorted } => {
+                let old = map.remove(key);
+                if old.is_some() {
+                    *sorted = None;
+                }
+                old
+            }
+        }
+    }
+
+    fn slots_mut(&mut self) -> Box<dyn Iterator<Item = &mut Slot> + '_> {
+        match self {
+            Index::Ordered(map) => Box::new(map.values_mut()),
+            Index::Hashed { map, .. } => Box::new(map.values_mut()),
+        }
+    }
+
+    /// Calls `visit` with each key from `start` on (before `end`, if given), in order, until
+    /// it returns `false`.
+    fn visit(
+        &mut self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        mut visit: impl FnMut(&Key, Slot) -> bool,
+    ) {
+        use std::ops::Bound;
+        let before_end = |key: &Key| end.is_none_or(|end| key.as_slice() < end);
+        match self {
+            Index::Ordered(map) => {
+                let range = map.range::<[u8], _>((Bound::Included(start), Bound::Unbounded));
+                for (key, slot) in range {
+                    if !before_end(key) || !visit(key, *slot) {
+                        break;
+                    }
+                }
+            }
+            Index::Hashed { map, sorted } => {
+                let keys = sorted.get_or_insert_with(|| {
+                    let mut keys: Vec<Key> = map.keys().cloned().collect();
+                    keys.sort_unstable();
+                    keys
+                });
+                let first = keys.partition_point(|key| key.as_slice() < start);
+                for key in &keys[first..] {
+                    if !before_end(key) || !visit(key, map[key.as_slice()]) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One tree of a [`MemKv`].
+#[derive(Debug)]
+struct MemTree {
+    index: Index,
+    values: Values,
+}
+
+impl MemTree {
+    fn new(tree: Tree) -> MemTree {
+        MemTree {
+            index: Index::for_tree(tree),
+            values: Values::default(),
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.index.get(key).map(|slot| self.values.get(slot))
+    }
+
+    /// Writes `value` under `key` (removes it for `None`); returns the slot it had.
+    fn write(&mut self, key: Key, value: Option<&[u8]>) -> Option<Slot> {
+        match value {
+            Some(value) => {
+                let slot = self.values.put(value);
+                self.index.insert(key, slot)
+            }
+            None => self.index.remove(key.as_slice()),
+        }
+    }
+
+    /// Puts back the slot a key had (`None`: absent), releasing the one it has.
+    fn restore(&mut self, key: Key, old: Option<Slot>) {
+        let current = match old {
+            Some(old) => self.index.insert(key, old),
+            None => self.index.remove(key.as_slice()),
+        };
+        if let Some(current) = current {
+            self.values.release(current);
+        }
+    }
+
+    /// Copies the live values into fresh pages once the dead ones outweigh them. Only when
+    /// nothing but the index refers to values (the undo log is empty).
+    fn compact_if_worth_it(&mut self) {
+        if !self.values.wants_compaction() {
+            return;
+        }
+        let old = std::mem::take(&mut self.values);
+        for slot in self.index.slots_mut() {
+            *slot = self.values.put(old.get(*slot));
+        }
+    }
+}
+
+/// Batch files shared by every [`MemKv`] made with the same pool: files are content-addressed,
+/// so a simulated network of many nodes keeps one copy of each batch's bytes, not one per
+/// node that holds it. Each store still decides on its own which files it has.
+#[derive(Debug, Clone, Default)]
+pub struct BlobPool {
+    blobs: Arc<Mutex<IdMap<Arc<[u8]>>>>,
+}
+
+impl BlobPool {
+    pub fn new() -> BlobPool {
+        BlobPool::default()
+    }
+
+    /// The pool's copy of these bytes under `id`, if it has the same bytes; else a new copy
+    /// (kept for the next store when the pool has none under `id`).
+    fn share(&self, id: &BatchId, bytes: &[u8]) -> Arc<[u8]> {
+        let mut blobs = self.blobs.lock().expect("the pool lock is never poisoned");
+        match blobs.get(id) {
+            Some(shared) if **shared == *bytes => shared.clone(),
+            Some(_) => Arc::from(bytes),
+            None => {
+                let shared: Arc<[u8]> = Arc::from(bytes);
+                blobs.insert(*id, shared.clone());
+                shared
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
 struct MemState {
-    trees: [BTreeMap<Vec<u8>, Vec<u8>>; 9],
-    blobs: HashMap<BatchId, Arc<[u8]>>,
-    /// The value each key had at the last sync, for every key written since (first write
-    /// wins): what a crash restores.
-    undo: HashMap<(Tree, Vec<u8>), Option<Vec<u8>>>,
+    trees: [MemTree; 9],
+    /// Every write since the last sync, in order, with the slot its key had before it
+    /// (`None`: absent): undone from the last, they restore the store as it was at the last
+    /// sync. The values they name stay live until the next sync.
+    undo: Vec<(Tree, Key, Option<Slot>)>,
+    blobs: IdMap<Arc<[u8]>>,
     /// Batch files written since the last sync.
-    pending_blobs: HashSet<BatchId>,
+    pending_blobs: IdSet,
     fault: WriteFault,
     syncs: u64,
+    pool: Option<BlobPool>,
+}
+
+impl Default for MemState {
+    fn default() -> MemState {
+        MemState {
+            trees: Tree::ALL.map(MemTree::new),
+            undo: Vec::new(),
+            blobs: IdMap::default(),
+            pending_blobs: IdSet::default(),
+            fault: WriteFault::None,
+            syncs: 0,
+            pool: None,
+        }
+    }
 }
 
 /// An in-memory store for simulation: written is kept apart from durable, a crash loses what
@@ -315,6 +726,13 @@ pub struct MemKv {
 impl MemKv {
     pub fn new() -> MemKv {
         MemKv::default()
+    }
+
+    /// A store whose batch files share their bytes with every other store of `pool`.
+    pub fn with_pool(pool: BlobPool) -> MemKv {
+        let kv = MemKv::default();
+        kv.lock().pool = Some(pool);
+        kv
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemState> {
@@ -331,15 +749,14 @@ impl MemKv {
     /// A crash: everything written since the last sync is lost.
     pub fn crash(&self) {
         let mut state = self.lock();
-        let undo = std::mem::take(&mut state.undo);
-        for ((tree, key), old) in undo {
-            match old {
-                Some(value) => state.trees[tree.index()].insert(key, value),
-                None => state.trees[tree.index()].remove(&key),
-            };
+        let state = &mut *state;
+        for (tree, key, old) in state.undo.drain(..).rev() {
+            state.trees[tree.index()].restore(key, old);
         }
-        let blobs = std::mem::take(&mut state.pending_blobs);
-        for id in blobs {
+        for tree in &mut state.trees {
+            tree.compact_if_worth_it();
+        }
+        for id in state.pending_blobs.drain() {
             state.blobs.remove(&id);
         }
     }
@@ -351,9 +768,13 @@ impl MemKv {
     /// Whether `key` in `tree` holds a value that would survive a crash now.
     pub fn durable_contains(&self, tree: Tree, key: &[u8]) -> bool {
         let state = self.lock();
-        match state.undo.get(&(tree, key.to_vec())) {
-            Some(old) => old.is_some(),
-            None => state.trees[tree.index()].contains_key(key),
+        let written = state
+            .undo
+            .iter()
+            .find(|(t, k, _)| *t == tree && k.as_slice() == key);
+        match written {
+            Some((_, _, old)) => old.is_some(),
+            None => state.trees[tree.index()].get(key).is_some(),
         }
     }
 
@@ -370,13 +791,13 @@ impl MemKv {
 
     /// Entries of a tree now (written, durable or not), for checkers.
     pub fn entries(&self, tree: Tree) -> usize {
-        self.lock().trees[tree.index()].len()
+        self.lock().trees[tree.index()].index.len()
     }
 }
 
 impl Kv for MemKv {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.lock().trees[tree.index()].get(key).cloned())
+        Ok(self.lock().trees[tree.index()].get(key).map(<[u8]>::to_vec))
     }
 
     fn scan(
@@ -386,25 +807,31 @@ impl Kv for MemKv {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, KvError> {
-        let state = self.lock();
-        let map = &state.trees[tree.index()];
-        let range: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = match end {
-            Some(end) if end <= start => Box::new(std::iter::empty()),
-            Some(end) => Box::new(map.range(start.to_vec()..end.to_vec())),
-            None => Box::new(map.range(start.to_vec()..)),
-        };
-        Ok(range
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        let mut state = self.lock();
+        let tree = &mut state.trees[tree.index()];
+        let mut entries = Vec::new();
+        if limit == 0 || end.is_some_and(|end| end <= start) {
+            return Ok(entries);
+        }
+        let values = &tree.values;
+        tree.index.visit(start, end, |key, slot| {
+            entries.push((key.as_slice().to_vec(), values.get(slot).to_vec()));
+            entries.len() < limit
+        });
+        Ok(entries)
     }
 
     fn count_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<usize, KvError> {
-        let state = self.lock();
-        Ok(state.trees[tree.index()]
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .count())
+        let mut state = self.lock();
+        let mut count = 0;
+        state.trees[tree.index()]
+            .index
+            .visit(prefix, None, |key, _| {
+                let inside = key.as_slice().starts_with(prefix);
+                count += usize::from(inside);
+                inside
+            });
+        Ok(count)
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<(), KvError> {
@@ -412,16 +839,15 @@ impl Kv for MemKv {
         if state.fault == WriteFault::DiskFull {
             return Err(MemKv::full());
         }
-        for op in ops {
+        let state = &mut *state;
+        for op in &ops {
             let (tree, key, value) = match op {
-                Op::Insert(tree, key, value) => (tree, key, Some(value)),
-                Op::Remove(tree, key) => (tree, key, None),
+                Op::Insert(tree, key, value) => (*tree, key, Some(value.as_slice())),
+                Op::Remove(tree, key) => (*tree, key, None),
             };
-            let old = match value {
-                Some(value) => state.trees[tree.index()].insert(key.clone(), value),
-                None => state.trees[tree.index()].remove(&key),
-            };
-            state.undo.entry((tree, key)).or_insert(old);
+            let key = Key::new(key);
+            let old = state.trees[tree.index()].write(key.clone(), value);
+            state.undo.push((tree, key, old));
         }
         Ok(())
     }
@@ -434,7 +860,11 @@ impl Kv for MemKv {
         if state.fault == WriteFault::DiskFull {
             return Err(MemKv::full());
         }
-        state.blobs.insert(*id, Arc::from(bytes));
+        let blob = match &state.pool {
+            Some(pool) => pool.share(id, bytes),
+            None => Arc::from(bytes),
+        };
+        state.blobs.insert(*id, blob);
         state.pending_blobs.insert(*id);
         Ok(())
     }
@@ -448,7 +878,17 @@ impl Kv for MemKv {
         if state.fault == WriteFault::DiskFull {
             return Err(MemKv::full());
         }
-        state.undo.clear();
+        let state = &mut *state;
+        if !state.undo.is_empty() {
+            for (tree, _, old) in state.undo.drain(..) {
+                if let Some(old) = old {
+                    state.trees[tree.index()].values.release(old);
+                }
+            }
+            for tree in &mut state.trees {
+                tree.compact_if_worth_it();
+            }
+        }
         state.pending_blobs.clear();
         state.syncs += 1;
         Ok(())
@@ -510,5 +950,127 @@ mod tests {
         let keys: Vec<u8> = page.iter().map(|(k, _)| k[1]).collect();
         assert_eq!(keys, [3, 4, 5, 6]);
         assert_eq!(kv.count_prefix(Tree::Outbox, &[1]).unwrap(), 10);
+    }
+
+    /// Hashed and ordered trees, inline and long keys, keys that are prefixes of others:
+    /// every tree scans in byte order, as sled does.
+    #[test]
+    fn every_tree_scans_in_byte_order() {
+        let mut keys: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0],
+            vec![0, 0],
+            vec![1],
+            vec![1, 0xff],
+            vec![0xff; 3],
+        ];
+        for len in [31, 32, 33, 61, 62, 63, 64, 100] {
+            keys.push(vec![7; len]);
+            let mut key = vec![7; len];
+            key[len - 1] = 8;
+            keys.push(key);
+        }
+        for tree in Tree::ALL {
+            let kv = MemKv::new();
+            let ops = keys
+                .iter()
+                .rev()
+                .map(|k| Op::Insert(tree, k.clone(), k.iter().rev().copied().collect()))
+                .collect();
+            kv.apply(ops).unwrap();
+            let mut sorted = keys.clone();
+            sorted.sort();
+            let all = kv.scan(tree, &[], None, usize::MAX).unwrap();
+            let scanned: Vec<Vec<u8>> = all.iter().map(|(k, _)| k.clone()).collect();
+            assert_eq!(scanned, sorted, "{}", tree.name());
+            for (k, v) in &all {
+                assert_eq!(*v, k.iter().rev().copied().collect::<Vec<u8>>());
+                assert_eq!(kv.get(tree, k).unwrap().as_ref(), Some(v));
+            }
+            let page = kv.scan(tree, &[7; 32], Some(&[7; 63]), 3).unwrap();
+            let expected: Vec<&Vec<u8>> = sorted
+                .iter()
+                .filter(|k| k.as_slice() >= &[7; 32][..] && k.as_slice() < &[7; 63][..])
+                .take(3)
+                .collect();
+            let page: Vec<&Vec<u8>> = page.iter().map(|(k, _)| k).collect();
+            assert_eq!(page, expected, "{}", tree.name());
+            let prefixed = sorted.iter().filter(|k| k.starts_with(&[7; 62])).count();
+            assert_eq!(prefixed, 7);
+            assert_eq!(
+                kv.count_prefix(tree, &[7; 62]).unwrap(),
+                7,
+                "{}",
+                tree.name()
+            );
+            // A removal shows in the next scan.
+            kv.apply(vec![Op::Remove(tree, vec![7; 62])]).unwrap();
+            assert_eq!(
+                kv.count_prefix(tree, &[7; 62]).unwrap(),
+                6,
+                "{}",
+                tree.name()
+            );
+        }
+    }
+
+    /// Many writes of the same keys between syncs, a crash, and enough overwrites that the
+    /// values are compacted: what survives is what was synced.
+    #[test]
+    fn crashes_and_compaction_keep_exactly_what_was_synced() {
+        let kv = MemKv::new();
+        let value =
+            |round: u32, key: u32| format!("{round}:{key}:{}", "x".repeat(200)).into_bytes();
+        for round in 0..400u32 {
+            let ops = (0..50u32)
+                .map(|key| Op::Insert(Tree::State, key.to_be_bytes().to_vec(), value(round, key)))
+                .collect();
+            kv.apply(ops).unwrap();
+            kv.apply(vec![Op::Remove(Tree::State, 7u32.to_be_bytes().to_vec())])
+                .unwrap();
+            kv.sync().unwrap();
+        }
+        kv.apply(
+            (0..60u32)
+                .map(|key| Op::Insert(Tree::State, key.to_be_bytes().to_vec(), value(999, key)))
+                .collect(),
+        )
+        .unwrap();
+        kv.apply(vec![Op::Remove(Tree::State, 3u32.to_be_bytes().to_vec())])
+            .unwrap();
+        assert!(kv.durable_contains(Tree::State, &3u32.to_be_bytes()));
+        assert!(!kv.durable_contains(Tree::State, &7u32.to_be_bytes()));
+        assert!(!kv.durable_contains(Tree::State, &55u32.to_be_bytes()));
+        kv.crash();
+        for key in 0..60u32 {
+            let expected = (key < 50 && key != 7).then(|| value(399, key));
+            assert_eq!(kv.get(Tree::State, &key.to_be_bytes()).unwrap(), expected);
+        }
+        let state = kv.lock();
+        let values = &state.trees[Tree::State.index()].values;
+        assert!(
+            values.dead <= PAGE.max(values.live),
+            "compacted: {values:?}"
+        );
+    }
+
+    #[test]
+    fn stores_of_a_pool_share_the_bytes_of_a_batch() {
+        let pool = BlobPool::new();
+        let (a, b) = (MemKv::with_pool(pool.clone()), MemKv::with_pool(pool));
+        let id = BatchId([1; 32]);
+        a.write_blob(&id, b"bytes").unwrap();
+        b.write_blob(&id, b"bytes").unwrap();
+        let shared = |kv: &MemKv| kv.lock().blobs[&id].clone();
+        assert!(Arc::ptr_eq(&shared(&a), &shared(&b)));
+        // Other bytes under the same id are kept as they are, not replaced by the pool's.
+        let c = MemKv::with_pool(a.lock().pool.clone().unwrap());
+        c.write_blob(&id, b"other").unwrap();
+        assert_eq!(c.read_blob(&id).unwrap(), Some(b"other".to_vec()));
+        assert_eq!(a.read_blob(&id).unwrap(), Some(b"bytes".to_vec()));
+        // A crash of one store loses its unsynced file, not the others'.
+        b.crash();
+        assert_eq!(b.read_blob(&id).unwrap(), None);
+        assert_eq!(a.read_blob(&id).unwrap(), Some(b"bytes".to_vec()));
     }
 }

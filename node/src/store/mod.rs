@@ -38,7 +38,7 @@ use protocol::record::Problem;
 use protocol::wire::{Offer, SignedReceipt, Verdict};
 use protocol::{Batch, Category, Period, SignedBatch};
 
-pub use kv::{CACHE_BYTES, Kv, KvError, MemKv, Op, SledKv, Tree, WriteFault};
+pub use kv::{BlobPool, CACHE_BYTES, Kv, KvError, MemKv, Op, SledKv, Tree, WriteFault};
 
 /// Largest value this store decodes (a batch frame).
 const VALUE_BYTES_MAX: usize = protocol::wire::BATCH_FRAME_BYTES_MAX;

@@ -18,10 +18,10 @@ use protocol::{
 /// Records per simulated batch.
 pub const RECORDS_PER_BATCH: usize = 3;
 
-/// Makes batches, caching the records of each (category, period).
+/// Makes batches, caching a template batch (its records) for each (category, period, salt).
 #[derive(Default)]
 pub struct Workload {
-    records: HashMap<(String, Period, u32), (u32, Vec<Record>)>,
+    templates: HashMap<(String, Period, u32), Batch>,
 }
 
 impl Workload {
@@ -35,22 +35,26 @@ impl Workload {
         salt: u32,
         signer: &dyn Signer,
     ) -> SignedBatch {
-        let (schema_version, records) = self
-            .records
+        let template = self
+            .templates
             .entry((category.to_owned(), period, salt))
-            .or_insert_with(|| make_records(category, period, salt))
-            .clone();
-        let header = BatchHeader {
-            format: BATCH_FORMAT,
-            origin,
-            category: Category::parse(category).expect("a built-in category"),
-            schema_version,
-            period,
-            supersedes: None,
-            withdrawals: Vec::new(),
-        };
-        let batch = Batch::new(header, records).expect("records valid by construction");
-        SignedBatch::seal_with(&batch, signer).expect("a small batch seals")
+            .or_insert_with(|| {
+                let (schema_version, records) = make_records(category, period, salt);
+                let header = BatchHeader {
+                    format: BATCH_FORMAT,
+                    origin,
+                    category: Category::parse(category).expect("a built-in category"),
+                    schema_version,
+                    period,
+                    supersedes: None,
+                    withdrawals: Vec::new(),
+                };
+                Batch::new(header, records).expect("records valid by construction")
+            });
+        // Only the origin differs between the batches of a template: the records stay in
+        // canonical order, as `Batch::new` left them.
+        template.header.origin = origin;
+        SignedBatch::seal_with(template, signer).expect("a small batch seals")
     }
 }
 
