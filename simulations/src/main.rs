@@ -13,7 +13,7 @@ use node::core::{CoreConfig, PlantedBug};
 #[derive(Parser)]
 #[command(
     about = "Deterministic simulations of the credit network, replayable from one seed.",
-    after_help = "Examples:\n  cargo run --release -p credit-simulations -- --scenario guangdong-year --seed 7\n  cargo run --release -p credit-simulations -- --scenario guangdong-year --sweep 200\n  cargo run --release -p credit-simulations -- --scenario china-year --seed 1"
+    after_help = "Examples:\n  cargo run --release -p credit-simulations -- --scenario guangdong-year --seed 7\n  cargo run --release -p credit-simulations -- --scenario guangdong-year --sweep 200\n  cargo run --release -p credit-simulations -- --scenario china-year --seed 1\n  RUST_LOG=info cargo run --release -p credit-simulations -- --scenario jieyang-full-stack --seed 63"
 )]
 struct Cli {
     /// guangdong-year, china-year or jieyang-year (core tier), or jieyang-full-stack (the real

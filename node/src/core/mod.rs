@@ -1160,14 +1160,20 @@ impl<K: Kv> Core<K> {
 
     /// A new topology, read and validated by the caller: applied if this node is in it with
     /// its own key and the planner accepts the change; links it no longer allows are closed.
-    pub fn handle_topology(&mut self, next: Topology, now: Now) -> Result<u64, ReloadError> {
+    /// (Given shared, many cores can hold one copy: the simulator's thousands of nodes do.)
+    pub fn handle_topology(
+        &mut self,
+        next: impl Into<Arc<Topology>>,
+        now: Now,
+    ) -> Result<u64, ReloadError> {
+        let next: Arc<Topology> = next.into();
         let Some(entry) = next.node(self.me) else {
             return Err(ReloadError::NotInTopology(self.me));
         };
         if entry.public_key != self.signer.public() {
             return Err(ReloadError::NotMyKey(self.me));
         }
-        if *self.topology == next {
+        if *self.topology == *next {
             info!(version = next.version, "topology file unchanged");
             return Ok(next.version);
         }
@@ -1180,7 +1186,7 @@ impl<K: Kv> Core<K> {
             });
         }
         let version = next.version;
-        self.topology = Arc::new(next);
+        self.topology = next;
         self.store
             .audit(AuditEvent::TopologyApplied { version }, now.wall_ms)?;
         self.wrote();

@@ -291,13 +291,12 @@ pub enum WriteFault {
     DiskFull,
 }
 
-/// Keys up to this long are kept inside the tree's own nodes (every key the store makes but
-/// held keys of long category names): a search compares bytes already in cache instead of
-/// following a pointer per key, and a key costs no allocation of its own.
+/// Keys up to this long (every key the store makes but held keys of long category names) are
+/// kept inline, where a key is kept at all: in the ordered trees' nodes and in the undo log.
 const INLINE_KEY: usize = 62;
 
-/// A key of a [`MemKv`] tree. Ordered, compared and hashed exactly as its bytes are, so trees
-/// and maps keyed by it are searched with a plain `&[u8]`.
+/// A key, ordered, compared and hashed exactly as its bytes are, so maps keyed by it are
+/// searched with a plain `&[u8]`.
 #[derive(Clone)]
 enum Key {
     Inline { len: u8, bytes: [u8; INLINE_KEY] },
@@ -352,23 +351,19 @@ impl Ord for Key {
     }
 }
 
-impl std::hash::Hash for Key {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_slice().hash(state);
-    }
-}
-
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.as_slice().fmt(f)
     }
 }
 
-/// Where a value sits in its tree's [`Values`].
+/// Where a record sits in its tree's [`Values`]: the key (for hashed trees; ordered trees keep
+/// their keys in the index), then the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
     page: u32,
     start: u32,
+    key_len: u32,
     len: u32,
 }
 
@@ -376,37 +371,44 @@ impl Slot {
     const EMPTY: Slot = Slot {
         page: 0,
         start: 0,
+        key_len: 0,
         len: 0,
     };
+
+    fn bytes(self) -> usize {
+        self.key_len as usize + self.len as usize
+    }
 }
 
-/// Values are packed into pages of up to this size (a larger value gets a page of its own).
+/// Records are packed into pages of up to this size (a larger one gets a page of its own).
 const PAGE: usize = 64 * 1024;
-/// The first page of a tree's values.
+/// The first page of a tree.
 const FIRST_PAGE: usize = 512;
 
-/// The values of one tree, packed into pages rather than allocated one by one: a province's
+/// The records of one tree, packed into pages rather than allocated one by one: a province's
 /// store holds millions of small values, and as separate allocations they would cost a header
 /// each, take long to free, and leave the allocator's free lists full of small holes between
-/// long-lived values (which slows every later small allocation of the process). Space of
-/// values overwritten or removed is reclaimed by compaction once it outweighs the live values.
+/// long-lived values (which slows every later small allocation of the process: glibc's
+/// `calloc`, which bincode uses for every string it decodes, then walks cold free lists).
+/// Space of records overwritten or removed is reclaimed by compaction once it outweighs the
+/// live ones.
 #[derive(Debug, Default)]
 struct Values {
     /// Full pages; `current` is the page after them.
     full: Vec<Vec<u8>>,
     current: Vec<u8>,
-    /// Bytes referenced (by the tree, or by the undo log).
+    /// Bytes referenced (by the index, or by the undo log).
     live: usize,
     /// Bytes no longer referenced, until the next compaction.
     dead: usize,
 }
 
 impl Values {
-    fn put(&mut self, bytes: &[u8]) -> Slot {
-        if bytes.is_empty() {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Slot {
+        let n = key.len() + value.len();
+        if n == 0 {
             return Slot::EMPTY;
         }
-        let n = bytes.len();
         // Pages are never grown in place (no copying): each new page is twice the last, from
         // small (most stores stay small) up to [`PAGE`].
         if self.current.len() + n > self.current.capacity() {
@@ -421,17 +423,19 @@ impl Values {
             }
         }
         let start = self.current.len();
-        self.current.extend_from_slice(bytes);
+        self.current.extend_from_slice(key);
+        self.current.extend_from_slice(value);
         self.live += n;
         Slot {
             page: self.full.len() as u32,
             start: start as u32,
-            len: n as u32,
+            key_len: key.len() as u32,
+            len: value.len() as u32,
         }
     }
 
-    fn get(&self, slot: Slot) -> &[u8] {
-        if slot.len == 0 {
+    fn record(&self, slot: Slot) -> &[u8] {
+        if slot.bytes() == 0 {
             return &[];
         }
         let page = match self.full.get(slot.page as usize) {
@@ -439,13 +443,21 @@ impl Values {
             None => &self.current,
         };
         let start = slot.start as usize;
-        &page[start..start + slot.len as usize]
+        &page[start..start + slot.bytes()]
     }
 
-    /// The value at `slot` is no longer referenced.
+    fn key(&self, slot: Slot) -> &[u8] {
+        &self.record(slot)[..slot.key_len as usize]
+    }
+
+    fn value(&self, slot: Slot) -> &[u8] {
+        &self.record(slot)[slot.key_len as usize..]
+    }
+
+    /// The record at `slot` is no longer referenced.
     fn release(&mut self, slot: Slot) {
-        self.live -= slot.len as usize;
-        self.dead += slot.len as usize;
+        self.live -= slot.bytes();
+        self.dead += slot.bytes();
     }
 
     fn wants_compaction(&self) -> bool {
@@ -453,154 +465,161 @@ impl Values {
     }
 }
 
-/// A fast hasher for the store's own keys (in the manner of rustc's FxHasher): nothing
-/// iterates a hashed map in an order that shows.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl KeyHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+/// A fast hash of the store's own keys, in the manner of rustc's FxHasher, folded to 32 bits
+/// (never 0, which marks an empty entry).
+fn hash_key(key: &[u8]) -> u32 {
+    let mut hash: u64 = key.len() as u64;
+    let mut add = |word: u64| {
+        hash = (hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    };
+    let mut chunks = key.chunks_exact(8);
+    for chunk in &mut chunks {
+        add(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
     }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut last = [0; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        add(u64::from_le_bytes(last));
+    }
+    ((hash >> 32) as u32 ^ hash as u32) | 1
 }
 
-impl std::hash::Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            self.add(u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut last = [0; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(last));
-        }
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
+/// One bucket of a [`Hashed`] index: a key's hash and where its record is (hash 0: empty).
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    hash: u32,
+    slot: Slot,
 }
 
-type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
-type IdMap<V> = HashMap<BatchId, V, std::hash::BuildHasherDefault<KeyHasher>>;
-type IdSet = HashSet<BatchId, std::hash::BuildHasherDefault<KeyHasher>>;
+const EMPTY_BUCKET: Bucket = Bucket {
+    hash: 0,
+    slot: Slot::EMPTY,
+};
+
+/// A hashed index: open addressing with linear probing over buckets of 20 bytes; keys live in
+/// the records, before their values. A lookup is one probe into a compact table and one read
+/// of the record, not a walk down a tree of cold nodes. A scan sorts the keys once and reuses
+/// the order until the tree is written.
+#[derive(Debug, Default)]
+struct Hashed {
+    /// A power of two long (or empty).
+    entries: Vec<Bucket>,
+    len: usize,
+    /// The records in key order, until the next write.
+    sorted: Option<Vec<Slot>>,
+}
+
+impl Hashed {
+    fn home(&self, hash: u32) -> usize {
+        // Fibonacci hashing: the top bits of the product, as many as the table needs.
+        let bits = self.entries.len().trailing_zeros();
+        (hash.wrapping_mul(0x9E37_79B9) as u64 >> (32 - bits)) as usize
+    }
+
+    /// The position of `key`'s entry, if it has one.
+    fn find(&self, values: &Values, key: &[u8], hash: u32) -> Option<usize> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let mask = self.entries.len() - 1;
+        let mut at = self.home(hash);
+        loop {
+            let entry = self.entries[at];
+            if entry.hash == 0 {
+                return None;
+            }
+            if entry.hash == hash && values.key(entry.slot) == key {
+                return Some(at);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    fn get(&self, values: &Values, key: &[u8]) -> Option<Slot> {
+        self.find(values, key, hash_key(key))
+            .map(|at| self.entries[at].slot)
+    }
+
+    /// Points `key` (whose record is at `slot`) there; returns where it was.
+    fn insert(&mut self, values: &Values, key: &[u8], slot: Slot) -> Option<Slot> {
+        self.sorted = None;
+        let hash = hash_key(key);
+        if let Some(at) = self.find(values, key, hash) {
+            return Some(std::mem::replace(&mut self.entries[at].slot, slot));
+        }
+        // At most 3/4 full: linear probing stays short.
+        if (self.len + 1) * 4 > self.entries.len() * 3 {
+            self.grow();
+        }
+        let mask = self.entries.len() - 1;
+        let mut at = self.home(hash);
+        while self.entries[at].hash != 0 {
+            at = (at + 1) & mask;
+        }
+        self.entries[at] = Bucket { hash, slot };
+        self.len += 1;
+        None
+    }
+
+    fn grow(&mut self) {
+        let capacity = (2 * self.entries.len()).max(16);
+        let old = std::mem::replace(&mut self.entries, vec![EMPTY_BUCKET; capacity]);
+        let mask = capacity - 1;
+        for entry in old.into_iter().filter(|e| e.hash != 0) {
+            let mut at = self.home(entry.hash);
+            while self.entries[at].hash != 0 {
+                at = (at + 1) & mask;
+            }
+            self.entries[at] = entry;
+        }
+    }
+
+    fn remove(&mut self, values: &Values, key: &[u8]) -> Option<Slot> {
+        self.sorted = None;
+        let mut hole = self.find(values, key, hash_key(key))?;
+        let removed = self.entries[hole].slot;
+        self.len -= 1;
+        // Backward shift: later entries of the run move up, so no probe stops early.
+        let mask = self.entries.len() - 1;
+        let mut at = (hole + 1) & mask;
+        loop {
+            let entry = self.entries[at];
+            if entry.hash == 0 {
+                break;
+            }
+            let home = self.home(entry.hash);
+            if (at.wrapping_sub(home) & mask) >= (at.wrapping_sub(hole) & mask) {
+                self.entries[hole] = entry;
+                hole = at;
+            }
+            at = (at + 1) & mask;
+        }
+        self.entries[hole] = EMPTY_BUCKET;
+        Some(removed)
+    }
+
+    fn sorted(&mut self, values: &Values) -> &[Slot] {
+        self.sorted.get_or_insert_with(|| {
+            let mut slots: Vec<Slot> = self
+                .entries
+                .iter()
+                .filter(|e| e.hash != 0)
+                .map(|e| e.slot)
+                .collect();
+            slots.sort_unstable_by(|a, b| values.key(*a).cmp(values.key(*b)));
+            slots
+        })
+    }
+}
 
 /// How a tree finds its keys.
 #[derive(Debug)]
 enum Index {
-    /// In order: for trees the store scans by range as often as it writes them.
+    /// In order: for the small trees the store scans by range as often as it writes them.
     Ordered(BTreeMap<Key, Slot>),
-    /// Hashed: for trees the store reads and writes by key (a lookup is one probe, not a walk
-    /// down a tree of cold nodes). A scan sorts the keys once and reuses them until a key is
-    /// added or removed.
-    Hashed {
-        map: KeyMap<Slot>,
-        sorted: Option<Vec<Key>>,
-    },
-}
-
-impl Index {
-    fn for_tree(tree: Tree) -> Index {
-        match tree {
-            Tree::Batches | Tree::Meta | Tree::Held | Tree::Receipts | Tree::State => {
-                Index::Hashed {
-                    map: KeyMap::default(),
-                    sorted: None,
-                }
-            }
-            Tree::Outbox | Tree::Relay | Tree::Refused | Tree::Audit => {
-                Index::Ordered(BTreeMap::new())
-            }
-        }
-    }
-
-    fn get(&self, key: &[u8]) -> Option<Slot> {
-        match self {
-            Index::Ordered(map) => map.get(key).copied(),
-            Index::Hashed { map, .. } => map.get(key).copied(),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Index::Ordered(map) => map.len(),
-            Index::Hashed { map, .. } => map.len(),
-        }
-    }
-
-    fn insert(&mut self, key: Key, slot: Slot) -> Option<Slot> {
-        match self {
-            Index::Ordered(map) => map.insert(key, slot),
-            Index::Hashed { map, sorted } => {
-                let old = map.insert(key, slot);
-                if old.is_none() {
-                    *sorted = None;
-                }
-                old
-            }
-        }
-    }
-
-    fn remove(&mut self, key: &[u8]) -> Option<Slot> {
-        match self {
-            Index::Ordered(map) => map.remove(key),
-            Index::Hashed { map, sorted } => {
-                let old = map.remove(key);
-                if old.is_some() {
-                    *sorted = None;
-                }
-                old
-            }
-        }
-    }
-
-    fn slots_mut(&mut self) -> Box<dyn Iterator<Item = &mut Slot> + '_> {
-        match self {
-            Index::Ordered(map) => Box::new(map.values_mut()),
-            Index::Hashed { map, .. } => Box::new(map.values_mut()),
-        }
-    }
-
-    /// Calls `visit` with each key from `start` on (before `end`, if given), in order, until
-    /// it returns `false`.
-    fn visit(
-        &mut self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        mut visit: impl FnMut(&Key, Slot) -> bool,
-    ) {
-        use std::ops::Bound;
-        let before_end = |key: &Key| end.is_none_or(|end| key.as_slice() < end);
-        match self {
-            Index::Ordered(map) => {
-                let range = map.range::<[u8], _>((Bound::Included(start), Bound::Unbounded));
-                for (key, slot) in range {
-                    if !before_end(key) || !visit(key, *slot) {
-                        break;
-                    }
-                }
-            }
-            Index::Hashed { map, sorted } => {
-                let keys = sorted.get_or_insert_with(|| {
-                    let mut keys: Vec<Key> = map.keys().cloned().collect();
-                    keys.sort_unstable();
-                    keys
-                });
-                let first = keys.partition_point(|key| key.as_slice() < start);
-                for key in &keys[first..] {
-                    if !before_end(key) || !visit(key, map[key.as_slice()]) {
-                        break;
-                    }
-                }
-            }
-        }
-    }
+    /// Hashed: for the large trees the store reads and writes by key, and scans rarely.
+    Hashed(Hashed),
 }
 
 /// One tree of a [`MemKv`].
@@ -612,50 +631,149 @@ struct MemTree {
 
 impl MemTree {
     fn new(tree: Tree) -> MemTree {
+        let index = match tree {
+            Tree::Outbox | Tree::Relay | Tree::Refused => Index::Ordered(BTreeMap::new()),
+            Tree::Batches
+            | Tree::Meta
+            | Tree::Held
+            | Tree::Receipts
+            | Tree::Audit
+            | Tree::State => Index::Hashed(Hashed::default()),
+        };
         MemTree {
-            index: Index::for_tree(tree),
+            index,
             values: Values::default(),
         }
     }
 
-    fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.index.get(key).map(|slot| self.values.get(slot))
-    }
-
-    /// Writes `value` under `key` (removes it for `None`); returns the slot it had.
-    fn write(&mut self, key: Key, value: Option<&[u8]>) -> Option<Slot> {
-        match value {
-            Some(value) => {
-                let slot = self.values.put(value);
-                self.index.insert(key, slot)
-            }
-            None => self.index.remove(key.as_slice()),
+    fn len(&self) -> usize {
+        match &self.index {
+            Index::Ordered(map) => map.len(),
+            Index::Hashed(hashed) => hashed.len,
         }
     }
 
-    /// Puts back the slot a key had (`None`: absent), releasing the one it has.
-    fn restore(&mut self, key: Key, old: Option<Slot>) {
-        let current = match old {
-            Some(old) => self.index.insert(key, old),
-            None => self.index.remove(key.as_slice()),
+    fn slot(&self, key: &[u8]) -> Option<Slot> {
+        match &self.index {
+            Index::Ordered(map) => map.get(key).copied(),
+            Index::Hashed(hashed) => hashed.get(&self.values, key),
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.slot(key).map(|slot| self.values.value(slot))
+    }
+
+    /// Writes `value` under `key` (removes it for `None`); returns where the key's record
+    /// was, which stays live (the undo log holds it).
+    fn write(&mut self, key: &[u8], value: Option<&[u8]>) -> Option<Slot> {
+        match (&mut self.index, value) {
+            (Index::Ordered(map), Some(value)) => {
+                let slot = self.values.put(&[], value);
+                map.insert(Key::new(key), slot)
+            }
+            (Index::Ordered(map), None) => map.remove(key),
+            (Index::Hashed(hashed), Some(value)) => {
+                let slot = self.values.put(key, value);
+                hashed.insert(&self.values, key, slot)
+            }
+            (Index::Hashed(hashed), None) => hashed.remove(&self.values, key),
+        }
+    }
+
+    /// Puts back the record a key had (`None`: absent), releasing the one it has.
+    fn restore(&mut self, key: &[u8], old: Option<Slot>) {
+        let current = match (&mut self.index, old) {
+            (Index::Ordered(map), Some(old)) => map.insert(Key::new(key), old),
+            (Index::Ordered(map), None) => map.remove(key),
+            (Index::Hashed(hashed), Some(old)) => hashed.insert(&self.values, key, old),
+            (Index::Hashed(hashed), None) => hashed.remove(&self.values, key),
         };
         if let Some(current) = current {
             self.values.release(current);
         }
     }
 
-    /// Copies the live values into fresh pages once the dead ones outweigh them. Only when
-    /// nothing but the index refers to values (the undo log is empty).
+    /// Calls `visit` with each key and value from `start` on (before `end`, if given), in
+    /// order, until it returns `false`.
+    fn visit(
+        &mut self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) {
+        use std::ops::Bound;
+        let before_end = |key: &[u8]| end.is_none_or(|end| key < end);
+        match &mut self.index {
+            Index::Ordered(map) => {
+                let range = map.range::<[u8], _>((Bound::Included(start), Bound::Unbounded));
+                for (key, slot) in range {
+                    let key = key.as_slice();
+                    if !before_end(key) || !visit(key, self.values.value(*slot)) {
+                        break;
+                    }
+                }
+            }
+            Index::Hashed(hashed) => {
+                let values = &self.values;
+                let sorted = hashed.sorted(values);
+                let first = sorted.partition_point(|slot| values.key(*slot) < start);
+                for slot in &sorted[first..] {
+                    let key = values.key(*slot);
+                    if !before_end(key) || !visit(key, values.value(*slot)) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies the live records into fresh pages once the dead ones outweigh them. Only when
+    /// nothing but the index refers to records (the undo log is empty).
     fn compact_if_worth_it(&mut self) {
         if !self.values.wants_compaction() {
             return;
         }
         let old = std::mem::take(&mut self.values);
-        for slot in self.index.slots_mut() {
-            *slot = self.values.put(old.get(*slot));
+        let mut copy = |slot: &mut Slot| {
+            let record = old.record(*slot);
+            let (key, value) = record.split_at(slot.key_len as usize);
+            *slot = self.values.put(key, value);
+        };
+        match &mut self.index {
+            Index::Ordered(map) => map.values_mut().for_each(copy),
+            Index::Hashed(hashed) => {
+                hashed.sorted = None;
+                for entry in hashed.entries.iter_mut().filter(|e| e.hash != 0) {
+                    copy(&mut entry.slot);
+                }
+            }
         }
     }
 }
+
+/// A fast hasher for batch ids (already uniformly random): nothing iterates the maps keyed by
+/// them in an order that shows.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IdMap<V> = HashMap<BatchId, V, std::hash::BuildHasherDefault<IdHasher>>;
+type IdSet = HashSet<BatchId, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// Batch files shared by every [`MemKv`] made with the same pool: files are content-addressed,
 /// so a simulated network of many nodes keeps one copy of each batch's bytes, not one per
@@ -751,7 +869,7 @@ impl MemKv {
         let mut state = self.lock();
         let state = &mut *state;
         for (tree, key, old) in state.undo.drain(..).rev() {
-            state.trees[tree.index()].restore(key, old);
+            state.trees[tree.index()].restore(key.as_slice(), old);
         }
         for tree in &mut state.trees {
             tree.compact_if_worth_it();
@@ -774,7 +892,7 @@ impl MemKv {
             .find(|(t, k, _)| *t == tree && k.as_slice() == key);
         match written {
             Some((_, _, old)) => old.is_some(),
-            None => state.trees[tree.index()].get(key).is_some(),
+            None => state.trees[tree.index()].slot(key).is_some(),
         }
     }
 
@@ -791,7 +909,7 @@ impl MemKv {
 
     /// Entries of a tree now (written, durable or not), for checkers.
     pub fn entries(&self, tree: Tree) -> usize {
-        self.lock().trees[tree.index()].index.len()
+        self.lock().trees[tree.index()].len()
     }
 }
 
@@ -813,9 +931,8 @@ impl Kv for MemKv {
         if limit == 0 || end.is_some_and(|end| end <= start) {
             return Ok(entries);
         }
-        let values = &tree.values;
-        tree.index.visit(start, end, |key, slot| {
-            entries.push((key.as_slice().to_vec(), values.get(slot).to_vec()));
+        tree.visit(start, end, |key, value| {
+            entries.push((key.to_vec(), value.to_vec()));
             entries.len() < limit
         });
         Ok(entries)
@@ -824,13 +941,11 @@ impl Kv for MemKv {
     fn count_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<usize, KvError> {
         let mut state = self.lock();
         let mut count = 0;
-        state.trees[tree.index()]
-            .index
-            .visit(prefix, None, |key, _| {
-                let inside = key.as_slice().starts_with(prefix);
-                count += usize::from(inside);
-                inside
-            });
+        state.trees[tree.index()].visit(prefix, None, |key, _| {
+            let inside = key.starts_with(prefix);
+            count += usize::from(inside);
+            inside
+        });
         Ok(count)
     }
 
@@ -845,9 +960,8 @@ impl Kv for MemKv {
                 Op::Insert(tree, key, value) => (*tree, key, Some(value.as_slice())),
                 Op::Remove(tree, key) => (*tree, key, None),
             };
-            let key = Key::new(key);
-            let old = state.trees[tree.index()].write(key.clone(), value);
-            state.undo.push((tree, key, old));
+            let old = state.trees[tree.index()].write(key, value);
+            state.undo.push((tree, Key::new(key), old));
         }
         Ok(())
     }

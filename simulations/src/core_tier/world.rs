@@ -174,6 +174,7 @@ pub struct World {
     /// Batches acknowledged to their origin's operator (durable at the origin).
     acknowledged: BTreeMap<BatchId, NodeId>,
     trace: Trace,
+    outputs: Vec<Output>,
     pub stats: Stats,
     pub violation: Option<Violation>,
     pub done: bool,
@@ -273,6 +274,7 @@ impl World {
             legit: HashMap::new(),
             acknowledged: BTreeMap::new(),
             trace: Trace::default(),
+            outputs: Vec::new(),
             stats: Stats::default(),
             violation: None,
             done: false,
@@ -523,15 +525,17 @@ impl World {
     }
 
     fn after_call(&mut self, n: usize) {
-        let mut outputs = Vec::new();
+        // One buffer, reused from call to call.
+        let mut outputs = std::mem::take(&mut self.outputs);
         if let Some(core) = self.nodes[n].core.as_mut() {
             while let Some(output) = core.poll_output() {
                 outputs.push(output);
             }
         }
-        for output in outputs {
+        for output in outputs.drain(..) {
             self.output(n, output);
         }
+        self.outputs = outputs;
         self.check_paths(n);
         // Re-arm the timer.
         let Some(core) = self.nodes[n].core.as_ref() else {
@@ -941,7 +945,8 @@ impl World {
                 let next = self.plan.topologies[&version].clone();
                 for n in 0..self.nodes.len() {
                     self.nodes[n].topology = next.clone();
-                    let topology = (*next).clone();
+                    // Every node loads the same file: one shared copy, not one per node.
+                    let topology = next.clone();
                     self.call(n, |core, now| {
                         core.handle_topology(topology, now)
                             .map(|_| ())
@@ -1132,18 +1137,19 @@ impl World {
         let mut paths_of: HashMap<NodeId, Vec<Vec<NodeId>>> = HashMap::new();
         for (id, origin) in &self.acknowledged {
             let n = self.index[origin];
-            let store = Store::new(self.nodes[n].kv.clone());
             let paths = paths_of
                 .entry(*origin)
                 .or_insert_with(|| self.nodes[n].topology.paths_to_national(*origin));
-            // A receipt from every hop of some path (read one by one: the whole chain is only
-            // gathered to report a failure).
+            // A receipt from every hop of some path (looked up one by one: the whole chain is
+            // only gathered to report a failure).
+            let kv = &self.nodes[n].kv;
             let mut complete = false;
             for path in paths.iter() {
                 let mut all = true;
                 for hop in path {
-                    if store
-                        .receipt(id, *hop)
+                    let key = node::store::receipt_key(id, *hop);
+                    if kv
+                        .get(Tree::Receipts, &key)
                         .map_err(|e| e.to_string())?
                         .is_none()
                     {
@@ -1157,6 +1163,7 @@ impl World {
                 }
             }
             if !complete {
+                let store = Store::new(kv.clone());
                 let receipts = store.receipts_for(id).map_err(|e| e.to_string())?;
                 let have: BTreeSet<NodeId> = receipts.iter().map(|r| r.receipt.receiver).collect();
                 return Err(format!(
