@@ -821,14 +821,20 @@ fn offline_costs(
         let written_before = written();
         let (mut insert, mut sync) = (Duration::ZERO, Duration::ZERO);
         let mut insert_each = Vec::new();
+        let contents: Vec<protocol::Content> = decoded
+            .iter()
+            .cloned()
+            .map(protocol::Content::Data)
+            .collect();
         for i in 0..batches.len() {
             let start = Instant::now();
             let new = store
                 .insert_batch(
                     &batches[i],
-                    &decoded[i],
+                    &contents[i],
                     county_id,
                     &receipts[i],
+                    None,
                     &[province_id],
                     runtime::wall_ms(),
                 )

@@ -37,6 +37,18 @@ pub enum ApiRequest {
     Migration,
     /// The audit entries, oldest first.
     AuditLog,
+    /// Sign and submit this node's manifest for a period (a nil manifest if it sent nothing).
+    ClosePeriod {
+        category: String,
+        period: String,
+        declared: Option<u64>,
+    },
+    /// The ledger of the node's subtree for a period, as `format` (table, json or csv).
+    Report {
+        period: String,
+        category: Option<String>,
+        format: String,
+    },
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -145,6 +157,44 @@ async fn answer(node: &Arc<Node>, request: ApiRequest) -> anyhow::Result<Value> 
             value["ok"] = json!(true);
             value["node"] = json!(node.me.to_string());
             value
+        }
+        ApiRequest::ClosePeriod {
+            category,
+            period,
+            declared,
+        } => {
+            let category = protocol::Category::parse(&category)?;
+            let period = protocol::Period::parse(&period)?;
+            let (id, new) = node.close_period(category, period, declared).await?;
+            json!({"ok": true, "manifest": id.to_hex(), "new": new})
+        }
+        ApiRequest::Report {
+            period,
+            category,
+            format,
+        } => {
+            let period = protocol::Period::parse(&period)?;
+            let category = category
+                .map(|c| protocol::Category::parse(&c))
+                .transpose()?;
+            let entries = node.ledger(period, category.as_ref())?;
+            let topology = current(&node.topology);
+            match format.as_str() {
+                "json" => {
+                    let mut value = crate::ledger_view::json(&entries, &topology);
+                    value["ok"] = json!(true);
+                    value
+                }
+                "csv" => json!({"ok": true, "text": crate::ledger_view::csv(&entries)}),
+                _ => {
+                    let title = format!(
+                        "report of {} for {period}{}",
+                        node.me,
+                        category.map_or_else(String::new, |c| format!(", {c}"))
+                    );
+                    json!({"ok": true, "text": crate::ledger_view::table(&entries, &topology, &title)})
+                }
+            }
         }
         ApiRequest::AuditLog => {
             let entries: Vec<Value> = node

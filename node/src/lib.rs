@@ -7,6 +7,7 @@ pub mod core;
 pub mod demo;
 pub mod identity;
 pub mod ingest;
+pub mod ledger_view;
 pub mod progress;
 pub mod report;
 pub mod runtime;

@@ -459,14 +459,18 @@ impl SignedBatch {
 
     /// [`SignedBatch::seal`] through a [`Signer`] seam.
     pub fn seal_with(batch: &Batch, key: &dyn Signer) -> Result<SignedBatch, BuildError> {
-        let bytes = batch.encode()?;
+        Ok(SignedBatch::seal_bytes(batch.encode()?, key))
+    }
+
+    /// Hashes and signs canonical bytes of any kind (a data batch, a manifest).
+    pub(crate) fn seal_bytes(bytes: Vec<u8>, key: &dyn Signer) -> SignedBatch {
         let id = BatchId::of(&bytes);
         let signature = key.sign(BATCH_SIGNING_CONTEXT, id.as_bytes());
-        Ok(SignedBatch {
+        SignedBatch {
             id,
             signature,
             bytes,
-        })
+        }
     }
 
     /// Checks the hash and the origin's signature, then decodes. `origin_key` must be the

@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod ids;
+pub mod manifest;
 pub mod record;
 pub mod schema;
 pub mod sync;
@@ -16,5 +17,6 @@ pub use batch::{
     Batch, BatchHeader, Ed25519, NodeKey, PublicKey, Signature, SignedBatch, Signer, Verifier,
 };
 pub use ids::{BatchId, Category, NodeId, Period, Uscc};
+pub use manifest::{Content, Manifest, ManifestEntry, Summary};
 pub use record::{DesensitizeKey, Problem, Record, RecordKey, Value};
 pub use schema::{Registry, Schema};

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::batch::{Batch, Ed25519, PublicKey, SignedBatch, Verifier, VerifyError};
 use crate::ids::{BatchId, NodeId};
+use crate::manifest::{Content, Manifest};
 use crate::record::Problem;
 use crate::schema::Registry;
 use crate::wire::{IDS_PER_FRAME_MAX, Message, Offer, SignedReceipt, Verdict};
@@ -280,6 +281,7 @@ impl Uplink {
                 return Err(ProtocolError::Unexpected("UpstreamStored"));
             }
             Message::Batch(_) => return Err(ProtocolError::Unexpected("Batch")),
+            Message::Forwarded { .. } => return Err(ProtocolError::Unexpected("Forwarded")),
             Message::RangeFingerprint { .. } | Message::RangeIds { .. } => {}
         }
         let _ = now_ms;
@@ -498,7 +500,7 @@ impl Downlink {
                 return Err(ProtocolError::Unexpected("Receipts"));
             }
             Message::Feedback { .. } => return Err(ProtocolError::Unexpected("Feedback")),
-            Message::Batch(_) => {
+            Message::Batch(_) | Message::Forwarded { .. } => {
                 return Err(ProtocolError::Unexpected("Batch on the control stream"));
             }
         }
@@ -567,6 +569,10 @@ pub enum Rejection {
     },
     #[error("{count} record(s) fail the {category} schema (see the feedback)")]
     Records { category: String, count: usize },
+    #[error("manifest refused: {0}")]
+    Manifest(String),
+    #[error("a manifest was given where a data batch was expected")]
+    NotData,
 }
 
 impl Rejection {
@@ -588,26 +594,53 @@ pub fn verify_incoming(
     verify_incoming_with(signed, origin_key, registry, &Ed25519)
 }
 
-/// [`verify_incoming`], checking the origin's signature through `verifier`.
+/// [`verify_incoming`], checking the origin's signature through `verifier`. Data batches
+/// only: a manifest is refused (see [`verify_content_with`]).
 pub fn verify_incoming_with(
     signed: &SignedBatch,
     origin_key: impl Fn(NodeId) -> Option<PublicKey>,
     registry: &Registry,
     verifier: &dyn Verifier,
 ) -> Result<Batch, (Rejection, Vec<Problem>)> {
+    match verify_content_with(signed, origin_key, registry, verifier)? {
+        Content::Data(batch) => Ok(batch),
+        Content::Manifest(_) => Err((Rejection::NotData, Vec::new())),
+    }
+}
+
+/// What a receiver checks before it stores a batch or a manifest: hash against id, the
+/// origin's signature under its pinned key, canonical form, a known category, and for data
+/// every record against its schema.
+pub fn verify_content_with(
+    signed: &SignedBatch,
+    origin_key: impl Fn(NodeId) -> Option<PublicKey>,
+    registry: &Registry,
+    verifier: &dyn Verifier,
+) -> Result<Content, (Rejection, Vec<Problem>)> {
     // The hash first: bytes that are not the batch the id names say nothing about that batch
     // (they were damaged on the way), and the caller must be able to tell that apart.
     signed
         .verify_hash()
         .map_err(|e| (Rejection::Verify(e), Vec::new()))?;
-    let header = signed
-        .header()
+    let summary = signed
+        .summary()
         .map_err(|e| (Rejection::Verify(VerifyError::Decode(e)), Vec::new()))?;
     let key =
-        origin_key(header.origin).ok_or((Rejection::UnknownOrigin(header.origin), Vec::new()))?;
+        origin_key(summary.origin).ok_or((Rejection::UnknownOrigin(summary.origin), Vec::new()))?;
     signed
         .verify_signature_with(&key, verifier)
         .map_err(|e| (Rejection::Verify(e), Vec::new()))?;
+    if summary.manifest {
+        let manifest = Manifest::decode(&signed.bytes)
+            .map_err(|e| (Rejection::Manifest(e.to_string()), Vec::new()))?;
+        if registry.get(&manifest.category).is_none() {
+            return Err((
+                Rejection::UnknownCategory(manifest.category.to_string()),
+                Vec::new(),
+            ));
+        }
+        return Ok(Content::Manifest(manifest));
+    }
     let batch = Batch::decode(&signed.bytes)
         .map_err(|e| (Rejection::Verify(VerifyError::Decode(e)), Vec::new()))?;
     let category = batch.header.category.to_string();
@@ -641,5 +674,5 @@ pub fn verify_incoming_with(
     if count > 0 {
         return Err((Rejection::Records { category, count }, problems));
     }
-    Ok(batch)
+    Ok(Content::Data(batch))
 }

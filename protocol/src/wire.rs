@@ -123,8 +123,15 @@ pub enum Message {
     Want {
         ids: Vec<BatchId>,
     },
-    /// One batch, alone on its own stream.
+    /// One batch (or manifest) its sender originated, alone on its own stream.
     Batch(SignedBatch),
+    /// One batch (or manifest) the sender did not originate, alone on its own stream, with
+    /// the signed receipt of the node that first received it from its origin: the proof of
+    /// when it arrived, which the ledger dates reports by (never the origin's own clock).
+    Forwarded {
+        batch: SignedBatch,
+        first_receipt: Box<SignedReceipt>,
+    },
     /// Parent → child: receipts for batches the parent stored or refused.
     Receipts {
         receipts: Vec<SignedReceipt>,

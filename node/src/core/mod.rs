@@ -22,6 +22,7 @@
 //! is the [`Kv`] seam, signatures the [`Signer`]/[`Verifier`] seams. A test reads this
 //! directory's source to keep it so.
 
+pub mod ledger;
 pub mod migration;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -33,10 +34,13 @@ use protocol::ids::{BatchId, NodeId};
 use protocol::record::Problem;
 use protocol::sync::{
     Downlink, DownlinkEvent, ProtocolError, Rejection, SyncConfig, Uplink, UplinkEvent,
-    verify_incoming_with,
+    verify_content_with,
 };
 use protocol::wire::{self, Message, Receipt, SignedReceipt, Verdict};
-use protocol::{PublicKey, Registry, SignedBatch, Signer, Verifier};
+use protocol::{
+    Category, Content, Manifest, ManifestEntry, Period, PublicKey, Registry, SignedBatch, Signer,
+    Verifier,
+};
 use topology::Topology;
 use tracing::{debug, error, info, warn};
 
@@ -114,8 +118,14 @@ pub enum Output {
     },
     /// Send a frame on the link's control stream.
     Transmit { link: LinkId, message: Message },
-    /// Send a stored batch on a stream of its own; report [`Core::handle_batch_sent`].
-    SendBatch { link: LinkId, id: BatchId },
+    /// Send a stored batch on a stream of its own (as [`Message::Forwarded`] with
+    /// `first_receipt` when given, else as [`Message::Batch`]); report
+    /// [`Core::handle_batch_sent`].
+    SendBatch {
+        link: LinkId,
+        id: BatchId,
+        first_receipt: Option<SignedReceipt>,
+    },
     /// Close the link; report [`Core::handle_link_down`] when it is gone.
     Close { link: LinkId, reason: String },
     /// Make every store write up to `upto` durable; report [`Core::handle_durable`] (or
@@ -939,6 +949,7 @@ impl<K: Kv> Core<K> {
         &mut self,
         link: LinkId,
         signed: SignedBatch,
+        first_receipt: Option<SignedReceipt>,
         now: Now,
     ) -> Result<(), CoreError> {
         let Some(slot) = self.downlinks.get_mut(&link) else {
@@ -948,9 +959,43 @@ impl<K: Kv> Core<K> {
         let id = signed.id;
         slot.machine.handle_batch_arrived(&id);
         self.link_status(child, "down", now).batches_received += 1;
-        let result = self.receive(link, child, signed, now);
+        let result = self.receive(link, child, signed, first_receipt, now);
         self.flush_links(now);
         result
+    }
+
+    /// The proof of first arrival a child sent with a batch, if it holds: signed under the
+    /// pinned key of a node on the origin's path, at or below the child, for this batch and
+    /// origin, accepted. Anything else is ignored (the batch is still taken; its arrival is
+    /// then dated by this node's own receipt, which can only be later).
+    fn check_first_receipt(
+        &self,
+        child: NodeId,
+        signed: &SignedBatch,
+        origin: NodeId,
+        first: Option<SignedReceipt>,
+    ) -> Option<SignedReceipt> {
+        let first = first?;
+        let r = &first.receipt;
+        let path = self.topology.path_to_national(origin);
+        let at = path.iter().position(|n| *n == r.receiver);
+        let child_at = path.iter().position(|n| *n == child);
+        let valid = r.batch == signed.id
+            && r.origin == origin
+            && matches!(r.verdict, Verdict::Accepted { .. })
+            && r.receiver != origin
+            && at
+                .zip(child_at)
+                .is_some_and(|(at, child_at)| at <= child_at)
+            && self
+                .topology
+                .node(r.receiver)
+                .is_some_and(|n| first.verify_with(&n.public_key, &*self.verifier));
+        if !valid {
+            warn!(batch = %signed.id.short(), %child, receiver = %r.receiver, "proof of first arrival does not hold; dating the batch by this node's receipt");
+            return None;
+        }
+        Some(first)
     }
 
     fn receive(
@@ -958,6 +1003,7 @@ impl<K: Kv> Core<K> {
         link: LinkId,
         child: NodeId,
         signed: SignedBatch,
+        first_receipt: Option<SignedReceipt>,
         now: Now,
     ) -> Result<(), CoreError> {
         let id = signed.id;
@@ -982,28 +1028,31 @@ impl<K: Kv> Core<K> {
             } else {
                 verifier
             };
-        let checked = verify_incoming_with(
+        let checked = verify_content_with(
             &signed,
             |origin| self.origin_key(child, origin),
             self.registry,
             verifier,
         );
         match checked {
-            Ok(batch) => {
+            Ok(content) => {
+                let summary = content.summary();
+                let first = self.check_first_receipt(child, &signed, summary.origin, first_receipt);
                 let receipt = self.own_receipt(&signed, Verdict::Accepted { warnings: 0 }, now);
                 let targets = self.forward_targets();
                 let new = self.store.insert_batch(
                     &signed,
-                    &batch,
+                    &content,
                     child,
                     &receipt,
+                    first.as_ref(),
                     &targets,
                     now.wall_ms,
                 )?;
                 let seq = self.wrote();
                 if new {
                     self.unsynced.insert(id, seq);
-                    info!(batch = %id.short(), origin = %batch.header.origin, category = %batch.header.category, period = %batch.header.period, records = batch.records.len(), "batch stored");
+                    info!(batch = %id.short(), origin = %summary.origin, category = %summary.category, period = %summary.period, records = content.records(), manifest = summary.manifest, "batch stored");
                     self.outbox_grew(now)?;
                 }
                 self.defer(
@@ -1057,7 +1106,7 @@ impl<K: Kv> Core<K> {
     }
 
     fn own_receipt(&self, signed: &SignedBatch, verdict: Verdict, now: Now) -> SignedReceipt {
-        let origin = signed.header().map_or(NodeId::NATIONAL, |h| h.origin);
+        let origin = signed.summary().map_or(NodeId::NATIONAL, |h| h.origin);
         Receipt {
             receiver: self.me,
             batch: signed.id,
@@ -1075,7 +1124,7 @@ impl<K: Kv> Core<K> {
         let me = self.me;
         let key = self.signer.public();
         let id = signed.id;
-        let batch = verify_incoming_with(
+        let content = verify_content_with(
             &signed,
             |o| (o == me).then_some(key),
             self.registry,
@@ -1087,9 +1136,15 @@ impl<K: Kv> Core<K> {
         })?;
         let receipt = self.own_receipt(&signed, Verdict::Accepted { warnings: 0 }, now);
         let targets = self.forward_targets();
-        let new = self
-            .store
-            .insert_batch(&signed, &batch, me, &receipt, &targets, now.wall_ms)?;
+        let new = self.store.insert_batch(
+            &signed,
+            &content,
+            me,
+            &receipt,
+            None,
+            &targets,
+            now.wall_ms,
+        )?;
         let seq = if new {
             let seq = self.wrote();
             self.unsynced.insert(id, seq);
@@ -1103,6 +1158,86 @@ impl<K: Kv> Core<K> {
             new,
             durable_at: seq,
         })
+    }
+
+    /// Closes a period: signs a manifest naming every data batch this node originated for
+    /// `(category, period)` (none: a nil manifest, 零报告), with the data source's declared
+    /// total if given, and submits it like a batch. A period closed before gets the next
+    /// revision. Returns the manifest's id and when it is durable.
+    pub fn close_period(
+        &mut self,
+        category: &Category,
+        period: Period,
+        declared: Option<u64>,
+        now: Now,
+    ) -> Result<(BatchId, Submitted), CoreError> {
+        if self.registry.get(category).is_none() {
+            return Err(CoreError::Refused {
+                id: BatchId([0; 32]),
+                reason: format!("category {category} has no schema on this node"),
+            });
+        }
+        let mut entries = Vec::new();
+        let mut revision = 0;
+        for held in self.store.held_of(self.me) {
+            let (id, meta) = held?;
+            if meta.category != *category || meta.period != period {
+                continue;
+            }
+            if meta.manifest {
+                let previous = self.store.batch(&id)?.map(|s| Content::decode(&s.bytes));
+                if let Some(Ok(Content::Manifest(m))) = previous {
+                    revision = revision.max(m.revision);
+                }
+                continue;
+            }
+            let supersedes = self
+                .store
+                .batch(&id)?
+                .and_then(|s| s.header().ok())
+                .and_then(|h| h.supersedes);
+            entries.push(ManifestEntry {
+                batch: id,
+                records: meta.records,
+                supersedes,
+            });
+        }
+        let manifest = Manifest::new(
+            self.me,
+            category.clone(),
+            period,
+            revision + 1,
+            entries,
+            declared,
+            now.wall_ms,
+        )
+        .map_err(|e| CoreError::Refused {
+            id: BatchId([0; 32]),
+            reason: e.to_string(),
+        })?;
+        let signed = manifest.seal_with(&*self.signer);
+        let id = signed.id;
+        info!(manifest = %id.short(), %category, %period, revision = manifest.revision, batches = manifest.batches.len(), declared, "period closed");
+        let submitted = self.submit(signed, now)?;
+        Ok((id, submitted))
+    }
+
+    /// The timeliness ledger of this node's subtree for `period` (see [`ledger`]).
+    pub fn ledger(
+        &self,
+        period: Period,
+        category: Option<&Category>,
+        now: Now,
+    ) -> Result<Vec<ledger::Entry>, StoreError> {
+        ledger::ledger(
+            &self.store,
+            &self.topology,
+            self.me,
+            period,
+            category,
+            now.wall_ms,
+            ledger::LedgerConfig::default(),
+        )
     }
 
     /// The batch's stream was written and finished (`ok`), or failed.
@@ -1271,7 +1406,19 @@ impl<K: Kv> Core<K> {
                 self.outputs.push_back(Output::Transmit { link, message });
             }
             while let Some(id) = machine.poll_send() {
-                self.outputs.push_back(Output::SendBatch { link, id });
+                // A batch of another origin goes with the proof of when it first arrived.
+                let first_receipt = match self.store.first_receipt(&id, self.me) {
+                    Ok(first) => first,
+                    Err(e) => {
+                        warn!(batch = %id.short(), error = %e, "reading the first receipt failed; sending the batch without it");
+                        None
+                    }
+                };
+                self.outputs.push_back(Output::SendBatch {
+                    link,
+                    id,
+                    first_receipt,
+                });
             }
             let (peer, pending, in_flight) = (
                 machine.parent(),

@@ -71,9 +71,13 @@ fn now(mono_ms: u64) -> Now {
 }
 
 fn county_batch() -> SignedBatch {
+    county_batch_of("2026-05")
+}
+
+fn county_batch_of(period: &str) -> SignedBatch {
     let schema = protocol::Registry::builtin().by_name("water_fee").unwrap();
     let origin = id(COUNTY);
-    let period = Period::parse("2026-05").unwrap();
+    let period = Period::parse(period).unwrap();
     let file = crate::sample::sample_csv(schema, origin, period, 3, 0, 1);
     let options = crate::ingest::IngestOptions {
         schema,
@@ -144,7 +148,8 @@ fn city_with_county() -> (Core<MemKv>, MemKv, LinkId) {
 fn a_receipt_waits_until_the_batch_is_durable_even_for_a_duplicate_or_a_reoffer() {
     let (mut city, kv, link) = city_with_county();
     let batch = county_batch();
-    city.handle_batch(link, batch.clone(), now(2)).unwrap();
+    city.handle_batch(link, batch.clone(), None, now(2))
+        .unwrap();
     let outputs = drain(&mut city);
     assert!(
         receipts_in(&outputs).is_empty(),
@@ -152,7 +157,8 @@ fn a_receipt_waits_until_the_batch_is_durable_even_for_a_duplicate_or_a_reoffer(
     );
     let upto = sync_upto(&outputs).expect("the core asks for a sync");
     // The same batch again on a second stream, and a re-offer, while the write is in flight.
-    city.handle_batch(link, batch.clone(), now(3)).unwrap();
+    city.handle_batch(link, batch.clone(), None, now(3))
+        .unwrap();
     let offer = Message::Offer {
         offers: vec![protocol::wire::Offer {
             id: batch.id,
@@ -201,7 +207,8 @@ fn relayed_receipts_are_acknowledged_upstream_only_once_durable() {
     // The city holds the county's batch; the province relays the national receipt for it.
     let (mut city, kv, down) = city_with_county();
     let batch = county_batch();
-    city.handle_batch(down, batch.clone(), now(2)).unwrap();
+    city.handle_batch(down, batch.clone(), None, now(2))
+        .unwrap();
     let upto = sync_upto(&drain(&mut city)).unwrap();
     kv.sync().unwrap();
     city.handle_durable(upto, now(3));
@@ -397,4 +404,220 @@ fn the_core_does_no_io() {
         checked += 1;
     }
     assert!(checked >= 2, "read the core's files (found {checked})");
+}
+
+/// The city dates a county's batch by its own receipt and sends that receipt up with the
+/// batch; the province keeps it as the proof of first arrival, and ignores a forged one.
+#[test]
+fn the_first_parents_receipt_travels_up_with_the_batch_and_a_forged_one_is_ignored() {
+    let (mut city, city_kv, down) = city_with_county();
+    let batch = county_batch();
+    city.handle_batch(down, batch.clone(), None, now(2))
+        .unwrap();
+    let meta = Store::new(city_kv.clone())
+        .meta(&batch.id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        meta.first,
+        Some(id(CITY)),
+        "the city received it from its origin"
+    );
+
+    // The city's uplink: the province answers, wants the batch, and the city sends it with
+    // its own receipt as the proof.
+    let up = LinkId(9);
+    drain(&mut city);
+    city.handle_link_up(up, LinkKind::Up(Route::Parent), now(3))
+        .unwrap();
+    let hello = Message::Hello {
+        node: id(PROVINCE),
+        wire_version: protocol::wire::WIRE_VERSION,
+        topology_version: 1,
+    };
+    city.handle_message(up, hello, now(4)).unwrap();
+    city.handle_message(
+        up,
+        Message::Want {
+            ids: vec![batch.id],
+        },
+        now(5),
+    )
+    .unwrap();
+    let sent: Vec<Option<SignedReceipt>> = drain(&mut city)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::SendBatch {
+                id, first_receipt, ..
+            } if id == batch.id => Some(first_receipt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 1, "the wanted batch is sent once");
+    let first = sent[0]
+        .clone()
+        .expect("sent with the proof of first arrival");
+    assert_eq!(first.receipt.receiver, id(CITY));
+    assert_eq!(first.receipt.received_at_ms, now(2).wall_ms);
+
+    // The province keeps the proof.
+    let province_kv = MemKv::new();
+    let mut province = core(PROVINCE, topology(1, None), province_kv.clone());
+    let from_city = LinkId(11);
+    province
+        .handle_link_up(
+            from_city,
+            LinkKind::Down {
+                key: key(id(CITY)).public(),
+            },
+            now(6),
+        )
+        .unwrap();
+    province
+        .handle_batch(from_city, batch.clone(), Some(first.clone()), now(7))
+        .unwrap();
+    let store = Store::new(province_kv.clone());
+    assert_eq!(
+        store.meta(&batch.id).unwrap().unwrap().first,
+        Some(id(CITY))
+    );
+    assert_eq!(
+        store.receipt(&batch.id, id(CITY)).unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(
+        store.first_receipt(&batch.id, id(PROVINCE)).unwrap(),
+        Some(first.clone()),
+        "and sends it on to the national platform"
+    );
+
+    // A proof back-dated by anyone but the city (here the county signs it) is ignored.
+    let other = county_batch_of("2026-06");
+    let mut forged = first.clone();
+    forged.receipt.batch = other.id;
+    forged.receipt.received_at_ms = 1;
+    let forged = forged.receipt.sign_with(&key(id(COUNTY)));
+    province
+        .handle_batch(from_city, other.clone(), Some(forged), now(8))
+        .unwrap();
+    assert_eq!(store.meta(&other.id).unwrap().unwrap().first, None);
+    assert_eq!(store.receipt(&other.id, id(CITY)).unwrap(), None);
+}
+
+fn schedule_topology() -> Arc<Topology> {
+    let plain = topology(1, None);
+    let schedules = vec![topology::Schedule {
+        category: protocol::Category::parse("water_fee").unwrap(),
+        cadence: protocol::schema::Cadence::Monthly,
+        due_day: 10,
+        reporters: Vec::new(),
+    }];
+    Arc::new(
+        Topology::from_parts(
+            1,
+            plain.nodes().cloned().collect(),
+            Vec::new(),
+            Vec::new(),
+            schedules,
+        )
+        .unwrap(),
+    )
+}
+
+fn at_wall(wall_ms: u64) -> Now {
+    Now {
+        mono_ms: 10,
+        wall_ms,
+    }
+}
+
+/// The city's ledger judges the county's reports by the city's own receipts: on time but
+/// short of the declared total, late by the days after the deadline, and missing.
+#[test]
+fn the_ledger_dates_reports_by_the_first_parents_receipt() {
+    let water = protocol::Category::parse("water_fee").unwrap();
+    let day = 86_400_000;
+    let may = Period::parse("2026-05").unwrap();
+    let june = Period::parse("2026-06").unwrap();
+    let july = Period::parse("2026-07").unwrap();
+    let cadence = protocol::schema::Cadence::Monthly;
+    let due_may = ledger::due_ms(may, cadence, 10);
+    let due_june = ledger::due_ms(june, cadence, 10);
+
+    // The county's clock says everything was early: the ledger must not care.
+    let mut county = core(COUNTY, schedule_topology(), MemKv::new());
+    let data = county_batch_of("2026-05");
+    county.submit(data.clone(), at_wall(0)).unwrap();
+    let (may_manifest, _) = county
+        .close_period(&water, may, Some(10), at_wall(0))
+        .unwrap();
+    let (june_manifest, _) = county.close_period(&water, june, None, at_wall(0)).unwrap();
+    let stored = |id| county.store().batch(&id).unwrap().unwrap();
+    let (may_manifest, june_manifest) = (stored(may_manifest), stored(june_manifest));
+    let summary = may_manifest.summary().unwrap();
+    assert!(summary.manifest);
+
+    let city_kv = MemKv::new();
+    let mut city = core(CITY, schedule_topology(), city_kv);
+    let down = LinkId(3);
+    city.handle_link_up(
+        down,
+        LinkKind::Down {
+            key: key(id(COUNTY)).public(),
+        },
+        at_wall(1),
+    )
+    .unwrap();
+    city.handle_batch(down, data, None, at_wall(due_may - 2 * day))
+        .unwrap();
+    city.handle_batch(down, may_manifest, None, at_wall(due_may - day))
+        .unwrap();
+    city.handle_batch(down, june_manifest, None, at_wall(due_june + 2 * day + 5))
+        .unwrap();
+
+    let judged_at = at_wall(ledger::due_ms(july, cadence, 10) + 1);
+    let entry = |period| {
+        let mut entries = city.ledger(period, None, judged_at).unwrap();
+        assert_eq!(entries.len(), 1, "one county owes water fees");
+        entries.remove(0)
+    };
+    let may_entry = entry(may);
+    assert_eq!(may_entry.state, ledger::State::ConcealmentSuspected);
+    assert_eq!(
+        may_entry.late_days, None,
+        "arrived a day before the deadline"
+    );
+    assert_eq!(may_entry.arrived_ms, Some(due_may - day));
+    assert_eq!(
+        (may_entry.records_delivered, may_entry.records_declared),
+        (3, Some(10))
+    );
+
+    let june_entry = entry(june);
+    assert_eq!(
+        june_entry.late_days,
+        Some(3),
+        "two days and a bit: the third day started"
+    );
+    assert!(june_entry.nil, "a nil report");
+    // Nothing after a month of three records: a drop below half the trailing average.
+    assert_eq!(june_entry.state, ledger::State::ConcealmentSuspected);
+    assert!(
+        june_entry
+            .concealment
+            .as_deref()
+            .unwrap()
+            .contains("average 3"),
+        "{june_entry:?}"
+    );
+
+    let july_entry = entry(july);
+    assert_eq!(july_entry.state, ledger::State::Missing);
+    assert!(july_entry.missing);
+
+    // Before July's deadline, July is pending, not missing.
+    let early = city
+        .ledger(july, None, at_wall(ledger::due_ms(july, cadence, 10) - 1))
+        .unwrap();
+    assert_eq!(early[0].state, ledger::State::Pending);
 }

@@ -49,17 +49,41 @@ pub(super) async fn writer(
     }
 }
 
-/// Reads one batch stream (capped at a batch frame) and decodes its single `Batch` frame.
+/// The frame a batch stream carries: the batch, with the proof of its first arrival when the
+/// sender did not originate it.
+pub(super) fn batch_frame(
+    batch: protocol::SignedBatch,
+    first_receipt: Option<wire::SignedReceipt>,
+) -> Vec<u8> {
+    match first_receipt {
+        Some(first_receipt) => Message::Forwarded {
+            batch,
+            first_receipt: Box::new(first_receipt),
+        },
+        None => Message::Batch(batch),
+    }
+    .encode()
+}
+
+/// Reads one batch stream (capped at a batch frame) and decodes its single `Batch` or
+/// `Forwarded` frame.
 pub(super) async fn read_batch(
     mut stream: quinn::RecvStream,
-) -> Result<protocol::SignedBatch, String> {
+) -> Result<(protocol::SignedBatch, Option<wire::SignedReceipt>), String> {
     let bytes = stream
         .read_to_end(wire::FRAME_HEADER_BYTES + wire::BATCH_FRAME_BYTES_MAX)
         .await
         .map_err(|e| format!("reading a batch stream: {e}"))?;
     match wire::decode_frame(&bytes, wire::BATCH_FRAME_BYTES_MAX).map_err(|e| e.to_string())? {
-        Some((Message::Batch(signed), used)) if used == bytes.len() => Ok(signed),
-        Some(_) => Err("a batch stream must carry exactly one Batch frame".into()),
+        Some((Message::Batch(signed), used)) if used == bytes.len() => Ok((signed, None)),
+        Some((
+            Message::Forwarded {
+                batch,
+                first_receipt,
+            },
+            used,
+        )) if used == bytes.len() => Ok((batch, Some(*first_receipt))),
+        Some(_) => Err("a batch stream must carry exactly one Batch or Forwarded frame".into()),
         None => Err("batch stream ended inside a frame".into()),
     }
 }

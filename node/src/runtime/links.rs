@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use protocol::PublicKey;
 use protocol::ids::{BatchId, NodeId};
-use protocol::wire::Message;
+use protocol::wire::SignedReceipt;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, debug, error, info_span, warn};
 
@@ -156,12 +156,12 @@ async fn drive<K: Kv>(
                     tokio::spawn(async move {
                         let _slot = slots.acquire_owned().await.expect("the semaphore is never closed");
                         match framing::read_batch(stream).await {
-                            Ok(signed) => {
+                            Ok((signed, first_receipt)) => {
                                 let span = info_span!("batch", batch = %signed.id.short());
                                 let blocking = node.blocking;
                                 let _ = blocking.run(move || {
                                     let _entered = span.enter();
-                                    if let Err(e) = node.with_core(|core, now| core.handle_batch(link, signed, now)) {
+                                    if let Err(e) = node.with_core(|core, now| core.handle_batch(link, signed, first_receipt, now)) {
                                         error!(error = %e, "storing a batch failed; the child will offer it again");
                                     }
                                 })
@@ -188,6 +188,7 @@ pub(super) async fn send_batch<K: Kv>(
     link: LinkId,
     connection: quinn::Connection,
     id: BatchId,
+    first_receipt: Option<SignedReceipt>,
 ) {
     let store = node.store.clone();
     let result = async {
@@ -200,7 +201,7 @@ pub(super) async fn send_batch<K: Kv>(
             .ok_or_else(|| format!("batch {id} is in the outbox but not in the store"))?;
         let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
         stream
-            .write_all(&Message::Batch(signed).encode())
+            .write_all(&framing::batch_frame(signed, first_receipt))
             .await
             .map_err(|e| e.to_string())?;
         stream.finish().map_err(|e| e.to_string())?;

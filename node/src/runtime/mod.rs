@@ -242,7 +242,11 @@ impl<K: Kv> Node<K> {
                     let _ = handle.control.send(message);
                 }
             }
-            Output::SendBatch { link, id } => {
+            Output::SendBatch {
+                link,
+                id,
+                first_receipt,
+            } => {
                 let connection = self
                     .links
                     .lock()
@@ -250,7 +254,13 @@ impl<K: Kv> Node<K> {
                     .get(&link)
                     .map(|h| h.connection.clone());
                 if let Some(connection) = connection {
-                    tokio::spawn(links::send_batch(self.clone(), link, connection, id));
+                    tokio::spawn(links::send_batch(
+                        self.clone(),
+                        link,
+                        connection,
+                        id,
+                        first_receipt,
+                    ));
                 }
             }
             Output::Close { link, reason } => {
@@ -310,6 +320,42 @@ impl<K: Kv> Node<K> {
             .await
             .context("the node is stopping")?;
         Ok(submitted.new)
+    }
+
+    /// Closes a period: the core signs a manifest of this node's batches for it (a nil
+    /// manifest when there are none) and submits it; returns once it is durable.
+    pub async fn close_period(
+        self: &Arc<Self>,
+        category: protocol::Category,
+        period: protocol::Period,
+        declared: Option<u64>,
+    ) -> anyhow::Result<(protocol::BatchId, bool)> {
+        let node = self.clone();
+        let (id, submitted) = self
+            .blocking
+            .run(move || {
+                node.with_core(|core, now| core.close_period(&category, period, declared, now))
+            })
+            .await??;
+        let mut durable = self.durable.subscribe();
+        durable
+            .wait_for(|seq| *seq >= submitted.durable_at)
+            .await
+            .context("the node is stopping")?;
+        Ok((id, submitted.new))
+    }
+
+    /// The timeliness ledger of this node's subtree for a period.
+    pub fn ledger(
+        &self,
+        period: protocol::Period,
+        category: Option<&protocol::Category>,
+    ) -> Result<Vec<crate::core::ledger::Entry>, crate::store::StoreError> {
+        let now = self.now();
+        self.core
+            .lock()
+            .expect("core lock")
+            .ledger(period, category, now)
     }
 
     /// Re-reads the topology file; a file that does not validate, or that the core refuses,

@@ -36,7 +36,7 @@ use bincode::{Decode, Encode};
 use protocol::ids::{BatchId, Digest, NodeId};
 use protocol::record::Problem;
 use protocol::wire::{Offer, SignedReceipt, Verdict};
-use protocol::{Batch, Category, Period, SignedBatch};
+use protocol::{Category, Content, Period, SignedBatch};
 
 pub use kv::{BlobPool, CACHE_BYTES, Kv, KvError, MemKv, Op, SledKv, Tree, WriteFault};
 
@@ -91,6 +91,12 @@ pub struct BatchMeta {
     pub received_at_ms: u64,
     /// The neighbour it came from (this node itself for a local submission).
     pub from: NodeId,
+    /// A period manifest, not data.
+    pub manifest: bool,
+    /// The node that first received it from its origin, whose signed receipt (stored beside
+    /// this node's own) dates its arrival; `None` at the origin until its parent answers, or
+    /// when the sender gave no valid proof.
+    pub first: Option<NodeId>,
 }
 
 impl BatchMeta {
@@ -346,12 +352,14 @@ impl<K: Kv> Store<K> {
     /// this node), with this node's receipt for it, queued for `forward_to` (the parent),
     /// in one group. Returns `false` if the batch was already held (nothing changes).
     /// Not durable until [`Store::sync`].
+    #[allow(clippy::too_many_arguments)] // one group: each argument is a part of it
     pub fn insert_batch(
         &self,
         signed: &SignedBatch,
-        batch: &Batch,
+        content: &Content,
         from: NodeId,
         own_receipt: &SignedReceipt,
+        first_receipt: Option<&SignedReceipt>,
         forward_to: &[NodeId],
         now_ms: u64,
     ) -> Result<bool, StoreError> {
@@ -359,19 +367,27 @@ impl<K: Kv> Store<K> {
         if self.kv.get(Tree::Batches, id.as_bytes())?.is_some() {
             return Ok(false);
         }
+        let summary = content.summary();
+        let receiver = own_receipt.receipt.receiver;
+        let first = if from == summary.origin && from != receiver {
+            Some(receiver)
+        } else {
+            first_receipt.map(|r| r.receipt.receiver)
+        };
         let meta = BatchMeta {
-            origin: batch.header.origin,
-            category: batch.header.category.clone(),
-            period: batch.header.period,
-            records: batch.records.len() as u32,
+            origin: summary.origin,
+            category: summary.category,
+            period: summary.period,
+            records: content.records(),
             bytes: signed.bytes.len() as u32,
             received_at_ms: now_ms,
             from,
+            manifest: summary.manifest,
+            first,
         };
         // The bytes first: a batch the trees record must have its file.
         self.kv.write_blob(&id, &signed.bytes)?;
-        let receiver = own_receipt.receipt.receiver;
-        let event = if from == batch.header.origin && from == receiver {
+        let event = if from == meta.origin && from == receiver {
             AuditEvent::BatchSubmitted {
                 batch: id,
                 category: meta.category.clone(),
@@ -400,6 +416,13 @@ impl<K: Kv> Store<K> {
             receipt_key(&id, receiver),
             encode(own_receipt),
         );
+        if let Some(first) = first_receipt.filter(|r| r.receipt.receiver != receiver) {
+            group.insert(
+                Tree::Receipts,
+                receipt_key(&id, first.receipt.receiver),
+                encode(first),
+            );
+        }
         let offer = encode(&meta.offer(id));
         for peer in forward_to {
             group.insert(Tree::Outbox, outbox_key(*peer, &id), offer.clone());
@@ -553,6 +576,22 @@ impl<K: Kv> Store<K> {
             .collect()
     }
 
+    /// For a batch that `me` did not originate, the signed receipt of the node that first
+    /// received it from its origin (this node's own when it is that node), if held.
+    pub fn first_receipt(
+        &self,
+        id: &BatchId,
+        me: NodeId,
+    ) -> Result<Option<SignedReceipt>, StoreError> {
+        let Some(meta) = self.meta(id)? else {
+            return Ok(None);
+        };
+        match meta.first {
+            Some(first) if meta.origin != me => self.receipt(id, first),
+            _ => Ok(None),
+        }
+    }
+
     /// Up to `limit` outbox entries for the link to `peer`, after `after`.
     pub fn outbox_page(
         &self,
@@ -600,6 +639,24 @@ impl<K: Kv> Store<K> {
             })?;
             Ok((id, meta))
         })
+    }
+
+    /// The batches and manifests `origin` originated that this node holds, in (period,
+    /// category) order.
+    pub fn held_of(
+        &self,
+        origin: NodeId,
+    ) -> impl Iterator<Item = Result<(BatchId, BatchMeta), StoreError>> + '_ {
+        self.scan_prefix(Tree::Held, origin.to_be_bytes().to_vec())
+            .map(move |entry| {
+                let (key, _) = entry?;
+                let id = held_key_id(&key);
+                let meta = self.meta(&id)?.ok_or(StoreError::Decode {
+                    tree: "held",
+                    message: format!("index names {id} but no metadata is stored"),
+                })?;
+                Ok((id, meta))
+            })
     }
 
     pub fn refused(&self) -> impl Iterator<Item = Result<(BatchId, Refusal), StoreError>> + '_ {
@@ -804,7 +861,7 @@ mod tests {
     use protocol::NodeKey;
     use protocol::wire::Receipt;
 
-    fn sample_batch(n: usize) -> (SignedBatch, Batch, NodeKey) {
+    fn sample_batch(n: usize) -> (SignedBatch, Content, NodeKey) {
         let key = NodeKey::from_seed([9; 32]);
         let schema = protocol::Registry::builtin().by_name("water_fee").unwrap();
         let origin = NodeId::parse("445281").unwrap();
@@ -823,7 +880,7 @@ mod tests {
             crate::ingest::ingest_bytes(Path::new("t"), file.text.as_bytes(), &options, |_| {})
                 .unwrap();
         let signed = report.batches.into_iter().next().unwrap();
-        let batch = Batch::decode(&signed.bytes).unwrap();
+        let batch = Content::decode(&signed.bytes).unwrap();
         (signed, batch, key)
     }
 
@@ -863,12 +920,12 @@ mod tests {
             let own = receipt(&key, "445281", signed.id);
             assert!(
                 store
-                    .insert_batch(&signed, &batch, county, &own, &[city], 5)
+                    .insert_batch(&signed, &batch, county, &own, None, &[city], 5)
                     .unwrap()
             );
             assert!(
                 !store
-                    .insert_batch(&signed, &batch, county, &own, &[city], 6)
+                    .insert_batch(&signed, &batch, county, &own, None, &[city], 6)
                     .unwrap(),
                 "second insert is a no-op"
             );
@@ -929,6 +986,7 @@ mod tests {
                 &batch,
                 county,
                 &receipt(&key, "445200", signed.id),
+                None,
                 &[province],
                 1,
             )
@@ -970,8 +1028,9 @@ mod tests {
             .insert_batch(
                 &signed,
                 &batch,
-                batch.header.origin,
+                batch.summary().origin,
                 &receipt(&key, "445281", id),
+                None,
                 &[],
                 1,
             )

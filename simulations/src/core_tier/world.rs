@@ -16,7 +16,7 @@ use std::sync::Arc;
 use node::core::{Core, CoreConfig, LinkId, LinkKind, Now, Output, Route};
 use node::store::{BlobPool, Kv, MemKv, Store, Tree, WriteFault};
 use protocol::batch::Batch;
-use protocol::wire::{Message, Verdict};
+use protocol::wire::{Message, SignedReceipt, Verdict};
 use protocol::{BatchId, NodeId, PublicKey, SignedBatch, Signer};
 use topology::Topology;
 
@@ -36,7 +36,7 @@ const RESUBMIT_MS: u64 = 10 * 60_000;
 #[derive(Debug, Clone)]
 enum Payload {
     Frame(Message),
-    Batch(SignedBatch),
+    Batch(SignedBatch, Option<Box<SignedReceipt>>),
 }
 
 #[derive(Debug)]
@@ -580,7 +580,11 @@ impl World {
                 );
             }
             Output::Transmit { link, message } => self.transmit(n, link, message),
-            Output::SendBatch { link, id } => self.send_batch(n, link, id),
+            Output::SendBatch {
+                link,
+                id,
+                first_receipt,
+            } => self.send_batch(n, link, id, first_receipt),
             Output::Close { link, .. } => self.close(link),
             Output::Sync { upto } => {
                 let delay = 1 + self.rng.below(3);
@@ -783,7 +787,13 @@ impl World {
         );
     }
 
-    fn send_batch(&mut self, n: usize, link: LinkId, id: BatchId) {
+    fn send_batch(
+        &mut self,
+        n: usize,
+        link: LinkId,
+        id: BatchId,
+        first_receipt: Option<SignedReceipt>,
+    ) {
         let epoch = self.nodes[n].epoch;
         let read = Store::new(self.nodes[n].kv.clone()).batch(&id);
         let (up, child, parent) = match self.links.get(&link) {
@@ -850,7 +860,7 @@ impl World {
                 Event::Deliver {
                     link,
                     to_parent: true,
-                    payload: Payload::Batch(signed),
+                    payload: Payload::Batch(signed, first_receipt.clone().map(Box::new)),
                 },
             );
         }
@@ -882,10 +892,10 @@ impl World {
                         .map_err(|e| e.to_string())
                 });
             }
-            Payload::Batch(signed) => {
+            Payload::Batch(signed, first_receipt) => {
                 self.trace.update(signed.id.as_bytes());
                 self.call(n, |core, now| {
-                    core.handle_batch(link, signed, now)
+                    core.handle_batch(link, signed, first_receipt.map(|r| *r), now)
                         .map_err(|e| e.to_string())
                 });
             }
