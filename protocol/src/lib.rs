@@ -1,5 +1,5 @@
 //! The credit network's data model and wire: identifiers, category schemas and validation,
-//! canonical hash-verified batches, signatures and wire frames.
+//! canonical hash-verified batches, signatures, wire frames and set reconciliation.
 //!
 //! Invariant: this crate does no IO. It knows nothing of sockets, files, tokio, quinn, sled,
 //! clocks or randomness; time and key material arrive as arguments. That is what lets the same
@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod ids;
 pub mod manifest;
+pub mod reconcile;
 pub mod record;
 pub mod schema;
 pub mod sync;
