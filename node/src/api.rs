@@ -43,6 +43,10 @@ pub enum ApiRequest {
         period: String,
         declared: Option<u64>,
     },
+    /// Reconcile now with one peer (a parent; a child is asked to start), or every uplink.
+    Reconcile {
+        peer: Option<String>,
+    },
     /// The ledger of the node's subtree for a period, as `format` (table, json or csv).
     Report {
         period: String,
@@ -168,6 +172,17 @@ async fn answer(node: &Arc<Node>, request: ApiRequest) -> anyhow::Result<Value> 
             let (id, new) = node.close_period(category, period, declared).await?;
             json!({"ok": true, "manifest": id.to_hex(), "new": new})
         }
+        ApiRequest::Reconcile { peer } => {
+            let peer = peer.map(|p| NodeId::parse(&p)).transpose()?;
+            let links = node.reconcile(peer)?;
+            if links == 0 {
+                anyhow::bail!(
+                    "no connected link to {} to reconcile with: check `credit-node status`",
+                    peer.map_or_else(|| "a parent".to_owned(), |p| p.to_string())
+                );
+            }
+            json!({"ok": true, "links": links, "last": node.reconciled()})
+        }
         ApiRequest::Report {
             period,
             category,
@@ -265,6 +280,7 @@ fn status(node: &Node) -> anyhow::Result<Value> {
             "records": records,
         })).collect::<Vec<_>>(),
         "refused": refused,
+        "reconciled": node.reconciled(),
     }))
 }
 
@@ -286,6 +302,20 @@ fn audit_json(entry: &crate::store::AuditEntry) -> Value {
             value["node"] = json!(node.to_string());
             value["phase"] = json!(phase);
             value["detail"] = json!(detail);
+        }
+        AuditEvent::Reconciled {
+            peer,
+            year,
+            receipts,
+            reoffered,
+            anomalies,
+        } => {
+            value["kind"] = json!("reconciled");
+            value["peer"] = json!(peer.to_string());
+            value["year"] = json!(year);
+            value["receipts"] = json!(receipts);
+            value["reoffered"] = json!(reoffered);
+            value["anomalies"] = json!(anomalies.iter().map(|a| a.to_hex()).collect::<Vec<_>>());
         }
         other => {
             value["kind"] = json!("other");

@@ -157,6 +157,19 @@ enum Command {
         #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
         format: String,
     },
+    /// Reconcile (对账) now: compare the batches and receipts this node and a peer hold for
+    /// the child's subtree, re-offer what the parent lacks, report what the child lacks.
+    /// Nodes also reconcile when a link comes up and every hour.
+    #[command(
+        after_help = "Examples:\n  credit-node reconcile --dir ./puning                  (with its parent)\n  credit-node reconcile --dir ./jieyang --peer 445281   (ask a child to reconcile)\nDifferences found are in the audit log (`credit-node audit --dir DIR`)."
+    )]
+    Reconcile {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The peer's node id; default: every uplink.
+        #[arg(long)]
+        peer: Option<String>,
+    },
     /// Verify the hash chain of a running node's audit log.
     #[command(after_help = "Example:\n  credit-node audit --dir ./guangdong")]
     Audit {
@@ -411,6 +424,14 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 } else {
                     "was already stored"
                 }
+            )?;
+        }
+        Command::Reconcile { dir, peer } => {
+            let value = node::api::call(&dir, &node::api::ApiRequest::Reconcile { peer })?;
+            writeln!(
+                out,
+                "reconciliation started on {} link(s); results in the audit log and `credit-node status`",
+                value["links"]
             )?;
         }
         Command::Report {

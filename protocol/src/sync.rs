@@ -282,7 +282,10 @@ impl Uplink {
             }
             Message::Batch(_) => return Err(ProtocolError::Unexpected("Batch")),
             Message::Forwarded { .. } => return Err(ProtocolError::Unexpected("Forwarded")),
-            Message::RangeFingerprint { .. } | Message::RangeIds { .. } => {}
+            Message::Reconcile { .. }
+            | Message::ReconcileReply { .. }
+            | Message::ReconcileDone { .. }
+            | Message::ReconcileAsk => {}
         }
         let _ = now_ms;
         Ok(())
@@ -494,7 +497,10 @@ impl Downlink {
             }
             Message::Ping { nonce } => self.transmit.push_back(Message::Pong { nonce }),
             Message::Pong { .. } | Message::Goodbye { .. } => {}
-            Message::RangeFingerprint { .. } | Message::RangeIds { .. } => {}
+            Message::Reconcile { .. }
+            | Message::ReconcileReply { .. }
+            | Message::ReconcileDone { .. }
+            | Message::ReconcileAsk => {}
             Message::Want { .. } => return Err(ProtocolError::Unexpected("Want")),
             Message::Receipts { .. } | Message::UpstreamReceipts { .. } => {
                 return Err(ProtocolError::Unexpected("Receipts"));

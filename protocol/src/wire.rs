@@ -106,6 +106,22 @@ impl SignedReceipt {
     }
 }
 
+/// What one reconciliation session compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum ReconcileKind {
+    /// Ids of the batches and manifests of the child's subtree.
+    Batches,
+    /// The receipts of those batches signed by the nodes above the child.
+    Receipts,
+}
+
+/// One session's scope: a kind, over the periods of one year.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct ReconcileScope {
+    pub kind: ReconcileKind,
+    pub year: u16,
+}
+
 /// A message of the sync protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Message {
@@ -150,22 +166,27 @@ pub enum Message {
         batch: BatchId,
         problems: Vec<Problem>,
     },
-    /// Reconciliation: the fingerprint of the ids a node holds for one origin in a range of
-    /// periods. Equal fingerprints end the exchange; unequal ranges are split.
-    RangeFingerprint {
-        origin: NodeId,
-        from: Period,
-        to: Period,
-        count: u32,
-        fingerprint: Digest,
+    /// Child → parent: one round of a reconciliation session (negentropy v1 bytes, see
+    /// `protocol::reconcile`); a new `session` number starts a new session.
+    Reconcile {
+        session: u64,
+        scope: ReconcileScope,
+        message: Vec<u8>,
     },
-    /// Reconciliation: the ids themselves, once a range is small.
-    RangeIds {
-        origin: NodeId,
-        from: Period,
-        to: Period,
-        ids: Vec<BatchId>,
+    /// Parent → child: the answer to one round.
+    ReconcileReply {
+        session: u64,
+        message: Vec<u8>,
     },
+    /// Child → parent: the session is over; the items the parent holds that the child lacks
+    /// (batch ids, or receipt items), at most [`IDS_PER_FRAME_MAX`].
+    ReconcileDone {
+        session: u64,
+        scope: ReconcileScope,
+        parent_only: Vec<[u8; 32]>,
+    },
+    /// Parent → child: reconcile with me now (the parent's operator asked).
+    ReconcileAsk,
     Ping {
         nonce: u64,
     },
@@ -211,7 +232,11 @@ impl Message {
     fn check_counts(&self) -> Result<(), FrameError> {
         let (count, limit) = match self {
             Message::Offer { offers } => (offers.len(), IDS_PER_FRAME_MAX),
-            Message::Want { ids } | Message::RangeIds { ids, .. } => (ids.len(), IDS_PER_FRAME_MAX),
+            Message::Want { ids } => (ids.len(), IDS_PER_FRAME_MAX),
+            Message::ReconcileDone { parent_only, .. } => (parent_only.len(), IDS_PER_FRAME_MAX),
+            Message::Reconcile { message, .. } | Message::ReconcileReply { message, .. } => {
+                (message.len(), crate::reconcile::MESSAGE_BYTES_MAX)
+            }
             Message::UpstreamStored { done } => (done.len(), IDS_PER_FRAME_MAX),
             Message::Receipts { receipts } | Message::UpstreamReceipts { receipts } => {
                 (receipts.len(), IDS_PER_FRAME_MAX)

@@ -75,7 +75,7 @@ pub struct Entry {
     pub records_declared: Option<u64>,
 }
 
-fn as_text<S: serde::Serializer>(id: &NodeId, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn as_text<S: serde::Serializer>(id: &NodeId, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(id)
 }
 

@@ -24,6 +24,7 @@
 
 pub mod ledger;
 pub mod migration;
+pub mod reconcile;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -31,12 +32,15 @@ use std::sync::Arc;
 
 use protocol::batch::VerifyError;
 use protocol::ids::{BatchId, NodeId};
+use protocol::reconcile::{Initiator, Outcome, Responder, Step};
 use protocol::record::Problem;
 use protocol::sync::{
     Downlink, DownlinkEvent, ProtocolError, Rejection, SyncConfig, Uplink, UplinkEvent,
     verify_content_with,
 };
-use protocol::wire::{self, Message, Receipt, SignedReceipt, Verdict};
+use protocol::wire::{
+    self, Message, Receipt, ReconcileKind, ReconcileScope, SignedReceipt, Verdict,
+};
 use protocol::{
     Category, Content, Manifest, ManifestEntry, Period, PublicKey, Registry, SignedBatch, Signer,
     Verifier,
@@ -55,6 +59,10 @@ const RELAY_PAGE: usize = 1024;
 const RELAYED_MAX: usize = 65_536;
 /// How long a failed sync waits before it is tried again.
 const SYNC_RETRY_MS: u64 = 1_000;
+/// How long a reconciliation session waits for the parent's reply before it is dropped.
+const RECONCILE_ROUND_MS: u64 = 30_000;
+/// Finished sessions kept per uplink for the operator.
+const RECONCILED_KEPT: usize = 64;
 /// The state name under which the migration phase is kept.
 const MIGRATION_STATE: &str = "migration_phase";
 
@@ -176,6 +184,9 @@ pub struct CoreConfig {
     pub sync: SyncConfig,
     pub backoff_min_ms: u64,
     pub backoff_max_ms: u64,
+    /// How often an uplink reconciles with its parent (besides when it comes up and on
+    /// demand).
+    pub reconcile_every_ms: u64,
     #[cfg(feature = "planted-bugs")]
     pub planted: Option<PlantedBug>,
 }
@@ -186,6 +197,7 @@ impl Default for CoreConfig {
             sync: SyncConfig::default(),
             backoff_min_ms: 100,
             backoff_max_ms: 5_000,
+            reconcile_every_ms: 3_600_000,
             #[cfg(feature = "planted-bugs")]
             planted: None,
         }
@@ -247,6 +259,44 @@ struct UplinkSlot {
     backoff_ms: u64,
     up_since_ms: Option<u64>,
     feedback: HashMap<BatchId, Vec<Problem>>,
+    /// Reconciliation sessions still to run on this link, the one running, when the next
+    /// periodic round is due, and the last sessions finished.
+    reconcile_queue: VecDeque<ReconcileScope>,
+    reconciling: Option<Reconciling>,
+    next_reconcile_ms: u64,
+    reconciled: Vec<ReconcileSummary>,
+}
+
+/// A reconciliation session this node started.
+struct Reconciling {
+    session: u64,
+    scope: ReconcileScope,
+    initiator: Initiator,
+    deadline_ms: u64,
+}
+
+impl std::fmt::Debug for Reconciling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciling")
+            .field("session", &self.session)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one finished reconciliation session found, for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReconcileSummary {
+    #[serde(serialize_with = "ledger::as_text")]
+    pub peer: NodeId,
+    pub year: u16,
+    pub receipts: bool,
+    /// Batches queued again for the parent (it lacked them).
+    pub reoffered: usize,
+    /// Items the parent holds that this node lacks.
+    pub parent_only: usize,
+    pub rounds: u32,
+    pub at_ms: u64,
 }
 
 #[derive(Debug)]
@@ -254,6 +304,8 @@ struct DownlinkSlot {
     machine: Downlink,
     key: PublicKey,
     relayed: HashSet<(BatchId, NodeId)>,
+    /// The child's reconciliation session this node answers.
+    responding: Option<(u64, ReconcileScope, Responder)>,
 }
 
 /// One node's decisions.
@@ -281,6 +333,8 @@ pub struct Core<K: Kv> {
     unsynced: HashMap<BatchId, u64>,
     outputs: VecDeque<Output>,
     links: BTreeMap<(NodeId, &'static str), LinkStatus>,
+    /// The last reconciliation session number this node started.
+    session_seq: u64,
 }
 
 impl<K: Kv> std::fmt::Debug for Core<K> {
@@ -335,6 +389,7 @@ impl<K: Kv> Core<K> {
             unsynced: HashMap::new(),
             outputs: VecDeque::new(),
             links: BTreeMap::new(),
+            session_seq: 0,
         };
         for slot in &mut core.uplinks {
             slot.backoff_ms = config.backoff_min_ms;
@@ -384,6 +439,12 @@ impl<K: Kv> Core<K> {
             }
             if slot.link.is_none() && !slot.dialing && self.route_target(*route).is_some() {
                 at(slot.next_dial_ms);
+            }
+            if slot.established {
+                at(slot.next_reconcile_ms);
+                if let Some(running) = &slot.reconciling {
+                    at(running.deadline_ms);
+                }
             }
         }
         if let Some(t) = self.sync_retry_at_ms {
@@ -648,6 +709,7 @@ impl<K: Kv> Core<K> {
                         machine: Downlink::new(child),
                         key,
                         relayed: HashSet::new(),
+                        responding: None,
                     },
                 );
                 self.push(Output::Transmit {
@@ -685,6 +747,8 @@ impl<K: Kv> Core<K> {
             let was_established = std::mem::take(&mut slot.established);
             slot.up_since_ms = None;
             slot.feedback.clear();
+            slot.reconcile_queue.clear();
+            slot.reconciling = None;
             slot.next_dial_ms = now.mono_ms + slot.backoff_ms;
             slot.backoff_ms = (slot.backoff_ms * 2).min(self.config.backoff_max_ms);
             let peer = slot.machine.as_mut().map(|m| {
@@ -740,7 +804,7 @@ impl<K: Kv> Core<K> {
         let result = if let Some(route) = self.uplink_links.get(&link).copied() {
             self.uplink_message(route, link, message, now)
         } else if self.downlinks.contains_key(&link) {
-            self.downlink_message(link, message)
+            self.downlink_message(link, message, now)
         } else {
             return Ok(());
         };
@@ -795,9 +859,28 @@ impl<K: Kv> Core<K> {
             self.wrote();
             self.migration_dirty = true;
         }
+        match message {
+            Message::ReconcileReply { session, message } => {
+                return Ok(self.reconcile_reply(route, link, session, &message, now)?);
+            }
+            Message::ReconcileAsk => {
+                self.reconcile(Some(parent), now)?;
+                return Ok(());
+            }
+            _ => {}
+        }
         let slot = &mut self.uplinks[route.index()];
         let machine = slot.machine.as_mut().expect("a linked route has a machine");
+        let hello = matches!(message, Message::Hello { .. });
         machine.handle_message_with(message, now.mono_ms, &*self.verifier)?;
+        if hello
+            && slot.established
+            && slot.reconcile_queue.is_empty()
+            && slot.reconciling.is_none()
+        {
+            // The path is up: compare what both sides hold.
+            self.reconcile(Some(parent), now)?;
+        }
         self.uplink_events(route, link, now)?;
         self.migration_step(now)?;
         Ok(())
@@ -886,7 +969,20 @@ impl<K: Kv> Core<K> {
         Ok(())
     }
 
-    fn downlink_message(&mut self, link: LinkId, message: Message) -> Result<(), Broken> {
+    fn downlink_message(&mut self, link: LinkId, message: Message, now: Now) -> Result<(), Broken> {
+        match message {
+            Message::Reconcile {
+                session,
+                scope,
+                message,
+            } => return self.reconcile_answer(link, session, scope, &message),
+            Message::ReconcileDone {
+                session,
+                scope,
+                parent_only,
+            } => return self.reconcile_finished(link, session, scope, parent_only, now),
+            _ => {}
+        }
         let me = self.me;
         let store = &self.store;
         let unsynced = &self.unsynced;
@@ -1284,6 +1380,30 @@ impl<K: Kv> Core<K> {
             self.sync_retry_at_ms = None;
             self.request_sync();
         }
+        for route in Route::ALL {
+            let slot = &mut self.uplinks[route.index()];
+            if !slot.established {
+                continue;
+            }
+            if slot
+                .reconciling
+                .as_ref()
+                .is_some_and(|r| r.deadline_ms <= now.mono_ms)
+            {
+                warn!(
+                    route = route.direction(),
+                    "reconciliation: the parent did not answer; trying the next scope"
+                );
+                slot.reconciling = None;
+                self.next_session(route, now)?;
+            }
+            let slot = &self.uplinks[route.index()];
+            if slot.next_reconcile_ms <= now.mono_ms
+                && let Some(parent) = slot.machine.as_ref().map(Uplink::parent)
+            {
+                self.reconcile(Some(parent), now)?;
+            }
+        }
         if self.migration_deadline().is_some_and(|t| t <= now.mono_ms) {
             self.migration_dirty = true;
         }
@@ -1359,6 +1479,320 @@ impl<K: Kv> Core<K> {
             now.wall_ms,
         )?;
         self.wrote();
+        Ok(())
+    }
+
+    // ---- reconciliation (对账) ----
+
+    /// Queues a reconciliation of every year on the uplinks (or only the one to `peer`):
+    /// batches, then receipts, year by year. A connected child named as `peer` is asked to
+    /// start one (the child's side always initiates). Returns how many links will reconcile.
+    pub fn reconcile(&mut self, peer: Option<NodeId>, now: Now) -> Result<usize, StoreError> {
+        let this_year = reconcile::year_at(now.wall_ms);
+        let years = reconcile::years(&self.store, this_year)?;
+        let mut links = 0;
+        if let Some(child) = peer
+            && let Some((link, _)) = self
+                .downlinks
+                .iter()
+                .rev()
+                .find(|(_, s)| s.machine.child() == child)
+        {
+            self.outputs.push_back(Output::Transmit {
+                link: *link,
+                message: Message::ReconcileAsk,
+            });
+            links += 1;
+        }
+        for route in Route::ALL {
+            let slot = &mut self.uplinks[route.index()];
+            let Some(machine) = slot.machine.as_ref() else {
+                continue;
+            };
+            if peer.is_some_and(|p| p != machine.parent()) || !slot.established {
+                continue;
+            }
+            slot.reconcile_queue.clear();
+            for year in &years {
+                for kind in [ReconcileKind::Batches, ReconcileKind::Receipts] {
+                    slot.reconcile_queue
+                        .push_back(ReconcileScope { kind, year: *year });
+                }
+            }
+            slot.next_reconcile_ms = now.mono_ms + self.config.reconcile_every_ms;
+            links += 1;
+            self.next_session(route, now)?;
+        }
+        self.flush_links(now);
+        Ok(links)
+    }
+
+    /// The last reconciliation sessions finished on each uplink, oldest first.
+    pub fn reconciled(&self) -> Vec<ReconcileSummary> {
+        self.uplinks
+            .iter()
+            .flat_map(|s| s.reconciled.iter().cloned())
+            .collect()
+    }
+
+    /// Starts the next queued session on `route`, if none is running.
+    fn next_session(&mut self, route: Route, now: Now) -> Result<(), StoreError> {
+        let me = self.me;
+        let slot = &mut self.uplinks[route.index()];
+        if slot.reconciling.is_some() || !slot.established {
+            return Ok(());
+        }
+        let (Some(link), Some(machine)) = (slot.link, slot.machine.as_ref()) else {
+            return Ok(());
+        };
+        let parent = machine.parent();
+        let Some(scope) = slot.reconcile_queue.pop_front() else {
+            return Ok(());
+        };
+        let items = reconcile::items(&self.store, &self.topology, me, scope)?;
+        let slot = &mut self.uplinks[route.index()];
+        let mut initiator = Initiator::new(items);
+        let message = match initiator.start() {
+            Ok(message) => message,
+            Err(e) => {
+                warn!(%parent, error = %e, "reconciliation could not start");
+                return Ok(());
+            }
+        };
+        self.session_seq += 1;
+        let session = self.session_seq;
+        slot.reconciling = Some(Reconciling {
+            session,
+            scope,
+            initiator,
+            deadline_ms: now.mono_ms + RECONCILE_ROUND_MS,
+        });
+        self.outputs.push_back(Output::Transmit {
+            link,
+            message: Message::Reconcile {
+                session,
+                scope,
+                message,
+            },
+        });
+        Ok(())
+    }
+
+    /// The parent's reply in a session this node started.
+    fn reconcile_reply(
+        &mut self,
+        route: Route,
+        link: LinkId,
+        session: u64,
+        reply: &[u8],
+        now: Now,
+    ) -> Result<(), StoreError> {
+        let slot = &mut self.uplinks[route.index()];
+        let Some(running) = slot.reconciling.as_mut().filter(|r| r.session == session) else {
+            return Ok(());
+        };
+        let parent = slot.machine.as_ref().map(Uplink::parent);
+        match running.initiator.handle(reply) {
+            Ok(Step::Send(message)) => {
+                running.deadline_ms = now.mono_ms + RECONCILE_ROUND_MS;
+                let scope = running.scope;
+                self.outputs.push_back(Output::Transmit {
+                    link,
+                    message: Message::Reconcile {
+                        session,
+                        scope,
+                        message,
+                    },
+                });
+                Ok(())
+            }
+            Ok(Step::Done) => {
+                let running = slot.reconciling.take().expect("matched above");
+                let scope = running.scope;
+                let outcome = running.initiator.finish();
+                let parent = parent.expect("a linked route has a machine");
+                self.session_done(route, link, parent, session, scope, outcome, now)
+            }
+            Err(e) => {
+                warn!(?parent, error = %e, "reconciliation failed; it runs again later");
+                slot.reconciling = None;
+                Ok(())
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn session_done(
+        &mut self,
+        route: Route,
+        link: LinkId,
+        parent: NodeId,
+        session: u64,
+        scope: ReconcileScope,
+        outcome: Outcome,
+        now: Now,
+    ) -> Result<(), StoreError> {
+        let have: Vec<BatchId> = outcome.have.iter().map(|id| BatchId(*id)).collect();
+        let repaired = match scope.kind {
+            // Ours and not the parent's: offer them again.
+            ReconcileKind::Batches => self.store.requeue(parent, &have)?,
+            ReconcileKind::Receipts => 0,
+        };
+        let parent_only: Vec<[u8; 32]> = outcome
+            .need
+            .iter()
+            .take(wire::IDS_PER_FRAME_MAX)
+            .copied()
+            .collect();
+        let anomalies: Vec<BatchId> = match scope.kind {
+            ReconcileKind::Batches => parent_only.iter().map(|id| BatchId(*id)).collect(),
+            ReconcileKind::Receipts => Vec::new(),
+        };
+        if repaired > 0 || !anomalies.is_empty() {
+            info!(%parent, year = scope.year, kind = ?scope.kind, repaired, anomalies = anomalies.len(), "reconciled: differences found");
+            self.store.audit(
+                AuditEvent::Reconciled {
+                    peer: parent,
+                    year: scope.year,
+                    receipts: scope.kind == ReconcileKind::Receipts,
+                    reoffered: repaired as u32,
+                    anomalies: anomalies.clone(),
+                },
+                now.wall_ms,
+            )?;
+            self.wrote();
+        }
+        let slot = &mut self.uplinks[route.index()];
+        slot.reconciled.push(ReconcileSummary {
+            peer: parent,
+            year: scope.year,
+            receipts: scope.kind == ReconcileKind::Receipts,
+            reoffered: repaired,
+            parent_only: outcome.need.len(),
+            rounds: outcome.rounds,
+            at_ms: now.wall_ms,
+        });
+        if slot.reconciled.len() > RECONCILED_KEPT {
+            slot.reconciled.remove(0);
+        }
+        self.outputs.push_back(Output::Transmit {
+            link,
+            message: Message::ReconcileDone {
+                session,
+                scope,
+                parent_only,
+            },
+        });
+        if repaired > 0 {
+            self.fill_from_outbox(route, now)?;
+        }
+        self.next_session(route, now)
+    }
+
+    /// A child's reconciliation message: answer it from what this node holds for the child's
+    /// subtree. A new session replaces the child's previous one.
+    fn reconcile_answer(
+        &mut self,
+        link: LinkId,
+        session: u64,
+        scope: ReconcileScope,
+        message: &[u8],
+    ) -> Result<(), Broken> {
+        let slot = self.downlinks.get(&link).expect("checked by the caller");
+        let child = slot.machine.child();
+        if slot.responding.as_ref().is_none_or(|r| r.0 != session) {
+            let items = reconcile::items(&self.store, &self.topology, child, scope)?;
+            let slot = self.downlinks.get_mut(&link).expect("checked above");
+            slot.responding = Some((session, scope, Responder::new(items)));
+        }
+        let slot = self.downlinks.get_mut(&link).expect("checked above");
+        let (_, _, responder) = slot.responding.as_mut().expect("just set");
+        match responder.handle(message) {
+            Ok(reply) => {
+                self.outputs.push_back(Output::Transmit {
+                    link,
+                    message: Message::ReconcileReply {
+                        session,
+                        message: reply,
+                    },
+                });
+                Ok(())
+            }
+            Err(e) => {
+                slot.responding = None;
+                warn!(%child, error = %e, "reconciliation message refused");
+                Err(Broken::Protocol(ProtocolError::Unexpected(
+                    "a reconciliation message that does not parse",
+                )))
+            }
+        }
+    }
+
+    /// The child finished a session: what it lacks that this node holds. Batches are
+    /// anomalies (audited); receipts are relayed down again.
+    fn reconcile_finished(
+        &mut self,
+        link: LinkId,
+        session: u64,
+        scope: ReconcileScope,
+        parent_only: Vec<[u8; 32]>,
+        now: Now,
+    ) -> Result<(), Broken> {
+        let slot = self
+            .downlinks
+            .get_mut(&link)
+            .expect("checked by the caller");
+        let child = slot.machine.child();
+        if slot.responding.as_ref().is_some_and(|r| r.0 == session) {
+            slot.responding = None;
+        }
+        if parent_only.is_empty() {
+            return Ok(());
+        }
+        match scope.kind {
+            ReconcileKind::Batches => {
+                // Only ids this node holds for the child's subtree count: a child cannot make
+                // the parent audit arbitrary ids.
+                let mut anomalies = Vec::new();
+                for id in parent_only.iter().map(|id| BatchId(*id)) {
+                    if let Some(meta) = self.store.meta(&id)?
+                        && reconcile::in_subtree(&self.topology, child, meta.origin)
+                    {
+                        anomalies.push(id);
+                    }
+                }
+                if !anomalies.is_empty() {
+                    warn!(%child, year = scope.year, count = anomalies.len(), "reconciliation: this node holds batches of the child's subtree that the child does not");
+                    self.store.audit(
+                        AuditEvent::Reconciled {
+                            peer: child,
+                            year: scope.year,
+                            receipts: false,
+                            reoffered: 0,
+                            anomalies,
+                        },
+                        now.wall_ms,
+                    )?;
+                    self.wrote();
+                }
+            }
+            ReconcileKind::Receipts => {
+                let wanted = parent_only.into_iter().collect();
+                let receipts =
+                    reconcile::receipts_wanted(&self.store, &self.topology, child, scope, &wanted)?;
+                if !receipts.is_empty() {
+                    info!(%child, count = receipts.len(), "reconciliation: relaying receipts the child lacks");
+                    self.store.queue_relay(child, &receipts)?;
+                    self.wrote();
+                    if let Some(slot) = self.downlinks.get_mut(&link) {
+                        for r in &receipts {
+                            slot.relayed.remove(&(r.receipt.batch, r.receipt.receiver));
+                        }
+                    }
+                    self.relay_to(child)?;
+                }
+            }
+        }
         Ok(())
     }
 

@@ -621,3 +621,176 @@ fn the_ledger_dates_reports_by_the_first_parents_receipt() {
         .unwrap();
     assert_eq!(early[0].state, ledger::State::Pending);
 }
+
+/// Carries outputs between a county core and a city core until both are quiet: frames each
+/// way, batch streams up, syncs made durable. Returns what the county's uplink transmitted.
+fn pump(
+    county: (&mut Core<MemKv>, &MemKv, LinkId),
+    city: (&mut Core<MemKv>, &MemKv, LinkId),
+    t: u64,
+) -> Vec<Message> {
+    let (county, county_kv, up) = county;
+    let (city, city_kv, down) = city;
+    let mut sent_up = Vec::new();
+    for round in 0..200 {
+        let now = now(t + round);
+        let from_county = drain(county);
+        let from_city = drain(city);
+        if from_county.is_empty() && from_city.is_empty() {
+            return sent_up;
+        }
+        for output in from_county {
+            match output {
+                Output::Transmit { link, message } if link == up => {
+                    sent_up.push(message.clone());
+                    city.handle_message(down, message, now).unwrap();
+                }
+                Output::SendBatch {
+                    link,
+                    id,
+                    first_receipt,
+                } if link == up => {
+                    let signed = county.store().batch(&id).unwrap().unwrap();
+                    city.handle_batch(down, signed, first_receipt, now).unwrap();
+                    county.handle_batch_sent(up, id, true, now).unwrap();
+                }
+                Output::Sync { upto } => {
+                    county_kv.sync().unwrap();
+                    county.handle_durable(upto, now);
+                }
+                _ => {}
+            }
+        }
+        for output in from_city {
+            match output {
+                Output::Transmit { link, message } if link == down => {
+                    county.handle_message(up, message, now).unwrap();
+                }
+                Output::Sync { upto } => {
+                    city_kv.sync().unwrap();
+                    city.handle_durable(upto, now);
+                }
+                _ => {}
+            }
+        }
+    }
+    panic!("the two cores did not settle in 200 rounds");
+}
+
+/// When the link comes up, reconciliation finds a batch the city lost (the county re-offers
+/// it and the city stores it again), a batch the city holds that the county never had (an
+/// anomaly, audited on both sides), and a receipt the county lacks (the city relays it).
+#[test]
+fn reconciliation_restores_a_lost_batch_reports_an_anomaly_and_repairs_a_receipt() {
+    let topology = topology(1, None);
+    let county_kv = MemKv::new();
+    let city_kv = MemKv::new();
+    let mut county = core(COUNTY, topology.clone(), county_kv.clone());
+    let mut city = core(CITY, topology, city_kv.clone());
+    let held_by_both = county_batch_of("2026-03");
+    let lost_by_city = county_batch_of("2026-04");
+    let never_at_county = county_batch_of("2026-05");
+    county.submit(held_by_both.clone(), now(1)).unwrap();
+    county.submit(lost_by_city.clone(), now(1)).unwrap();
+    // The county holds the city's receipt for the batch the city then lost: it will not offer
+    // it again by itself.
+    let receipt = Receipt {
+        receiver: id(CITY),
+        batch: lost_by_city.id,
+        origin: id(COUNTY),
+        received_at_ms: now(1).wall_ms,
+        verdict: Verdict::Accepted { warnings: 0 },
+    }
+    .sign_with(&key(id(CITY)));
+    county
+        .store()
+        .insert_receipt(id(COUNTY), id(CITY), &receipt, &[], 1)
+        .unwrap();
+    assert_eq!(
+        county.store().outbox_len(id(CITY)),
+        1,
+        "only the first is queued"
+    );
+
+    // The city holds the first batch (its receipt never reached the county) and one the county
+    // never had.
+    let down = LinkId(21);
+    city.handle_link_up(
+        down,
+        LinkKind::Down {
+            key: key(id(COUNTY)).public(),
+        },
+        now(2),
+    )
+    .unwrap();
+    city.handle_batch(down, held_by_both.clone(), None, now(2))
+        .unwrap();
+    city.handle_batch(down, never_at_county.clone(), None, now(2))
+        .unwrap();
+    city_kv.sync().unwrap();
+    city.handle_durable(u64::MAX / 2, now(2));
+    drain(&mut city);
+    // The county's outbox still holds the first batch: take it out as if the receipt had
+    // arrived and then been lost, so only reconciliation can bring the receipt back.
+    county
+        .store()
+        .drop_outbox_entry(id(CITY), &held_by_both.id)
+        .unwrap();
+
+    let up = LinkId(22);
+    drain(&mut county);
+    county
+        .handle_link_up(up, LinkKind::Up(Route::Parent), now(3))
+        .unwrap();
+    // The city's Hello (sent when the county connected): the path is up.
+    county
+        .handle_message(
+            up,
+            Message::Hello {
+                node: id(CITY),
+                wire_version: wire::WIRE_VERSION,
+                topology_version: 1,
+            },
+            now(3),
+        )
+        .unwrap();
+    let sent = pump(
+        (&mut county, &county_kv, up),
+        (&mut city, &city_kv, down),
+        4,
+    );
+    let sessions = sent
+        .iter()
+        .filter(|m| matches!(m, Message::ReconcileDone { .. }))
+        .count();
+    assert!(
+        sessions >= 2,
+        "batches and receipts were reconciled: {sessions}"
+    );
+
+    let city_store = Store::new(city_kv.clone());
+    assert!(
+        city_store.holds(&lost_by_city.id).unwrap(),
+        "the batch the city lost is back"
+    );
+    assert!(
+        county
+            .store()
+            .receipt(&held_by_both.id, id(CITY))
+            .unwrap()
+            .is_some(),
+        "the county's missing receipt was relayed again"
+    );
+    let anomalies = |store: &Store<MemKv>| -> Vec<BatchId> {
+        store
+            .audit_entries()
+            .filter_map(|e| match e.unwrap().event {
+                AuditEvent::Reconciled { anomalies, .. } => Some(anomalies),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    };
+    assert_eq!(anomalies(county.store()), vec![never_at_county.id]);
+    assert_eq!(anomalies(&city_store), vec![never_at_county.id]);
+}

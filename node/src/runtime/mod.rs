@@ -345,6 +345,20 @@ impl<K: Kv> Node<K> {
         Ok((id, submitted.new))
     }
 
+    /// Starts reconciliation with `peer` (a parent, or a child asked to start it), or with
+    /// every uplink; returns how many links will reconcile.
+    pub fn reconcile(
+        self: &Arc<Self>,
+        peer: Option<NodeId>,
+    ) -> Result<usize, crate::store::StoreError> {
+        self.with_core(|core, now| core.reconcile(peer, now))
+    }
+
+    /// The last reconciliation sessions this node finished.
+    pub fn reconciled(&self) -> Vec<crate::core::ReconcileSummary> {
+        self.core.lock().expect("core lock").reconciled()
+    }
+
     /// The timeliness ledger of this node's subtree for a period.
     pub fn ledger(
         &self,

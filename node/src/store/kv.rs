@@ -632,13 +632,13 @@ struct MemTree {
 impl MemTree {
     fn new(tree: Tree) -> MemTree {
         let index = match tree {
-            Tree::Outbox | Tree::Relay | Tree::Refused => Index::Ordered(BTreeMap::new()),
-            Tree::Batches
-            | Tree::Meta
-            | Tree::Held
-            | Tree::Receipts
-            | Tree::Audit
-            | Tree::State => Index::Hashed(Hashed::default()),
+            // Held is scanned by origin at every reconciliation and report.
+            Tree::Outbox | Tree::Relay | Tree::Refused | Tree::Held => {
+                Index::Ordered(BTreeMap::new())
+            }
+            Tree::Batches | Tree::Meta | Tree::Receipts | Tree::Audit | Tree::State => {
+                Index::Hashed(Hashed::default())
+            }
         };
         MemTree {
             index,

@@ -171,6 +171,16 @@ pub enum AuditEvent {
         phase: String,
         detail: String,
     },
+    /// A reconciliation session with `peer` found differences: batches this node offered
+    /// again, and batches of the child's subtree that the parent holds and the child does not
+    /// (anomalies: never had, or lost).
+    Reconciled {
+        peer: NodeId,
+        year: u16,
+        receipts: bool,
+        reoffered: u32,
+        anomalies: Vec<BatchId>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -498,8 +508,9 @@ impl<K: Kv> Store<K> {
         Ok(relay_to)
     }
 
-    /// Drops a batch from a link's outbox without a receipt: only planted bug (c) does this.
-    #[cfg(feature = "planted-bugs")]
+    /// Drops a batch from a link's outbox without a receipt: only planted bug (c) and tests
+    /// do this.
+    #[cfg(any(test, feature = "planted-bugs"))]
     pub fn drop_outbox_entry(&self, peer: NodeId, id: &BatchId) -> Result<(), StoreError> {
         self.kv
             .apply(vec![Op::Remove(Tree::Outbox, outbox_key(peer, id))])?;
@@ -569,6 +580,14 @@ impl<K: Kv> Store<K> {
             .transpose()
     }
 
+    /// Whether `receiver`'s receipt for a batch is stored (without decoding it).
+    pub fn has_receipt(&self, id: &BatchId, receiver: NodeId) -> Result<bool, StoreError> {
+        Ok(self
+            .kv
+            .get(Tree::Receipts, &receipt_key(id, receiver))?
+            .is_some())
+    }
+
     /// Every receipt stored for a batch, in receiver order.
     pub fn receipts_for(&self, id: &BatchId) -> Result<Vec<SignedReceipt>, StoreError> {
         self.scan_prefix(Tree::Receipts, id.as_bytes().to_vec())
@@ -633,7 +652,7 @@ impl<K: Kv> Store<K> {
         self.scan_prefix(Tree::Held, Vec::new()).map(move |entry| {
             let (key, _) = entry?;
             let id = held_key_id(&key);
-            let meta = self.meta(&id)?.ok_or(StoreError::Decode {
+            let meta = self.meta(&id)?.ok_or_else(|| StoreError::Decode {
                 tree: "held",
                 message: format!("index names {id} but no metadata is stored"),
             })?;
@@ -651,7 +670,7 @@ impl<K: Kv> Store<K> {
             .map(move |entry| {
                 let (key, _) = entry?;
                 let id = held_key_id(&key);
-                let meta = self.meta(&id)?.ok_or(StoreError::Decode {
+                let meta = self.meta(&id)?.ok_or_else(|| StoreError::Decode {
                     tree: "held",
                     message: format!("index names {id} but no metadata is stored"),
                 })?;
@@ -689,6 +708,50 @@ impl<K: Kv> Store<K> {
         }
         group.commit()?;
         Ok(added)
+    }
+
+    /// Queues for `peer` the held batches among `ids` that are not queued already and were
+    /// not refused (reconciliation found the peer lacks them). Returns how many were queued.
+    pub fn requeue(&self, peer: NodeId, ids: &[BatchId]) -> Result<usize, StoreError> {
+        let mut group = self.group();
+        let mut added = 0;
+        for id in ids {
+            let Some(meta) = self.meta(id)? else {
+                continue;
+            };
+            let key = outbox_key(peer, id);
+            if meta.from == peer
+                || self.kv.get(Tree::Outbox, &key)?.is_some()
+                || self.refusal(id)?.is_some()
+            {
+                continue;
+            }
+            group.insert(Tree::Outbox, key, encode(&meta.offer(*id)));
+            added += 1;
+        }
+        group.commit()?;
+        Ok(added)
+    }
+
+    /// Why a receiver refused one of this node's batches, if one did.
+    pub fn refusal(&self, id: &BatchId) -> Result<Option<Refusal>, StoreError> {
+        self.kv
+            .get(Tree::Refused, id.as_bytes())?
+            .map(|v| decode("refused", &v))
+            .transpose()
+    }
+
+    /// Queues receipts to be relayed (again) to `child`.
+    pub fn queue_relay(&self, child: NodeId, receipts: &[SignedReceipt]) -> Result<(), StoreError> {
+        let mut group = self.group();
+        for receipt in receipts {
+            group.insert(
+                Tree::Relay,
+                relay_key(child, &receipt.receipt.batch, receipt.receipt.receiver),
+                encode(receipt),
+            );
+        }
+        group.commit()
     }
 
     /// Notes that the national platform's receipt for `id` came back through the hierarchy
