@@ -1560,7 +1560,9 @@ impl<K: Kv> Core<K> {
             }
         };
         self.session_seq += 1;
-        let session = self.session_seq;
+        // Unique across restarts too (the sequence starts again at 0), so a parent never
+        // answers a new session with a responder left from an old one.
+        let session = (now.wall_ms << 12) | (self.session_seq & 0xfff);
         slot.reconciling = Some(Reconciling {
             session,
             scope,

@@ -20,7 +20,7 @@ use protocol::reconcile::Item;
 use protocol::wire::{ReconcileKind, ReconcileScope, SignedReceipt};
 use topology::Topology;
 
-use crate::store::{BatchMeta, Kv, Store, StoreError};
+use crate::store::{Kv, Store, StoreError};
 
 /// The timestamp of an item: its period, as a number that orders periods.
 pub fn period_stamp(period: Period) -> u64 {
@@ -32,18 +32,19 @@ pub fn period_stamp(period: Period) -> u64 {
     }
 }
 
-fn year_of(period: Period) -> u16 {
-    match period {
-        Period::Month { year, .. } | Period::Day { year, .. } => year,
-    }
+/// The key receipt items are hashed under (`blake3::derive_key` of the context, computed
+/// once: deriving it costs as much as the hash itself).
+fn receipt_item_key() -> &'static [u8; 32] {
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| blake3::derive_key("credit-network reconcile receipt v1", b""))
 }
 
 /// The id under which a receipt is reconciled.
 pub fn receipt_item(batch: &BatchId, receiver: NodeId) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new_derive_key("credit-network reconcile receipt v1");
-    hasher.update(batch.as_bytes());
-    hasher.update(&receiver.to_be_bytes());
-    *hasher.finalize().as_bytes()
+    let mut input = [0u8; 36];
+    input[..32].copy_from_slice(batch.as_bytes());
+    input[32..].copy_from_slice(&receiver.to_be_bytes());
+    *blake3::keyed_hash(receipt_item_key(), &input).as_bytes()
 }
 
 /// Whether `origin` is `child` or below it.
@@ -52,13 +53,13 @@ pub fn in_subtree(topology: &Topology, child: NodeId, origin: NodeId) -> bool {
 }
 
 /// The batches this node holds for `child`'s subtree in `year` (at the child: everything it
-/// holds of its own subtree), with their metadata.
+/// holds of its own subtree), with their items' timestamps, from the index keys alone.
 fn held_in_scope<K: Kv>(
     store: &Store<K>,
     topology: &Topology,
     child: NodeId,
     year: u16,
-) -> Result<Vec<(BatchId, BatchMeta)>, StoreError> {
+) -> Result<Vec<(BatchId, u64)>, StoreError> {
     let mut held = Vec::new();
     let origins: Vec<NodeId> = topology
         .nodes()
@@ -66,11 +67,10 @@ fn held_in_scope<K: Kv>(
         .filter(|id| in_subtree(topology, child, *id))
         .collect();
     for origin in origins {
-        for entry in store.held_of(origin) {
-            let (id, meta) = entry?;
-            if year_of(meta.period) == year {
-                held.push((id, meta));
-            }
+        for entry in store.held_in_year(origin, year) {
+            let (id, [hi, lo, month, day]) = entry?;
+            let year = u64::from(u16::from_be_bytes([hi, lo]));
+            held.push((id, (year * 13 + u64::from(month)) * 32 + u64::from(day)));
         }
     }
     Ok(held)
@@ -89,20 +89,20 @@ pub fn items<K: Kv>(
     let mut items = Vec::with_capacity(held.len());
     match scope.kind {
         ReconcileKind::Batches => {
-            for (id, meta) in held {
+            for (id, stamp) in held {
                 if store.refusal(&id)?.is_some() {
                     continue;
                 }
-                items.push((period_stamp(meta.period), id.0));
+                items.push((stamp, id.0));
             }
         }
         ReconcileKind::Receipts => {
             // Point lookups, one per ancestor: no scan of the receipts tree.
             let above = ancestors(topology, child);
-            for (id, meta) in held {
+            for (id, stamp) in held {
                 for receiver in &above {
                     if store.has_receipt(&id, *receiver)? {
-                        items.push((period_stamp(meta.period), receipt_item(&id, *receiver)));
+                        items.push((stamp, receipt_item(&id, *receiver)));
                     }
                 }
             }
@@ -148,12 +148,10 @@ fn ancestors(topology: &Topology, child: NodeId) -> Vec<NodeId> {
 
 /// The years a child reconciles: from the oldest period it holds (or last year) to this one.
 pub fn years<K: Kv>(store: &Store<K>, this_year: u16) -> Result<Vec<u16>, StoreError> {
-    let mut oldest = this_year.saturating_sub(1);
-    for entry in store.held() {
-        let (_, meta) = entry?;
-        oldest = oldest.min(year_of(meta.period));
-    }
-    Ok((oldest..=this_year).collect())
+    let mut years = store.held_years()?;
+    years.insert(this_year);
+    years.insert(this_year.saturating_sub(1));
+    Ok(years.into_iter().collect())
 }
 
 /// The civil year of a Unix time in China Standard Time.

@@ -678,6 +678,33 @@ impl<K: Kv> Store<K> {
             })
     }
 
+    /// The ids of the batches and manifests `origin` originated for periods of `year`, each
+    /// with its period's key bytes (`[year hi, year lo, month, day]`), read from the index
+    /// keys alone (no metadata is decoded).
+    pub fn held_in_year(
+        &self,
+        origin: NodeId,
+        year: u16,
+    ) -> impl Iterator<Item = Result<(BatchId, [u8; 4]), StoreError>> + '_ {
+        let mut prefix = origin.to_be_bytes().to_vec();
+        prefix.extend(year.to_be_bytes());
+        self.scan_prefix(Tree::Held, prefix).map(|entry| {
+            let (key, _) = entry?;
+            let period: [u8; 4] = key[4..8].try_into().expect("held keys hold a period");
+            Ok((held_key_id(&key), period))
+        })
+    }
+
+    /// The years of the periods this node holds anything for, from the index keys alone.
+    pub fn held_years(&self) -> Result<std::collections::BTreeSet<u16>, StoreError> {
+        let mut years = std::collections::BTreeSet::new();
+        for entry in self.scan_prefix(Tree::Held, Vec::new()) {
+            let (key, _) = entry?;
+            years.insert(u16::from_be_bytes([key[4], key[5]]));
+        }
+        Ok(years)
+    }
+
     pub fn refused(&self) -> impl Iterator<Item = Result<(BatchId, Refusal), StoreError>> + '_ {
         self.scan_prefix(Tree::Refused, Vec::new()).map(|entry| {
             let (key, value) = entry?;

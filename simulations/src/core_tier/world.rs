@@ -29,7 +29,7 @@ pub const EPOCH_MS: u64 = 1_796_083_200_000;
 /// How long a peer takes to notice that a crashed node is gone (QUIC's idle timeout).
 const CRASH_NOTICE_MS: u64 = 10_000;
 /// How often each link reconciles besides when it comes up (virtual time).
-const RECONCILE_EVERY_MS: u64 = 30 * 86_400_000;
+const RECONCILE_EVERY_MS: u64 = 90 * 86_400_000;
 /// How often liveness is checked after the faults are healed.
 const LIVENESS_CHECK_MS: u64 = 10_000;
 /// How long an operator waits before submitting again after a refusal (a full disk, say).
@@ -215,7 +215,7 @@ fn seq_of(link: LinkId) -> u64 {
 
 impl World {
     pub fn new(plan: Plan, config: CoreConfig) -> World {
-        // Periodic reconciliation monthly, not hourly: a year of hourly sessions on every link
+        // Periodic reconciliation quarterly, not hourly: a year of hourly sessions on every link
         // would dominate the run. Every link that comes up (after each crash and partition)
         // still reconciles at once.
         let config = CoreConfig {
