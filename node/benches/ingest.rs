@@ -117,7 +117,7 @@ fn main() {
         .expect("water_fee schema is built in");
     let origin = NodeId::parse("445281").expect("valid node id");
     let period = Period::parse("2022-05").expect("valid period");
-    let sample = node::sample::sample_csv(schema, origin, period, rows, 0, SEED);
+    let sample = sample::sample_csv(schema, origin, period, rows, 0, SEED);
     let bytes: Vec<u8> = sample.text.into_bytes();
     let desensitize_key = DesensitizeKey([7; 32]);
     let node_key = NodeKey::from_seed([1; 32]);

@@ -297,7 +297,7 @@ fn build_batches(
         .by_name("water_fee")
         .expect("water_fee schema is built in");
     let period = Period::parse(period).expect("valid period");
-    let sample = node::sample::sample_csv(schema, origin, period, rows, 0, seed);
+    let sample = sample::sample_csv(schema, origin, period, rows, 0, seed);
     let options = IngestOptions {
         schema,
         origin,
@@ -963,7 +963,7 @@ fn main() {
     // 1. Raw quinn, twice.
     let streams = (raw_mib * 1024 * 1024).div_ceil(STREAM_BYTES).max(1);
     let payload: Arc<Vec<u8>> = Arc::new({
-        let mut rng = node::sample::Rng::new(SEED);
+        let mut rng = sample::Rng::new(SEED);
         (0..STREAM_BYTES / 8)
             .flat_map(|_| rng.next_u64().to_le_bytes())
             .collect()

@@ -9,17 +9,18 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
 use bincode::{Decode, Encode};
 use protocol::{NodeId, SignedBatch};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
-use crate::runtime::Node;
+use crate::identity::IdentityError;
+use crate::runtime::{Node, SubmitError};
+use crate::store::{AuditError, StoreError};
 use crate::transport::current;
 
 /// Largest request: one batch frame and the token.
@@ -55,6 +56,82 @@ pub enum ApiRequest {
     },
 }
 
+/// Why the operator API did not start or stopped ([`serve`]). As in `runtime`, each message
+/// carries its cause's; the cause is not also returned as `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen for the operator API on 127.0.0.1: {0}")]
+    Listen(std::io::Error),
+    /// No random token could be drawn.
+    #[error(transparent)]
+    Token(#[from] IdentityError),
+    #[error("cannot write {path}: {io}: check that the node directory is writable")]
+    WriteFile { path: PathBuf, io: std::io::Error },
+    #[error("the operator API stopped accepting connections: {0}: restart the node")]
+    Accept(std::io::Error),
+}
+
+/// Why an operator command got no answer from its node ([`call`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot read {path}: {io}: is `credit-node run --dir {}` running?", .dir.display())]
+    NoApiFile {
+        path: PathBuf,
+        dir: PathBuf,
+        io: std::io::Error,
+    },
+    #[error("{path} is malformed (restart the node to write it again): {message}")]
+    Malformed { path: PathBuf, message: String },
+    #[error("cannot reach the node at {address} ({path}): {io}: is it running?")]
+    Unreachable {
+        address: SocketAddr,
+        path: PathBuf,
+        io: std::io::Error,
+    },
+    #[error("the node at {address} broke off the request: {io}: is it stopping?")]
+    Exchange {
+        address: SocketAddr,
+        io: std::io::Error,
+    },
+    #[error("the node at {address} answered with {bytes} bytes, over the limit")]
+    AnswerTooLarge { address: SocketAddr, bytes: usize },
+    #[error("the node at {address} answered with something other than JSON: {json}")]
+    AnswerNotJson {
+        address: SocketAddr,
+        json: serde_json::Error,
+    },
+    /// The node answered, refusing the request; the message is its reason.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Why one connection to the API was dropped without an answer (logged).
+#[derive(Debug, thiserror::Error)]
+enum HandleError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("request of {0} bytes is over the limit")]
+    TooLarge(usize),
+    #[error("cannot encode the answer: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Why a request was answered with `"ok": false`; the message is the answer's `error`.
+#[derive(Debug, thiserror::Error)]
+enum AnswerError {
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// A category or period in the request that does not parse.
+    #[error(transparent)]
+    Id(#[from] protocol::ids::IdError),
+    #[error("no connected link to {0} to reconcile with: check `credit-node status`")]
+    NothingToReconcile(String),
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ApiFile {
     address: SocketAddr,
@@ -62,13 +139,13 @@ struct ApiFile {
 }
 
 /// Serves the API until the process ends.
-pub async fn serve(node: Arc<Node>, dir: &Path) -> anyhow::Result<()> {
+pub async fn serve(node: Arc<Node>, dir: &Path) -> Result<(), ServeError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .context("binding the local API")?;
+        .map_err(ServeError::Listen)?;
     let token = crate::identity::random32()?;
     let file = ApiFile {
-        address: listener.local_addr()?,
+        address: listener.local_addr().map_err(ServeError::Listen)?,
         token: protocol::ids::hex(&token),
     };
     let path = dir.join(API_FILE);
@@ -79,25 +156,32 @@ pub async fn serve(node: Arc<Node>, dir: &Path) -> anyhow::Result<()> {
         options.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
+        let mut f = options.open(&tmp).map_err(|io| write_error(&tmp, io))?;
+        f.write_all(text.as_bytes())
+            .map_err(|io| write_error(&tmp, io))?;
+        f.sync_all().map_err(|io| write_error(&tmp, io))?;
     }
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|io| write_error(&path, io))?;
     info!(address = %file.address, "operator API listening");
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let (stream, peer) = listener.accept().await.map_err(ServeError::Accept)?;
         if !peer.ip().is_loopback() {
             continue;
         }
         let node = node.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(node, stream, token).await {
-                warn!(error = %format!("{e:#}"), "operator API request failed");
+                warn!(error = %e, "operator API request failed");
             }
         });
+    }
+}
+
+/// The API file at `path` could not be written.
+fn write_error(path: &Path, io: std::io::Error) -> ServeError {
+    ServeError::WriteFile {
+        path: path.to_owned(),
+        io,
     }
 }
 
@@ -105,14 +189,14 @@ async fn handle(
     node: Arc<Node>,
     mut stream: tokio::net::TcpStream,
     token: [u8; 32],
-) -> anyhow::Result<()> {
+) -> Result<(), HandleError> {
     // The token comes first and is checked before the body is read into memory, so nobody
     // without it can make the node allocate.
     let mut given = [0u8; 32];
     stream.read_exact(&mut given).await?;
     let length = stream.read_u32().await? as usize;
     if length > REQUEST_BYTES_MAX {
-        bail!("request of {length} bytes is over the limit");
+        return Err(HandleError::TooLarge(length));
     }
     let answer = if given != token {
         // Discard the body without keeping it, so the caller reads our answer instead of a
@@ -133,7 +217,7 @@ async fn handle(
             Err(e) => json!({"ok": false, "error": format!("malformed request: {e}")}),
             Ok((request, _)) => match answer(&node, request).await {
                 Ok(value) => value,
-                Err(e) => json!({"ok": false, "error": format!("{e:#}")}),
+                Err(e) => json!({"ok": false, "error": e.to_string()}),
             },
         }
     };
@@ -143,7 +227,7 @@ async fn handle(
     Ok(())
 }
 
-async fn answer(node: &Arc<Node>, request: ApiRequest) -> anyhow::Result<Value> {
+async fn answer(node: &Arc<Node>, request: ApiRequest) -> Result<Value, AnswerError> {
     Ok(match request {
         ApiRequest::Submit(signed) => {
             let id = signed.id;
@@ -176,10 +260,9 @@ async fn answer(node: &Arc<Node>, request: ApiRequest) -> anyhow::Result<Value> 
             let peer = peer.map(|p| NodeId::parse(&p)).transpose()?;
             let links = node.reconcile(peer)?;
             if links == 0 {
-                anyhow::bail!(
-                    "no connected link to {} to reconcile with: check `credit-node status`",
-                    peer.map_or_else(|| "a parent".to_owned(), |p| p.to_string())
-                );
+                return Err(AnswerError::NothingToReconcile(
+                    peer.map_or_else(|| "a parent".to_owned(), |p| p.to_string()),
+                ));
             }
             json!({"ok": true, "links": links, "last": node.reconciled()})
         }
@@ -222,7 +305,7 @@ async fn answer(node: &Arc<Node>, request: ApiRequest) -> anyhow::Result<Value> 
     })
 }
 
-fn status(node: &Node) -> anyhow::Result<Value> {
+fn status(node: &Node) -> Result<Value, StoreError> {
     let topology = current(&node.topology);
     let me = topology.node(node.me);
     let mut tally: std::collections::BTreeMap<(NodeId, String, String), (u64, u64)> =
@@ -241,8 +324,8 @@ fn status(node: &Node) -> anyhow::Result<Value> {
     }
     let mut links = Vec::new();
     for link in node.links() {
-        let peer = NodeId::parse(&link.peer)?;
-        let mut value = serde_json::to_value(&link)?;
+        let peer = NodeId::parse(&link.peer).expect("the core names a link's peer by its id");
+        let mut value = serde_json::to_value(&link).expect("plain fields serialize");
         value["outbox"] = json!(if link.direction == "up" {
             node.store.outbox_len(peer)
         } else {
@@ -325,7 +408,7 @@ fn audit_json(entry: &crate::store::AuditEntry) -> Value {
     value
 }
 
-fn batches(node: &Node) -> anyhow::Result<Value> {
+fn batches(node: &Node) -> Result<Value, StoreError> {
     let topology = current(&node.topology);
     let mut out = Vec::new();
     for entry in node.store.held() {
@@ -369,47 +452,52 @@ fn batches(node: &Node) -> anyhow::Result<Value> {
 
 /// Sends one request to the node running in `dir` and returns its JSON answer; an answer with
 /// `"ok": false` becomes an error.
-pub fn call(dir: &Path, request: &ApiRequest) -> anyhow::Result<Value> {
+pub fn call(dir: &Path, request: &ApiRequest) -> Result<Value, CallError> {
     let path = dir.join(API_FILE);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read {}: is `credit-node run --dir {}` running?",
-            path.display(),
-            dir.display()
-        )
+    let text = std::fs::read_to_string(&path).map_err(|io| CallError::NoApiFile {
+        path: path.clone(),
+        dir: dir.to_owned(),
+        io,
     })?;
-    let file: ApiFile =
-        toml::from_str(&text).with_context(|| format!("{} is malformed", path.display()))?;
-    let token = protocol::ids::parse_hex32(&file.token)
-        .with_context(|| format!("{}: bad token", path.display()))?;
-    let mut stream = TcpStream::connect(file.address).with_context(|| {
-        format!(
-            "cannot reach the node at {} ({}): is it running?",
-            file.address,
-            path.display()
-        )
+    let file: ApiFile = toml::from_str(&text).map_err(|e| CallError::Malformed {
+        path: path.clone(),
+        message: e.to_string(),
     })?;
+    let token = protocol::ids::parse_hex32(&file.token).ok_or_else(|| CallError::Malformed {
+        path: path.clone(),
+        message: "bad token".into(),
+    })?;
+    let address = file.address;
+    let mut stream =
+        TcpStream::connect(address).map_err(|io| CallError::Unreachable { address, path, io })?;
     let body =
         bincode::encode_to_vec(request, bincode::config::standard()).expect("encoding to memory");
-    stream.write_all(&token)?;
-    stream.write_all(&(body.len() as u32).to_be_bytes())?;
-    stream.write_all(&body)?;
+    let exchange = |io| CallError::Exchange { address, io };
+    stream.write_all(&token).map_err(exchange)?;
+    stream
+        .write_all(&(body.len() as u32).to_be_bytes())
+        .map_err(exchange)?;
+    stream.write_all(&body).map_err(exchange)?;
     let mut length = [0u8; 4];
-    stream.read_exact(&mut length)?;
+    stream.read_exact(&mut length).map_err(exchange)?;
     let length = u32::from_be_bytes(length) as usize;
     if length > REQUEST_BYTES_MAX {
-        bail!("answer of {length} bytes is over the limit");
+        return Err(CallError::AnswerTooLarge {
+            address,
+            bytes: length,
+        });
     }
     let mut answer = vec![0u8; length];
-    stream.read_exact(&mut answer)?;
-    let value: Value = serde_json::from_slice(&answer)?;
+    stream.read_exact(&mut answer).map_err(exchange)?;
+    let value: Value = serde_json::from_slice(&answer)
+        .map_err(|json| CallError::AnswerNotJson { address, json })?;
     if value["ok"] != json!(true) {
-        bail!(
-            "{}",
+        return Err(CallError::Refused(
             value["error"]
                 .as_str()
                 .unwrap_or("the node refused the request")
-        );
+                .to_owned(),
+        ));
     }
     Ok(value)
 }

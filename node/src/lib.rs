@@ -1,16 +1,16 @@
-//! The credit-node library: ingestion of source-unit exports, node identity, reports, and the
-//! demo. The binary in `main.rs` is a thin CLI over it.
+//! The credit-node library: a node's decisions (`core`), its store, the runtime that executes
+//! the core over QUIC, ingestion of source-unit exports, node identity, the operator API, and
+//! the renderings the CLI prints. The binary (`cli/`, package `credit-cli`) is a thin CLI over
+//! it. Nothing here exists only for the demo or the tests: the sample data generator
+//! (`sample/`) and the cluster of real processes (`cluster/`) are crates of their own.
 
 pub mod api;
-pub mod cluster;
 pub mod core;
-pub mod demo;
 pub mod identity;
 pub mod ingest;
 pub mod ledger_view;
 pub mod progress;
 pub mod report;
 pub mod runtime;
-pub mod sample;
 pub mod store;
 pub mod transport;

@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use node::ingest::{Encoding, IngestError, IngestOptions, IngestReport, ingest_bytes, ingest_file};
-use node::sample::{Rng, resident_id, sample_csv};
 use protocol::record::Rule;
 use protocol::schema::FieldKind;
 use protocol::{Batch, DesensitizeKey, NodeId, NodeKey, Period, Registry, Schema};
+use sample::{Rng, resident_id, sample_csv};
 
 const NETWORK_KEY: DesensitizeKey = DesensitizeKey([3; 32]);
 

@@ -4,7 +4,7 @@
 //! Jieyang-sized network: national 000000, province 440000, city 445200 and its five counties
 //! (445202, 445203, 445222, 445224, 445281). One turmoil host per node runs
 //! `runtime::start_with`; the county hosts also run the operator, who submits real batches
-//! (`node::sample` + `node::ingest`, signed by the county's key) through `Node::submit`.
+//! (`sample` + `node::ingest`, signed by the county's key) through `Node::submit`.
 //!
 //! Faults, all chosen from the seed: a fixed latency per parent link and a disk time per node
 //! (blocking work runs inline after it, in virtual time, so writes wait for their sync as on a
@@ -45,13 +45,13 @@ use std::time::Duration;
 use node::core::{Clock, CoreConfig, Now};
 use node::ingest::{Encoding, IngestOptions, ingest_bytes};
 use node::runtime::{self, Blocking, Seams, Socket};
-use node::sample::sample_csv;
 use node::store::{MemKv, Store, Tree};
 use node::transport::TransportSeams;
 use protocol::wire::Verdict;
 use protocol::{BatchId, DesensitizeKey, Ed25519, NodeId, NodeKey, Period, Registry, SignedBatch};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
+use sample::{Rng, sample_csv};
 use topology::{Node as TopologyNode, Role, Topology};
 
 use crate::net::TurmoilUdpSocket;
@@ -100,26 +100,10 @@ fn host_name(node: NodeId) -> String {
     format!("{role}-{node}")
 }
 
-/// SplitMix64: the run's choices, all from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0xF011_57AC_4000)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `low..=high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next_u64() % (high - low + 1)
-    }
+/// The run's choices, all from the seed: SplitMix64 ([`sample::Rng`]), salted so the stream
+/// is not the sample data's of the same seed.
+fn rng_for(seed: u64) -> Rng {
+    Rng::new(seed ^ 0xF011_57AC_4000)
 }
 
 /// The faults of one run, chosen from its seed.
@@ -585,7 +569,7 @@ impl Network {
 /// Runs the scenario with `seed` under `config` (which may plant a bug).
 pub fn run(seed: u64, config: CoreConfig) -> Report {
     let started = std::time::Instant::now();
-    let mut rng = Rng::new(seed);
+    let mut rng = rng_for(seed);
     let faults = Faults::choose(&mut rng);
     let mut builder = sim_builder(seed);
     // No turmoil client runs (the driver below decides when the run ends), so turmoil never

@@ -17,7 +17,7 @@ pub fn binary() -> PathBuf {
                     "build",
                     "--quiet",
                     "-p",
-                    "credit-node",
+                    "credit-cli",
                     "--bin",
                     "credit-node",
                 ])

@@ -1,7 +1,7 @@
 //! The operator API answers only a caller holding the token the node wrote into its directory.
 
+use cluster::Cluster;
 use node::api::{ApiRequest, call};
-use node::cluster::Cluster;
 use protocol::NodeId;
 
 #[test]

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use node::cluster::{Cluster, wait_until};
+use cluster::{Cluster, wait_until};
 use protocol::{NodeId, Period, Registry};
 use serde_json::Value;
 use topology::LegacyLink;
@@ -84,7 +84,7 @@ fn add_hierarchy_and_migrate(cluster: &mut Cluster, verify_window_s: u64, rollba
 fn submit(cluster: &Cluster, n: u64) -> (Vec<String>, u64) {
     let county = id("445281");
     let schema = Registry::builtin().by_name("water_fee").unwrap();
-    let file = node::sample::sample_csv(
+    let file = sample::sample_csv(
         schema,
         county,
         Period::parse("2022-05").unwrap(),

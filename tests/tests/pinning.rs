@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use node::cluster::{Cluster, wait_until};
+use cluster::{Cluster, wait_until};
 use node::identity::Identity;
 use protocol::wire::{self, Message};
 use protocol::{NodeId, NodeKey, PublicKey};

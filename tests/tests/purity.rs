@@ -1,15 +1,19 @@
 //! The pure crates stay pure: `protocol` and `topology` must not depend (normal dependencies)
 //! on tokio, quinn, sled or any other IO runtime, so that the same code runs in production and
-//! in deterministic simulation.
+//! in deterministic simulation. The node library holds no demo or test scaffolding and no
+//! `anyhow`: those live in `cluster`, `sample` and the binary.
 
 use std::process::Command;
 
-fn normal_dependencies(package: &str) -> Vec<String> {
+/// The packages in `package`'s tree of normal dependencies, `depth` levels down (all: `None`).
+fn normal_dependencies_to(package: &str, depth: Option<u32>) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let depth = depth.map(|d| d.to_string());
     let output = Command::new(cargo)
         .args([
             "tree", "-p", package, "-e", "normal", "--prefix", "none", "--format", "{p}",
         ])
+        .args(depth.iter().flat_map(|d| ["--depth", d.as_str()]))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo tree");
@@ -23,6 +27,10 @@ fn normal_dependencies(package: &str) -> Vec<String> {
         .filter_map(|line| line.split_whitespace().next())
         .map(str::to_owned)
         .collect()
+}
+
+fn normal_dependencies(package: &str) -> Vec<String> {
+    normal_dependencies_to(package, None)
 }
 
 const FORBIDDEN: &[&str] = &[
@@ -55,4 +63,24 @@ fn protocol_and_topology_have_no_io_runtime_in_their_tree() {
             );
         }
     }
+}
+
+#[test]
+fn the_node_library_holds_no_scaffolding_and_no_anyhow() {
+    let deps = normal_dependencies("credit-node");
+    assert!(
+        deps.iter().any(|d| d == "quinn"),
+        "the tree is read: {deps:?}"
+    );
+    for scaffolding in ["credit-cluster", "credit-sample"] {
+        assert!(
+            !deps.iter().any(|d| d == scaffolding),
+            "the node library depends on {scaffolding} (demo and test scaffolding): {deps:?}"
+        );
+    }
+    let direct = normal_dependencies_to("credit-node", Some(1));
+    assert!(
+        !direct.iter().any(|d| d == "anyhow"),
+        "the node library depends on anyhow; its modules return thiserror enums: {direct:?}"
+    );
 }

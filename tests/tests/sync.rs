@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use node::cluster::{Cluster, wait_until};
+use cluster::{Cluster, wait_until};
 use protocol::{NodeId, Period, Registry};
 use serde_json::Value;
 
@@ -25,7 +25,7 @@ fn submit(
 ) -> (Vec<String>, u64) {
     let period = Period::parse("2022-05").unwrap();
     let schema = Registry::builtin().by_name(category).unwrap();
-    let file = node::sample::sample_csv(
+    let file = sample::sample_csv(
         schema,
         county,
         period,

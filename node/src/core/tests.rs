@@ -78,7 +78,7 @@ fn county_batch_of(period: &str) -> SignedBatch {
     let schema = protocol::Registry::builtin().by_name("water_fee").unwrap();
     let origin = id(COUNTY);
     let period = Period::parse(period).unwrap();
-    let file = crate::sample::sample_csv(schema, origin, period, 3, 0, 1);
+    let file = sample::sample_csv(schema, origin, period, 3, 0, 1);
     let options = crate::ingest::IngestOptions {
         schema,
         origin,

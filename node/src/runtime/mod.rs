@@ -23,6 +23,14 @@
 //!
 //! Invariant (by the core's construction): no receipt or other acknowledgement leaves this
 //! node before the store has reported the write that holds it durable.
+//!
+//! **Errors.** One `thiserror` enum per operation: [`StartError`], [`SubmitError`],
+//! [`ReloadTopologyError`] (reload and apply), [`TopologyFileError`] (reading the file);
+//! [`Node::migration_status`] can only fail in the store. A message stands alone: it says what
+//! failed, names the file where there is one, says what to do, and includes the message of
+//! its cause. A cause this module adds a message to is kept as a field, not also returned as
+//! `source()`, so a caller printing the chain (`{:#}`) does not say it twice; errors of the
+//! other modules (identity, store, transport, core) pass through unchanged (`transparent`).
 
 mod framing;
 mod links;
@@ -33,20 +41,136 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
 use protocol::ids::NodeId;
 use protocol::sync::SyncConfig;
 use protocol::wire::Message;
-use protocol::{Ed25519, NodeKey, SignedBatch};
+use protocol::{Ed25519, NodeKey, PublicKey, SignedBatch};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{error, info};
 
-use crate::core::{Clock, Core, CoreConfig, LinkId, LinkStatus, Now, Output};
-use crate::identity::Identity;
-use crate::store::{Kv, SledKv, Store};
-use crate::transport::{self, ChildrenPolicy, SharedTopology, TransportSeams, current};
+use crate::core::{
+    Clock, Core, CoreConfig, CoreError, LinkId, LinkStatus, Now, Output, ReloadError,
+};
+use crate::identity::{Identity, IdentityError};
+use crate::store::{Kv, SledKv, Store, StoreError};
+use crate::transport::{
+    self, ChildrenPolicy, SharedTopology, TransportError, TransportSeams, current,
+};
 
 pub use crate::core::Route;
+
+/// Why a node did not start ([`start`], [`start_with`]). [`start_with`] is handed its key and
+/// topology, so it returns only [`StartError::KeyNotPinned`], [`StartError::Transport`] and
+/// [`StartError::Core`].
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The node directory holds no usable identity.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    TopologyFile(#[from] TopologyFileError),
+    #[error("node {me} is not in {path}: add it (run `credit-node init` for the line to paste)")]
+    NotInTopology { me: NodeId, path: PathBuf },
+    #[error(
+        "{path}: the key pinned for {me} is {pinned}, but this node's key is {own}: paste the line printed by `credit-node init`"
+    )]
+    KeyMismatch {
+        path: PathBuf,
+        me: NodeId,
+        pinned: PublicKey,
+        own: PublicKey,
+    },
+    /// The store in the node directory could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "the topology pins this node's key {0} for no node: add the node with the line `credit-node init` printed"
+    )]
+    KeyNotPinned(PublicKey),
+    /// The QUIC endpoint could not be made (e.g. the address is taken).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The core could not read its state from the store.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+}
+
+/// Why a topology file could not be used ([`read_topology`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyFileError {
+    #[error(
+        "cannot read topology file {path}: {io}: check the path given to `credit-node run --topology`"
+    )]
+    Read { path: PathBuf, io: std::io::Error },
+    /// Every problem of the file, each at its line and column.
+    #[error(
+        "topology file {path} is not valid:\n{}\n  fix these and try again (`credit-node topology check` lists them too)",
+        problem_lines(.path, .problems)
+    )]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<topology::TopologyError>,
+    },
+}
+
+/// One line per problem, each naming the file.
+fn problem_lines(path: &Path, problems: &[topology::TopologyError]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|e| format!("  {}: {e}", path.display()))
+        .collect();
+    lines.join("\n")
+}
+
+/// Why a batch the operator submitted was not accepted ([`Node::submit`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The batch fails a check a receiver makes ([`CoreError::Refused`], with the reason), or
+    /// the store failed.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// The node went away before the store reported the batch durable (submitting it again
+    /// is safe: a batch the node already holds is not stored twice).
+    #[error("the node stopped before the batch was durable: submit it again once the node runs")]
+    Stopping,
+    /// The store work for the batch did not run to its end (it panicked, or the runtime is
+    /// shutting down).
+    #[error(
+        "the store work for the batch did not finish ({0}): see the node's log, then submit it again"
+    )]
+    Interrupted(tokio::task::JoinError),
+}
+
+/// Why a new topology was not applied ([`Node::reload_topology`], [`Node::apply_topology`]);
+/// the node keeps the topology it had. Every refusal but [`ReloadTopologyError::NoFile`] is
+/// recorded in the audit log with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadTopologyError {
+    #[error("this node was started without a topology file; nothing to re-read")]
+    NoFile,
+    #[error(transparent)]
+    File(#[from] TopologyFileError),
+    /// The core refused it: this node is not in it, its key is not this node's, the planner
+    /// refuses the change, or the store failed (the refusal says which). `path` is the file
+    /// it came from, if any.
+    #[error("{}{refusal}", file_prefix(.path.as_deref()))]
+    Refused {
+        path: Option<PathBuf>,
+        refusal: ReloadError,
+    },
+    /// Refused, and the refusal could not be written to the audit log either.
+    #[error("{refused}; recording this refusal in the audit log failed too: {store}")]
+    NotAudited {
+        refused: Box<ReloadTopologyError>,
+        store: CoreError,
+    },
+}
+
+/// `"PATH: "` for a refusal of a file, nothing for a topology given in memory.
+fn file_prefix(path: Option<&Path>) -> String {
+    path.map(|p| format!("{}: ", p.display()))
+        .unwrap_or_default()
+}
 
 /// Wall-clock milliseconds since the Unix epoch (for stamps shown to people, never for
 /// windows or timeouts).
@@ -300,25 +424,26 @@ impl<K: Kv> Node<K> {
     }
 
     /// The migration as `topology status` shows it.
-    pub fn migration_status(&self) -> anyhow::Result<serde_json::Value> {
+    pub fn migration_status(&self) -> Result<serde_json::Value, StoreError> {
         let now = self.now();
-        Ok(self.core.lock().expect("core lock").migration_status(now)?)
+        self.core.lock().expect("core lock").migration_status(now)
     }
 
     /// Accepts a batch submitted by this node's operator: the core checks it as a receiver
     /// would, stores it and queues it up; this returns once it is durable. Returns whether
     /// it was new.
-    pub async fn submit(self: &Arc<Self>, signed: SignedBatch) -> anyhow::Result<bool> {
+    pub async fn submit(self: &Arc<Self>, signed: SignedBatch) -> Result<bool, SubmitError> {
         let node = self.clone();
         let submitted = self
             .blocking
             .run(move || node.with_core(|core, now| core.submit(signed, now)))
-            .await??;
+            .await
+            .map_err(SubmitError::Interrupted)??;
         let mut durable = self.durable.subscribe();
         durable
             .wait_for(|seq| *seq >= submitted.durable_at)
             .await
-            .context("the node is stopping")?;
+            .map_err(|_| SubmitError::Stopping)?;
         Ok(submitted.new)
     }
 
@@ -329,19 +454,20 @@ impl<K: Kv> Node<K> {
         category: protocol::Category,
         period: protocol::Period,
         declared: Option<u64>,
-    ) -> anyhow::Result<(protocol::BatchId, bool)> {
+    ) -> Result<(protocol::BatchId, bool), SubmitError> {
         let node = self.clone();
         let (id, submitted) = self
             .blocking
             .run(move || {
                 node.with_core(|core, now| core.close_period(&category, period, declared, now))
             })
-            .await??;
+            .await
+            .map_err(SubmitError::Interrupted)??;
         let mut durable = self.durable.subscribe();
         durable
             .wait_for(|seq| *seq >= submitted.durable_at)
             .await
-            .context("the node is stopping")?;
+            .map_err(|_| SubmitError::Stopping)?;
         Ok((id, submitted.new))
     }
 
@@ -374,51 +500,66 @@ impl<K: Kv> Node<K> {
 
     /// Re-reads the topology file; a file that does not validate, or that the core refuses,
     /// is refused with every reason, and the node keeps the topology it had.
-    pub fn reload_topology(self: &Arc<Self>) -> anyhow::Result<u64> {
+    pub fn reload_topology(self: &Arc<Self>) -> Result<u64, ReloadTopologyError> {
         let Some(path) = self.topology_path.clone() else {
-            bail!("this node was started without a topology file; nothing to re-read");
+            return Err(ReloadTopologyError::NoFile);
         };
-        let result = read_topology(&path).and_then(|next| {
-            self.with_core(|core, now| core.handle_topology(next, now))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-        });
+        let result = read_topology(&path)
+            .map_err(ReloadTopologyError::from)
+            .and_then(|next| {
+                self.with_core(|core, now| core.handle_topology(next, now))
+                    .map_err(|refusal| ReloadTopologyError::Refused {
+                        path: Some(path),
+                        refusal,
+                    })
+            });
         self.audit_refusal(result)
     }
 
     /// Applies a topology already read and validated (as [`Node::reload_topology`] does
     /// after reading the file): refused with the reason if the core refuses it, and the node
     /// keeps the topology it had.
-    pub fn apply_topology(self: &Arc<Self>, next: topology::Topology) -> anyhow::Result<u64> {
+    pub fn apply_topology(
+        self: &Arc<Self>,
+        next: topology::Topology,
+    ) -> Result<u64, ReloadTopologyError> {
         let result = self
             .with_core(|core, now| core.handle_topology(next, now))
-            .map_err(anyhow::Error::from);
+            .map_err(|refusal| ReloadTopologyError::Refused {
+                path: None,
+                refusal,
+            });
         self.audit_refusal(result)
     }
 
     /// Records a refused reload in the audit log.
-    fn audit_refusal(self: &Arc<Self>, result: anyhow::Result<u64>) -> anyhow::Result<u64> {
-        if let Err(e) = &result {
-            let reason = format!("{e:#}");
-            self.with_core(|core, now| core.audit_refused_topology(&reason, now))?;
+    fn audit_refusal(
+        self: &Arc<Self>,
+        result: Result<u64, ReloadTopologyError>,
+    ) -> Result<u64, ReloadTopologyError> {
+        let Err(refused) = result else {
+            return result;
+        };
+        let reason = refused.to_string();
+        match self.with_core(|core, now| core.audit_refused_topology(&reason, now)) {
+            Ok(()) => Err(refused),
+            Err(store) => Err(ReloadTopologyError::NotAudited {
+                refused: Box::new(refused),
+                store,
+            }),
         }
-        result
     }
 }
 
-/// Reads and validates a topology file, with every error in the message.
-pub fn read_topology(path: &Path) -> anyhow::Result<topology::Topology> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read topology file {}", path.display()))?;
-    topology::Topology::parse(&text).map_err(|errors| {
-        let lines: Vec<String> = errors
-            .iter()
-            .map(|e| format!("  {}: {e}", path.display()))
-            .collect();
-        anyhow::anyhow!(
-            "topology file {} is not valid:\n{}",
-            path.display(),
-            lines.join("\n")
-        )
+/// Reads and validates a topology file, with every problem in the error.
+pub fn read_topology(path: &Path) -> Result<topology::Topology, TopologyFileError> {
+    let text = std::fs::read_to_string(path).map_err(|io| TopologyFileError::Read {
+        path: path.to_owned(),
+        io,
+    })?;
+    topology::Topology::parse(&text).map_err(|problems| TopologyFileError::Invalid {
+        path: path.to_owned(),
+        problems,
     })
 }
 
@@ -429,23 +570,21 @@ pub async fn start(
     dir: &Path,
     topology_path: &Path,
     config: SyncConfig,
-) -> anyhow::Result<Arc<Node>> {
+) -> Result<Arc<Node>, StartError> {
     let identity = Identity::load(dir)?;
     let me = identity.id;
     let topology = read_topology(topology_path)?;
-    let entry = topology.node(me).with_context(|| {
-        format!(
-            "node {me} is not in {}: add it (run `credit-node init` for the line to paste)",
-            topology_path.display()
-        )
+    let entry = topology.node(me).ok_or_else(|| StartError::NotInTopology {
+        me,
+        path: topology_path.to_owned(),
     })?;
     if entry.public_key != identity.public() {
-        bail!(
-            "{}: the key pinned for {me} is {}, but this node's key is {}: paste the line printed by `credit-node init`",
-            topology_path.display(),
-            entry.public_key,
-            identity.public()
-        );
+        return Err(StartError::KeyMismatch {
+            path: topology_path.to_owned(),
+            me,
+            pinned: entry.public_key,
+            own: identity.public(),
+        });
     }
     let store = Store::open(&dir.join("store"))?;
     start_with(Seams {
@@ -467,7 +606,7 @@ pub async fn start(
 
 /// Starts a node over the given seams; returns once it is listening. Must be called inside
 /// the tokio runtime the node is to run on (its tasks are spawned there).
-pub async fn start_with<K: Kv>(seams: Seams<K>) -> anyhow::Result<Arc<Node<K>>> {
+pub async fn start_with<K: Kv>(seams: Seams<K>) -> Result<Arc<Node<K>>, StartError> {
     let Seams {
         key,
         topology,
@@ -480,10 +619,7 @@ pub async fn start_with<K: Kv>(seams: Seams<K>) -> anyhow::Result<Arc<Node<K>>> 
         config,
     } = seams;
     let Some(entry) = topology.node_by_key(&key.public()) else {
-        bail!(
-            "the topology pins this node's key {} for no node",
-            key.public()
-        );
+        return Err(StartError::KeyNotPinned(key.public()));
     };
     let (me, address) = (entry.id, entry.address);
     let version = topology.version;
@@ -599,7 +735,7 @@ pub async fn reload_on_sighup(node: Arc<Node>) {
         };
         while hangups.recv().await.is_some() {
             if let Err(e) = node.reload_topology() {
-                error!(error = %format!("{e:#}"), "topology reload refused; still running on the previous topology");
+                error!(error = %e, "topology reload refused; still running on the previous topology");
             }
         }
     }

@@ -956,7 +956,7 @@ mod tests {
         let schema = protocol::Registry::builtin().by_name("water_fee").unwrap();
         let origin = NodeId::parse("445281").unwrap();
         let period = Period::parse("2022-05").unwrap();
-        let file = crate::sample::sample_csv(schema, origin, period, n, 0, 1);
+        let file = sample::sample_csv(schema, origin, period, n, 0, 1);
         let options = crate::ingest::IngestOptions {
             schema,
             origin,

@@ -22,36 +22,13 @@ pub use world::{Stats, World};
 
 const DAY_MS: u64 = 86_400_000;
 
-/// SplitMix64: small, fast, the same everywhere.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
+/// Every choice of a run comes from one [`Rng`] (SplitMix64, shared with the sample data):
+/// [`rng_for`] salts the seed, so a run's stream is not the sample data's of the same seed.
+pub use sample::Rng;
 
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x005E_ED0F_C0DE)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..bound`.
-    pub fn below(&mut self, bound: u64) -> u64 {
-        self.next_u64() % bound.max(1)
-    }
-
-    /// A number in `low..=high`.
-    pub fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.below(high - low + 1)
-    }
-
-    pub fn coin(&mut self) -> bool {
-        self.next_u64() & 1 == 1
-    }
+/// The run's generator for `seed`.
+pub fn rng_for(seed: u64) -> Rng {
+    Rng::new(seed ^ 0x005E_ED0F_C0DE)
 }
 
 /// One batch an origin's operator submits.
@@ -288,7 +265,7 @@ pub fn plan(scenario: &str, seed: u64) -> Result<Plan, String> {
             ));
         }
     };
-    let mut rng = Rng::new(seed ^ 0xD1CE);
+    let mut rng = rng_for(seed ^ 0xD1CE);
     let mut secrets = HashMap::new();
     let mut nodes = Vec::new();
     let national = NodeId::NATIONAL;

@@ -1,5 +1,5 @@
-//! What the simulated nodes submit: real batches of real records (made by the node's own
-//! sample generator and ingestion, so every hop's validation passes), re-dated per period
+//! What the simulated nodes submit: real batches of real records (made by the `sample`
+//! generator and the node's ingestion, so every hop's validation passes), re-dated per period
 //! and sealed with the simulation's signer.
 //!
 //! Ingestion is slow next to the simulation, so records are made (and encoded) once per
@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use node::ingest::{Encoding, IngestOptions, ingest_bytes};
-use node::sample::sample_csv;
 use protocol::batch::{BATCH_FORMAT, Batch, BatchHeader};
 use protocol::{
     BatchId, Category, DesensitizeKey, NodeId, NodeKey, Period, PublicKey, Record, Registry,
     Signature, SignedBatch, Signer,
 };
+use sample::sample_csv;
 
 /// Records per simulated batch.
 pub const RECORDS_PER_BATCH: usize = 3;

@@ -22,7 +22,7 @@ use topology::Topology;
 
 use super::keys::{self, SimSigner, SimVerifier};
 use super::workload::Workload;
-use super::{Fault, Faults, Plan, Rng, Submission, Violation};
+use super::{Fault, Faults, Plan, Rng, Submission, Violation, rng_for};
 
 /// The simulations' wall-clock start: 2026-12-01T00:00:00Z, in ms.
 pub const EPOCH_MS: u64 = 1_796_083_200_000;
@@ -222,7 +222,7 @@ impl World {
             reconcile_every_ms: config.reconcile_every_ms.max(RECONCILE_EVERY_MS),
             ..config
         };
-        let mut rng = Rng::new(plan.seed);
+        let mut rng = rng_for(plan.seed);
         let faults = Faults::choose(&plan, &mut rng);
         let mut secrets = HashMap::new();
         for (id, secret) in &plan.secrets {

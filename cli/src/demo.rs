@@ -3,15 +3,17 @@
 //! water and gas fee exports for each county (valid credit codes, a few bad rows), submits
 //! them, shows batches moving up, and ends with the provincial node's verified tally per county
 //! and category, and the rows refused at the counties. Nothing is left running afterwards.
+//!
+//! A module of the binary, not of the node library: no node runs it. Like `main.rs`, it is the
+//! binary's edge and reports errors with `anyhow`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use cluster::{Cluster, wait_until};
 use protocol::{NodeId, Period, Registry};
-
-use crate::cluster::{Cluster, wait_until};
 
 /// Jieyang's counties, from shared/data/guangdong-divisions.csv.
 pub const JIEYANG_COUNTIES: &[(&str, &str)] = &[
@@ -88,7 +90,7 @@ fn run(
             let schema = Registry::builtin()
                 .by_name(category)
                 .expect("built-in category");
-            let file = crate::sample::sample_csv(
+            let file = sample::sample_csv(
                 schema,
                 county,
                 period,

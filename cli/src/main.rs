@@ -1,5 +1,12 @@
 //! `credit-node`: the one binary every level of the credit network runs. This file is the CLI
-//! edge: argument parsing, human and JSON output, exit codes. The work is in the library.
+//! edge: argument parsing, human and JSON output, exit codes. The work is in the library
+//! (`node`); `demo` (the live demo) drives a `cluster` of this binary's own processes.
+//!
+//! The binary is a package of its own (`credit-cli`) because of the demo: `cluster` drives
+//! nodes through the library's operator API, so it depends on `node`, and a binary inside the
+//! `node` package could not depend on it (a cycle).
+
+mod demo;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -345,7 +352,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             if bad > rows {
                 bail!("--bad {bad} is more than --rows {rows}");
             }
-            let file = node::sample::sample_csv(schema, origin, period, rows, bad, seed);
+            let file = sample::sample_csv(schema, origin, period, rows, bad, seed);
             out.write_all(file.text.as_bytes())?;
         }
         Command::Run { dir, topology } => {
@@ -466,7 +473,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Topology(command) => return topology_command(&mut out, command),
         Command::Demo => {
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(node::demo::live_demo(&mut out))?;
+            runtime.block_on(demo::live_demo(&mut out))?;
         }
     }
     Ok(std::process::ExitCode::SUCCESS)

@@ -3,6 +3,10 @@
 //! killed when the cluster is dropped, so nothing is left running.
 //!
 //! Waiting is always on a condition with a deadline ([`wait_until`]), never a bare sleep.
+//!
+//! Scaffolding, not part of the node library (a node never runs a cluster): a crate of its
+//! own that the binary's `demo` and the end-to-end tests depend on. Like the binary's edge, it
+//! reports errors with `anyhow` and context; a failure here ends a demo or a test.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -119,7 +123,7 @@ impl Cluster {
                 );
             }
             network_key.get_or_insert_with(|| dir.join("network.key"));
-            let identity = crate::identity::Identity::load(&dir)?;
+            let identity = node::identity::Identity::load(&dir)?;
             members.insert(
                 id,
                 Member {
@@ -216,7 +220,7 @@ impl Cluster {
         wait_until(
             &format!("node {id} to answer on its API"),
             START_TIMEOUT,
-            || Ok(crate::api::call(&dir, &crate::api::ApiRequest::Status).is_ok()),
+            || Ok(node::api::call(&dir, &node::api::ApiRequest::Status).is_ok()),
         )
     }
 
@@ -280,19 +284,31 @@ impl Cluster {
     }
 
     pub fn status(&self, id: NodeId) -> anyhow::Result<Value> {
-        crate::api::call(&self.member(id).dir, &crate::api::ApiRequest::Status)
+        Ok(node::api::call(
+            &self.member(id).dir,
+            &node::api::ApiRequest::Status,
+        )?)
     }
 
     pub fn migration(&self, id: NodeId) -> anyhow::Result<Value> {
-        crate::api::call(&self.member(id).dir, &crate::api::ApiRequest::Migration)
+        Ok(node::api::call(
+            &self.member(id).dir,
+            &node::api::ApiRequest::Migration,
+        )?)
     }
 
     pub fn audit_log(&self, id: NodeId) -> anyhow::Result<Value> {
-        crate::api::call(&self.member(id).dir, &crate::api::ApiRequest::AuditLog)
+        Ok(node::api::call(
+            &self.member(id).dir,
+            &node::api::ApiRequest::AuditLog,
+        )?)
     }
 
     pub fn batches(&self, id: NodeId) -> anyhow::Result<Value> {
-        crate::api::call(&self.member(id).dir, &crate::api::ApiRequest::Batches)
+        Ok(node::api::call(
+            &self.member(id).dir,
+            &node::api::ApiRequest::Batches,
+        )?)
     }
 
     /// Runs `credit-node submit FILE` at a node; returns the JSON report.

@@ -1,6 +1,12 @@
 //! Deterministic sample data: realistic CSV exports for any category schema, with valid
 //! credit codes and identity numbers, and a chosen number of bad rows whose lines and fields
-//! are known. Used by the demo, the tests and the benchmarks; the same seed gives the same file.
+//! are known. Used by the demo and `credit-node sample`, the tests, the benchmarks and the
+//! simulator (whose runs also draw every choice from [`Rng`]); the same seed gives the same
+//! file.
+//!
+//! A crate of its own, outside the node library, because only the demo and the tests need it;
+//! it depends on nothing but `protocol` (and `csv`), so the node's own unit tests can use it
+//! without a dependency cycle.
 
 use protocol::NodeId;
 use protocol::Period;
@@ -29,6 +35,15 @@ impl Rng {
     /// A number in `0..bound`.
     pub fn below(&mut self, bound: u64) -> u64 {
         self.next_u64() % bound.max(1)
+    }
+
+    /// A number in `low..=high`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.below(high - low + 1)
+    }
+
+    pub fn coin(&mut self) -> bool {
+        self.next_u64() & 1 == 1
     }
 
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
