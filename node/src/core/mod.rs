@@ -878,8 +878,8 @@ impl<K: Kv> Core<K> {
             && slot.reconcile_queue.is_empty()
             && slot.reconciling.is_none()
         {
-            // The path is up: compare what both sides hold.
-            self.reconcile(Some(parent), now)?;
+            // The path is up: compare the batches both sides hold.
+            self.reconcile_kinds(Some(parent), &[ReconcileKind::Batches], now)?;
         }
         self.uplink_events(route, link, now)?;
         self.migration_step(now)?;
@@ -1488,6 +1488,22 @@ impl<K: Kv> Core<K> {
     /// batches, then receipts, year by year. A connected child named as `peer` is asked to
     /// start one (the child's side always initiates). Returns how many links will reconcile.
     pub fn reconcile(&mut self, peer: Option<NodeId>, now: Now) -> Result<usize, StoreError> {
+        self.reconcile_kinds(
+            peer,
+            &[ReconcileKind::Batches, ReconcileKind::Receipts],
+            now,
+        )
+    }
+
+    /// [`Core::reconcile`] of the given kinds only. A link that comes up compares batches
+    /// only (the cheap, urgent kind: what the parent lacks); receipts are compared by the
+    /// periodic and on-demand rounds.
+    fn reconcile_kinds(
+        &mut self,
+        peer: Option<NodeId>,
+        kinds: &[ReconcileKind],
+        now: Now,
+    ) -> Result<usize, StoreError> {
         let this_year = reconcile::year_at(now.wall_ms);
         let years = reconcile::years(&self.store, this_year)?;
         let mut links = 0;
@@ -1514,9 +1530,11 @@ impl<K: Kv> Core<K> {
             }
             slot.reconcile_queue.clear();
             for year in &years {
-                for kind in [ReconcileKind::Batches, ReconcileKind::Receipts] {
-                    slot.reconcile_queue
-                        .push_back(ReconcileScope { kind, year: *year });
+                for kind in kinds {
+                    slot.reconcile_queue.push_back(ReconcileScope {
+                        kind: *kind,
+                        year: *year,
+                    });
                 }
             }
             slot.next_reconcile_ms = now.mono_ms + self.config.reconcile_every_ms;
