@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use protocol::{NodeId, PublicKey};
 use serde_json::Value;
-use topology::{LegacyLink, Node as TopologyNode, Role, Topology};
+use topology::{LegacyLink, Node as TopologyNode, Role, Schedule, Topology};
 
 /// How long to wait for a node to come up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,6 +62,8 @@ pub struct Member {
     pub public_key: PublicKey,
     /// Whether the topology file lists this node (a node can be created before it is added).
     pub in_topology: bool,
+    /// Shifts the node's wall clock (see `runtime::CLOCK_OFFSET_ENV`) from its next start.
+    pub clock_offset_ms: Option<i64>,
     process: Option<Child>,
 }
 
@@ -74,6 +76,8 @@ pub struct Cluster {
     pub members: BTreeMap<NodeId, Member>,
     /// Legacy direct links to the national platform, by node.
     pub legacy_links: BTreeMap<NodeId, LegacyLink>,
+    /// The reporting schedules written into the topology file.
+    pub schedules: Vec<Schedule>,
 }
 
 /// A free UDP port on 127.0.0.1 (bound and released; the node binds it right after).
@@ -135,6 +139,7 @@ impl Cluster {
                     address: free_udp_port()?,
                     public_key: identity.public(),
                     in_topology: true,
+                    clock_offset_ms: None,
                     process: None,
                 },
             );
@@ -146,6 +151,7 @@ impl Cluster {
             version: 0,
             members,
             legacy_links: BTreeMap::new(),
+            schedules: Vec::new(),
         })
     }
 
@@ -170,17 +176,23 @@ impl Cluster {
             })
             .collect();
         let legacy = self.legacy_links.values().cloned().collect();
-        let topology = Topology::from_parts(self.version, nodes, legacy, Vec::new(), Vec::new())
-            .map_err(|errors| {
-                anyhow::anyhow!(
-                    "cluster topology invalid: {}",
-                    errors
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )
-            })?;
+        let topology = Topology::from_parts(
+            self.version,
+            nodes,
+            legacy,
+            Vec::new(),
+            self.schedules.clone(),
+        )
+        .map_err(|errors| {
+            anyhow::anyhow!(
+                "cluster topology invalid: {}",
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })?;
         let tmp = self.topology_path.with_extension("tmp");
         std::fs::write(&tmp, topology.render())?;
         std::fs::rename(&tmp, &self.topology_path)?;
@@ -201,7 +213,11 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(member.dir.join("node.log"))?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(offset) = member.clock_offset_ms {
+            command.env(node::runtime::CLOCK_OFFSET_ENV, offset.to_string());
+        }
+        let child = command
             .args(["run", "--dir"])
             .arg(&member.dir)
             .arg("--topology")

@@ -781,6 +781,42 @@ impl<K: Kv> Store<K> {
         group.commit()
     }
 
+    /// Deletes a batch, its file and its index entries, as if a write had been lost: only
+    /// tests do this (feature `test-hooks`), to show reconciliation repairs it. Returns whether
+    /// the batch was held.
+    #[cfg(feature = "test-hooks")]
+    pub fn forget_batch(&self, id: &BatchId) -> Result<bool, StoreError> {
+        let Some(meta) = self.meta(id)? else {
+            return Ok(false);
+        };
+        let mut ops = vec![
+            Op::Remove(Tree::Batches, id.as_bytes().to_vec()),
+            Op::Remove(Tree::Meta, id.as_bytes().to_vec()),
+            Op::Remove(Tree::Held, held_key(&meta, id)),
+        ];
+        for receipt in self.receipts_for(id)? {
+            ops.push(Op::Remove(
+                Tree::Receipts,
+                receipt_key(id, receipt.receipt.receiver),
+            ));
+        }
+        self.kv.apply(ops)?;
+        self.sync()?;
+        Ok(true)
+    }
+
+    /// Deletes one stored receipt: only tests do this (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
+    pub fn forget_receipt(&self, id: &BatchId, receiver: NodeId) -> Result<bool, StoreError> {
+        if self.receipt(id, receiver)?.is_none() {
+            return Ok(false);
+        }
+        self.kv
+            .apply(vec![Op::Remove(Tree::Receipts, receipt_key(id, receiver))])?;
+        self.sync()?;
+        Ok(true)
+    }
+
     /// Notes that the national platform's receipt for `id` came back through the hierarchy
     /// (relayed by the parent), not by the legacy link.
     pub fn mark_via_hierarchy(&self, id: &BatchId) -> Result<(), StoreError> {
