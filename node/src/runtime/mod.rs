@@ -455,12 +455,18 @@ impl<K: Kv> Node<K> {
             .run(move || node.with_core(|core, now| core.submit(signed, now)))
             .await
             .map_err(SubmitError::Interrupted)??;
+        self.durable_at(submitted.durable_at).await?;
+        Ok(submitted.new)
+    }
+
+    /// Waits until the store has made every write up to `seq` durable.
+    async fn durable_at(&self, seq: u64) -> Result<(), SubmitError> {
         let mut durable = self.durable.subscribe();
         durable
-            .wait_for(|seq| *seq >= submitted.durable_at)
+            .wait_for(|done| *done >= seq)
             .await
             .map_err(|_| SubmitError::Stopping)?;
-        Ok(submitted.new)
+        Ok(())
     }
 
     /// Closes a period: the core signs a manifest of this node's batches for it (a nil
@@ -479,11 +485,7 @@ impl<K: Kv> Node<K> {
             })
             .await
             .map_err(SubmitError::Interrupted)??;
-        let mut durable = self.durable.subscribe();
-        durable
-            .wait_for(|seq| *seq >= submitted.durable_at)
-            .await
-            .map_err(|_| SubmitError::Stopping)?;
+        self.durable_at(submitted.durable_at).await?;
         Ok((id, submitted.new))
     }
 

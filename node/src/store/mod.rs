@@ -649,15 +649,7 @@ impl<K: Kv> Store<K> {
 
     /// Every held batch with its metadata, in (origin, period, category) order.
     pub fn held(&self) -> impl Iterator<Item = Result<(BatchId, BatchMeta), StoreError>> + '_ {
-        self.scan_prefix(Tree::Held, Vec::new()).map(move |entry| {
-            let (key, _) = entry?;
-            let id = held_key_id(&key);
-            let meta = self.meta(&id)?.ok_or_else(|| StoreError::Decode {
-                tree: "held",
-                message: format!("index names {id} but no metadata is stored"),
-            })?;
-            Ok((id, meta))
-        })
+        self.held_under(Vec::new())
     }
 
     /// The batches and manifests `origin` originated that this node holds, in (period,
@@ -666,16 +658,22 @@ impl<K: Kv> Store<K> {
         &self,
         origin: NodeId,
     ) -> impl Iterator<Item = Result<(BatchId, BatchMeta), StoreError>> + '_ {
-        self.scan_prefix(Tree::Held, origin.to_be_bytes().to_vec())
-            .map(move |entry| {
-                let (key, _) = entry?;
-                let id = held_key_id(&key);
-                let meta = self.meta(&id)?.ok_or_else(|| StoreError::Decode {
-                    tree: "held",
-                    message: format!("index names {id} but no metadata is stored"),
-                })?;
-                Ok((id, meta))
-            })
+        self.held_under(origin.to_be_bytes().to_vec())
+    }
+
+    fn held_under(
+        &self,
+        prefix: Vec<u8>,
+    ) -> impl Iterator<Item = Result<(BatchId, BatchMeta), StoreError>> + '_ {
+        self.scan_prefix(Tree::Held, prefix).map(move |entry| {
+            let (key, _) = entry?;
+            let id = held_key_id(&key);
+            let meta = self.meta(&id)?.ok_or_else(|| StoreError::Decode {
+                tree: "held",
+                message: format!("index names {id} but no metadata is stored"),
+            })?;
+            Ok((id, meta))
+        })
     }
 
     /// The ids of the batches and manifests `origin` originated for periods of `year`, each
