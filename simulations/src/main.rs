@@ -27,7 +27,7 @@ struct Cli {
     #[arg(long)]
     sweep: Option<u64>,
     /// Plants a bug to see the simulator catch it: receipt-before-durable,
-    /// skip-origin-signature or drop-outbox-on-send.
+    /// skip-origin-signature, drop-outbox-on-send or trust-first-receipt.
     #[arg(long)]
     plant: Option<String>,
 }
@@ -57,6 +57,11 @@ fn print(report: &Report) {
         s.corrupted,
         s.tampered,
         report.faults
+    );
+    let [pending, on_time, late, missing, incomplete, concealed] = s.ledger_states;
+    println!(
+        "  ledger at the province(s): {} entries checked ({} exactly): {on_time} on time, {late} late, {missing} missing, {concealed} concealment suspected, {incomplete} incomplete, {pending} pending; {} batches lost from stores, {} proofs of arrival dropped or forged",
+        s.ledger_checked, s.ledger_exact, s.lost, s.proofs_touched
     );
     println!(
         "  converged {} after healing; virtual time {:.1} days; wall {:.2} s; peak memory {} MiB; trace {}",
@@ -143,9 +148,10 @@ fn main() -> std::process::ExitCode {
         Some("receipt-before-durable") => Some(PlantedBug::ReceiptBeforeDurable),
         Some("skip-origin-signature") => Some(PlantedBug::SkipOriginSignature),
         Some("drop-outbox-on-send") => Some(PlantedBug::DropOutboxOnSend),
+        Some("trust-first-receipt") => Some(PlantedBug::TrustFirstReceipt),
         Some(other) => {
             eprintln!(
-                "unknown bug {other:?}: receipt-before-durable, skip-origin-signature or drop-outbox-on-send"
+                "unknown bug {other:?}: receipt-before-durable, skip-origin-signature, drop-outbox-on-send or trust-first-receipt"
             );
             return std::process::ExitCode::from(2);
         }

@@ -110,3 +110,12 @@ fn an_outbox_entry_dropped_before_its_receipt_is_stored_is_caught() {
     let (seed, message) = caught(PlantedBug::DropOutboxOnSend);
     assert!(message.contains("liveness"), "seed {seed}: {message}");
 }
+
+#[test]
+fn a_forged_proof_of_first_arrival_trusted_is_caught() {
+    let (seed, message) = caught(PlantedBug::TrustFirstReceipt);
+    assert!(
+        message.contains("ledger") && message.contains("earlier than the first parent"),
+        "seed {seed}: {message}"
+    );
+}

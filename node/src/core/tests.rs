@@ -815,3 +815,165 @@ fn reconciliation_restores_a_lost_batch_reports_an_anomaly_and_repairs_a_receipt
     assert_eq!(anomalies(county.store()), [never_at_county.id].into());
     assert_eq!(anomalies(&city_store), [never_at_county.id].into());
 }
+
+/// A county migrating off its legacy link re-sends its history through its parent: the proof
+/// of when each batch first arrived is the national platform's receipt from the legacy link,
+/// and the city dates the batch by it. Without a legacy link in the topology such a proof is
+/// refused, and the city's own receipt dates the batch.
+#[test]
+fn history_resent_off_a_legacy_link_is_dated_by_the_national_receipt() {
+    let legacy = LegacyLink {
+        migrate: true,
+        ..LegacyLink::new(id(COUNTY))
+    };
+    let migrating = topology(2, Some(legacy));
+    let county_kv = MemKv::new();
+    let mut county = core(COUNTY, migrating.clone(), county_kv.clone());
+    let batch = county_batch();
+    county.submit(batch.clone(), now(1)).unwrap();
+    let upto = sync_upto(&drain(&mut county)).expect("a submission is made durable");
+    county.handle_durable(upto, now(2));
+    // Months ago, the national platform signed for it over the legacy link.
+    let delivered_at = now(0).wall_ms - 90 * 86_400_000;
+    let national = Receipt {
+        receiver: id(NATIONAL),
+        batch: batch.id,
+        origin: id(COUNTY),
+        received_at_ms: delivered_at,
+        verdict: Verdict::Accepted { warnings: 0 },
+    }
+    .sign_with(&key(id(NATIONAL)));
+    Store::new(county_kv.clone())
+        .insert_receipt(id(COUNTY), id(NATIONAL), &national, &[], now(3).wall_ms)
+        .unwrap();
+
+    // The parent path comes up and the city wants the batch.
+    drain(&mut county);
+    let up = LinkId(21);
+    county
+        .handle_link_up(up, LinkKind::Up(Route::Parent), now(4))
+        .unwrap();
+    let hello = Message::Hello {
+        node: id(CITY),
+        wire_version: protocol::wire::WIRE_VERSION,
+        topology_version: 2,
+    };
+    county.handle_message(up, hello, now(5)).unwrap();
+    county
+        .handle_message(
+            up,
+            Message::Want {
+                ids: vec![batch.id],
+            },
+            now(6),
+        )
+        .unwrap();
+    let proof = drain(&mut county)
+        .into_iter()
+        .find_map(|o| match o {
+            Output::SendBatch {
+                id, first_receipt, ..
+            } if id == batch.id => Some(first_receipt),
+            _ => None,
+        })
+        .expect("the wanted batch is sent");
+    assert_eq!(
+        proof.as_ref(),
+        Some(&national),
+        "sent with the legacy receipt as the proof"
+    );
+
+    // The city keeps the national receipt as the proof and forwards it.
+    let city_kv = MemKv::new();
+    let mut city = core(CITY, migrating, city_kv.clone());
+    let down = LinkId(22);
+    city.handle_link_up(
+        down,
+        LinkKind::Down {
+            key: key(id(COUNTY)).public(),
+        },
+        now(7),
+    )
+    .unwrap();
+    city.handle_batch(down, batch.clone(), proof.clone(), now(8))
+        .unwrap();
+    let store = Store::new(city_kv);
+    assert_eq!(
+        store.meta(&batch.id).unwrap().unwrap().first,
+        Some(id(NATIONAL))
+    );
+    assert_eq!(
+        store.first_receipt(&batch.id, id(CITY)).unwrap(),
+        Some(national.clone()),
+        "and sends it on"
+    );
+
+    // Where the topology has no legacy link, the same proof is refused.
+    let (mut plain_city, plain_kv, plain_down) = city_with_county();
+    plain_city
+        .handle_batch(plain_down, batch.clone(), proof, now(9))
+        .unwrap();
+    let store = Store::new(plain_kv);
+    assert_eq!(
+        store.meta(&batch.id).unwrap().unwrap().first,
+        Some(id(CITY))
+    );
+    assert_eq!(store.receipt(&batch.id, id(NATIONAL)).unwrap(), None);
+}
+
+/// A verify window that runs out before the parent's receipts cover what the legacy link
+/// delivered waits for those receipts: the timer is not re-armed at the passed deadline (a
+/// runtime would spin on it).
+#[test]
+fn a_verify_window_run_out_before_coverage_does_not_spin_the_timer() {
+    let legacy = LegacyLink {
+        migrate: true,
+        verify_window_s: 60,
+        ..LegacyLink::new(id(COUNTY))
+    };
+    let kv = MemKv::new();
+    let mut county = core(COUNTY, topology(2, Some(legacy)), kv.clone());
+    // One batch the legacy link delivered: the national platform's receipt came back over it,
+    // not through the hierarchy.
+    let batch = county_batch();
+    county.submit(batch.clone(), now(1)).unwrap();
+    let upto = sync_upto(&drain(&mut county)).unwrap();
+    county.handle_durable(upto, now(2));
+    let national = Receipt {
+        receiver: id(NATIONAL),
+        batch: batch.id,
+        origin: id(COUNTY),
+        received_at_ms: now(3).wall_ms,
+        verdict: Verdict::Accepted { warnings: 0 },
+    }
+    .sign_with(&key(id(NATIONAL)));
+    Store::new(kv)
+        .insert_receipt(id(COUNTY), id(NATIONAL), &national, &[], now(3).wall_ms)
+        .unwrap();
+    county
+        .handle_link_up(LinkId(1), LinkKind::Up(Route::Parent), now(101))
+        .unwrap();
+    let hello = Message::Hello {
+        node: id(CITY),
+        wire_version: protocol::wire::WIRE_VERSION,
+        topology_version: 2,
+    };
+    county.handle_message(LinkId(1), hello, now(102)).unwrap();
+    assert_eq!(county.migration_phase(), Some(Phase::Verify));
+    let deadline = county.poll_timeout().unwrap();
+    assert!(deadline <= 102 + 60_000, "the window is armed: {deadline}");
+    let after = now(102 + 60_000);
+    county.handle_timeout(after).unwrap();
+    assert_eq!(
+        county.migration_phase(),
+        Some(Phase::Verify),
+        "not covered: no cut-over"
+    );
+    assert!(
+        county
+            .poll_timeout()
+            .is_none_or(|next| next > after.mono_ms),
+        "the passed deadline is not armed again: {:?}",
+        county.poll_timeout()
+    );
+}

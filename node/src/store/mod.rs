@@ -379,11 +379,11 @@ impl<K: Kv> Store<K> {
         }
         let summary = content.summary();
         let receiver = own_receipt.receipt.receiver;
-        let first = if from == summary.origin && from != receiver {
-            Some(receiver)
-        } else {
-            first_receipt.map(|r| r.receipt.receiver)
-        };
+        // The proof's receiver (the national platform, for an origin re-sending what its
+        // legacy link delivered), else this node when the origin sent it here itself.
+        let first = first_receipt
+            .map(|r| r.receipt.receiver)
+            .or((from == summary.origin && from != receiver).then_some(receiver));
         let meta = BatchMeta {
             origin: summary.origin,
             category: summary.category,

@@ -15,8 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use protocol::ids::days_in_month;
+use protocol::schema::Cadence;
 use protocol::{NodeId, Period, PublicKey};
-use topology::{LegacyLink, Node as TopologyNode, Role, Topology};
+use topology::{LegacyLink, Node as TopologyNode, Role, Schedule, Topology};
 
 pub use world::{Stats, World};
 
@@ -31,14 +32,56 @@ pub fn rng_for(seed: u64) -> Rng {
     Rng::new(seed ^ 0x005E_ED0F_C0DE)
 }
 
-/// One batch an origin's operator submits.
+/// What an origin's operator does at a planned time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Submits one batch of records; `salt` makes two batches of the same origin, category
+    /// and period differ.
+    Data { salt: u32 },
+    /// Closes the period (`credit-node close-period`): a signed manifest naming the data
+    /// batches submitted for it, with the data source's declared total if given. Done once
+    /// every data batch of the report is acknowledged, as an operator would.
+    Close { declared: Option<u64> },
+}
+
+/// One thing an origin's operator submits.
 #[derive(Debug, Clone)]
 pub struct Submission {
     pub at_ms: u64,
     pub origin: NodeId,
     pub category: String,
     pub period: Period,
-    pub salt: u32,
+    pub action: Action,
+    /// The planned report (index into [`Plan::reports`]) it belongs to, if any.
+    pub report: Option<usize>,
+}
+
+/// What the workload does with one monthly report a schedule expects. The ledger's ground
+/// truth is not this plan but what happened (the simulator watches the first parent's
+/// receipts); the fate says what was planted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fate {
+    /// Data, then the manifest, days before the due date.
+    OnTime,
+    /// Data and manifest days after the due date.
+    Late,
+    /// Nothing at all.
+    Missing,
+    /// On time, but the manifest declares more records than were delivered (瞒报).
+    Short,
+    /// A nil manifest (零报告) on time, and no data.
+    Nil,
+}
+
+/// One (reporter, category, month) a schedule expects, and what the workload does with it.
+#[derive(Debug, Clone)]
+pub struct PlannedReport {
+    pub reporter: NodeId,
+    pub category: String,
+    pub period: Period,
+    pub fate: Fate,
+    /// The submissions making it (indices into [`Plan::submissions`]): data first.
+    pub submissions: Vec<usize>,
 }
 
 /// What a scenario and a seed fix before faults are chosen.
@@ -51,6 +94,8 @@ pub struct Plan {
     pub topologies: BTreeMap<u64, Arc<Topology>>,
     pub secrets: HashMap<NodeId, [u8; 32]>,
     pub submissions: Vec<Submission>,
+    /// The monthly reports the schedules expect, with their planted fates.
+    pub reports: Vec<PlannedReport>,
     /// When the last submission is made and every fault is healed.
     pub workload_end_ms: u64,
     /// How long after healing the network has to converge.
@@ -93,6 +138,17 @@ pub enum Fault {
         parent: NodeId,
         key: PublicKey,
     },
+    /// The node crashes and its durable store loses some batches it relayed (a restored
+    /// backup, a lost disk sector); reconciliation with its children must bring them back.
+    Lose {
+        node: NodeId,
+        count: u64,
+    },
+    /// The link from `child` to its parent drops or forges (back-dates, keeping the
+    /// signature) the proof of first arrival that travels with relayed batches.
+    Proof {
+        child: NodeId,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +181,18 @@ impl Faults {
             .iter()
             .copied()
             .filter(|n| n.parent.is_some())
+            .collect();
+        // Nodes that relay others' batches (and hold them): a lost batch can come back from
+        // below. Relaying children: a proof of first arrival travels only on their uplinks.
+        let relays: Vec<NodeId> = nodes
+            .iter()
+            .filter(|n| n.role != Role::County)
+            .map(|n| n.id)
+            .collect();
+        let relaying: Vec<NodeId> = children
+            .iter()
+            .filter(|n| n.role == Role::City)
+            .map(|n| n.id)
             .collect();
         let mut faults = Faults {
             latency_ms: rng.between(1, 50),
@@ -171,6 +239,19 @@ impl Faults {
                         },
                         1,
                     ),
+                    7 => (
+                        Fault::Lose {
+                            node: relays[rng.below(relays.len() as u64) as usize],
+                            count: rng.between(1, 30),
+                        },
+                        rng.between(1_000, 3_600_000),
+                    ),
+                    8 if !relaying.is_empty() => (
+                        Fault::Proof {
+                            child: relaying[rng.below(relaying.len() as u64) as usize],
+                        },
+                        rng.between(3_600_000, 5 * DAY_MS),
+                    ),
                     _ => {
                         let parent = child.parent.expect("a child");
                         let mut seed = [0u8; 32];
@@ -186,7 +267,7 @@ impl Faults {
                 });
             }
         };
-        for kind in 0..7u8 {
+        for kind in 0..9u8 {
             if rng.coin() {
                 add(rng, kind, &mut faults.list);
             }
@@ -214,6 +295,8 @@ impl Faults {
                 Fault::ClockStep { .. } => "clock-step",
                 Fault::Topology { .. } => "migration",
                 Fault::Intruder { .. } => "intruder",
+                Fault::Lose { .. } => "store-loss",
+                Fault::Proof { .. } => "proof",
             };
             *kinds.entry(name).or_default() += 1;
         }
@@ -311,13 +394,14 @@ pub fn plan(scenario: &str, seed: u64) -> Result<Plan, String> {
             })
             .collect()
     };
+    let schedules = schedules(&cities);
     let build = |version: u64, migrate: bool| {
         Topology::from_parts(
             version,
             nodes.clone(),
             links(migrate),
             Vec::new(),
-            Vec::new(),
+            schedules.clone(),
         )
         .map(Arc::new)
         .map_err(|errors| format!("{scenario}: topology does not validate: {errors:?}"))
@@ -325,6 +409,7 @@ pub fn plan(scenario: &str, seed: u64) -> Result<Plan, String> {
     let topology = build(1, false)?;
     let topologies = [(2, build(2, true)?)].into_iter().collect();
     let mut submissions = Vec::new();
+    let mut reports = Vec::new();
     let day_period = |day: u64| {
         let (mut month, mut left) = (1u8, day);
         while left >= u64::from(days_in_month(2026, month)) {
@@ -333,46 +418,87 @@ pub fn plan(scenario: &str, seed: u64) -> Result<Plan, String> {
         }
         (month, left as u8 + 1)
     };
+    // Events (双公示 data) as they happen: every day, or weekly for the nation.
+    let penalties = topology.reporters(&schedules[0]);
     for day in 0..days {
         let (month, dom) = day_period(day);
-        let at = |rng: &mut Rng| day * DAY_MS + rng.below(DAY_MS);
         if daily || day % 7 == 0 {
             let period = Period::Day {
                 year: 2026,
                 month,
                 day: dom,
             };
-            for county in &counties {
+            for reporter in &penalties {
                 submissions.push(Submission {
-                    at_ms: at(&mut rng),
-                    origin: *county,
-                    category: "admin_penalty".into(),
+                    at_ms: day * DAY_MS + rng.below(DAY_MS),
+                    origin: *reporter,
+                    category: schedules[0].category.to_string(),
                     period,
-                    salt: 0,
+                    action: Action::Data { salt: 0 },
+                    report: None,
                 });
             }
         }
-        if dom == 5 && month > 1 {
-            let period = Period::Month {
-                year: 2026,
-                month: month - 1,
-            };
-            for county in &counties {
-                submissions.push(Submission {
-                    at_ms: at(&mut rng),
-                    origin: *county,
-                    category: "water_fee".into(),
+    }
+    // Monthly fees, each report with its fate. A month's reports are made in the next month:
+    // January to November within the year; December's are not due before the run ends.
+    for schedule in &schedules[1..] {
+        for reporter in topology.reporters(schedule) {
+            for month in 1..=11u8 {
+                let period = Period::Month { year: 2026, month };
+                let due_day = u64::from(schedule.due_day);
+                // Day index of the first of the next month.
+                let next = (1..=month)
+                    .map(|m| u64::from(days_in_month(2026, m)))
+                    .sum::<u64>();
+                let fate = match rng.below(100) {
+                    0..=84 => Fate::OnTime,
+                    85..=89 => Fate::Late,
+                    90..=92 => Fate::Missing,
+                    93..=96 => Fate::Short,
+                    _ => Fate::Nil,
+                };
+                // Days after the first of the next month.
+                let day = match fate {
+                    Fate::Late => due_day + rng.between(1, 15),
+                    _ => rng.below(6),
+                };
+                let at = (next + day) * DAY_MS + rng.below(DAY_MS / 2);
+                let index = reports.len();
+                let mut made = Vec::new();
+                let mut push = |at_ms: u64, action: Action| {
+                    made.push(submissions.len());
+                    submissions.push(Submission {
+                        at_ms,
+                        origin: reporter,
+                        category: schedule.category.to_string(),
+                        period,
+                        action,
+                        report: Some(index),
+                    });
+                };
+                let records = workload::RECORDS_PER_BATCH as u64;
+                let close_at = at + rng.between(3_600_000, 6 * 3_600_000);
+                match fate {
+                    Fate::Missing => {}
+                    Fate::Nil => push(at, Action::Close { declared: None }),
+                    Fate::OnTime | Fate::Late => {
+                        push(at, Action::Data { salt: 0 });
+                        let declared = rng.coin().then_some(records);
+                        push(close_at, Action::Close { declared });
+                    }
+                    Fate::Short => {
+                        push(at, Action::Data { salt: 0 });
+                        let declared = Some(records + rng.between(1, 20));
+                        push(close_at, Action::Close { declared });
+                    }
+                }
+                reports.push(PlannedReport {
+                    reporter,
+                    category: schedule.category.to_string(),
                     period,
-                    salt: 0,
-                });
-            }
-            for city in &cities {
-                submissions.push(Submission {
-                    at_ms: at(&mut rng),
-                    origin: *city,
-                    category: "gas_fee".into(),
-                    period,
-                    salt: 0,
+                    fate,
+                    submissions: made,
                 });
             }
         }
@@ -384,9 +510,27 @@ pub fn plan(scenario: &str, seed: u64) -> Result<Plan, String> {
         topologies,
         secrets,
         submissions,
+        reports,
         workload_end_ms: days * DAY_MS,
         heal_bound_ms: 30 * 60_000,
     })
+}
+
+/// The schedules every scenario runs: penalties as events (due 7 days after each), water fees
+/// monthly from every county-level node, gas fees monthly from each city's platform (one
+/// city-level unit for all its districts), both due on the 10th.
+fn schedules(cities: &[NodeId]) -> Vec<Schedule> {
+    let schedule = |category: &str, cadence, due_day, reporters: Vec<NodeId>| Schedule {
+        category: protocol::Category::parse(category).expect("a built-in category"),
+        cadence,
+        due_day,
+        reporters,
+    };
+    vec![
+        schedule("admin_penalty", Cadence::Event, 7, Vec::new()),
+        schedule("water_fee", Cadence::Monthly, 10, Vec::new()),
+        schedule("gas_fee", Cadence::Monthly, 10, cities.to_vec()),
+    ]
 }
 
 fn china_divisions() -> Vec<topology::Division> {

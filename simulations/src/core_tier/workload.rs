@@ -39,8 +39,9 @@ struct Template {
 }
 
 impl Workload {
-    /// A sealed batch of `category` for `period` from `origin`; `salt` makes two batches of
-    /// the same origin, category and period differ (a second submission the same day).
+    /// A sealed batch of `category` for `period` from `origin`, and how many records it
+    /// holds; `salt` makes two batches of the same origin, category and period differ (a
+    /// second submission the same day).
     ///
     /// The same bytes and signature as `SignedBatch::seal_with` on the batch (checked on
     /// each template's first batch), made faster: the records, the bulk of a batch, are
@@ -52,7 +53,7 @@ impl Workload {
         origin: NodeId,
         salt: u32,
         signer: &dyn Signer,
-    ) -> SignedBatch {
+    ) -> (SignedBatch, usize) {
         let key = (category.to_owned(), period, salt);
         if !self.templates.contains_key(&key) {
             let (schema_version, records) = make_records(category, period, salt);
@@ -83,12 +84,14 @@ impl Workload {
                 }),
                 batch,
             };
+            let records = template.batch.records.len();
             self.templates.insert(key, template);
-            return sealed;
+            return (sealed, records);
         }
         let template = self.templates.get_mut(&key).expect("just checked");
         template.batch.header.origin = origin;
-        match (&template.records, &self.context) {
+        let records = template.batch.records.len();
+        let sealed = match (&template.records, &self.context) {
             (Some(records), Some(context)) => {
                 let bytes = assemble(&template.batch.header, records);
                 let id = BatchId::of(&bytes);
@@ -100,7 +103,8 @@ impl Workload {
             }
             // Records stay in canonical order, as `Batch::new` left them.
             _ => SignedBatch::seal_with(&template.batch, signer).expect("a small batch seals"),
-        }
+        };
+        (sealed, records)
     }
 }
 
@@ -189,7 +193,8 @@ mod tests {
             let origin = NodeId::parse(code).unwrap();
             let secret = secret(1, origin, 0);
             let signer = SimSigner::new(secret, public_of(&secret));
-            let made = workload.batch("admin_penalty", period, origin, 0, &signer);
+            let (made, records) = workload.batch("admin_penalty", period, origin, 0, &signer);
+            assert_eq!(records, RECORDS_PER_BATCH, "batch {i}");
             let mut batch = Batch::decode(&made.bytes).unwrap();
             assert_eq!(batch.header.origin, origin, "batch {i}");
             batch.header.origin = origin;

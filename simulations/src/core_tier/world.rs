@@ -17,19 +17,26 @@ use node::core::{Core, CoreConfig, LinkId, LinkKind, Now, Output, Route};
 use node::store::{BlobPool, Kv, MemKv, Store, Tree, WriteFault};
 use protocol::batch::Batch;
 use protocol::wire::{Message, SignedReceipt, Verdict};
-use protocol::{BatchId, NodeId, PublicKey, SignedBatch, Signer};
+use protocol::{BatchId, NodeId, Period, PublicKey, SignedBatch, Signer};
 use topology::Topology;
 
 use super::keys::{self, SimSigner, SimVerifier};
 use super::workload::Workload;
-use super::{Fault, Faults, Plan, Rng, Submission, Violation, rng_for};
+use super::{Action, DAY_MS, Fault, Faults, Plan, Rng, Submission, Violation, rng_for};
 
-/// The simulations' wall-clock start: 2026-12-01T00:00:00Z, in ms.
-pub const EPOCH_MS: u64 = 1_796_083_200_000;
+/// The simulations' wall-clock start: 2026-01-01T00:00 China Standard Time
+/// (2025-12-31T16:00:00Z), in ms. Virtual day `d` is the `d`-th day of 2026 in CST, the day
+/// the schedules' deadlines are counted in.
+pub const EPOCH_MS: u64 = 1_767_196_800_000;
 /// How long a peer takes to notice that a crashed node is gone (QUIC's idle timeout).
 const CRASH_NOTICE_MS: u64 = 10_000;
 /// How often each link reconciles besides when it comes up (virtual time).
 const RECONCILE_EVERY_MS: u64 = 90 * 86_400_000;
+/// How far a forging link back-dates a proof of first arrival: beyond any clock skew the
+/// swarm makes, so a trusted forgery shows.
+const FORGED_BACKDATE_MS: u64 = 30 * 86_400_000;
+/// Events at one instant of virtual time beyond which the run is a livelock.
+const SAME_INSTANT_MAX: u64 = 1_000_000;
 /// How often liveness is checked after the faults are healed.
 const LIVENESS_CHECK_MS: u64 = 10_000;
 /// How long an operator waits before submitting again after a refusal (a full disk, say).
@@ -124,6 +131,16 @@ struct SimNode {
     paths_ok_under: Option<(Arc<Topology>, Option<node::core::migration::Phase>)>,
 }
 
+/// What the simulator knows of a batch or manifest one of its operators made.
+#[derive(Debug, Clone)]
+struct Item {
+    origin: NodeId,
+    category: String,
+    period: Period,
+    records: u64,
+    manifest: bool,
+}
+
 struct SimLink {
     child: usize,
     parent: usize,
@@ -147,6 +164,18 @@ pub struct Stats {
     pub corrupted: u64,
     pub tampered: u64,
     pub intruders_refused: u64,
+    /// Batches deleted from durable stores by the swarm (to be restored by reconciliation).
+    pub lost: u64,
+    /// Batches whose proof of first arrival a link dropped or forged.
+    pub proofs_touched: u64,
+    /// Ledger entries checked against the ground truth at the provinces, and how many of
+    /// them exactly (the rest: a forged or lost proof, a lost batch or a legacy link left
+    /// the arrival time open, and only its bounds were checked).
+    pub ledger_checked: u64,
+    pub ledger_exact: u64,
+    /// Ledger entries per state at the provinces (pending, on time, late, missing,
+    /// incomplete, concealment suspected).
+    pub ledger_states: [u64; 6],
     pub converged_after_ms: Option<u64>,
     pub virtual_ms: u64,
 }
@@ -175,6 +204,22 @@ pub struct World {
     legit: HashMap<BatchId, NodeId>,
     /// Batches acknowledged to their origin's operator (durable at the origin).
     acknowledged: BTreeMap<BatchId, NodeId>,
+    /// What each made batch or manifest is, for the ledger's ground truth.
+    items: HashMap<BatchId, Item>,
+    /// Submissions acknowledged to their operator.
+    acked_submissions: BTreeSet<usize>,
+    /// Each batch's arrival as its origin's parent signed it in its receipt (the first one
+    /// seen on the wire): the ground truth of "arrived".
+    first_arrival: HashMap<BatchId, u64>,
+    /// Batches whose arrival proof was dropped or forged on a link, or that a store lost: a
+    /// node may date them later than the truth, never earlier.
+    proof_touched: BTreeSet<BatchId>,
+    /// The largest clock error any node has had: a node that dates a batch by its own
+    /// receipt (no valid proof) may be this far off the first parent's clock, either way.
+    max_skew_ms: u64,
+    /// Events handled at the current instant, in all and per kind (a livelock detector).
+    same_instant: u64,
+    same_instant_kinds: [u64; 12],
     trace: Trace,
     outputs: Vec<Output>,
     pub stats: Stats,
@@ -282,6 +327,13 @@ impl World {
             bound_ms,
             legit: HashMap::new(),
             acknowledged: BTreeMap::new(),
+            items: HashMap::new(),
+            acked_submissions: BTreeSet::new(),
+            first_arrival: HashMap::new(),
+            proof_touched: BTreeSet::new(),
+            max_skew_ms: 0,
+            same_instant: 0,
+            same_instant_kinds: [0; 12],
             trace: Trace::default(),
             outputs: Vec::new(),
             stats: Stats::default(),
@@ -359,6 +411,32 @@ impl World {
             };
             let event = self.events[slot].take().expect("a scheduled event");
             self.free_events.push(slot);
+            if at == self.now_ms {
+                self.same_instant += 1;
+                self.same_instant_kinds[usize::from(event.kind())] += 1;
+                if self.same_instant == SAME_INSTANT_MAX {
+                    let node = match &event {
+                        Event::Timer { node, .. } | Event::Sent { node, .. } => {
+                            let n = &self.nodes[*node];
+                            let phase = n.core.as_ref().and_then(Core::migration_phase);
+                            let coverage = Store::new(n.kv.clone()).coverage(n.id);
+                            format!(
+                                "; last at {} (migration {phase:?}, delivered and covered {coverage:?})",
+                                n.id
+                            )
+                        }
+                        _ => String::new(),
+                    };
+                    self.fail(format!(
+                        "livelock: {SAME_INSTANT_MAX} events without virtual time advancing (events per kind: {:?}){node}",
+                        self.same_instant_kinds
+                    ));
+                    break;
+                }
+            } else {
+                self.same_instant = 0;
+                self.same_instant_kinds = [0; 12];
+            }
             self.now_ms = at;
             self.stats.events += 1;
             self.trace.update(&at.to_le_bytes());
@@ -446,6 +524,9 @@ impl World {
             Event::CheckLiveness => match self.liveness() {
                 Ok(()) => {
                     self.stats.converged_after_ms = Some(self.now_ms - self.heal_at_ms);
+                    if let Err(message) = self.check_ledgers() {
+                        self.fail(message);
+                    }
                     self.done = true;
                 }
                 Err(_) => self.schedule(self.now_ms + LIVENESS_CHECK_MS, Event::CheckLiveness),
@@ -625,6 +706,7 @@ impl World {
                 let submitting = std::mem::take(&mut self.nodes[n].submitting);
                 for (id, at, s) in submitting {
                     if at <= durable {
+                        self.acked_submissions.insert(s);
                         if self.acknowledged.insert(id, origin).is_none() {
                             self.stats.acknowledged += 1;
                         }
@@ -648,7 +730,8 @@ impl World {
             origin,
             ref category,
             period,
-            salt,
+            action,
+            report,
             ..
         } = self.plan.submissions[s];
         let category = category.clone();
@@ -657,21 +740,69 @@ impl World {
             self.schedule(self.now_ms + RESUBMIT_MS, Event::Submit(s));
             return;
         }
-        let signed = self
-            .workload
-            .batch(&category, period, origin, salt, &self.nodes[n].signer);
-        let id = signed.id;
-        self.legit.insert(id, origin);
-        self.trace.update(id.as_bytes());
-        self.stats.submitted += 1;
         let now = self.now_of(n);
-        let result = self.nodes[n]
-            .core
-            .as_mut()
-            .expect("checked above")
-            .submit(signed, now);
-        match result {
-            Ok(submitted) => self.nodes[n].submitting.push((id, submitted.durable_at, s)),
+        let made = match action {
+            Action::Data { salt } => {
+                let (signed, records) =
+                    self.workload
+                        .batch(&category, period, origin, salt, &self.nodes[n].signer);
+                let id = signed.id;
+                self.items.insert(
+                    id,
+                    Item {
+                        origin,
+                        category: category.clone(),
+                        period,
+                        records: records as u64,
+                        manifest: false,
+                    },
+                );
+                self.legit.insert(id, origin);
+                self.trace.update(id.as_bytes());
+                self.stats.submitted += 1;
+                let core = self.nodes[n].core.as_mut().expect("checked above");
+                core.submit(signed, now)
+                    .map(|submitted| (id, submitted.durable_at))
+                    .map_err(|e| e.to_string())
+            }
+            Action::Close { declared } => {
+                // An operator closes a period once its data is acknowledged.
+                let data_acked = report.is_none_or(|r| {
+                    self.plan.reports[r].submissions.iter().all(|d| {
+                        *d == s
+                            || !matches!(self.plan.submissions[*d].action, Action::Data { .. })
+                            || self.acked_submissions.contains(d)
+                    })
+                });
+                if !data_acked {
+                    self.schedule(self.now_ms + RESUBMIT_MS, Event::Submit(s));
+                    return;
+                }
+                let category = protocol::Category::parse(&category).expect("a built-in category");
+                let core = self.nodes[n].core.as_mut().expect("checked above");
+                let closed = core
+                    .close_period(&category, period, declared, now)
+                    .map_err(|e| e.to_string());
+                if let Ok((id, _)) = &closed {
+                    self.items.insert(
+                        *id,
+                        Item {
+                            origin,
+                            category: category.to_string(),
+                            period,
+                            records: 0,
+                            manifest: true,
+                        },
+                    );
+                    self.legit.insert(*id, origin);
+                    self.trace.update(id.as_bytes());
+                    self.stats.submitted += 1;
+                }
+                closed.map(|(id, submitted)| (id, submitted.durable_at))
+            }
+        };
+        match made {
+            Ok((id, durable_at)) => self.nodes[n].submitting.push((id, durable_at, s)),
             Err(_) => self.schedule(self.now_ms + RESUBMIT_MS, Event::Submit(s)),
         }
         self.after_call(n);
@@ -696,9 +827,9 @@ impl World {
             let fault = &self.faults.list[*f].fault;
             pick(fault)
                 && match fault {
-                    Fault::Corrupt { child: c } | Fault::Tamper { child: c } => {
-                        self.index[c] == child
-                    }
+                    Fault::Corrupt { child: c }
+                    | Fault::Tamper { child: c }
+                    | Fault::Proof { child: c } => self.index[c] == child,
                     _ => false,
                 }
         })
@@ -844,6 +975,22 @@ impl World {
             self.schedule(self.now_ms + delay, Event::Fault(f));
         }
         self.stats.batch_bytes_sent += signed.bytes.len() as u64;
+        let mut first_receipt = first_receipt;
+        if let Some(proof) = first_receipt.as_mut()
+            && self.link_fault(child, |f| matches!(f, Fault::Proof { .. }))
+        {
+            self.proof_touched.insert(id);
+            self.stats.proofs_touched += 1;
+            if self.rng.coin() {
+                first_receipt = None;
+            } else {
+                // Back-dated a month, the signature kept: only its check can tell.
+                proof.receipt.received_at_ms = proof
+                    .receipt
+                    .received_at_ms
+                    .saturating_sub(FORGED_BACKDATE_MS);
+            }
+        }
         let mut copies = vec![signed];
         if self.faults.duplicate_percent > 0 && self.rng.below(100) < self.faults.duplicate_percent
         {
@@ -944,7 +1091,12 @@ impl World {
                 let n = self.index[&node];
                 self.crash(n);
             }
-            Fault::Crash { node } => {
+            Fault::Lose { node, count } if start => {
+                let n = self.index[&node];
+                self.crash(n);
+                self.lose(n, count);
+            }
+            Fault::Crash { node } | Fault::Lose { node, .. } => {
                 let n = self.index[&node];
                 self.restart(n);
             }
@@ -959,6 +1111,9 @@ impl World {
             Fault::ClockStep { node, step_ms } if start => {
                 let n = self.index[&node];
                 self.nodes[n].wall_skew_ms += step_ms;
+                self.max_skew_ms = self
+                    .max_skew_ms
+                    .max(self.nodes[n].wall_skew_ms.unsigned_abs());
             }
             Fault::Topology { version } if start => {
                 let next = self.plan.topologies[&version].clone();
@@ -1008,6 +1163,40 @@ impl World {
         }
     }
 
+    /// Deletes up to `count` batches node `n` holds for others and has delivered upstream
+    /// from its durable store (with their receipts), while it is down.
+    fn lose(&mut self, n: usize, count: u64) {
+        let me = self.nodes[n].id;
+        let parent = self.nodes[n].topology.node(me).and_then(|node| node.parent);
+        let store = Store::new(self.nodes[n].kv.clone());
+        let mut candidates: Vec<BatchId> = Vec::new();
+        for entry in store.held() {
+            let Ok((id, meta)) = entry else {
+                continue;
+            };
+            if meta.origin == me {
+                continue;
+            }
+            // Delivered: no outbox entry still refers to it.
+            let delivered = match parent {
+                Some(parent) => store.receipt(&id, parent).ok().flatten().is_some(),
+                None => true,
+            };
+            if delivered {
+                candidates.push(id);
+            }
+        }
+        for _ in 0..count.min(candidates.len() as u64) {
+            let i = self.rng.below(candidates.len() as u64) as usize;
+            let id = candidates.swap_remove(i);
+            if store.forget_batch(&id).unwrap_or(false) {
+                self.trace.update(id.as_bytes());
+                self.proof_touched.insert(id);
+                self.stats.lost += 1;
+            }
+        }
+    }
+
     fn heal(&mut self) {
         self.healed = true;
         self.active.clear();
@@ -1016,6 +1205,15 @@ impl World {
             if self.nodes[n].core.is_none() {
                 self.start_node(n);
             }
+        }
+        // After an incident the operators reconcile every link (`credit-node reconcile`):
+        // batches and receipts, whatever came up when.
+        for n in 0..self.nodes.len() {
+            self.call(n, |core, now| {
+                core.reconcile(None, now)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
         }
         self.schedule(self.now_ms + LIVENESS_CHECK_MS, Event::CheckLiveness);
     }
@@ -1035,6 +1233,18 @@ impl World {
                         continue;
                     }
                     let id = r.receipt.batch;
+                    // The origin's parent signs when the batch first arrived; or the national
+                    // platform, over a legacy link (whichever signed earlier).
+                    let origin = r.receipt.origin;
+                    let topology = &self.plan.topology;
+                    if origin != me
+                        && (topology.node(origin).and_then(|o| o.parent) == Some(me)
+                            || (me.is_national() && topology.legacy_link(origin).is_some()))
+                    {
+                        let at = r.receipt.received_at_ms;
+                        let first = self.first_arrival.entry(id).or_insert(at);
+                        *first = (*first).min(at);
+                    }
                     let kv = &self.nodes[n].kv;
                     if !kv.durable_contains(Tree::Batches, id.as_bytes()) || !kv.durable_blob(&id) {
                         self.fail(format!(
@@ -1193,6 +1403,188 @@ impl World {
                 ));
             }
         }
+        self.reconciliation_converged()
+    }
+
+    /// On every link, the parent holds exactly the batches and manifests of the child's
+    /// subtree that the child holds: a reconciliation session would find nothing to do.
+    fn reconciliation_converged(&self) -> Result<(), String> {
+        let topology = &self.plan.topology;
+        for node in &self.nodes {
+            let Some(parent) = topology.node(node.id).and_then(|n| n.parent) else {
+                continue;
+            };
+            let child_store = Store::new(node.kv.clone());
+            let parent_store = Store::new(self.nodes[self.index[&parent]].kv.clone());
+            let mut below: BTreeSet<BatchId> = BTreeSet::new();
+            for entry in child_store.held() {
+                below.insert(entry.map_err(|e| e.to_string())?.0);
+            }
+            let mut above: BTreeSet<BatchId> = BTreeSet::new();
+            for origin in topology.nodes().map(|n| n.id) {
+                if !node::core::reconcile::in_subtree(topology, node.id, origin) {
+                    continue;
+                }
+                for entry in parent_store.held_of(origin) {
+                    above.insert(entry.map_err(|e| e.to_string())?.0);
+                }
+            }
+            if below != above {
+                let lacks: Vec<String> = below
+                    .difference(&above)
+                    .take(3)
+                    .map(BatchId::short)
+                    .collect();
+                let extra: Vec<String> = above
+                    .difference(&below)
+                    .take(3)
+                    .map(BatchId::short)
+                    .collect();
+                return Err(format!(
+                    "reconciliation has not converged between {} and its parent {parent}: the parent lacks {} of its batches (e.g. {lacks:?}) and holds {} it does not (e.g. {extra:?})",
+                    node.id,
+                    below.difference(&above).count(),
+                    above.difference(&below).count(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The ledger at every province equals the ground truth: for every report its
+    /// schedules expect, what arrived and when (the first parent's receipts, as seen on the
+    /// wire), whether it is missing, short of its declared total or of its usual count.
+    /// Planted reports are flagged: every missing one missing, every short one suspected.
+    fn check_ledgers(&mut self) -> Result<(), String> {
+        let mut by_report: HashMap<(NodeId, &str, u8), Vec<BatchId>> = HashMap::new();
+        for (id, item) in &self.items {
+            let month = match item.period {
+                Period::Month { month, .. } | Period::Day { month, .. } => month,
+            };
+            by_report
+                .entry((item.origin, item.category.as_str(), month))
+                .or_default()
+                .push(*id);
+        }
+        for ids in by_report.values_mut() {
+            ids.sort();
+        }
+        let provinces: Vec<usize> = (0..self.nodes.len())
+            .filter(|n| {
+                self.plan
+                    .topology
+                    .node(self.nodes[*n].id)
+                    .map(|node| node.role)
+                    == Some(topology::Role::Province)
+            })
+            .collect();
+        let mut stats = (0u64, 0u64, [0u64; 6]);
+        for p in provinces {
+            let me = self.nodes[p].id;
+            let now = self.now_of(p);
+            let Some(core) = self.nodes[p].core.as_ref() else {
+                return Err(format!("{me} is not running"));
+            };
+            let topology = core.topology().clone();
+            let store = Store::new(self.nodes[p].kv.clone());
+            let truths = Truths {
+                store: &store,
+                items: &self.items,
+                by_report: &by_report,
+                first_arrival: &self.first_arrival,
+                touched: &self.proof_touched,
+                topology: &self.plan.topology,
+            };
+            let skew_ms = 2 * self.max_skew_ms;
+            for month in 1..=12u8 {
+                let period = Period::Month { year: 2026, month };
+                let entries = core
+                    .ledger(period, None, now)
+                    .map_err(|e| format!("the ledger of {me} for {period}: {e}"))?;
+                let mut expected: BTreeMap<(NodeId, String), &topology::Schedule> = BTreeMap::new();
+                for schedule in topology.schedules() {
+                    for reporter in topology.reporters(schedule) {
+                        if topology.path_to_national(reporter).contains(&me) {
+                            expected.insert((reporter, schedule.category.to_string()), schedule);
+                        }
+                    }
+                }
+                if entries.len() != expected.len() {
+                    return Err(format!(
+                        "ledger: {me} lists {} reports for {period}; its schedules expect {}",
+                        entries.len(),
+                        expected.len()
+                    ));
+                }
+                for entry in &entries {
+                    let key = (entry.reporter, entry.category.clone());
+                    let Some(schedule) = expected.get(&key) else {
+                        return Err(format!(
+                            "ledger: {me} lists {} {} for {period}, which no schedule expects",
+                            entry.reporter, entry.category
+                        ));
+                    };
+                    let truth = truths
+                        .of(entry.reporter, schedule, period, now.wall_ms)
+                        .map_err(|e| format!("ledger truth: {e}"))?;
+                    truth.check(entry, skew_ms).map_err(|why| {
+                        format!(
+                            "ledger: {me}'s entry for {} {} {period} is wrong: {why} (state {}, arrived {:?}, late {:?} days; truth {truth:?})",
+                            entry.reporter,
+                            entry.category,
+                            entry.state.as_str(),
+                            entry.arrived_ms,
+                            entry.late_days
+                        )
+                    })?;
+                    tracing::debug!(
+                        reporter = %entry.reporter,
+                        category = %entry.category,
+                        %period,
+                        state = entry.state.as_str(),
+                        late_days = ?entry.late_days,
+                        exact = truth.exact,
+                        "ledger entry checked"
+                    );
+                    stats.0 += 1;
+                    stats.1 += u64::from(truth.exact);
+                    stats.2[entry.state as usize] += 1;
+                }
+                // What was planted is flagged.
+                for report in &self.plan.reports {
+                    if report.period != period
+                        || !topology.path_to_national(report.reporter).contains(&me)
+                    {
+                        continue;
+                    }
+                    let Some(entry) = entries
+                        .iter()
+                        .find(|e| e.reporter == report.reporter && e.category == report.category)
+                    else {
+                        continue;
+                    };
+                    let flagged = match report.fate {
+                        super::Fate::Missing => entry.missing,
+                        super::Fate::Short => entry.concealment.is_some(),
+                        _ => true,
+                    };
+                    if !flagged {
+                        return Err(format!(
+                            "ledger: {me} does not flag the planted {:?} report {} {} {period} (state {})",
+                            report.fate,
+                            report.reporter,
+                            report.category,
+                            entry.state.as_str()
+                        ));
+                    }
+                }
+            }
+        }
+        self.stats.ledger_checked += stats.0;
+        self.stats.ledger_exact += stats.1;
+        for (total, n) in self.stats.ledger_states.iter_mut().zip(stats.2) {
+            *total += n;
+        }
         Ok(())
     }
 
@@ -1212,6 +1604,225 @@ impl World {
 
     pub fn key_of(&self, id: NodeId) -> PublicKey {
         self.nodes[self.index[&id]].signer.public()
+    }
+}
+
+/// What a report's ledger entry must say, worked out from what the simulator saw: which
+/// items its origin made and the province holds, and when the origin's parent signed that
+/// each arrived. The rules are the ledger's, written again from its documentation.
+#[derive(Debug)]
+struct Truth {
+    /// Every arrival known and untouched: the entry must match exactly. Otherwise (a proof
+    /// dropped or forged, a batch lost, a legacy link, an arrival not seen) it may be dated
+    /// later than `arrived`, never earlier (than the clocks' disagreement allows).
+    exact: bool,
+    arrived: Option<u64>,
+    late_days: Option<u32>,
+    missing: bool,
+    incomplete: bool,
+    concealed: bool,
+    delivered: u64,
+    declared: Option<u64>,
+}
+
+impl Truth {
+    fn state(&self) -> node::core::ledger::State {
+        use node::core::ledger::State;
+        if self.missing {
+            State::Missing
+        } else if self.arrived.is_none() {
+            State::Pending
+        } else if self.incomplete {
+            State::Incomplete
+        } else if self.concealed {
+            State::ConcealmentSuspected
+        } else if self.late_days.is_some() {
+            State::Late
+        } else {
+            State::OnTime
+        }
+    }
+
+    /// `skew_ms`: how far apart two nodes' clocks may be, for entries that are not exact.
+    fn check(&self, entry: &node::core::ledger::Entry, skew_ms: u64) -> Result<(), String> {
+        let same = |what: &str, ok: bool| if ok { Ok(()) } else { Err(what.to_owned()) };
+        same("missing", entry.missing == self.missing)?;
+        same("incomplete", entry.incomplete.is_empty() != self.incomplete)?;
+        same("concealment", entry.concealment.is_some() == self.concealed)?;
+        same(
+            "records delivered",
+            entry.records_delivered == self.delivered,
+        )?;
+        same("records declared", entry.records_declared == self.declared)?;
+        same(
+            "arrived",
+            entry.arrived_ms.is_some() == self.arrived.is_some(),
+        )?;
+        if self.exact {
+            same("arrival time", entry.arrived_ms == self.arrived)?;
+            same("days late", entry.late_days == self.late_days)?;
+            same("state", entry.state == self.state())?;
+        } else if let (Some(at), Some(truth)) = (entry.arrived_ms, self.arrived) {
+            same(
+                "arrival earlier than the first parent's receipt",
+                at + skew_ms >= truth,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Works out [`Truth`]s at one province.
+struct Truths<'a> {
+    store: &'a Store<MemKv>,
+    items: &'a HashMap<BatchId, Item>,
+    by_report: &'a HashMap<(NodeId, &'a str, u8), Vec<BatchId>>,
+    first_arrival: &'a HashMap<BatchId, u64>,
+    touched: &'a BTreeSet<BatchId>,
+    topology: &'a Topology,
+}
+
+impl Truths<'_> {
+    /// The data records of `reporter`'s `category` the province holds for `month`.
+    fn held(
+        &self,
+        reporter: NodeId,
+        category: &str,
+        month: u8,
+    ) -> Result<Vec<(BatchId, &Item)>, String> {
+        let mut held = Vec::new();
+        for id in self
+            .by_report
+            .get(&(reporter, category, month))
+            .into_iter()
+            .flatten()
+        {
+            if self.store.holds(id).map_err(|e| e.to_string())? {
+                held.push((*id, &self.items[id]));
+            }
+        }
+        Ok(held)
+    }
+
+    fn of(
+        &self,
+        reporter: NodeId,
+        schedule: &topology::Schedule,
+        period: Period,
+        now_ms: u64,
+    ) -> Result<Truth, String> {
+        use node::core::ledger::due_ms;
+        use protocol::schema::Cadence;
+        let Period::Month { month, .. } = period else {
+            return Err(format!("{period} is not a month"));
+        };
+        let category = schedule.category.to_string();
+        let cadence = schedule.cadence;
+        let due = due_ms(period, cadence, schedule.due_day);
+        let held = self.held(reporter, &category, month)?;
+        let data: BTreeMap<BatchId, &Item> = held
+            .iter()
+            .filter(|(_, item)| !item.manifest)
+            .map(|(id, item)| (*id, *item))
+            .collect();
+        let mut manifests = Vec::new();
+        for (id, item) in &held {
+            if !item.manifest {
+                continue;
+            }
+            let signed = self
+                .store
+                .batch(id)
+                .map_err(|e| e.to_string())?
+                .ok_or("a held manifest has no bytes")?;
+            match protocol::Content::decode(&signed.bytes) {
+                Ok(protocol::Content::Manifest(m)) => manifests.push((*id, m)),
+                other => return Err(format!("manifest {} decodes to {other:?}", id.short())),
+            }
+        }
+        manifests.sort_by_key(|(_, m)| m.revision);
+        let mut exact = self.topology.legacy_link(reporter).is_none()
+            && held.iter().all(|(id, _)| !self.touched.contains(id))
+            && manifests
+                .windows(2)
+                .all(|w| w[0].1.revision != w[1].1.revision);
+        let latest = manifests.last().map(|(_, m)| m);
+        let (incomplete, delivered) = match latest {
+            Some(m) => (
+                m.batches.iter().any(|e| !data.contains_key(&e.batch)),
+                m.batches
+                    .iter()
+                    .filter_map(|e| data.get(&e.batch).map(|item| item.records))
+                    .sum(),
+            ),
+            None => (false, data.values().map(|item| item.records).sum()),
+        };
+        // Timeliness of the first filing: its first manifest and the data it names, or the
+        // data alone; each event against its own deadline.
+        let deadline = |item: &Item| match cadence {
+            Cadence::Event => due_ms(item.period, cadence, schedule.due_day).min(due),
+            _ => due,
+        };
+        let mut filed: Vec<(BatchId, u64)> = Vec::new();
+        match manifests.first() {
+            Some((id, m)) => {
+                filed.push((*id, due));
+                for e in &m.batches {
+                    if let Some(item) = data.get(&e.batch) {
+                        filed.push((e.batch, deadline(item)));
+                    }
+                }
+            }
+            None => filed.extend(data.iter().map(|(id, item)| (*id, deadline(item)))),
+        }
+        let (mut arrived, mut late_ms) = (None::<u64>, 0u64);
+        for (id, deadline) in &filed {
+            match self.first_arrival.get(id) {
+                Some(at) => {
+                    arrived = Some(arrived.map_or(*at, |a: u64| a.max(*at)));
+                    late_ms = late_ms.max(at.saturating_sub(*deadline));
+                }
+                None => exact = false,
+            }
+        }
+        let has_items = !filed.is_empty();
+        if has_items && arrived.is_none() {
+            // Nothing seen: only that something arrived is known.
+            arrived = Some(0);
+        }
+        let declared = latest.and_then(|m| m.declared);
+        let mut concealed = declared.is_some_and(|d| d > delivered);
+        if !concealed && has_items && cadence == Cadence::Monthly {
+            let mut counts = Vec::new();
+            for back in 1..=3u8 {
+                if month <= back {
+                    break;
+                }
+                let n: u64 = self
+                    .held(reporter, &category, month - back)?
+                    .iter()
+                    .filter(|(_, item)| !item.manifest)
+                    .map(|(_, item)| item.records)
+                    .sum();
+                if n > 0 {
+                    counts.push(n);
+                }
+            }
+            if !counts.is_empty() {
+                let average = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
+                concealed = (delivered as f64) < average * 0.5;
+            }
+        }
+        Ok(Truth {
+            exact,
+            arrived,
+            late_days: (late_ms > 0).then(|| late_ms.div_ceil(DAY_MS) as u32),
+            missing: !has_items && now_ms > due,
+            incomplete,
+            concealed,
+            delivered,
+            declared,
+        })
     }
 }
 
