@@ -109,12 +109,12 @@ fn the_report_shows_late_missing_and_short_reports_and_reconciliation_repairs_th
     )
     .unwrap();
     for category in ["water_fee", "gas_fee"] {
-        cluster.schedules.push(topology::Schedule {
-            category: protocol::Category::parse(category).unwrap(),
-            cadence: topology::Cadence::Monthly,
-            due_day: 10,
-            reporters: Vec::new(),
-        });
+        cluster.schedules.push(topology::Schedule::new(
+            protocol::Category::parse(category).unwrap(),
+            topology::Cadence::Monthly,
+            10,
+            Vec::new(),
+        ));
     }
     cluster.write_topology().unwrap();
 

@@ -506,12 +506,12 @@ fn the_first_parents_receipt_travels_up_with_the_batch_and_a_forged_one_is_ignor
 
 fn schedule_topology() -> Arc<Topology> {
     let plain = topology(1, None);
-    let schedules = vec![topology::Schedule {
-        category: protocol::Category::parse("water_fee").unwrap(),
-        cadence: protocol::schema::Cadence::Monthly,
-        due_day: 10,
-        reporters: Vec::new(),
-    }];
+    let schedules = vec![topology::Schedule::new(
+        protocol::Category::parse("water_fee").unwrap(),
+        protocol::schema::Cadence::Monthly,
+        10,
+        Vec::new(),
+    )];
     Arc::new(
         Topology::from_parts(
             1,
