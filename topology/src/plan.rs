@@ -651,7 +651,7 @@ impl Planner<'_> {
         let before = |was: Option<&Allocation>, line: Option<&Allocation>| {
             let covers_of = |line: Option<&Allocation>| line.map(|l| l.covers.clone());
             if covers_of(was).unwrap_or_default() != covers_of(line).unwrap_or_default() {
-                "nothing: the timeliness ledger applies the new covers from the next period"
+                "nothing: the timeliness ledger expects the covered nodes' reports from their new reporter"
                     .to_owned()
             } else if line.is_none() {
                 "nothing: the report no longer shows it".to_owned()
