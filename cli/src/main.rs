@@ -148,7 +148,8 @@ enum Command {
         declared: Option<u64>,
     },
     /// The timeliness ledger of a running node's subtree for a period: every expected report
-    /// on time, late, missing, incomplete or short, rolled up by city with 瞒报率, 漏报率, 迟报率.
+    /// on time, late, missing, incomplete or short, rolled up by city with 瞒报率, 漏报率, 迟报率,
+    /// and whom to call about each one behind a rate (the schedule's allocation table, 分工表).
     #[command(
         after_help = "Examples:\n  credit-node report --dir ./guangdong --period 2026-03\n  credit-node report --dir ./jieyang --period 2026-03 --category water_fee --format csv > march.csv"
     )]

@@ -109,12 +109,21 @@ fn the_report_shows_late_missing_and_short_reports_and_reconciliation_repairs_th
     )
     .unwrap();
     for category in ["water_fee", "gas_fee"] {
-        cluster.schedules.push(topology::Schedule {
-            category: protocol::Category::parse(category).unwrap(),
-            cadence: topology::Cadence::Monthly,
-            due_day: 10,
-            reporters: Vec::new(),
+        let mut schedule = topology::Schedule::new(
+            protocol::Category::parse(category).unwrap(),
+            topology::Cadence::Monthly,
+            10,
+            Vec::new(),
+        );
+        // The task allocation table names whom to call about 惠来's reports.
+        schedule.allocation.push(topology::Allocation {
+            reporter: short,
+            covers: Vec::new(),
+            data_source: "惠来县各供水、供气单位".into(),
+            responsible: "惠来县发展改革局".into(),
+            contact: Some("0663-6xxxxxx".into()),
         });
+        cluster.schedules.push(schedule);
     }
     cluster.write_topology().unwrap();
 
@@ -214,6 +223,12 @@ fn the_report_shows_late_missing_and_short_reports_and_reconciliation_repairs_th
     assert!(text.contains("2/6 33.3%"), "{text}");
     assert!(
         text.contains(&format!("{short} gas_fee {PERIOD}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "whom to call: 惠来县发展改革局 0663-6xxxxxx; data source 惠来县各供水、供气单位"
+        ),
         "{text}"
     );
 

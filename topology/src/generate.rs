@@ -154,11 +154,13 @@ impl std::error::Error for GenerateError {}
 /// 10th of the following month; administrative licences and penalties within 7 days of the
 /// decision; reported by every county-level node.
 fn default_schedules() -> Vec<Schedule> {
-    let schedule = |name: &str, cadence, due_day| Schedule {
-        category: Category::parse(name).expect("a built-in category name"),
-        cadence,
-        due_day,
-        reporters: Vec::new(),
+    let schedule = |name: &str, cadence, due_day| {
+        Schedule::new(
+            Category::parse(name).expect("a built-in category name"),
+            cadence,
+            due_day,
+            Vec::new(),
+        )
     };
     vec![
         schedule("water_fee", Cadence::Monthly, 10),

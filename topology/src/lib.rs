@@ -9,7 +9,8 @@
 //! every other node with a known parent of a strictly higher role in its own province, or a
 //! legacy link, or both; no cycles, so every node has a path to the national platform; ids,
 //! public keys and addresses unique; no node holding a revoked key; schedules only for known
-//! categories, with due days that fit their cadence and reporters that are nodes.
+//! categories, with due days that fit their cadence, reporters that are nodes and allocation
+//! tables whose reporters cover only nodes below them.
 //!
 //! [`plan`] compares two topologies and lists the ordered steps (each with the precondition
 //! that must hold before it) that take the network from one to the other, establishing every
@@ -77,11 +78,21 @@
 //!                             # event: days after the event, 1..=365; daily: absent or 1
 //! reporters = ["445281"]      # optional: default every county-level node (every county, and
 //!                             # every city without counties such as 441900 东莞 and 442000 中山)
+//!
+//! # Optional: the task allocation table (分工表) of the category, one table per reporter.
+//! [[schedule.allocation]]
+//! reporter = "445200"                   # the node that reports (and owes) the category
+//! covers = ["445202", "445203"]         # optional: districts whose data it reports; they then
+//!                                       # owe nothing of this category themselves
+//! data_source = "揭阳市水务集团有限公司"  # the unit that provides the data
+//! responsible = "揭阳市发展改革局"        # the unit that answers for the report
+//! contact = "0663-8xxxxxx"              # optional: whom to call, as free text
 //! ```
 //!
 //! Tables may come in any order after the top-level keys; [`Topology::render`] writes
-//! `version`, `revoked_keys`, then every `[[node]]`, `[[legacy_link]]` and `[[schedule]]` in
-//! the order they were given, every key spelt out.
+//! `version`, `revoked_keys`, then every `[[node]]`, `[[legacy_link]]` and `[[schedule]]` (each
+//! followed by its `[[schedule.allocation]]` lines) in the order they were given, every key
+//! spelt out.
 //!
 //! ## Nodes and parents
 //!
@@ -118,6 +129,47 @@
 //!
 //! One `[[schedule]]` per category says which nodes owe it and by when; the timeliness ledger
 //! compares it with what arrived. See [`Topology::reporters`] for the default reporters.
+//!
+//! ## The task allocation table (分工表)
+//!
+//! The policy documents attach to each category a table of who provides the data, who
+//! answers for the report and whom to call. Each `[[schedule.allocation]]` under a
+//! `[[schedule]]` is one line of that table, for one reporter; the ledger carries it beside
+//! every report of that reporter, so the report says whom to call about a late or missing one.
+//!
+//! Some categories are reported by one city-level unit for several districts: in Jieyang the
+//! city water group and the gas company report the water and gas fees of the urban area (榕城
+//! 445202, 揭东 445203 and the 空港经济区, a functional zone with no division code of its own,
+//! whose data travels with theirs) through the city platform 445200, while in the other
+//! counties the data-source units hand their data to the county's 发展改革局, which checks and
+//! reports it. `covers` says so: the reporter owes the category (even a city, which is not a
+//! default reporter), and each node it covers does not.
+//!
+//! ```toml
+//! [[schedule]]
+//! category = "water_fee"
+//! cadence = "monthly"
+//! due_day = 10
+//!
+//! [[schedule.allocation]]
+//! reporter = "445200"
+//! covers = ["445202", "445203"]
+//! data_source = "揭阳市水务集团有限公司"
+//! responsible = "揭阳市发展改革局"
+//!
+//! [[schedule.allocation]]
+//! reporter = "445281"
+//! data_source = "普宁市各供水单位"
+//! responsible = "普宁市发展改革局"
+//! contact = "信用股 0663-xxxxxxx"
+//! ```
+//!
+//! Every reporter in the table owes the category, in addition to `reporters` (or the default);
+//! a reporter without an allocation line is simply shown without one. The rules: the reporter
+//! and every covered node are nodes; a covered node lies below its reporter; a reporter appears
+//! once in a table; a node is covered once, never by itself, is not listed in `reporters` and
+//! has no allocation line of its own; `data_source`, `responsible` and `contact` say something
+//! (at most [`TEXT_CHARS_MAX`] characters, on one line).
 //!
 //! # Why the file is walked, not derived with serde
 //!
@@ -156,6 +208,10 @@ pub const NODES_MAX: usize = 10_000;
 
 /// At most this many characters in a node's name.
 pub const NAME_CHARS_MAX: usize = 100;
+
+/// At most this many characters in a text of the allocation table (data source, responsible
+/// unit, contact).
+pub const TEXT_CHARS_MAX: usize = 200;
 
 /// What a node is in the hierarchy. Ordered by level: `County < City < Province < National`.
 #[derive(
@@ -294,6 +350,59 @@ pub struct Schedule {
     /// The nodes that owe this category, in file order. Empty means the default: every
     /// county-level node, see [`Topology::reporters`].
     pub reporters: Vec<NodeId>,
+    /// The task allocation table (分工表): at most one line per reporter, in file order.
+    pub allocation: Vec<Allocation>,
+}
+
+impl Schedule {
+    /// A schedule without an allocation table.
+    pub fn new(
+        category: Category,
+        cadence: Cadence,
+        due_day: u16,
+        reporters: Vec<NodeId>,
+    ) -> Schedule {
+        Schedule {
+            category,
+            cadence,
+            due_day,
+            reporters,
+            allocation: Vec::new(),
+        }
+    }
+
+    /// The allocation line of `reporter`, if the table has one.
+    pub fn allocation_of(&self, reporter: NodeId) -> Option<&Allocation> {
+        self.allocation
+            .iter()
+            .find(|line| line.reporter == reporter)
+    }
+
+    /// The reporter whose allocation line covers `node`, if one does.
+    pub fn covered_by(&self, node: NodeId) -> Option<NodeId> {
+        self.allocation
+            .iter()
+            .find(|line| line.covers.contains(&node))
+            .map(|line| line.reporter)
+    }
+}
+
+/// One line of a schedule's task allocation table (分工表): who reports, for which districts,
+/// from which data source, who answers for it and whom to call. See the crate documentation,
+/// "The task allocation table".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    /// The node that reports the category; it owes it even if it is not a default reporter.
+    pub reporter: NodeId,
+    /// Nodes below the reporter whose data it reports; they do not owe the category
+    /// themselves. Empty when the reporter reports only its own data.
+    pub covers: Vec<NodeId>,
+    /// The unit that provides the data (数据源单位), such as 揭阳市水务集团有限公司.
+    pub data_source: String,
+    /// The unit that answers for the report (责任单位), such as 揭阳市发展改革局.
+    pub responsible: String,
+    /// Whom to call, as free text (a name, a telephone number).
+    pub contact: Option<String>,
 }
 
 /// `monthly`, `daily` or `event`, as written in the file.
@@ -548,20 +657,39 @@ impl Topology {
     /// The nodes that owe `schedule`'s category: its `reporters` if it lists them, else every
     /// county-level node — every county, and every city that no node names as parent (441900
     /// 东莞 and 442000 中山 have no counties: the city platform reports for its towns) — in
-    /// file order.
+    /// file order; then every reporter of the allocation table not yet named, in table order;
+    /// less every node a line of the table `covers` (its reporter reports for it).
     pub fn reporters(&self, schedule: &Schedule) -> Vec<NodeId> {
-        if !schedule.reporters.is_empty() {
-            return schedule.reporters.clone();
+        let mut reporters: Vec<NodeId> = if schedule.reporters.is_empty() {
+            self.nodes
+                .iter()
+                .filter(|node| match node.role {
+                    Role::County => true,
+                    Role::City => !self.children.contains_key(&node.id),
+                    Role::Province | Role::National => false,
+                })
+                .map(|node| node.id)
+                .collect()
+        } else {
+            schedule.reporters.clone()
+        };
+        for line in &schedule.allocation {
+            if !reporters.contains(&line.reporter) {
+                reporters.push(line.reporter);
+            }
         }
-        self.nodes
+        let covered: HashSet<NodeId> = schedule
+            .allocation
             .iter()
-            .filter(|node| match node.role {
-                Role::County => true,
-                Role::City => !self.children.contains_key(&node.id),
-                Role::Province | Role::National => false,
-            })
-            .map(|node| node.id)
-            .collect()
+            .flat_map(|line| line.covers.iter().copied())
+            .collect();
+        reporters.retain(|id| !covered.contains(id));
+        reporters
+    }
+
+    /// The allocation line of `reporter` in the schedule of `category`, if there is one.
+    pub fn allocation(&self, category: &Category, reporter: NodeId) -> Option<&Allocation> {
+        self.schedule(category)?.allocation_of(reporter)
     }
 
     /// The canonical text of this topology: `version`, `revoked_keys` (if any), then one
@@ -628,6 +756,26 @@ impl Topology {
                     .map(|id| format!("\"{id}\""))
                     .collect();
                 out.push_str(&format!("reporters = [{}]\n", reporters.join(", ")));
+            }
+            for line in &schedule.allocation {
+                out.push_str("\n[[schedule.allocation]]\n");
+                out.push_str(&format!("reporter = \"{}\"\n", line.reporter));
+                if !line.covers.is_empty() {
+                    let covers: Vec<String> =
+                        line.covers.iter().map(|id| format!("\"{id}\"")).collect();
+                    out.push_str(&format!("covers = [{}]\n", covers.join(", ")));
+                }
+                out.push_str(&format!(
+                    "data_source = {}\n",
+                    toml_string(&line.data_source)
+                ));
+                out.push_str(&format!(
+                    "responsible = {}\n",
+                    toml_string(&line.responsible)
+                ));
+                if let Some(contact) = &line.contact {
+                    out.push_str(&format!("contact = {}\n", toml_string(contact)));
+                }
             }
         }
         out

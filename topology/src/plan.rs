@@ -12,7 +12,7 @@
 //! 5. legacy links: migrations (establish, verify, cut over, dismantle), roll-backs and
 //!    window changes;
 //! 6. legacy links removed (only after a migration a previous version asked for);
-//! 7. re-keys; 8. address changes and renames; 9. schedules;
+//! 7. re-keys; 8. address changes and renames; 9. schedules and their allocation tables;
 //! 10. nodes removed, bottom-up.
 //!
 //! Then the steps are applied in order to a model of the network's links that starts from the
@@ -27,7 +27,7 @@ use std::fmt;
 
 use protocol::{NodeId, PublicKey};
 
-use crate::{Cadence, LegacyLink, Node, Role, Schedule, Topology, cadence_name};
+use crate::{Allocation, Cadence, LegacyLink, Node, Role, Schedule, Topology, cadence_name};
 
 /// The ordered steps from one topology version to the next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +119,7 @@ impl std::error::Error for Refusal {}
 ///    verify, cut over, dismantle), roll-backs (`migrate` back to false) and window changes;
 /// 6. legacy links removed — only if `old` already had `migrate = true` (the node reports the
 ///    migration complete); removing one that never migrated is refused;
-/// 7. re-keys; 8. address changes and renames; 9. schedules;
+/// 7. re-keys; 8. address changes and renames; 9. schedules and their allocation tables;
 /// 10. nodes removed, bottom-up (once their outbox is empty and no node names them as parent).
 ///
 /// Then the steps are applied in order to a model of the network's links that starts from
@@ -273,6 +273,35 @@ fn describe_schedule(schedule: &Schedule) -> String {
             .join(", ")
     };
     format!("{when}, reported by {who}")
+}
+
+/// One line of an allocation table for step texts: "445200 reports for 445202, 445203; data
+/// source 揭阳市水务集团有限公司; responsible 揭阳市发展改革局; contact 0663-8xxxxxx".
+fn describe_allocation(line: &Allocation) -> String {
+    let mut text = line.reporter.to_string();
+    if !line.covers.is_empty() {
+        text.push_str(&format!(
+            " reports for {}",
+            line.covers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    text.push_str(&format!(
+        "; data source {}; responsible {}",
+        line.data_source, line.responsible
+    ));
+    if let Some(contact) = &line.contact {
+        text.push_str(&format!("; contact {contact}"));
+    }
+    text
+}
+
+/// Whether two schedules differ in anything but their allocation tables.
+fn timing_or_reporters_differ(a: &Schedule, b: &Schedule) -> bool {
+    (a.cadence, a.due_day, &a.reporters) != (b.cadence, b.due_day, &b.reporters)
 }
 
 impl Planner<'_> {
@@ -584,7 +613,7 @@ impl Planner<'_> {
                     "nothing: the timeliness ledger expects it from the next period".to_owned(),
                     Effect::None,
                 ),
-                Some(previous) if previous != schedule => self.push(
+                Some(previous) if timing_or_reporters_differ(previous, schedule) => self.push(
                     format!(
                         "change the schedule of {category}: {} → {}",
                         describe_schedule(previous),
@@ -595,6 +624,7 @@ impl Planner<'_> {
                 ),
                 Some(_) => {}
             }
+            self.allocation(old.schedule(category), schedule);
         }
         for schedule in old.schedules() {
             if new.schedule(&schedule.category).is_none() {
@@ -606,6 +636,59 @@ impl Planner<'_> {
                     ),
                     "nothing: the timeliness ledger stops expecting it from the next period"
                         .to_owned(),
+                    Effect::None,
+                );
+            }
+        }
+    }
+
+    /// The lines of `schedule`'s allocation table added or changed since `previous` (in the
+    /// new table's order), then the lines removed.
+    fn allocation(&mut self, previous: Option<&Schedule>, schedule: &Schedule) {
+        let category = &schedule.category;
+        // What the operator should know before: a change of `covers` changes who owes the
+        // category; the rest only changes what the report shows.
+        let before = |was: Option<&Allocation>, line: Option<&Allocation>| {
+            let covers_of = |line: Option<&Allocation>| line.map(|l| l.covers.clone());
+            if covers_of(was).unwrap_or_default() != covers_of(line).unwrap_or_default() {
+                "nothing: the timeliness ledger expects the covered nodes' reports from their new reporter"
+                    .to_owned()
+            } else if line.is_none() {
+                "nothing: the report no longer shows it".to_owned()
+            } else {
+                "nothing: the report shows the allocation beside the reporter's reports".to_owned()
+            }
+        };
+        for line in &schedule.allocation {
+            match previous.and_then(|p| p.allocation_of(line.reporter)) {
+                None => self.push(
+                    format!(
+                        "add to the allocation table of {category}: {}",
+                        describe_allocation(line)
+                    ),
+                    before(None, Some(line)),
+                    Effect::None,
+                ),
+                Some(was) if was != line => self.push(
+                    format!(
+                        "change the allocation table of {category}: {} → {}",
+                        describe_allocation(was),
+                        describe_allocation(line)
+                    ),
+                    before(Some(was), Some(line)),
+                    Effect::None,
+                ),
+                Some(_) => {}
+            }
+        }
+        for was in previous.map_or(&[][..], |p| &p.allocation) {
+            if schedule.allocation_of(was.reporter).is_none() {
+                self.push(
+                    format!(
+                        "remove from the allocation table of {category}: {}",
+                        describe_allocation(was)
+                    ),
+                    before(Some(was), None),
                     Effect::None,
                 );
             }

@@ -11,8 +11,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::validate::{
-    At, Draft, Entry, Field, LinkEntry, ParentField, Pos, ScheduleEntry, check_address, check_name,
-    error, unknown_category,
+    AllocationEntry, At, Draft, Entry, Field, LinkEntry, ParentField, Pos, ScheduleEntry,
+    check_address, check_name, check_text, error, unknown_category,
 };
 use crate::{Role, TopologyError, parse_cadence};
 
@@ -27,7 +27,16 @@ const NODE_KEYS: &[&str] = &["id", "name", "role", "parent", "address", "public_
 const LEGACY_LINK_KEYS: &[&str] = &["node", "migrate", "verify_window_s", "rollback_window_s"];
 
 /// The keys of a `[[schedule]]` table, in the order they are rendered.
-const SCHEDULE_KEYS: &[&str] = &["category", "cadence", "due_day", "reporters"];
+const SCHEDULE_KEYS: &[&str] = &["category", "cadence", "due_day", "reporters", "allocation"];
+
+/// The keys of a `[[schedule.allocation]]` table, in the order they are rendered.
+const ALLOCATION_KEYS: &[&str] = &[
+    "reporter",
+    "covers",
+    "data_source",
+    "responsible",
+    "contact",
+];
 
 /// Reads `text` into a draft and the problems found so far. Syntax errors end the reading: the
 /// document after one cannot be trusted, so they are returned alone.
@@ -177,10 +186,21 @@ impl Reader<'_> {
         &mut self,
         root: &DeTable<'_>,
         name: &str,
+        read: impl FnMut(&mut Self, &DeTable<'_>, Pos) -> T,
+    ) -> Vec<T> {
+        self.tables_as(root, name, name, read)
+    }
+
+    /// Reads the array of tables under `key` of `root`, written `[[name]]`, with `read`.
+    fn tables_as<T>(
+        &mut self,
+        root: &DeTable<'_>,
+        key: &str,
+        name: &str,
         mut read: impl FnMut(&mut Self, &DeTable<'_>, Pos) -> T,
     ) -> Vec<T> {
         let mut items = Vec::new();
-        let Some(value) = lookup(root, name) else {
+        let Some(value) = lookup(root, key) else {
             return items;
         };
         match value.get_ref() {
@@ -204,7 +224,7 @@ impl Reader<'_> {
                 self.report(
                     pos,
                     format!(
-                        "`{name}` must be an array of tables, found {}: write each {name} under its own [[{name}]] header (two brackets)",
+                        "`{key}` must be an array of tables, found {}: write each {key} under its own [[{name}]] header (two brackets)",
                         a_type(other)
                     ),
                 );
@@ -446,12 +466,112 @@ impl Reader<'_> {
                 }
             }
         };
+        let allocation = self.tables_as(
+            table,
+            "allocation",
+            "schedule.allocation",
+            |reader, table, pos| reader.allocation(table, pos),
+        );
         ScheduleEntry {
             table: table_pos,
             category,
             cadence,
             due_day,
             reporters,
+            allocation,
+        }
+    }
+
+    fn allocation(&mut self, table: &DeTable<'_>, table_pos: Pos) -> AllocationEntry {
+        const NAME: &str = "schedule.allocation";
+        self.unknown_keys(table, ALLOCATION_KEYS, "in [[schedule.allocation]]");
+        let reporter = self
+            .string(table, table_pos, NAME, "reporter", true)
+            .and_then(|(text, pos)| match NodeId::parse(text) {
+                Ok(id) => Some(At { value: id, pos }),
+                Err(problem) => {
+                    self.report(pos, format!("reporter: {problem}"));
+                    None
+                }
+            });
+        let covers = match lookup(table, "covers") {
+            None => Field::Absent,
+            Some(value) => {
+                let pos = self.pos(value.span().start);
+                match value.get_ref() {
+                    DeValue::Array(array) => {
+                        if array.is_empty() {
+                            self.report(
+                                pos,
+                                "covers is empty: list the districts whose data this reporter reports, or remove `covers` if it reports only its own",
+                            );
+                        }
+                        let mut ids = Vec::new();
+                        for element in array.iter() {
+                            let element_pos = self.pos(element.span().start);
+                            match element.get_ref() {
+                                DeValue::String(text) => match NodeId::parse(text) {
+                                    Ok(id) => ids.push(At {
+                                        value: id,
+                                        pos: element_pos,
+                                    }),
+                                    Err(problem) => {
+                                        self.report(element_pos, format!("covers: {problem}"))
+                                    }
+                                },
+                                other => self.report(
+                                    element_pos,
+                                    format!(
+                                        "each covered node must be a node id in quotes, found {}: write {}",
+                                        a_type(other),
+                                        example(NAME, "covers")
+                                    ),
+                                ),
+                            }
+                        }
+                        Field::Given(At { value: ids, pos })
+                    }
+                    other => {
+                        self.report(
+                            pos,
+                            format!(
+                                "`covers` must be an array of node ids, found {}: write {}",
+                                a_type(other),
+                                example(NAME, "covers")
+                            ),
+                        );
+                        Field::Invalid
+                    }
+                }
+            }
+        };
+        let text = |reader: &mut Self, key: &str, required: bool| -> Field<String> {
+            if lookup(table, key).is_none() && !required {
+                return Field::Absent;
+            }
+            match reader.string(table, table_pos, NAME, key, required) {
+                None => Field::Invalid,
+                Some((text, pos)) => match check_text(key, text) {
+                    Ok(()) => Field::Given(At {
+                        value: text.to_owned(),
+                        pos,
+                    }),
+                    Err(message) => {
+                        reader.report(pos, message);
+                        Field::Invalid
+                    }
+                },
+            }
+        };
+        let data_source = text(self, "data_source", true).given().cloned();
+        let responsible = text(self, "responsible", true).given().cloned();
+        let contact = text(self, "contact", false);
+        AllocationEntry {
+            reporter,
+            covers,
+            data_source,
+            responsible,
+            contact,
         }
     }
 
@@ -581,6 +701,21 @@ fn example(table: &str, key: &str) -> &'static str {
         }
         ("schedule", "reporters") => {
             "reporters = [\"445281\", \"445202\"] (node ids; leave it out to mean every county-level node)"
+        }
+        ("schedule.allocation", "reporter") => {
+            "reporter = \"445200\" (the id of the node that reports this category)"
+        }
+        ("schedule.allocation", "covers") => {
+            "covers = [\"445202\", \"445203\"] (the ids of the nodes below the reporter whose data it reports)"
+        }
+        ("schedule.allocation", "data_source") => {
+            "data_source = \"揭阳市水务集团有限公司\" (the unit that provides the data)"
+        }
+        ("schedule.allocation", "responsible") => {
+            "responsible = \"揭阳市发展改革局\" (the unit that answers for the report)"
+        }
+        ("schedule.allocation", "contact") => {
+            "contact = \"0663-8xxxxxx\" (whom to call, as free text)"
         }
         _ => "a value",
     }

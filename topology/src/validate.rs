@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use protocol::{Category, NodeId, PublicKey, Registry};
 
 use crate::{
-    Cadence, LegacyLink, NAME_CHARS_MAX, NODES_MAX, Node, Role, Schedule, Topology, TopologyError,
-    cadence_name,
+    Allocation, Cadence, LegacyLink, NAME_CHARS_MAX, NODES_MAX, Node, Role, Schedule, Topology,
+    TopologyError, cadence_name,
 };
 
 /// A 1-based position in the file; `Pos::NONE` (0, 0) for values made in code.
@@ -65,7 +65,7 @@ pub(crate) enum Field<T> {
 }
 
 impl<T> Field<T> {
-    fn given(&self) -> Option<&At<T>> {
+    pub(crate) fn given(&self) -> Option<&At<T>> {
         match self {
             Field::Given(at) => Some(at),
             Field::Absent | Field::Invalid => None,
@@ -93,6 +93,20 @@ pub(crate) struct ScheduleEntry {
     pub due_day: Field<i128>,
     /// The ids that could be read; the position is the array's.
     pub reporters: Field<Vec<At<NodeId>>>,
+    /// The lines of the allocation table that could be read.
+    pub allocation: Vec<AllocationEntry>,
+}
+
+/// One `[[schedule.allocation]]` as far as it could be read. `None` means missing or invalid,
+/// and already reported.
+#[derive(Debug, Clone)]
+pub(crate) struct AllocationEntry {
+    pub reporter: Option<At<NodeId>>,
+    /// The ids that could be read; the position is the array's.
+    pub covers: Field<Vec<At<NodeId>>>,
+    pub data_source: Option<At<String>>,
+    pub responsible: Option<At<String>>,
+    pub contact: Field<String>,
 }
 
 /// One `[[node]]` as far as it could be read. `None` means missing or invalid, and already
@@ -167,6 +181,32 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
     }
     if name.chars().any(char::is_control) {
         return Err("name must not contain control characters such as line breaks or tabs".into());
+    }
+    Ok(())
+}
+
+/// A text of the allocation table (`data_source`, `responsible`, `contact`) is shown beside
+/// late and missing reports: it must say something and stay on one line.
+pub(crate) fn check_text(key: &str, text: &str) -> Result<(), String> {
+    let what = match key {
+        "data_source" => "the unit that provides the data, such as \"揭阳市水务集团有限公司\"",
+        "responsible" => "the unit that answers for the report, such as \"揭阳市发展改革局\"",
+        _ => "whom to call, such as a name and a telephone number, or remove `contact`",
+    };
+    if text.trim().is_empty() {
+        return Err(format!("{key} must not be empty: write {what}"));
+    }
+    let chars = text.chars().count();
+    if chars > crate::TEXT_CHARS_MAX {
+        return Err(format!(
+            "{key} has {chars} characters, more than {}: shorten it",
+            crate::TEXT_CHARS_MAX
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(format!(
+            "{key} must not contain control characters such as line breaks or tabs"
+        ));
     }
     Ok(())
 }
@@ -261,16 +301,59 @@ pub(crate) fn draft_from_parts(
         .collect();
     let schedules = schedules
         .into_iter()
-        .map(|schedule| ScheduleEntry {
-            table: Pos::NONE,
-            category: Some(at(schedule.category)),
-            cadence: Some(at(schedule.cadence)),
-            due_day: Field::Given(at(i128::from(schedule.due_day))),
-            reporters: if schedule.reporters.is_empty() {
-                Field::Absent
-            } else {
-                Field::Given(at(schedule.reporters.into_iter().map(at).collect()))
-            },
+        .map(|schedule| {
+            let category = schedule.category.clone();
+            let allocation = schedule
+                .allocation
+                .into_iter()
+                .map(|line| {
+                    let mut text = |key: &str, value: String| match check_text(key, &value) {
+                        Ok(()) => Some(at(value)),
+                        Err(message) => {
+                            errors.push(error(
+                                Pos::NONE,
+                                format!(
+                                    "allocation of {} for {category}: {message}",
+                                    line.reporter
+                                ),
+                            ));
+                            None
+                        }
+                    };
+                    let data_source = text("data_source", line.data_source);
+                    let responsible = text("responsible", line.responsible);
+                    let contact = match line.contact {
+                        None => Field::Absent,
+                        Some(contact) => match text("contact", contact) {
+                            Some(contact) => Field::Given(contact),
+                            None => Field::Invalid,
+                        },
+                    };
+                    AllocationEntry {
+                        reporter: Some(at(line.reporter)),
+                        covers: if line.covers.is_empty() {
+                            Field::Absent
+                        } else {
+                            Field::Given(at(line.covers.into_iter().map(at).collect()))
+                        },
+                        data_source,
+                        responsible,
+                        contact,
+                    }
+                })
+                .collect();
+            ScheduleEntry {
+                table: Pos::NONE,
+                category: Some(at(schedule.category)),
+                cadence: Some(at(schedule.cadence)),
+                due_day: Field::Given(at(i128::from(schedule.due_day))),
+                reporters: if schedule.reporters.is_empty() {
+                    Field::Absent
+                } else {
+                    Field::Given(at(schedule.reporters.into_iter().map(at).collect()))
+                },
+                allocation,
+            }
         })
         .collect();
     let draft = Draft {
@@ -384,6 +467,25 @@ pub(crate) fn validate(
                 Field::Given(at) => at.value.into_iter().map(|id| id.value).collect(),
                 Field::Invalid => unreachable!("{missing}"),
             },
+            allocation: schedule
+                .allocation
+                .into_iter()
+                .map(|line| Allocation {
+                    reporter: line.reporter.expect(missing).value,
+                    covers: match line.covers {
+                        Field::Absent => Vec::new(),
+                        Field::Given(at) => at.value.into_iter().map(|id| id.value).collect(),
+                        Field::Invalid => unreachable!("{missing}"),
+                    },
+                    data_source: line.data_source.expect(missing).value,
+                    responsible: line.responsible.expect(missing).value,
+                    contact: match line.contact {
+                        Field::Absent => None,
+                        Field::Given(at) => Some(at.value),
+                        Field::Invalid => unreachable!("{missing}"),
+                    },
+                })
+                .collect(),
         })
         .collect();
     Ok(Topology::assemble(
@@ -965,7 +1067,150 @@ fn check_schedules(
                 }
             }
         }
+        check_allocation(schedule, &name, &draft.entries, first_by_id, errors);
     }
+}
+
+/// Checks the allocation table of one schedule: its reporters are nodes, listed once; each
+/// covered node is a node below its reporter, covered once, not by itself, not also listed
+/// in `reporters` and without an allocation line of its own.
+fn check_allocation(
+    schedule: &ScheduleEntry,
+    name: &str,
+    entries: &[Entry],
+    first_by_id: &HashMap<NodeId, usize>,
+    errors: &mut Vec<TopologyError>,
+) {
+    let mut lines: HashMap<NodeId, Pos> = HashMap::new();
+    for line in &schedule.allocation {
+        let Some(reporter) = &line.reporter else {
+            continue;
+        };
+        let id = reporter.value;
+        if let Some(&pos) = lines.get(&id) {
+            errors.push(error(
+                reporter.pos,
+                format!(
+                    "{id} has a second line in the allocation table of {name}{}: one [[schedule.allocation]] per reporter; merge them",
+                    pos.on_line_as("the first is on line")
+                ),
+            ));
+            continue;
+        }
+        lines.insert(id, reporter.pos);
+        if id.is_national() {
+            errors.push(error(
+                reporter.pos,
+                format!(
+                    "the national platform 000000 receives {name}, it does not report it: remove this [[schedule.allocation]]"
+                ),
+            ));
+        } else if !first_by_id.contains_key(&id) {
+            errors.push(error(
+                reporter.pos,
+                format!(
+                    "the allocation table of {name} names {id}, which is not a node: add a [[node]] with id = \"{id}\" or correct `reporter`"
+                ),
+            ));
+        }
+    }
+    let listed: HashMap<NodeId, Pos> = schedule
+        .reporters
+        .given()
+        .map(|reporters| {
+            reporters
+                .value
+                .iter()
+                .map(|reporter| (reporter.value, reporter.pos))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut covered: HashMap<NodeId, (NodeId, Pos)> = HashMap::new();
+    for line in &schedule.allocation {
+        let (Some(reporter), Some(covers)) = (&line.reporter, line.covers.given()) else {
+            continue;
+        };
+        let by = reporter.value;
+        for node in &covers.value {
+            let id = node.value;
+            if let Some(&(first, pos)) = covered.get(&id) {
+                let whom = if first == by {
+                    "twice by the same reporter".to_owned()
+                } else {
+                    format!("by {first} and by {by}")
+                };
+                errors.push(error(
+                    node.pos,
+                    format!(
+                        "{id} is covered {whom} in the allocation table of {name}{}: one reporter reports a node's data; remove one",
+                        pos.on_line_as("first on line")
+                    ),
+                ));
+                continue;
+            }
+            covered.insert(id, (by, node.pos));
+            if id == by {
+                errors.push(error(
+                    node.pos,
+                    format!(
+                        "{by} covers itself in the allocation table of {name}: a reporter reports its own data anyway; list only the nodes below it in covers"
+                    ),
+                ));
+            } else if !first_by_id.contains_key(&id) {
+                errors.push(error(
+                    node.pos,
+                    format!(
+                        "{by} covers {id} for {name}, which is not a node: add a [[node]] with id = \"{id}\" or remove it from covers"
+                    ),
+                ));
+            } else if first_by_id.contains_key(&by) && !is_below(entries, first_by_id, id, by) {
+                errors.push(error(
+                    node.pos,
+                    format!(
+                        "{by} covers {id} for {name}, but {id} is not below {by}: a reporter reports only for nodes in its own subtree; remove {id} from covers or give it its own [[schedule.allocation]]"
+                    ),
+                ));
+            } else if let Some(&pos) = listed.get(&id) {
+                errors.push(error(
+                    node.pos,
+                    format!(
+                        "{id} is covered by {by} for {name} but also listed in reporters{}: a covered node does not report itself; remove it from one of the two",
+                        pos.on_line()
+                    ),
+                ));
+            } else if let Some(&pos) = lines.get(&id) {
+                errors.push(error(
+                    node.pos,
+                    format!(
+                        "{id} is covered by {by} for {name} but has its own line in the allocation table{}: a covered node does not report itself; remove it from covers or remove its line",
+                        pos.on_line()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// Whether `node` lies strictly below `ancestor` by parent links (the first entry of each id;
+/// a cycle, reported elsewhere, ends the walk).
+fn is_below(
+    entries: &[Entry],
+    first_by_id: &HashMap<NodeId, usize>,
+    node: NodeId,
+    ancestor: NodeId,
+) -> bool {
+    let mut current = node;
+    for _ in 0..entries.len() {
+        let Some(&index) = first_by_id.get(&current) else {
+            return false;
+        };
+        match &entries[index].parent {
+            ParentField::Given(parent) if parent.value == ancestor => return true,
+            ParentField::Given(parent) => current = parent.value,
+            ParentField::Absent | ParentField::Invalid(_) => return false,
+        }
+    }
+    false
 }
 
 fn check_due_day(

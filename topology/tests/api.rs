@@ -2,7 +2,7 @@
 //! `paths_to_national` through legacy links, and `render` round-tripping every section.
 
 use protocol::{Category, NodeId, NodeKey, PublicKey};
-use topology::{Cadence, LegacyLink, Node, Role, Schedule, Topology};
+use topology::{Allocation, Cadence, LegacyLink, Node, Role, Schedule, Topology};
 
 fn id(text: &str) -> NodeId {
     NodeId::parse(text).unwrap()
@@ -37,12 +37,12 @@ fn nodes() -> Vec<Node> {
 }
 
 fn schedule(category: &str, cadence: Cadence, due_day: u16, reporters: &[&str]) -> Schedule {
-    Schedule {
-        category: Category::parse(category).unwrap(),
+    Schedule::new(
+        Category::parse(category).unwrap(),
         cadence,
         due_day,
-        reporters: reporters.iter().map(|r| id(r)).collect(),
-    }
+        reporters.iter().map(|r| id(r)).collect(),
+    )
 }
 
 fn strings(errors: Vec<topology::TopologyError>) -> Vec<String> {
@@ -270,5 +270,91 @@ fn too_many_nodes() {
     assert_eq!(
         strings(Topology::from_nodes(1, nodes).unwrap_err()),
         ["line 0, column 0: the file has 10101 nodes, more than the limit of 10000"]
+    );
+}
+
+fn line(reporter: &str, covers: &[&str], contact: Option<&str>) -> Allocation {
+    Allocation {
+        reporter: id(reporter),
+        covers: covers.iter().map(|c| id(c)).collect(),
+        data_source: "揭阳市水务集团有限公司".into(),
+        responsible: "揭阳市发展改革局".into(),
+        contact: contact.map(str::to_owned),
+    }
+}
+
+/// A city that covers its districts owes the category in their place; the lookup finds its
+/// line; the table renders and parses back.
+#[test]
+fn an_allocation_table_moves_a_category_to_the_covering_reporter() {
+    let mut nodes = nodes();
+    nodes[2].parent = Some(id("440000"));
+    let water = Category::parse("water_fee").unwrap();
+    let mut schedule = schedule("water_fee", Cadence::Monthly, 10, &[]);
+    schedule.allocation = vec![
+        line("445200", &["445202"], Some("0663-8xxxxxx")),
+        line("445281", &[], None),
+    ];
+    let topology = Topology::from_parts(1, nodes, Vec::new(), Vec::new(), vec![schedule]).unwrap();
+    let schedule = topology.schedule(&water).unwrap();
+    assert_eq!(
+        topology.reporters(schedule),
+        [id("445281"), id("445200")],
+        "the city reports, the district it covers does not"
+    );
+    let city = topology.allocation(&water, id("445200")).unwrap();
+    assert_eq!(city.covers, [id("445202")]);
+    assert_eq!(city.contact.as_deref(), Some("0663-8xxxxxx"));
+    assert_eq!(
+        topology.allocation(&water, id("445281")).unwrap().contact,
+        None
+    );
+    assert!(topology.allocation(&water, id("445202")).is_none());
+    assert_eq!(schedule.covered_by(id("445202")), Some(id("445200")));
+    let gas = Category::parse("gas_fee").unwrap();
+    assert!(topology.allocation(&gas, id("445200")).is_none());
+
+    let text = topology.render();
+    assert!(
+        text.contains(
+            "\n[[schedule.allocation]]\nreporter = \"445200\"\ncovers = [\"445202\"]\ndata_source = \"揭阳市水务集团有限公司\"\nresponsible = \"揭阳市发展改革局\"\ncontact = \"0663-8xxxxxx\"\n"
+        ),
+        "{text}"
+    );
+    assert_eq!(Topology::parse(&text).unwrap(), topology);
+
+    // Explicit reporters: the table's reporters join them.
+    let mut listed = topology.schedules()[0].clone();
+    listed.reporters = vec![id("445281")];
+    listed.allocation = vec![line("445200", &["445202"], None)];
+    assert_eq!(topology.reporters(&listed), [id("445281"), id("445200")]);
+}
+
+#[test]
+fn from_parts_checks_allocation_tables_without_positions() {
+    let mut schedule = schedule("water_fee", Cadence::Monthly, 10, &["445202"]);
+    schedule.allocation = vec![
+        Allocation {
+            data_source: " ".into(),
+            contact: Some(String::new()),
+            ..line("445200", &["445202", "445281"], None)
+        },
+        line("445281", &["445202"], None),
+        line("445299", &[], None),
+    ];
+    let mut nodes = nodes();
+    nodes[2].parent = Some(id("440000"));
+    let errors =
+        Topology::from_parts(1, nodes, Vec::new(), Vec::new(), vec![schedule]).unwrap_err();
+    assert_eq!(
+        strings(errors),
+        [
+            "line 0, column 0: allocation of 445200 for water_fee: data_source must not be empty: write the unit that provides the data, such as \"揭阳市水务集团有限公司\"",
+            "line 0, column 0: allocation of 445200 for water_fee: contact must not be empty: write whom to call, such as a name and a telephone number, or remove `contact`",
+            "line 0, column 0: the allocation table of water_fee names 445299, which is not a node: add a [[node]] with id = \"445299\" or correct `reporter`",
+            "line 0, column 0: 445202 is covered by 445200 for water_fee but also listed in reporters: a covered node does not report itself; remove it from one of the two",
+            "line 0, column 0: 445281 is covered by 445200 for water_fee but has its own line in the allocation table: a covered node does not report itself; remove it from covers or remove its line",
+            "line 0, column 0: 445202 is covered by 445200 and by 445281 in the allocation table of water_fee: one reporter reports a node's data; remove one",
+        ]
     );
 }

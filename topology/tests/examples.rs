@@ -3,7 +3,8 @@
 //!
 //! * `examples/guangdong.toml`: `generate(440000, 20000)`, the whole province (145 nodes).
 //! * `examples/jieyang.toml`: the national platform, Guangdong, Jieyang and its five counties,
-//!   with Puning (445281) still on a legacy link and two schedules.
+//!   with Puning (445281) still on a legacy link and two schedules, water fees with the
+//!   city's task allocation table (分工表).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -11,7 +12,8 @@ use std::path::Path;
 
 use protocol::{Category, NodeId};
 use topology::{
-    Cadence, GENERATED_HEADER, LegacyLink, Role, Schedule, Topology, generate, placeholder_key,
+    Allocation, Cadence, GENERATED_HEADER, LegacyLink, Role, Schedule, Topology, generate,
+    placeholder_key,
 };
 
 fn id(text: &str) -> NodeId {
@@ -38,19 +40,42 @@ fn jieyang() -> Topology {
             node
         })
         .collect();
+    // The task allocation table of water fees, as the city's notice sets it: the city water
+    // group reports the urban districts through the city platform; in the other counties the
+    // county's 发展改革局 collects the data-source units' data and reports it.
+    let county = |code: &str, name: &str| Allocation {
+        reporter: id(code),
+        covers: Vec::new(),
+        data_source: format!("{name}各供水单位"),
+        responsible: format!("{name}发展改革局"),
+        contact: None,
+    };
+    let mut water = Schedule::new(
+        Category::parse("water_fee").unwrap(),
+        Cadence::Monthly,
+        10,
+        Vec::new(),
+    );
+    water.allocation = vec![
+        Allocation {
+            reporter: id("445200"),
+            covers: vec![id("445202"), id("445203")],
+            data_source: "揭阳市水务集团有限公司".into(),
+            responsible: "揭阳市发展改革局".into(),
+            contact: None,
+        },
+        county("445222", "揭西县"),
+        county("445224", "惠来县"),
+        county("445281", "普宁市"),
+    ];
     let schedules = vec![
-        Schedule {
-            category: Category::parse("water_fee").unwrap(),
-            cadence: Cadence::Monthly,
-            due_day: 10,
-            reporters: Vec::new(),
-        },
-        Schedule {
-            category: Category::parse("admin_penalty").unwrap(),
-            cadence: Cadence::Event,
-            due_day: 7,
-            reporters: vec![id("445202"), id("445281")],
-        },
+        water,
+        Schedule::new(
+            Category::parse("admin_penalty").unwrap(),
+            Cadence::Event,
+            7,
+            vec![id("445202"), id("445281")],
+        ),
     ];
     Topology::from_parts(
         1,
@@ -177,6 +202,17 @@ fn jieyang_example_is_generated() {
         topology.reporters(&topology.schedules()[1]),
         [id("445202"), id("445281")]
     );
+    // Water fees: the city reports for 榕城 and 揭东, which owe nothing themselves.
+    let water = &topology.schedules()[0];
+    assert_eq!(
+        topology.reporters(water),
+        [id("445222"), id("445224"), id("445281"), id("445200")]
+    );
+    let city = topology.allocation(&water.category, id("445200")).unwrap();
+    assert_eq!(city.data_source, "揭阳市水务集团有限公司");
+    assert_eq!(water.covered_by(id("445203")), Some(id("445200")));
+    assert_eq!(water.covered_by(id("445281")), None);
+    assert!(topology.allocation(&water.category, id("445202")).is_none());
 }
 
 /// The whole migration of Puning from the shipped Jieyang file, version by version.

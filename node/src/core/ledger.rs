@@ -73,6 +73,38 @@ pub struct Entry {
     pub records_delivered: u64,
     /// Records the data source declared (from the latest manifest), if it declared.
     pub records_declared: Option<u64>,
+    /// Whom to call about this report: the reporter's line of the schedule's task allocation
+    /// table (分工表), if it has one.
+    pub allocation: Option<Allocation>,
+}
+
+/// A reporter's line of the task allocation table, as the report shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Allocation {
+    /// The unit that provides the data (数据源单位).
+    pub data_source: String,
+    /// The unit that answers for the report (责任单位).
+    pub responsible: String,
+    /// Whom to call, as the topology gives it.
+    pub contact: Option<String>,
+    /// The districts whose data this reporter reports (they owe no report of their own).
+    #[serde(serialize_with = "ids_as_text")]
+    pub covers: Vec<NodeId>,
+}
+
+impl From<&topology::Allocation> for Allocation {
+    fn from(line: &topology::Allocation) -> Allocation {
+        Allocation {
+            data_source: line.data_source.clone(),
+            responsible: line.responsible.clone(),
+            contact: line.contact.clone(),
+            covers: line.covers.clone(),
+        }
+    }
+}
+
+fn ids_as_text<S: serde::Serializer>(ids: &[NodeId], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(ids.iter().map(ToString::to_string))
 }
 
 pub(crate) fn as_text<S: serde::Serializer>(id: &NodeId, serializer: S) -> Result<S::Ok, S::Error> {
@@ -337,8 +369,10 @@ pub fn ledger<K: Kv>(
             continue;
         };
         let cadence = schema.cadence;
+        // Covered districts are not among the reporters: their reporter owes it for them.
         let reporters = topology.reporters(schedule);
         for reporter in reporters {
+            let allocation = schedule.allocation_of(reporter).map(Allocation::from);
             if !topology.path_to_national(reporter).contains(&me) {
                 continue;
             }
@@ -354,7 +388,7 @@ pub fn ledger<K: Kv>(
                 _ => vec![period],
             };
             for p in periods {
-                entries.push(judge(
+                let mut entry = judge(
                     store,
                     me,
                     reporter,
@@ -364,7 +398,9 @@ pub fn ledger<K: Kv>(
                     schedule.due_day,
                     now_ms,
                     config,
-                )?);
+                )?;
+                entry.allocation = allocation.clone();
+                entries.push(entry);
             }
         }
     }
@@ -510,6 +546,7 @@ fn judge<K: Kv>(
         nil: latest.is_some_and(Manifest::is_nil),
         records_delivered: delivered,
         records_declared: declared,
+        allocation: None,
     })
 }
 
@@ -560,6 +597,7 @@ mod tests {
             nil: false,
             records_delivered: 10,
             records_declared: concealment.map(|_| 20),
+            allocation: None,
         };
         rates.add(&entry(State::OnTime, None, false, None));
         rates.add(&entry(State::Late, Some(2), false, None));

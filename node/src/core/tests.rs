@@ -75,8 +75,13 @@ fn county_batch() -> SignedBatch {
 }
 
 fn county_batch_of(period: &str) -> SignedBatch {
+    batch_of(COUNTY, period)
+}
+
+/// Three water-fee records of `origin` for `period`, signed by `origin`.
+fn batch_of(origin: &str, period: &str) -> SignedBatch {
     let schema = protocol::Registry::builtin().by_name("water_fee").unwrap();
-    let origin = id(COUNTY);
+    let origin = id(origin);
     let period = Period::parse(period).unwrap();
     let file = sample::sample_csv(schema, origin, period, 3, 0, 1);
     let options = crate::ingest::IngestOptions {
@@ -506,12 +511,12 @@ fn the_first_parents_receipt_travels_up_with_the_batch_and_a_forged_one_is_ignor
 
 fn schedule_topology() -> Arc<Topology> {
     let plain = topology(1, None);
-    let schedules = vec![topology::Schedule {
-        category: protocol::Category::parse("water_fee").unwrap(),
-        cadence: protocol::schema::Cadence::Monthly,
-        due_day: 10,
-        reporters: Vec::new(),
-    }];
+    let schedules = vec![topology::Schedule::new(
+        protocol::Category::parse("water_fee").unwrap(),
+        protocol::schema::Cadence::Monthly,
+        10,
+        Vec::new(),
+    )];
     Arc::new(
         Topology::from_parts(
             1,
@@ -620,6 +625,105 @@ fn the_ledger_dates_reports_by_the_first_parents_receipt() {
         .ledger(july, None, at_wall(ledger::due_ms(july, cadence, 10) - 1))
         .unwrap();
     assert_eq!(early[0].state, ledger::State::Pending);
+}
+
+/// Jieyang's task allocation table: the city reports water fees for 榕城 and 揭东 (the city
+/// water group's data), so the province expects them from the city with the city's contact,
+/// and not from either district; 普宁 reports its own, without a line in the table.
+#[test]
+fn a_city_covering_two_districts_owes_their_reports_and_carries_the_contact() {
+    let water = protocol::Category::parse("water_fee").unwrap();
+    let may = Period::parse("2026-05").unwrap();
+    let cadence = protocol::schema::Cadence::Monthly;
+    let due = ledger::due_ms(may, cadence, 10);
+    let plain = topology(1, None);
+    let mut nodes: Vec<TopologyNode> = plain.nodes().cloned().collect();
+    for (code, port) in [("445202", 5), ("445203", 6)] {
+        nodes.push(TopologyNode {
+            id: id(code),
+            name: code.into(),
+            role: Role::County,
+            parent: Some(id(CITY)),
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            public_key: key(id(code)).public(),
+        });
+    }
+    let mut schedule = topology::Schedule::new(water.clone(), cadence, 10, Vec::new());
+    schedule.allocation = vec![topology::Allocation {
+        reporter: id(CITY),
+        covers: vec![id("445202"), id("445203")],
+        data_source: "揭阳市水务集团有限公司".into(),
+        responsible: "揭阳市发展改革局".into(),
+        contact: Some("0663-8xxxxxx".into()),
+    }];
+    let allocated =
+        Arc::new(Topology::from_parts(1, nodes, Vec::new(), Vec::new(), vec![schedule]).unwrap());
+
+    // The city's own batch reaches the province a day before the deadline.
+    let mut province = core(PROVINCE, allocated.clone(), MemKv::new());
+    let down = LinkId(4);
+    province
+        .handle_link_up(
+            down,
+            LinkKind::Down {
+                key: key(id(CITY)).public(),
+            },
+            at_wall(1),
+        )
+        .unwrap();
+    province
+        .handle_batch(
+            down,
+            batch_of(CITY, "2026-05"),
+            None,
+            at_wall(due - 86_400_000),
+        )
+        .unwrap();
+
+    let entries = province.ledger(may, None, at_wall(due + 1)).unwrap();
+    let who: Vec<(NodeId, ledger::State)> = entries.iter().map(|e| (e.reporter, e.state)).collect();
+    assert_eq!(
+        who,
+        [
+            (id(CITY), ledger::State::OnTime),
+            (id(COUNTY), ledger::State::Missing)
+        ],
+        "the city is expected, the districts it covers are not"
+    );
+    let city = entries[0].allocation.as_ref().expect("the city's line");
+    assert_eq!(city.contact.as_deref(), Some("0663-8xxxxxx"));
+    assert_eq!(city.data_source, "揭阳市水务集团有限公司");
+    assert_eq!(city.responsible, "揭阳市发展改革局");
+    assert_eq!(city.covers, [id("445202"), id("445203")]);
+    assert_eq!(entries[0].records_delivered, 3);
+    assert_eq!(entries[1].allocation, None, "普宁 has no line in the table");
+
+    // Without the table every district owes its own report again.
+    let province = core(
+        PROVINCE,
+        {
+            let mut schedules = allocated.schedules().to_vec();
+            schedules[0].allocation.clear();
+            Arc::new(
+                Topology::from_parts(
+                    1,
+                    allocated.nodes().cloned().collect(),
+                    Vec::new(),
+                    Vec::new(),
+                    schedules,
+                )
+                .unwrap(),
+            )
+        },
+        MemKv::new(),
+    );
+    let reporters: Vec<NodeId> = province
+        .ledger(may, None, at_wall(due + 1))
+        .unwrap()
+        .iter()
+        .map(|e| e.reporter)
+        .collect();
+    assert_eq!(reporters, [id("445202"), id("445203"), id(COUNTY)]);
 }
 
 /// Carries outputs between a county core and a city core until both are quiet: frames each
