@@ -394,7 +394,7 @@ pub fn plan(scenario: &str, seed: u64) -> Result<Plan, String> {
             })
             .collect()
     };
-    let schedules = schedules(&cities);
+    let schedules = schedules(&nodes, &cities);
     let build = |version: u64, migrate: bool| {
         Topology::from_parts(
             version,
@@ -517,18 +517,37 @@ pub fn plan(scenario: &str, seed: u64) -> Result<Plan, String> {
 }
 
 /// The schedules every scenario runs: penalties as events (due 7 days after each), water fees
-/// monthly from every county-level node, gas fees monthly from each city's platform (one
-/// city-level unit for all its districts), both due on the 10th.
-fn schedules(cities: &[NodeId]) -> Vec<Schedule> {
-    let schedule = |category: &str, cadence, due_day, reporters: Vec<NodeId>| Schedule {
-        category: protocol::Category::parse(category).expect("a built-in category"),
-        cadence,
-        due_day,
-        reporters,
+/// monthly from every county-level node, gas fees monthly from each city's platform, both due
+/// on the 10th. As the policy's task allocation table (分工表) has it, Jieyang's city water
+/// group reports the water fees of 榕城 and 揭东 through the city platform: those districts
+/// owe none themselves (where the scenario has them).
+fn schedules(nodes: &[TopologyNode], cities: &[NodeId]) -> Vec<Schedule> {
+    let schedule = |category: &str, cadence, due_day, reporters: Vec<NodeId>| {
+        Schedule::new(
+            protocol::Category::parse(category).expect("a built-in category"),
+            cadence,
+            due_day,
+            reporters,
+        )
     };
+    let mut water = schedule("water_fee", Cadence::Monthly, 10, Vec::new());
+    let id = |code: &str| NodeId::parse(code).expect("a valid code");
+    let (jieyang, covered) = (id("445200"), [id("445202"), id("445203")]);
+    if [jieyang, covered[0], covered[1]]
+        .iter()
+        .all(|code| nodes.iter().any(|n| n.id == *code))
+    {
+        water.allocation.push(topology::Allocation {
+            reporter: jieyang,
+            covers: covered.to_vec(),
+            data_source: "揭阳市水务集团有限公司".into(),
+            responsible: "揭阳市发展改革局".into(),
+            contact: None,
+        });
+    }
     vec![
         schedule("admin_penalty", Cadence::Event, 7, Vec::new()),
-        schedule("water_fee", Cadence::Monthly, 10, Vec::new()),
+        water,
         schedule("gas_fee", Cadence::Monthly, 10, cities.to_vec()),
     ]
 }
