@@ -225,7 +225,7 @@ impl ProgressReport {
             return Err(ProgressError::RevisionZero);
         }
         let province = self.origin.code();
-        if self.origin.is_national() || province % 10_000 != 0 {
+        if self.origin.level() != crate::ids::DivisionLevel::Province {
             return Err(ProgressError::NotProvinceCode(self.origin));
         }
         if self.platforms.len() > PROGRESS_PLATFORMS_MAX {
