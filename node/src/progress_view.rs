@@ -213,7 +213,7 @@ pub fn table(held: &[HeldProgress], topology: &Topology, me: NodeId) -> String {
             let _ = writeln!(
                 out,
                 "  {:<7} {:<12} {:<7} {:<52} {:<9} {}",
-                p.node,
+                p.node.to_string(),
                 p.name,
                 p.role.as_str(),
                 path_text(p),
