@@ -54,6 +54,17 @@ pub enum ApiRequest {
         category: Option<String>,
         format: String,
     },
+    /// Make, sign and send up this province's progress report (工作通报) for a period.
+    ProgressSend {
+        period: String,
+        figures: protocol::OperatorFigures,
+    },
+    /// The progress reports the node holds (newest revision per province and period), as
+    /// `format` (table or json).
+    Progress {
+        period: Option<String>,
+        format: String,
+    },
 }
 
 /// Why the operator API did not start or stopped ([`serve`]). As in `runtime`, each message
@@ -291,6 +302,26 @@ async fn answer(node: &Arc<Node>, request: ApiRequest) -> Result<Value, AnswerEr
                         category.map_or_else(String::new, |c| format!(", {c}"))
                     );
                     json!({"ok": true, "text": crate::ledger_view::table(&entries, &topology, &title)})
+                }
+            }
+        }
+        ApiRequest::ProgressSend { period, figures } => {
+            let period = protocol::Period::parse(&period)?;
+            let (id, new) = node.progress_report(period, figures).await?;
+            json!({"ok": true, "report": id.to_hex(), "new": new, "durable": true})
+        }
+        ApiRequest::Progress { period, format } => {
+            let period = period.map(|p| protocol::Period::parse(&p)).transpose()?;
+            let held = node.progress_reports(period)?;
+            let topology = current(&node.topology);
+            match format.as_str() {
+                "json" => {
+                    let mut value = crate::progress_view::json(&held, &topology, node.me);
+                    value["ok"] = json!(true);
+                    value
+                }
+                _ => {
+                    json!({"ok": true, "text": crate::progress_view::table(&held, &topology, node.me)})
                 }
             }
         }

@@ -6,10 +6,12 @@
 
 pub mod api;
 pub mod core;
+pub mod figures;
 pub mod identity;
 pub mod ingest;
 pub mod ledger_view;
 pub mod progress;
+pub mod progress_view;
 pub mod report;
 pub mod runtime;
 pub mod store;

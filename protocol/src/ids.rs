@@ -607,6 +607,16 @@ impl Category {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The reserved category under which progress reports (工作通报) are offered and indexed.
+    /// It is not a record category: no schema may take this name (a test keeps it so), so no
+    /// data batch or manifest can carry it.
+    pub fn progress_report() -> Category {
+        Category(Category::PROGRESS_REPORT.to_owned())
+    }
+
+    /// The name of [`Category::progress_report`].
+    pub const PROGRESS_REPORT: &'static str = "progress_report";
 }
 
 impl<C> Decode<C> for Category {

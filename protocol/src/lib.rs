@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod ids;
 pub mod manifest;
+pub mod progress;
 pub mod reconcile;
 pub mod record;
 pub mod schema;
@@ -18,6 +19,7 @@ pub use batch::{
     Batch, BatchHeader, Ed25519, NodeKey, PublicKey, Signature, SignedBatch, Signer, Verifier,
 };
 pub use ids::{BatchId, Category, NodeId, Period, Uscc};
-pub use manifest::{Content, Manifest, ManifestEntry, Summary};
+pub use manifest::{Content, ContentKind, Manifest, ManifestEntry, Summary};
+pub use progress::{OperatorFigures, ProgressReport};
 pub use record::{DesensitizeKey, Problem, Record, RecordKey, Value};
 pub use schema::{Registry, Schema};

@@ -22,6 +22,7 @@ use crate::batch::{
     BATCH_FORMAT, Batch, BatchHeader, DecodeError, SignedBatch, Signer, bincode_config,
 };
 use crate::ids::{BatchId, Category, NodeId, Period};
+use crate::progress::{PROGRESS_BYTES_MAX, PROGRESS_FORMAT, ProgressReport};
 
 /// Layout version of a manifest, sharing the first field with [`BATCH_FORMAT`].
 pub const MANIFEST_FORMAT: u16 = 2;
@@ -68,6 +69,8 @@ pub enum ManifestError {
     RevisionZero,
     #[error("manifest bytes: {0}")]
     Decode(#[from] DecodeError),
+    #[error("progress report: {0}")]
+    Progress(crate::progress::ProgressError),
 }
 
 impl Manifest {
@@ -169,15 +172,53 @@ impl Manifest {
 pub enum Content {
     Data(Batch),
     Manifest(Manifest),
+    Progress(ProgressReport),
 }
 
-/// The fields every kind of content has, read cheaply from the front of the bytes.
+/// Which kind of content an envelope holds.
+///
+/// Stored in the node's batch metadata. Its encoding keeps older stores readable: bincode
+/// writes a variant as its index (one byte here), the same byte the earlier `manifest: bool`
+/// field was (`false` = 0 = data, `true` = 1 = manifest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum ContentKind {
+    Data,
+    Manifest,
+    Progress,
+}
+
+impl ContentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentKind::Data => "data",
+            ContentKind::Manifest => "manifest",
+            ContentKind::Progress => "progress report",
+        }
+    }
+}
+
+/// The fields every kind of content has, read cheaply from the front of the bytes. A progress
+/// report has no record category: its category is [`Category::progress_report`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub origin: NodeId,
     pub category: Category,
     pub period: Period,
-    pub manifest: bool,
+    pub kind: ContentKind,
+}
+
+impl Summary {
+    pub fn is_manifest(&self) -> bool {
+        self.kind == ContentKind::Manifest
+    }
+}
+
+/// The front of a progress report's bytes, decoded without the platforms.
+#[derive(Decode)]
+struct ProgressFront {
+    format: u16,
+    origin: NodeId,
+    period: Period,
 }
 
 /// The front of a manifest's bytes, decoded without the entries.
@@ -194,7 +235,18 @@ impl Content {
     pub fn decode(bytes: &[u8]) -> Result<Content, ManifestError> {
         match format_of(bytes)? {
             MANIFEST_FORMAT => Ok(Content::Manifest(Manifest::decode(bytes)?)),
+            PROGRESS_FORMAT => Ok(Content::Progress(
+                ProgressReport::decode(bytes).map_err(ManifestError::Progress)?,
+            )),
             _ => Ok(Content::Data(Batch::decode(bytes)?)),
+        }
+    }
+
+    pub fn kind(&self) -> ContentKind {
+        match self {
+            Content::Data(_) => ContentKind::Data,
+            Content::Manifest(_) => ContentKind::Manifest,
+            Content::Progress(_) => ContentKind::Progress,
         }
     }
 
@@ -204,22 +256,29 @@ impl Content {
                 origin: batch.header.origin,
                 category: batch.header.category.clone(),
                 period: batch.header.period,
-                manifest: false,
+                kind: ContentKind::Data,
             },
             Content::Manifest(m) => Summary {
                 origin: m.origin,
                 category: m.category.clone(),
                 period: m.period,
-                manifest: true,
+                kind: ContentKind::Manifest,
+            },
+            Content::Progress(p) => Summary {
+                origin: p.origin,
+                category: Category::progress_report(),
+                period: p.period,
+                kind: ContentKind::Progress,
             },
         }
     }
 
-    /// Records carried (a manifest carries none: it only names them).
+    /// Records carried (a manifest carries none: it only names them; a progress report
+    /// carries counts, not records).
     pub fn records(&self) -> u32 {
         match self {
             Content::Data(batch) => batch.records.len() as u32,
-            Content::Manifest(_) => 0,
+            Content::Manifest(_) | Content::Progress(_) => 0,
         }
     }
 }
@@ -246,7 +305,19 @@ impl SignedBatch {
                     origin: front.origin,
                     category: front.category,
                     period: front.period,
-                    manifest: true,
+                    kind: ContentKind::Manifest,
+                })
+            }
+            PROGRESS_FORMAT => {
+                let (front, _): (ProgressFront, usize) =
+                    bincode::decode_from_slice(&self.bytes, bincode_config::<PROGRESS_BYTES_MAX>())
+                        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+                debug_assert_eq!(front.format, PROGRESS_FORMAT);
+                Ok(Summary {
+                    origin: front.origin,
+                    category: Category::progress_report(),
+                    period: front.period,
+                    kind: ContentKind::Progress,
                 })
             }
             BATCH_FORMAT => {
@@ -255,7 +326,7 @@ impl SignedBatch {
                     origin: header.origin,
                     category: header.category,
                     period: header.period,
-                    manifest: false,
+                    kind: ContentKind::Data,
                 })
             }
             other => Err(DecodeError::Format(other)),
@@ -302,7 +373,7 @@ mod tests {
             Content::Manifest(m.clone())
         );
         let summary = sealed.summary().unwrap();
-        assert!(summary.manifest);
+        assert!(summary.is_manifest());
         assert_eq!(summary.origin, m.origin);
         assert_eq!(summary.period, m.period);
         // A manifest is not a data batch.

@@ -23,7 +23,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::batch::{Batch, Ed25519, PublicKey, SignedBatch, Verifier, VerifyError};
 use crate::ids::{BatchId, NodeId};
-use crate::manifest::{Content, Manifest};
+use crate::manifest::{Content, ContentKind, Manifest};
+use crate::progress::ProgressReport;
 use crate::record::Problem;
 use crate::schema::Registry;
 use crate::wire::{IDS_PER_FRAME_MAX, Message, Offer, SignedReceipt, Verdict};
@@ -577,7 +578,13 @@ pub enum Rejection {
     Records { category: String, count: usize },
     #[error("manifest refused: {0}")]
     Manifest(String),
-    #[error("a manifest was given where a data batch was expected")]
+    #[error("progress report refused: {0}")]
+    Progress(String),
+    #[error(
+        "progress report from {0}, which is not a provincial node here: only a province sends progress reports (工作通报)"
+    )]
+    NotProvince(NodeId),
+    #[error("a manifest or progress report was given where a data batch was expected")]
     NotData,
 }
 
@@ -610,13 +617,14 @@ pub fn verify_incoming_with(
 ) -> Result<Batch, (Rejection, Vec<Problem>)> {
     match verify_content_with(signed, origin_key, registry, verifier)? {
         Content::Data(batch) => Ok(batch),
-        Content::Manifest(_) => Err((Rejection::NotData, Vec::new())),
+        Content::Manifest(_) | Content::Progress(_) => Err((Rejection::NotData, Vec::new())),
     }
 }
 
-/// What a receiver checks before it stores a batch or a manifest: hash against id, the
-/// origin's signature under its pinned key, canonical form, a known category, and for data
-/// every record against its schema.
+/// What a receiver checks before it stores a batch, a manifest or a progress report: hash
+/// against id, the origin's signature under its pinned key, canonical form, a known category,
+/// and for data every record against its schema. (That a progress report's origin is a
+/// province is the node core's check: it needs the topology.)
 pub fn verify_content_with(
     signed: &SignedBatch,
     origin_key: impl Fn(NodeId) -> Option<PublicKey>,
@@ -636,7 +644,12 @@ pub fn verify_content_with(
     signed
         .verify_signature_with(&key, verifier)
         .map_err(|e| (Rejection::Verify(e), Vec::new()))?;
-    if summary.manifest {
+    if summary.kind == ContentKind::Progress {
+        let report = ProgressReport::decode(&signed.bytes)
+            .map_err(|e| (Rejection::Progress(e.to_string()), Vec::new()))?;
+        return Ok(Content::Progress(report));
+    }
+    if summary.is_manifest() {
         let manifest = Manifest::decode(&signed.bytes)
             .map_err(|e| (Rejection::Manifest(e.to_string()), Vec::new()))?;
         if registry.get(&manifest.category).is_none() {

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use protocol::ids::{BatchId, Category, NodeId, Period};
 use protocol::schema::Cadence;
-use protocol::{Content, Manifest};
+use protocol::{Content, ContentKind, Manifest};
 use serde::Serialize;
 use topology::Topology;
 
@@ -308,14 +308,14 @@ fn held_for<K: Kv>(
         if meta.category != *category || !within(meta.period, period) {
             continue;
         }
-        if meta.manifest {
+        if meta.kind == ContentKind::Manifest {
             let Some(signed) = store.batch(&id)? else {
                 continue;
             };
             if let Ok(Content::Manifest(manifest)) = Content::decode(&signed.bytes) {
                 held.manifests.push((id, meta, manifest));
             }
-        } else {
+        } else if meta.kind == ContentKind::Data {
             held.data.push((id, meta));
         }
     }

@@ -24,6 +24,7 @@
 
 pub mod ledger;
 pub mod migration;
+pub mod progress;
 pub mod reconcile;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -42,8 +43,8 @@ use protocol::wire::{
     self, Message, Receipt, ReconcileKind, ReconcileScope, SignedReceipt, Verdict,
 };
 use protocol::{
-    Category, Content, Manifest, ManifestEntry, Period, PublicKey, Registry, SignedBatch, Signer,
-    Verifier,
+    Category, Content, ContentKind, Manifest, ManifestEntry, Period, PublicKey, Registry,
+    SignedBatch, Signer, Verifier,
 };
 use topology::Topology;
 use tracing::{debug, error, info, warn};
@@ -228,6 +229,12 @@ pub enum CoreError {
     Store(#[from] StoreError),
     #[error("batch {id} refused: {reason}")]
     Refused { id: BatchId, reason: String },
+    #[error(
+        "this node ({node}) is a {role}: only a provincial node makes progress reports (工作通报); run `credit-node progress send` at the province"
+    )]
+    NotProvince { node: NodeId, role: String },
+    #[error("progress report not made: {0}")]
+    Progress(protocol::progress::ProgressError),
 }
 
 /// Why a topology was not applied; the node keeps the one it had.
@@ -1149,7 +1156,12 @@ impl<K: Kv> Core<K> {
             |origin| self.origin_key(child, origin),
             self.registry,
             verifier,
-        );
+        )
+        .and_then(|content| {
+            progress::check_origin(&self.topology, &content)
+                .map_err(|rejection| (rejection, Vec::new()))?;
+            Ok(content)
+        });
         match checked {
             Ok(content) => {
                 let summary = content.summary();
@@ -1168,7 +1180,7 @@ impl<K: Kv> Core<K> {
                 let seq = self.wrote();
                 if new {
                     self.unsynced.insert(id, seq);
-                    info!(batch = %id.short(), origin = %summary.origin, category = %summary.category, period = %summary.period, records = content.records(), manifest = summary.manifest, "batch stored");
+                    info!(batch = %id.short(), origin = %summary.origin, category = %summary.category, period = %summary.period, records = content.records(), kind = summary.kind.as_str(), "batch stored");
                     self.outbox_grew(now)?;
                 }
                 self.defer(
@@ -1246,7 +1258,9 @@ impl<K: Kv> Core<K> {
             self.registry,
             &*self.verifier,
         )
-        .map_err(|(rejection, _)| CoreError::Refused {
+        .map_err(|(rejection, _)| rejection)
+        .and_then(|content| progress::check_origin(&self.topology, &content).map(|()| content))
+        .map_err(|rejection| CoreError::Refused {
             id,
             reason: rejection.to_string(),
         })?;
@@ -1300,7 +1314,7 @@ impl<K: Kv> Core<K> {
             if meta.category != *category || meta.period != period {
                 continue;
             }
-            if meta.manifest {
+            if meta.kind == ContentKind::Manifest {
                 let previous = self.store.batch(&id)?.map(|s| Content::decode(&s.bytes));
                 if let Some(Ok(Content::Manifest(m))) = previous {
                     revision = revision.max(m.revision);

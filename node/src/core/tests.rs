@@ -560,7 +560,7 @@ fn the_ledger_dates_reports_by_the_first_parents_receipt() {
     let stored = |id| county.store().batch(&id).unwrap().unwrap();
     let (may_manifest, june_manifest) = (stored(may_manifest), stored(june_manifest));
     let summary = may_manifest.summary().unwrap();
-    assert!(summary.manifest);
+    assert!(summary.is_manifest());
 
     let city_kv = MemKv::new();
     let mut city = core(CITY, schedule_topology(), city_kv);
@@ -1079,5 +1079,295 @@ fn a_verify_window_run_out_before_coverage_does_not_spin_the_timer() {
             .is_none_or(|next| next > after.mono_ms),
         "the passed deadline is not armed again: {:?}",
         county.poll_timeout()
+    );
+}
+
+/// The province, the city, a county that reports, a county on a legacy direct link and a
+/// water-fee schedule.
+fn progress_topology() -> Arc<Topology> {
+    let node = |text: &str, name: &str, role, parent: Option<&str>, port| TopologyNode {
+        id: id(text),
+        name: name.into(),
+        role,
+        parent: parent.map(id),
+        address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        public_key: key(id(text)).public(),
+    };
+    let nodes = vec![
+        node(NATIONAL, "全国平台", Role::National, None, 1),
+        node(PROVINCE, "广东省", Role::Province, Some(NATIONAL), 2),
+        node(CITY, "揭阳市", Role::City, Some(PROVINCE), 3),
+        node(COUNTY, "普宁市", Role::County, Some(CITY), 4),
+        node(LEGACY_COUNTY, "惠来县", Role::County, None, 5),
+    ];
+    let schedules = vec![topology::Schedule::new(
+        protocol::Category::parse("water_fee").unwrap(),
+        protocol::schema::Cadence::Monthly,
+        10,
+        vec![id(COUNTY), id(LEGACY_COUNTY)],
+    )];
+    Arc::new(
+        Topology::from_parts(
+            1,
+            nodes,
+            vec![LegacyLink::new(id(LEGACY_COUNTY))],
+            Vec::new(),
+            schedules,
+        )
+        .unwrap(),
+    )
+}
+
+const LEGACY_COUNTY: &str = "445224";
+
+fn figures() -> protocol::OperatorFigures {
+    protocol::OperatorFigures {
+        registered_enterprises: 120_345,
+        financial_institutions: 87,
+        financing_loans: 4_321,
+        financing_amount_wan_yuan: 765_432,
+        notes: Some("含新接入的三家农商行".into()),
+    }
+}
+
+/// Makes every write so far durable and returns the outputs after it.
+fn make_durable(core: &mut Core<MemKv>, kv: &MemKv, t: Now) -> Vec<Output> {
+    let outputs = drain(core);
+    if let Some(upto) = sync_upto(&outputs) {
+        kv.sync().unwrap();
+        core.handle_durable(upto, t);
+    }
+    let mut after = outputs;
+    after.extend(drain(core));
+    after
+}
+
+/// A province makes a signed progress report of its local platforms (paths, connection,
+/// per-category counts from the ledger) and the operators' figures; it is queued for the
+/// national platform, which verifies it, stores it and lists the newest revision.
+#[test]
+fn a_province_makes_a_progress_report_and_the_national_platform_lists_it() {
+    let water = protocol::Category::parse("water_fee").unwrap();
+    let may = Period::parse("2026-05").unwrap();
+    let due = ledger::due_ms(may, protocol::schema::Cadence::Monthly, 10);
+    let topology = progress_topology();
+
+    // The county's data and manifest reach the province through the city before the deadline.
+    let mut county = core(COUNTY, topology.clone(), MemKv::new());
+    let data = county_batch_of("2026-05");
+    county.submit(data.clone(), at_wall(0)).unwrap();
+    let (manifest, _) = county
+        .close_period(&water, may, Some(3), at_wall(0))
+        .unwrap();
+    let manifest = county.store().batch(&manifest).unwrap().unwrap();
+
+    let province_kv = MemKv::new();
+    let mut province = core(PROVINCE, topology.clone(), province_kv.clone());
+    let from_city = LinkId(4);
+    province
+        .handle_link_up(
+            from_city,
+            LinkKind::Down {
+                key: key(id(CITY)).public(),
+            },
+            at_wall(due - 3_600_000),
+        )
+        .unwrap();
+    for signed in [data, manifest] {
+        province
+            .handle_batch(from_city, signed, None, at_wall(due - 3_600_000))
+            .unwrap();
+    }
+    make_durable(&mut province, &province_kv, at_wall(due - 3_600_000));
+
+    let made_at = at_wall(due + 86_400_000);
+    let (first, submitted) = province.progress_report(may, figures(), made_at).unwrap();
+    assert!(submitted.new);
+    assert!(
+        province.durable_seq() < submitted.durable_at,
+        "not durable until the store says so"
+    );
+    make_durable(&mut province, &province_kv, made_at);
+    assert!(province.durable_seq() >= submitted.durable_at);
+    let queued = province
+        .store()
+        .outbox_page(id(NATIONAL), None, 10)
+        .unwrap();
+    let offer = queued
+        .iter()
+        .find(|o| o.id == first)
+        .expect("queued for the national platform");
+    assert_eq!(
+        (offer.origin, offer.category.clone(), offer.period),
+        (id(PROVINCE), protocol::Category::progress_report(), may)
+    );
+    let signed = province.store().batch(&first).unwrap().unwrap();
+    signed
+        .verify_hash_and_signature(&key(id(PROVINCE)).public())
+        .unwrap();
+    let Ok(Content::Progress(report)) = Content::decode(&signed.bytes) else {
+        panic!("a progress report")
+    };
+    assert_eq!(
+        (report.origin, report.period, report.revision),
+        (id(PROVINCE), may, 1)
+    );
+    assert_eq!(report.figures, figures());
+    use protocol::progress::{LegacyPhase, PlatformPath};
+    let platform = |node: &str| {
+        report
+            .platforms
+            .iter()
+            .find(|p| p.node == id(node))
+            .unwrap_or_else(|| panic!("{node} listed: {report:?}"))
+    };
+    assert_eq!(report.platforms.len(), 3, "the city and both counties");
+    let city = platform(CITY);
+    assert!(city.connected && city.path == PlatformPath::Hierarchy);
+    assert!(city.categories.is_empty(), "the city owes no reports");
+    let reporting = platform(COUNTY);
+    assert_eq!(reporting.name, "普宁市");
+    assert!(reporting.connected, "its data reached the province");
+    assert_eq!(reporting.path, PlatformPath::Hierarchy);
+    let counts = &reporting.categories[0];
+    assert_eq!(counts.category, water);
+    assert_eq!(
+        (counts.expected, counts.on_time, counts.late, counts.missing),
+        (1, 1, 0, 0)
+    );
+    assert_eq!((counts.records_delivered, counts.records_declared), (3, 3));
+    let legacy = platform(LEGACY_COUNTY);
+    assert!(!legacy.connected, "nothing of it reaches the province");
+    assert_eq!(
+        legacy.path,
+        PlatformPath::Legacy {
+            via: id(LEGACY_COUNTY),
+            phase: LegacyPhase::Direct
+        }
+    );
+    assert!(
+        legacy.categories.is_empty(),
+        "its reports go straight to the national platform, not through this province"
+    );
+
+    // Sending again makes the next revision.
+    let (second, _) = province
+        .progress_report(may, figures(), at_wall(due + 2 * 86_400_000))
+        .unwrap();
+    make_durable(&mut province, &province_kv, at_wall(due + 2 * 86_400_000));
+    assert_ne!(first, second);
+    let held = province.progress_reports(None).unwrap();
+    assert_eq!(held.len(), 1, "newest revision per period");
+    assert_eq!((held[0].id, held[0].report.revision), (second, 2));
+    assert_eq!(
+        held[0].national_receipt_ms, None,
+        "not yet at the national platform"
+    );
+
+    // The national platform verifies both, stores them, and lists the newest.
+    let national_kv = MemKv::new();
+    let mut national = core(NATIONAL, topology, national_kv.clone());
+    let from_province = LinkId(9);
+    national
+        .handle_link_up(
+            from_province,
+            LinkKind::Down {
+                key: key(id(PROVINCE)).public(),
+            },
+            at_wall(due + 3 * 86_400_000),
+        )
+        .unwrap();
+    for report in [first, second] {
+        let signed = province.store().batch(&report).unwrap().unwrap();
+        national
+            .handle_batch(from_province, signed, None, at_wall(due + 3 * 86_400_000))
+            .unwrap();
+    }
+    let outputs = make_durable(&mut national, &national_kv, at_wall(due + 3 * 86_400_000));
+    let receipts = receipts_in(&outputs);
+    assert_eq!(receipts.len(), 2);
+    assert!(
+        receipts
+            .iter()
+            .all(|r| matches!(r.receipt.verdict, Verdict::Accepted { .. }))
+    );
+    assert_eq!(
+        national
+            .progress_reports(Some(Period::parse("2026-06").unwrap()))
+            .unwrap(),
+        vec![]
+    );
+    let listed = national.progress_reports(Some(may)).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].id, listed[0].report.revision), (second, 2));
+    assert_eq!(listed[0].national_receipt_ms, Some(due + 3 * 86_400_000));
+    let meta = national.store().meta(&second).unwrap().unwrap();
+    assert_eq!(meta.kind, protocol::ContentKind::Progress);
+    assert_eq!(meta.category, protocol::Category::progress_report());
+    // Not a report the ledger judges.
+    assert!(
+        national
+            .ledger(may, None, at_wall(due + 4 * 86_400_000))
+            .unwrap()
+            .iter()
+            .all(|e| e.category == "water_fee")
+    );
+}
+
+/// Only a province makes a progress report; one that names a county as its origin is refused
+/// where it is submitted and where it is received.
+#[test]
+fn only_a_province_makes_or_passes_on_a_progress_report() {
+    let topology = progress_topology();
+    let may = Period::parse("2026-05").unwrap();
+    let mut county = core(COUNTY, topology.clone(), MemKv::new());
+    let error = county.progress_report(may, figures(), now(1)).unwrap_err();
+    assert!(matches!(error, CoreError::NotProvince { .. }), "{error}");
+    assert!(
+        error.to_string().contains("only a provincial node"),
+        "{error}"
+    );
+    let city_kv = MemKv::new();
+    let mut city = core(CITY, topology.clone(), city_kv.clone());
+    assert!(matches!(
+        city.progress_report(may, figures(), now(1)),
+        Err(CoreError::NotProvince { .. })
+    ));
+
+    // A report the county made by hand, with itself as origin.
+    let forged = protocol::ProgressReport {
+        format: protocol::progress::PROGRESS_FORMAT,
+        origin: id(COUNTY),
+        period: may,
+        revision: 1,
+        made_at_ms: 0,
+        platforms: Vec::new(),
+        figures: figures(),
+    };
+    let signed = forged.seal_with(&key(id(COUNTY)));
+    let refused = county.submit(signed.clone(), now(2)).unwrap_err();
+    assert!(refused.to_string().contains("not a province"), "{refused}");
+    assert!(county.store().batch(&signed.id).unwrap().is_none());
+
+    let link = LinkId(5);
+    city.handle_link_up(
+        link,
+        LinkKind::Down {
+            key: key(id(COUNTY)).public(),
+        },
+        now(3),
+    )
+    .unwrap();
+    city.handle_batch(link, signed.clone(), None, now(4))
+        .unwrap();
+    let receipts = receipts_in(&make_durable(&mut city, &city_kv, now(5)));
+    assert_eq!(receipts.len(), 1);
+    let Verdict::Rejected { reason } = &receipts[0].receipt.verdict else {
+        panic!("refused: {receipts:?}")
+    };
+    assert!(reason.contains("not a province"), "{reason}");
+    assert!(
+        city.store().batch(&signed.id).unwrap().is_none(),
+        "not stored"
     );
 }

@@ -489,6 +489,34 @@ impl<K: Kv> Node<K> {
         Ok((id, submitted.new))
     }
 
+    /// Makes this province's progress report (工作通报) for a period with the operators'
+    /// figures and submits it; returns its id and whether it was new, once it is durable.
+    pub async fn progress_report(
+        self: &Arc<Self>,
+        period: protocol::Period,
+        figures: protocol::OperatorFigures,
+    ) -> Result<(protocol::BatchId, bool), SubmitError> {
+        let node = self.clone();
+        let (id, submitted) = self
+            .blocking
+            .run(move || node.with_core(|core, now| core.progress_report(period, figures, now)))
+            .await
+            .map_err(SubmitError::Interrupted)??;
+        self.durable_at(submitted.durable_at).await?;
+        Ok((id, submitted.new))
+    }
+
+    /// The progress reports this node holds, the newest revision per (province, period).
+    pub fn progress_reports(
+        &self,
+        period: Option<protocol::Period>,
+    ) -> Result<Vec<crate::core::progress::HeldProgress>, crate::store::StoreError> {
+        self.core
+            .lock()
+            .expect("core lock")
+            .progress_reports(period)
+    }
+
     /// Starts reconciliation with `peer` (a parent, or a child asked to start it), or with
     /// every uplink; returns how many links will reconcile.
     pub fn reconcile(

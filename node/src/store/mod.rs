@@ -36,7 +36,7 @@ use bincode::{Decode, Encode};
 use protocol::ids::{BatchId, Digest, NodeId};
 use protocol::record::Problem;
 use protocol::wire::{Offer, SignedReceipt, Verdict};
-use protocol::{Category, Content, Period, SignedBatch};
+use protocol::{Category, Content, ContentKind, Period, SignedBatch};
 
 pub use kv::{BlobPool, CACHE_BYTES, Kv, KvError, MemKv, Op, SledKv, Tree, WriteFault};
 
@@ -91,8 +91,9 @@ pub struct BatchMeta {
     pub received_at_ms: u64,
     /// The neighbour it came from (this node itself for a local submission).
     pub from: NodeId,
-    /// A period manifest, not data.
-    pub manifest: bool,
+    /// Data, a period manifest or a progress report. (Stores written before progress reports
+    /// existed held a `manifest: bool` here; it decodes as `Data` or `Manifest`.)
+    pub kind: ContentKind,
     /// The node that first received it from its origin, whose signed receipt (stored beside
     /// this node's own) dates its arrival; `None` at the origin until its parent answers, or
     /// when the sender gave no valid proof.
@@ -392,7 +393,7 @@ impl<K: Kv> Store<K> {
             bytes: signed.bytes.len() as u32,
             received_at_ms: now_ms,
             from,
-            manifest: summary.manifest,
+            kind: summary.kind,
             first,
         };
         // The bytes first: a batch the trees record must have its file.
@@ -1006,6 +1007,46 @@ mod tests {
         let signed = report.batches.into_iter().next().unwrap();
         let batch = Content::decode(&signed.bytes).unwrap();
         (signed, batch, key)
+    }
+
+    /// Metadata written before progress reports existed (`manifest: bool` where `kind` is now)
+    /// still decodes, as the same kind.
+    #[test]
+    fn metadata_of_older_stores_still_decodes() {
+        #[derive(Encode)]
+        struct OldMeta {
+            origin: NodeId,
+            category: Category,
+            period: Period,
+            records: u32,
+            bytes: u32,
+            received_at_ms: u64,
+            from: NodeId,
+            manifest: bool,
+            first: Option<NodeId>,
+        }
+        let county = NodeId::parse("445281").unwrap();
+        for (manifest, kind) in [(false, ContentKind::Data), (true, ContentKind::Manifest)] {
+            let old = OldMeta {
+                origin: county,
+                category: Category::parse("water_fee").unwrap(),
+                period: Period::parse("2026-03").unwrap(),
+                records: 7,
+                bytes: 900,
+                received_at_ms: 1_800_000_000_000,
+                from: county,
+                manifest,
+                first: Some(NodeId::parse("445200").unwrap()),
+            };
+            let meta: BatchMeta = decode("meta", &encode(&old)).unwrap();
+            assert_eq!(meta.kind, kind);
+            assert_eq!((meta.records, meta.first), (7, old.first));
+            assert_eq!(
+                encode(&meta),
+                encode(&old),
+                "and it is written the same way"
+            );
+        }
     }
 
     fn reopen(path: &Path) -> Store {
