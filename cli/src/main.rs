@@ -490,20 +490,12 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             category,
             format,
         } => {
-            let value = node::api::call(
-                &dir,
-                &node::api::ApiRequest::Report {
-                    period,
-                    category,
-                    format: format.clone(),
-                },
-            )?;
-            if format == "json" {
-                serde_json::to_writer_pretty(&mut out, &value)?;
-                writeln!(out)?;
-            } else {
-                write!(out, "{}", value["text"].as_str().unwrap_or(""))?;
-            }
+            let request = node::api::ApiRequest::Report {
+                period,
+                category,
+                format: format.clone(),
+            };
+            write_rendered(&mut out, &node::api::call(&dir, &request)?, &format)?;
         }
         Command::Progress {
             send:
@@ -540,19 +532,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             period,
             format,
         } => {
-            let value = node::api::call(
-                &dir,
-                &node::api::ApiRequest::Progress {
-                    period,
-                    format: format.clone(),
-                },
-            )?;
-            if format == "json" {
-                serde_json::to_writer_pretty(&mut out, &value)?;
-                writeln!(out)?;
-            } else {
-                write!(out, "{}", value["text"].as_str().unwrap_or(""))?;
-            }
+            let request = node::api::ApiRequest::Progress {
+                period,
+                format: format.clone(),
+            };
+            write_rendered(&mut out, &node::api::call(&dir, &request)?, &format)?;
         }
         Command::Audit { dir } => {
             let value = node::api::call(&dir, &node::api::ApiRequest::VerifyAudit)?;
@@ -572,6 +556,21 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 }
 
 /// Reads a topology file; its problems, one per line with file, line and column, are the error.
+/// A view the node rendered: the JSON itself for `json`, else the text it made.
+fn write_rendered(
+    out: &mut impl Write,
+    value: &serde_json::Value,
+    format: &str,
+) -> anyhow::Result<()> {
+    if format == "json" {
+        serde_json::to_writer_pretty(&mut *out, value)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", value["text"].as_str().unwrap_or(""))?;
+    }
+    Ok(())
+}
+
 fn read_topology_file(path: &std::path::Path) -> anyhow::Result<topology::Topology> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;

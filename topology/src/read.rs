@@ -332,18 +332,60 @@ impl Reader<'_> {
         keys
     }
 
+    /// A node id at `key`; a malformed one is reported, prefixed with `label`.
+    fn node_id(
+        &mut self,
+        table: &DeTable<'_>,
+        table_pos: Pos,
+        name: &str,
+        key: &str,
+        label: &str,
+    ) -> Option<At<NodeId>> {
+        let (text, pos) = self.string(table, table_pos, name, key, true)?;
+        match NodeId::parse(text) {
+            Ok(id) => Some(At { value: id, pos }),
+            Err(problem) => {
+                self.report(pos, format!("{label}{problem}"));
+                None
+            }
+        }
+    }
+
+    /// The node ids of an array at `key`, each bad element reported where it stands.
+    fn node_id_elements(
+        &mut self,
+        array: &toml::de::DeArray<'_>,
+        key: &str,
+        each: &str,
+        example: &str,
+    ) -> Vec<At<NodeId>> {
+        let mut ids = Vec::new();
+        for element in array.iter() {
+            let element_pos = self.pos(element.span().start);
+            match element.get_ref() {
+                DeValue::String(text) => match NodeId::parse(text) {
+                    Ok(id) => ids.push(At {
+                        value: id,
+                        pos: element_pos,
+                    }),
+                    Err(problem) => self.report(element_pos, format!("{key}: {problem}")),
+                },
+                other => self.report(
+                    element_pos,
+                    format!(
+                        "{each} must be a node id in quotes, found {}: write {example}",
+                        a_type(other)
+                    ),
+                ),
+            }
+        }
+        ids
+    }
+
     fn legacy_link(&mut self, table: &DeTable<'_>, table_pos: Pos) -> LinkEntry {
         const NAME: &str = "legacy_link";
         self.unknown_keys(table, LEGACY_LINK_KEYS, "in [[legacy_link]]");
-        let node = self
-            .string(table, table_pos, NAME, "node", true)
-            .and_then(|(text, pos)| match NodeId::parse(text) {
-                Ok(id) => Some(At { value: id, pos }),
-                Err(problem) => {
-                    self.report(pos, format!("legacy_link node: {problem}"));
-                    None
-                }
-            });
+        let node = self.node_id(table, table_pos, NAME, "node", "legacy_link node: ");
         let migrate = match lookup(table, "migrate") {
             None => Field::Absent,
             Some(value) => {
@@ -428,28 +470,12 @@ impl Reader<'_> {
                                 ),
                             );
                         }
-                        let mut ids = Vec::new();
-                        for element in array.iter() {
-                            let element_pos = self.pos(element.span().start);
-                            match element.get_ref() {
-                                DeValue::String(text) => match NodeId::parse(text) {
-                                    Ok(id) => ids.push(At {
-                                        value: id,
-                                        pos: element_pos,
-                                    }),
-                                    Err(problem) => {
-                                        self.report(element_pos, format!("reporters: {problem}"))
-                                    }
-                                },
-                                other => self.report(
-                                    element_pos,
-                                    format!(
-                                        "each reporter must be a node id in quotes, found {}: write reporters = [\"445281\", \"445202\"]",
-                                        a_type(other)
-                                    ),
-                                ),
-                            }
-                        }
+                        let ids = self.node_id_elements(
+                            array,
+                            "reporters",
+                            "each reporter",
+                            "reporters = [\"445281\", \"445202\"]",
+                        );
                         Field::Given(At { value: ids, pos })
                     }
                     other => {
@@ -485,15 +511,7 @@ impl Reader<'_> {
     fn allocation(&mut self, table: &DeTable<'_>, table_pos: Pos) -> AllocationEntry {
         const NAME: &str = "schedule.allocation";
         self.unknown_keys(table, ALLOCATION_KEYS, "in [[schedule.allocation]]");
-        let reporter = self
-            .string(table, table_pos, NAME, "reporter", true)
-            .and_then(|(text, pos)| match NodeId::parse(text) {
-                Ok(id) => Some(At { value: id, pos }),
-                Err(problem) => {
-                    self.report(pos, format!("reporter: {problem}"));
-                    None
-                }
-            });
+        let reporter = self.node_id(table, table_pos, NAME, "reporter", "reporter: ");
         let covers = match lookup(table, "covers") {
             None => Field::Absent,
             Some(value) => {
@@ -506,29 +524,12 @@ impl Reader<'_> {
                                 "covers is empty: list the districts whose data this reporter reports, or remove `covers` if it reports only its own",
                             );
                         }
-                        let mut ids = Vec::new();
-                        for element in array.iter() {
-                            let element_pos = self.pos(element.span().start);
-                            match element.get_ref() {
-                                DeValue::String(text) => match NodeId::parse(text) {
-                                    Ok(id) => ids.push(At {
-                                        value: id,
-                                        pos: element_pos,
-                                    }),
-                                    Err(problem) => {
-                                        self.report(element_pos, format!("covers: {problem}"))
-                                    }
-                                },
-                                other => self.report(
-                                    element_pos,
-                                    format!(
-                                        "each covered node must be a node id in quotes, found {}: write {}",
-                                        a_type(other),
-                                        example(NAME, "covers")
-                                    ),
-                                ),
-                            }
-                        }
+                        let ids = self.node_id_elements(
+                            array,
+                            "covers",
+                            "each covered node",
+                            example(NAME, "covers"),
+                        );
                         Field::Given(At { value: ids, pos })
                     }
                     other => {
@@ -578,15 +579,7 @@ impl Reader<'_> {
     fn node(&mut self, table: &DeTable<'_>, table_pos: Pos) -> Entry {
         self.unknown_keys(table, NODE_KEYS, "in [[node]]");
 
-        let id = self
-            .string(table, table_pos, "node", "id", true)
-            .and_then(|(text, pos)| match NodeId::parse(text) {
-                Ok(id) => Some(At { value: id, pos }),
-                Err(problem) => {
-                    self.report(pos, problem.to_string());
-                    None
-                }
-            });
+        let id = self.node_id(table, table_pos, "node", "id", "");
         let name = self
             .string(table, table_pos, "node", "name", true)
             .and_then(|(text, pos)| match check_name(text) {

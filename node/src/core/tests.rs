@@ -104,6 +104,18 @@ fn batch_of(origin: &str, period: &str) -> SignedBatch {
     .remove(0)
 }
 
+/// `child`'s link to `core` comes up (it dialled in with its pinned key).
+fn link_from(core: &mut Core<MemKv>, link: LinkId, child: &str, at: Now) {
+    core.handle_link_up(
+        link,
+        LinkKind::Down {
+            key: key(id(child)).public(),
+        },
+        at,
+    )
+    .unwrap();
+}
+
 fn drain(core: &mut Core<MemKv>) -> Vec<Output> {
     std::iter::from_fn(|| core.poll_output()).collect()
 }
@@ -137,14 +149,7 @@ fn city_with_county() -> (Core<MemKv>, MemKv, LinkId) {
     let kv = MemKv::new();
     let mut city = core(CITY, topology(1, None), kv.clone());
     let link = LinkId(7);
-    city.handle_link_up(
-        link,
-        LinkKind::Down {
-            key: key(id(COUNTY)).public(),
-        },
-        now(1),
-    )
-    .unwrap();
+    link_from(&mut city, link, COUNTY, now(1));
     drain(&mut city);
     (city, kv, link)
 }
@@ -469,15 +474,7 @@ fn the_first_parents_receipt_travels_up_with_the_batch_and_a_forged_one_is_ignor
     let province_kv = MemKv::new();
     let mut province = core(PROVINCE, topology(1, None), province_kv.clone());
     let from_city = LinkId(11);
-    province
-        .handle_link_up(
-            from_city,
-            LinkKind::Down {
-                key: key(id(CITY)).public(),
-            },
-            now(6),
-        )
-        .unwrap();
+    link_from(&mut province, from_city, CITY, now(6));
     province
         .handle_batch(from_city, batch.clone(), Some(first.clone()), now(7))
         .unwrap();
@@ -565,14 +562,7 @@ fn the_ledger_dates_reports_by_the_first_parents_receipt() {
     let city_kv = MemKv::new();
     let mut city = core(CITY, schedule_topology(), city_kv);
     let down = LinkId(3);
-    city.handle_link_up(
-        down,
-        LinkKind::Down {
-            key: key(id(COUNTY)).public(),
-        },
-        at_wall(1),
-    )
-    .unwrap();
+    link_from(&mut city, down, COUNTY, at_wall(1));
     city.handle_batch(down, data, None, at_wall(due_may - 2 * day))
         .unwrap();
     city.handle_batch(down, may_manifest, None, at_wall(due_may - day))
@@ -662,15 +652,7 @@ fn a_city_covering_two_districts_owes_their_reports_and_carries_the_contact() {
     // The city's own batch reaches the province a day before the deadline.
     let mut province = core(PROVINCE, allocated.clone(), MemKv::new());
     let down = LinkId(4);
-    province
-        .handle_link_up(
-            down,
-            LinkKind::Down {
-                key: key(id(CITY)).public(),
-            },
-            at_wall(1),
-        )
-        .unwrap();
+    link_from(&mut province, down, CITY, at_wall(1));
     province
         .handle_batch(
             down,
@@ -819,14 +801,7 @@ fn reconciliation_restores_a_lost_batch_reports_an_anomaly_and_repairs_a_receipt
     // The city holds the first batch (its receipt never reached the county) and one the county
     // never had.
     let down = LinkId(21);
-    city.handle_link_up(
-        down,
-        LinkKind::Down {
-            key: key(id(COUNTY)).public(),
-        },
-        now(2),
-    )
-    .unwrap();
+    link_from(&mut city, down, COUNTY, now(2));
     city.handle_batch(down, held_by_both.clone(), None, now(2))
         .unwrap();
     city.handle_batch(down, never_at_county.clone(), None, now(2))
@@ -991,14 +966,7 @@ fn history_resent_off_a_legacy_link_is_dated_by_the_national_receipt() {
     let city_kv = MemKv::new();
     let mut city = core(CITY, migrating, city_kv.clone());
     let down = LinkId(22);
-    city.handle_link_up(
-        down,
-        LinkKind::Down {
-            key: key(id(COUNTY)).public(),
-        },
-        now(7),
-    )
-    .unwrap();
+    link_from(&mut city, down, COUNTY, now(7));
     city.handle_batch(down, batch.clone(), proof.clone(), now(8))
         .unwrap();
     let store = Store::new(city_kv);
@@ -1164,15 +1132,7 @@ fn a_province_makes_a_progress_report_and_the_national_platform_lists_it() {
     let province_kv = MemKv::new();
     let mut province = core(PROVINCE, topology.clone(), province_kv.clone());
     let from_city = LinkId(4);
-    province
-        .handle_link_up(
-            from_city,
-            LinkKind::Down {
-                key: key(id(CITY)).public(),
-            },
-            at_wall(due - 3_600_000),
-        )
-        .unwrap();
+    link_from(&mut province, from_city, CITY, at_wall(due - 3_600_000));
     for signed in [data, manifest] {
         province
             .handle_batch(from_city, signed, None, at_wall(due - 3_600_000))
@@ -1268,15 +1228,12 @@ fn a_province_makes_a_progress_report_and_the_national_platform_lists_it() {
     let national_kv = MemKv::new();
     let mut national = core(NATIONAL, topology, national_kv.clone());
     let from_province = LinkId(9);
-    national
-        .handle_link_up(
-            from_province,
-            LinkKind::Down {
-                key: key(id(PROVINCE)).public(),
-            },
-            at_wall(due + 3 * 86_400_000),
-        )
-        .unwrap();
+    link_from(
+        &mut national,
+        from_province,
+        PROVINCE,
+        at_wall(due + 3 * 86_400_000),
+    );
     for report in [first, second] {
         let signed = province.store().batch(&report).unwrap().unwrap();
         national
@@ -1350,14 +1307,7 @@ fn only_a_province_makes_or_passes_on_a_progress_report() {
     assert!(county.store().batch(&signed.id).unwrap().is_none());
 
     let link = LinkId(5);
-    city.handle_link_up(
-        link,
-        LinkKind::Down {
-            key: key(id(COUNTY)).public(),
-        },
-        now(3),
-    )
-    .unwrap();
+    link_from(&mut city, link, COUNTY, now(3));
     city.handle_batch(link, signed.clone(), None, now(4))
         .unwrap();
     let receipts = receipts_in(&make_durable(&mut city, &city_kv, now(5)));
