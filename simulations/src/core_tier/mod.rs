@@ -42,6 +42,8 @@ pub enum Action {
     /// batches submitted for it, with the data source's declared total if given. Done once
     /// every data batch of the report is acknowledged, as an operator would.
     Close { declared: Option<u64> },
+    /// A province's progress report (工作通报) for the period, to the national platform.
+    Progress,
 }
 
 /// One thing an origin's operator submits.
@@ -438,6 +440,22 @@ pub fn plan(scenario: &str, seed: u64) -> Result<Plan, String> {
                     report: None,
                 });
             }
+        }
+    }
+    // Each province's progress report (工作通报) for a month, on the 15th of the next.
+    for province in nodes.iter().filter(|n| n.role == Role::Province) {
+        for month in 1..=11u8 {
+            let next = (1..=month)
+                .map(|m| u64::from(days_in_month(2026, m)))
+                .sum::<u64>();
+            submissions.push(Submission {
+                at_ms: (next + 14) * DAY_MS + rng.below(DAY_MS / 2),
+                origin: province.id,
+                category: "progress_report".into(),
+                period: Period::Month { year: 2026, month },
+                action: Action::Progress,
+                report: None,
+            });
         }
     }
     // Monthly fees, each report with its fate. A month's reports are made in the next month:

@@ -176,6 +176,8 @@ pub struct Stats {
     /// Ledger entries per state at the provinces (pending, on time, late, missing,
     /// incomplete, concealment suspected).
     pub ledger_states: [u64; 6],
+    /// Progress reports (工作通报) the national platform lists at the end.
+    pub progress_listed: u64,
     pub converged_after_ms: Option<u64>,
     pub virtual_ms: u64,
 }
@@ -208,6 +210,8 @@ pub struct World {
     items: HashMap<BatchId, Item>,
     /// Submissions acknowledged to their operator.
     acked_submissions: BTreeSet<usize>,
+    /// Progress reports the provinces made: (province, period).
+    progress: HashMap<BatchId, (NodeId, Period)>,
     /// Each batch's arrival as its origin's parent signed it in its receipt (the first one
     /// seen on the wire): the ground truth of "arrived".
     first_arrival: HashMap<BatchId, u64>,
@@ -329,6 +333,7 @@ impl World {
             acknowledged: BTreeMap::new(),
             items: HashMap::new(),
             acked_submissions: BTreeSet::new(),
+            progress: HashMap::new(),
             first_arrival: HashMap::new(),
             proof_touched: BTreeSet::new(),
             max_skew_ms: 0,
@@ -524,7 +529,8 @@ impl World {
             Event::CheckLiveness => match self.liveness() {
                 Ok(()) => {
                     self.stats.converged_after_ms = Some(self.now_ms - self.heal_at_ms);
-                    if let Err(message) = self.check_ledgers() {
+                    if let Err(message) = self.check_ledgers().and_then(|()| self.check_progress())
+                    {
                         self.fail(message);
                     }
                     self.done = true;
@@ -799,6 +805,26 @@ impl World {
                     self.stats.submitted += 1;
                 }
                 closed.map(|(id, submitted)| (id, submitted.durable_at))
+            }
+            Action::Progress => {
+                let figures = protocol::OperatorFigures {
+                    registered_enterprises: 120_000 + s as u64,
+                    financial_institutions: 87,
+                    financing_loans: 4_321,
+                    financing_amount_wan_yuan: 765_432,
+                    notes: None,
+                };
+                let core = self.nodes[n].core.as_mut().expect("checked above");
+                let made = core
+                    .progress_report(period, figures, now)
+                    .map_err(|e| e.to_string());
+                if let Ok((id, _)) = &made {
+                    self.progress.insert(*id, (origin, period));
+                    self.legit.insert(*id, origin);
+                    self.trace.update(id.as_bytes());
+                    self.stats.submitted += 1;
+                }
+                made.map(|(id, submitted)| (id, submitted.durable_at))
             }
         };
         match made {
@@ -1447,6 +1473,65 @@ impl World {
                     above.difference(&below).count(),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// The national platform lists, for every province and month, the newest progress report
+    /// (工作通报) that province's operators had acknowledged.
+    fn check_progress(&mut self) -> Result<(), String> {
+        // Per (province, month): the reports made, and whether one was acknowledged (a report
+        // lost in a crash before it was durable may still have left; made again, it is a new
+        // revision or a twin of the same one).
+        let mut made: BTreeMap<(NodeId, Period), (BTreeSet<BatchId>, bool)> = BTreeMap::new();
+        for (id, key) in &self.progress {
+            let entry = made.entry(*key).or_default();
+            entry.0.insert(*id);
+            entry.1 |= self.acknowledged.contains_key(id);
+        }
+        let national = &self.nodes[self.index[&NodeId::NATIONAL]];
+        let core = national
+            .core
+            .as_ref()
+            .ok_or("the national platform is not running")?;
+        let listed = core
+            .progress_reports(None)
+            .map_err(|e| format!("progress reports at the national platform: {e}"))?;
+        let shown: BTreeMap<(NodeId, Period), &node::core::progress::HeldProgress> = listed
+            .iter()
+            .map(|held| ((held.report.origin, held.report.period), held))
+            .collect();
+        for (key, (ids, acknowledged)) in &made {
+            let Some(held) = shown.get(key) else {
+                if !acknowledged {
+                    continue;
+                }
+                return Err(format!(
+                    "progress: the national platform does not list {}'s report for {}",
+                    key.0, key.1
+                ));
+            };
+            if !ids.contains(&held.id) {
+                return Err(format!(
+                    "progress: the national platform lists {} for {} {}, which that province never made",
+                    held.id.short(),
+                    key.0,
+                    key.1
+                ));
+            }
+            if held.national_receipt_ms.is_none() {
+                return Err(format!(
+                    "progress: the national platform holds {}'s report for {} without its own receipt",
+                    key.0, key.1
+                ));
+            }
+        }
+        self.stats.progress_listed = shown.len() as u64;
+        if let Some(key) = shown.keys().find(|key| !made.contains_key(key)) {
+            return Err(format!(
+                "progress: the national platform lists a report for {} {} that was never made",
+                key.0, key.1
+            ));
         }
         Ok(())
     }
