@@ -574,6 +574,8 @@ impl World {
         let node = &mut self.nodes[n];
         node.kv.crash();
         node.core = None;
+        self.check_outbox(n);
+        let node = &mut self.nodes[n];
         node.epoch += 1;
         node.timer = None;
         // Submissions not yet durable were never acknowledged: the operator submits them again.
@@ -1298,6 +1300,39 @@ impl World {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// What a node's durable store holds after a crash: every batch it holds that its parent
+    /// has not answered for is still in its outbox to the parent (else nothing would send it
+    /// again but a reconciliation). Nodes with a legacy link send to two places and are left
+    /// out.
+    fn check_outbox(&mut self, n: usize) {
+        let me = self.nodes[n].id;
+        let topology = &self.nodes[n].topology;
+        if topology.legacy_link(me).is_some() {
+            return;
+        }
+        let Some(parent) = topology.node(me).and_then(|node| node.parent) else {
+            return;
+        };
+        let store = Store::new(self.nodes[n].kv.clone());
+        let Ok(queued) = store.outbox_page(parent, None, usize::MAX) else {
+            return;
+        };
+        let queued: BTreeSet<BatchId> = queued.iter().map(|offer| offer.id).collect();
+        for entry in store.held() {
+            let Ok((id, _)) = entry else {
+                continue;
+            };
+            let answered = store.receipt(&id, parent).ok().flatten().is_some();
+            if !answered && !queued.contains(&id) {
+                self.fail(format!(
+                    "{me} holds batch {} durably, without its parent {parent}'s receipt and without an outbox entry to send it again",
+                    id.short()
+                ));
+                return;
+            }
         }
     }
 
