@@ -116,6 +116,25 @@ fn link_from(core: &mut Core<MemKv>, link: LinkId, child: &str, at: Now) {
     .unwrap();
 }
 
+/// The uplink to `parent` comes up and the parent's Hello arrives: the path is up.
+fn path_up(
+    core: &mut Core<MemKv>,
+    link: LinkId,
+    parent: &str,
+    topology_version: u64,
+    up_at: Now,
+    hello_at: Now,
+) {
+    core.handle_link_up(link, LinkKind::Up(Route::Parent), up_at)
+        .unwrap();
+    let hello = Message::Hello {
+        node: id(parent),
+        wire_version: protocol::wire::WIRE_VERSION,
+        topology_version,
+    };
+    core.handle_message(link, hello, hello_at).unwrap();
+}
+
 fn drain(core: &mut Core<MemKv>) -> Vec<Output> {
     std::iter::from_fn(|| core.poll_output()).collect()
 }
@@ -225,18 +244,7 @@ fn relayed_receipts_are_acknowledged_upstream_only_once_durable() {
     drain(&mut city);
     // The city dialed its parent when it started; the dial succeeds now.
     let up = LinkId(8);
-    city.handle_link_up(up, LinkKind::Up(Route::Parent), now(201))
-        .unwrap();
-    city.handle_message(
-        up,
-        Message::Hello {
-            node: id(PROVINCE),
-            wire_version: protocol::wire::WIRE_VERSION,
-            topology_version: 1,
-        },
-        now(202),
-    )
-    .unwrap();
+    path_up(&mut city, up, PROVINCE, 1, now(201), now(202));
     drain(&mut city);
     let national = Receipt {
         receiver: NodeId::NATIONAL,
@@ -346,15 +354,7 @@ fn migration_windows_run_on_monotonic_time_not_the_wall_clock() {
         [Route::Parent, Route::Legacy],
         "establish: both paths"
     );
-    county
-        .handle_link_up(LinkId(1), LinkKind::Up(Route::Parent), now(101))
-        .unwrap();
-    let hello = Message::Hello {
-        node: id(CITY),
-        wire_version: protocol::wire::WIRE_VERSION,
-        topology_version: 2,
-    };
-    county.handle_message(LinkId(1), hello, now(102)).unwrap();
+    path_up(&mut county, LinkId(1), CITY, 2, now(101), now(102));
     assert_eq!(county.migration_phase(), Some(Phase::Verify));
     // The wall clock jumps a day ahead; monotonic time moves 1 s. Nothing may cut over.
     let jumped = Now {
@@ -438,14 +438,7 @@ fn the_first_parents_receipt_travels_up_with_the_batch_and_a_forged_one_is_ignor
     // its own receipt as the proof.
     let up = LinkId(9);
     drain(&mut city);
-    city.handle_link_up(up, LinkKind::Up(Route::Parent), now(3))
-        .unwrap();
-    let hello = Message::Hello {
-        node: id(PROVINCE),
-        wire_version: protocol::wire::WIRE_VERSION,
-        topology_version: 1,
-    };
-    city.handle_message(up, hello, now(4)).unwrap();
+    path_up(&mut city, up, PROVINCE, 1, now(3), now(4));
     city.handle_message(
         up,
         Message::Want {
@@ -929,15 +922,7 @@ fn history_resent_off_a_legacy_link_is_dated_by_the_national_receipt() {
     // The parent path comes up and the city wants the batch.
     drain(&mut county);
     let up = LinkId(21);
-    county
-        .handle_link_up(up, LinkKind::Up(Route::Parent), now(4))
-        .unwrap();
-    let hello = Message::Hello {
-        node: id(CITY),
-        wire_version: protocol::wire::WIRE_VERSION,
-        topology_version: 2,
-    };
-    county.handle_message(up, hello, now(5)).unwrap();
+    path_up(&mut county, up, CITY, 2, now(4), now(5));
     county
         .handle_message(
             up,
@@ -1022,15 +1007,7 @@ fn a_verify_window_run_out_before_coverage_does_not_spin_the_timer() {
     Store::new(kv)
         .insert_receipt(id(COUNTY), id(NATIONAL), &national, &[], now(3).wall_ms)
         .unwrap();
-    county
-        .handle_link_up(LinkId(1), LinkKind::Up(Route::Parent), now(101))
-        .unwrap();
-    let hello = Message::Hello {
-        node: id(CITY),
-        wire_version: protocol::wire::WIRE_VERSION,
-        topology_version: 2,
-    };
-    county.handle_message(LinkId(1), hello, now(102)).unwrap();
+    path_up(&mut county, LinkId(1), CITY, 2, now(101), now(102));
     assert_eq!(county.migration_phase(), Some(Phase::Verify));
     let deadline = county.poll_timeout().unwrap();
     assert!(deadline <= 102 + 60_000, "the window is armed: {deadline}");

@@ -1616,19 +1616,20 @@ impl World {
                 topology: &self.plan.topology,
             };
             let skew_ms = 2 * self.max_skew_ms;
+            // What the schedules expect of this province's subtree, every month alike.
+            let mut expected: BTreeMap<(NodeId, String), &topology::Schedule> = BTreeMap::new();
+            for schedule in topology.schedules() {
+                for reporter in topology.reporters(schedule) {
+                    if topology.path_to_national(reporter).contains(&me) {
+                        expected.insert((reporter, schedule.category.to_string()), schedule);
+                    }
+                }
+            }
             for month in 1..=12u8 {
                 let period = Period::Month { year: 2026, month };
                 let entries = core
                     .ledger(period, None, now)
                     .map_err(|e| format!("the ledger of {me} for {period}: {e}"))?;
-                let mut expected: BTreeMap<(NodeId, String), &topology::Schedule> = BTreeMap::new();
-                for schedule in topology.schedules() {
-                    for reporter in topology.reporters(schedule) {
-                        if topology.path_to_national(reporter).contains(&me) {
-                            expected.insert((reporter, schedule.category.to_string()), schedule);
-                        }
-                    }
-                }
                 if entries.len() != expected.len() {
                     return Err(format!(
                         "ledger: {me} lists {} reports for {period}; its schedules expect {}",
