@@ -431,6 +431,35 @@ fn audit_json(entry: &crate::store::AuditEntry) -> Value {
             value["reoffered"] = json!(reoffered);
             value["anomalies"] = json!(anomalies.iter().map(|a| a.to_hex()).collect::<Vec<_>>());
         }
+        AuditEvent::KeyChanged {
+            node,
+            key,
+            state,
+            at_ms,
+        } => {
+            value["kind"] = json!("key");
+            value["node"] = json!(node.to_string());
+            value["key"] = json!(key.to_hex());
+            value["state"] = json!(state);
+            value["from_ms"] = json!(at_ms);
+        }
+        AuditEvent::BatchQuarantined {
+            batch,
+            origin,
+            from,
+            reason,
+        } => {
+            value["kind"] = json!("quarantined");
+            value["batch"] = json!(batch.to_hex());
+            value["origin"] = json!(origin.to_string());
+            value["from"] = json!(from.to_string());
+            value["reason"] = json!(reason);
+        }
+        AuditEvent::AdmissionRefused { peer, reason } => {
+            value["kind"] = json!("admission_refused");
+            value["peer"] = json!(peer.to_string());
+            value["reason"] = json!(reason);
+        }
         other => {
             value["kind"] = json!("other");
             value["detail"] = json!(format!("{other:?}"));
@@ -440,24 +469,38 @@ fn audit_json(entry: &crate::store::AuditEntry) -> Value {
 }
 
 fn batches(node: &Node) -> Result<Value, StoreError> {
+    use crate::core::keys::{Signed, receipt_signed_validly};
     let topology = current(&node.topology);
+    let verifier = protocol::Ed25519;
     let mut out = Vec::new();
     for entry in node.store.held() {
         let (id, meta) = entry?;
-        let signature_valid = match (node.store.batch(&id)?, topology.node(meta.origin)) {
-            (Some(signed), Some(origin)) => {
-                signed.verify_hash_and_signature(&origin.public_key).is_ok()
-            }
-            _ => false,
+        // The first arrival dates the signature: a retired or revoked key signs validly only
+        // for batches that had arrived before its end.
+        let first_arrival = match meta.first {
+            Some(first) => node
+                .store
+                .receipt(&id, first)?
+                .map(|r| r.receipt.received_at_ms),
+            None => None,
+        };
+        let signed = match node.store.batch(&id)? {
+            Some(batch) if batch.verify_hash().is_ok() => Signed::judge(
+                &topology,
+                meta.origin,
+                &id,
+                &batch.signature,
+                first_arrival,
+                &verifier,
+            ),
+            _ => Signed::Unknown,
         };
         let receipts: Vec<Value> = node
             .store
             .receipts_for(&id)?
             .into_iter()
             .map(|r| {
-                let valid = topology
-                    .node(r.receipt.receiver)
-                    .is_some_and(|n| r.verify(&n.public_key));
+                let valid = receipt_signed_validly(&topology, &r, &verifier);
                 json!({
                     "receiver": r.receipt.receiver.to_string(),
                     "at_ms": r.receipt.received_at_ms,
@@ -474,11 +517,37 @@ fn batches(node: &Node) -> Result<Value, StoreError> {
             "records": meta.records,
             "bytes": meta.bytes,
             "from": meta.from.to_string(),
-            "signature_valid": signature_valid,
+            "state": "held",
+            "signature_valid": signed.is_valid(),
+            "signed_by": signed.key().map(|k| k.to_hex()),
+            "key_state": signed.key_state(),
             "receipts": receipts,
         }));
     }
-    Ok(json!({"ok": true, "node": node.me.to_string(), "batches": out}))
+    let quarantined: Vec<Value> = node
+        .store
+        .quarantined()
+        .map(|entry| {
+            entry.map(|(id, q)| {
+                json!({
+                    "id": id.to_hex(),
+                    "origin": q.origin.to_string(),
+                    "from": q.from.to_string(),
+                    "bytes": q.bytes,
+                    "received_at_ms": q.received_at_ms,
+                    "state": "quarantined",
+                    "signed_by": q.key.to_hex(),
+                    "reason": q.reason,
+                })
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(json!({
+        "ok": true,
+        "node": node.me.to_string(),
+        "batches": out,
+        "quarantined": quarantined,
+    }))
 }
 
 /// Sends one request to the node running in `dir` and returns its JSON answer; an answer with

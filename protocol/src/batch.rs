@@ -516,6 +516,22 @@ impl SignedBatch {
         Ok(())
     }
 
+    /// `key`'s signature of batch `id`: an origin given a new key re-signs what no parent
+    /// has acknowledged yet (the bytes, and so the id, stay the same).
+    pub fn sign_id(id: &BatchId, key: &dyn Signer) -> Signature {
+        key.sign(BATCH_SIGNING_CONTEXT, id.as_bytes())
+    }
+
+    /// Whether `signature` is `key`'s signature of batch `id` (the hash is not checked).
+    pub fn id_signed_by(
+        id: &BatchId,
+        signature: &Signature,
+        key: &PublicKey,
+        verifier: &dyn Verifier,
+    ) -> bool {
+        verifier.verify(key, BATCH_SIGNING_CONTEXT, id.as_bytes(), signature)
+    }
+
     /// Checks the origin's signature over the id alone (the caller has checked the hash).
     pub fn verify_signature_with(
         &self,

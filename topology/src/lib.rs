@@ -125,6 +125,47 @@
 //! accepted again. A node whose `public_key` is listed is an error: run `credit-node init` for
 //! a new key. [`plan`] refuses a version that drops a key from the list.
 //!
+//! ## Keys over time
+//!
+//! A node's key changes for two different reasons, and the file says which. **Rotation**: the
+//! node got a new key on schedule (`credit-node rekey`); its `public_key` becomes the new key
+//! and the old one is listed as an `[[old_key]]` with `retired_at`. Batches the old key signed
+//! stay valid wherever their first arrival (the first parent's signed receipt) is dated before
+//! `retired_at`, so rotation loses nothing and history keeps verifying. **Compromise**: the
+//! key was stolen or lost; it is listed with `revoked_at`. Batches first received after that
+//! moment are quarantined (kept, never forwarded, listed for the operator); earlier ones stay
+//! valid. Old keys can never connect. [`plan`] refuses a version that drops an old key,
+//! moves a revocation later, or changes a node's key without listing the old one.
+//!
+//! ```toml
+//! [[old_key]]
+//! node = "445281"
+//! public_key = "<the earlier key, 64 hex characters>"
+//! retired_at = 2026-06-01T10:00:00+08:00   # rotation; or revoked_at = … for a compromise
+//! ```
+//!
+//! `revoked_keys` (top level) are keys never to be accepted again whose owner or moment is not
+//! known: nothing they signed is accepted.
+//!
+//! ## Security assessments (接入前安全评估)
+//!
+//! With `require_assessment = true` at the top level, a node may hold sessions with its parent
+//! only while its `[[assessment]]` is valid: from `assessed_on` to the end of `valid_until`
+//! (Beijing days). Without one, or once it expires, the parent refuses it at the handshake
+//! with a message that says why and what to do, and closes live sessions; nothing is deleted,
+//! its data waits in its outbox. Both sides warn from 30 days before expiry.
+//!
+//! ```toml
+//! require_assessment = true
+//!
+//! [[assessment]]
+//! node = "445281"
+//! assessor = "广东省网络安全等级保护测评中心"
+//! reference = "GD-2026-0113"   # optional
+//! assessed_on = 2026-01-15
+//! valid_until = 2027-01-14     # the last valid day
+//! ```
+//!
 //! ## Schedules
 //!
 //! One `[[schedule]]` per category says which nodes owe it and by when; the timeliness ledger
@@ -181,6 +222,7 @@
 //! `deny_unknown_fields` would. A new section is one more name in the reader's list of
 //! top-level keys and one more reader function; files without it stay valid.
 
+pub mod admission;
 mod generate;
 mod plan;
 mod read;
@@ -193,6 +235,7 @@ use std::net::SocketAddr;
 use protocol::ids::DivisionLevel;
 use protocol::{Category, NodeId, PublicKey};
 
+pub use admission::{Admission, Assessment, Date, KeyEnd, KeyState, OldKey};
 pub use generate::{
     CHINA_DIVISIONS_CSV, Division, GENERATED_HEADER, GUANGDONG_DIVISIONS_CSV, GenerateError,
     NATIONAL_NAME, divisions, generate, placeholder_key,
@@ -447,6 +490,20 @@ pub struct Topology {
     revoked_keys: Vec<PublicKey>,
     revoked: HashSet<PublicKey>,
     schedules: Vec<Schedule>,
+    admissions: Admissions,
+}
+
+/// Who may connect, and with which keys, over time: `require_assessment`, the `[[old_key]]`
+/// and the `[[assessment]]` tables. See the crate documentation, "Keys over time" and
+/// "Security assessments".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admissions {
+    /// Whether a node must hold a valid assessment to connect (`require_assessment`).
+    pub require_assessment: bool,
+    /// Earlier keys of nodes, in file order.
+    pub old_keys: Vec<OldKey>,
+    /// At most one per node, in file order.
+    pub assessments: Vec<Assessment>,
 }
 
 impl Topology {
@@ -474,9 +531,52 @@ impl Topology {
         revoked_keys: Vec<PublicKey>,
         schedules: Vec<Schedule>,
     ) -> Result<Topology, Vec<TopologyError>> {
-        let (draft, errors) =
-            validate::draft_from_parts(version, nodes, legacy_links, revoked_keys, schedules);
+        Topology::from_parts_with(
+            version,
+            nodes,
+            legacy_links,
+            revoked_keys,
+            schedules,
+            Admissions::default(),
+        )
+    }
+
+    /// [`Topology::from_parts`] with key history and assessments.
+    pub fn from_parts_with(
+        version: u64,
+        nodes: Vec<Node>,
+        legacy_links: Vec<LegacyLink>,
+        revoked_keys: Vec<PublicKey>,
+        schedules: Vec<Schedule>,
+        admissions: Admissions,
+    ) -> Result<Topology, Vec<TopologyError>> {
+        let (draft, errors) = validate::draft_from_parts(
+            version,
+            nodes,
+            legacy_links,
+            revoked_keys,
+            schedules,
+            admissions,
+        );
         validate::validate(draft, errors)
+    }
+
+    /// This topology as `version` with `nodes` and `admissions` instead of its own: a re-key,
+    /// a revocation or a new assessment made in code (tests, the simulator), validated.
+    pub fn edited(
+        &self,
+        version: u64,
+        nodes: Vec<Node>,
+        admissions: Admissions,
+    ) -> Result<Topology, Vec<TopologyError>> {
+        Topology::from_parts_with(
+            version,
+            nodes,
+            self.legacy_links.clone(),
+            self.revoked_keys.clone(),
+            self.schedules.clone(),
+            admissions,
+        )
     }
 
     /// Assembles the indexes. The caller has validated every part.
@@ -486,6 +586,7 @@ impl Topology {
         legacy_links: Vec<LegacyLink>,
         revoked_keys: Vec<PublicKey>,
         schedules: Vec<Schedule>,
+        admissions: Admissions,
     ) -> Topology {
         let by_id: HashMap<NodeId, usize> = nodes
             .iter()
@@ -532,6 +633,61 @@ impl Topology {
             revoked_keys,
             revoked,
             schedules,
+            admissions,
+        }
+    }
+
+    /// Key history and assessments.
+    pub fn admissions(&self) -> &Admissions {
+        &self.admissions
+    }
+
+    /// Every key `node` has held that still judges signatures: its current key first, then its
+    /// old keys in file order. Empty for an unknown node.
+    pub fn keys_of(&self, node: NodeId) -> Vec<(PublicKey, KeyState)> {
+        let Some(current) = self.node(node) else {
+            return Vec::new();
+        };
+        let mut keys = vec![(current.public_key, KeyState::Current)];
+        keys.extend(
+            self.admissions
+                .old_keys
+                .iter()
+                .filter(|old| old.node == node)
+                .map(|old| {
+                    let state = match old.end {
+                        KeyEnd::Retired => KeyState::Retired { at_ms: old.at_ms },
+                        KeyEnd::Revoked => KeyState::Revoked { at_ms: old.at_ms },
+                    };
+                    (old.public_key, state)
+                }),
+        );
+        keys
+    }
+
+    /// The assessment of `node`, if the file has one.
+    pub fn assessment(&self, node: NodeId) -> Option<&Assessment> {
+        self.admissions
+            .assessments
+            .iter()
+            .find(|assessment| assessment.node == node)
+    }
+
+    /// Whether `node` may hold sessions at `now_ms` (Unix milliseconds), by its assessment.
+    pub fn admission(&self, node: NodeId, now_ms: u64) -> Admission {
+        if !self.admissions.require_assessment {
+            return Admission::NotRequired;
+        }
+        match self.assessment(node) {
+            None => Admission::Missing,
+            Some(a) if now_ms < a.assessed_on.start_ms() => Admission::NotYet {
+                from: a.assessed_on,
+            },
+            Some(a) if now_ms >= a.valid_until.end_ms() => Admission::Expired { on: a.valid_until },
+            Some(a) => Admission::Valid {
+                until: a.valid_until,
+                days_left: (a.valid_until.end_ms() - now_ms) / 86_400_000,
+            },
         }
     }
 
@@ -714,6 +870,9 @@ impl Topology {
             out.push('\n');
         }
         out.push_str(&format!("version = {}\n", self.version));
+        if self.admissions.require_assessment {
+            out.push_str("require_assessment = true\n");
+        }
         if !self.revoked_keys.is_empty() {
             out.push_str("revoked_keys = [\n");
             for key in &self.revoked_keys {
@@ -732,12 +891,32 @@ impl Topology {
             out.push_str(&format!("address = \"{}\"\n", node.address));
             out.push_str(&format!("public_key = \"{}\"\n", node.public_key.to_hex()));
         }
+        for old in &self.admissions.old_keys {
+            out.push_str("\n[[old_key]]\n");
+            out.push_str(&format!("node = \"{}\"\n", old.node));
+            out.push_str(&format!("public_key = \"{}\"\n", old.public_key.to_hex()));
+            let key = match old.end {
+                KeyEnd::Retired => "retired_at",
+                KeyEnd::Revoked => "revoked_at",
+            };
+            out.push_str(&format!("{key} = {}\n", admission::rfc3339_ms(old.at_ms)));
+        }
         for link in &self.legacy_links {
             out.push_str("\n[[legacy_link]]\n");
             out.push_str(&format!("node = \"{}\"\n", link.node));
             out.push_str(&format!("migrate = {}\n", link.migrate));
             out.push_str(&format!("verify_window_s = {}\n", link.verify_window_s));
             out.push_str(&format!("rollback_window_s = {}\n", link.rollback_window_s));
+        }
+        for a in &self.admissions.assessments {
+            out.push_str("\n[[assessment]]\n");
+            out.push_str(&format!("node = \"{}\"\n", a.node));
+            out.push_str(&format!("assessor = {}\n", toml_string(&a.assessor)));
+            if let Some(reference) = &a.reference {
+                out.push_str(&format!("reference = {}\n", toml_string(reference)));
+            }
+            out.push_str(&format!("assessed_on = {}\n", a.assessed_on));
+            out.push_str(&format!("valid_until = {}\n", a.valid_until));
         }
         for schedule in &self.schedules {
             out.push_str("\n[[schedule]]\n");
@@ -795,6 +974,7 @@ impl PartialEq for Topology {
             && self.legacy_links == other.legacy_links
             && self.revoked_keys == other.revoked_keys
             && self.schedules == other.schedules
+            && self.admissions == other.admissions
     }
 }
 
@@ -808,6 +988,7 @@ impl fmt::Debug for Topology {
             .field("legacy_links", &self.legacy_links)
             .field("revoked_keys", &self.revoked_keys)
             .field("schedules", &self.schedules)
+            .field("admissions", &self.admissions)
             .finish()
     }
 }

@@ -27,7 +27,9 @@ use std::fmt;
 
 use protocol::{NodeId, PublicKey};
 
-use crate::{Allocation, Cadence, LegacyLink, Node, Role, Schedule, Topology, cadence_name};
+use crate::{
+    Allocation, Cadence, KeyEnd, LegacyLink, Node, Role, Schedule, Topology, cadence_name,
+};
 
 /// The ordered steps from one topology version to the next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +158,7 @@ pub fn plan(old: &Topology, new: &Topology) -> Result<Plan, Refusal> {
             });
         }
     }
+    check_key_history(old, new)?;
     let mut planner = Planner {
         old,
         new,
@@ -168,10 +171,82 @@ pub fn plan(old: &Topology, new: &Topology) -> Result<Plan, Refusal> {
     planner.migrations();
     planner.legacy_removals()?;
     planner.rekeys();
+    planner.assessments();
     planner.addresses_and_names();
     planner.schedules();
     planner.removals();
     planner.simulate()
+}
+
+/// Refuses an edit that would make signed history unverifiable or forgive a compromise: an
+/// old key dropped, a revocation moved later (or turned into a retirement), a key retired at
+/// another moment, or a node's key changed without its old key listed.
+fn check_key_history(old: &Topology, new: &Topology) -> Result<(), Refusal> {
+    let refuse = |node: NodeId, action: String, message: String| Refusal {
+        step: 0,
+        action,
+        node,
+        message,
+    };
+    for was in &old.admissions().old_keys {
+        let key = short(&was.public_key);
+        let Some(is) = new
+            .admissions()
+            .old_keys
+            .iter()
+            .find(|k| k.public_key == was.public_key)
+        else {
+            return Err(refuse(
+                was.node,
+                format!("drop old key {key} of {}", was.node),
+                format!(
+                    "the [[old_key]] {key} of {} is in version {} and missing from version {}: an old key keeps the batches it signed verifiable (and a revoked one refused); put it back",
+                    was.node, old.version, new.version
+                ),
+            ));
+        };
+        // A compromise is never forgiven: not turned into a retirement, not moved later.
+        let later =
+            was.end == KeyEnd::Revoked && (is.end == KeyEnd::Retired || is.at_ms > was.at_ms);
+        if later || is.node != was.node || (was.end == KeyEnd::Retired && is != was) {
+            return Err(refuse(
+                was.node,
+                format!("change old key {key} of {}", was.node),
+                format!(
+                    "old key {key} of {} was {} at {} in version {}: a retirement is not changed, and a revocation may only move earlier (a compromise is never forgiven); put the [[old_key]] back as it was, or move revoked_at earlier",
+                    was.node,
+                    was.end.as_str(),
+                    crate::admission::beijing_time(was.at_ms),
+                    old.version
+                ),
+            ));
+        }
+    }
+    for (was, is) in kept(old, new) {
+        if was.public_key == is.public_key {
+            continue;
+        }
+        let listed = new
+            .admissions()
+            .old_keys
+            .iter()
+            .any(|k| k.node == is.id && k.public_key == was.public_key)
+            || new.is_revoked(&was.public_key);
+        if !listed {
+            let id = is.id;
+            return Err(refuse(
+                id,
+                format!("give {id} its new key {}", short(&is.public_key)),
+                format!(
+                    "{id}'s key changes from {} to {} but the old key is not listed: add an [[old_key]] with node = \"{id}\", public_key = \"{}\" and retired_at = <now> (a key replaced on schedule: what it signed stays valid) or revoked_at = <when it was compromised>",
+                    short(&was.public_key),
+                    short(&is.public_key),
+                    was.public_key.to_hex()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The first 16 hexadecimal characters of a key, for step texts.
@@ -571,12 +646,95 @@ impl Planner<'_> {
         for (was, is) in kept(self.old, self.new) {
             if was.public_key != is.public_key {
                 let id = is.id;
+                let fate = match self
+                    .new
+                    .admissions()
+                    .old_keys
+                    .iter()
+                    .find(|k| k.public_key == was.public_key)
+                {
+                    Some(k) if k.end == KeyEnd::Retired => format!(
+                        "; batches its old key {} signed stay valid where they arrived before {}",
+                        short(&was.public_key),
+                        crate::admission::beijing_time(k.at_ms)
+                    ),
+                    Some(k) => format!(
+                        "; its old key {} is revoked: batches first received after {} are quarantined, live sessions with it close",
+                        short(&was.public_key),
+                        crate::admission::beijing_time(k.at_ms)
+                    ),
+                    None => String::new(),
+                };
                 self.push(
-                    format!("{id} takes its new key {}", short(&is.public_key)),
-                    format!("{id} restarted with its new key"),
+                    format!("{id} takes its new key {}{fate}", short(&is.public_key)),
+                    format!(
+                        "{id} restarted with its new key (it re-signs what its parent has not acknowledged)"
+                    ),
                     Effect::None,
                 );
             }
+        }
+        for key in &self.new.admissions().old_keys {
+            let still_current = self
+                .old
+                .node(key.node)
+                .is_some_and(|n| n.public_key == key.public_key);
+            let known = self.old.admissions().old_keys.contains(key);
+            if known || still_current {
+                continue;
+            }
+            self.push(
+                format!(
+                    "{} key {} of {} from {}",
+                    if key.end == KeyEnd::Retired {
+                        "retire"
+                    } else {
+                        "revoke"
+                    },
+                    short(&key.public_key),
+                    key.node,
+                    crate::admission::beijing_time(key.at_ms)
+                ),
+                "nothing: every node judges signatures by the new file".to_owned(),
+                Effect::None,
+            );
+        }
+    }
+
+    fn assessments(&mut self) {
+        let (old, new) = (self.old, self.new);
+        for a in &new.admissions().assessments {
+            if old.assessment(a.node) == Some(a) {
+                continue;
+            }
+            self.push(
+                format!(
+                    "assessment of {} by {}: valid {} to {}",
+                    a.node, a.assessor, a.assessed_on, a.valid_until
+                ),
+                "nothing: its parent admits it while the assessment is valid".to_owned(),
+                Effect::None,
+            );
+        }
+        if new.admissions().require_assessment && !old.admissions().require_assessment {
+            let missing: Vec<String> = new
+                .nodes()
+                .filter(|n| n.id != NodeId::NATIONAL && new.assessment(n.id).is_none())
+                .map(|n| n.id.to_string())
+                .collect();
+            let who = if missing.is_empty() {
+                "every node has an assessment".to_owned()
+            } else {
+                format!(
+                    "refused from now on for want of an assessment: {}",
+                    missing.join(", ")
+                )
+            };
+            self.push(
+                format!("require security assessments (接入前安全评估); {who}"),
+                "each parent checks its children's assessments with the new file".to_owned(),
+                Effect::None,
+            );
         }
     }
 

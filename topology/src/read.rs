@@ -10,15 +10,37 @@ use protocol::{Category, NodeId, PublicKey, Registry};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::admission::{BEIJING_OFFSET_MS, Date, KeyEnd, days_from_civil};
 use crate::validate::{
-    AllocationEntry, At, Draft, Entry, Field, LinkEntry, ParentField, Pos, ScheduleEntry,
-    check_address, check_name, check_text, error, unknown_category,
+    AllocationEntry, AssessmentEntry, At, Draft, Entry, Field, LinkEntry, OldKeyEntry, ParentField,
+    Pos, ScheduleEntry, check_address, check_name, check_text, error, unknown_category,
 };
 use crate::{Role, TopologyError, parse_cadence};
 
 /// The keys of the top level. A new section is added here and read in [`read`]; files
 /// without it stay valid.
-const TOP_LEVEL_KEYS: &[&str] = &["version", "revoked_keys", "node", "legacy_link", "schedule"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "version",
+    "require_assessment",
+    "revoked_keys",
+    "node",
+    "old_key",
+    "legacy_link",
+    "assessment",
+    "schedule",
+];
+
+/// The keys of an `[[old_key]]` table, in the order they are rendered (one of the two times).
+const OLD_KEY_KEYS: &[&str] = &["node", "public_key", "retired_at", "revoked_at"];
+
+/// The keys of an `[[assessment]]` table, in the order they are rendered.
+const ASSESSMENT_KEYS: &[&str] = &[
+    "node",
+    "assessor",
+    "reference",
+    "assessed_on",
+    "valid_until",
+];
 
 /// The keys of a `[[node]]` table, in the order [`crate::Topology::render`] writes them.
 const NODE_KEYS: &[&str] = &["id", "name", "role", "parent", "address", "public_key"];
@@ -69,6 +91,10 @@ pub(crate) fn read(text: &str) -> Result<(Draft, Vec<TopologyError>), Vec<Topolo
         Some(value) => reader.version(value),
     };
 
+    let require_assessment = match lookup(root, "require_assessment") {
+        None => Field::Absent,
+        Some(value) => reader.boolean(value, "require_assessment", "require_assessment = true"),
+    };
     let revoked_keys = match lookup(root, "revoked_keys") {
         None => Vec::new(),
         Some(value) => reader.revoked_keys(value),
@@ -77,15 +103,24 @@ pub(crate) fn read(text: &str) -> Result<(Draft, Vec<TopologyError>), Vec<Topolo
     let links = reader.tables(root, "legacy_link", |reader, table, pos| {
         reader.legacy_link(table, pos)
     });
+    let old_keys = reader.tables(root, "old_key", |reader, table, pos| {
+        reader.old_key(table, pos)
+    });
+    let assessments = reader.tables(root, "assessment", |reader, table, pos| {
+        reader.assessment(table, pos)
+    });
     let schedules = reader.tables(root, "schedule", |reader, table, pos| {
         reader.schedule(table, pos)
     });
     let draft = Draft {
         file: Pos::START,
         version,
+        require_assessment,
         revoked_keys,
         entries,
+        old_keys,
         links,
+        assessments,
         schedules,
     };
     Ok((draft, reader.errors))
@@ -382,29 +417,220 @@ impl Reader<'_> {
         ids
     }
 
+    /// A `true` or `false` at `key`.
+    fn boolean(&mut self, value: &Spanned<DeValue<'_>>, key: &str, example: &str) -> Field<bool> {
+        let pos = self.pos(value.span().start);
+        match value.get_ref() {
+            DeValue::Boolean(flag) => Field::Given(At { value: *flag, pos }),
+            other => {
+                self.report(
+                    pos,
+                    format!(
+                        "`{key}` must be true or false (no quotes), found {}: write {example}",
+                        a_type(other)
+                    ),
+                );
+                Field::Invalid
+            }
+        }
+    }
+
+    /// A one-line text at `key` (see `check_text`); absent is fine unless `required`.
+    fn text(
+        &mut self,
+        table: &DeTable<'_>,
+        table_pos: Pos,
+        name: &str,
+        key: &str,
+        required: bool,
+    ) -> Field<String> {
+        if lookup(table, key).is_none() && !required {
+            return Field::Absent;
+        }
+        match self.string(table, table_pos, name, key, required) {
+            None => Field::Invalid,
+            Some((text, pos)) => match check_text(key, text) {
+                Ok(()) => Field::Given(At {
+                    value: text.to_owned(),
+                    pos,
+                }),
+                Err(message) => {
+                    self.report(pos, message);
+                    Field::Invalid
+                }
+            },
+        }
+    }
+
+    /// A public key at `key`, required.
+    fn public_key(
+        &mut self,
+        table: &DeTable<'_>,
+        table_pos: Pos,
+        name: &str,
+        key: &str,
+    ) -> Option<At<PublicKey>> {
+        self.string(table, table_pos, name, key, true)
+            .and_then(|(text, pos)| match PublicKey::parse_hex(text) {
+                Ok(key) => Some(At { value: key, pos }),
+                Err(problem) => {
+                    self.report(pos, problem.to_string());
+                    None
+                }
+            })
+    }
+
+    /// A TOML date-time (or date) at `key` as Unix milliseconds; without an offset, Beijing
+    /// time (+08:00) is meant; a date alone means 00:00 of that day.
+    fn instant(&mut self, value: &Spanned<DeValue<'_>>, key: &str) -> Option<At<u64>> {
+        let pos = self.pos(value.span().start);
+        let write = format!(
+            "write {key} = 2026-06-01T10:00:00+08:00 (a TOML date-time, no quotes; Beijing time if the offset is left out)"
+        );
+        let DeValue::Datetime(datetime) = value.get_ref() else {
+            let found = a_type(value.get_ref());
+            self.report(
+                pos,
+                format!("`{key}` must be a date-time, found {found}: {write}"),
+            );
+            return None;
+        };
+        let Some(date) = datetime
+            .date
+            .and_then(|d| Date::new(d.year, d.month, d.day))
+        else {
+            self.report(pos, format!("`{key}` has no valid date: {write}"));
+            return None;
+        };
+        let (seconds, nanos) = datetime.time.map_or((0, 0), |t| {
+            (
+                i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second),
+                i64::from(t.nanosecond),
+            )
+        });
+        let offset_ms = match datetime.offset {
+            None => BEIJING_OFFSET_MS,
+            Some(toml::value::Offset::Z) => 0,
+            Some(toml::value::Offset::Custom { minutes }) => i64::from(minutes) * 60_000,
+        };
+        let days = days_from_civil(
+            i64::from(date.year),
+            u32::from(date.month),
+            u32::from(date.day),
+        );
+        let ms = days * 86_400_000 + seconds * 1000 + nanos / 1_000_000 - offset_ms;
+        match u64::try_from(ms) {
+            Ok(ms) => Some(At { value: ms, pos }),
+            Err(_) => {
+                self.report(pos, format!("`{key}` is before 1970: {write}"));
+                None
+            }
+        }
+    }
+
+    /// A TOML date (no time) at `key`, required.
+    fn date(
+        &mut self,
+        table: &DeTable<'_>,
+        table_pos: Pos,
+        name: &str,
+        key: &str,
+    ) -> Option<At<Date>> {
+        let write = format!("write {}", example(name, key));
+        let Some(value) = lookup(table, key) else {
+            self.report(
+                table_pos,
+                format!("this [[{name}]] has no `{key}`: {write}"),
+            );
+            return None;
+        };
+        let pos = self.pos(value.span().start);
+        let date = match value.get_ref() {
+            DeValue::Datetime(datetime) if datetime.time.is_none() => datetime
+                .date
+                .and_then(|d| Date::new(d.year, d.month, d.day)),
+            _ => None,
+        };
+        if date.is_none() {
+            let found = match value.get_ref() {
+                DeValue::Datetime(_) => "a date-time or an impossible date".to_owned(),
+                other => a_type(other),
+            };
+            self.report(
+                pos,
+                format!(
+                    "`{key}` must be a calendar date (no quotes, no time), found {found}: {write}"
+                ),
+            );
+        }
+        date.map(|value| At { value, pos })
+    }
+
+    fn old_key(&mut self, table: &DeTable<'_>, table_pos: Pos) -> OldKeyEntry {
+        const NAME: &str = "old_key";
+        self.unknown_keys(table, OLD_KEY_KEYS, "in [[old_key]]");
+        let node = self.node_id(table, table_pos, NAME, "node", "old_key node: ");
+        let public_key = self.public_key(table, table_pos, NAME, "public_key");
+        let retired = lookup(table, "retired_at").map(|v| (KeyEnd::Retired, v));
+        let revoked = lookup(table, "revoked_at").map(|v| (KeyEnd::Revoked, v));
+        let end = match (retired, revoked) {
+            (Some(_), Some((_, value))) => {
+                let pos = self.pos(value.span().start);
+                self.report(
+                    pos,
+                    "an [[old_key]] has retired_at (rotation) or revoked_at (compromise), not both: keep the one that happened",
+                );
+                None
+            }
+            (None, None) => {
+                self.report(
+                    table_pos,
+                    "this [[old_key]] has neither retired_at nor revoked_at: write retired_at = 2026-06-01T10:00:00+08:00 for a key replaced on schedule, or revoked_at = … for a key that was stolen or lost",
+                );
+                None
+            }
+            (Some((end, value)), None) | (None, Some((end, value))) => {
+                let key = match end {
+                    KeyEnd::Retired => "retired_at",
+                    KeyEnd::Revoked => "revoked_at",
+                };
+                self.instant(value, key).map(|at| (end, at))
+            }
+        };
+        OldKeyEntry {
+            node,
+            public_key,
+            end,
+        }
+    }
+
+    fn assessment(&mut self, table: &DeTable<'_>, table_pos: Pos) -> AssessmentEntry {
+        const NAME: &str = "assessment";
+        self.unknown_keys(table, ASSESSMENT_KEYS, "in [[assessment]]");
+        let node = self.node_id(table, table_pos, NAME, "node", "assessment node: ");
+        let text = |reader: &mut Self, key: &str, required: bool| {
+            reader.text(table, table_pos, NAME, key, required)
+        };
+        let assessor = text(self, "assessor", true);
+        let reference = text(self, "reference", false);
+        let assessed_on = self.date(table, table_pos, NAME, "assessed_on");
+        let valid_until = self.date(table, table_pos, NAME, "valid_until");
+        AssessmentEntry {
+            node,
+            assessor,
+            reference,
+            assessed_on,
+            valid_until,
+        }
+    }
+
     fn legacy_link(&mut self, table: &DeTable<'_>, table_pos: Pos) -> LinkEntry {
         const NAME: &str = "legacy_link";
         self.unknown_keys(table, LEGACY_LINK_KEYS, "in [[legacy_link]]");
         let node = self.node_id(table, table_pos, NAME, "node", "legacy_link node: ");
         let migrate = match lookup(table, "migrate") {
             None => Field::Absent,
-            Some(value) => {
-                let pos = self.pos(value.span().start);
-                match value.get_ref() {
-                    DeValue::Boolean(flag) => Field::Given(At { value: *flag, pos }),
-                    other => {
-                        self.report(
-                            pos,
-                            format!(
-                                "`migrate` must be true or false (no quotes), found {}: write {}",
-                                a_type(other),
-                                example(NAME, "migrate")
-                            ),
-                        );
-                        Field::Invalid
-                    }
-                }
-            }
+            Some(value) => self.boolean(value, "migrate", example(NAME, "migrate")),
         };
         let verify_window_s = self.integer(table, NAME, "verify_window_s");
         let rollback_window_s = self.integer(table, NAME, "rollback_window_s");
@@ -546,23 +772,8 @@ impl Reader<'_> {
                 }
             }
         };
-        let text = |reader: &mut Self, key: &str, required: bool| -> Field<String> {
-            if lookup(table, key).is_none() && !required {
-                return Field::Absent;
-            }
-            match reader.string(table, table_pos, NAME, key, required) {
-                None => Field::Invalid,
-                Some((text, pos)) => match check_text(key, text) {
-                    Ok(()) => Field::Given(At {
-                        value: text.to_owned(),
-                        pos,
-                    }),
-                    Err(message) => {
-                        reader.report(pos, message);
-                        Field::Invalid
-                    }
-                },
-            }
+        let text = |reader: &mut Self, key: &str, required: bool| {
+            reader.text(table, table_pos, NAME, key, required)
         };
         let data_source = text(self, "data_source", true).given().cloned();
         let responsible = text(self, "responsible", true).given().cloned();
@@ -639,15 +850,7 @@ impl Reader<'_> {
                     }
                 }
             });
-        let public_key = self
-            .string(table, table_pos, "node", "public_key", true)
-            .and_then(|(text, pos)| match PublicKey::parse_hex(text) {
-                Ok(key) => Some(At { value: key, pos }),
-                Err(problem) => {
-                    self.report(pos, problem.to_string());
-                    None
-                }
-            });
+        let public_key = self.public_key(table, table_pos, "node", "public_key");
         Entry {
             table: table_pos,
             id,
@@ -694,6 +897,19 @@ fn example(table: &str, key: &str) -> &'static str {
         }
         ("schedule", "reporters") => {
             "reporters = [\"445281\", \"445202\"] (node ids; leave it out to mean every county-level node)"
+        }
+        ("old_key", "node") => "node = \"445281\" (the id of the node the key belonged to)",
+        ("old_key", "public_key") => {
+            "public_key = \"...\" (the 64 hexadecimal characters of the earlier key)"
+        }
+        ("assessment", "node") => "node = \"445281\" (the id of the assessed node)",
+        ("assessment", "assessor") => {
+            "assessor = \"广东省网络安全等级保护测评中心\" (who carried out the assessment)"
+        }
+        ("assessment", "reference") => "reference = \"GD-2026-0113\" (the report's number)",
+        ("assessment", "assessed_on") => "assessed_on = 2026-01-15 (a date, no quotes)",
+        ("assessment", "valid_until") => {
+            "valid_until = 2027-01-14 (the last valid day, a date, no quotes)"
         }
         ("schedule.allocation", "reporter") => {
             "reporter = \"445200\" (the id of the node that reports this category)"

@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 
 use protocol::{Category, NodeId, PublicKey, Registry};
 
+use crate::admission::{Assessment, Date, KeyEnd, OldKey, beijing_time};
 use crate::{
-    Allocation, Cadence, LegacyLink, NAME_CHARS_MAX, NODES_MAX, Node, Role, Schedule, Topology,
-    TopologyError, cadence_name,
+    Admissions, Allocation, Cadence, LegacyLink, NAME_CHARS_MAX, NODES_MAX, Node, Role, Schedule,
+    Topology, TopologyError, cadence_name,
 };
 
 /// A 1-based position in the file; `Pos::NONE` (0, 0) for values made in code.
@@ -109,6 +110,26 @@ pub(crate) struct AllocationEntry {
     pub contact: Field<String>,
 }
 
+/// One `[[old_key]]` as far as it could be read. `None` means missing or invalid, and
+/// already reported.
+#[derive(Debug, Clone)]
+pub(crate) struct OldKeyEntry {
+    pub node: Option<At<NodeId>>,
+    pub public_key: Option<At<PublicKey>>,
+    /// How and when (Unix milliseconds) it ended.
+    pub end: Option<(KeyEnd, At<u64>)>,
+}
+
+/// One `[[assessment]]` as far as it could be read.
+#[derive(Debug, Clone)]
+pub(crate) struct AssessmentEntry {
+    pub node: Option<At<NodeId>>,
+    pub assessor: Field<String>,
+    pub reference: Field<String>,
+    pub assessed_on: Option<At<Date>>,
+    pub valid_until: Option<At<Date>>,
+}
+
 /// One `[[node]]` as far as it could be read. `None` means missing or invalid, and already
 /// reported.
 #[derive(Debug, Clone)]
@@ -153,10 +174,13 @@ pub(crate) struct Draft {
     pub file: Pos,
     /// `None` when missing or not a number; already reported.
     pub version: Option<At<u64>>,
+    pub require_assessment: Field<bool>,
     /// The keys that could be read.
     pub revoked_keys: Vec<At<PublicKey>>,
     pub entries: Vec<Entry>,
+    pub old_keys: Vec<OldKeyEntry>,
     pub links: Vec<LinkEntry>,
+    pub assessments: Vec<AssessmentEntry>,
     pub schedules: Vec<ScheduleEntry>,
 }
 
@@ -191,6 +215,8 @@ pub(crate) fn check_text(key: &str, text: &str) -> Result<(), String> {
     let what = match key {
         "data_source" => "the unit that provides the data, such as \"揭阳市水务集团有限公司\"",
         "responsible" => "the unit that answers for the report, such as \"揭阳市发展改革局\"",
+        "assessor" => "who carried out the assessment, such as \"广东省网络安全等级保护测评中心\"",
+        "reference" => "the assessment report's number, or remove `reference`",
         _ => "whom to call, such as a name and a telephone number, or remove `contact`",
     };
     if text.trim().is_empty() {
@@ -237,6 +263,7 @@ pub(crate) fn draft_from_parts(
     legacy_links: Vec<LegacyLink>,
     revoked_keys: Vec<PublicKey>,
     schedules: Vec<Schedule>,
+    admissions: Admissions,
 ) -> (Draft, Vec<TopologyError>) {
     let mut errors = Vec::new();
     let entries = nodes
@@ -356,12 +383,50 @@ pub(crate) fn draft_from_parts(
             }
         })
         .collect();
+    let old_keys = admissions
+        .old_keys
+        .into_iter()
+        .map(|old| OldKeyEntry {
+            node: Some(at(old.node)),
+            public_key: Some(at(old.public_key)),
+            end: Some((old.end, at(old.at_ms))),
+        })
+        .collect();
+    let assessments = admissions
+        .assessments
+        .into_iter()
+        .map(|a| {
+            let mut text = |key: &str, value: String| match check_text(key, &value) {
+                Ok(()) => Field::Given(at(value)),
+                Err(message) => {
+                    errors.push(error(
+                        Pos::NONE,
+                        format!("assessment of {}: {message}", a.node),
+                    ));
+                    Field::Invalid
+                }
+            };
+            AssessmentEntry {
+                node: Some(at(a.node)),
+                assessor: text("assessor", a.assessor),
+                reference: match a.reference {
+                    None => Field::Absent,
+                    Some(reference) => text("reference", reference),
+                },
+                assessed_on: Some(at(a.assessed_on)),
+                valid_until: Some(at(a.valid_until)),
+            }
+        })
+        .collect();
     let draft = Draft {
         file: Pos::NONE,
         version: Some(at(version)),
+        require_assessment: Field::Given(at(admissions.require_assessment)),
         revoked_keys,
         entries,
+        old_keys,
         links,
+        assessments,
         schedules,
     };
     (draft, errors)
@@ -400,6 +465,8 @@ pub(crate) fn validate(
     check_parents(entries, &first_by_id, &linked, &mut errors);
     check_paths(entries, &first_by_id, &linked, &mut errors);
     check_schedules(&draft, &first_by_id, &mut errors);
+    check_old_keys(&draft, &first_by_id, &mut errors);
+    check_assessments(&draft, &first_by_id, &mut errors);
 
     if !errors.is_empty() {
         // Stable: problems at one position keep the order in which the rules found them.
@@ -488,12 +555,51 @@ pub(crate) fn validate(
                 .collect(),
         })
         .collect();
+    let admissions = Admissions {
+        require_assessment: match draft.require_assessment {
+            Field::Absent => false,
+            Field::Given(at) => at.value,
+            Field::Invalid => unreachable!("{missing}"),
+        },
+        old_keys: draft
+            .old_keys
+            .into_iter()
+            .map(|entry| {
+                let (end, at) = entry.end.expect(missing);
+                OldKey {
+                    node: entry.node.expect(missing).value,
+                    public_key: entry.public_key.expect(missing).value,
+                    end,
+                    at_ms: at.value,
+                }
+            })
+            .collect(),
+        assessments: draft
+            .assessments
+            .into_iter()
+            .map(|entry| Assessment {
+                node: entry.node.expect(missing).value,
+                assessor: match entry.assessor {
+                    Field::Given(at) => at.value,
+                    Field::Absent | Field::Invalid => unreachable!("{missing}"),
+                },
+                reference: match entry.reference {
+                    Field::Absent => None,
+                    Field::Given(at) => Some(at.value),
+                    Field::Invalid => unreachable!("{missing}"),
+                },
+                assessed_on: entry.assessed_on.expect(missing).value,
+                valid_until: entry.valid_until.expect(missing).value,
+            })
+            .collect(),
+    };
     Ok(Topology::assemble(
         version,
         nodes,
         links,
         revoked_keys,
         schedules,
+        admissions,
     ))
 }
 
@@ -858,6 +964,132 @@ fn cycle_error(entries: &[Entry], cycle: &[usize], anchor: usize) -> TopologyErr
             names.join(" → ")
         ),
     )
+}
+
+/// Reports old keys of unknown nodes, old keys that are some node's current key or listed
+/// twice (or also in `revoked_keys`), and times before 2000.
+fn check_old_keys(
+    draft: &Draft,
+    first_by_id: &HashMap<NodeId, usize>,
+    errors: &mut Vec<TopologyError>,
+) {
+    let current: HashMap<PublicKey, Option<NodeId>> = draft
+        .entries
+        .iter()
+        .filter_map(|entry| Some((entry.public_key.as_ref()?.value, entry.id())))
+        .collect();
+    let revoked: HashSet<PublicKey> = draft.revoked_keys.iter().map(|key| key.value).collect();
+    let mut seen: HashMap<PublicKey, Pos> = HashMap::new();
+    // 2000-01-01T00:00:00+08:00: earlier times are typing mistakes.
+    const EARLIEST_MS: u64 = 946_656_000_000;
+    for old in &draft.old_keys {
+        if let Some(node) = &old.node
+            && !first_by_id.contains_key(&node.value)
+        {
+            errors.push(error(
+                node.pos,
+                format!(
+                    "old_key of node {}, which is not in the file: an old key belongs to a node listed with [[node]]",
+                    node.value
+                ),
+            ));
+        }
+        let Some(key) = &old.public_key else {
+            continue;
+        };
+        if let Some(holder) = current.get(&key.value) {
+            let who = holder.map_or_else(|| "a node".to_owned(), |id| format!("node {id}"));
+            errors.push(error(
+                key.pos,
+                format!(
+                    "key {} is listed as an old key but is still the public_key of {who}: a key is either current or old; give the node its new key (`credit-node rekey` prints it) or remove this [[old_key]]",
+                    short_hex(&key.value)
+                ),
+            ));
+        }
+        if revoked.contains(&key.value) {
+            errors.push(error(
+                key.pos,
+                format!(
+                    "key {} is both in revoked_keys and an [[old_key]]: keep the [[old_key]] with revoked_at (it keeps the batches received before the compromise valid) and drop it from revoked_keys",
+                    short_hex(&key.value)
+                ),
+            ));
+        }
+        if let Some(&pos) = seen.get(&key.value) {
+            errors.push(error(
+                key.pos,
+                format!(
+                    "old key {} is listed twice{}: list each old key once",
+                    short_hex(&key.value),
+                    pos.on_line_as("first on line")
+                ),
+            ));
+        } else {
+            seen.insert(key.value, key.pos);
+        }
+        if let Some((_, at)) = &old.end
+            && at.value < EARLIEST_MS
+        {
+            errors.push(error(
+                at.pos,
+                format!(
+                    "{} is before 2000: write when the key stopped being used",
+                    beijing_time(at.value)
+                ),
+            ));
+        }
+    }
+}
+
+/// Reports assessments of unknown nodes, nodes assessed twice, and validity that ends
+/// before it starts.
+fn check_assessments(
+    draft: &Draft,
+    first_by_id: &HashMap<NodeId, usize>,
+    errors: &mut Vec<TopologyError>,
+) {
+    let mut seen: HashMap<NodeId, Pos> = HashMap::new();
+    for entry in &draft.assessments {
+        if let Some(node) = &entry.node {
+            if !first_by_id.contains_key(&node.value) {
+                errors.push(error(
+                    node.pos,
+                    format!(
+                        "assessment of node {}, which is not in the file: assess nodes listed with [[node]]",
+                        node.value
+                    ),
+                ));
+            }
+            if let Some(&pos) = seen.get(&node.value) {
+                errors.push(error(
+                    node.pos,
+                    format!(
+                        "node {} has a second [[assessment]]{}: keep only the latest assessment",
+                        node.value,
+                        pos.on_line_as("after the one on line")
+                    ),
+                ));
+            } else {
+                seen.insert(node.value, node.pos);
+            }
+        }
+        if let (Some(from), Some(until)) = (&entry.assessed_on, &entry.valid_until)
+            && until.value < from.value
+        {
+            errors.push(error(
+                until.pos,
+                format!(
+                    "valid_until {} is before assessed_on {}: write the last day the assessment is valid",
+                    until.value, from.value
+                ),
+            ));
+        }
+    }
+}
+
+fn short_hex(key: &PublicKey) -> String {
+    key.to_hex()[..16].to_owned()
 }
 
 /// Reports nodes that hold a revoked key and keys revoked twice.

@@ -22,6 +22,7 @@
 //! is the [`Kv`] seam, signatures the [`Signer`]/[`Verifier`] seams. A test reads this
 //! directory's source to keep it so.
 
+pub mod keys;
 pub mod ledger;
 pub mod migration;
 pub mod progress;
@@ -46,7 +47,7 @@ use protocol::{
     Category, Content, ContentKind, Manifest, ManifestEntry, Period, PublicKey, Registry,
     SignedBatch, Signer, Verifier,
 };
-use topology::Topology;
+use topology::{KeyState, Topology};
 use tracing::{debug, error, info, warn};
 
 use crate::store::{AuditEvent, Kv, Store, StoreError};
@@ -58,6 +59,8 @@ const OUTBOX_PAGE: usize = 1024;
 const RELAY_PAGE: usize = 1024;
 /// Most receipts a downlink remembers having relayed on one connection.
 const RELAYED_MAX: usize = 65_536;
+/// How often assessments are checked against the clock (expiry is a matter of days).
+const ADMISSION_CHECK_MS: u64 = 60_000;
 /// How long a failed sync waits before it is tried again.
 const SYNC_RETRY_MS: u64 = 1_000;
 /// How long a reconciliation session waits for the parent's reply before it is dropped.
@@ -347,6 +350,11 @@ pub struct Core<K: Kv> {
     links: BTreeMap<(NodeId, &'static str), LinkStatus>,
     /// The last reconciliation session number this node started.
     session_seq: u64,
+    /// The last admission refusal audited per child.
+    admission_refused: HashMap<NodeId, String>,
+    /// The last warning about this node's own assessment.
+    own_admission: Option<String>,
+    next_admission_check_ms: u64,
 }
 
 impl<K: Kv> std::fmt::Debug for Core<K> {
@@ -403,10 +411,15 @@ impl<K: Kv> Core<K> {
             outputs: VecDeque::new(),
             links: BTreeMap::new(),
             session_seq: 0,
+            admission_refused: HashMap::new(),
+            own_admission: None,
+            next_admission_check_ms: 0,
         };
         for slot in &mut core.uplinks {
             slot.backoff_ms = config.backoff_min_ms;
         }
+        core.resign_own(now)?;
+        core.check_admissions(now)?;
         // Restore the migration phase before any link is dialed, so a restart resumes it.
         core.migration_step(now)?;
         core.request_sync();
@@ -416,6 +429,55 @@ impl<K: Kv> Core<K> {
 
     pub fn me(&self) -> NodeId {
         self.me
+    }
+
+    /// Re-signs, with this node's current key, its own batches still waiting in an outbox
+    /// that an earlier key signed (the node was given a new key): no parent has acknowledged
+    /// them, so no receipt dates them before the old key's retirement, and a parent would
+    /// quarantine them. Same bytes, same id; history stays as it was.
+    fn resign_own(&mut self, now: Now) -> Result<(), CoreError> {
+        let key = self.signer.public();
+        let mut peers: Vec<NodeId> = self
+            .topology
+            .parent_of(self.me)
+            .map(|p| p.id)
+            .into_iter()
+            .collect();
+        if self.me != NodeId::NATIONAL {
+            peers.push(NodeId::NATIONAL);
+        }
+        let mut resigned: Vec<(BatchId, protocol::Signature)> = Vec::new();
+        let mut seen: HashSet<BatchId> = HashSet::new();
+        for peer in peers {
+            let mut after: Option<BatchId> = None;
+            loop {
+                let page = self.store.outbox_page(peer, after.as_ref(), OUTBOX_PAGE)?;
+                for offer in &page {
+                    if offer.origin != self.me || !seen.insert(offer.id) {
+                        continue;
+                    }
+                    let Some(signature) = self.store.signature(&offer.id)? else {
+                        continue;
+                    };
+                    if !SignedBatch::id_signed_by(&offer.id, &signature, &key, &*self.verifier) {
+                        resigned.push((offer.id, SignedBatch::sign_id(&offer.id, &*self.signer)));
+                    }
+                }
+                match page.last() {
+                    Some(last) if page.len() == OUTBOX_PAGE => after = Some(last.id),
+                    _ => break,
+                }
+            }
+        }
+        if !resigned.is_empty() {
+            info!(
+                batches = resigned.len(),
+                "re-signed this node's unacknowledged batches with its new key"
+            );
+            self.store.resign(&resigned, now.wall_ms)?;
+            self.wrote();
+        }
+        Ok(())
     }
 
     pub fn topology(&self) -> &Arc<Topology> {
@@ -462,6 +524,9 @@ impl<K: Kv> Core<K> {
         }
         if let Some(t) = self.sync_retry_at_ms {
             at(t);
+        }
+        if self.topology.admissions().require_assessment {
+            at(self.next_admission_check_ms);
         }
         if let Some(t) = self.migration_deadline()
             && self.migration_deadline_handled != Some(t)
@@ -717,6 +782,15 @@ impl<K: Kv> Core<K> {
                     });
                     return Ok(());
                 };
+                let admission = self.topology.admission(child, now.wall_ms);
+                if let Some(reason) = admission.refusal(child) {
+                    self.refuse_admission(link, child, reason, now)?;
+                    return Ok(());
+                }
+                if admission.expiring() {
+                    warn!(peer = %child, ?admission, "the child's security assessment (接入前安全评估) ends soon: have it renewed before it expires, or the child will be refused");
+                }
+                self.admission_refused.remove(&child);
                 info!(peer = %child, "child connected");
                 self.downlinks.insert(
                     link,
@@ -743,6 +817,66 @@ impl<K: Kv> Core<K> {
             }
         }
         self.flush_links(now);
+        Ok(())
+    }
+
+    /// Refuses (or ends) a child's session because of its security assessment: logged, closed
+    /// with the reason, audited once per reason (a child that keeps dialing does not fill the
+    /// audit log).
+    fn refuse_admission(
+        &mut self,
+        link: LinkId,
+        child: NodeId,
+        reason: String,
+        now: Now,
+    ) -> Result<(), StoreError> {
+        warn!(peer = %child, %reason, "session refused");
+        if self.admission_refused.get(&child) != Some(&reason) {
+            self.store.audit(
+                AuditEvent::AdmissionRefused {
+                    peer: child,
+                    reason: reason.clone(),
+                },
+                now.wall_ms,
+            )?;
+            self.wrote();
+            self.admission_refused.insert(child, reason.clone());
+        }
+        self.push(Output::Close { link, reason });
+        Ok(())
+    }
+
+    /// Ends the sessions of children whose assessment is no longer valid, and warns when this
+    /// node's own is missing, expired or ending soon (once per state).
+    fn check_admissions(&mut self, now: Now) -> Result<(), StoreError> {
+        self.next_admission_check_ms = now.mono_ms + ADMISSION_CHECK_MS;
+        let refused: Vec<(LinkId, NodeId, String)> = self
+            .downlinks
+            .iter()
+            .filter_map(|(link, slot)| {
+                let child = slot.machine.child();
+                let reason = self.topology.admission(child, now.wall_ms).refusal(child)?;
+                Some((*link, child, reason))
+            })
+            .collect();
+        for (link, child, reason) in refused {
+            self.refuse_admission(link, child, reason, now)?;
+        }
+        let own = self.topology.admission(self.me, now.wall_ms);
+        let state = match &own {
+            _ if own.expiring() => Some(format!(
+                "this node's security assessment (接入前安全评估) ends soon ({own:?}): have it renewed and the topology updated before then, or the parent will refuse this node"
+            )),
+            _ => own
+                .refusal(self.me)
+                .map(|reason| format!("the parent will refuse this node: {reason}")),
+        };
+        if state != self.own_admission {
+            if let Some(message) = &state {
+                warn!("{message}");
+            }
+            self.own_admission = state;
+        }
         Ok(())
     }
 
@@ -944,9 +1078,11 @@ impl<K: Kv> Core<K> {
                     for receipt in receipts {
                         let receiver = receipt.receipt.receiver;
                         let trusted = path.contains(&receiver)
-                            && self.topology.node(receiver).is_some_and(|n| {
-                                receipt.verify_with(&n.public_key, &*self.verifier)
-                            });
+                            && keys::receipt_signed_validly(
+                                &self.topology,
+                                &receipt,
+                                &*self.verifier,
+                            );
                         if !trusted {
                             warn!(%receiver, batch = %receipt.receipt.batch, "relayed receipt does not verify under a pinned key above this node; ignored");
                             continue;
@@ -1107,13 +1243,14 @@ impl<K: Kv> Core<K> {
                 || at
                     .zip(child_at)
                     .is_some_and(|(at, child_at)| at <= child_at))
-            && self.topology.node(r.receiver).is_some_and(|n| {
+            && self.topology.node(r.receiver).is_some()
+            && {
                 #[cfg(feature = "planted-bugs")]
-                if self.config.planted == Some(PlantedBug::TrustFirstReceipt) {
-                    return true;
-                }
-                first.verify_with(&n.public_key, &*self.verifier)
-            });
+                let trusted = self.config.planted == Some(PlantedBug::TrustFirstReceipt);
+                #[cfg(not(feature = "planted-bugs"))]
+                let trusted = false;
+                trusted || keys::receipt_signed_validly(&self.topology, &first, &*self.verifier)
+            };
         if !valid {
             warn!(batch = %signed.id.short(), %child, receiver = %r.receiver, "proof of first arrival does not hold; dating the batch by this node's receipt");
             return None;
@@ -1151,9 +1288,28 @@ impl<K: Kv> Core<K> {
             } else {
                 verifier
             };
+        // Which of the origin's keys signed (current, retired or revoked): its state is
+        // judged against the first arrival once the content checks out.
+        let signer = signed
+            .summary()
+            .ok()
+            .map(|summary| summary.origin)
+            .filter(|origin| self.origin_key(child, *origin).is_some())
+            .and_then(|origin| {
+                keys::batch_signer(
+                    &self.topology,
+                    origin,
+                    &signed.id,
+                    &signed.signature,
+                    verifier,
+                )
+            });
         let checked = verify_content_with(
             &signed,
-            |origin| self.origin_key(child, origin),
+            |origin| {
+                self.origin_key(child, origin)
+                    .map(|current| signer.map_or(current, |(key, _)| key))
+            },
             self.registry,
             verifier,
         )
@@ -1166,6 +1322,35 @@ impl<K: Kv> Core<K> {
             Ok(content) => {
                 let summary = content.summary();
                 let first = self.check_first_receipt(child, &signed, summary.origin, first_receipt);
+                if let Some((key, state)) = signer
+                    && state != KeyState::Current
+                {
+                    // First arrival: the first receiver's proof, or now when this node is
+                    // the first receiver.
+                    let arrival = first
+                        .as_ref()
+                        .map(|r| r.receipt.received_at_ms)
+                        .or((child == summary.origin).then_some(now.wall_ms));
+                    if !state.signs_validly(arrival) {
+                        let judged = keys::Signed::Ended {
+                            key,
+                            state,
+                            first_arrival_ms: arrival,
+                        };
+                        let reason = judged
+                            .quarantine_reason(summary.origin)
+                            .expect("an ended key");
+                        return self.quarantine(
+                            link,
+                            child,
+                            &signed,
+                            summary.origin,
+                            key,
+                            reason,
+                            now,
+                        );
+                    }
+                }
                 let receipt = self.own_receipt(&signed, Verdict::Accepted { warnings: 0 }, now);
                 let targets = self.forward_targets();
                 let new = self.store.insert_batch(
@@ -1230,6 +1415,43 @@ impl<K: Kv> Core<K> {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Keeps a batch signed with an ended key apart (never forwarded, not held) and answers
+    /// with a refusal that says why, once the quarantine is durable.
+    #[allow(clippy::too_many_arguments)] // the parts of one quarantine record
+    fn quarantine(
+        &mut self,
+        link: LinkId,
+        child: NodeId,
+        signed: &SignedBatch,
+        origin: NodeId,
+        key: PublicKey,
+        reason: String,
+        now: Now,
+    ) -> Result<(), CoreError> {
+        error!(batch = %signed.id.short(), %origin, from = %child, %reason, "batch quarantined");
+        let record = crate::store::Quarantined {
+            origin,
+            from: child,
+            key,
+            signature: signed.signature,
+            bytes: signed.bytes.len() as u64,
+            received_at_ms: now.wall_ms,
+            reason: reason.clone(),
+        };
+        self.store.quarantine(signed, &record, now.wall_ms)?;
+        let seq = self.wrote();
+        let receipt = self.own_receipt(signed, Verdict::Rejected { reason }, now);
+        self.defer(
+            seq,
+            Deferred::Receipt {
+                link,
+                receipt,
+                problems: Vec::new(),
+            },
+        );
         Ok(())
     }
 
@@ -1414,6 +1636,9 @@ impl<K: Kv> Core<K> {
             self.sync_retry_at_ms = None;
             self.request_sync();
         }
+        if self.next_admission_check_ms <= now.mono_ms {
+            self.check_admissions(now)?;
+        }
         for route in Route::ALL {
             let slot = &mut self.uplinks[route.index()];
             if !slot.established {
@@ -1478,9 +1703,19 @@ impl<K: Kv> Core<K> {
             });
         }
         let version = next.version;
+        let key_changes = key_changes(&self.topology, &next, now.wall_ms);
         self.topology = next;
         self.store
             .audit(AuditEvent::TopologyApplied { version }, now.wall_ms)?;
+        for change in key_changes {
+            if let AuditEvent::KeyChanged {
+                node, key, state, ..
+            } = &change
+            {
+                info!(%node, key = %&key.to_hex()[..16], %state, "key changed");
+            }
+            self.store.audit(change, now.wall_ms)?;
+        }
         self.wrote();
         info!(version, "topology reloaded");
         // Children no longer pinned (removed, re-keyed) lose their links.
@@ -1500,6 +1735,7 @@ impl<K: Kv> Core<K> {
                 reason: "no longer pinned in the topology".into(),
             });
         }
+        self.check_admissions(now)?;
         self.migration_dirty = true;
         self.migration_step(now)?;
         self.plan_dials(now);
@@ -2103,6 +2339,36 @@ impl Verifier for AcceptAny {
     fn verify(&self, _: &PublicKey, _: &[u8], _: &[u8], _: &protocol::Signature) -> bool {
         true
     }
+}
+
+/// The audit events for what `next` changes in nodes' keys: a new current key, a key retired
+/// or revoked (each from its moment).
+fn key_changes(old: &Topology, next: &Topology, now_ms: u64) -> Vec<AuditEvent> {
+    let mut events = Vec::new();
+    for node in next.nodes() {
+        if old
+            .node(node.id)
+            .is_some_and(|was| was.public_key != node.public_key)
+        {
+            events.push(AuditEvent::KeyChanged {
+                node: node.id,
+                key: node.public_key,
+                state: "current".into(),
+                at_ms: now_ms,
+            });
+        }
+    }
+    for key in &next.admissions().old_keys {
+        if !old.admissions().old_keys.contains(key) {
+            events.push(AuditEvent::KeyChanged {
+                node: key.node,
+                key: key.public_key,
+                state: key.end.as_str().into(),
+                at_ms: key.at_ms,
+            });
+        }
+    }
+    events
 }
 
 /// Whether `node` may hold a link to `me`: it is a child of `me` in the hierarchy, or `me` is

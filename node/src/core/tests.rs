@@ -1298,3 +1298,269 @@ fn only_a_province_makes_or_passes_on_a_progress_report() {
         "not stored"
     );
 }
+
+// ---- keys over time ----
+
+/// The county's new key after a rotation or a compromise.
+fn new_county_key() -> NodeKey {
+    NodeKey::from_seed([42; 32])
+}
+
+/// `topology(1, None)` as version 2, the county holding its new key and its old one ended
+/// (`end`) at `at`.
+fn rekeyed(end: topology::KeyEnd, at: Now) -> Arc<Topology> {
+    let old = topology(1, None);
+    let nodes = old
+        .nodes()
+        .cloned()
+        .map(|mut node| {
+            if node.id == id(COUNTY) {
+                node.public_key = new_county_key().public();
+            }
+            node
+        })
+        .collect();
+    let admissions = topology::Admissions {
+        old_keys: vec![topology::OldKey {
+            node: id(COUNTY),
+            public_key: key(id(COUNTY)).public(),
+            end,
+            at_ms: at.wall_ms,
+        }],
+        ..Default::default()
+    };
+    Arc::new(old.edited(2, nodes, admissions).unwrap())
+}
+
+/// The receipts a core sends once its writes are durable.
+fn durable_receipts(core: &mut Core<MemKv>, kv: &MemKv, at: Now) -> Vec<SignedReceipt> {
+    receipts_in(&make_durable(core, kv, at))
+}
+
+#[test]
+fn a_rotated_key_loses_nothing_and_a_revoked_one_quarantines_only_later_batches() {
+    for end in [topology::KeyEnd::Retired, topology::KeyEnd::Revoked] {
+        // Before the key ends, the city takes batch A from the county and receipts it.
+        let (mut city, city_kv, down) = city_with_county();
+        let a = county_batch_of("2026-05");
+        city.handle_batch(down, a.clone(), None, now(2)).unwrap();
+        let proof = durable_receipts(&mut city, &city_kv, now(3)).remove(0);
+        assert!(matches!(proof.receipt.verdict, Verdict::Accepted { .. }));
+
+        // The county's key ends at now(10); every node gets the new file.
+        let v2 = rekeyed(end, now(10));
+        city.handle_topology(v2.clone(), now(11)).unwrap();
+        let audit: Vec<AuditEvent> = Store::new(city_kv.clone())
+            .audit_entries()
+            .map(|e| e.unwrap().event)
+            .collect();
+        assert!(
+            audit.iter().any(|e| matches!(e, AuditEvent::KeyChanged { node, state, .. } if *node == id(COUNTY) && state == end.as_str())),
+            "the key change is audited: {audit:?}"
+        );
+
+        // A reaches the province long after the end, with the city's proof: still valid.
+        let province_kv = MemKv::new();
+        let mut province = core(PROVINCE, v2.clone(), province_kv.clone());
+        let from_city = LinkId(11);
+        link_from(&mut province, from_city, CITY, now(20));
+        province
+            .handle_batch(from_city, a.clone(), Some(proof.clone()), now(21))
+            .unwrap();
+        let answer = durable_receipts(&mut province, &province_kv, now(22));
+        assert!(
+            matches!(answer[0].receipt.verdict, Verdict::Accepted { .. }),
+            "{end:?}: a batch that arrived before the key ended stays valid: {answer:?}"
+        );
+        assert!(Store::new(province_kv.clone()).holds(&a.id).unwrap());
+
+        // Without the proof (or with one dated after the end) the same old key is not enough.
+        let b = county_batch_of("2026-06");
+        province
+            .handle_batch(from_city, b.clone(), None, now(23))
+            .unwrap();
+        let answer = durable_receipts(&mut province, &province_kv, now(24));
+        let Verdict::Rejected { reason } = &answer[0].receipt.verdict else {
+            panic!("{end:?}: accepted without proof of an arrival before the end: {answer:?}");
+        };
+        assert!(
+            reason.contains("quarantined") && reason.contains(end.as_str()),
+            "{reason}"
+        );
+        let store = Store::new(province_kv.clone());
+        assert!(
+            !store.holds(&b.id).unwrap(),
+            "a quarantined batch is not held"
+        );
+        assert_eq!(store.outbox_len(id(NATIONAL)), 1, "only A goes on up");
+        let quarantined: Vec<_> = store.quarantined().map(Result::unwrap).collect();
+        assert_eq!(quarantined.len(), 1);
+        assert_eq!(quarantined[0].0, b.id);
+        assert_eq!(quarantined[0].1.key, key(id(COUNTY)).public());
+
+        // The city itself, as first receiver, quarantines a batch the old key signs now.
+        let c = county_batch_of("2026-07");
+        link_from(&mut city, LinkId(8), COUNTY, now(30));
+        drain(&mut city);
+        city.handle_batch(down, c.clone(), None, now(31)).unwrap();
+        let answer = durable_receipts(&mut city, &city_kv, now(32));
+        assert!(
+            answer.iter().any(|r| r.receipt.batch == c.id
+                && matches!(r.receipt.verdict, Verdict::Rejected { .. })),
+            "{end:?}: {answer:?}"
+        );
+        assert!(!Store::new(city_kv.clone()).holds(&c.id).unwrap());
+    }
+}
+
+#[test]
+fn a_rekeyed_origin_resigns_what_its_parent_has_not_acknowledged() {
+    // The county submits a batch with its old key; its parent never answers.
+    let kv = MemKv::new();
+    let mut county = core(COUNTY, topology(1, None), kv.clone());
+    let batch = county_batch();
+    county.submit(batch.clone(), now(1)).unwrap();
+    make_durable(&mut county, &kv, now(2));
+    drop(county);
+
+    // It restarts with its new key and the new file.
+    let v2 = rekeyed(topology::KeyEnd::Retired, now(5));
+    let mut county = Core::new(
+        Box::new(new_county_key()),
+        Box::new(Ed25519),
+        v2.clone(),
+        Store::new(kv.clone()),
+        CoreConfig::default(),
+        now(6),
+    )
+    .unwrap();
+    make_durable(&mut county, &kv, now(7));
+    let store = Store::new(kv.clone());
+    let signature = store.signature(&batch.id).unwrap().unwrap();
+    assert!(
+        SignedBatch::id_signed_by(&batch.id, &signature, &new_county_key().public(), &Ed25519),
+        "the unacknowledged batch is re-signed with the new key (same id)"
+    );
+
+    // The city, on the new file, accepts it at once.
+    let city_kv = MemKv::new();
+    let mut city = core(CITY, v2, city_kv.clone());
+    let down = LinkId(7);
+    city.handle_link_up(
+        down,
+        LinkKind::Down {
+            key: new_county_key().public(),
+        },
+        now(8),
+    )
+    .unwrap();
+    drain(&mut city);
+    let resent = store.batch(&batch.id).unwrap().unwrap();
+    city.handle_batch(down, resent, None, now(9)).unwrap();
+    let answer = durable_receipts(&mut city, &city_kv, now(10));
+    assert!(
+        matches!(answer[0].receipt.verdict, Verdict::Accepted { .. }),
+        "{answer:?}"
+    );
+    // And a session with the old key is refused: only the current key connects.
+    city.handle_link_up(
+        LinkId(12),
+        LinkKind::Down {
+            key: key(id(COUNTY)).public(),
+        },
+        now(11),
+    )
+    .unwrap();
+    assert!(
+        drain(&mut city)
+            .iter()
+            .any(|o| matches!(o, Output::Close { link, .. } if *link == LinkId(12)))
+    );
+}
+
+#[test]
+fn a_child_without_a_valid_assessment_is_refused_and_closed_when_it_expires() {
+    let today = topology::Date::of_ms(now(0).wall_ms);
+    let assessed = |valid_until: topology::Date| topology::Assessment {
+        node: id(COUNTY),
+        assessor: "广东省网络安全等级保护测评中心".into(),
+        reference: None,
+        assessed_on: topology::Date::new(2026, 1, 15).unwrap(),
+        valid_until,
+    };
+    let with = |version, assessments: Vec<topology::Assessment>| {
+        let base = topology(1, None);
+        Arc::new(
+            base.edited(
+                version,
+                base.nodes().cloned().collect(),
+                topology::Admissions {
+                    require_assessment: true,
+                    assessments,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        )
+    };
+    let kv = MemKv::new();
+    // Required and missing: refused with the reason, audited once however often it dials.
+    let mut city = core(CITY, with(1, Vec::new()), kv.clone());
+    for (n, link) in [LinkId(1), LinkId(2)].into_iter().enumerate() {
+        link_from(&mut city, link, COUNTY, now(1 + n as u64));
+        let outputs = drain(&mut city);
+        let reason = outputs
+            .iter()
+            .find_map(|o| match o {
+                Output::Close { link: l, reason } if *l == link => Some(reason.clone()),
+                _ => None,
+            })
+            .expect("refused");
+        assert!(
+            reason.contains("no security assessment") && reason.contains("[[assessment]]"),
+            "{reason}"
+        );
+    }
+    let refusals = Store::new(kv.clone())
+        .audit_entries()
+        .filter(|e| {
+            matches!(
+                e.as_ref().unwrap().event,
+                AuditEvent::AdmissionRefused { .. }
+            )
+        })
+        .count();
+    assert_eq!(refusals, 1);
+
+    // Valid until today: admitted; the end of today closes the live session.
+    city.handle_topology(with(2, vec![assessed(today)]), now(10))
+        .unwrap();
+    drain(&mut city);
+    link_from(&mut city, LinkId(3), COUNTY, now(11));
+    assert!(
+        !drain(&mut city)
+            .iter()
+            .any(|o| matches!(o, Output::Close { link, .. } if *link == LinkId(3))),
+        "a valid assessment admits the child"
+    );
+    let end_of_day = today.end_ms() - now(0).wall_ms;
+    let later = Now {
+        mono_ms: end_of_day + ADMISSION_CHECK_MS,
+        wall_ms: today.end_ms() + ADMISSION_CHECK_MS,
+    };
+    assert!(city.poll_timeout().is_some_and(|t| t <= later.mono_ms));
+    city.handle_timeout(later).unwrap();
+    let closed = drain(&mut city).into_iter().find_map(|o| match o {
+        Output::Close {
+            link: LinkId(3),
+            reason,
+        } => Some(reason),
+        _ => None,
+    });
+    assert!(
+        closed
+            .as_deref()
+            .is_some_and(|r| r.contains("expired at the end of")),
+        "{closed:?}"
+    );
+}

@@ -26,7 +26,8 @@
 //! - `relay`: child u32 ‖ id ‖ receiver u32 → SignedReceipt         (to relay down a link)
 //! - `refused`: id → Refusal                                       (own batches refused upstream)
 //! - `audit`: seq u64 → AuditEntry, hash-chained
-//! - `state`: name → value (audit head, last receipt per link)
+//! - `state`: name → value (audit head, last receipt per link; `quarantine/` ‖ id →
+//!   Quarantined, a batch signed with an ended key, its bytes in its file like a held batch's)
 
 pub mod kv;
 
@@ -128,6 +129,21 @@ pub struct Refusal {
     pub problems: Vec<Problem>,
 }
 
+/// A batch signed with a key that had ended (retired or revoked) before its first arrival:
+/// kept for the operator, never forwarded, not counted as held.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Quarantined {
+    pub origin: NodeId,
+    /// The neighbour it came from.
+    pub from: NodeId,
+    /// The ended key that signed it.
+    pub key: protocol::PublicKey,
+    pub signature: protocol::Signature,
+    pub bytes: u64,
+    pub received_at_ms: u64,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum AuditEvent {
     Started {
@@ -181,6 +197,30 @@ pub enum AuditEvent {
         receipts: bool,
         reoffered: u32,
         anomalies: Vec<BatchId>,
+    },
+    /// A batch signed with an ended key, quarantined (see [`Quarantined`]).
+    BatchQuarantined {
+        batch: BatchId,
+        origin: NodeId,
+        from: NodeId,
+        reason: String,
+    },
+    /// The topology changed a node's keys: `key` is now `state` (current, retired or revoked)
+    /// from `at_ms`.
+    KeyChanged {
+        node: NodeId,
+        key: protocol::PublicKey,
+        state: String,
+        at_ms: u64,
+    },
+    /// This node, given a new key, re-signed batches no parent had acknowledged.
+    Resigned {
+        batches: u32,
+    },
+    /// A peer was refused a session by its security assessment, or a live one was closed.
+    AdmissionRefused {
+        peer: NodeId,
+        reason: String,
     },
 }
 
@@ -767,6 +807,82 @@ impl<K: Kv> Store<K> {
             .transpose()
     }
 
+    /// Keeps a batch signed with an ended key apart from the held batches, with why, and
+    /// audits it, in one group. Not durable until [`Store::sync`].
+    pub fn quarantine(
+        &self,
+        signed: &SignedBatch,
+        record: &Quarantined,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.kv.write_blob(&signed.id, &signed.bytes)?;
+        let mut group = self.group();
+        group.insert(Tree::State, quarantine_key(&signed.id), encode(record));
+        group.audit(
+            now_ms,
+            AuditEvent::BatchQuarantined {
+                batch: signed.id,
+                origin: record.origin,
+                from: record.from,
+                reason: record.reason.clone(),
+            },
+        )?;
+        group.commit()
+    }
+
+    /// The quarantined batches, in id order.
+    pub fn quarantined(
+        &self,
+    ) -> impl Iterator<Item = Result<(BatchId, Quarantined), StoreError>> + '_ {
+        self.scan_prefix(Tree::State, QUARANTINE_PREFIX.to_vec())
+            .map(|entry| {
+                let (key, value) = entry?;
+                let id = key[QUARANTINE_PREFIX.len()..]
+                    .try_into()
+                    .map(BatchId)
+                    .map_err(|_| StoreError::Decode {
+                        tree: "state",
+                        message: "quarantine key is not a batch id".into(),
+                    })?;
+                Ok((id, decode("state", &value)?))
+            })
+    }
+
+    /// The origin signature stored for a held batch.
+    pub fn signature(&self, id: &BatchId) -> Result<Option<protocol::Signature>, StoreError> {
+        Ok(self
+            .kv
+            .get(Tree::Batches, id.as_bytes())?
+            .map(|v| decode::<StoredBatch>("batches", &v))
+            .transpose()?
+            .map(|stored| stored.signature))
+    }
+
+    /// Replaces the origin signatures of held batches (this node's own, re-signed with its
+    /// new key), audited, in one group. Not durable until [`Store::sync`].
+    pub fn resign(
+        &self,
+        signatures: &[(BatchId, protocol::Signature)],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut group = self.group();
+        for (id, signature) in signatures {
+            let Some(stored) = self.kv.get(Tree::Batches, id.as_bytes())? else {
+                continue;
+            };
+            let mut stored: StoredBatch = decode("batches", &stored)?;
+            stored.signature = *signature;
+            group.insert(Tree::Batches, id.as_bytes().to_vec(), encode(&stored));
+        }
+        group.audit(
+            now_ms,
+            AuditEvent::Resigned {
+                batches: signatures.len() as u32,
+            },
+        )?;
+        group.commit()
+    }
+
     /// Queues receipts to be relayed (again) to `child`.
     pub fn queue_relay(&self, child: NodeId, receipts: &[SignedReceipt]) -> Result<(), StoreError> {
         let mut group = self.group();
@@ -965,6 +1081,14 @@ fn relay_key(child: NodeId, id: &BatchId, receiver: NodeId) -> Vec<u8> {
     let mut key = child.to_be_bytes().to_vec();
     key.extend(id.as_bytes());
     key.extend(receiver.to_be_bytes());
+    key
+}
+
+const QUARANTINE_PREFIX: &[u8] = b"quarantine/";
+
+fn quarantine_key(id: &BatchId) -> Vec<u8> {
+    let mut key = QUARANTINE_PREFIX.to_vec();
+    key.extend(id.as_bytes());
     key
 }
 
