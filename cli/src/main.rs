@@ -48,6 +48,25 @@ enum Command {
         #[arg(long)]
         network_key: Option<PathBuf>,
     },
+    /// Give a node a new key: on schedule (rotation), or because the old one was stolen or
+    /// lost (--compromised). Prints the topology lines to paste: the new public_key and an
+    /// [[old_key]] that keeps what the old key signed verifiable. Then raise the version,
+    /// reload the file on every node (SIGHUP), and restart this node: it re-signs what its
+    /// parent has not acknowledged, so nothing is lost.
+    #[command(
+        after_help = "Example:\n  credit-node rekey --dir ./puning\n  credit-node rekey --dir ./puning --compromised --since 2026-06-01T09:30:00+08:00"
+    )]
+    Rekey {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The old key was stolen or lost: it is revoked, and batches first received after
+        /// --since (default: now) are quarantined everywhere.
+        #[arg(long)]
+        compromised: bool,
+        /// When the compromise happened (a TOML date-time), if earlier than now.
+        #[arg(long, requires = "compromised")]
+        since: Option<String>,
+    },
     /// Validate, desensitize and batch a CSV export, and print the batches and every bad row.
     /// Nothing is sent: this is the check an operator runs before submitting.
     #[command(
@@ -351,6 +370,49 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 "  id = \"{id}\"\n  public_key = \"{}\"",
                 identity.public()
             )?;
+        }
+        Command::Rekey {
+            dir,
+            compromised,
+            since,
+        } => {
+            let now_ms = node::runtime::wall_ms();
+            let at_ms = match &since {
+                None => now_ms - now_ms % 1000,
+                Some(text) => topology::admission::parse_instant(text).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--since {text:?} is not a date-time: write it like 2026-06-01T09:30:00+08:00"
+                    )
+                })?,
+            };
+            let at = topology::admission::rfc3339_ms(at_ms);
+            let (old, identity) = Identity::rekey(&dir, now_ms)?;
+            let id = identity.id;
+            let end = if compromised {
+                "revoked_at"
+            } else {
+                "retired_at"
+            };
+            writeln!(out, "node {id} in {} has a new key", dir.display())?;
+            writeln!(
+                out,
+                "in the topology file, raise the version, set {id}'s public_key and add the [[old_key]]:"
+            )?;
+            writeln!(out, "  public_key = \"{}\"", identity.public())?;
+            writeln!(
+                out,
+                "\n[[old_key]]\nnode = \"{id}\"\npublic_key = \"{old}\"\n{end} = {at}\n"
+            )?;
+            writeln!(
+                out,
+                "then reload the file on every node (SIGHUP) and restart {id}: it re-signs the batches its parent has not acknowledged"
+            )?;
+            if compromised {
+                writeln!(
+                    out,
+                    "batches first received after {at} under the old key are quarantined everywhere (see `credit-node batches --json`)"
+                )?;
+            }
         }
         Command::Ingest {
             file,

@@ -78,6 +78,8 @@ pub struct Cluster {
     pub legacy_links: BTreeMap<NodeId, LegacyLink>,
     /// The reporting schedules written into the topology file.
     pub schedules: Vec<Schedule>,
+    /// Key history and security assessments written into the topology file.
+    pub admissions: topology::Admissions,
 }
 
 /// A free UDP port on 127.0.0.1 (bound and released; the node binds it right after).
@@ -152,6 +154,7 @@ impl Cluster {
             members,
             legacy_links: BTreeMap::new(),
             schedules: Vec::new(),
+            admissions: topology::Admissions::default(),
         })
     }
 
@@ -176,12 +179,13 @@ impl Cluster {
             })
             .collect();
         let legacy = self.legacy_links.values().cloned().collect();
-        let topology = Topology::from_parts(
+        let topology = Topology::from_parts_with(
             self.version,
             nodes,
             legacy,
             Vec::new(),
             self.schedules.clone(),
+            self.admissions.clone(),
         )
         .map_err(|errors| {
             anyhow::anyhow!(
@@ -359,6 +363,58 @@ impl Cluster {
             );
         }
         Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// Runs `credit-node rekey` at a (stopped) node — with `--compromised --since` when
+    /// `revoked_since_ms` is given — records its new key and its old key's end in the
+    /// members and admissions (call [`Cluster::write_topology`] next); returns the old key.
+    pub fn rekey(
+        &mut self,
+        id: NodeId,
+        revoked_since_ms: Option<u64>,
+    ) -> anyhow::Result<PublicKey> {
+        let dir = self.member(id).dir.clone();
+        let mut command = Command::new(&self.binary);
+        command.args(["rekey", "--dir"]).arg(&dir);
+        if let Some(since) = revoked_since_ms {
+            command
+                .args(["--compromised", "--since"])
+                .arg(topology::admission::rfc3339_ms(since));
+        }
+        let output = command.output()?;
+        if !output.status.success() {
+            bail!(
+                "rekey {id} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let new_key = node::identity::Identity::load(&dir)?.public();
+        if !text.contains(&new_key.to_hex()) {
+            bail!("rekey {id} did not print its new key:\n{text}");
+        }
+        let member = self.members.get_mut(&id).expect("node of this cluster");
+        let old_key = std::mem::replace(&mut member.public_key, new_key);
+        // The [[old_key]] lines it printed, as the operator would paste them.
+        let at = text
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("retired_at = ")
+                    .or_else(|| line.strip_prefix("revoked_at = "))
+            })
+            .and_then(topology::admission::parse_instant)
+            .with_context(|| format!("rekey {id} printed no retired_at or revoked_at:\n{text}"))?;
+        self.admissions.old_keys.push(topology::OldKey {
+            node: id,
+            public_key: old_key,
+            end: if revoked_since_ms.is_some() {
+                topology::KeyEnd::Revoked
+            } else {
+                topology::KeyEnd::Retired
+            },
+            at_ms: at,
+        });
+        Ok(old_key)
     }
 
     /// The log a node wrote so far (for failure messages).

@@ -115,6 +115,43 @@ impl Identity {
     pub fn public(&self) -> PublicKey {
         self.key.public()
     }
+
+    /// Gives the node in `dir` a new key (rotation, or after a compromise): the old secret is
+    /// kept beside it as `node.key.old-<unix ms>` (mode 0600, for the record; the node never
+    /// uses it again), the new one written, `node.toml` updated. Returns the old public key
+    /// and the new identity. The network key is unchanged.
+    pub fn rekey(dir: &Path, now_ms: u64) -> Result<(PublicKey, Identity), IdentityError> {
+        let old = Identity::load(dir)?;
+        let key_path = dir.join("node.key");
+        let kept = dir.join(format!("node.key.old-{now_ms}"));
+        write_secret(&kept, &old.key.seed())?;
+        let key = NodeKey::from_seed(random32()?);
+        let fresh = dir.join("node.key.new");
+        let _ = std::fs::remove_file(&fresh);
+        write_secret(&fresh, &key.seed())?;
+        std::fs::rename(&fresh, &key_path).map_err(|source| IdentityError::Write {
+            path: key_path.clone(),
+            source,
+        })?;
+        let node_file = dir.join("node.toml");
+        let text = toml::to_string(&NodeFile {
+            id: old.id.to_string(),
+            public_key: key.public().to_hex(),
+        })
+        .expect("plain strings serialize");
+        std::fs::write(&node_file, text).map_err(|source| IdentityError::Write {
+            path: node_file,
+            source,
+        })?;
+        Ok((
+            old.key.public(),
+            Identity {
+                id: old.id,
+                key,
+                network_key: old.network_key,
+            },
+        ))
+    }
 }
 
 pub fn random32() -> Result<[u8; 32], IdentityError> {

@@ -109,6 +109,13 @@ async fn only_pinned_keys_connect_and_a_rekey_takes_effect_without_resumption() 
         Identity::load(&new_dir).unwrap()
     });
     cluster.members.get_mut(&county).unwrap().public_key = new_identity.public();
+    // A key changes only with its old one listed (the planner refuses otherwise).
+    cluster.admissions.old_keys.push(topology::OldKey {
+        node: county,
+        public_key: old_key.public(),
+        end: topology::KeyEnd::Retired,
+        at_ms: node::runtime::wall_ms(),
+    });
     cluster.write_topology().unwrap();
     cluster.signal(city, "HUP").unwrap();
     tokio::task::block_in_place(|| {

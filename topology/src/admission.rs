@@ -163,6 +163,36 @@ pub fn rfc3339_ms(ms: u64) -> String {
     format!("{seconds}.{:03}{offset}", ms % 1000)
 }
 
+/// A TOML date-time (or date) as Unix milliseconds: without an offset Beijing time is meant,
+/// a date alone means 00:00 of that day. `None` for an impossible date or one before 1970.
+pub fn datetime_ms(datetime: &toml::value::Datetime) -> Option<u64> {
+    let date = datetime
+        .date
+        .and_then(|d| Date::new(d.year, d.month, d.day))?;
+    let (seconds, nanos) = datetime.time.map_or((0, 0), |t| {
+        (
+            i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second),
+            i64::from(t.nanosecond),
+        )
+    });
+    let offset_ms = match datetime.offset {
+        None => BEIJING_OFFSET_MS,
+        Some(toml::value::Offset::Z) => 0,
+        Some(toml::value::Offset::Custom { minutes }) => i64::from(minutes) * 60_000,
+    };
+    let days = days_from_civil(
+        i64::from(date.year),
+        u32::from(date.month),
+        u32::from(date.day),
+    );
+    u64::try_from(days * DAY_MS + seconds * 1000 + nanos / 1_000_000 - offset_ms).ok()
+}
+
+/// A date-time as written in the file (`2026-06-01T09:30:00+08:00`) as Unix milliseconds.
+pub fn parse_instant(text: &str) -> Option<u64> {
+    datetime_ms(&text.trim().parse::<toml::value::Datetime>().ok()?)
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
 pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let year = if month <= 2 { year - 1 } else { year };

@@ -10,7 +10,7 @@ use protocol::{Category, NodeId, PublicKey, Registry};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::admission::{BEIJING_OFFSET_MS, Date, KeyEnd, days_from_civil};
+use crate::admission::{Date, KeyEnd, datetime_ms};
 use crate::validate::{
     AllocationEntry, AssessmentEntry, At, Draft, Entry, Field, LinkEntry, OldKeyEntry, ParentField,
     Pos, ScheduleEntry, check_address, check_name, check_text, error, unknown_category,
@@ -495,34 +495,17 @@ impl Reader<'_> {
             );
             return None;
         };
-        let Some(date) = datetime
-            .date
-            .and_then(|d| Date::new(d.year, d.month, d.day))
-        else {
-            self.report(pos, format!("`{key}` has no valid date: {write}"));
+        if datetime.date.is_none() {
+            self.report(pos, format!("`{key}` has no date: {write}"));
             return None;
-        };
-        let (seconds, nanos) = datetime.time.map_or((0, 0), |t| {
-            (
-                i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second),
-                i64::from(t.nanosecond),
-            )
-        });
-        let offset_ms = match datetime.offset {
-            None => BEIJING_OFFSET_MS,
-            Some(toml::value::Offset::Z) => 0,
-            Some(toml::value::Offset::Custom { minutes }) => i64::from(minutes) * 60_000,
-        };
-        let days = days_from_civil(
-            i64::from(date.year),
-            u32::from(date.month),
-            u32::from(date.day),
-        );
-        let ms = days * 86_400_000 + seconds * 1000 + nanos / 1_000_000 - offset_ms;
-        match u64::try_from(ms) {
-            Ok(ms) => Some(At { value: ms, pos }),
-            Err(_) => {
-                self.report(pos, format!("`{key}` is before 1970: {write}"));
+        }
+        match datetime_ms(datetime) {
+            Some(ms) => Some(At { value: ms, pos }),
+            None => {
+                self.report(
+                    pos,
+                    format!("`{key}` is not a valid date-time after 1970: {write}"),
+                );
                 None
             }
         }
