@@ -107,7 +107,10 @@ fn a_rotation_loses_nothing_a_revocation_quarantines_later_batches_and_an_expire
         ],
     )
     .unwrap();
+    let started = std::time::Instant::now();
+    let phase = |name: &str| eprintln!("{:>6.1}s {name}", started.elapsed().as_secs_f64());
     cluster.start_all().unwrap();
+    phase("started");
 
     // ---- rotation, mid-stream ----
     let early = submit(&cluster, puning, 1);
@@ -127,11 +130,13 @@ fn a_rotation_loses_nothing_a_revocation_quarantines_later_batches_and_an_expire
         "the city to hold the second batch",
     );
     // ... and one never acknowledged (city down), in the county's outbox.
+    phase("at city");
     cluster.stop(city).unwrap();
     let in_outbox = submit(&cluster, puning, 3);
     cluster.stop(puning).unwrap();
     let old_key = cluster.rekey(puning, None).unwrap();
     reload(&mut cluster, &[national, rongcheng]);
+    phase("rekeyed");
     cluster.start(province).unwrap();
     cluster.start(city).unwrap();
     cluster.start(puning).unwrap();
@@ -146,6 +151,7 @@ fn a_rotation_loses_nothing_a_revocation_quarantines_later_batches_and_an_expire
         &all,
         "every batch of the re-keyed county to arrive",
     );
+    phase("all arrived");
     for node in [national, province, city] {
         let held = held(&cluster, node);
         for batch in &all {
@@ -178,6 +184,7 @@ fn a_rotation_loses_nothing_a_revocation_quarantines_later_batches_and_an_expire
     );
 
     // ---- revocation from a moment T ----
+    phase("rotation checked");
     let before = submit(&cluster, rongcheng, 4);
     wait_held(
         &cluster,
@@ -199,6 +206,7 @@ fn a_rotation_loses_nothing_a_revocation_quarantines_later_batches_and_an_expire
         &after,
         "the city to take the batch signed after T",
     );
+    phase("after at city");
     cluster.rekey(rongcheng, Some(t)).unwrap();
     cluster.write_topology().unwrap();
     cluster.start(province).unwrap();
@@ -217,6 +225,7 @@ fn a_rotation_loses_nothing_a_revocation_quarantines_later_batches_and_an_expire
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n--- province log:\n{}", cluster.log(province)));
+    phase("quarantined");
     let answer = cluster.batches(province).unwrap();
     let q = &answer["quarantined"][0];
     assert_eq!(q["origin"], "445202");
@@ -241,11 +250,13 @@ fn a_rotation_loses_nothing_a_revocation_quarantines_later_batches_and_an_expire
             .iter()
             .all(|b| !held(&cluster, national).contains_key(b))
     );
+    phase("county told");
     cluster.stop(rongcheng).unwrap();
     reload(&mut cluster, &[national, city, puning]);
     cluster.start(rongcheng).unwrap();
 
     // ---- admission by security assessment ----
+    phase("reloaded");
     let today = Date::of_ms(node::runtime::wall_ms());
     let yesterday = Date::of_ms(node::runtime::wall_ms() - 86_400_000);
     let assessment = |node: NodeId, valid_until: Date| Assessment {
@@ -278,6 +289,7 @@ fn a_rotation_loses_nothing_a_revocation_quarantines_later_batches_and_an_expire
         }))
     })
     .unwrap_or_else(|e| panic!("{e}\n--- city log:\n{}", cluster.log(city)));
+    phase("refused");
     let log = std::fs::read_to_string(&city_log).unwrap();
     assert!(
         log.contains("re-assessed") && log.contains("valid_until"),
@@ -294,6 +306,7 @@ fn a_rotation_loses_nothing_a_revocation_quarantines_later_batches_and_an_expire
         }))
     })
     .unwrap_or_else(|e| panic!("{e}\n--- county log:\n{}", cluster.log(puning)));
+    phase("county saw refusal");
     assert!(
         waiting
             .iter()
@@ -307,5 +320,6 @@ fn a_rotation_loses_nothing_a_revocation_quarantines_later_batches_and_an_expire
         &waiting,
         "the waiting batch to arrive after renewal",
     );
+    phase("done");
     cluster.stop_all();
 }
