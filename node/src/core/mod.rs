@@ -1235,11 +1235,14 @@ impl<K: Kv> Core<K> {
                     .iter()
                     .any(|n| self.topology.legacy_link(*n).is_some())
             });
+        // Or this node's own receipt from when it first held the batch (it has lost it since).
+        let own = r.receiver == self.me;
         let valid = r.batch == signed.id
             && r.origin == origin
             && matches!(r.verdict, Verdict::Accepted { .. })
             && r.receiver != origin
             && (over_legacy
+                || own
                 || at
                     .zip(child_at)
                     .is_some_and(|(at, child_at)| at <= child_at))
@@ -1351,7 +1354,11 @@ impl<K: Kv> Core<K> {
                         );
                     }
                 }
-                let receipt = self.own_receipt(&signed, Verdict::Accepted { warnings: 0 }, now);
+                // A batch this node had receipted before (and lost) keeps its first receipt.
+                let receipt = match &first {
+                    Some(earlier) if earlier.receipt.receiver == self.me => earlier.clone(),
+                    _ => self.own_receipt(&signed, Verdict::Accepted { warnings: 0 }, now),
+                };
                 let targets = self.forward_targets();
                 let new = self.store.insert_batch(
                     &signed,
@@ -2146,6 +2153,10 @@ impl<K: Kv> Core<K> {
                         {
                             self.store.receipt(&id, NodeId::NATIONAL)
                         }
+                        // Sent again to a parent that had receipted it (and lost it): its own
+                        // receipt says when it first came, and a key retired since then
+                        // still covers it.
+                        None => self.store.receipt(&id, machine.parent()),
                         first => Ok(first),
                     });
                 let first_receipt = match first {

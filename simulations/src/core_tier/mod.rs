@@ -151,6 +151,12 @@ pub enum Fault {
     Proof {
         child: NodeId,
     },
+    /// The node is given a new key (rotation): it stops, every node loads a topology version
+    /// with its new key and the old one retired, and it starts again with the new key. Its
+    /// batches signed with the old key must still arrive and verify everywhere.
+    Rekey {
+        node: NodeId,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -281,6 +287,19 @@ impl Faults {
                 fault: Fault::Topology { version: *version },
             });
         }
+        // Re-keys come after every planned topology version (each builds the next version on
+        // the one the network runs).
+        if rng.coin() {
+            for _ in 0..rng.between(1, 4) {
+                faults.list.push(PlannedFault {
+                    at_ms: end / 2 + rng.below(end / 2),
+                    duration_ms: rng.between(1_000, 3_600_000),
+                    fault: Fault::Rekey {
+                        node: nodes[rng.below(nodes.len() as u64) as usize].id,
+                    },
+                });
+            }
+        }
         faults
     }
 
@@ -299,6 +318,7 @@ impl Faults {
                 Fault::Intruder { .. } => "intruder",
                 Fault::Lose { .. } => "store-loss",
                 Fault::Proof { .. } => "proof",
+                Fault::Rekey { .. } => "rekey",
             };
             *kinds.entry(name).or_default() += 1;
         }

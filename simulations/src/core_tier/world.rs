@@ -125,6 +125,8 @@ struct SimNode {
     timer_generation: u64,
     /// Submitted, waiting to be durable: (id, write it is durable at, submission).
     submitting: Vec<(BatchId, u64, usize)>,
+    /// How many times the node was given a new key.
+    key_generation: u32,
     /// The topology and migration phase under which the core last had a path to the
     /// national platform: its routes depend on nothing else, so the check is skipped until
     /// either changes.
@@ -164,6 +166,7 @@ pub struct Stats {
     pub corrupted: u64,
     pub tampered: u64,
     pub intruders_refused: u64,
+    pub rekeys: u64,
     /// Batches deleted from durable stores by the swarm (to be restored by reconciliation).
     pub lost: u64,
     /// Batches whose proof of first arrival a link dropped or forged.
@@ -274,9 +277,19 @@ impl World {
         let mut rng = rng_for(plan.seed);
         let faults = Faults::choose(&plan, &mut rng);
         let mut secrets = HashMap::new();
-        for (id, secret) in &plan.secrets {
+        for secret in plan.secrets.values() {
             secrets.insert(keys::public_of(secret), *secret);
-            let _ = id;
+        }
+        // The keys re-keyed nodes will take, generation by generation (the verifier stands for
+        // every node's public key, so it knows them all from the start).
+        let mut generations: HashMap<NodeId, u32> = HashMap::new();
+        for planned in &faults.list {
+            if let Fault::Rekey { node } = planned.fault {
+                let generation = generations.entry(node).or_default();
+                *generation += 1;
+                let secret = keys::secret(plan.seed, node, *generation);
+                secrets.insert(keys::public_of(&secret), secret);
+            }
         }
         let verifier = SimVerifier::new(secrets);
         let topology = plan.topology.clone();
@@ -304,6 +317,7 @@ impl World {
                 timer: None,
                 timer_generation: 0,
                 submitting: Vec::new(),
+                key_generation: 0,
                 paths_ok_under: None,
             });
         }
@@ -1124,7 +1138,12 @@ impl World {
                 self.crash(n);
                 self.lose(n, count);
             }
-            Fault::Crash { node } | Fault::Lose { node, .. } => {
+            Fault::Rekey { node } if start => {
+                let n = self.index[&node];
+                self.crash(n);
+                self.rekey(n);
+            }
+            Fault::Crash { node } | Fault::Lose { node, .. } | Fault::Rekey { node } => {
                 let n = self.index[&node];
                 self.restart(n);
             }
@@ -1188,6 +1207,69 @@ impl World {
                 self.stats.intruders_refused += 1;
             }
             _ => {}
+        }
+    }
+
+    /// Node `n` (stopped) gets its next key; every node loads the next topology version, with
+    /// the new key and the old one retired. The retirement is dated after every clock the
+    /// swarm has skewed, as an operator whose nodes' clocks disagree would date it: a batch the
+    /// old key signed reached its first parent before the node stopped, hence before it.
+    fn rekey(&mut self, n: usize) {
+        let node = self.nodes[n].id;
+        self.nodes[n].key_generation += 1;
+        let secret = keys::secret(self.plan.seed, node, self.nodes[n].key_generation);
+        let public = keys::public_of(&secret);
+        let old_key = self.nodes[n].signer.public();
+        self.nodes[n].signer = SimSigner::new(secret, public);
+        let current = self.nodes[n].topology.clone();
+        let nodes = current
+            .nodes()
+            .cloned()
+            .map(|mut each| {
+                if each.id == node {
+                    each.public_key = public;
+                }
+                each
+            })
+            .collect();
+        let mut admissions = current.admissions().clone();
+        admissions.old_keys.push(topology::OldKey {
+            node,
+            public_key: old_key,
+            end: topology::KeyEnd::Retired,
+            at_ms: EPOCH_MS + self.now_ms + self.max_skew_ms + 60_000,
+        });
+        let next = match current.edited(current.version + 1, nodes, admissions) {
+            Ok(next) => Arc::new(next),
+            Err(errors) => {
+                self.fail(format!(
+                    "re-keying {node} made an invalid topology: {errors:?}"
+                ));
+                return;
+            }
+        };
+        self.stats.rekeys += 1;
+        for m in 0..self.nodes.len() {
+            self.nodes[m].topology = next.clone();
+            let topology = next.clone();
+            let mut refused = None;
+            self.call(m, |core, now| {
+                core.handle_topology(topology, now)
+                    .map(|_| ())
+                    .map_err(|e| {
+                        // A full disk may fail the reload's audit entry; a refusal is a bug.
+                        if !matches!(e, node::core::ReloadError::Store(_)) {
+                            refused = Some(e.to_string());
+                        }
+                        e.to_string()
+                    })
+            });
+            if let Some(reason) = refused {
+                self.fail(format!(
+                    "{} refused the re-key of {node}: {reason}",
+                    self.nodes[m].id
+                ));
+            }
         }
     }
 
