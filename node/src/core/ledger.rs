@@ -206,16 +206,9 @@ impl Rates {
     }
 }
 
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
-pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian): one implementation for the
+/// topology's dates and the ledger's.
+pub(crate) use topology::admission::days_from_civil;
 
 /// Unix ms of midnight at the start of `days` (since 1970-01-01) in China Standard Time.
 fn cst_midnight_ms(days: i64) -> u64 {
