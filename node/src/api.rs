@@ -460,6 +460,11 @@ fn audit_json(entry: &crate::store::AuditEntry) -> Value {
             value["peer"] = json!(peer.to_string());
             value["reason"] = json!(reason);
         }
+        AuditEvent::QuarantineReleased { batch, from } => {
+            value["kind"] = json!("quarantine_released");
+            value["batch"] = json!(batch.to_hex());
+            value["from"] = json!(from.to_string());
+        }
         other => {
             value["kind"] = json!("other");
             value["detail"] = json!(format!("{other:?}"));

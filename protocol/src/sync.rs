@@ -142,6 +142,12 @@ impl Uplink {
         self.parent
     }
 
+    /// The key receipts must be signed with: the parent's key pinned when this uplink was
+    /// made. A re-keyed parent needs a new uplink.
+    pub fn parent_key(&self) -> PublicKey {
+        self.parent_key
+    }
+
     /// How many more batches [`Uplink::handle_outbox`] will take now.
     pub fn capacity(&self) -> usize {
         PENDING_MAX - self.pending.len()

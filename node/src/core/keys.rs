@@ -121,6 +121,9 @@ impl Signed {
             KeyState::Revoked { .. } => format!(
                 "signed with key {key}… of {origin}, revoked at {end} (compromised), and {arrival}: quarantined — kept for the operator, never forwarded; if {origin} really sent it, submit it again from {origin} with its current key"
             ),
+            _ if first_arrival_ms.is_none() => format!(
+                "signed with key {key}… of {origin}, retired at {end}, and {arrival}: quarantined, not receipted — the sender keeps it and sends it again with the receipt of its first receiver, which releases it"
+            ),
             _ => format!(
                 "signed with key {key}… of {origin}, retired at {end}, and {arrival}: quarantined — kept, never forwarded; restart {origin} with its current key: it re-signs what its parent has not acknowledged"
             ),

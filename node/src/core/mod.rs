@@ -61,6 +61,8 @@ const RELAY_PAGE: usize = 1024;
 const RELAYED_MAX: usize = 65_536;
 /// How often assessments are checked against the clock (expiry is a matter of days).
 const ADMISSION_CHECK_MS: u64 = 60_000;
+/// How long an uplink must stay up for its redial backoff to start again from the minimum.
+const STABLE_LINK_MS: u64 = 30_000;
 /// How long a failed sync waits before it is tried again.
 const SYNC_RETRY_MS: u64 = 1_000;
 /// How long a reconciliation session waits for the parent's reply before it is dropped.
@@ -693,10 +695,9 @@ impl<K: Kv> Core<K> {
             // A link that no longer matches the route (gone, other peer or key): close it.
             if let Some(link) = slot.link
                 && target.is_none_or(|(peer, _, key)| {
-                    slot.machine.as_ref().is_none_or(|m| {
-                        m.parent() != peer
-                            || self.topology.node(peer).is_none_or(|n| n.public_key != key)
-                    })
+                    slot.machine
+                        .as_ref()
+                        .is_none_or(|m| m.parent() != peer || m.parent_key() != key)
                 })
             {
                 self.outputs.push_back(Output::Close {
@@ -711,7 +712,13 @@ impl<K: Kv> Core<K> {
             if slot.link.is_some() || slot.dialing || now.mono_ms < slot.next_dial_ms {
                 continue;
             }
-            if slot.machine.as_ref().is_none_or(|m| m.parent() != peer) {
+            // A new parent, or the same parent re-keyed: receipts are checked against the key
+            // pinned now. The outbox feeds the new uplink what the old one held.
+            if slot
+                .machine
+                .as_ref()
+                .is_none_or(|m| m.parent() != peer || m.parent_key() != key)
+            {
                 slot.machine = Some(Uplink::new(self.me, peer, key, self.config.sync));
             }
             slot.dialing = true;
@@ -894,6 +901,15 @@ impl<K: Kv> Core<K> {
             }
             slot.link = None;
             let was_established = std::mem::take(&mut slot.established);
+            // A link that stayed up a while redials soon; one that keeps failing right after
+            // its handshake (a peer that breaks the protocol, a key the peer no longer holds)
+            // backs off like a failed dial instead of reconnecting ten times a second.
+            if slot
+                .up_since_ms
+                .is_some_and(|since| now.mono_ms.saturating_sub(since) >= STABLE_LINK_MS)
+            {
+                slot.backoff_ms = self.config.backoff_min_ms;
+            }
             slot.up_since_ms = None;
             slot.feedback.clear();
             slot.reconcile_queue.clear();
@@ -992,7 +1008,6 @@ impl<K: Kv> Core<K> {
             // The parent accepted this node and answered: only now is the path up.
             slot.established = true;
             slot.up_since_ms = Some(now.mono_ms);
-            slot.backoff_ms = self.config.backoff_min_ms;
             info!(peer = %parent, route = route.direction(), "uplink connected");
             let status = self.link_status(parent, route.direction(), now);
             status.connected = true;
@@ -1137,6 +1152,7 @@ impl<K: Kv> Core<K> {
         let me = self.me;
         let store = &self.store;
         let unsynced = &self.unsynced;
+        let signer = &*self.signer;
         let slot = self
             .downlinks
             .get_mut(&link)
@@ -1147,7 +1163,11 @@ impl<K: Kv> Core<K> {
             if unsynced.contains_key(id) {
                 return None;
             }
-            store.receipt(id, me).ok().flatten()
+            store
+                .receipt(id, me)
+                .ok()
+                .flatten()
+                .map(|receipt| current_key(receipt, signer))
         })?;
         let child = slot.machine.child();
         let mut stored = Vec::new();
@@ -1277,7 +1297,7 @@ impl<K: Kv> Core<K> {
                 seq,
                 Deferred::Receipt {
                     link,
-                    receipt,
+                    receipt: current_key(receipt, &*self.signer),
                     problems: Vec::new(),
                 },
             );
@@ -1343,6 +1363,14 @@ impl<K: Kv> Core<K> {
                         let reason = judged
                             .quarantine_reason(summary.origin)
                             .expect("an ended key");
+                        // Without a proof (a relay lost or withheld it) the quarantine is not
+                        // final: no receipt, so the sender keeps the batch and sends it again,
+                        // and a proof that holds then releases it.
+                        let answer = arrival.is_some();
+                        if !answer && self.store.is_quarantined(&id)? {
+                            debug!(batch = %id.short(), "still no proof of first arrival; kept in quarantine");
+                            return Ok(());
+                        }
                         return self.quarantine(
                             link,
                             child,
@@ -1350,6 +1378,7 @@ impl<K: Kv> Core<K> {
                             summary.origin,
                             key,
                             reason,
+                            answer,
                             now,
                         );
                     }
@@ -1369,7 +1398,11 @@ impl<K: Kv> Core<K> {
                     &targets,
                     now.wall_ms,
                 )?;
-                let seq = self.wrote();
+                let mut seq = self.wrote();
+                if self.store.release(&id, child, now.wall_ms)? {
+                    info!(batch = %id.short(), from = %child, "the proof of first arrival came: released from quarantine");
+                    seq = self.wrote();
+                }
                 if new {
                     self.unsynced.insert(id, seq);
                     info!(batch = %id.short(), origin = %summary.origin, category = %summary.category, period = %summary.period, records = content.records(), kind = summary.kind.as_str(), "batch stored");
@@ -1425,8 +1458,8 @@ impl<K: Kv> Core<K> {
         Ok(())
     }
 
-    /// Keeps a batch signed with an ended key apart (never forwarded, not held) and answers
-    /// with a refusal that says why, once the quarantine is durable.
+    /// Keeps a batch signed with an ended key apart (never forwarded, not held) and, if
+    /// `answer`, answers with a refusal that says why, once the quarantine is durable.
     #[allow(clippy::too_many_arguments)] // the parts of one quarantine record
     fn quarantine(
         &mut self,
@@ -1436,6 +1469,7 @@ impl<K: Kv> Core<K> {
         origin: NodeId,
         key: PublicKey,
         reason: String,
+        answer: bool,
         now: Now,
     ) -> Result<(), CoreError> {
         error!(batch = %signed.id.short(), %origin, from = %child, %reason, "batch quarantined");
@@ -1450,6 +1484,9 @@ impl<K: Kv> Core<K> {
         };
         self.store.quarantine(signed, &record, now.wall_ms)?;
         let seq = self.wrote();
+        if !answer {
+            return Ok(());
+        }
         let receipt = self.own_receipt(signed, Verdict::Rejected { reason }, now);
         self.defer(
             seq,
@@ -2391,3 +2428,12 @@ pub fn may_connect(topology: &Topology, me: NodeId, node: NodeId) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// This node's stored receipt as it answers a child on a live link: signed by its current
+/// key. A receipt stored before this node was re-keyed carries a retired signature, which
+/// the child (holding only the current pinned key for a live peer) would take for a forgery
+/// and close the link over, again and again. Signing is deterministic, so a receipt already
+/// under the current key comes back unchanged; its content (and so its date) never changes.
+fn current_key(receipt: SignedReceipt, signer: &dyn Signer) -> SignedReceipt {
+    receipt.receipt.sign_with(signer)
+}

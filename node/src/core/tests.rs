@@ -1309,27 +1309,129 @@ fn new_county_key() -> NodeKey {
 /// `topology(1, None)` as version 2, the county holding its new key and its old one ended
 /// (`end`) at `at`.
 fn rekeyed(end: topology::KeyEnd, at: Now) -> Arc<Topology> {
+    rekeyed_node(COUNTY, new_county_key(), end, at)
+}
+
+/// `topology(1, None)` as version 2, `node` holding `new_key` and its old one ended (`end`)
+/// at `at`.
+fn rekeyed_node(node: &str, new_key: NodeKey, end: topology::KeyEnd, at: Now) -> Arc<Topology> {
     let old = topology(1, None);
     let nodes = old
         .nodes()
         .cloned()
-        .map(|mut node| {
-            if node.id == id(COUNTY) {
-                node.public_key = new_county_key().public();
+        .map(|mut each| {
+            if each.id == id(node) {
+                each.public_key = new_key.public();
             }
-            node
+            each
         })
         .collect();
     let admissions = topology::Admissions {
         old_keys: vec![topology::OldKey {
-            node: id(COUNTY),
-            public_key: key(id(COUNTY)).public(),
+            node: id(node),
+            public_key: key(id(node)).public(),
             end,
             at_ms: at.wall_ms,
         }],
         ..Default::default()
     };
     Arc::new(old.edited(2, nodes, admissions).unwrap())
+}
+
+/// Found by the simulator (jieyang-year seed 5): a child kept checking receipts against its
+/// re-keyed parent's old key and closed the link over every one, and a re-keyed parent
+/// answered re-offers with receipts signed by its retired key. A child pins a re-keyed
+/// parent anew, and a parent answers under its current key.
+#[test]
+fn a_rekeyed_parent_is_pinned_anew_and_answers_under_its_current_key() {
+    let new_city_key = || NodeKey::from_seed([43; 32]);
+    // The city receipts a batch under its old key.
+    let city_kv = MemKv::new();
+    let mut city = core(CITY, topology(1, None), city_kv.clone());
+    link_from(&mut city, LinkId(7), COUNTY, now(1));
+    drain(&mut city);
+    let batch = county_batch();
+    city.handle_batch(LinkId(7), batch.clone(), None, now(2))
+        .unwrap();
+    let first = durable_receipts(&mut city, &city_kv, now(3));
+    assert!(first[0].verify_with(&key(id(CITY)).public(), &Ed25519));
+    drop(city);
+
+    // The city is re-keyed; the county, its batch still in the outbox, is connected.
+    let v2 = rekeyed_node(CITY, new_city_key(), topology::KeyEnd::Retired, now(4));
+    let kv = MemKv::new();
+    let mut county = core(COUNTY, topology(1, None), kv.clone());
+    county.submit(batch.clone(), now(1)).unwrap();
+    make_durable(&mut county, &kv, now(2));
+    path_up(&mut county, LinkId(1), CITY, 1, now(3), now(3));
+    drain(&mut county);
+    county.handle_topology(v2.clone(), now(5)).unwrap();
+    assert!(
+        drain(&mut county)
+            .iter()
+            .any(|o| matches!(o, Output::Close { link, .. } if *link == LinkId(1))),
+        "the link pinned to the city's old key is closed"
+    );
+    county
+        .handle_link_down(LinkId(1), "closed", now(6))
+        .unwrap();
+    let later = now(60_000);
+    county.handle_timeout(later).unwrap();
+    let dialed = drain(&mut county);
+    assert!(
+        dialed
+            .iter()
+            .any(|o| matches!(o, Output::Dial { key, .. } if *key == new_city_key().public())),
+        "redialed with the new key: {dialed:?}"
+    );
+
+    // The re-keyed city answers the re-sent batch with its receipt, signed by the new key,
+    // dated as before.
+    let mut city = Core::new(
+        Box::new(new_city_key()),
+        Box::new(Ed25519),
+        v2,
+        Store::new(city_kv.clone()),
+        CoreConfig::default(),
+        later,
+    )
+    .unwrap();
+    make_durable(&mut city, &city_kv, later);
+    city.handle_link_up(
+        LinkId(8),
+        LinkKind::Down {
+            key: key(id(COUNTY)).public(),
+        },
+        later,
+    )
+    .unwrap();
+    drain(&mut city);
+    city.handle_batch(LinkId(8), batch.clone(), None, later)
+        .unwrap();
+    let answer = durable_receipts(&mut city, &city_kv, later);
+    assert!(
+        answer[0].verify_with(&new_city_key().public(), &Ed25519),
+        "{answer:?}"
+    );
+    assert_eq!(answer[0].receipt, first[0].receipt);
+
+    // The county takes it: the batch leaves its outbox and the link stays up.
+    path_up(&mut county, LinkId(2), CITY, 2, later, later);
+    drain(&mut county);
+    county
+        .handle_message(LinkId(2), Message::Receipts { receipts: answer }, later)
+        .unwrap();
+    let outputs = make_durable(&mut county, &kv, later);
+    assert!(
+        !outputs.iter().any(|o| matches!(o, Output::Close { .. })),
+        "{outputs:?}"
+    );
+    assert!(
+        Store::new(kv.clone())
+            .receipt(&batch.id, id(CITY))
+            .unwrap()
+            .is_some()
+    );
 }
 
 /// The receipts a core sends once its writes are durable.
@@ -1340,11 +1442,22 @@ fn durable_receipts(core: &mut Core<MemKv>, kv: &MemKv, at: Now) -> Vec<SignedRe
 #[test]
 fn a_rotated_key_loses_nothing_and_a_revoked_one_quarantines_only_later_batches() {
     for end in [topology::KeyEnd::Retired, topology::KeyEnd::Revoked] {
-        // Before the key ends, the city takes batch A from the county and receipts it.
+        // Before the key ends, the city takes batches A and D from the county and receipts
+        // them.
         let (mut city, city_kv, down) = city_with_county();
         let a = county_batch_of("2026-05");
+        let d = county_batch_of("2026-04");
         city.handle_batch(down, a.clone(), None, now(2)).unwrap();
-        let proof = durable_receipts(&mut city, &city_kv, now(3)).remove(0);
+        city.handle_batch(down, d.clone(), None, now(2)).unwrap();
+        let proofs = durable_receipts(&mut city, &city_kv, now(3));
+        let proof_of = |batch: &SignedBatch| {
+            proofs
+                .iter()
+                .find(|r| r.receipt.batch == batch.id)
+                .unwrap()
+                .clone()
+        };
+        let proof = proof_of(&a);
         assert!(matches!(proof.receipt.verdict, Verdict::Accepted { .. }));
 
         // The county's key ends at now(10); every node gets the new file.
@@ -1374,29 +1487,83 @@ fn a_rotated_key_loses_nothing_and_a_revoked_one_quarantines_only_later_batches(
         );
         assert!(Store::new(province_kv.clone()).holds(&a.id).unwrap());
 
-        // Without the proof (or with one dated after the end) the same old key is not enough.
+        // Without the proof the same old key is not enough: quarantined, and not receipted
+        // (the relay may have lost the proof: it keeps the batch and sends it again).
         let b = county_batch_of("2026-06");
+        let store = Store::new(province_kv.clone());
+        for attempt in [23, 25] {
+            province
+                .handle_batch(from_city, b.clone(), None, now(attempt))
+                .unwrap();
+            let answer = durable_receipts(&mut province, &province_kv, now(attempt + 1));
+            assert!(
+                answer.is_empty(),
+                "{end:?}: accepted or refused for good without proof: {answer:?}"
+            );
+            assert!(
+                !store.holds(&b.id).unwrap(),
+                "a quarantined batch is not held"
+            );
+        }
+        let quarantined: Vec<_> = store.quarantined().map(Result::unwrap).collect();
+        assert_eq!(quarantined.len(), 1);
+        assert_eq!(quarantined[0].0, b.id);
+        assert_eq!(quarantined[0].1.key, key(id(COUNTY)).public());
+        let audited = |kind: fn(&AuditEvent) -> bool| {
+            store
+                .audit_entries()
+                .filter(|e| kind(&e.as_ref().unwrap().event))
+                .count()
+        };
+        assert_eq!(
+            audited(|e| matches!(e, AuditEvent::BatchQuarantined { .. })),
+            1,
+            "a re-send without proof is not audited again"
+        );
+
+        // With a proof dated after the end, the refusal is final and says why.
+        let late = Receipt {
+            receiver: id(CITY),
+            batch: b.id,
+            origin: id(COUNTY),
+            received_at_ms: now(12).wall_ms,
+            verdict: Verdict::Accepted { warnings: 0 },
+        }
+        .sign_with(&key(id(CITY)));
         province
-            .handle_batch(from_city, b.clone(), None, now(23))
+            .handle_batch(from_city, b.clone(), Some(late), now(27))
             .unwrap();
-        let answer = durable_receipts(&mut province, &province_kv, now(24));
+        let answer = durable_receipts(&mut province, &province_kv, now(28));
         let Verdict::Rejected { reason } = &answer[0].receipt.verdict else {
-            panic!("{end:?}: accepted without proof of an arrival before the end: {answer:?}");
+            panic!("{end:?}: accepted with a proof after the end: {answer:?}");
         };
         assert!(
             reason.contains("quarantined") && reason.contains(end.as_str()),
             "{reason}"
         );
-        let store = Store::new(province_kv.clone());
-        assert!(
-            !store.holds(&b.id).unwrap(),
-            "a quarantined batch is not held"
-        );
         assert_eq!(store.outbox_len(id(NATIONAL)), 1, "only A goes on up");
-        let quarantined: Vec<_> = store.quarantined().map(Result::unwrap).collect();
-        assert_eq!(quarantined.len(), 1);
-        assert_eq!(quarantined[0].0, b.id);
-        assert_eq!(quarantined[0].1.key, key(id(COUNTY)).public());
+
+        // D comes first without its proof, then with it: released from the quarantine.
+        province
+            .handle_batch(from_city, d.clone(), None, now(29))
+            .unwrap();
+        assert!(durable_receipts(&mut province, &province_kv, now(29)).is_empty());
+        assert_eq!(store.quarantined().count(), 2);
+        province
+            .handle_batch(from_city, d.clone(), Some(proof_of(&d)), now(30))
+            .unwrap();
+        let answer = durable_receipts(&mut province, &province_kv, now(30));
+        assert!(
+            matches!(answer[0].receipt.verdict, Verdict::Accepted { .. }),
+            "{end:?}: {answer:?}"
+        );
+        assert!(store.holds(&d.id).unwrap());
+        assert_eq!(store.quarantined().count(), 1, "only B stays");
+        assert_eq!(
+            audited(|e| matches!(e, AuditEvent::QuarantineReleased { .. })),
+            1
+        );
+        assert_eq!(store.outbox_len(id(NATIONAL)), 2, "A and D go on up");
 
         // The city itself, as first receiver, quarantines a batch the old key signs now.
         let c = county_batch_of("2026-07");

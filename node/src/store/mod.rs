@@ -222,6 +222,12 @@ pub enum AuditEvent {
         peer: NodeId,
         reason: String,
     },
+    /// A batch quarantined for want of a proof of first arrival came again with one that
+    /// holds: it left the quarantine and was taken.
+    QuarantineReleased {
+        batch: BatchId,
+        from: NodeId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -828,6 +834,25 @@ impl<K: Kv> Store<K> {
             },
         )?;
         group.commit()
+    }
+
+    /// Whether `id` is quarantined.
+    pub fn is_quarantined(&self, id: &BatchId) -> Result<bool, StoreError> {
+        Ok(self.kv.get(Tree::State, &quarantine_key(id))?.is_some())
+    }
+
+    /// Takes `id` out of the quarantine (it came again with the proof it lacked), with an
+    /// audit entry. `false` if it was not quarantined.
+    pub fn release(&self, id: &BatchId, from: NodeId, now_ms: u64) -> Result<bool, StoreError> {
+        if !self.is_quarantined(id)? {
+            return Ok(false);
+        }
+        let key = quarantine_key(id);
+        let mut group = self.group();
+        group.remove(Tree::State, key);
+        group.audit(now_ms, AuditEvent::QuarantineReleased { batch: *id, from })?;
+        group.commit()?;
+        Ok(true)
     }
 
     /// The quarantined batches, in id order.

@@ -37,6 +37,10 @@ const RECONCILE_EVERY_MS: u64 = 90 * 86_400_000;
 const FORGED_BACKDATE_MS: u64 = 30 * 86_400_000;
 /// Events at one instant of virtual time beyond which the run is a livelock.
 const SAME_INSTANT_MAX: u64 = 1_000_000;
+/// Calls into one node's core in one virtual day beyond which the run is a livelock: a
+/// node busy without progress (reconnecting in a loop, say) while virtual time still
+/// advances. A province at month end takes a few thousand.
+const CALLS_PER_NODE_DAY_MAX: u32 = 200_000;
 /// How often liveness is checked after the faults are healed.
 const LIVENESS_CHECK_MS: u64 = 10_000;
 /// How long an operator waits before submitting again after a refusal (a full disk, say).
@@ -131,6 +135,9 @@ struct SimNode {
     /// national platform: its routes depend on nothing else, so the check is skipped until
     /// either changes.
     paths_ok_under: Option<(Arc<Topology>, Option<node::core::migration::Phase>)>,
+    /// The virtual day `calls` counts calls into the core for (the livelock bound).
+    calls_day: u64,
+    calls: u32,
 }
 
 /// What the simulator knows of a batch or manifest one of its operators made.
@@ -319,6 +326,8 @@ impl World {
                 submitting: Vec::new(),
                 key_generation: 0,
                 paths_ok_under: None,
+                calls_day: 0,
+                calls: 0,
             });
         }
         let heal_at_ms = plan.workload_end_ms;
@@ -637,6 +646,19 @@ impl World {
     }
 
     fn after_call(&mut self, n: usize) {
+        let day = self.now_ms / 86_400_000;
+        let node = &mut self.nodes[n];
+        if node.calls_day != day {
+            node.calls_day = day;
+            node.calls = 0;
+        }
+        node.calls += 1;
+        if node.calls == CALLS_PER_NODE_DAY_MAX {
+            let id = node.id;
+            self.fail(format!(
+                "livelock: {CALLS_PER_NODE_DAY_MAX} calls into {id}'s core in virtual day {day} (busy without progress)"
+            ));
+        }
         // One buffer, reused from call to call.
         let mut outputs = std::mem::take(&mut self.outputs);
         if let Some(core) = self.nodes[n].core.as_mut() {
