@@ -13,7 +13,7 @@
 //! that fails the same way when one is found, to `fuzz/artifacts/<target>/`, and the run
 //! ends with a message that names the files and the command that replays them.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -292,7 +292,7 @@ pub fn run(target: &Target, config: &Config) -> Report {
         peak_rss: None,
         failures: Vec::new(),
     };
-    let mut failed: BTreeMap<String, ()> = BTreeMap::new();
+    let mut failed: BTreeSet<String> = BTreeSet::new();
     let mut record = |report: &mut Report,
                       input: &[u8],
                       outcome: Result<Verdict, (String, String)>,
@@ -308,7 +308,7 @@ pub fn run(target: &Target, config: &Config) -> Report {
                 Some(verdict)
             }
             Err((kind, message)) => {
-                if failed.insert(kind.clone(), ()).is_none() {
+                if failed.insert(kind.clone()) {
                     let dir = artifacts_dir(target.name);
                     std::fs::create_dir_all(&dir).unwrap();
                     let path = dir.join(format!("crash-{}", input_name(input)));
