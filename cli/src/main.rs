@@ -310,6 +310,15 @@ fn ingest_with_progress(
     batch: &BatchArgs,
     identity: &Identity,
 ) -> anyhow::Result<IngestReport> {
+    // Validation is pure and bounds birth dates by the period's last day; a period that has
+    // not begun is refused here, where the clock is, so no birth date after this month passes.
+    let today = today_in_china()?;
+    if batch.period.first_day().key_bytes() > today.key_bytes() {
+        bail!(
+            "--period {} has not begun (today is {today} in China Standard Time): data for it cannot exist yet; check --period",
+            batch.period
+        );
+    }
     let options = IngestOptions {
         schema,
         origin: identity.id,
@@ -323,6 +332,18 @@ fn ingest_with_progress(
     let report = ingest_file(file, &options, |rows| progress.update(rows))?;
     progress.finish(report.rows);
     Ok(report)
+}
+
+/// Today's date in China Standard Time (UTC+8), from the system clock.
+fn today_in_china() -> anyhow::Result<Period> {
+    const DAY_MS: i64 = 86_400_000;
+    const CST_OFFSET_MS: i64 = 8 * 3_600_000;
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the system clock is before 1970: set the clock")?;
+    let ms = i64::try_from(since_epoch.as_millis()).context("the system clock is far off")?;
+    Period::from_days_since_epoch((ms + CST_OFFSET_MS).div_euclid(DAY_MS))
+        .context("the system clock is outside 1949-2199: set the clock")
 }
 
 fn schema(name: &str) -> anyhow::Result<&'static Schema> {

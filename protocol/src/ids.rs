@@ -30,6 +30,13 @@ pub enum IdError {
         found: char,
     },
     #[error(
+        "resident id {value:?}: {problem}; the check character matches, so the number was probably made up or copied wrong: check it with its owner"
+    )]
+    ResidentIdBirthDate {
+        value: String,
+        problem: BirthDateProblem,
+    },
+    #[error(
         "period {0:?} must be a month YYYY-MM (or YYYYMM) or a day YYYY-MM-DD, with a real calendar date between 1949 and 2199"
     )]
     Period(String),
@@ -208,7 +215,8 @@ pub fn registration_number_check_digit(first14: &[u8]) -> Option<char> {
 
 /// A unified social credit code whose form is valid. The check character may still fail:
 /// legal early pilot codes do, so that is reported by [`Uscc::check_char_ok`] and treated as a
-/// warning by validation, never as a rejection.
+/// warning by validation, never as a rejection. A well-formed code may still be a placeholder
+/// no organization holds ([`Uscc::placeholder`]); validation refuses those.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode)]
 pub struct Uscc([u8; 18]);
 
@@ -276,6 +284,87 @@ impl Uscc {
     pub fn kind(&self) -> &str {
         &self.as_str()[..2]
     }
+
+    /// Why this code is a placeholder that no organization can hold, if it is one: export
+    /// systems fill a required code column with `000000000000000000`, `00000000000000000X`,
+    /// `111111111111111111` or a real prefix with a zero body (`91445281MA00000000`), and
+    /// some of those even pass the check character. A code is a placeholder when
+    /// - its first 17 characters are one character repeated;
+    /// - position 1 is not a registration-authority code (GB 32100 and the later
+    ///   assignments: 1–9, A, N, Y);
+    /// - position 2 is not an entity-category code (every authority numbers its categories
+    ///   from 1: never 0, never a letter);
+    /// - positions 3–8 start with `00` (no GB/T 2260 division does; central registrations use
+    ///   `100000`);
+    /// - its subject identifier (positions 9–17, the GB 11714 organization code) has a body
+    ///   (positions 9–16) that is all zeros after its leading letters (`00000000`,
+    ///   `MA000000`) or one character repeated (`11111111`).
+    pub fn placeholder(&self) -> Option<Placeholder> {
+        let code = &self.0;
+        let first = code[0];
+        if code[1..17].iter().all(|&b| b == first) {
+            return Some(Placeholder::Repeated(char::from(first)));
+        }
+        if !matches!(first, b'1'..=b'9' | b'A' | b'N' | b'Y') {
+            return Some(Placeholder::Authority(char::from(first)));
+        }
+        if !matches!(code[1], b'1'..=b'9') {
+            return Some(Placeholder::Category(char::from(code[1])));
+        }
+        if code[2..4] == *b"00" {
+            return Some(Placeholder::Region);
+        }
+        let body = &code[8..16];
+        let digits = &body[body.iter().take_while(|b| b.is_ascii_uppercase()).count()..];
+        if !digits.is_empty() && digits.iter().all(|&b| b == b'0') {
+            return Some(Placeholder::ZeroSubject);
+        }
+        if body.iter().all(|&b| b == body[0]) {
+            return Some(Placeholder::RepeatedSubject(char::from(body[0])));
+        }
+        None
+    }
+}
+
+/// What makes a well-formed unified social credit code a placeholder; see
+/// [`Uscc::placeholder`]. Displays as what is wrong, in words for an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placeholder {
+    Repeated(char),
+    Authority(char),
+    Category(char),
+    Region,
+    ZeroSubject,
+    RepeatedSubject(char),
+}
+
+impl fmt::Display for Placeholder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Placeholder::Repeated(c) => write!(
+                f,
+                "a placeholder, not a code: the first 17 characters are all {c:?}"
+            ),
+            Placeholder::Authority(c) => write!(
+                f,
+                "a placeholder, not a code: position 1 is {c:?}, which is not a registration-authority code (GB 32100 assigns 1-9, A, N and Y)"
+            ),
+            Placeholder::Category(c) => write!(
+                f,
+                "a placeholder, not a code: position 2 is {c:?}, which is not an entity-category code (1-9)"
+            ),
+            Placeholder::Region => f.write_str(
+                "a placeholder, not a code: positions 3-8 start with 00, which is no GB/T 2260 division",
+            ),
+            Placeholder::ZeroSubject => f.write_str(
+                "a placeholder, not a code: the subject identifier (positions 9-16) is all zeros after its letters",
+            ),
+            Placeholder::RepeatedSubject(c) => write!(
+                f,
+                "a placeholder, not a code: the subject identifier (positions 9-16) is all {c:?}"
+            ),
+        }
+    }
 }
 
 impl fmt::Display for Uscc {
@@ -316,16 +405,108 @@ impl ResidentId {
                 found,
             });
         }
-        Ok(ResidentId(id))
+        let resident = ResidentId(id);
+        read_birth_date(&resident.0).map_err(|problem| IdError::ResidentIdBirthDate {
+            value: mask_middle(text),
+            problem,
+        })?;
+        Ok(resident)
     }
 
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("resident id holds ASCII")
     }
 
+    /// The birth date of positions 7–14 (`YYYYMMDD`): a calendar date from
+    /// [`ResidentId::BIRTH_YEAR_MIN`] on ([`ResidentId::parse`] refuses others). Whether it
+    /// lies in the future is for the caller to say (this crate has no clock): see
+    /// [`ResidentId::check_born_by`].
+    pub fn birth_date(&self) -> BirthDate {
+        read_birth_date(&self.0).expect("a parsed resident id has a calendar birth date")
+    }
+
+    /// Refuses a birth date after the last day of `latest`: someone born after it cannot be
+    /// the subject of a record about that period.
+    pub fn check_born_by(&self, latest: Period) -> Result<(), BirthDateProblem> {
+        let (year, month, day) = match latest {
+            Period::Month { year, month } => (year, month, days_in_month(year, month)),
+            Period::Day { year, month, day } => (year, month, day),
+        };
+        if self.birth_date() > (BirthDate { year, month, day }) {
+            return Err(BirthDateProblem::After(latest.last_day()));
+        }
+        Ok(())
+    }
+
+    /// The earliest birth year accepted. GB 11643's own example is born in 1880; nobody born
+    /// before 1800 holds a number.
+    pub const BIRTH_YEAR_MIN: u16 = 1800;
+
     /// The display form kept after desensitization: region code and check character only.
     pub fn masked(&self) -> String {
         mask_middle(self.as_str())
+    }
+}
+
+/// The birth date in positions 7–14 of 18 ASCII digits (and a check character).
+fn read_birth_date(id: &[u8; 18]) -> Result<BirthDate, BirthDateProblem> {
+    let number = |range: std::ops::Range<usize>| {
+        id[range]
+            .iter()
+            .fold(0u16, |acc, d| acc * 10 + u16::from(d.wrapping_sub(b'0')))
+    };
+    let (year, month, day) = (number(6..10), number(10..12) as u8, number(12..14) as u8);
+    if year < ResidentId::BIRTH_YEAR_MIN {
+        return Err(BirthDateProblem::TooEarly);
+    }
+    if !(1..=12).contains(&month) {
+        return Err(BirthDateProblem::NoSuchMonth);
+    }
+    if day == 0 || day > days_in_month(year, month) {
+        return Err(BirthDateProblem::NoSuchDay);
+    }
+    Ok(BirthDate { year, month, day })
+}
+
+/// A birth date read from a resident id: a calendar date, ordered in time. (Not a [`Period`]:
+/// birth years reach back before [`Period::YEAR_MIN`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BirthDate {
+    pub year: u16,
+    pub month: u8,
+    pub day: u8,
+}
+
+/// What is wrong with the birth date of a resident id. Never shows the date itself (it is the
+/// most sensitive part of the number): it says which part is impossible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BirthDateProblem {
+    TooEarly,
+    NoSuchMonth,
+    NoSuchDay,
+    /// Later than this day (the last day the record can be about).
+    After(Period),
+}
+
+impl fmt::Display for BirthDateProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BirthDateProblem::TooEarly => write!(
+                f,
+                "the birth date (positions 7-14) is before {}",
+                ResidentId::BIRTH_YEAR_MIN
+            ),
+            BirthDateProblem::NoSuchMonth => {
+                f.write_str("the birth month (positions 11-12) is not 01 to 12")
+            }
+            BirthDateProblem::NoSuchDay => {
+                f.write_str("the birth day (positions 13-14) does not exist in its month")
+            }
+            BirthDateProblem::After(day) => write!(
+                f,
+                "the birth date (positions 7-14) is later than {day}, the last day this record can be about"
+            ),
+        }
     }
 }
 
@@ -449,6 +630,52 @@ impl Period {
             && (1..=12).contains(&month)
             && day >= 1
             && day <= days_in_month(year, month)
+    }
+
+    /// The first day of the period (itself for a day).
+    pub fn first_day(self) -> Period {
+        match self {
+            Period::Month { year, month } => Period::Day {
+                year,
+                month,
+                day: 1,
+            },
+            day @ Period::Day { .. } => day,
+        }
+    }
+
+    /// The last day of the period (itself for a day).
+    pub fn last_day(self) -> Period {
+        match self {
+            Period::Month { year, month } => Period::Day {
+                year,
+                month,
+                day: days_in_month(year, month),
+            },
+            day @ Period::Day { .. } => day,
+        }
+    }
+
+    /// The day `days` days after 1970-01-01 (negative: before), if it lies between
+    /// [`Period::YEAR_MIN`] and [`Period::YEAR_MAX`]. The caller brings the clock: e.g.
+    /// `(unix_ms + 8 h) / 1 day` for today in China Standard Time.
+    pub fn from_days_since_epoch(days: i64) -> Option<Period> {
+        // Howard Hinnant's civil_from_days, in proleptic Gregorian.
+        let z = days.checked_add(719_468)?;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let period = Period::Day {
+            year: u16::try_from(year).ok()?,
+            month: month as u8,
+            day: day as u8,
+        };
+        period.is_valid().then_some(period)
     }
 
     /// The month a period falls in (itself for a monthly period).

@@ -104,6 +104,8 @@ pub enum Rule {
     Key,
     Desensitization,
     DuplicateKey,
+    /// A well-formed identifier that is a placeholder no one holds (`000000000000000000`).
+    Placeholder,
 }
 
 impl Rule {
@@ -120,6 +122,7 @@ impl Rule {
             Rule::Key => "key",
             Rule::Desensitization => "desensitization",
             Rule::DuplicateKey => "duplicate_key",
+            Rule::Placeholder => "placeholder",
         }
     }
 }
@@ -236,7 +239,7 @@ impl Schema {
                 values.push(Value::Absent);
                 continue;
             }
-            match normalize(&field.kind, text) {
+            match normalize(&field.kind, text, period) {
                 Err((rule, message)) => {
                     problems.push(self.problem(field, text, rule, message));
                     values.push(Value::Absent);
@@ -325,11 +328,13 @@ impl Schema {
                 )),
                 (Value::Token { masked, .. }, _) => (masked.len() > 64)
                     .then(|| (Rule::TooLong, "masked form longer than 64 bytes".to_owned())),
-                (Value::Text(text), Desensitize::None) => match normalize(&field.kind, text) {
-                    Ok(n) if n.text == text.as_str() => None,
-                    Ok(_) => Some((Rule::Format, "value is not in normalized form".to_owned())),
-                    Err(e) => Some(e),
-                },
+                (Value::Text(text), Desensitize::None) => {
+                    match normalize(&field.kind, text, period) {
+                        Ok(n) if n.text == text.as_str() => None,
+                        Ok(_) => Some((Rule::Format, "value is not in normalized form".to_owned())),
+                        Err(e) => Some(e),
+                    }
+                }
                 (Value::Text(text), _masked) => (text.len() > VALUE_BYTES_MAX)
                     .then(|| (Rule::TooLong, "masked value too long".to_owned())),
             };
@@ -549,7 +554,9 @@ fn to_half_width(text: &str) -> Cow<'_, str> {
     )
 }
 
-fn normalize<'a>(kind: &FieldKind, text: &'a str) -> FieldResult<'a> {
+/// Checks and normalizes one value of a field of `kind`, for a record of `period` (a resident
+/// id's birth date must not be later than the period's last day).
+fn normalize<'a>(kind: &FieldKind, text: &'a str, period: Period) -> FieldResult<'a> {
     if text.len() > VALUE_BYTES_MAX {
         return Err((
             Rule::TooLong,
@@ -586,6 +593,14 @@ fn normalize<'a>(kind: &FieldKind, text: &'a str) -> FieldResult<'a> {
                     "not a unified social credit code: 18 characters of 0-9 and A-Y without I, O, S, V, Z".to_owned(),
                 )
             })?;
+            if let Some(placeholder) = uscc.placeholder() {
+                return Err((
+                    Rule::Placeholder,
+                    format!(
+                        "{placeholder}; no organization holds it: ask the source unit for the organization's real code (a column with no code must be left empty, where the schema allows)"
+                    ),
+                ));
+            }
             let mut normalized = normal_form(text, uscc.as_str());
             if !uscc.check_char_ok() {
                 normalized.warning = Some((
@@ -599,9 +614,7 @@ fn normalize<'a>(kind: &FieldKind, text: &'a str) -> FieldResult<'a> {
             }
             Ok(normalized)
         }
-        FieldKind::ResidentId => ResidentId::parse(&to_half_width(text))
-            .map(|id| normal_form(text, id.as_str()))
-            .map_err(resident_id_error),
+        FieldKind::ResidentId => resident_id(text, &to_half_width(text), period),
         FieldKind::IdNumber => {
             let given = text;
             let text = match to_half_width(text) {
@@ -613,9 +626,7 @@ fn normalize<'a>(kind: &FieldKind, text: &'a str) -> FieldResult<'a> {
             let looks_resident =
                 text.len() == 18 && text.as_bytes()[..17].iter().all(u8::is_ascii_digit);
             if looks_resident {
-                return ResidentId::parse(&text)
-                    .map(|id| normal_form(given, id.as_str()))
-                    .map_err(resident_id_error);
+                return resident_id(given, &text, period);
             }
             if text.is_empty()
                 || text.len() > 64
@@ -812,6 +823,19 @@ fn normal_form<'a>(given: &'a str, normal: &str) -> Normalized<'a> {
     }
 }
 
+/// A resident id (`half`: `given` in half-width form) born by the last day of `period`, in
+/// normal form.
+fn resident_id<'a>(given: &'a str, half: &str, period: Period) -> FieldResult<'a> {
+    let id = ResidentId::parse(half).map_err(resident_id_error)?;
+    id.check_born_by(period).map_err(|problem| {
+        (
+            Rule::OutOfRange,
+            format!("{problem}: check the number with its owner (or the record's period)"),
+        )
+    })?;
+    Ok(normal_form(given, id.as_str()))
+}
+
 fn resident_id_error(error: crate::ids::IdError) -> (Rule, String) {
     match error {
         crate::ids::IdError::ResidentIdCheck {
@@ -820,6 +844,12 @@ fn resident_id_error(error: crate::ids::IdError) -> (Rule, String) {
             Rule::CheckCharacter,
             format!(
                 "GB 11643 check character is {found} but should be {expected}: the number is mistyped"
+            ),
+        ),
+        crate::ids::IdError::ResidentIdBirthDate { problem, .. } => (
+            Rule::Format,
+            format!(
+                "{problem}: no such person can hold this number, although its check character matches; check the number with its owner"
             ),
         ),
         _ => (

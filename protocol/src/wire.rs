@@ -2,7 +2,8 @@
 //!
 //! A frame is `[version: u8][length: u32 big-endian][payload: bincode Message]`. The length is
 //! checked against the caller's limit *before* any buffer is allocated, the payload is decoded
-//! with a bincode size limit, and every byte must be consumed. Arbitrary bytes give an error,
+//! with a bincode size limit, every byte must be consumed, and the payload must be in
+//! canonical form (it re-encodes to exactly its bytes). Arbitrary bytes give an error,
 //! never a panic or a large allocation (a property test feeds random bytes).
 //!
 //! Streams: the control stream of a link carries small frames (at most [`FRAME_BYTES_MAX`]);
@@ -214,6 +215,10 @@ pub enum FrameError {
     Malformed(String),
     #[error("{0} trailing bytes after the message")]
     TrailingBytes(usize),
+    #[error(
+        "frame payload of {given} bytes is not in canonical form (its canonical encoding is {canonical} bytes: an integer is written longer than it needs): the peer does not encode as this protocol does"
+    )]
+    NotCanonical { given: usize, canonical: usize },
     #[error("frame carries {count} items, more than the limit of {limit}")]
     TooManyItems { count: usize, limit: usize },
 }
@@ -277,6 +282,23 @@ pub fn decode_payload(payload: &[u8]) -> Result<Message, FrameError> {
             .map_err(|e| FrameError::Malformed(e.to_string()))?;
     if used != payload.len() {
         return Err(FrameError::TrailingBytes(payload.len() - used));
+    }
+    // Only the canonical form: bincode also reads integers written longer than they need, and
+    // such an encoding is longer than the canonical one (nothing else in a message has two
+    // forms), so comparing lengths is enough, and cheap (a batch's bytes are counted, not
+    // copied).
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::encode_into_writer(
+        &message,
+        &mut size,
+        bincode_config::<BATCH_FRAME_BYTES_MAX>(),
+    )
+    .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if size.bytes_written != payload.len() {
+        return Err(FrameError::NotCanonical {
+            given: payload.len(),
+            canonical: size.bytes_written,
+        });
     }
     message.check_counts()?;
     Ok(message)

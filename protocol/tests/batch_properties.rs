@@ -269,3 +269,29 @@ fn a_newer_batch_format_is_named_as_such() {
     let bytes = bincode::encode_to_vec(&batch, bincode::config::standard()).unwrap();
     assert_eq!(Batch::decode(&bytes), Err(DecodeError::Format(2)));
 }
+
+/// Found by the `wire_frame` fuzz target (`fuzz/regressions/wire_frame/`): bincode reads an
+/// integer written longer than it needs, so a frame had several encodings; only the canonical
+/// one is accepted now.
+#[test]
+fn a_frame_with_an_integer_written_longer_than_it_needs_is_refused() {
+    // Ping (variant 13) with its nonce 0x00ff22ff as a full u64 (marker 0xFD and 8 bytes),
+    // where the canonical form writes a u32 (marker 0xFC and 4 bytes).
+    let frame = [1, 0, 0, 0, 10, 13, 0xFD, 0xFF, 0x22, 0xFF, 0, 0, 0, 0, 0];
+    let canonical = Message::Ping { nonce: 0x00ff_22ff }.encode();
+    assert_eq!(canonical.len(), 5 + 6);
+    assert_eq!(
+        wire::decode_frame(&frame, FRAME_BYTES_MAX),
+        Err(wire::FrameError::NotCanonical {
+            given: 10,
+            canonical: 6
+        })
+    );
+    assert_eq!(
+        wire::decode_frame(&canonical, FRAME_BYTES_MAX),
+        Ok(Some((
+            Message::Ping { nonce: 0x00ff_22ff },
+            canonical.len()
+        )))
+    );
+}

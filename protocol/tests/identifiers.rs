@@ -2,8 +2,8 @@
 //! `tests/data/identifier-test-vectors.csv` (a copy of `shared/data/identifier-test-vectors.csv`).
 
 use protocol::ids::{
-    ResidentId, Uscc, org_code_check_char, registration_number_check_digit, resident_id_check_char,
-    uscc_check_char,
+    BirthDate, BirthDateProblem, IdError, Period, Placeholder, ResidentId, Uscc,
+    org_code_check_char, registration_number_check_digit, resident_id_check_char, uscc_check_char,
 };
 
 const VECTORS: &str = include_str!("data/identifier-test-vectors.csv");
@@ -148,4 +148,169 @@ fn vector_copy_matches_shared_reference() {
         Ok(reference) => assert_eq!(reference, VECTORS, "re-copy {}", shared.display()),
         Err(_) => eprintln!("{} not present; checked the copy only", shared.display()),
     }
+}
+
+/// `first17` completed with its GB 32100 check character, so that a placeholder passes the
+/// check and only the placeholder rule can refuse it.
+fn with_check(first17: &str) -> String {
+    format!("{first17}{}", uscc_check_char(first17.as_bytes()).unwrap())
+}
+
+#[test]
+fn placeholder_credit_codes_are_named_as_such() {
+    let cases: Vec<(String, Placeholder)> = vec![
+        // 000000000000000000 passes its check character: (31 - 0) mod 31 = 0.
+        ("000000000000000000".into(), Placeholder::Repeated('0')),
+        ("00000000000000000X".into(), Placeholder::Repeated('0')),
+        ("111111111111111111".into(), Placeholder::Repeated('1')),
+        (with_check("11111111111111111"), Placeholder::Repeated('1')),
+        (with_check("99999999999999999"), Placeholder::Repeated('9')),
+        ("91445281MA00000000".into(), Placeholder::ZeroSubject),
+        (with_check("91445281MA0000000"), Placeholder::ZeroSubject),
+        (with_check("91445281000000000"), Placeholder::ZeroSubject),
+        (
+            with_check("91445281111111111"),
+            Placeholder::RepeatedSubject('1'),
+        ),
+        (with_check("01440300192203821"), Placeholder::Authority('0')),
+        (with_check("B1440300192203821"), Placeholder::Authority('B')),
+        (with_check("90440300192203821"), Placeholder::Category('0')),
+        (with_check("9A440300192203821"), Placeholder::Category('A')),
+        (with_check("91000000192203821"), Placeholder::Region),
+        (with_check("91001234192203821"), Placeholder::Region),
+    ];
+    for (code, expected) in cases {
+        let uscc = Uscc::parse(&code).unwrap_or_else(|e| panic!("{code}: {e}"));
+        assert_eq!(uscc.placeholder(), Some(expected), "{code}");
+        assert!(
+            expected
+                .to_string()
+                .starts_with("a placeholder, not a code: "),
+            "{expected}"
+        );
+    }
+}
+
+#[test]
+fn real_credit_codes_are_not_placeholders() {
+    for v in vectors()
+        .iter()
+        .filter(|v| v.kind == "USCC" && v.expected_valid)
+    {
+        let uscc = Uscc::parse(&v.value).unwrap();
+        assert_eq!(uscc.placeholder(), None, "{}", v.value);
+    }
+    // Central registrations (region 100000), MA-series and letter-only bodies are real forms.
+    for code in [
+        "911000001000013428",
+        "91310115MA1K3BTP2B",
+        "91350100M000100Y43",
+    ] {
+        assert_eq!(Uscc::parse(code).unwrap().placeholder(), None, "{code}");
+    }
+    assert_eq!(
+        Uscc::parse(&with_check("91440300MABCDEFG0"))
+            .unwrap()
+            .placeholder(),
+        None
+    );
+}
+
+/// 17 digits completed with their GB 11643 check character.
+fn resident(first17: &str) -> String {
+    format!("{first17}{}", resident_id_check_char(first17.as_bytes()))
+}
+
+#[test]
+fn resident_ids_with_impossible_birth_dates_are_refused_despite_their_check_character() {
+    for (first17, problem) in [
+        ("11010519491331002", BirthDateProblem::NoSuchMonth), // month 13
+        ("11010519490031002", BirthDateProblem::NoSuchMonth), // month 00
+        ("11010520230230002", BirthDateProblem::NoSuchDay),   // 30 February
+        ("11010519490229002", BirthDateProblem::NoSuchDay),   // 1949 is no leap year
+        ("11010519490100002", BirthDateProblem::NoSuchDay),   // day 0
+        ("11010519490432002", BirthDateProblem::NoSuchDay),   // 32 April
+        ("11010506490101002", BirthDateProblem::TooEarly),    // year 0649
+    ] {
+        let id = resident(first17);
+        match ResidentId::parse(&id) {
+            Err(IdError::ResidentIdBirthDate {
+                value,
+                problem: got,
+            }) => {
+                assert_eq!(got, problem, "{id}");
+                assert!(!value.contains(&id[6..14]), "the date is masked: {value}");
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+        let message = ResidentId::parse(&id).unwrap_err().to_string();
+        assert!(!message.contains(&id), "{message}");
+        assert!(message.contains("check it with its owner"), "{message}");
+    }
+    // Real dates, including 29 February of a leap year and the standard's 1880 example.
+    for first17 in [
+        "11010520000229002",
+        "44052418800101001",
+        "11010519491231002",
+    ] {
+        let id = resident(first17);
+        ResidentId::parse(&id).unwrap_or_else(|e| panic!("{id}: {e}"));
+    }
+    assert_eq!(
+        ResidentId::parse("11010519491231002X")
+            .unwrap()
+            .birth_date(),
+        BirthDate {
+            year: 1949,
+            month: 12,
+            day: 31
+        }
+    );
+}
+
+#[test]
+fn a_birth_date_after_the_records_period_is_refused() {
+    let id = ResidentId::parse(&resident("11010520220531002")).unwrap();
+    let may = Period::parse("2022-05").unwrap();
+    assert_eq!(
+        id.check_born_by(may),
+        Ok(()),
+        "born on the last day of the month"
+    );
+    assert_eq!(
+        id.check_born_by(Period::parse("2022-05-30").unwrap()),
+        Err(BirthDateProblem::After(
+            Period::parse("2022-05-30").unwrap()
+        ))
+    );
+    assert_eq!(
+        id.check_born_by(Period::parse("2022-04").unwrap()),
+        Err(BirthDateProblem::After(
+            Period::parse("2022-04-30").unwrap()
+        ))
+    );
+}
+
+#[test]
+fn days_since_the_epoch_become_calendar_days() {
+    for (days, day) in [
+        (0, "1970-01-01"),
+        (-1, "1969-12-31"),
+        (11_016, "2000-02-29"),
+        (20_789, "2026-12-02"),
+        (-7_670, "1949-01-01"),
+    ] {
+        assert_eq!(
+            Period::from_days_since_epoch(days),
+            Some(Period::parse(day).unwrap()),
+            "{days}"
+        );
+    }
+    assert_eq!(
+        Period::from_days_since_epoch(-7_671),
+        None,
+        "1948 is before YEAR_MIN"
+    );
+    assert_eq!(Period::from_days_since_epoch(i64::MAX), None);
+    assert_eq!(Period::from_days_since_epoch(i64::MIN), None);
 }

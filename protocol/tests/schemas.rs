@@ -207,6 +207,94 @@ fn failing_uscc_check_is_a_warning_not_a_rejection() {
 }
 
 #[test]
+fn placeholder_credit_codes_are_refused_with_what_to_do() {
+    let schema = Registry::builtin().by_name("water_fee").unwrap();
+    for code in [
+        "000000000000000000",
+        "00000000000000000X",
+        "111111111111111111",
+        "91445281MA00000000",
+    ] {
+        let mut row = full_row(schema);
+        row[schema.field_index("subject_uscc").unwrap()] = code.into();
+        let problems = validate(schema, &row).expect_err(code);
+        assert_eq!(problems.len(), 1, "{code}: {problems:?}");
+        let problem = &problems[0];
+        assert_eq!(
+            (problem.field.as_str(), problem.rule, problem.severity),
+            ("subject_uscc", Rule::Placeholder, Severity::Error),
+            "{code}"
+        );
+        assert!(
+            problem.message.contains("placeholder")
+                && problem.message.contains("ask the source unit"),
+            "{code}: {}",
+            problem.message
+        );
+    }
+}
+
+#[test]
+fn a_placeholder_code_from_a_peer_fails_the_receivers_check() {
+    let schema = Registry::builtin().by_name("water_fee").unwrap();
+    let mut record = validate(schema, &full_row(schema)).unwrap().record;
+    record.values[schema.field_index("source_unit_uscc").unwrap()] =
+        Value::Text("000000000000000000".into());
+    let problems = schema.check_record(&record, period());
+    assert!(
+        problems.iter().any(|p| p.rule == Rule::Placeholder),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn resident_ids_born_after_the_period_or_on_no_date_are_refused() {
+    let schema = Registry::builtin().by_name("water_fee").unwrap();
+    let resident = |first17: &str| {
+        format!(
+            "{first17}{}",
+            protocol::ids::resident_id_check_char(first17.as_bytes())
+        )
+    };
+    let person_row = |id: &str| {
+        let mut row = full_row(schema);
+        row[schema.field_index("subject_kind").unwrap()] = "自然人".into();
+        row[schema.field_index("subject_uscc").unwrap()] = String::new();
+        row[schema.field_index("subject_id_number").unwrap()] = id.into();
+        row
+    };
+    // The batch is for 2022-05: born on its last day is possible, the day after is not.
+    assert!(validate(schema, &person_row(&resident("11010520220531002"))).is_ok());
+    for (first17, rule, words) in [
+        (
+            "11010520220601002",
+            Rule::OutOfRange,
+            "later than 2022-05-31",
+        ),
+        (
+            "11010520990101002",
+            Rule::OutOfRange,
+            "later than 2022-05-31",
+        ),
+        ("11010519491331002", Rule::Format, "month"),
+        ("11010520230230002", Rule::Format, "day"),
+    ] {
+        let id = resident(first17);
+        let problems = validate(schema, &person_row(&id)).expect_err(&id);
+        assert_eq!(problems.len(), 1, "{id}: {problems:?}");
+        let problem = &problems[0];
+        assert_eq!(
+            (problem.field.as_str(), problem.rule),
+            ("subject_id_number", rule),
+            "{id}"
+        );
+        assert!(problem.message.contains(words), "{id}: {}", problem.message);
+        assert!(!problem.value.contains(&id[6..14]), "{}", problem.value);
+        assert!(!problem.message.contains(&id[6..14]), "{}", problem.message);
+    }
+}
+
+#[test]
 fn period_mismatch_is_reported() {
     let schema = Registry::builtin().by_name("water_fee").unwrap();
     let mut row = full_row(schema);

@@ -51,12 +51,23 @@ impl Rng {
     }
 }
 
-/// A valid unified social credit code registered at `region`.
+/// A valid unified social credit code registered at `region` (the national platform's
+/// `000000` is no division: such codes are registered centrally, at `100000`). Never a
+/// placeholder validation refuses (`Uscc::placeholder`).
 pub fn uscc(rng: &mut Rng, kind: &str, region: NodeId) -> String {
-    let body: String = (0..8)
-        .map(|_| char::from(b'0' + rng.below(10) as u8))
-        .collect();
+    let mut body: Vec<u8> = (0..8).map(|_| b'0' + rng.below(10) as u8).collect();
+    // A body of one repeated digit (zeros included) is a placeholder: change its last digit,
+    // without drawing from `rng`, so every other code stays what it was.
+    if body.iter().all(|&b| b == body[0]) {
+        body[7] = if body[0] == b'1' { b'2' } else { b'1' };
+    }
+    let body = String::from_utf8(body).expect("digits");
     let org_check = org_code_check_char(body.as_bytes()).expect("digits");
+    let region = if region.is_national() {
+        "100000".to_owned()
+    } else {
+        region.to_string()
+    };
     let first17 = format!("{kind}{region}{body}{org_check}");
     let check = uscc_check_char(first17.as_bytes()).expect("alphabet");
     format!("{first17}{check}")
@@ -274,4 +285,26 @@ fn make_bad(schema: &Schema, values: &mut [String], n: usize) -> String {
     let (index, value) = choices[n % choices.len()];
     values[index] = value.to_owned();
     schema.fields[index].name.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::ids::{ResidentId, Uscc};
+
+    #[test]
+    fn generated_identifiers_pass_validation_rules() {
+        let regions = [NodeId::NATIONAL, NodeId::parse("445281").expect("division")];
+        for region in regions {
+            let mut rng = Rng::new(7);
+            for _ in 0..20_000 {
+                let code = uscc(&mut rng, "91", region);
+                let parsed = Uscc::parse(&code).expect("well formed");
+                assert!(parsed.check_char_ok(), "{code}");
+                assert_eq!(parsed.placeholder(), None, "{code}");
+                let id = resident_id(&mut rng, region);
+                ResidentId::parse(&id).expect("valid resident id");
+            }
+        }
+    }
 }
