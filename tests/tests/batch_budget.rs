@@ -188,8 +188,8 @@ async fn connect_as_child(
 /// Starts every kind of attack on a connection.
 fn unleash(connection: &quinn::Connection, arsenal: &Arc<Arsenal>) {
     for (kind, tasks, rounds) in [
-        (Attack::Stalled, 6, usize::MAX),
-        (Attack::Silent, 3, usize::MAX),
+        (Attack::Stalled, 8, usize::MAX),
+        (Attack::Silent, 1, usize::MAX),
         (Attack::JunkHeader, 1, 200),
         (Attack::Forged, 2, 4),
     ] {
