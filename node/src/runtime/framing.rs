@@ -89,8 +89,8 @@ const fn charge(payload_bytes: usize) -> usize {
 /// The most one link may hold charged at once: one largest batch frame. Half the budget, so
 /// one child can never hold all of it.
 pub(super) const LINK_SHARE_BYTES: usize = charge(wire::BATCH_FRAME_BYTES_MAX);
-/// The node-wide budget for batch streams being read, over all links: two largest frames
-/// (256 MiB + 8 KiB). Batch frame bytes this node holds from the network, in buffers and
+/// The node-wide budget for batch streams being read, over all links: two largest frames,
+/// each charged twice (256 MiB + 16 KiB). Batch frame bytes this node holds from the network, in buffers and
 /// decoded batches not yet handled by the core, never exceed it (QUIC's own buffers are
 /// bounded per connection by the transport's receive windows).
 pub(super) const BATCH_BUDGET_BYTES: usize = 2 * LINK_SHARE_BYTES;
@@ -128,8 +128,8 @@ pub(super) struct Charge {
 impl Charge {
     async fn take(bytes: usize, link: &LinkShare, node: &BatchBudget) -> Charge {
         let permits = u32::try_from(bytes).expect("a charge is at most two batch frames");
-        // The link's share first: a link's streams queue behind each other there, so at most
-        // one of them at a time waits in the node's queue.
+        // The link's share first: a link's streams queue behind each other there, so what one
+        // link waits for in the node's queue never exceeds its share.
         let link = link.0.clone().acquire_many_owned(permits).await;
         let node = node.0.clone().acquire_many_owned(permits).await;
         Charge {
