@@ -76,10 +76,16 @@ pub(super) fn batch_frame(
 /// No byte of a batch stream for this long (its header, the next bytes of its frame, or its
 /// end after the frame): the stream is stopped and the child offers the batch again.
 pub(super) const BATCH_STALL: Duration = Duration::from_secs(10);
-/// The slowest average rate a batch frame may arrive at once it is being read: a frame of
-/// `n` bytes must be in within [`BATCH_STALL`] + `n` / this (64 MiB: 266 s). A child that
-/// trickles its bytes holds its share of the budget no longer than that.
+/// The slowest a link may deliver the batch frames it is sending.
 pub(super) const BATCH_RATE_MIN_BYTES_PER_S: u64 = 256 * 1024;
+/// How long a batch frame may take once its reading starts, whatever its size: a link's
+/// share lets at most one largest frame's bytes be read at once, so a link that delivers at
+/// least [`BATCH_RATE_MIN_BYTES_PER_S`] (2 Mbit/s) brings every frame in within this,
+/// however its batches are sized and however many are read side by side (10 s + 64 MiB at
+/// 256 KiB/s: 266 s). A child that trickles its bytes holds its share no longer than that.
+pub(super) const BATCH_FRAME_DEADLINE: Duration = Duration::from_secs(
+    BATCH_STALL.as_secs() + wire::BATCH_FRAME_BYTES_MAX as u64 / BATCH_RATE_MIN_BYTES_PER_S,
+);
 /// What a batch frame of `n` payload bytes is charged while it is read and handled: its
 /// buffer, and the copy of the batch decoded from it (the buffer goes, and half the charge
 /// with it, once decoded).
@@ -155,11 +161,11 @@ pub(super) enum BatchStreamError {
     )]
     Stalled { what: &'static str },
     #[error(
-        "a batch frame of {length} bytes was not in after {} s (slower than {} KiB/s on average): stream stopped",
-        .allowed.as_secs(),
+        "a batch frame of {length} bytes was not in after {} s (the link delivered less than {} KiB/s): stream stopped",
+        BATCH_FRAME_DEADLINE.as_secs(),
         BATCH_RATE_MIN_BYTES_PER_S / 1024
     )]
-    TooSlow { length: usize, allowed: Duration },
+    TooSlow { length: usize },
     #[error("reading a batch stream: {0}")]
     Read(#[from] quinn::ReadError),
     #[error("batch stream ended inside its frame")]
@@ -207,12 +213,10 @@ async fn read_batch_frame(
     // Zeroed memory is mapped lazily: a frame declared large and never sent costs nothing
     // but its charge.
     let mut payload = vec![0u8; length];
-    let allowed =
-        BATCH_STALL + Duration::from_millis(length as u64 * 1000 / BATCH_RATE_MIN_BYTES_PER_S);
     read_full(
         stream,
         &mut payload,
-        Some(Instant::now() + allowed),
+        Some(Instant::now() + BATCH_FRAME_DEADLINE),
         "the frame",
     )
     .await?;
@@ -257,7 +261,6 @@ async fn read_full(
     deadline: Option<Instant>,
     what: &'static str,
 ) -> Result<(), BatchStreamError> {
-    let started = Instant::now();
     let mut filled = 0;
     while filled < buffer.len() {
         let stall = Instant::now() + BATCH_STALL;
@@ -270,7 +273,6 @@ async fn read_full(
             Err(_) if deadline.is_some_and(|d| d <= stall) => {
                 return Err(BatchStreamError::TooSlow {
                     length: buffer.len(),
-                    allowed: until - started,
                 });
             }
             Err(_) => return Err(BatchStreamError::Stalled { what }),
