@@ -47,8 +47,23 @@ pub const ALPN: &[u8] = b"credit-sync/1";
 const SERVER_NAME: &str = "credit-node";
 pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Batch streams a peer may have open at once.
-pub const STREAMS_MAX: u32 = 32;
+/// Batch streams a child may have open at once on its connection: the sender keeps at most
+/// its window (8) of batches in flight, so more would only be more unread data to hold.
+pub const STREAMS_MAX: u32 = 8;
+/// Bytes a peer may send on one stream ahead of what this node has read. It bounds what QUIC
+/// holds for a stream the runtime has not started reading (a batch stream waiting for the
+/// byte budget): at most [`STREAMS_MAX`] batch streams and the control stream, so per
+/// connection at most 9 MiB of unread stream data — below [`RECEIVE_WINDOW`], so batch
+/// streams left unread never take the control stream's share of the connection's window.
+/// One window a round trip is ~33 MB/s a stream at 30 ms, 8 streams ~260 MB/s; a hop
+/// verifies ~50 MB/s.
+pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
+/// Bytes a peer may send on the whole connection ahead of what this node has read (a
+/// backstop: the stream windows already bound it at 9 MiB).
+pub const RECEIVE_WINDOW: u32 = 12 * 1024 * 1024;
+/// Bytes QUIC buffers for sending on one connection (the receiver lets at most
+/// [`RECEIVE_WINDOW`] be in flight, so more would only be held longer).
+pub const SEND_WINDOW: u64 = 16 * 1024 * 1024;
 
 /// The topology a running node acts on; replaced whole on reload.
 pub type SharedTopology = Arc<RwLock<Arc<Topology>>>;
@@ -500,7 +515,16 @@ impl ClientCertVerifier for PinnedClients {
     }
 }
 
-fn transport_config() -> Arc<quinn::TransportConfig> {
+/// Which end of a link a transport config is for: it decides which streams the peer may open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The parent: a child opens one control stream and a batch stream per batch.
+    Accepting,
+    /// The child: the parent opens no stream (it answers on the child's control stream).
+    Dialing,
+}
+
+fn transport_config(end: End) -> Arc<quinn::TransportConfig> {
     let mut config = quinn::TransportConfig::default();
     config.keep_alive_interval(Some(KEEP_ALIVE));
     config.max_idle_timeout(Some(
@@ -508,13 +532,16 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
             .try_into()
             .expect("10 s is a valid idle timeout"),
     ));
-    config.max_concurrent_uni_streams(STREAMS_MAX.into());
-    config.max_concurrent_bidi_streams(4u32.into());
-    // Batches are up to 64 MiB: let one stream and the connection keep a large window in
-    // flight on fast links.
-    config.stream_receive_window((16u32 * 1024 * 1024).into());
-    config.receive_window((64u32 * 1024 * 1024).into());
-    config.send_window(64 * 1024 * 1024);
+    let (uni, bidi) = match end {
+        End::Accepting => (STREAMS_MAX, 1u32),
+        End::Dialing => (0, 0),
+    };
+    config.max_concurrent_uni_streams(uni.into());
+    config.max_concurrent_bidi_streams(bidi.into());
+    // What a peer can make this node hold in QUIC's buffers: see the constants.
+    config.stream_receive_window(STREAM_RECEIVE_WINDOW.into());
+    config.receive_window(RECEIVE_WINDOW.into());
+    config.send_window(SEND_WINDOW);
     Arc::new(config)
 }
 
@@ -554,7 +581,7 @@ pub fn server_config_with(
             config
         }
     };
-    config.transport_config(transport_config());
+    config.transport_config(transport_config(End::Accepting));
     Ok(config)
 }
 
@@ -592,7 +619,7 @@ pub fn client_config_with(
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| TransportError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport_config());
+    config.transport_config(transport_config(End::Dialing));
     if let Some(seeded) = &seams.seeded {
         // 20 bytes, as quinn's default provider makes them.
         let cids = seeded.cids.clone();

@@ -343,9 +343,10 @@ fn unpinned_child_fails_on_its_first_stream_operation() {
         .result
         .as_ref()
         .expect_err("an unpinned child must be refused");
-    // Opening, writing (2 MiB fit in the send buffer) and finishing are local; the read is
-    // the first operation that waits on the parent, and it reports the refusal.
-    assert!(error.starts_with("read: "), "failed elsewhere: {error}");
+    // Opening is local; the write waits on the parent once it has used the stream's window
+    // (1 MiB, `transport::STREAM_RECEIVE_WINDOW`), so the write reports the refusal (with a
+    // payload inside the window it would be the read).
+    assert!(error.starts_with("write: "), "failed elsewhere: {error}");
     // The parent closed with TLS alert 40 (handshake_failure) and its verifier's reason.
     let reason = outcome.child.close_reason.as_deref().unwrap_or_default();
     assert!(

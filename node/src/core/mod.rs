@@ -799,6 +799,22 @@ impl<K: Kv> Core<K> {
                 }
                 self.admission_refused.remove(&child);
                 info!(peer = %child, "child connected");
+                // One connection per child: a newer authenticated connection replaces the
+                // older (a child that reconnected before its old connection was found dead;
+                // two processes with one key would take turns).
+                let older: Vec<LinkId> = self
+                    .downlinks
+                    .iter()
+                    .filter(|(_, s)| s.machine.child() == child)
+                    .map(|(old, _)| *old)
+                    .collect();
+                for old in older {
+                    info!(peer = %child, "a new connection from this child replaces its old one");
+                    self.push(Output::Close {
+                        link: old,
+                        reason: "replaced by a newer connection from the same child".into(),
+                    });
+                }
                 self.downlinks.insert(
                     link,
                     DownlinkSlot {

@@ -1731,3 +1731,66 @@ fn a_child_without_a_valid_assessment_is_refused_and_closed_when_it_expires() {
         "{closed:?}"
     );
 }
+
+#[test]
+fn a_child_link_is_up_only_for_a_child_key_and_a_newer_connection_replaces_the_older() {
+    let kv = MemKv::new();
+    let mut city = core(CITY, topology(1, None), kv.clone());
+    drain(&mut city);
+    let audited = |kv: &MemKv| Store::new(kv.clone()).audit_entries().count();
+    let before = audited(&kv);
+    let hello_on = |outputs: &[Output], on: LinkId| {
+        outputs.iter().any(|o| {
+            matches!(o, Output::Transmit { link, message: Message::Hello { .. } } if *link == on)
+        })
+    };
+    let closes = |outputs: &[Output], on: LinkId| {
+        outputs
+            .iter()
+            .any(|o| matches!(o, Output::Close { link, .. } if *link == on))
+    };
+    // A key pinned for no node, and the province's key (pinned, but not a child of the
+    // city): closed at once, never answered, never shown connected, nothing audited.
+    for (link, key) in [
+        (LinkId(1), NodeKey::from_seed([0x5a; 32]).public()),
+        (LinkId(2), key(id(PROVINCE)).public()),
+    ] {
+        city.handle_link_up(link, LinkKind::Down { key }, now(1))
+            .unwrap();
+        let outputs = drain(&mut city);
+        assert!(closes(&outputs, link), "{outputs:?}");
+        assert!(
+            !hello_on(&outputs, link),
+            "no Hello to a key that is not a child's"
+        );
+        assert!(city.links().iter().all(|l| !l.connected));
+        assert_eq!(audited(&kv), before);
+    }
+    // The county's key: the link is up and answered.
+    link_from(&mut city, LinkId(3), COUNTY, now(2));
+    let outputs = drain(&mut city);
+    assert!(hello_on(&outputs, LinkId(3)) && !closes(&outputs, LinkId(3)));
+    assert!(
+        city.links()
+            .iter()
+            .any(|l| l.connected && l.direction == "down")
+    );
+    // The county connects again: the newer connection replaces the older one, which is
+    // closed; the county stays connected on the newer.
+    link_from(&mut city, LinkId(4), COUNTY, now(3));
+    let outputs = drain(&mut city);
+    assert!(
+        closes(&outputs, LinkId(3)),
+        "the older connection is closed: {outputs:?}"
+    );
+    assert!(hello_on(&outputs, LinkId(4)) && !closes(&outputs, LinkId(4)));
+    city.handle_link_down(LinkId(3), "replaced", now(4))
+        .unwrap();
+    assert!(
+        city.links()
+            .iter()
+            .any(|l| l.connected && l.direction == "down")
+    );
+    city.handle_link_down(LinkId(4), "gone", now(5)).unwrap();
+    assert!(city.links().iter().all(|l| !l.connected));
+}

@@ -3,22 +3,27 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use protocol::PublicKey;
 use protocol::ids::{BatchId, NodeId};
 use protocol::wire::SignedReceipt;
 use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use super::Node;
-use super::framing::{self, CONTROL_QUEUE};
+use super::framing::{self, CONTROL_QUEUE, LinkShare, ReadBatch};
 use crate::core::{LinkId, LinkKind, Route};
 use crate::store::Kv;
 use crate::transport::{self, current};
 
-/// Batch streams read at once per link. Each may hold up to a whole batch (64 MiB) in memory;
-/// further streams wait unread inside QUIC's flow-control window.
+/// Batch streams read at once per link (their bytes are bounded by the link's share of the
+/// byte budget, see `framing`); further streams wait unread inside QUIC's flow-control
+/// windows.
 const RECEIVES_PER_LINK: usize = 4;
+/// How long an accepted child has to open its control stream before its connection is closed.
+const CONTROL_STREAM_WAIT: Duration = Duration::from_secs(10);
 
 /// Dials a route's peer for the core; drives the connection until it ends.
 pub(super) async fn dial<K: Kv>(
@@ -78,8 +83,10 @@ fn open_link<K: Kv>(
     link
 }
 
-/// Accepts connections from children (the TLS layer has already checked their keys against
-/// the topology; the core decides again on the key it is told).
+/// Accepts connections from children. The TLS layer has already checked their keys against
+/// the topology when a connection comes out of its handshake; the core is told at once (a
+/// link is up only once its peer is authenticated, and as soon as it is: one connection per
+/// child, a newer one replacing the older) and decides again on the key it is told.
 pub(super) async fn accept_loop<K: Kv>(node: Arc<Node<K>>) {
     while let Some(incoming) = node.endpoint.accept().await {
         let node = node.clone();
@@ -99,16 +106,31 @@ pub(super) async fn accept_loop<K: Kv>(node: Arc<Node<K>>) {
                 .map(|n| n.id.to_string());
             let span = info_span!("downlink", peer = peer.as_deref().unwrap_or("unknown"));
             async move {
-                let (send, recv) = match connection.accept_bi().await {
-                    Ok(streams) => streams,
-                    Err(e) => return debug!(error = %e, "no control stream"),
-                };
-                let link = open_link(&node, &connection, send);
+                // Frames the core sends before the control stream is open wait in the queue.
+                let (tx, rx) = mpsc::unbounded_channel();
+                let link = node.register(connection.clone(), tx);
                 if let Err(e) = node
                     .with_core(|core, now| core.handle_link_up(link, LinkKind::Down { key }, now))
                 {
                     error!(error = %e, "downlink: the store failed");
                 }
+                let control =
+                    tokio::time::timeout(CONTROL_STREAM_WAIT, connection.accept_bi()).await;
+                let (send, recv) = match control {
+                    Ok(Ok(streams)) => streams,
+                    Ok(Err(e)) => {
+                        return link_ended(&node, link, &format!("no control stream: {e}"));
+                    }
+                    Err(_) => {
+                        connection.close(1u32.into(), b"no control stream");
+                        let reason = format!(
+                            "no control stream within {} s of the handshake",
+                            CONTROL_STREAM_WAIT.as_secs()
+                        );
+                        return link_ended(&node, link, &reason);
+                    }
+                };
+                tokio::spawn(framing::writer(send, rx, connection.clone()));
                 drive(node, link, connection, recv, true).await;
             }
             .instrument(span)
@@ -117,8 +139,18 @@ pub(super) async fn accept_loop<K: Kv>(node: Arc<Node<K>>) {
     }
 }
 
+/// Tells the core a link is gone, once the runtime has forgotten it.
+fn link_ended<K: Kv>(node: &Arc<Node<K>>, link: LinkId, reason: &str) {
+    node.unregister(link);
+    if let Err(e) = node.with_core(|core, now| core.handle_link_down(link, reason, now)) {
+        error!(error = %e, "link down: the store failed");
+    }
+}
+
 /// Feeds one connection's control frames (and, on a child's link, its batch streams) to the
-/// core until the connection ends; then tells the core the link is down.
+/// core until the connection ends; then tells the core the link is down. Batch streams still
+/// being read or handled when it ends are dropped with it (their charges go back to the
+/// budget; the child offers those batches again).
 async fn drive<K: Kv>(
     node: Arc<Node<K>>,
     link: LinkId,
@@ -129,6 +161,8 @@ async fn drive<K: Kv>(
     let (tx, mut frames) = mpsc::channel(CONTROL_QUEUE);
     framing::spawn_reader(recv, tx);
     let slots = Arc::new(Semaphore::new(RECEIVES_PER_LINK));
+    let share = LinkShare::new();
+    let mut receives = JoinSet::new();
     let reason = loop {
         // `biased`: a fixed order, so a simulated run replays. Frames first; a child that
         // floods control frames only delays its own batch streams (the queue is bounded).
@@ -151,34 +185,60 @@ async fn drive<K: Kv>(
             },
             stream = connection.accept_uni(), if accepts_batches => match stream {
                 Ok(stream) => {
-                    let node = node.clone();
-                    let slots = slots.clone();
-                    tokio::spawn(async move {
-                        let _slot = slots.acquire_owned().await.expect("the semaphore is never closed");
-                        match framing::read_batch(stream).await {
-                            Ok((signed, first_receipt)) => {
-                                let span = info_span!("batch", batch = %signed.id.short());
-                                let blocking = node.blocking;
-                                let _ = blocking.run(move || {
-                                    let _entered = span.enter();
-                                    if let Err(e) = node.with_core(|core, now| core.handle_batch(link, signed, first_receipt, now)) {
-                                        error!(error = %e, "storing a batch failed; the child will offer it again");
-                                    }
-                                })
-                                .await;
-                            }
-                            Err(reason) => node.with_core(|core, _| core.handle_batch_stream_failed(link, &reason)),
-                        }
-                    });
+                    receives.spawn(receive_batch(node.clone(), link, stream, slots.clone(), share.clone()));
                 }
                 Err(e) => break e.to_string(),
             },
+            Some(done) = receives.join_next(), if !receives.is_empty() => {
+                if let Err(e) = done {
+                    error!(error = %e, "a batch stream's task failed");
+                }
+            }
             reason = connection.closed() => break reason.to_string(),
         }
     };
-    node.unregister(link);
-    if let Err(e) = node.with_core(|core, now| core.handle_link_down(link, &reason, now)) {
-        error!(error = %e, "link down: the store failed");
+    drop(receives);
+    link_ended(&node, link, &reason);
+}
+
+/// Reads one batch stream of a child's link (within the link's slots and share and the
+/// node's budget) and hands its batch to the core.
+async fn receive_batch<K: Kv>(
+    node: Arc<Node<K>>,
+    link: LinkId,
+    stream: quinn::RecvStream,
+    slots: Arc<Semaphore>,
+    share: LinkShare,
+) {
+    let _slot = slots
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
+    match framing::read_batch(stream, &share, &node.batch_budget).await {
+        Ok(ReadBatch {
+            batch,
+            first_receipt,
+            charge,
+        }) => {
+            let span = info_span!("batch", batch = %batch.id.short());
+            let blocking = node.blocking;
+            let _ = blocking
+                .run(move || {
+                    // The batch stays charged to the budget until the core has handled it.
+                    let _charge = charge;
+                    let _entered = span.enter();
+                    if let Err(e) = node
+                        .with_core(|core, now| core.handle_batch(link, batch, first_receipt, now))
+                    {
+                        error!(error = %e, "storing a batch failed; the child will offer it again");
+                    }
+                })
+                .await;
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            node.with_core(|core, _| core.handle_batch_stream_failed(link, &reason));
+        }
     }
 }
 

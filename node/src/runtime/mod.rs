@@ -337,6 +337,8 @@ pub struct Node<K: Kv = SledKv> {
     durable: watch::Sender<u64>,
     sync_requests: mpsc::UnboundedSender<u64>,
     timer: Notify,
+    /// The byte budget of batch streams being read, over all links (`framing`).
+    batch_budget: framing::BatchBudget,
 }
 
 impl<K: Kv> Node<K> {
@@ -706,6 +708,7 @@ pub async fn start_with<K: Kv>(seams: Seams<K>) -> Result<Arc<Node<K>>, StartErr
         durable: watch::channel(0).0,
         sync_requests,
         timer: Notify::new(),
+        batch_budget: framing::BatchBudget::new(),
     });
     info!(node = %me, %address, topology_version = version, "node listening");
     tokio::spawn(syncer(node.clone(), sync_rx));
