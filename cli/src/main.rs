@@ -399,6 +399,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             out.write_all(file.text.as_bytes())?;
         }
         Command::Run { dir, topology } => {
+            raise_open_files_limit();
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(run_node(dir, topology))?;
         }
@@ -676,7 +677,7 @@ async fn run_node(dir: PathBuf, topology: PathBuf) -> anyhow::Result<()> {
     let api_dir = dir.clone();
     tokio::spawn(async move {
         if let Err(e) = node::api::serve(api_node, &api_dir).await {
-            tracing::error!(error = %format!("{e:#}"), "operator API stopped");
+            tracing::error!(error = %format!("{e:#}"), "operator API did not start; the node syncs, but no command reaches it");
         }
     });
     tokio::spawn(node::runtime::reload_on_sighup(node.clone()));
@@ -694,6 +695,26 @@ async fn run_node(dir: PathBuf, topology: PathBuf) -> anyhow::Result<()> {
     tracing::info!("stopping");
     node::runtime::shutdown(&node).await;
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard one: a node holds a connection per link and
+/// per operator command, and the usual soft limit (1,024) is far below the usual hard one.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(current), Some(maximum)) = (limit.current, limit.maximum) else {
+        return;
+    };
+    if current < maximum {
+        let raised = Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::debug!(from = current, to = maximum, "raised the open-files limit"),
+            Err(e) => tracing::warn!(error = %e, current, maximum, "cannot raise the open-files limit"),
+        }
+    }
 }
 
 /// 0 when every row was accepted, 1 when some rows were refused (the good ones are batched).
