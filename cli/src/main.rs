@@ -413,9 +413,60 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let identity = Identity::load(&dir)?;
             let report = ingest_with_progress(&file, schema, &batch, &identity)?;
             let mut submitted = Vec::new();
+            let mut failure = None;
             for signed in &report.batches {
-                let answer = node::api::call(&dir, &node::api::ApiRequest::Submit(signed.clone()))?;
-                submitted.push(answer);
+                match node::api::call(&dir, &node::api::ApiRequest::Submit(signed.clone())) {
+                    Ok(answer) => submitted.push(answer),
+                    Err(e) => {
+                        failure = Some((signed.id, e));
+                        break;
+                    }
+                }
+            }
+            if let Some((failed, error)) = failure {
+                // Say exactly which batches the node holds durably and which it does not, so
+                // the operator knows what a second submit adds (nothing is stored twice).
+                let stored: Vec<String> = report.batches[..submitted.len()]
+                    .iter()
+                    .map(|b| b.id.to_hex())
+                    .collect();
+                let not_sent: Vec<String> = report.batches[submitted.len() + 1..]
+                    .iter()
+                    .map(|b| b.id.to_hex())
+                    .collect();
+                if json {
+                    let mut value = node::report::ingest_json(&report);
+                    value["submitted"] = serde_json::Value::Array(submitted);
+                    value["failed"] = serde_json::json!({
+                        "batch": failed.to_hex(),
+                        "error": format!("{error:#}"),
+                    });
+                    value["not_sent"] = serde_json::json!(not_sent);
+                    serde_json::to_writer_pretty(&mut out, &value)?;
+                    writeln!(out)?;
+                } else {
+                    node::report::write_ingest(&mut out, &file.display().to_string(), &report)?;
+                }
+                let list = |ids: &[String]| {
+                    if ids.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        ids.join(", ")
+                    }
+                };
+                bail!(
+                    "{file}: {} of {} batch(es) stored durably at node {}; batch {failed} was not accepted: {error:#}\n  stored: {}\n  not stored: {failed}{}\n  fix the cause and submit the file again: the stored batches are not stored twice",
+                    stored.len(),
+                    report.batches.len(),
+                    identity.id,
+                    list(&stored),
+                    if not_sent.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (refused), {} (not sent)", not_sent.join(", "))
+                    },
+                    file = file.display(),
+                );
             }
             if json {
                 let mut value = node::report::ingest_json(&report);
