@@ -763,7 +763,9 @@ fn raise_open_files_limit() {
         };
         match setrlimit(Resource::Nofile, raised) {
             Ok(()) => tracing::debug!(from = current, to = maximum, "raised the open-files limit"),
-            Err(e) => tracing::warn!(error = %e, current, maximum, "cannot raise the open-files limit"),
+            Err(e) => {
+                tracing::warn!(error = %e, current, maximum, "cannot raise the open-files limit")
+            }
         }
     }
 }

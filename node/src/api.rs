@@ -114,7 +114,9 @@ pub enum ServeError {
         "{path} exists and is not a socket: move it away, the node puts its operator API there"
     )]
     NotASocket { path: PathBuf },
-    #[error("cannot listen for the operator API on {path}: {io}: check that the node directory is writable")]
+    #[error(
+        "cannot listen for the operator API on {path}: {io}: check that the node directory is writable"
+    )]
     Listen { path: PathBuf, io: std::io::Error },
 }
 
@@ -197,7 +199,10 @@ struct SlotsInner {
 /// What the accept loop does with a new connection.
 enum Admit {
     /// It has a slot; `evict` fires when it must make room.
-    Open { slot: u64, evict: oneshot::Receiver<()> },
+    Open {
+        slot: u64,
+        evict: oneshot::Receiver<()>,
+    },
     /// Every slot is busy answering.
     Busy,
 }
@@ -298,10 +303,15 @@ pub async fn serve(node: Arc<Node>, dir: &Path) -> Result<(), ServeError> {
         match stream.peer_cred().map(|c| c.uid()) {
             Ok(uid) if uid == owner || uid == 0 => {}
             Ok(uid) => {
-                warn!(uid, owner, "operator API: refused a connection from another user");
+                warn!(
+                    uid,
+                    owner, "operator API: refused a connection from another user"
+                );
                 refuse(
                     stream,
-                    &format!("the operator API of this node is for its own user (uid {owner}); you are uid {uid}"),
+                    &format!(
+                        "the operator API of this node is for its own user (uid {owner}); you are uid {uid}"
+                    ),
                     false,
                 );
                 continue;

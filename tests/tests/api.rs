@@ -130,10 +130,7 @@ fn two_thousand_idle_connections_leave_the_api_answering_and_are_closed() {
     .unwrap_or_else(|e| panic!("{e}: {} still open", open.len()));
 
     // And it still answers, through the library's client too.
-    assert_eq!(
-        call(&dir, &ApiRequest::Status).unwrap()["node"],
-        "000000"
-    );
+    assert_eq!(call(&dir, &ApiRequest::Status).unwrap()["node"], "000000");
     assert!(
         !cluster.log(national).contains("operator API did not start"),
         "{}",
