@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use protocol::BatchId;
 
@@ -87,7 +88,12 @@ pub enum KvError {
 impl KvError {
     /// Whether the error is the disk (or the simulated disk) being full.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, KvError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
+        match self {
+            KvError::Io { source, .. } | KvError::Sled(sled::Error::Io(source)) => {
+                source.kind() == std::io::ErrorKind::StorageFull
+            }
+            KvError::Sled(_) => false,
+        }
     }
 }
 
@@ -166,7 +172,13 @@ struct Redo {
     broken: bool,
     /// Times sled was reopened after an error.
     reopened: u64,
+    /// When reopening last failed, and why: it is not tried again before
+    /// [`REOPEN_INTERVAL`] (reopening a large store reads its whole log).
+    failed: Option<(Instant, std::io::ErrorKind, String)>,
 }
+
+/// Least time between two attempts to reopen sled after a failed one.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
 fn open_sled(path: &Path) -> Result<SledOpen, sled::Error> {
     let db = sled::Config::new()
@@ -293,6 +305,34 @@ impl SledKv {
 
     /// Reopens sled and applies the redo log again. Called with the redo lock held.
     fn recover(&self, redo: &mut Redo) -> Result<(), KvError> {
+        if let Some((at, kind, reason)) = &redo.failed
+            && at.elapsed() < REOPEN_INTERVAL
+        {
+            return Err(KvError::Io {
+                path: self.shared.path.clone(),
+                source: std::io::Error::new(
+                    *kind,
+                    format!("waiting to reopen the store after a failed write: {reason}"),
+                ),
+            });
+        }
+        let result = self.reopen(redo);
+        redo.failed = match &result {
+            Ok(()) => None,
+            Err(e) => {
+                let kind = match e {
+                    KvError::Io { source, .. } | KvError::Sled(sled::Error::Io(source)) => {
+                        source.kind()
+                    }
+                    KvError::Sled(_) => std::io::ErrorKind::Other,
+                };
+                Some((Instant::now(), kind, e.to_string()))
+            }
+        };
+        result
+    }
+
+    fn reopen(&self, redo: &mut Redo) -> Result<(), KvError> {
         let mut open = self
             .shared
             .open
