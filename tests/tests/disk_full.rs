@@ -214,14 +214,19 @@ fn a_full_disk_then_freed_recovers_without_a_restart() {
     // Space comes back; the same process goes on.
     let freed = in_county_namespace(pid, &store, "rm \"$0/filler\"");
     assert!(freed.status.success(), "{freed:?}");
-    let second = submit(&cluster, county, &second_file, 100);
-    assert!(
-        second.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&second.stderr),
-        cluster.log(county)
-    );
-    let second: Vec<String> = batch_ids(&serde_json::from_slice(&second.stdout).unwrap());
+    // The store reopens at most once a second after a failed attempt: a submit in that second
+    // is refused (and says so); the operator's next try goes through.
+    let mut second = None;
+    wait_until("a submit to succeed once space is back", TIMEOUT, || {
+        let output = submit(&cluster, county, &second_file, 100);
+        if output.status.success() {
+            second = Some(output);
+            return Ok(true);
+        }
+        anyhow::bail!("{}", String::from_utf8_lossy(&output.stderr))
+    })
+    .unwrap_or_else(|e| panic!("{e}\ncounty log:\n{}", cluster.log(county)));
+    let second: Vec<String> = batch_ids(&serde_json::from_slice(&second.unwrap().stdout).unwrap());
     assert_eq!(second.len(), 3);
     wait_until(
         "every batch at the city and the county's outbox empty",
