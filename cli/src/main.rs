@@ -482,6 +482,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             out.write_all(file.text.as_bytes())?;
         }
         Command::Run { dir, topology } => {
+            raise_open_files_limit();
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(run_node(dir, topology))?;
         }
@@ -495,9 +496,60 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let identity = Identity::load(&dir)?;
             let report = ingest_with_progress(&file, schema, &batch, &identity)?;
             let mut submitted = Vec::new();
+            let mut failure = None;
             for signed in &report.batches {
-                let answer = node::api::call(&dir, &node::api::ApiRequest::Submit(signed.clone()))?;
-                submitted.push(answer);
+                match node::api::call(&dir, &node::api::ApiRequest::Submit(signed.clone())) {
+                    Ok(answer) => submitted.push(answer),
+                    Err(e) => {
+                        failure = Some((signed.id, e));
+                        break;
+                    }
+                }
+            }
+            if let Some((failed, error)) = failure {
+                // Say exactly which batches the node holds durably and which it does not, so
+                // the operator knows what a second submit adds (nothing is stored twice).
+                let stored: Vec<String> = report.batches[..submitted.len()]
+                    .iter()
+                    .map(|b| b.id.to_hex())
+                    .collect();
+                let not_sent: Vec<String> = report.batches[submitted.len() + 1..]
+                    .iter()
+                    .map(|b| b.id.to_hex())
+                    .collect();
+                if json {
+                    let mut value = node::report::ingest_json(&report);
+                    value["submitted"] = serde_json::Value::Array(submitted);
+                    value["failed"] = serde_json::json!({
+                        "batch": failed.to_hex(),
+                        "error": format!("{error:#}"),
+                    });
+                    value["not_sent"] = serde_json::json!(not_sent);
+                    serde_json::to_writer_pretty(&mut out, &value)?;
+                    writeln!(out)?;
+                } else {
+                    node::report::write_ingest(&mut out, &file.display().to_string(), &report)?;
+                }
+                let list = |ids: &[String]| {
+                    if ids.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        ids.join(", ")
+                    }
+                };
+                bail!(
+                    "{file}: {} of {} batch(es) stored durably at node {}; batch {failed} was not accepted: {error:#}\n  stored: {}\n  not stored: {failed}{}\n  fix the cause and submit the file again: the stored batches are not stored twice",
+                    stored.len(),
+                    report.batches.len(),
+                    identity.id,
+                    list(&stored),
+                    if not_sent.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (refused), {} (not sent)", not_sent.join(", "))
+                    },
+                    file = file.display(),
+                );
             }
             if json {
                 let mut value = node::report::ingest_json(&report);
@@ -759,7 +811,7 @@ async fn run_node(dir: PathBuf, topology: PathBuf) -> anyhow::Result<()> {
     let api_dir = dir.clone();
     tokio::spawn(async move {
         if let Err(e) = node::api::serve(api_node, &api_dir).await {
-            tracing::error!(error = %format!("{e:#}"), "operator API stopped");
+            tracing::error!(error = %format!("{e:#}"), "operator API did not start; the node syncs, but no command reaches it");
         }
     });
     tokio::spawn(node::runtime::reload_on_sighup(node.clone()));
@@ -777,6 +829,28 @@ async fn run_node(dir: PathBuf, topology: PathBuf) -> anyhow::Result<()> {
     tracing::info!("stopping");
     node::runtime::shutdown(&node).await;
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard one: a node holds a connection per link and
+/// per operator command, and the usual soft limit (1,024) is far below the usual hard one.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(current), Some(maximum)) = (limit.current, limit.maximum) else {
+        return;
+    };
+    if current < maximum {
+        let raised = Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::debug!(from = current, to = maximum, "raised the open-files limit"),
+            Err(e) => {
+                tracing::warn!(error = %e, current, maximum, "cannot raise the open-files limit")
+            }
+        }
+    }
 }
 
 /// 0 when every row was accepted, 1 when some rows were refused (the good ones are batched).

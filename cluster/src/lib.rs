@@ -64,6 +64,9 @@ pub struct Member {
     pub in_topology: bool,
     /// Shifts the node's wall clock (see `runtime::CLOCK_OFFSET_ENV`) from its next start.
     pub clock_offset_ms: Option<i64>,
+    /// A command the node is started under, e.g. `["prlimit", "--nofile=512:512", "--"]`
+    /// (empty: the binary itself). The binary and its arguments follow it.
+    pub wrapper: Vec<std::ffi::OsString>,
     process: Option<Child>,
 }
 
@@ -142,6 +145,7 @@ impl Cluster {
                     public_key: identity.public(),
                     in_topology: true,
                     clock_offset_ms: None,
+                    wrapper: Vec::new(),
                     process: None,
                 },
             );
@@ -211,13 +215,19 @@ impl Cluster {
     pub fn start(&mut self, id: NodeId) -> anyhow::Result<()> {
         let member = self.members.get_mut(&id).expect("node of this cluster");
         assert!(member.process.is_none(), "{id} is already running");
-        let api = member.dir.join("api.toml");
-        let _ = std::fs::remove_file(&api);
+        let _ = std::fs::remove_file(node::api::socket_path(&member.dir));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(member.dir.join("node.log"))?;
-        let mut command = Command::new(&self.binary);
+        let mut command = match member.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
         if let Some(offset) = member.clock_offset_ms {
             command.env(node::runtime::CLOCK_OFFSET_ENV, offset.to_string());
         }
@@ -274,6 +284,11 @@ impl Cluster {
             bail!("kill -{signal} {pid} failed");
         }
         Ok(())
+    }
+
+    /// The process id of a running node (of its wrapper, if it has one that does not exec).
+    pub fn pid(&self, id: NodeId) -> Option<u32> {
+        self.member(id).process.as_ref().map(Child::id)
     }
 
     /// SIGTERM and wait for a clean exit.

@@ -1,31 +1,66 @@
-//! The loopback-only operator API of a running node (sled allows one process per store, so
-//! operator commands talk to the node that holds it).
+//! The operator API of a running node, on a Unix domain socket in the node directory (sled
+//! allows one process per store, so operator commands talk to the node that holds it).
 //!
-//! The node listens on 127.0.0.1 on a free port and writes `api.toml` (address and a random
-//! token, mode 0600) into its directory; a command presents the token with every request, so
-//! only users who can read the node directory can drive the node. A request is
-//! `[token: 32 bytes][u32 big-endian length][bincode ApiRequest]`; the token is checked before
-//! the body (capped at one batch frame) is read. The answer is `[u32 length][JSON]`.
+//! **Who may call.** The node listens on `<dir>/api.sock`, mode 0600, and on each connection
+//! checks the caller's user id (`SO_PEERCRED`): only the user the node runs as (and root) may
+//! talk to it; anyone else is answered with a refusal and closed before anything is read. The
+//! file mode already keeps other users from connecting; the check holds even when the mode
+//! was changed. There is no token: over TCP a token in a 0600 file stood in for exactly these
+//! file permissions, so whoever could read it could use the socket anyway.
+//!
+//! **No caller can stop it.** An accept error (out of file descriptors, say) is logged and
+//! retried after a short pause, never the end of the server. At most [`CONNECTIONS_MAX`]
+//! connections are open at once; over the cap, the oldest connection still waiting for its
+//! request is closed to make room (so a flood of idle connections never locks out the
+//! operator's next command), and when every slot is busy answering, the new one is answered
+//! "busy" and closed (the client retries for a while). The length of a request must arrive
+//! within [`HEADER_DEADLINE`] of connecting and the whole request within
+//! [`REQUEST_DEADLINE`]; an answer must be taken within [`ANSWER_DEADLINE`].
+//!
+//! A request is `[u32 big-endian length][bincode ApiRequest]` (capped at one batch frame);
+//! the answer is `[u32 length][JSON]`. One request per connection.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bincode::{Decode, Encode};
 use protocol::{NodeId, SignedBatch};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{info, warn};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
 
-use crate::identity::IdentityError;
 use crate::runtime::{Node, SubmitError};
 use crate::store::{AuditError, StoreError};
 use crate::transport::current;
 
-/// Largest request: one batch frame and the token.
+/// Largest request: one batch frame and its envelope.
 const REQUEST_BYTES_MAX: usize = protocol::wire::BATCH_FRAME_BYTES_MAX + 1024;
-const API_FILE: &str = "api.toml";
+/// The socket's file name in the node directory.
+pub const SOCKET_FILE: &str = "api.sock";
+/// What older versions wrote instead (a TCP address and a token); removed at start.
+const OLD_API_FILE: &str = "api.toml";
+/// Connections open at once.
+pub const CONNECTIONS_MAX: usize = 64;
+/// From connecting to the request's length.
+pub const HEADER_DEADLINE: Duration = Duration::from_secs(2);
+/// From connecting to the last byte of the request (a batch of 64 MiB takes well under a
+/// second on a local socket).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// For the caller to take the whole answer.
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest pause after a failed accept (it doubles from 10 ms).
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long [`call`] retries while the node answers "busy", and how long it waits for an
+/// answer (a submit returns once the batch is durable).
+const CALL_BUSY_RETRY: Duration = Duration::from_secs(10);
+const CALL_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest socket path Linux takes (`sun_path` is 108 bytes with its terminating zero).
+const SOCKET_PATH_BYTES_MAX: usize = 107;
 
 #[derive(Debug, Encode, Decode)]
 pub enum ApiRequest {
@@ -67,48 +102,44 @@ pub enum ApiRequest {
     },
 }
 
-/// Why the operator API did not start or stopped ([`serve`]). As in `runtime`, each message
-/// carries its cause's; the cause is not also returned as `source()`.
+/// Why the operator API did not start ([`serve`]). Once listening it does not stop. As in
+/// `runtime`, each message carries its cause's; the cause is not also returned as `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen for the operator API on 127.0.0.1: {0}")]
-    Listen(std::io::Error),
-    /// No random token could be drawn.
-    #[error(transparent)]
-    Token(#[from] IdentityError),
-    #[error("cannot write {path}: {io}: check that the node directory is writable")]
-    WriteFile { path: PathBuf, io: std::io::Error },
-    #[error("the operator API stopped accepting connections: {0}: restart the node")]
-    Accept(std::io::Error),
+    #[error(
+        "the operator API socket path {path} is {bytes} bytes, over the {SOCKET_PATH_BYTES_MAX} a Unix socket allows: run the node with a shorter --dir"
+    )]
+    PathTooLong { path: PathBuf, bytes: usize },
+    #[error(
+        "{path} exists and is not a socket: move it away, the node puts its operator API there"
+    )]
+    NotASocket { path: PathBuf },
+    #[error(
+        "cannot listen for the operator API on {path}: {io}: check that the node directory is writable"
+    )]
+    Listen { path: PathBuf, io: std::io::Error },
 }
 
 /// Why an operator command got no answer from its node ([`call`]).
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("cannot read {path}: {io}: is `credit-node run --dir {}` running?", .dir.display())]
-    NoApiFile {
+    #[error("cannot reach the node at {path}: {io}: is `credit-node run --dir {}` running?", .dir.display())]
+    Unreachable {
         path: PathBuf,
         dir: PathBuf,
         io: std::io::Error,
     },
-    #[error("{path} is malformed (restart the node to write it again): {message}")]
-    Malformed { path: PathBuf, message: String },
-    #[error("cannot reach the node at {address} ({path}): {io}: is it running?")]
-    Unreachable {
-        address: SocketAddr,
-        path: PathBuf,
-        io: std::io::Error,
-    },
-    #[error("the node at {address} broke off the request: {io}: is it stopping?")]
-    Exchange {
-        address: SocketAddr,
-        io: std::io::Error,
-    },
-    #[error("the node at {address} answered with {bytes} bytes, over the limit")]
-    AnswerTooLarge { address: SocketAddr, bytes: usize },
-    #[error("the node at {address} answered with something other than JSON: {json}")]
+    #[error("the node at {path} broke off the request: {io}: is it stopping?")]
+    Exchange { path: PathBuf, io: std::io::Error },
+    #[error(
+        "the node at {path} gave no answer within {timeout:?}: see its log (`credit-node status` shows whether it answers)"
+    )]
+    Timeout { path: PathBuf, timeout: Duration },
+    #[error("the node at {path} answered with {bytes} bytes, over the limit")]
+    AnswerTooLarge { path: PathBuf, bytes: usize },
+    #[error("the node at {path} answered with something other than JSON: {json}")]
     AnswerNotJson {
-        address: SocketAddr,
+        path: PathBuf,
         json: serde_json::Error,
     },
     /// The node answered, refusing the request; the message is its reason.
@@ -123,6 +154,14 @@ enum HandleError {
     Io(#[from] std::io::Error),
     #[error("request of {0} bytes is over the limit")]
     TooLarge(usize),
+    #[error("no request length within {HEADER_DEADLINE:?} of connecting")]
+    NoHeader,
+    #[error("the request did not arrive within {REQUEST_DEADLINE:?} of connecting")]
+    SlowRequest,
+    #[error("the caller did not take the answer within {ANSWER_DEADLINE:?}")]
+    SlowReader,
+    #[error("closed to make room for a newer connection (over {CONNECTIONS_MAX} open)")]
+    Evicted,
     #[error("cannot encode the answer: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -143,98 +182,227 @@ enum AnswerError {
     NothingToReconcile(String),
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ApiFile {
-    address: SocketAddr,
-    token: String,
+/// The open connections: those still waiting for their request (idle, oldest first, each with
+/// the means to close it) and those being answered (busy).
+#[derive(Default)]
+struct Slots {
+    inner: Mutex<SlotsInner>,
 }
 
-/// Serves the API until the process ends.
-pub async fn serve(node: Arc<Node>, dir: &Path) -> Result<(), ServeError> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(ServeError::Listen)?;
-    let token = crate::identity::random32()?;
-    let file = ApiFile {
-        address: listener.local_addr().map_err(ServeError::Listen)?,
-        token: protocol::ids::hex(&token),
-    };
-    let path = dir.join(API_FILE);
-    let text = toml::to_string(&file).expect("plain fields serialize");
-    let tmp = dir.join("api.toml.tmp");
-    {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options.open(&tmp).map_err(|io| write_error(&tmp, io))?;
-        f.write_all(text.as_bytes())
-            .map_err(|io| write_error(&tmp, io))?;
-        f.sync_all().map_err(|io| write_error(&tmp, io))?;
+#[derive(Default)]
+struct SlotsInner {
+    next: u64,
+    idle: std::collections::BTreeMap<u64, oneshot::Sender<()>>,
+    busy: usize,
+}
+
+/// What the accept loop does with a new connection.
+enum Admit {
+    /// It has a slot; `evict` fires when it must make room.
+    Open {
+        slot: u64,
+        evict: oneshot::Receiver<()>,
+    },
+    /// Every slot is busy answering.
+    Busy,
+}
+
+impl Slots {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotsInner> {
+        self.inner.lock().expect("the slots lock is never poisoned")
     }
-    std::fs::rename(&tmp, &path).map_err(|io| write_error(&path, io))?;
-    info!(address = %file.address, "operator API listening");
-    loop {
-        let (stream, peer) = listener.accept().await.map_err(ServeError::Accept)?;
-        if !peer.ip().is_loopback() {
-            continue;
-        }
-        let node = node.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(node, stream, token).await {
-                warn!(error = %e, "operator API request failed");
+
+    fn admit(&self) -> Admit {
+        let mut inner = self.lock();
+        if inner.idle.len() + inner.busy >= CONNECTIONS_MAX {
+            match inner.idle.pop_first() {
+                // Dropped or fired, the sender wakes the oldest idle connection: it closes.
+                Some((_, evict)) => {
+                    let _ = evict.send(());
+                }
+                None => return Admit::Busy,
             }
-        });
+        }
+        let (tx, evict) = oneshot::channel();
+        let slot = inner.next;
+        inner.next += 1;
+        inner.idle.insert(slot, tx);
+        Admit::Open { slot, evict }
+    }
+
+    /// The connection's request has arrived: it may no longer be evicted. `false` if it was
+    /// evicted meanwhile.
+    fn busy(&self, slot: u64) -> bool {
+        let mut inner = self.lock();
+        if inner.idle.remove(&slot).is_some() {
+            inner.busy += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The connection is closed.
+    fn release(&self, slot: u64, busy: bool) {
+        let mut inner = self.lock();
+        if busy {
+            inner.busy -= 1;
+        } else {
+            inner.idle.remove(&slot);
+        }
     }
 }
 
-/// The API file at `path` could not be written.
-fn write_error(path: &Path, io: std::io::Error) -> ServeError {
-    ServeError::WriteFile {
-        path: path.to_owned(),
-        io,
+/// The socket path of the node running in `dir`.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join(SOCKET_FILE)
+}
+
+/// Serves the API until the process ends. Returns only if it cannot start listening.
+///
+/// A socket file left by a node that stopped is removed: the caller holds the store's lock
+/// (the store is opened before the API starts), so no other node runs in `dir`.
+pub async fn serve(node: Arc<Node>, dir: &Path) -> Result<(), ServeError> {
+    let path = socket_path(dir);
+    let bytes = path.as_os_str().len();
+    if bytes > SOCKET_PATH_BYTES_MAX {
+        return Err(ServeError::PathTooLong { path, bytes });
     }
+    let listen = |io| ServeError::Listen {
+        path: path.clone(),
+        io,
+    };
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(&path).map_err(listen)?,
+        Ok(_) => return Err(ServeError::NotASocket { path }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(listen(e)),
+    }
+    let _ = std::fs::remove_file(dir.join(OLD_API_FILE));
+    let listener = tokio::net::UnixListener::bind(&path).map_err(listen)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(listen)?;
+    let owner = rustix::process::geteuid().as_raw();
+    info!(socket = %path.display(), "operator API listening");
+    let slots = Arc::new(Slots::default());
+    let mut backoff = Duration::ZERO;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = Duration::ZERO;
+                stream
+            }
+            Err(e) => {
+                // Out of file descriptors (EMFILE), say: the waiting connection stays in the
+                // backlog; pause so the loop does not spin, then go on.
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), ACCEPT_BACKOFF_MAX);
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "operator API: accepting a connection failed; retrying");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        match stream.peer_cred().map(|c| c.uid()) {
+            Ok(uid) if uid == owner || uid == 0 => {}
+            Ok(uid) => {
+                warn!(
+                    uid,
+                    owner, "operator API: refused a connection from another user"
+                );
+                refuse(
+                    stream,
+                    &format!(
+                        "the operator API of this node is for its own user (uid {owner}); you are uid {uid}"
+                    ),
+                    false,
+                );
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "operator API: cannot tell who connected; closing");
+                continue;
+            }
+        }
+        match slots.admit() {
+            Admit::Busy => {
+                debug!("operator API: every slot busy; refusing a connection");
+                refuse(
+                    stream,
+                    &format!("the node is busy answering {CONNECTIONS_MAX} requests; try again"),
+                    true,
+                );
+            }
+            Admit::Open { slot, evict } => {
+                let node = node.clone();
+                let slots = slots.clone();
+                tokio::spawn(async move {
+                    let mut busy = false;
+                    if let Err(e) = handle(node, stream, &slots, slot, evict, &mut busy).await {
+                        debug!(error = %e, "operator API connection closed without an answer");
+                    }
+                    slots.release(slot, busy);
+                });
+            }
+        }
+    }
+}
+
+/// Answers `error` without reading the request, if the socket takes it at once, and closes.
+fn refuse(stream: tokio::net::UnixStream, error: &str, busy: bool) {
+    let answer = serde_json::to_vec(&json!({"ok": false, "error": error, "busy": busy}))
+        .expect("plain fields serialize");
+    let mut frame = (answer.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&answer);
+    let _ = stream.try_write(&frame);
 }
 
 async fn handle(
     node: Arc<Node>,
-    mut stream: tokio::net::TcpStream,
-    token: [u8; 32],
+    mut stream: tokio::net::UnixStream,
+    slots: &Slots,
+    slot: u64,
+    evict: oneshot::Receiver<()>,
+    busy: &mut bool,
 ) -> Result<(), HandleError> {
-    // The token comes first and is checked before the body is read into memory, so nobody
-    // without it can make the node allocate.
-    let mut given = [0u8; 32];
-    stream.read_exact(&mut given).await?;
-    let length = stream.read_u32().await? as usize;
-    if length > REQUEST_BYTES_MAX {
-        return Err(HandleError::TooLarge(length));
-    }
-    let answer = if given != token {
-        // Discard the body without keeping it, so the caller reads our answer instead of a
-        // connection reset.
-        tokio::io::copy(
-            &mut (&mut stream).take(length as u64),
-            &mut tokio::io::sink(),
-        )
-        .await?;
-        json!({"ok": false, "error": "wrong API token: the node was restarted, or this is another node's directory"})
-    } else {
-        let mut body = vec![0u8; length];
-        stream.read_exact(&mut body).await?;
-        match bincode::decode_from_slice::<ApiRequest, _>(
-            &body,
-            bincode::config::standard().with_limit::<REQUEST_BYTES_MAX>(),
-        ) {
-            Err(e) => json!({"ok": false, "error": format!("malformed request: {e}")}),
-            Ok((request, _)) => match answer(&node, request).await {
-                Ok(value) => value,
-                Err(e) => json!({"ok": false, "error": e.to_string()}),
-            },
+    let started = tokio::time::Instant::now();
+    let read = async {
+        let length = tokio::time::timeout_at(started + HEADER_DEADLINE, stream.read_u32())
+            .await
+            .map_err(|_| HandleError::NoHeader)?? as usize;
+        if length > REQUEST_BYTES_MAX {
+            return Err(HandleError::TooLarge(length));
         }
+        let mut body = vec![0u8; length];
+        tokio::time::timeout_at(started + REQUEST_DEADLINE, stream.read_exact(&mut body))
+            .await
+            .map_err(|_| HandleError::SlowRequest)??;
+        Ok(body)
+    };
+    let body = tokio::select! {
+        body = read => body?,
+        _ = evict => return Err(HandleError::Evicted),
+    };
+    if !slots.busy(slot) {
+        return Err(HandleError::Evicted);
+    }
+    *busy = true;
+    let answer = match bincode::decode_from_slice::<ApiRequest, _>(
+        &body,
+        bincode::config::standard().with_limit::<REQUEST_BYTES_MAX>(),
+    ) {
+        Err(e) => json!({"ok": false, "error": format!("malformed request: {e}")}),
+        Ok((request, _)) => match answer(&node, request).await {
+            Ok(value) => value,
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+        },
     };
     let bytes = serde_json::to_vec(&answer)?;
-    stream.write_u32(bytes.len() as u32).await?;
-    stream.write_all(&bytes).await?;
+    let write = async {
+        stream.write_u32(bytes.len() as u32).await?;
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await
+    };
+    tokio::time::timeout(ANSWER_DEADLINE, write)
+        .await
+        .map_err(|_| HandleError::SlowReader)??;
     Ok(())
 }
 
@@ -556,47 +724,24 @@ fn batches(node: &Node) -> Result<Value, StoreError> {
 }
 
 /// Sends one request to the node running in `dir` and returns its JSON answer; an answer with
-/// `"ok": false` becomes an error.
+/// `"ok": false` becomes an error. While the node answers "busy" (every slot answering), tries
+/// again for a while.
 pub fn call(dir: &Path, request: &ApiRequest) -> Result<Value, CallError> {
-    let path = dir.join(API_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|io| CallError::NoApiFile {
-        path: path.clone(),
-        dir: dir.to_owned(),
-        io,
-    })?;
-    let file: ApiFile = toml::from_str(&text).map_err(|e| CallError::Malformed {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    let token = protocol::ids::parse_hex32(&file.token).ok_or_else(|| CallError::Malformed {
-        path: path.clone(),
-        message: "bad token".into(),
-    })?;
-    let address = file.address;
-    let mut stream =
-        TcpStream::connect(address).map_err(|io| CallError::Unreachable { address, path, io })?;
+    let path = socket_path(dir);
     let body =
         bincode::encode_to_vec(request, bincode::config::standard()).expect("encoding to memory");
-    let exchange = |io| CallError::Exchange { address, io };
-    stream.write_all(&token).map_err(exchange)?;
-    stream
-        .write_all(&(body.len() as u32).to_be_bytes())
-        .map_err(exchange)?;
-    stream.write_all(&body).map_err(exchange)?;
-    let mut length = [0u8; 4];
-    stream.read_exact(&mut length).map_err(exchange)?;
-    let length = u32::from_be_bytes(length) as usize;
-    if length > REQUEST_BYTES_MAX {
-        return Err(CallError::AnswerTooLarge {
-            address,
-            bytes: length,
-        });
-    }
-    let mut answer = vec![0u8; length];
-    stream.read_exact(&mut answer).map_err(exchange)?;
-    let value: Value = serde_json::from_slice(&answer)
-        .map_err(|json| CallError::AnswerNotJson { address, json })?;
-    if value["ok"] != json!(true) {
+    let give_up = Instant::now() + CALL_BUSY_RETRY;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let value = exchange(dir, &path, &body)?;
+        if value["ok"] == json!(true) {
+            return Ok(value);
+        }
+        if value["busy"] == json!(true) && Instant::now() < give_up {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(500));
+            continue;
+        }
         return Err(CallError::Refused(
             value["error"]
                 .as_str()
@@ -604,5 +749,57 @@ pub fn call(dir: &Path, request: &ApiRequest) -> Result<Value, CallError> {
                 .to_owned(),
         ));
     }
-    Ok(value)
+}
+
+/// One connection: the request out, the answer in.
+fn exchange(dir: &Path, path: &Path, body: &[u8]) -> Result<Value, CallError> {
+    let mut stream = UnixStream::connect(path).map_err(|io| CallError::Unreachable {
+        path: path.to_owned(),
+        dir: dir.to_owned(),
+        io,
+    })?;
+    let exchange = |io: std::io::Error| {
+        if matches!(
+            io.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            CallError::Timeout {
+                path: path.to_owned(),
+                timeout: CALL_ANSWER_TIMEOUT,
+            }
+        } else {
+            CallError::Exchange {
+                path: path.to_owned(),
+                io,
+            }
+        }
+    };
+    stream
+        .set_read_timeout(Some(CALL_ANSWER_TIMEOUT))
+        .map_err(exchange)?;
+    stream
+        .set_write_timeout(Some(CALL_ANSWER_TIMEOUT))
+        .map_err(exchange)?;
+    let mut request = (body.len() as u32).to_be_bytes().to_vec();
+    request.extend_from_slice(body);
+    // A node that refuses at once (busy, another user) answers without reading: its answer
+    // counts, not the broken pipe of our write.
+    let written = stream.write_all(&request);
+    let mut length = [0u8; 4];
+    if let Err(io) = stream.read_exact(&mut length) {
+        return Err(exchange(written.err().unwrap_or(io)));
+    }
+    let length = u32::from_be_bytes(length) as usize;
+    if length > REQUEST_BYTES_MAX {
+        return Err(CallError::AnswerTooLarge {
+            path: path.to_owned(),
+            bytes: length,
+        });
+    }
+    let mut answer = vec![0u8; length];
+    stream.read_exact(&mut answer).map_err(exchange)?;
+    serde_json::from_slice(&answer).map_err(|json| CallError::AnswerNotJson {
+        path: path.to_owned(),
+        json,
+    })
 }

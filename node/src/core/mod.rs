@@ -999,6 +999,19 @@ impl<K: Kv> Core<K> {
                 });
             }
             Err(Broken::Store(e)) => {
+                // What the link's machine took in is not all stored (a receipt it counts as
+                // received, say): start the link over from the store, once it works again
+                // (the child redials; the parent is redialed with backoff).
+                warn!(error = %e, "the store failed while handling a frame: closing the link to start it over");
+                if let Some(route) = self.uplink_links.get(&link).copied() {
+                    // Not again at once: the store (a full disk) needs time to come back.
+                    let slot = &mut self.uplinks[route.index()];
+                    slot.backoff_ms = slot.backoff_ms.max(SYNC_RETRY_MS);
+                }
+                self.push(Output::Close {
+                    link,
+                    reason: format!("store failed: {e}"),
+                });
                 self.flush_links(now);
                 return Err(e.into());
             }

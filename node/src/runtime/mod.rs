@@ -133,6 +133,12 @@ pub enum SubmitError {
     /// is safe: a batch the node already holds is not stored twice).
     #[error("the node stopped before the batch was durable: submit it again once the node runs")]
     Stopping,
+    /// Stored, but the store could not make it durable (a full disk, say). The node keeps
+    /// trying; once a sync succeeds the batch is durable and goes up by itself.
+    #[error(
+        "the batch is written but the store cannot make it durable: {reason}: free disk space; the node retries by itself and sends it up once durable (submitting again is safe)"
+    )]
+    NotDurable { reason: String },
     /// The store work for the batch did not run to its end (it panicked, or the runtime is
     /// shutting down).
     #[error(
@@ -335,6 +341,8 @@ pub struct Node<K: Kv = SledKv> {
     links: Mutex<HashMap<LinkId, LinkHandle>>,
     next_link: AtomicU64,
     durable: watch::Sender<u64>,
+    /// The number of failed syncs so far and the last one's reason.
+    sync_failed: watch::Sender<(u64, String)>,
     sync_requests: mpsc::UnboundedSender<u64>,
     timer: Notify,
     /// The byte budget of batch streams being read, over all links (`framing`).
@@ -461,14 +469,26 @@ impl<K: Kv> Node<K> {
         Ok(submitted.new)
     }
 
-    /// Waits until the store has made every write up to `seq` durable.
+    /// Waits until the store has made every write up to `seq` durable, or a sync fails.
     async fn durable_at(&self, seq: u64) -> Result<(), SubmitError> {
         let mut durable = self.durable.subscribe();
-        durable
-            .wait_for(|done| *done >= seq)
-            .await
-            .map_err(|_| SubmitError::Stopping)?;
-        Ok(())
+        let mut failed = self.sync_failed.subscribe();
+        failed.borrow_and_update();
+        // `biased`: a fixed order, so a simulated run replays.
+        tokio::select! {
+            biased;
+            done = durable.wait_for(|done| *done >= seq) => {
+                done.map_err(|_| SubmitError::Stopping)?;
+                Ok(())
+            }
+            changed = failed.changed() => {
+                changed.map_err(|_| SubmitError::Stopping)?;
+                if *self.durable.borrow() >= seq {
+                    return Ok(());
+                }
+                Err(SubmitError::NotDurable { reason: failed.borrow().1.clone() })
+            }
+        }
     }
 
     /// Closes a period: the core signs a manifest of this node's batches for it (a nil
@@ -706,6 +726,7 @@ pub async fn start_with<K: Kv>(seams: Seams<K>) -> Result<Arc<Node<K>>, StartErr
         links: Mutex::new(HashMap::new()),
         next_link: AtomicU64::new(1),
         durable: watch::channel(0).0,
+        sync_failed: watch::channel((0, String::new())).0,
         sync_requests,
         timer: Notify::new(),
         batch_budget: framing::BatchBudget::new(),
@@ -744,6 +765,8 @@ async fn syncer<K: Kv>(node: Arc<Node<K>>, mut requests: mpsc::UnboundedReceiver
             Err(e) => {
                 let reason = e.to_string();
                 node.with_core(|core, now| core.handle_sync_failed(&reason, now));
+                node.sync_failed
+                    .send_modify(|(failures, last)| (*failures, *last) = (*failures + 1, reason));
             }
         }
     }

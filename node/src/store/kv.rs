@@ -15,7 +15,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use protocol::BatchId;
 
@@ -87,7 +88,12 @@ pub enum KvError {
 impl KvError {
     /// Whether the error is the disk (or the simulated disk) being full.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, KvError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
+        match self {
+            KvError::Io { source, .. } | KvError::Sled(sled::Error::Io(source)) => {
+                source.kind() == std::io::ErrorKind::StorageFull
+            }
+            KvError::Sled(_) => false,
+        }
     }
 }
 
@@ -118,15 +124,105 @@ pub trait Kv: Clone + Send + Sync + 'static {
 /// Page cache per store; sled's default is 1 GiB, and tests run several nodes per machine.
 pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Bytes of groups kept for replay ([`SledKv`]) before `apply` syncs by itself. The node
+/// syncs after every burst of writes, so this is reached only if nothing asks for a sync.
+const REDO_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// sled for the trees, one fsynced file per batch for the bytes.
+///
+/// **Recovery from a failed write (a full disk).** sled 0.34 keeps the first IO error of its
+/// log as a "global error": every later write and flush fails with it until the database is
+/// opened again, and the writes sitting in the log buffer that failed never reach the disk
+/// although sled applied them in memory (a group may even be applied in part). So this keeps
+/// every group applied since the last sync that succeeded (the redo log). After sled reported
+/// an error, the next `apply` or `sync` reopens sled — which recovers what reached the disk, a
+/// prefix of the groups in order — and applies the redo log again: each op sets or removes a
+/// key, so replaying the whole log over any prefix of it gives exactly the state the node
+/// believes it wrote. While the disk is still full this fails and is tried again at the next
+/// write or sync; once space returns the store goes on by itself, nothing acknowledged lost.
+/// A failed `fdatasync` counts the same (after one, Linux may have dropped the dirty pages).
 #[derive(Clone)]
 pub struct SledKv {
-    db: sled::Db,
-    trees: Vec<sled::Tree>,
+    shared: Arc<SledShared>,
+}
+
+struct SledShared {
+    /// The open database; `None` only between dropping a broken one and opening it again.
+    open: RwLock<Option<SledOpen>>,
+    redo: Mutex<Redo>,
     /// sled's directory.
     path: PathBuf,
     /// Batch files, `xx/<id hex>` by the id's first byte.
     files: PathBuf,
+}
+
+struct SledOpen {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+}
+
+/// The groups applied since the last sync that succeeded, in order, each with its number.
+#[derive(Default)]
+struct Redo {
+    groups: std::collections::VecDeque<(u64, Vec<Op>)>,
+    /// The number of the last group applied.
+    last: u64,
+    bytes: usize,
+    /// sled reported an error on a write or a sync: reopen and replay before the next one.
+    broken: bool,
+    /// Times sled was reopened after an error.
+    reopened: u64,
+    /// When reopening last failed, and why: it is not tried again before
+    /// [`REOPEN_INTERVAL`] (reopening a large store reads its whole log).
+    failed: Option<(Instant, std::io::ErrorKind, String)>,
+}
+
+/// Least time between two attempts to reopen sled after a failed one.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+
+fn open_sled(path: &Path) -> Result<SledOpen, sled::Error> {
+    let db = sled::Config::new()
+        .path(path)
+        .cache_capacity(CACHE_BYTES)
+        .flush_every_ms(Some(1000))
+        .open()?;
+    let trees = Tree::ALL
+        .iter()
+        .map(|t| db.open_tree(t.name()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SledOpen { db, trees })
+}
+
+fn apply_to(open: &SledOpen, ops: &[Op]) -> Result<(), KvError> {
+    use sled::Transactional;
+    use sled::transaction::TransactionError;
+    let trees: &[sled::Tree] = &open.trees;
+    // The closure may run more than once; it only writes.
+    let result: Result<(), TransactionError<()>> = trees.transaction(|tx| {
+        for op in ops {
+            match op {
+                Op::Insert(tree, key, value) => {
+                    tx[tree.index()].insert(key.as_slice(), value.as_slice())?;
+                }
+                Op::Remove(tree, key) => {
+                    tx[tree.index()].remove(key.as_slice())?;
+                }
+            }
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => Ok(()),
+        Err(TransactionError::Storage(e)) => Err(KvError::Sled(e)),
+        Err(TransactionError::Abort(())) => unreachable!("the group never aborts"),
+    }
+}
+
+fn op_bytes(op: &Op) -> usize {
+    match op {
+        Op::Insert(_, key, value) => key.len() + value.len(),
+        Op::Remove(_, key) => key.len(),
+    }
 }
 
 impl SledKv {
@@ -138,43 +234,159 @@ impl SledKv {
             source,
         })?;
         let sled_path = path.join("sled");
-        let open = || -> Result<(sled::Db, Vec<sled::Tree>), sled::Error> {
-            let db = sled::Config::new()
-                .path(&sled_path)
-                .cache_capacity(CACHE_BYTES)
-                .flush_every_ms(Some(1000))
-                .open()?;
-            let trees = Tree::ALL
-                .iter()
-                .map(|t| db.open_tree(t.name()))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((db, trees))
-        };
-        let (db, trees) = open().map_err(|source| super::StoreError::Open {
+        let open = open_sled(&sled_path).map_err(|source| super::StoreError::Open {
             path: sled_path.clone(),
             source,
         })?;
         Ok(SledKv {
-            db,
-            trees,
-            path: sled_path,
-            files,
+            shared: Arc::new(SledShared {
+                open: RwLock::new(Some(open)),
+                redo: Mutex::new(Redo::default()),
+                path: sled_path,
+                files,
+            }),
         })
     }
 
-    fn tree(&self, tree: Tree) -> &sled::Tree {
-        &self.trees[tree.index()]
+    /// How many times sled was reopened after a failed write (for tests and the log).
+    pub fn reopened(&self) -> u64 {
+        self.redo().reopened
+    }
+
+    fn redo(&self) -> std::sync::MutexGuard<'_, Redo> {
+        self.shared
+            .redo
+            .lock()
+            .expect("the redo lock is never poisoned")
+    }
+
+    /// Runs `f` on the open database (reopening it first if a reopen failed). Not to be
+    /// called with the redo lock held.
+    fn with_open<R>(&self, f: impl Fn(&SledOpen) -> Result<R, KvError>) -> Result<R, KvError> {
+        if let Some(result) = self.if_open(&f) {
+            return result;
+        }
+        self.usable(&mut self.redo())?;
+        self.if_open(&f).unwrap_or_else(|| Err(closed()))
+    }
+
+    /// Runs `f` on the open database, `None` if it is not open.
+    fn if_open<R>(
+        &self,
+        f: impl FnOnce(&SledOpen) -> Result<R, KvError>,
+    ) -> Option<Result<R, KvError>> {
+        let open = self
+            .shared
+            .open
+            .read()
+            .expect("the sled lock is never poisoned");
+        open.as_ref().map(f)
     }
 
     fn blob_path(&self, id: &BatchId) -> PathBuf {
         let hex = id.to_hex();
-        self.files.join(&hex[..2]).join(hex)
+        self.shared.files.join(&hex[..2]).join(hex)
+    }
+
+    /// Makes sure sled is open and not broken, reopening and replaying if needed. Called with
+    /// the redo lock held.
+    fn usable(&self, redo: &mut Redo) -> Result<(), KvError> {
+        let closed = self
+            .shared
+            .open
+            .read()
+            .expect("the sled lock is never poisoned")
+            .is_none();
+        if redo.broken || closed {
+            self.recover(redo)?;
+        }
+        Ok(())
+    }
+
+    /// Reopens sled and applies the redo log again. Called with the redo lock held.
+    fn recover(&self, redo: &mut Redo) -> Result<(), KvError> {
+        if let Some((at, kind, reason)) = &redo.failed
+            && at.elapsed() < REOPEN_INTERVAL
+        {
+            return Err(KvError::Io {
+                path: self.shared.path.clone(),
+                source: std::io::Error::new(
+                    *kind,
+                    format!("waiting to reopen the store after a failed write: {reason}"),
+                ),
+            });
+        }
+        let result = self.reopen(redo);
+        redo.failed = match &result {
+            Ok(()) => None,
+            Err(e) => {
+                let kind = match e {
+                    KvError::Io { source, .. } | KvError::Sled(sled::Error::Io(source)) => {
+                        source.kind()
+                    }
+                    KvError::Sled(_) => std::io::ErrorKind::Other,
+                };
+                Some((Instant::now(), kind, e.to_string()))
+            }
+        };
+        result
+    }
+
+    fn reopen(&self, redo: &mut Redo) -> Result<(), KvError> {
+        let mut open = self
+            .shared
+            .open
+            .write()
+            .expect("the sled lock is never poisoned");
+        // Drop the broken database first: sled holds an exclusive lock on its files.
+        drop(open.take());
+        redo.broken = true;
+        let reopened = open_sled(&self.shared.path)?;
+        let replayed = redo
+            .groups
+            .iter()
+            .try_for_each(|(_, group)| apply_to(&reopened, group));
+        *open = Some(reopened);
+        replayed?;
+        redo.broken = false;
+        redo.reopened += 1;
+        tracing::warn!(
+            path = %self.shared.path.display(),
+            replayed = redo.groups.len(),
+            "store reopened after a failed write; the writes not yet durable were applied again"
+        );
+        Ok(())
+    }
+
+    /// Forgets the groups up to `upto`: they are durable.
+    fn durable(redo: &mut Redo, upto: u64) {
+        while redo.groups.front().is_some_and(|(seq, _)| *seq <= upto) {
+            let (_, group) = redo.groups.pop_front().expect("just checked");
+            redo.bytes -= group.iter().map(op_bytes).sum::<usize>();
+        }
+    }
+}
+
+/// sled's flush and our `fdatasync` of its log file.
+fn flush(open: &SledOpen, path: &Path) -> Result<(), KvError> {
+    open.db.flush()?;
+    let file = path.join("db");
+    std::fs::File::open(&file)
+        .and_then(|f| f.sync_data())
+        .map_err(|source| KvError::Io { path: file, source })
+}
+
+/// The database could not be opened again after a failure.
+fn closed() -> KvError {
+    KvError::Io {
+        path: PathBuf::from("sled"),
+        source: std::io::Error::other("the store could not be reopened after a failed write"),
     }
 }
 
 impl Kv for SledKv {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.tree(tree).get(key)?.map(|v| v.to_vec()))
+        self.with_open(|open| Ok(open.trees[tree.index()].get(key)?.map(|v| v.to_vec())))
     }
 
     fn scan(
@@ -184,56 +396,61 @@ impl Kv for SledKv {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<Entry>, KvError> {
-        let tree = self.tree(tree);
-        let iter = match end {
-            Some(end) => tree.range(start..end),
-            None => tree.range(start..),
-        };
-        iter.take(limit)
-            .map(|e| {
-                e.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(KvError::from)
-            })
-            .collect()
+        self.with_open(|open| {
+            let tree = &open.trees[tree.index()];
+            let iter = match end {
+                Some(end) => tree.range(start..end),
+                None => tree.range(start..),
+            };
+            iter.take(limit)
+                .map(|e| {
+                    e.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                        .map_err(KvError::from)
+                })
+                .collect()
+        })
     }
 
     fn count_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<usize, KvError> {
-        let mut count = 0;
-        for key in self.tree(tree).scan_prefix(prefix).keys() {
-            key?;
-            count += 1;
-        }
-        Ok(count)
+        self.with_open(|open| {
+            let mut count = 0;
+            for key in open.trees[tree.index()].scan_prefix(prefix).keys() {
+                key?;
+                count += 1;
+            }
+            Ok(count)
+        })
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<(), KvError> {
-        use sled::Transactional;
-        use sled::transaction::TransactionError;
-        let trees: &[sled::Tree] = &self.trees;
-        // The closure may run more than once; it only writes.
-        let result: Result<(), TransactionError<()>> = trees.transaction(|tx| {
-            for op in &ops {
-                match op {
-                    Op::Insert(tree, key, value) => {
-                        tx[tree.index()].insert(key.as_slice(), value.as_slice())?;
-                    }
-                    Op::Remove(tree, key) => {
-                        tx[tree.index()].remove(key.as_slice())?;
-                    }
-                }
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(KvError::Sled(e)),
-            Err(TransactionError::Abort(())) => unreachable!("the group never aborts"),
+        let mut redo = self.redo();
+        self.usable(&mut redo)?;
+        let applied = self
+            .if_open(|open| apply_to(open, &ops))
+            .unwrap_or_else(|| Err(closed()));
+        if let Err(e) = applied {
+            redo.broken = true;
+            return Err(e);
         }
+        redo.bytes += ops.iter().map(op_bytes).sum::<usize>();
+        redo.last += 1;
+        let seq = redo.last;
+        redo.groups.push_back((seq, ops));
+        if redo.bytes > REDO_BYTES_MAX {
+            // Nothing asked for a sync for a long while: make the log short again. A failure
+            // shows at the next write or sync.
+            match self.if_open(|open| flush(open, &self.shared.path)) {
+                Some(Ok(())) => SledKv::durable(&mut redo, seq),
+                _ => redo.broken = true,
+            }
+        }
+        Ok(())
     }
 
     /// Temporary file, `fsync`, rename, `fsync` of the directory: a batch file is durable
     /// before the group that records it is applied, so a recorded batch always has its bytes
-    /// (sled 0.34 would keep values this large as blob files it never fsyncs).
+    /// (sled 0.34 would keep values this large as blob files it never fsyncs). A temporary
+    /// file that could not be completed (a full disk) is removed, so it holds no space.
     fn write_blob(&self, id: &BatchId, bytes: &[u8]) -> Result<(), KvError> {
         use std::io::Write;
         let path = self.blob_path(id);
@@ -247,16 +464,22 @@ impl Kv for SledKv {
         };
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(io)?;
-            std::fs::File::open(&self.files)
+            std::fs::File::open(&self.shared.files)
                 .and_then(|d| d.sync_all())
                 .map_err(io)?;
         }
         let tmp = dir.join(format!(".{}.tmp", id.to_hex()));
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        file.write_all(bytes).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(io)?;
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            drop(file);
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io)
@@ -272,13 +495,28 @@ impl Kv for SledKv {
     }
 
     /// sled's flush (on Linux 0.34.7 a `sync_file_range`), then `fdatasync` of sled's log file
-    /// by us, so the writes survive a power cut, not only a process kill.
+    /// by us, so the writes survive a power cut, not only a process kill. After a failure,
+    /// reopens and replays first (see [`SledKv`]). Writes go on while it flushes.
     fn sync(&self) -> Result<(), KvError> {
-        self.db.flush()?;
-        let file = self.path.join("db");
-        std::fs::File::open(&file)
-            .and_then(|f| f.sync_data())
-            .map_err(|source| KvError::Io { path: file, source })
+        let upto = {
+            let mut redo = self.redo();
+            self.usable(&mut redo)?;
+            redo.last
+        };
+        let flushed = self
+            .if_open(|open| flush(open, &self.shared.path))
+            .unwrap_or_else(|| Err(closed()));
+        let mut redo = self.redo();
+        match flushed {
+            Ok(()) => {
+                SledKv::durable(&mut redo, upto);
+                Ok(())
+            }
+            Err(e) => {
+                redo.broken = true;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -1034,6 +1272,40 @@ mod tests {
         assert_eq!(kv.get(Tree::Meta, b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(kv.get(Tree::Meta, b"b").unwrap(), None);
         assert_eq!(kv.read_blob(&BatchId([7; 32])).unwrap(), None);
+    }
+
+    /// After sled reported an error (here: marked so by hand, as a failed log write does),
+    /// the next write reopens sled and applies again every group not yet synced: nothing the
+    /// caller wrote is lost, and it is durable after the next sync.
+    #[test]
+    fn sled_is_reopened_and_the_unsynced_groups_replayed_after_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = SledKv::open(dir.path()).unwrap();
+        let put = |key: &[u8], value: &[u8]| Op::Insert(Tree::Meta, key.to_vec(), value.to_vec());
+        kv.apply(vec![put(b"a", b"1")]).unwrap();
+        kv.sync().unwrap();
+        kv.apply(vec![put(b"b", b"2"), put(b"a", b"3")]).unwrap();
+        kv.apply(vec![Op::Remove(Tree::Meta, b"b".to_vec())])
+            .unwrap();
+        kv.redo().broken = true;
+        kv.apply(vec![put(b"c", b"4")]).unwrap();
+        assert_eq!(kv.reopened(), 1);
+        let read = |kv: &SledKv, key: &[u8]| kv.get(Tree::Meta, key).unwrap();
+        assert_eq!(read(&kv, b"a"), Some(b"3".to_vec()));
+        assert_eq!(read(&kv, b"b"), None);
+        assert_eq!(read(&kv, b"c"), Some(b"4".to_vec()));
+        kv.sync().unwrap();
+        assert!(kv.redo().groups.is_empty());
+        // A failed sync is recovered the same way.
+        kv.apply(vec![put(b"d", b"5")]).unwrap();
+        kv.redo().broken = true;
+        kv.sync().unwrap();
+        assert_eq!(kv.reopened(), 2);
+        drop(kv);
+        let kv = SledKv::open(dir.path()).unwrap();
+        assert_eq!(read(&kv, b"a"), Some(b"3".to_vec()));
+        assert_eq!(read(&kv, b"c"), Some(b"4".to_vec()));
+        assert_eq!(read(&kv, b"d"), Some(b"5".to_vec()));
     }
 
     #[test]

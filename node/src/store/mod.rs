@@ -50,9 +50,9 @@ const SCAN_PAGE: usize = 1024;
 pub enum StoreError {
     #[error("store {path}: {source}; if another credit-node holds this directory, stop it first")]
     Open { path: PathBuf, source: sled::Error },
-    #[error("store: {0}")]
+    #[error("store: {}{}", .0, sled_advice(.0))]
     Sled(#[from] sled::Error),
-    #[error("store: cannot write or make writes durable ({path}): {source}")]
+    #[error("store: cannot write or make writes durable ({path}): {source}{}", disk_full_advice(.source))]
     Sync {
         path: PathBuf,
         source: std::io::Error,
@@ -63,6 +63,22 @@ pub enum StoreError {
     Corrupt { id: BatchId },
     #[error("store: value under {tree} does not decode: {message}")]
     Decode { tree: &'static str, message: String },
+}
+
+/// What to do about a full disk, for the error message.
+fn disk_full_advice(source: &std::io::Error) -> &'static str {
+    if source.kind() == std::io::ErrorKind::StorageFull {
+        ": the disk is full: free space on it; the node goes on by itself once there is room (no restart needed)"
+    } else {
+        ""
+    }
+}
+
+fn sled_advice(error: &sled::Error) -> &'static str {
+    match error {
+        sled::Error::Io(io) => disk_full_advice(io),
+        _ => "",
+    }
 }
 
 impl From<KvError> for StoreError {
@@ -77,7 +93,12 @@ impl From<KvError> for StoreError {
 impl StoreError {
     /// Whether the disk is full: the operator must free space; nothing accepted is lost.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, StoreError::Sync { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
+        match self {
+            StoreError::Sync { source, .. } | StoreError::Sled(sled::Error::Io(source)) => {
+                source.kind() == std::io::ErrorKind::StorageFull
+            }
+            _ => false,
+        }
     }
 }
 
