@@ -432,11 +432,6 @@ impl Cluster {
         Ok(old_key)
     }
 
-    /// The process id of a running node (e.g. to read its memory from `/proc`).
-    pub fn pid(&self, id: NodeId) -> Option<u32> {
-        self.member(id).process.as_ref().map(Child::id)
-    }
-
     /// The log a node wrote so far (for failure messages).
     pub fn log(&self, id: NodeId) -> String {
         std::fs::read_to_string(self.member(id).dir.join("node.log")).unwrap_or_default()
