@@ -309,6 +309,7 @@ fn ingest_with_progress(
     schema: &'static Schema,
     batch: &BatchArgs,
     identity: &Identity,
+    left_out: &[String],
 ) -> anyhow::Result<IngestReport> {
     // Validation is pure and bounds birth dates by the period's last day; a period that has
     // not begun is refused here, where the clock is, so no birth date after this month passes.
@@ -327,6 +328,7 @@ fn ingest_with_progress(
         desensitize_key: &identity.network_key,
         node_key: &identity.key,
         batch_records_max: batch.batch_records.clamp(1, BATCH_RECORDS_MAX),
+        left_out,
     };
     let progress = node::progress::Rows::new(file);
     let report = ingest_file(file, &options, |rows| progress.update(rows))?;
@@ -451,7 +453,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     network_key: DesensitizeKey(node::identity::random32()?),
                 },
             };
-            let report = ingest_with_progress(&file, schema, &batch, &identity)?;
+            let report = ingest_with_progress(&file, schema, &batch, &identity, &[])?;
             if json {
                 serde_json::to_writer_pretty(&mut out, &node::report::ingest_json(&report))?;
                 writeln!(out)?;
@@ -494,7 +496,22 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         } => {
             let schema = schema(&batch.category)?;
             let identity = Identity::load(&dir)?;
-            let report = ingest_with_progress(&file, schema, &batch, &identity)?;
+            // The node's topology may keep fields from travelling upstream (最小必要): those
+            // columns are not read. Asked first, so a node that is not running is said before
+            // the file is read.
+            let profile = node::api::call(
+                &dir,
+                &node::api::ApiRequest::Profile {
+                    category: batch.category.clone(),
+                },
+            )?;
+            let left_out: Vec<String> = profile["left_out"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|name| name.as_str().map(str::to_owned))
+                .collect();
+            let report = ingest_with_progress(&file, schema, &batch, &identity, &left_out)?;
             let mut submitted = Vec::new();
             let mut failure = None;
             for signed in &report.batches {

@@ -69,6 +69,7 @@ pub fn sample_batches() -> Vec<SignedBatch> {
             desensitize_key: &NETWORK_KEY,
             node_key: &key,
             batch_records_max: 3,
+            left_out: &[],
         };
         let report = ingest_bytes(
             Path::new("seed.csv"),

@@ -335,6 +335,7 @@ pub fn ingest(data: &[u8]) -> Verdict {
         desensitize_key: &seeds::NETWORK_KEY,
         node_key: &node_key,
         batch_records_max: 1 + usize::from(per_batch % 8),
+        left_out: &[],
     };
     let report = match ingest_bytes(Path::new("fuzz.csv"), file, &options, |_| {}) {
         Ok(report) => report,

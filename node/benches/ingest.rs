@@ -129,6 +129,7 @@ fn main() {
         desensitize_key: &desensitize_key,
         node_key: &node_key,
         batch_records_max: BATCH_RECORDS_MAX,
+        left_out: &[],
     };
     let path = Path::new("bench/water_fee.csv");
     let fields_per_row = schema.fields.len();

@@ -306,6 +306,7 @@ fn build_batches(
         desensitize_key: network_key,
         node_key: key,
         batch_records_max: per_batch,
+        left_out: &[],
     };
     let report = ingest_bytes(
         Path::new("bench/water_fee.csv"),

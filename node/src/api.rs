@@ -100,6 +100,9 @@ pub enum ApiRequest {
         period: Option<String>,
         format: String,
     },
+    /// The fields of `category` the topology's minimum-necessary profile keeps from travelling
+    /// upstream (none if it sets no profile): `submit` does not read their columns.
+    Profile { category: String },
 }
 
 /// Why the operator API did not start ([`serve`]). Once listening it does not stop. As in
@@ -477,6 +480,28 @@ async fn answer(node: &Arc<Node>, request: ApiRequest) -> Result<Value, AnswerEr
             let period = protocol::Period::parse(&period)?;
             let (id, new) = node.progress_report(period, figures).await?;
             json!({"ok": true, "report": id.to_hex(), "new": new, "durable": true})
+        }
+        ApiRequest::Profile { category } => {
+            let category = protocol::Category::parse(&category)?;
+            let topology = current(&node.topology);
+            let left_out: Vec<&str> = match (
+                topology.profile(&category),
+                protocol::Registry::builtin().get(&category),
+            ) {
+                (Some(profile), Some(schema)) => schema
+                    .fields
+                    .iter()
+                    .filter(|field| !profile.allows(&field.name))
+                    .map(|field| field.name.as_str())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            json!({
+                "ok": true,
+                "category": category.to_string(),
+                "topology_version": topology.version,
+                "left_out": left_out,
+            })
         }
         ApiRequest::Progress { period, format } => {
             let period = period.map(|p| protocol::Period::parse(&p)).transpose()?;

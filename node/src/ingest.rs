@@ -41,6 +41,9 @@ pub struct IngestOptions<'a> {
     pub node_key: &'a NodeKey,
     /// Records per batch; larger files become several batches.
     pub batch_records_max: usize,
+    /// Fields the topology's minimum-necessary profile keeps from travelling upstream: their
+    /// columns are not read (the records carry nothing there). Empty: every field travels.
+    pub left_out: &'a [String],
 }
 
 /// The problems of one input row.
@@ -64,6 +67,8 @@ pub struct IngestReport {
     pub warnings: Vec<RowProblems>,
     /// Header columns that match no field and were ignored.
     pub ignored_columns: Vec<String>,
+    /// Columns of fields the minimum-necessary profile leaves out, not read.
+    pub left_out_columns: Vec<String>,
 }
 
 /// Why a file could not be ingested at all.
@@ -153,8 +158,17 @@ pub fn ingest_bytes(
     }
     let header = csv::StringRecord::from_byte_record(row.clone())
         .map_err(|e| not_utf8(path, row.position(), e.utf8_error().field()))?;
-    let (columns, ignored_columns) = map_header(path, schema, &header)?;
+    let (mut columns, ignored_columns) = map_header(path, schema, &header)?;
     let column_count = header.len();
+    // What the profile leaves out is never read, so it cannot reach a batch.
+    let mut left_out_columns = Vec::new();
+    for (field, column) in schema.fields.iter().zip(columns.iter_mut()) {
+        if options.left_out.contains(&field.name)
+            && let Some(c) = column.take()
+        {
+            left_out_columns.push(header.get(c).unwrap_or(&field.name).to_owned());
+        }
+    }
 
     let mut report = IngestReport {
         batches: Vec::new(),
@@ -163,6 +177,7 @@ pub fn ingest_bytes(
         rejected: Vec::new(),
         warnings: Vec::new(),
         ignored_columns,
+        left_out_columns,
     };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(WORKERS_MAX));
     // Bounded, so parsing runs at most a few chunks ahead of checking.

@@ -31,6 +31,13 @@ pub fn write_ingest(out: &mut impl Write, name: &str, report: &IngestReport) -> 
             report.ignored_columns.join(", ")
         )?;
     }
+    if !report.left_out_columns.is_empty() {
+        writeln!(
+            out,
+            "  left out (the topology's minimum-necessary profile keeps them from travelling upstream): {}",
+            report.left_out_columns.join(", ")
+        )?;
+    }
     write_rows(out, "refused", &report.rejected)?;
     write_rows(out, "warning", &report.warnings)
 }
@@ -83,6 +90,7 @@ pub fn ingest_json(report: &IngestReport) -> serde_json::Value {
         "refused": rows_json(&report.rejected),
         "warnings": rows_json(&report.warnings),
         "ignored_columns": report.ignored_columns,
+        "left_out_columns": report.left_out_columns,
     })
 }
 

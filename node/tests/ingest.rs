@@ -33,6 +33,7 @@ fn options(node_key: &NodeKey, batch_records_max: usize, encoding: Encoding) -> 
         desensitize_key: &NETWORK_KEY,
         node_key,
         batch_records_max,
+        left_out: &[],
     }
 }
 
@@ -569,6 +570,7 @@ fn golden_batches_and_reports_do_not_change() {
             desensitize_key: &desensitize_key,
             node_key: &node_key,
             batch_records_max: 700,
+            left_out: &[],
         };
         let report =
             ingest_bytes(Path::new("golden.csv"), text.as_bytes(), &options, |_| {}).unwrap();

@@ -106,6 +106,9 @@ pub enum Rule {
     DuplicateKey,
     /// A well-formed identifier that is a placeholder no one holds (`000000000000000000`).
     Placeholder,
+    /// A field the topology's minimum-necessary profile (最小必要) does not let travel
+    /// upstream.
+    NotInProfile,
 }
 
 impl Rule {
@@ -123,6 +126,7 @@ impl Rule {
             Rule::Desensitization => "desensitization",
             Rule::DuplicateKey => "duplicate_key",
             Rule::Placeholder => "placeholder",
+            Rule::NotInProfile => "not_in_profile",
         }
     }
 }
@@ -326,8 +330,10 @@ impl Schema {
                     Rule::Format,
                     "a token in a field that is not tokenized".to_owned(),
                 )),
-                (Value::Token { masked, .. }, _) => (masked.len() > 64)
-                    .then(|| (Rule::TooLong, "masked form longer than 64 bytes".to_owned())),
+                (Value::Token { masked, .. }, _) if masked.len() > 64 => {
+                    Some((Rule::TooLong, "masked form longer than 64 bytes".to_owned()))
+                }
+                (Value::Token { masked, .. }, rule) => reveals_too_much(masked, rule),
                 (Value::Text(text), Desensitize::None) => {
                     match normalize(&field.kind, text, period) {
                         Ok(n) if n.text == text.as_str() => None,
@@ -335,8 +341,10 @@ impl Schema {
                         Err(e) => Some(e),
                     }
                 }
-                (Value::Text(text), _masked) => (text.len() > VALUE_BYTES_MAX)
-                    .then(|| (Rule::TooLong, "masked value too long".to_owned())),
+                (Value::Text(text), _) if text.len() > VALUE_BYTES_MAX => {
+                    Some((Rule::TooLong, "masked value too long".to_owned()))
+                }
+                (Value::Text(text), masked) => reveals_too_much(text, masked),
             };
             if let Some((rule, message)) = problem {
                 problems.push(self.problem(field, shown, rule, message));
@@ -514,6 +522,42 @@ fn desensitize(field: &Field, text: Cow<'_, str>, key: &DesensitizeKey) -> Value
         Desensitize::MaskMiddle => Value::Text(mask_middle(&text)),
         Desensitize::Drop => Value::Absent,
     }
+}
+
+/// Whether a masked value shows more than its mask keeps: every character the mask stars
+/// (by the masked form's own length, which the mask keeps) must be a star. A receiver checks
+/// this, so an origin that masks wrongly — or not at all — cannot pass a number upstream.
+fn reveals_too_much(masked: &str, rule: Desensitize) -> Option<(Rule, String)> {
+    let n = masked.chars().count();
+    let (head, tail, what) = match rule {
+        Desensitize::Token | Desensitize::MaskMiddle => match n {
+            0 => return None,
+            n if n <= 4 => (1, 0, "the first character"),
+            n if n <= 10 => (2, 1, "the first two and the last character"),
+            _ => (6, 1, "the first six and the last character"),
+        },
+        Desensitize::MaskPhone if n == 11 => (3, 4, "the first three and last four digits"),
+        Desensitize::MaskPhone => (
+            3.min(n),
+            2.min(n.saturating_sub(3)),
+            "the first three and last two digits",
+        ),
+        Desensitize::MaskName => (1.min(n), 0, "the first character"),
+        Desensitize::None | Desensitize::Drop => return None,
+    };
+    let shown = masked
+        .chars()
+        .enumerate()
+        .filter(|&(i, c)| i >= head && i < n.saturating_sub(tail) && c != '*')
+        .count();
+    (shown > 0).then(|| {
+        (
+            Rule::Desensitization,
+            format!(
+                "the masked form shows {shown} character(s) its mask stars: only {what} may be shown"
+            ),
+        )
+    })
 }
 
 /// `张三丰` → `张**`.

@@ -592,6 +592,14 @@ pub enum Rejection {
     NotProvince(NodeId),
     #[error("a manifest or progress report was given where a data batch was expected")]
     NotData,
+    #[error(
+        "{count} record(s) of {category} carry {fields}, outside the topology's minimum-necessary profile (最小必要) for {category}: the origin must leave them out — bring it to this topology version and submit the data again"
+    )]
+    NotInProfile {
+        category: String,
+        fields: String,
+        count: usize,
+    },
 }
 
 impl Rejection {
@@ -600,6 +608,62 @@ impl Rejection {
             reason: self.to_string(),
         }
     }
+}
+
+/// Checks that no record of `batch` carries a value in a field `allows` keeps from travelling
+/// upstream (the topology's minimum-necessary profile for its category). On failure, a
+/// problem per record and field (at most [`REJECTION_PROBLEMS_MAX`]) names the field.
+pub fn check_profile(
+    batch: &Batch,
+    schema: &crate::schema::Schema,
+    allows: impl Fn(&str) -> bool,
+) -> Result<(), (Rejection, Vec<Problem>)> {
+    let outside: Vec<usize> = (0..schema.fields.len())
+        .filter(|&i| !allows(&schema.fields[i].name))
+        .collect();
+    if outside.is_empty() {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    let mut fields = BTreeSet::new();
+    let mut count = 0;
+    for record in &batch.records {
+        let mut carries = false;
+        for &i in &outside {
+            if matches!(record.values.get(i), None | Some(crate::record::Value::Absent)) {
+                continue;
+            }
+            carries = true;
+            let field = &schema.fields[i];
+            fields.insert(field.name.as_str());
+            if problems.len() < REJECTION_PROBLEMS_MAX {
+                problems.push(Problem {
+                    field: field.name.clone(),
+                    label: field.label.clone(),
+                    // The value itself is what must not travel: it is not echoed.
+                    value: String::new(),
+                    rule: crate::record::Rule::NotInProfile,
+                    severity: crate::record::Severity::Error,
+                    message: format!(
+                        "record {}: {} ({}) is outside the minimum-necessary profile of {}: leave it out",
+                        record.key, field.label, field.name, schema.category
+                    ),
+                });
+            }
+        }
+        count += usize::from(carries);
+    }
+    if count == 0 {
+        return Ok(());
+    }
+    Err((
+        Rejection::NotInProfile {
+            category: schema.category.to_string(),
+            fields: fields.into_iter().collect::<Vec<_>>().join(", "),
+            count,
+        },
+        problems,
+    ))
 }
 
 /// What a receiver checks before it stores a batch: hash against id, the origin's signature

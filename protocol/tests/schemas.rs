@@ -397,3 +397,50 @@ fn headers_match_by_machine_name_label_or_alias() {
     assert_eq!(schema.field_by_header("ACCOUNT_NO"), account);
     assert_eq!(schema.field_by_header("nonsense"), None);
 }
+
+/// A receiver refuses a masked form that shows more than its mask keeps (found by the scan of
+/// issue 9: only the length of a masked form was checked, so an origin that did not mask
+/// could send a number upstream in the masked slot).
+#[test]
+fn a_masked_form_that_shows_too_much_is_refused() {
+    let schema = Registry::builtin().by_name("water_fee").unwrap();
+    let record = validate(schema, &full_row(schema)).unwrap().record;
+    assert!(schema.check_record(&record, period()).is_empty());
+    let shows_too_much = |field: &str, value: Value| {
+        let mut changed = record.clone();
+        changed.values[schema.field_index(field).unwrap()] = value;
+        schema
+            .check_record(&changed, period())
+            .into_iter()
+            .filter(|p| p.rule == Rule::Desensitization)
+            .map(|p| {
+                assert!(!p.value.contains("1231002"), "echoed: {p:?}");
+                p.message
+            })
+            .collect::<Vec<_>>()
+    };
+    let token = |masked: &str| {
+        let Value::Token { token, .. } = &record.values[schema.field_index("subject_id_number").unwrap()]
+        else {
+            panic!("the id is a token");
+        };
+        Value::Token {
+            masked: masked.into(),
+            token: *token,
+        }
+    };
+    // The id's masked slot carrying the number, or one digit too many.
+    for masked in [PERSON_ID, "1101051**********X", "110105*********02X"] {
+        let found = shows_too_much("subject_id_number", token(masked));
+        assert!(
+            found.iter().any(|m| m.contains("first six and the last")),
+            "{masked}: {found:?}"
+        );
+    }
+    // What the mask makes passes.
+    assert!(shows_too_much("subject_id_number", token("110105***********X")).is_empty());
+    // A phone and an address (masked text fields) likewise.
+    assert!(!shows_too_much("contact_phone", Value::Text("13812345678".into())).is_empty());
+    assert!(shows_too_much("contact_phone", Value::Text("138****5678".into())).is_empty());
+    assert!(!shows_too_much("premises", Value::Text("揭阳市榕城区进贤门大道1号".into())).is_empty());
+}

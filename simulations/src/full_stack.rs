@@ -400,6 +400,7 @@ fn submissions(seed: u64, county: NodeId, key: &NodeKey, rng: &mut Rng) -> Vec<S
                 desensitize_key: &network_key,
                 node_key: key,
                 batch_records_max: RECORDS_PER_BATCH,
+                left_out: &[],
             };
             let report = ingest_bytes(
                 Path::new("export.csv"),

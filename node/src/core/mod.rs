@@ -1368,6 +1368,7 @@ impl<K: Kv> Core<K> {
         .and_then(|content| {
             progress::check_origin(&self.topology, &content)
                 .map_err(|rejection| (rejection, Vec::new()))?;
+            check_profile(&self.topology, self.registry, &content)?;
             Ok(content)
         });
         match checked {
@@ -1555,6 +1556,11 @@ impl<K: Kv> Core<K> {
         )
         .map_err(|(rejection, _)| rejection)
         .and_then(|content| progress::check_origin(&self.topology, &content).map(|()| content))
+        .and_then(|content| {
+            check_profile(&self.topology, self.registry, &content)
+                .map(|()| content)
+                .map_err(|(rejection, _)| rejection)
+        })
         .map_err(|rejection| CoreError::Refused {
             id,
             reason: rejection.to_string(),
@@ -2457,6 +2463,25 @@ pub fn may_connect(topology: &Topology, me: NodeId, node: NodeId) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// A data batch carries no field the topology's minimum-necessary profile for its category
+/// keeps from travelling upstream.
+fn check_profile(
+    topology: &Topology,
+    registry: &Registry,
+    content: &Content,
+) -> Result<(), (Rejection, Vec<Problem>)> {
+    let Content::Data(batch) = content else {
+        return Ok(());
+    };
+    let (Some(profile), Some(schema)) = (
+        topology.profile(&batch.header.category),
+        registry.get(&batch.header.category),
+    ) else {
+        return Ok(());
+    };
+    protocol::sync::check_profile(batch, schema, |name| profile.allows(name))
+}
 
 /// This node's stored receipt as it answers a child on a live link: signed by its current
 /// key. A receipt stored before this node was re-keyed carries a retired signature, which

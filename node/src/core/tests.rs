@@ -80,6 +80,11 @@ fn county_batch_of(period: &str) -> SignedBatch {
 
 /// Three water-fee records of `origin` for `period`, signed by `origin`.
 fn batch_of(origin: &str, period: &str) -> SignedBatch {
+    batch_leaving_out(origin, period, &[])
+}
+
+/// [`batch_of`], its origin leaving out the fields `left_out`.
+fn batch_leaving_out(origin: &str, period: &str, left_out: &[String]) -> SignedBatch {
     let schema = protocol::Registry::builtin().by_name("water_fee").unwrap();
     let origin = id(origin);
     let period = Period::parse(period).unwrap();
@@ -92,6 +97,7 @@ fn batch_of(origin: &str, period: &str) -> SignedBatch {
         desensitize_key: &protocol::DesensitizeKey([1; 32]),
         node_key: &key(origin),
         batch_records_max: 100,
+        left_out,
     };
     crate::ingest::ingest_bytes(
         std::path::Path::new("t.csv"),
@@ -1793,4 +1799,95 @@ fn a_child_link_is_up_only_for_a_child_key_and_a_newer_connection_replaces_the_o
     );
     city.handle_link_down(LinkId(4), "gone", now(5)).unwrap();
     assert!(city.links().iter().all(|l| !l.connected));
+}
+
+/// The topology keeps `contact_phone` and `premises` of water fees from travelling upstream
+/// (最小必要): an origin that leaves them out is taken, a batch that carries them is refused
+/// by its receiver with feedback naming each field, and the origin's own node refuses to
+/// submit it.
+#[test]
+fn a_field_outside_the_minimum_necessary_profile_is_refused_by_name() {
+    let water = protocol::Category::parse("water_fee").unwrap();
+    let schema = protocol::Registry::builtin().get(&water).unwrap();
+    let allowed: Vec<String> = schema
+        .fields
+        .iter()
+        .map(|f| f.name.clone())
+        .filter(|name| name != "contact_phone" && name != "premises")
+        .collect();
+    let base = topology(1, None);
+    let profiled = Arc::new(
+        base.edited(
+            2,
+            base.nodes().cloned().collect(),
+            topology::Admissions {
+                profiles: vec![topology::Profile {
+                    category: water.clone(),
+                    fields: allowed,
+                }],
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let left_out = ["contact_phone".to_owned(), "premises".to_owned()];
+    let carrying = county_batch();
+    let lean = batch_leaving_out(COUNTY, "2026-05", &left_out);
+    assert_ne!(carrying.id, lean.id);
+
+    let kv = MemKv::new();
+    let mut city = core(CITY, profiled.clone(), kv.clone());
+    link_from(&mut city, LinkId(7), COUNTY, now(1));
+    drain(&mut city);
+    city.handle_batch(LinkId(7), carrying.clone(), None, now(2))
+        .unwrap();
+    city.handle_batch(LinkId(7), lean.clone(), None, now(2))
+        .unwrap();
+    let outputs = make_durable(&mut city, &kv, now(3));
+    let receipts = receipts_in(&outputs);
+    let verdict_of = |id: BatchId| {
+        receipts
+            .iter()
+            .find(|r| r.receipt.batch == id)
+            .map(|r| r.receipt.verdict.clone())
+            .unwrap()
+    };
+    let Verdict::Rejected { reason } = verdict_of(carrying.id) else {
+        panic!("a batch carrying fields outside the profile was taken: {receipts:?}");
+    };
+    assert!(
+        reason.contains("contact_phone")
+            && reason.contains("premises")
+            && reason.contains("最小必要"),
+        "{reason}"
+    );
+    let feedback: Vec<&Problem> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Transmit {
+                message: Message::Feedback { batch, problems },
+                ..
+            } if *batch == carrying.id => Some(problems),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        feedback
+            .iter()
+            .any(|p| p.field == "contact_phone" && p.rule == protocol::record::Rule::NotInProfile),
+        "{feedback:?}"
+    );
+    assert!(feedback.iter().all(|p| p.value.is_empty()), "the value is not echoed");
+    assert!(matches!(verdict_of(lean.id), Verdict::Accepted { .. }));
+    let store = Store::new(kv.clone());
+    assert!(!store.holds(&carrying.id).unwrap());
+    assert!(store.holds(&lean.id).unwrap());
+
+    // The county's own node refuses to submit what its parent would refuse.
+    let county_kv = MemKv::new();
+    let mut county = core(COUNTY, profiled, county_kv);
+    let refused = county.submit(carrying, now(4)).unwrap_err().to_string();
+    assert!(refused.contains("contact_phone"), "{refused}");
+    county.submit(lean, now(4)).unwrap();
 }

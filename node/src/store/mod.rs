@@ -1170,6 +1170,7 @@ mod tests {
             desensitize_key: &protocol::DesensitizeKey([1; 32]),
             node_key: &key,
             batch_records_max: 10_000,
+            left_out: &[],
         };
         let report =
             crate::ingest::ingest_bytes(Path::new("t"), file.text.as_bytes(), &options, |_| {})

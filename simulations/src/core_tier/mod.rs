@@ -151,11 +151,14 @@ pub enum Fault {
     Proof {
         child: NodeId,
     },
-    /// The node is given a new key (rotation): it stops, every node loads a topology version
-    /// with its new key and the old one retired, and it starts again with the new key. Its
-    /// batches signed with the old key must still arrive and verify everywhere.
+    /// The node is given a new key: it stops, every node loads a topology version with its
+    /// new key and the old one retired (a rotation) or `revoked` (a compromise), and it
+    /// starts again with the new key. Its batches signed with the old key and first received
+    /// before the end must still arrive and verify everywhere; a revoked key's receipts no
+    /// longer prove when anything arrived.
     Rekey {
         node: NodeId,
+        revoked: bool,
     },
 }
 
@@ -296,6 +299,7 @@ impl Faults {
                     duration_ms: rng.between(1_000, 3_600_000),
                     fault: Fault::Rekey {
                         node: nodes[rng.below(nodes.len() as u64) as usize].id,
+                        revoked: rng.coin(),
                     },
                 });
             }
@@ -318,7 +322,8 @@ impl Faults {
                 Fault::Intruder { .. } => "intruder",
                 Fault::Lose { .. } => "store-loss",
                 Fault::Proof { .. } => "proof",
-                Fault::Rekey { .. } => "rekey",
+                Fault::Rekey { revoked: false, .. } => "rekey",
+                Fault::Rekey { revoked: true, .. } => "revoke",
             };
             *kinds.entry(name).or_default() += 1;
         }

@@ -168,6 +168,7 @@ fn make_records(category: &str, period: Period, salt: u32) -> (u32, Vec<Record>)
         desensitize_key: &DesensitizeKey([3; 32]),
         node_key: &key,
         batch_records_max: RECORDS_PER_BATCH,
+        left_out: &[],
     };
     let report = ingest_bytes(Path::new("sim.csv"), file.text.as_bytes(), &options, |_| {})
         .expect("sample data ingests");

@@ -291,7 +291,7 @@ impl World {
         // every node's public key, so it knows them all from the start).
         let mut generations: HashMap<NodeId, u32> = HashMap::new();
         for planned in &faults.list {
-            if let Fault::Rekey { node } = planned.fault {
+            if let Fault::Rekey { node, .. } = planned.fault {
                 let generation = generations.entry(node).or_default();
                 *generation += 1;
                 let secret = keys::secret(plan.seed, node, *generation);
@@ -1160,12 +1160,12 @@ impl World {
                 self.crash(n);
                 self.lose(n, count);
             }
-            Fault::Rekey { node } if start => {
+            Fault::Rekey { node, revoked } if start => {
                 let n = self.index[&node];
                 self.crash(n);
-                self.rekey(n);
+                self.rekey(n, revoked);
             }
-            Fault::Crash { node } | Fault::Lose { node, .. } | Fault::Rekey { node } => {
+            Fault::Crash { node } | Fault::Lose { node, .. } | Fault::Rekey { node, .. } => {
                 let n = self.index[&node];
                 self.restart(n);
             }
@@ -1236,7 +1236,7 @@ impl World {
     /// the new key and the old one retired. The retirement is dated after every clock the
     /// swarm has skewed, as an operator whose nodes' clocks disagree would date it: a batch the
     /// old key signed reached its first parent before the node stopped, hence before it.
-    fn rekey(&mut self, n: usize) {
+    fn rekey(&mut self, n: usize, revoked: bool) {
         let node = self.nodes[n].id;
         self.nodes[n].key_generation += 1;
         let secret = keys::secret(self.plan.seed, node, self.nodes[n].key_generation);
@@ -1258,9 +1258,25 @@ impl World {
         admissions.old_keys.push(topology::OldKey {
             node,
             public_key: old_key,
-            end: topology::KeyEnd::Retired,
+            end: if revoked {
+                topology::KeyEnd::Revoked
+            } else {
+                topology::KeyEnd::Retired
+            },
             at_ms: EPOCH_MS + self.now_ms + self.max_skew_ms + 60_000,
         });
+        if revoked {
+            // Its receipts no longer date anything: the ledger dates what it first received
+            // by the next receiver's receipt, no earlier than the truth.
+            for (id, item) in &self.items {
+                let first_receiver = self.plan.topology.parent_of(item.origin).map(|p| p.id);
+                if first_receiver == Some(node)
+                    || (node.is_national() && self.plan.topology.legacy_link(item.origin).is_some())
+                {
+                    self.proof_touched.insert(*id);
+                }
+            }
+        }
         let next = match current.edited(current.version + 1, nodes, admissions) {
             Ok(next) => Arc::new(next),
             Err(errors) => {
