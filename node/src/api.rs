@@ -102,7 +102,9 @@ pub enum ApiRequest {
     },
     /// The fields of `category` the topology's minimum-necessary profile keeps from travelling
     /// upstream (none if it sets no profile): `submit` does not read their columns.
-    Profile { category: String },
+    Profile {
+        category: String,
+    },
 }
 
 /// Why the operator API did not start ([`serve`]). Once listening it does not stop. As in

@@ -383,6 +383,62 @@ impl Schema {
     pub fn field_index(&self, name: &str) -> Option<usize> {
         self.fields.iter().position(|f| f.name == name)
     }
+
+    /// Why field `index` must travel with every record that leaves its origin, in words for
+    /// an operator ("it is part of the record key"), or `None` if a minimum-necessary profile
+    /// (最小必要) may leave it out. A field is needed when it is part of the record key, names
+    /// the subject, is required (always or under a condition), is the period field, or is the
+    /// field another field's condition looks at: a receiver checks and keys every record by
+    /// these. Several reasons are joined with "and".
+    pub fn why_needed(&self, index: usize) -> Option<String> {
+        let field = self.fields.get(index)?;
+        let mut reasons = Vec::new();
+        if self.key.contains(&index) {
+            reasons.push("it is part of the record key".to_owned());
+        }
+        if self.subject.contains(&index) {
+            reasons.push("it names the subject".to_owned());
+        }
+        match &field.required {
+            Required::Always => reasons.push("every record must have it".to_owned()),
+            Required::When {
+                field: condition,
+                values,
+            } => reasons.push(format!(
+                "a record must have it when {} is {}",
+                self.fields[*condition].name,
+                values.join(" or ")
+            )),
+            Required::Never => {}
+        }
+        if self.period_field == Some(index) {
+            reasons.push("it must equal the batch's period".to_owned());
+        }
+        let conditioned: Vec<&str> = self
+            .fields
+            .iter()
+            .filter(
+                |other| matches!(&other.required, Required::When { field, .. } if *field == index),
+            )
+            .map(|other| other.name.as_str())
+            .collect();
+        if !conditioned.is_empty() {
+            reasons.push(format!(
+                "whether {} is required depends on it",
+                conditioned.join(", ")
+            ));
+        }
+        (!reasons.is_empty()).then(|| reasons.join(" and "))
+    }
+
+    /// The machine names of the fields no minimum-necessary profile may leave out (see
+    /// [`Schema::why_needed`]), in field order.
+    pub fn needed_fields(&self) -> Vec<&str> {
+        (0..self.fields.len())
+            .filter(|&index| self.why_needed(index).is_some())
+            .map(|index| self.fields[index].name.as_str())
+            .collect()
+    }
 }
 
 /// Trims ASCII whitespace, the full-width space U+3000, no-break spaces and a zero-width BOM.

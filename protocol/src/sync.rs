@@ -630,7 +630,10 @@ pub fn check_profile(
     for record in &batch.records {
         let mut carries = false;
         for &i in &outside {
-            if matches!(record.values.get(i), None | Some(crate::record::Value::Absent)) {
+            if matches!(
+                record.values.get(i),
+                None | Some(crate::record::Value::Absent)
+            ) {
                 continue;
             }
             carries = true;

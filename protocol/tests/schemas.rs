@@ -420,7 +420,8 @@ fn a_masked_form_that_shows_too_much_is_refused() {
             .collect::<Vec<_>>()
     };
     let token = |masked: &str| {
-        let Value::Token { token, .. } = &record.values[schema.field_index("subject_id_number").unwrap()]
+        let Value::Token { token, .. } =
+            &record.values[schema.field_index("subject_id_number").unwrap()]
         else {
             panic!("the id is a token");
         };
@@ -442,5 +443,58 @@ fn a_masked_form_that_shows_too_much_is_refused() {
     // A phone and an address (masked text fields) likewise.
     assert!(!shows_too_much("contact_phone", Value::Text("13812345678".into())).is_empty());
     assert!(shows_too_much("contact_phone", Value::Text("138****5678".into())).is_empty());
-    assert!(!shows_too_much("premises", Value::Text("揭阳市榕城区进贤门大道1号".into())).is_empty());
+    assert!(
+        !shows_too_much("premises", Value::Text("揭阳市榕城区进贤门大道1号".into())).is_empty()
+    );
+}
+
+/// The fields a minimum-necessary profile may not leave out: key, subject, required (always or
+/// under a condition), the period field and the fields conditions look at; each with a reason.
+#[test]
+fn needed_fields_of_water_fee() {
+    let schema = Registry::builtin().by_name("water_fee").unwrap();
+    assert_eq!(
+        schema.needed_fields(),
+        [
+            "subject_name",
+            "subject_kind",
+            "subject_uscc",
+            "subject_id_number",
+            "account_no",
+            "billing_period",
+            "consumption",
+            "billed_amount",
+            "paid_amount",
+            "source_unit",
+            "source_unit_uscc",
+        ]
+    );
+    let why = |name: &str| schema.why_needed(schema.field_index(name).unwrap());
+    assert_eq!(why("premises"), None);
+    assert_eq!(why("late_fee"), None);
+    assert_eq!(
+        why("billing_period").as_deref(),
+        Some(
+            "it is part of the record key and every record must have it and it must equal the batch's period"
+        )
+    );
+    assert_eq!(
+        why("subject_kind").as_deref(),
+        Some(
+            "every record must have it and whether subject_uscc, subject_id_number is required depends on it"
+        )
+    );
+    assert!(
+        why("subject_id_number")
+            .unwrap()
+            .contains("it names the subject")
+    );
+    assert_eq!(schema.why_needed(schema.fields.len()), None);
+    // Every schema leaves something a profile can drop, or at least needs its key.
+    for schema in Registry::builtin().iter() {
+        let needed = schema.needed_fields();
+        for &k in &schema.key {
+            assert!(needed.contains(&schema.fields[k].name.as_str()));
+        }
+    }
 }

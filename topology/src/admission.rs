@@ -42,6 +42,23 @@ pub struct OldKey {
     pub at_ms: u64,
 }
 
+/// A minimum-necessary profile (最小必要): `[[profile]]` in the file. Of a record of
+/// `category` only `fields` travel upstream; origins leave the others out and receivers refuse
+/// batches that carry them. See the crate documentation, "Minimum-necessary profiles".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub category: protocol::Category,
+    /// Machine names of the fields that may travel upstream, in the schema's field order.
+    pub fields: Vec<String>,
+}
+
+impl Profile {
+    /// Whether field `name` may travel upstream.
+    pub fn allows(&self, name: &str) -> bool {
+        self.fields.iter().any(|field| field == name)
+    }
+}
+
 /// The state of a key of a node at a moment: what a receiver needs to judge a signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {

@@ -235,7 +235,7 @@ use std::net::SocketAddr;
 use protocol::ids::DivisionLevel;
 use protocol::{Category, NodeId, PublicKey};
 
-pub use admission::{Admission, Assessment, Date, KeyEnd, KeyState, OldKey};
+pub use admission::{Admission, Assessment, Date, KeyEnd, KeyState, OldKey, Profile};
 pub use generate::{
     CHINA_DIVISIONS_CSV, Division, GENERATED_HEADER, GUANGDONG_DIVISIONS_CSV, GenerateError,
     NATIONAL_NAME, divisions, generate, placeholder_key,
@@ -493,9 +493,10 @@ pub struct Topology {
     admissions: Admissions,
 }
 
-/// Who may connect, and with which keys, over time: `require_assessment`, the `[[old_key]]`
-/// and the `[[assessment]]` tables. See the crate documentation, "Keys over time" and
-/// "Security assessments".
+/// Who may connect, and with which keys, over time, and what may travel upstream:
+/// `require_assessment`, the `[[old_key]]`, `[[assessment]]` and `[[profile]]` tables. See the
+/// crate documentation, "Keys over time", "Security assessments" and "Minimum-necessary
+/// profiles".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Admissions {
     /// Whether a node must hold a valid assessment to connect (`require_assessment`).
@@ -504,6 +505,8 @@ pub struct Admissions {
     pub old_keys: Vec<OldKey>,
     /// At most one per node, in file order.
     pub assessments: Vec<Assessment>,
+    /// Minimum-necessary profiles (最小必要): at most one per category, in file order.
+    pub profiles: Vec<Profile>,
 }
 
 impl Topology {
@@ -671,6 +674,14 @@ impl Topology {
             .assessments
             .iter()
             .find(|assessment| assessment.node == node)
+    }
+
+    /// The profile for `category`, if the file restricts it.
+    pub fn profile(&self, category: &Category) -> Option<&Profile> {
+        self.admissions
+            .profiles
+            .iter()
+            .find(|profile| &profile.category == category)
     }
 
     /// Whether `node` may hold sessions at `now_ms` (Unix milliseconds), by its assessment.
@@ -956,6 +967,15 @@ impl Topology {
                     out.push_str(&format!("contact = {}\n", toml_string(contact)));
                 }
             }
+        }
+        for profile in &self.admissions.profiles {
+            out.push_str("\n[[profile]]\n");
+            out.push_str(&format!("category = \"{}\"\n", profile.category));
+            out.push_str("fields = [\n");
+            for field in &profile.fields {
+                out.push_str(&format!("    {},\n", toml_string(field)));
+            }
+            out.push_str("]\n");
         }
         out
     }

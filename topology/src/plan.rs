@@ -13,7 +13,8 @@
 //!    window changes;
 //! 6. legacy links removed (only after a migration a previous version asked for);
 //! 7. re-keys; 8. address changes and renames; 9. schedules and their allocation tables;
-//! 10. nodes removed, bottom-up.
+//! 10. minimum-necessary profiles (fields no longer or again sent upstream);
+//! 11. nodes removed, bottom-up.
 //!
 //! Then the steps are applied in order to a model of the network's links that starts from the
 //! old topology. After every step each node present must reach `000000` through parent links
@@ -25,7 +26,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use protocol::{NodeId, PublicKey};
+use protocol::{Category, NodeId, PublicKey, Registry};
 
 use crate::{
     Allocation, Cadence, KeyEnd, LegacyLink, Node, Role, Schedule, Topology, cadence_name,
@@ -122,7 +123,9 @@ impl std::error::Error for Refusal {}
 /// 6. legacy links removed — only if `old` already had `migrate = true` (the node reports the
 ///    migration complete); removing one that never migrated is refused;
 /// 7. re-keys; 8. address changes and renames; 9. schedules and their allocation tables;
-/// 10. nodes removed, bottom-up (once their outbox is empty and no node names them as parent).
+/// 10. minimum-necessary profiles added, narrowed, widened or removed — a narrowing needs the
+///     origins on the new version first, a widening the receivers; neither is refused;
+/// 11. nodes removed, bottom-up (once their outbox is empty and no node names them as parent).
 ///
 /// Then the steps are applied in order to a model of the network's links that starts from
 /// `old`. After every step each node present must reach `000000` through parent links between
@@ -174,6 +177,7 @@ pub fn plan(old: &Topology, new: &Topology) -> Result<Plan, Refusal> {
     planner.assessments();
     planner.addresses_and_names();
     planner.schedules();
+    planner.profiles();
     planner.removals();
     planner.simulate()
 }
@@ -847,6 +851,90 @@ impl Planner<'_> {
                         describe_allocation(was)
                     ),
                     before(Some(was), None),
+                    Effect::None,
+                );
+            }
+        }
+    }
+
+    /// Profiles added, narrowed, widened or removed: in the new file's order, then the ones
+    /// removed. A field no longer sent is one step (origins first: receivers on the new version
+    /// refuse batches that carry it); a field now sent is another (receivers first: a
+    /// receiver on the old version refuses batches that carry it).
+    fn profiles(&mut self) {
+        let (old, new) = (self.old, self.new);
+        let mut categories: Vec<&Category> = new
+            .admissions()
+            .profiles
+            .iter()
+            .map(|profile| &profile.category)
+            .collect();
+        categories.extend(
+            old.admissions()
+                .profiles
+                .iter()
+                .map(|profile| &profile.category)
+                .filter(|category| new.profile(category).is_none()),
+        );
+        for category in categories {
+            let Some(schema) = Registry::builtin().get(category) else {
+                continue;
+            };
+            let (was, is) = (old.profile(category), new.profile(category));
+            if was == is {
+                continue;
+            }
+            // What is sent upstream: the profile's fields, or every field without one.
+            let sent = |profile: Option<&crate::Profile>, name: &str| {
+                profile.is_none_or(|profile| profile.allows(name))
+            };
+            let names = |keep: &dyn Fn(&str) -> bool| -> Vec<&str> {
+                schema
+                    .fields
+                    .iter()
+                    .map(|field| field.name.as_str())
+                    .filter(|name| keep(name))
+                    .collect()
+            };
+            let dropped = names(&|name| sent(was, name) && !sent(is, name));
+            let again = names(&|name| !sent(was, name) && sent(is, name));
+            let verb = match (was, is) {
+                (None, _) => "add",
+                (_, None) => "remove",
+                _ if again.is_empty() => "narrow",
+                _ if dropped.is_empty() => "widen",
+                _ => "change",
+            };
+            if dropped.is_empty() && again.is_empty() {
+                self.push(
+                    format!(
+                        "{verb} the profile of {category} (最小必要): it lists every field of the schema, so nothing changes upstream"
+                    ),
+                    "nothing".to_owned(),
+                    Effect::None,
+                );
+            }
+            if !dropped.is_empty() {
+                let list = dropped.join(", ");
+                self.push(
+                    format!(
+                        "{verb} the profile of {category} (最小必要): fields no longer sent upstream: {list}"
+                    ),
+                    format!(
+                        "every node that originates {category} runs this version first: receivers on this version refuse batches that carry {list}, including batches already in flight"
+                    ),
+                    Effect::None,
+                );
+            }
+            if !again.is_empty() {
+                let list = again.join(", ");
+                self.push(
+                    format!(
+                        "{verb} the profile of {category} (最小必要): fields now sent upstream too: {list}"
+                    ),
+                    format!(
+                        "every node that receives {category} runs this version first: a receiver on the old version refuses batches that carry {list}"
+                    ),
                     Effect::None,
                 );
             }

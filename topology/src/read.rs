@@ -13,7 +13,8 @@ use toml::de::{DeTable, DeValue};
 use crate::admission::{Date, KeyEnd, datetime_ms};
 use crate::validate::{
     AllocationEntry, AssessmentEntry, At, Draft, Entry, Field, LinkEntry, OldKeyEntry, ParentField,
-    Pos, ScheduleEntry, check_address, check_name, check_text, error, unknown_category,
+    Pos, ProfileEntry, ScheduleEntry, check_address, check_name, check_text, error,
+    unknown_category,
 };
 use crate::{Role, TopologyError, parse_cadence};
 
@@ -28,6 +29,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "legacy_link",
     "assessment",
     "schedule",
+    "profile",
 ];
 
 /// The keys of an `[[old_key]]` table, in the order they are rendered (one of the two times).
@@ -41,6 +43,9 @@ const ASSESSMENT_KEYS: &[&str] = &[
     "assessed_on",
     "valid_until",
 ];
+
+/// The keys of a `[[profile]]` table, in the order they are rendered.
+const PROFILE_KEYS: &[&str] = &["category", "fields"];
 
 /// The keys of a `[[node]]` table, in the order [`crate::Topology::render`] writes them.
 const NODE_KEYS: &[&str] = &["id", "name", "role", "parent", "address", "public_key"];
@@ -112,6 +117,9 @@ pub(crate) fn read(text: &str) -> Result<(Draft, Vec<TopologyError>), Vec<Topolo
     let schedules = reader.tables(root, "schedule", |reader, table, pos| {
         reader.schedule(table, pos)
     });
+    let profiles = reader.tables(root, "profile", |reader, table, pos| {
+        reader.profile(table, pos)
+    });
     let draft = Draft {
         file: Pos::START,
         version,
@@ -122,6 +130,7 @@ pub(crate) fn read(text: &str) -> Result<(Draft, Vec<TopologyError>), Vec<Topolo
         links,
         assessments,
         schedules,
+        profiles,
     };
     Ok((draft, reader.errors))
 }
@@ -625,11 +634,14 @@ impl Reader<'_> {
         }
     }
 
-    fn schedule(&mut self, table: &DeTable<'_>, table_pos: Pos) -> ScheduleEntry {
-        const NAME: &str = "schedule";
-        self.unknown_keys(table, SCHEDULE_KEYS, "in [[schedule]]");
-        let category = self
-            .string(table, table_pos, NAME, "category", true)
+    /// A `category` with a compiled-in schema, required.
+    fn category(
+        &mut self,
+        table: &DeTable<'_>,
+        table_pos: Pos,
+        name: &str,
+    ) -> Option<At<Category>> {
+        self.string(table, table_pos, name, "category", true)
             .and_then(|(text, pos)| {
                 match Category::parse(text)
                     .ok()
@@ -644,7 +656,69 @@ impl Reader<'_> {
                         None
                     }
                 }
-            });
+            })
+    }
+
+    fn profile(&mut self, table: &DeTable<'_>, table_pos: Pos) -> ProfileEntry {
+        const NAME: &str = "profile";
+        self.unknown_keys(table, PROFILE_KEYS, "in [[profile]]");
+        let category = self.category(table, table_pos, NAME);
+        let fields = match lookup(table, "fields") {
+            None => {
+                self.report(
+                    table_pos,
+                    format!(
+                        "this [[profile]] has no `fields`: add {}",
+                        example(NAME, "fields")
+                    ),
+                );
+                None
+            }
+            Some(value) => {
+                let pos = self.pos(value.span().start);
+                match value.get_ref() {
+                    DeValue::Array(array) => {
+                        let mut names = Vec::new();
+                        for element in array.iter() {
+                            let at = self.pos(element.span().start);
+                            match element.get_ref() {
+                                DeValue::String(text) => names.push(At {
+                                    value: text.as_ref().to_owned(),
+                                    pos: at,
+                                }),
+                                other => self.report(
+                                    at,
+                                    format!(
+                                        "each field of a profile must be a field's machine name in quotes, found {}: write {}",
+                                        a_type(other),
+                                        example(NAME, "fields")
+                                    ),
+                                ),
+                            }
+                        }
+                        Some(At { value: names, pos })
+                    }
+                    other => {
+                        self.report(
+                            pos,
+                            format!(
+                                "`fields` must be an array of field names, found {}: write {}",
+                                a_type(other),
+                                example(NAME, "fields")
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        ProfileEntry { category, fields }
+    }
+
+    fn schedule(&mut self, table: &DeTable<'_>, table_pos: Pos) -> ScheduleEntry {
+        const NAME: &str = "schedule";
+        self.unknown_keys(table, SCHEDULE_KEYS, "in [[schedule]]");
+        let category = self.category(table, table_pos, NAME);
         let cadence = self
             .string(table, table_pos, NAME, "cadence", true)
             .and_then(|(text, pos)| match parse_cadence(text) {
@@ -880,6 +954,10 @@ fn example(table: &str, key: &str) -> &'static str {
         }
         ("schedule", "reporters") => {
             "reporters = [\"445281\", \"445202\"] (node ids; leave it out to mean every county-level node)"
+        }
+        ("profile", "category") => "category = \"water_fee\" (a category with a schema)",
+        ("profile", "fields") => {
+            "fields = [\"subject_name\", \"account_no\", …] (the machine names of the fields that may travel upstream)"
         }
         ("old_key", "node") => "node = \"445281\" (the id of the node the key belonged to)",
         ("old_key", "public_key") => {

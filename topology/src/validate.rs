@@ -11,8 +11,8 @@ use protocol::{Category, NodeId, PublicKey, Registry};
 
 use crate::admission::{Assessment, Date, KeyEnd, OldKey, beijing_time};
 use crate::{
-    Admissions, Allocation, Cadence, LegacyLink, NAME_CHARS_MAX, NODES_MAX, Node, Role, Schedule,
-    Topology, TopologyError, cadence_name,
+    Admissions, Allocation, Cadence, LegacyLink, NAME_CHARS_MAX, NODES_MAX, Node, Profile, Role,
+    Schedule, Topology, TopologyError, cadence_name,
 };
 
 /// A 1-based position in the file; `Pos::NONE` (0, 0) for values made in code.
@@ -130,6 +130,15 @@ pub(crate) struct AssessmentEntry {
     pub valid_until: Option<At<Date>>,
 }
 
+/// One `[[profile]]` as far as it could be read. `None` means missing or invalid, and
+/// already reported.
+#[derive(Debug, Clone)]
+pub(crate) struct ProfileEntry {
+    pub category: Option<At<Category>>,
+    /// The names that could be read, as written; the position is the array's.
+    pub fields: Option<At<Vec<At<String>>>>,
+}
+
 /// One `[[node]]` as far as it could be read. `None` means missing or invalid, and already
 /// reported.
 #[derive(Debug, Clone)]
@@ -182,6 +191,7 @@ pub(crate) struct Draft {
     pub links: Vec<LinkEntry>,
     pub assessments: Vec<AssessmentEntry>,
     pub schedules: Vec<ScheduleEntry>,
+    pub profiles: Vec<ProfileEntry>,
 }
 
 pub(crate) fn error(pos: Pos, message: impl Into<String>) -> TopologyError {
@@ -418,6 +428,14 @@ pub(crate) fn draft_from_parts(
             }
         })
         .collect();
+    let profiles = admissions
+        .profiles
+        .into_iter()
+        .map(|profile| ProfileEntry {
+            category: Some(at(profile.category)),
+            fields: Some(at(profile.fields.into_iter().map(at).collect())),
+        })
+        .collect();
     let draft = Draft {
         file: Pos::NONE,
         version: Some(at(version)),
@@ -428,6 +446,7 @@ pub(crate) fn draft_from_parts(
         links,
         assessments,
         schedules,
+        profiles,
     };
     (draft, errors)
 }
@@ -467,6 +486,7 @@ pub(crate) fn validate(
     check_schedules(&draft, &first_by_id, &mut errors);
     check_old_keys(&draft, &first_by_id, &mut errors);
     check_assessments(&draft, &first_by_id, &mut errors);
+    check_profiles(&draft, &mut errors);
 
     if !errors.is_empty() {
         // Stable: problems at one position keep the order in which the rules found them.
@@ -590,6 +610,31 @@ pub(crate) fn validate(
                 },
                 assessed_on: entry.assessed_on.expect(missing).value,
                 valid_until: entry.valid_until.expect(missing).value,
+            })
+            .collect(),
+        profiles: draft
+            .profiles
+            .into_iter()
+            .map(|entry| {
+                let category = entry.category.expect(missing).value;
+                let schema = Registry::builtin()
+                    .get(&category)
+                    .expect("validated category");
+                let listed: HashSet<String> = entry
+                    .fields
+                    .expect(missing)
+                    .value
+                    .into_iter()
+                    .map(|name| name.value)
+                    .collect();
+                // In the schema's field order, whatever the file's.
+                let fields = schema
+                    .fields
+                    .iter()
+                    .filter(|field| listed.contains(&field.name))
+                    .map(|field| field.name.clone())
+                    .collect();
+                Profile { category, fields }
             })
             .collect(),
     };
@@ -1084,6 +1129,86 @@ fn check_assessments(
                     until.value, from.value
                 ),
             ));
+        }
+    }
+}
+
+/// Checks every `[[profile]]`: one per category; each field a field of the category's schema,
+/// listed once; no field the schema needs left out (see `Schema::why_needed`).
+fn check_profiles(draft: &Draft, errors: &mut Vec<TopologyError>) {
+    let registry = Registry::builtin();
+    let mut first: HashMap<Category, Pos> = HashMap::new();
+    for profile in &draft.profiles {
+        let schema = profile.category.as_ref().and_then(|category| {
+            let schema = registry.get(&category.value);
+            if schema.is_none() {
+                errors.push(error(
+                    category.pos,
+                    unknown_category(category.value.as_str()),
+                ));
+            }
+            schema
+        });
+        let name = profile
+            .category
+            .as_ref()
+            .map_or_else(|| "this category".to_owned(), |c| c.value.to_string());
+        if let Some(category) = &profile.category {
+            if let Some(&pos) = first.get(&category.value) {
+                errors.push(error(
+                    category.pos,
+                    format!(
+                        "second [[profile]] for {name}{}: a category has one profile; merge their fields into one",
+                        pos.on_line_as("the first is on line")
+                    ),
+                ));
+                // Its fields are checked once merged: one problem is enough here.
+                continue;
+            } else {
+                first.insert(category.value.clone(), category.pos);
+            }
+        }
+        let (Some(schema), Some(fields)) = (schema, &profile.fields) else {
+            continue;
+        };
+        let known: Vec<&str> = schema.fields.iter().map(|f| f.name.as_str()).collect();
+        let mut seen: HashMap<&str, Pos> = HashMap::new();
+        for field in &fields.value {
+            let text = field.value.as_str();
+            if schema.field_index(text).is_none() {
+                let hint = match crate::read::closest(text, &known) {
+                    Some(suggestion) => format!("did you mean `{suggestion}`?"),
+                    None => format!("its fields are {}", known.join(", ")),
+                };
+                errors.push(error(
+                    field.pos,
+                    format!("{name} has no field `{text}`: {hint}"),
+                ));
+            } else if let Some(&pos) = seen.get(text) {
+                errors.push(error(
+                    field.pos,
+                    format!(
+                        "field `{text}` is listed twice in the profile of {name}{}: list each field once",
+                        pos.on_line_as("first on line")
+                    ),
+                ));
+            } else {
+                seen.insert(text, field.pos);
+            }
+        }
+        for (index, field) in schema.fields.iter().enumerate() {
+            if seen.contains_key(field.name.as_str()) {
+                continue;
+            }
+            if let Some(why) = schema.why_needed(index) {
+                errors.push(error(
+                    fields.pos,
+                    format!(
+                        "the profile of {name} leaves out `{}` ({}), which cannot be left out: {why}; add it to fields",
+                        field.name, field.label
+                    ),
+                ));
+            }
         }
     }
 }

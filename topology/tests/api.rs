@@ -358,3 +358,104 @@ fn from_parts_checks_allocation_tables_without_positions() {
         ]
     );
 }
+
+/// A minimum-necessary profile made in code: fields come back in the schema's order, `profile`
+/// finds it by category, `allows` answers per field, `render` writes it and parses back, and
+/// `edited` keeps it when handed the admissions.
+#[test]
+fn profiles_are_indexed_and_round_trip() {
+    let water = Category::parse("water_fee").unwrap();
+    let gas = Category::parse("gas_fee").unwrap();
+    let mut fields: Vec<String> = protocol::Registry::builtin()
+        .get(&water)
+        .unwrap()
+        .needed_fields()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    fields.reverse();
+    fields.push("late_fee".to_owned());
+    let admissions = topology::Admissions {
+        profiles: vec![topology::Profile {
+            category: water.clone(),
+            fields,
+        }],
+        ..Default::default()
+    };
+    let topology = Topology::from_parts_with(
+        3,
+        nodes(),
+        vec![LegacyLink::new(id("445200"))],
+        Vec::new(),
+        Vec::new(),
+        admissions,
+    )
+    .unwrap();
+    let profile = topology.profile(&water).unwrap();
+    assert_eq!(
+        profile.fields.first().map(String::as_str),
+        Some("subject_name")
+    );
+    assert_eq!(
+        profile.fields[profile.fields.len() - 3..],
+        ["late_fee", "source_unit", "source_unit_uscc"],
+        "in the schema's order"
+    );
+    assert!(profile.allows("account_no"));
+    assert!(profile.allows("late_fee"));
+    assert!(!profile.allows("premises"));
+    assert!(!profile.allows("contact_phone"));
+    assert!(!profile.allows(""));
+    assert_eq!(topology.profile(&gas), None);
+
+    let text = topology.render();
+    assert!(
+        text.contains(
+            "\n[[profile]]\ncategory = \"water_fee\"\nfields = [\n    \"subject_name\",\n"
+        )
+    );
+    let again = Topology::parse(&text).unwrap();
+    assert_eq!(again, topology);
+    assert_eq!(again.render(), text, "render is canonical");
+
+    let edited = topology
+        .edited(4, nodes(), topology.admissions().clone())
+        .unwrap();
+    assert_eq!(edited.profile(&water), Some(profile));
+}
+
+/// A profile made in code obeys the file's rules: errors name the category and the field.
+#[test]
+fn profiles_from_code_are_checked() {
+    let water = Category::parse("water_fee").unwrap();
+    let admissions = topology::Admissions {
+        profiles: vec![topology::Profile {
+            category: water,
+            fields: vec!["subject_name".to_owned(), "colour".to_owned()],
+        }],
+        ..Default::default()
+    };
+    let errors = strings(
+        Topology::from_parts_with(
+            1,
+            nodes(),
+            vec![LegacyLink::new(id("445200"))],
+            Vec::new(),
+            Vec::new(),
+            admissions,
+        )
+        .unwrap_err(),
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("water_fee has no field `colour`")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("leaves out `account_no`") && e.contains("record key")),
+        "{errors:#?}"
+    );
+}

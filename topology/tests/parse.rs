@@ -250,7 +250,7 @@ public_key = ["KEY2"]
     assert_eq!(
         errors_as_strings(text),
         [
-            "line 2, column 1: unknown key `versoin` at the top level of the file: did you mean `version`? the keys here are `version`, `require_assessment`, `revoked_keys`, `node`, `old_key`, `legacy_link`, `assessment`, `schedule`",
+            "line 2, column 1: unknown key `versoin` at the top level of the file: did you mean `version`? the keys here are `version`, `require_assessment`, `revoked_keys`, `node`, `old_key`, `legacy_link`, `assessment`, `schedule`, `profile`",
             "line 4, column 1: this [[node]] has no `role`: add role = \"county\" (county, city, province or national)",
             "line 4, column 1: this [[node]] has no `address`: add address = \"127.0.0.1:7000\" (the IP address and port the node listens on)",
             "line 7, column 1: unknown key `rol` in [[node]]: did you mean `role`? the keys here are `id`, `name`, `role`, `parent`, `address`, `public_key`",

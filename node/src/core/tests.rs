@@ -1878,7 +1878,10 @@ fn a_field_outside_the_minimum_necessary_profile_is_refused_by_name() {
             .any(|p| p.field == "contact_phone" && p.rule == protocol::record::Rule::NotInProfile),
         "{feedback:?}"
     );
-    assert!(feedback.iter().all(|p| p.value.is_empty()), "the value is not echoed");
+    assert!(
+        feedback.iter().all(|p| p.value.is_empty()),
+        "the value is not echoed"
+    );
     assert!(matches!(verdict_of(lean.id), Verdict::Accepted { .. }));
     let store = Store::new(kv.clone());
     assert!(!store.holds(&carrying.id).unwrap());
