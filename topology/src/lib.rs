@@ -1,7 +1,8 @@
 //! The topology file: which nodes make up the credit network, how they hang together
 //! (county → city → province → national), how to reach and authenticate each of them, which
 //! platforms are still connected straight to the national platform (legacy links) and how
-//! they move into the hierarchy, which keys are revoked, and who owes which category by when.
+//! they move into the hierarchy, which keys are revoked, who owes which category by when, and
+//! which fields of a category may travel upstream.
 //!
 //! [`Topology::parse`] turns the operator's TOML into a [`Topology`] or into *every* problem
 //! it has, each with the 1-based line and column of the offending value and a message that says
@@ -10,7 +11,8 @@
 //! legacy link, or both; no cycles, so every node has a path to the national platform; ids,
 //! public keys and addresses unique; no node holding a revoked key; schedules only for known
 //! categories, with due days that fit their cadence, reporters that are nodes and allocation
-//! tables whose reporters cover only nodes below them.
+//! tables whose reporters cover only nodes below them; profiles only for known categories,
+//! naming fields of the category's schema and leaving none out that the schema needs.
 //!
 //! [`plan`] compares two topologies and lists the ordered steps (each with the precondition
 //! that must hold before it) that take the network from one to the other, establishing every
@@ -87,11 +89,20 @@
 //! data_source = "揭阳市水务集团有限公司"  # the unit that provides the data
 //! responsible = "揭阳市发展改革局"        # the unit that answers for the report
 //! contact = "0663-8xxxxxx"              # optional: whom to call, as free text
+//!
+//! # Optional: a minimum-necessary profile (最小必要): only these fields of the category travel
+//! # upstream; receivers refuse batches that carry others. At most one per category.
+//! [[profile]]
+//! category = "water_fee"
+//! fields = ["subject_name", "subject_kind", "subject_uscc", "subject_id_number", "account_no",
+//!           "billing_period", "consumption", "billed_amount", "paid_amount", "source_unit",
+//!           "source_unit_uscc"]
 //! ```
 //!
 //! Tables may come in any order after the top-level keys; [`Topology::render`] writes
-//! `version`, `revoked_keys`, then every `[[node]]`, `[[legacy_link]]` and `[[schedule]]` (each
-//! followed by its `[[schedule.allocation]]` lines) in the order they were given, every key
+//! `version`, `require_assessment`, `revoked_keys`, then every `[[node]]`, `[[old_key]]`,
+//! `[[legacy_link]]`, `[[assessment]]`, `[[schedule]]` (each followed by its
+//! `[[schedule.allocation]]` lines) and `[[profile]]` in the order they were given, every key
 //! spelt out.
 //!
 //! ## Nodes and parents
@@ -211,6 +222,28 @@
 //! once in a table; a node is covered once, never by itself, is not listed in `reporters` and
 //! has no allocation line of its own; `data_source`, `responsible` and `contact` say something
 //! (at most [`TEXT_CHARS_MAX`] characters, on one line).
+//!
+//! ## Minimum-necessary profiles (最小必要)
+//!
+//! A `[[profile]]` lists the fields of one category that may travel upstream; the origin
+//! leaves every other field out of the batches it sends, and receivers refuse a batch of that
+//! category that carries one. Without a profile every field of the schema travels. The rules:
+//! the category has a compiled-in schema and at most one profile; each name is a field's
+//! machine name in that schema, listed once; no field the schema needs is left out — a key or
+//! subject field, a required field (always or under a condition), the period field, or a field
+//! a condition looks at (`protocol::Schema::why_needed` says why). [`Topology::profile`] and
+//! [`Profile::allows`] answer the node; the fields come back in the schema's order whatever
+//! the file's. [`plan`] describes a narrowing (origins on the new version first: receivers on
+//! it refuse batches in flight that carry the dropped fields) and a widening (receivers first);
+//! it refuses neither.
+//!
+//! ```toml
+//! [[profile]]
+//! category = "water_fee"
+//! fields = ["subject_name", "subject_kind", "subject_uscc", "subject_id_number", "account_no",
+//!           "billing_period", "consumption", "billed_amount", "paid_amount", "source_unit",
+//!           "source_unit_uscc"]
+//! ```
 //!
 //! # Why the file is walked, not derived with serde
 //!
