@@ -103,7 +103,17 @@ async fn a_link_is_up_in_logs_and_audit_only_once_the_peer_is_authenticated() {
 
     // The county is re-keyed in the topology and only the city reloads it: the city closes the
     // county's link and refuses its redials at the handshake.
-    cluster.members.get_mut(&county).unwrap().public_key = NodeKey::from_seed([0x77; 32]).public();
+    let old_key = std::mem::replace(
+        &mut cluster.members.get_mut(&county).unwrap().public_key,
+        NodeKey::from_seed([0x77; 32]).public(),
+    );
+    // A key changes only with its old one listed (the planner refuses otherwise).
+    cluster.admissions.old_keys.push(topology::OldKey {
+        node: county,
+        public_key: old_key,
+        end: topology::KeyEnd::Retired,
+        at_ms: node::runtime::wall_ms(),
+    });
     cluster.write_topology().unwrap();
     cluster.signal(city, "HUP").unwrap();
     tokio::task::block_in_place(|| {
