@@ -1133,26 +1133,31 @@ fn check_assessments(
     }
 }
 
+/// The schema of a section's category (an unknown category reported at its position), and
+/// the category's name for messages.
+fn category_schema(
+    category: Option<&At<Category>>,
+    errors: &mut Vec<TopologyError>,
+) -> (Option<&'static protocol::Schema>, String) {
+    let Some(category) = category else {
+        return (None, "this category".to_owned());
+    };
+    let schema = Registry::builtin().get(&category.value);
+    if schema.is_none() {
+        errors.push(error(
+            category.pos,
+            unknown_category(category.value.as_str()),
+        ));
+    }
+    (schema, category.value.to_string())
+}
+
 /// Checks every `[[profile]]`: one per category; each field a field of the category's schema,
 /// listed once; no field the schema needs left out (see `Schema::why_needed`).
 fn check_profiles(draft: &Draft, errors: &mut Vec<TopologyError>) {
-    let registry = Registry::builtin();
     let mut first: HashMap<Category, Pos> = HashMap::new();
     for profile in &draft.profiles {
-        let schema = profile.category.as_ref().and_then(|category| {
-            let schema = registry.get(&category.value);
-            if schema.is_none() {
-                errors.push(error(
-                    category.pos,
-                    unknown_category(category.value.as_str()),
-                ));
-            }
-            schema
-        });
-        let name = profile
-            .category
-            .as_ref()
-            .map_or_else(|| "this category".to_owned(), |c| c.value.to_string());
+        let (schema, name) = category_schema(profile.category.as_ref(), errors);
         if let Some(category) = &profile.category {
             if let Some(&pos) = first.get(&category.value) {
                 errors.push(error(
@@ -1349,23 +1354,9 @@ fn check_schedules(
     first_by_id: &HashMap<NodeId, usize>,
     errors: &mut Vec<TopologyError>,
 ) {
-    let registry = Registry::builtin();
     let mut first: HashMap<Category, Pos> = HashMap::new();
     for schedule in &draft.schedules {
-        let schema = schedule.category.as_ref().and_then(|category| {
-            let schema = registry.get(&category.value);
-            if schema.is_none() {
-                errors.push(error(
-                    category.pos,
-                    unknown_category(category.value.as_str()),
-                ));
-            }
-            schema
-        });
-        let name = schedule
-            .category
-            .as_ref()
-            .map_or_else(|| "this category".to_owned(), |c| c.value.to_string());
+        let (schema, name) = category_schema(schedule.category.as_ref(), errors);
         if let Some(category) = &schedule.category {
             if let Some(&pos) = first.get(&category.value) {
                 errors.push(error(
