@@ -160,6 +160,12 @@ pub enum Fault {
         node: NodeId,
         revoked: bool,
     },
+    /// Security assessments become required and the node's lapses: its parent refuses it at
+    /// the handshake and closes its live session within a minute; its data waits in its
+    /// outbox. At the end every node loads a version with the assessment renewed.
+    Assessment {
+        node: NodeId,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -304,6 +310,20 @@ impl Faults {
                 });
             }
         }
+        // So do lapsed assessments (each version builds on the one the network runs).
+        if rng.coin() {
+            for _ in 0..rng.between(1, 3) {
+                let node = nodes[rng.below(nodes.len() as u64) as usize].id;
+                if node.is_national() {
+                    continue;
+                }
+                faults.list.push(PlannedFault {
+                    at_ms: end / 2 + rng.below(end / 2),
+                    duration_ms: rng.between(3_600_000, 86_400_000),
+                    fault: Fault::Assessment { node },
+                });
+            }
+        }
         faults
     }
 
@@ -324,6 +344,7 @@ impl Faults {
                 Fault::Proof { .. } => "proof",
                 Fault::Rekey { revoked: false, .. } => "rekey",
                 Fault::Rekey { revoked: true, .. } => "revoke",
+                Fault::Assessment { .. } => "assessment-lapse",
             };
             *kinds.entry(name).or_default() += 1;
         }

@@ -174,6 +174,8 @@ pub struct Stats {
     pub tampered: u64,
     pub intruders_refused: u64,
     pub rekeys: u64,
+    /// Security assessments let lapse (and renewed when the fault ends).
+    pub assessments_lapsed: u64,
     /// Batches deleted from durable stores by the swarm (to be restored by reconciliation).
     pub lost: u64,
     /// Batches whose proof of first arrival a link dropped or forged.
@@ -967,6 +969,20 @@ impl World {
         let to_parent = l.child == n;
         let (a, b) = (l.child, l.parent);
         self.check_acknowledgement(n, &message);
+        // A parent answers (admits) a child only while the child's assessment is valid.
+        if !to_parent
+            && matches!(message, Message::Hello { .. })
+            && self.nodes[b]
+                .topology
+                .admission(self.nodes[a].id, self.now_of(b).wall_ms)
+                .refusal(self.nodes[a].id)
+                .is_some()
+        {
+            self.fail(format!(
+                "{} admitted {} although its security assessment is not valid",
+                self.nodes[b].id, self.nodes[a].id
+            ));
+        }
         if self.partitioned(a, b)
             || (self.faults.break_per_million > 0
                 && self.rng.below(1_000_000) < self.faults.break_per_million)
@@ -1165,6 +1181,10 @@ impl World {
                 self.crash(n);
                 self.rekey(n, revoked);
             }
+            Fault::Assessment { node } => {
+                let n = self.index[&node];
+                self.assess(n, start);
+            }
             Fault::Crash { node } | Fault::Lose { node, .. } | Fault::Rekey { node, .. } => {
                 let n = self.index[&node];
                 self.restart(n);
@@ -1287,6 +1307,11 @@ impl World {
             }
         };
         self.stats.rekeys += 1;
+        self.load_everywhere(&next, &format!("the re-key of {node}"));
+    }
+
+    /// Every node loads `next` (a node that is down, when it starts).
+    fn load_everywhere(&mut self, next: &Arc<Topology>, what: &str) {
         for m in 0..self.nodes.len() {
             self.nodes[m].topology = next.clone();
             let topology = next.clone();
@@ -1303,12 +1328,61 @@ impl World {
                     })
             });
             if let Some(reason) = refused {
-                self.fail(format!(
-                    "{} refused the re-key of {node}: {reason}",
-                    self.nodes[m].id
-                ));
+                self.fail(format!("{} refused {what}: {reason}", self.nodes[m].id));
             }
         }
+    }
+
+    /// Every node loads a version that requires security assessments, in which node `n`'s
+    /// has `expired` (ten days before the earliest clock of the run) or is renewed; every
+    /// other node's is valid for decades.
+    fn assess(&mut self, n: usize, expired: bool) {
+        let node = self.nodes[n].id;
+        let current = self.nodes[n].topology.clone();
+        let valid = topology::Date::new(2099, 12, 31).expect("a date");
+        let lapsed = topology::Date::of_ms(
+            (EPOCH_MS + self.now_ms)
+                .saturating_sub(self.max_skew_ms)
+                .saturating_sub(10 * 86_400_000),
+        );
+        let mut admissions = current.admissions().clone();
+        admissions.require_assessment = true;
+        admissions.assessments = current
+            .nodes()
+            .filter(|each| !each.id.is_national())
+            .map(|each| match current.assessment(each.id) {
+                // Another node's (perhaps lapsed) assessment stays as it is.
+                Some(earlier) if each.id != node => earlier.clone(),
+                _ => topology::Assessment {
+                    node: each.id,
+                    assessor: "广东省网络安全等级保护测评中心".into(),
+                    reference: None,
+                    assessed_on: topology::Date::new(2025, 1, 1).expect("a date"),
+                    valid_until: if each.id == node && expired {
+                        lapsed
+                    } else {
+                        valid
+                    },
+                },
+            })
+            .collect();
+        let next = match current.edited(
+            current.version + 1,
+            current.nodes().cloned().collect(),
+            admissions,
+        ) {
+            Ok(next) => Arc::new(next),
+            Err(errors) => {
+                self.fail(format!(
+                    "the assessment of {node} made an invalid topology: {errors:?}"
+                ));
+                return;
+            }
+        };
+        if expired {
+            self.stats.assessments_lapsed += 1;
+        }
+        self.load_everywhere(&next, &format!("the assessment of {node}"));
     }
 
     /// Deletes up to `count` batches node `n` holds for others and has delivered upstream
@@ -1346,6 +1420,18 @@ impl World {
     }
 
     fn heal(&mut self) {
+        // Lapsed assessments are renewed (the other faults end below).
+        let lapsed: Vec<usize> = self
+            .active
+            .iter()
+            .filter_map(|&f| match self.faults.list[f].fault {
+                Fault::Assessment { node } => Some(self.index[&node]),
+                _ => None,
+            })
+            .collect();
+        for n in lapsed {
+            self.assess(n, false);
+        }
         self.healed = true;
         self.active.clear();
         for n in 0..self.nodes.len() {
