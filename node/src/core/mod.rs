@@ -2216,9 +2216,15 @@ impl<K: Kv> Core<K> {
                 // origin migrating off a legacy link sends what the national platform already
                 // signed for over that link: the history it re-sends through its parent
                 // arrived when the legacy link delivered it, not today.
+                let (topology, verifier) = (&self.topology, &*self.verifier);
                 let first = self
                     .store
                     .first_receipt(&id, self.me)
+                    // A proof the parent would not believe (signed by a key revoked since) is
+                    // not sent: the fallbacks below may still hold.
+                    .map(|first| {
+                        first.filter(|r| keys::receipt_signed_validly(topology, r, verifier))
+                    })
                     .and_then(|first| match first {
                         None if route == Route::Parent
                             && self.topology.legacy_link(self.me).is_some() =>

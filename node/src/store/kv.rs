@@ -193,6 +193,25 @@ fn open_sled(path: &Path) -> Result<SledOpen, sled::Error> {
     Ok(SledOpen { db, trees })
 }
 
+/// [`open_sled`] right after the previous handle was dropped: sled's background flusher may
+/// hold the file lock a moment longer (seen once, under load, in
+/// `sled_is_reopened_and_the_unsynced_groups_replayed_after_a_failure`), so a lock refusal
+/// is retried for up to a second.
+fn open_sled_again(path: &Path) -> Result<SledOpen, sled::Error> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match open_sled(path) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
+}
+
 fn apply_to(open: &SledOpen, ops: &[Op]) -> Result<(), KvError> {
     use sled::Transactional;
     use sled::transaction::TransactionError;
@@ -341,7 +360,7 @@ impl SledKv {
         // Drop the broken database first: sled holds an exclusive lock on its files.
         drop(open.take());
         redo.broken = true;
-        let reopened = open_sled(&self.shared.path)?;
+        let reopened = open_sled_again(&self.shared.path)?;
         let replayed = redo
             .groups
             .iter()
