@@ -89,8 +89,6 @@ pub enum IngestError {
         "{path}: line {line}: the file is neither UTF-8 nor GBK: save it as UTF-8 (Excel: Save As → CSV UTF-8)"
     )]
     UnknownEncoding { path: PathBuf, line: u64 },
-    #[error("{path}: line {line}: not valid GBK: check the encoding the file was saved in")]
-    BadGbk { path: PathBuf, line: u64 },
     #[error("{path}: the file is empty: expected a header row naming the fields of {category}")]
     Empty { path: PathBuf, category: String },
     #[error("{path}: line 1: {message}")]
@@ -137,12 +135,12 @@ pub fn ingest_bytes(
     options: &IngestOptions<'_>,
     mut progress: impl FnMut(u64),
 ) -> Result<IngestReport, IngestError> {
-    let text = decode_text(path, bytes, options.encoding)?;
+    let (text, damaged) = decode_text(path, bytes, options.encoding)?;
     let schema = options.schema;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(text.as_bytes());
+        .from_reader(&text[..]);
     // One reused ByteRecord: `records()` allocates a StringRecord per row.
     let mut row = csv::ByteRecord::new();
     let read_row = |reader: &mut csv::Reader<&[u8]>, row: &mut csv::ByteRecord| {
@@ -211,10 +209,16 @@ pub fn ingest_bytes(
         let mut chunk = Chunk::default();
         let mut lines = LineCounter::default();
         while read_row(&mut reader, &mut row)? {
-            let line = lines.line_at(
-                text.as_bytes(),
-                row.position().map_or(0, |p| p.byte() as usize),
-            );
+            let line = lines.line_at(&text, row.position().map_or(0, |p| p.byte() as usize));
+            // A row with bytes its encoding does not allow is refused alone, at its line.
+            if let Some(message) = damaged.row_problem(&row, options.encoding) {
+                report.rows += 1;
+                report.rejected.push(RowProblems {
+                    line,
+                    problems: vec![file_problem(Rule::Format, message)],
+                });
+                continue;
+            }
             if is_blank(&row).map_err(|field| not_utf8(path, row.position(), field))? {
                 continue; // blank lines and rows of empty cells, as Excel leaves at the end
             }
@@ -577,50 +581,97 @@ fn map_header(
     Ok((columns, ignored))
 }
 
-/// The file as text: UTF-8 (BOM stripped) or GBK decoded. A non-UTF-8 file that decodes as
-/// GBK gets the error that says to pass `--encoding gbk`.
+/// Whether rows may hold bytes their encoding does not allow (checked row by row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Damage {
+    /// The whole text is valid.
+    None,
+    /// UTF-8 with some invalid bytes: rows that are not UTF-8 are refused.
+    Utf8,
+    /// GBK decoded with replacement characters where bytes were not GBK (GBK cannot encode
+    /// U+FFFD, so each one marks damage): rows holding one are refused.
+    Gbk,
+}
+
+impl Damage {
+    /// Why `row` is refused, if its bytes are not valid in the file's encoding.
+    fn row_problem(self, row: &csv::ByteRecord, encoding: Encoding) -> Option<String> {
+        let bad_field = match self {
+            Damage::None => return None,
+            Damage::Utf8 => row
+                .iter()
+                .position(|cell| std::str::from_utf8(cell).is_err()),
+            Damage::Gbk => row
+                .iter()
+                .position(|cell| cell.windows(3).any(|w| w == "\u{fffd}".as_bytes())),
+        }?;
+        let name = match encoding {
+            Encoding::Utf8 => "UTF-8",
+            Encoding::Gbk => "GBK",
+        };
+        Some(format!(
+            "column {} holds bytes that are not valid {name}: the row is refused (the rest of the file is read); correct the cell in the source and submit the row again",
+            bad_field + 1
+        ))
+    }
+}
+
+/// The file as UTF-8 bytes: UTF-8 (BOM stripped) or GBK decoded. A file that is not UTF-8
+/// but decodes as GBK is refused whole with a hint (the wrong encoding, not damage); a UTF-8
+/// file with a few damaged rows is read, those rows refused one by one ([`Damage`]).
 fn decode_text<'a>(
     path: &Path,
     bytes: &'a [u8],
     encoding: Encoding,
-) -> Result<std::borrow::Cow<'a, str>, IngestError> {
+) -> Result<(std::borrow::Cow<'a, [u8]>, Damage), IngestError> {
     let line_of =
         |offset: usize| 1 + bytes[..offset].iter().filter(|b| **b == b'\n').count() as u64;
     match encoding {
         Encoding::Utf8 => {
             let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-            match std::str::from_utf8(body) {
-                Ok(text) => Ok(std::borrow::Cow::Borrowed(text)),
-                Err(e) => {
-                    let offset = e.valid_up_to() + (bytes.len() - body.len());
-                    let (_, had_errors) = encoding_rs::GBK.decode_without_bom_handling(body);
-                    if had_errors {
-                        Err(IngestError::UnknownEncoding {
-                            path: path.to_owned(),
-                            line: line_of(offset),
-                        })
-                    } else {
-                        Err(IngestError::LooksLikeGbk {
-                            path: path.to_owned(),
-                            line: line_of(offset),
-                        })
-                    }
+            let Err(e) = std::str::from_utf8(body) else {
+                return Ok((std::borrow::Cow::Borrowed(body), Damage::None));
+            };
+            let offset = e.valid_up_to() + (bytes.len() - body.len());
+            // Mostly UTF-8 (more lines with valid non-ASCII text than lines that are not
+            // UTF-8): damage in a UTF-8 file, refused row by row.
+            let (mut valid, mut invalid) = (0u64, 0u64);
+            for line in body.split(|b| *b == b'\n') {
+                if line.is_ascii() {
+                    continue;
                 }
+                match std::str::from_utf8(line) {
+                    Ok(_) => valid += 1,
+                    Err(_) => invalid += 1,
+                }
+            }
+            if valid > invalid {
+                return Ok((std::borrow::Cow::Borrowed(body), Damage::Utf8));
+            }
+            let (_, had_errors) = encoding_rs::GBK.decode_without_bom_handling(body);
+            if had_errors {
+                Err(IngestError::UnknownEncoding {
+                    path: path.to_owned(),
+                    line: line_of(offset),
+                })
+            } else {
+                Err(IngestError::LooksLikeGbk {
+                    path: path.to_owned(),
+                    line: line_of(offset),
+                })
             }
         }
         Encoding::Gbk => {
             let (text, had_errors) = encoding_rs::GBK.decode_without_bom_handling(bytes);
-            if had_errors {
-                let offset = text
-                    .find('\u{fffd}')
-                    .map(|char_offset| text[..char_offset].bytes().filter(|b| *b == b'\n').count())
-                    .unwrap_or(0);
-                return Err(IngestError::BadGbk {
-                    path: path.to_owned(),
-                    line: offset as u64 + 1,
-                });
-            }
-            Ok(std::borrow::Cow::Owned(text.into_owned()))
+            let damage = if had_errors {
+                Damage::Gbk
+            } else {
+                Damage::None
+            };
+            Ok((
+                std::borrow::Cow::Owned(text.into_owned().into_bytes()),
+                damage,
+            ))
         }
     }
 }

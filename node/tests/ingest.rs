@@ -606,3 +606,59 @@ fn golden_batches_and_reports_do_not_change() {
         assert_eq!(digest, golden.report_digest, "{case}: problem reports");
     }
 }
+
+/// One byte that is not valid in the file's encoding, in the middle of a 200-row export (UTF-8,
+/// and GBK with `--encoding gbk`): that row is refused at its real line, every other row is
+/// batched.
+#[test]
+fn one_invalid_byte_refuses_only_its_row_at_its_line() {
+    let plain = sample_csv(water(), origin(), period(), 200, 0, 9).text;
+    let lines: Vec<&str> = plain.split_inclusive('\n').collect();
+    // Line 101 (the header is line 1): damage a byte of a Chinese value, keeping the commas.
+    let damaged_line = 101;
+    let target = lines[damaged_line - 1];
+    let at = target
+        .char_indices()
+        .find(|(_, c)| !c.is_ascii())
+        .map(|(i, _)| i)
+        .expect("a row with Chinese text");
+    for encoding in [Encoding::Utf8, Encoding::Gbk] {
+        let mut bytes = Vec::new();
+        for (n, line) in lines.iter().enumerate() {
+            let mut line = match encoding {
+                Encoding::Utf8 => line.as_bytes().to_vec(),
+                Encoding::Gbk => encoding_rs::GBK.encode(line).0.into_owned(),
+            };
+            if n + 1 == damaged_line {
+                let at = match encoding {
+                    Encoding::Utf8 => at,
+                    Encoding::Gbk => encoding_rs::GBK.encode(&target[..at]).0.len(),
+                };
+                // 0xFF starts no sequence in UTF-8 or GBK.
+                line[at] = 0xFF;
+            }
+            bytes.extend(line);
+        }
+        let report = ingest(&bytes, encoding).unwrap_or_else(|e| panic!("{encoding:?}: {e}"));
+        assert_eq!(report.rows, 200, "{encoding:?}");
+        assert_eq!(report.records, 199, "{encoding:?}");
+        assert_eq!(
+            report.rejected.len(),
+            1,
+            "{encoding:?}: {:?}",
+            report.rejected
+        );
+        assert_eq!(report.rejected[0].line, damaged_line as u64, "{encoding:?}");
+        assert!(
+            report.rejected[0].problems[0].message.contains("not valid"),
+            "{:?}",
+            report.rejected[0]
+        );
+        let in_batches: usize = report
+            .batches
+            .iter()
+            .map(|b| Batch::decode(&b.bytes).unwrap().records.len())
+            .sum();
+        assert_eq!(in_batches, 199, "{encoding:?}");
+    }
+}
