@@ -2212,31 +2212,37 @@ impl<K: Kv> Core<K> {
                 self.outputs.push_back(Output::Transmit { link, message });
             }
             while let Some(id) = machine.poll_send() {
-                // A batch of another origin goes with the proof of when it first arrived. An
-                // origin migrating off a legacy link sends what the national platform already
-                // signed for over that link: the history it re-sends through its parent
-                // arrived when the legacy link delivered it, not today.
-                let (topology, verifier) = (&self.topology, &*self.verifier);
-                let first = self
-                    .store
-                    .first_receipt(&id, self.me)
-                    // A proof the parent would not believe (signed by a key revoked since) is
-                    // not sent: the fallbacks below may still hold.
-                    .map(|first| {
-                        first.filter(|r| keys::receipt_signed_validly(topology, r, verifier))
+                // Only a proof the parent will believe is sent (not one signed by a key revoked
+                // since): the first receiver's; an origin migrating off a legacy link sends
+                // what the national platform signed over it (that history arrived when the
+                // legacy link delivered it, not today); sent again to a parent that had
+                // receipted it (and lost it), the parent's own receipt; last, for a batch of
+                // another origin, this node's own receipt (it is on the path).
+                let (topology, verifier, store, me) =
+                    (&self.topology, &*self.verifier, &self.store, self.me);
+                let parent = machine.parent();
+                let believable =
+                    |r: &SignedReceipt| keys::receipt_signed_validly(topology, r, verifier);
+                let first = (|| -> Result<Option<SignedReceipt>, StoreError> {
+                    if let Some(r) = store.first_receipt(&id, me)?.filter(believable) {
+                        return Ok(Some(r));
+                    }
+                    if route == Route::Parent
+                        && topology.legacy_link(me).is_some()
+                        && let Some(r) = store.receipt(&id, NodeId::NATIONAL)?.filter(believable)
+                    {
+                        return Ok(Some(r));
+                    }
+                    if let Some(r) = store.receipt(&id, parent)?.filter(believable) {
+                        return Ok(Some(r));
+                    }
+                    let relayed = store.meta(&id)?.is_some_and(|m| m.origin != me);
+                    Ok(if relayed {
+                        store.receipt(&id, me)?.filter(believable)
+                    } else {
+                        None
                     })
-                    .and_then(|first| match first {
-                        None if route == Route::Parent
-                            && self.topology.legacy_link(self.me).is_some() =>
-                        {
-                            self.store.receipt(&id, NodeId::NATIONAL)
-                        }
-                        // Sent again to a parent that had receipted it (and lost it): its own
-                        // receipt says when it first came, and a key retired since then
-                        // still covers it.
-                        None => self.store.receipt(&id, machine.parent()),
-                        first => Ok(first),
-                    });
+                })();
                 let first_receipt = match first {
                     Ok(first) => first,
                     Err(e) => {
