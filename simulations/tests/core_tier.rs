@@ -54,10 +54,12 @@ fn a_sweep_of_jieyang_years_under_faults_is_clean() {
 /// key was revoked kept sending its own, now worthless, receipt as the proof of first arrival
 /// instead of the parent's own earlier receipt, and the parent, finding no proof, never
 /// answered); 253 (the same with the national platform's key revoked: its own earlier receipt
-/// proves nothing, and the relay's own receipt is the proof that holds).
+/// proves nothing, and the relay's own receipt is the proof that holds); 318 (a city that
+/// lost batches and whose key was revoked could not take them back from its county: its own
+/// earlier receipt proved nothing, and a receipt from further up the path now does).
 #[test]
 fn seeds_that_once_failed_converge() {
-    for seed in [110, 253] {
+    for seed in [110, 253, 318] {
         let report = run("jieyang-year", seed, None);
         if let Some(v) = &report.violation {
             panic!(

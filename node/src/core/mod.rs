@@ -1260,6 +1260,18 @@ impl<K: Kv> Core<K> {
         result
     }
 
+    /// Whether `receipt` proves that batch `signed` of `origin` existed by its date: an
+    /// acceptance, believably signed, by a node on the origin's path other than the origin.
+    fn existed_by(&self, receipt: &SignedReceipt, signed: &SignedBatch, origin: NodeId) -> bool {
+        let r = &receipt.receipt;
+        r.batch == signed.id
+            && r.origin == origin
+            && r.receiver != origin
+            && matches!(r.verdict, Verdict::Accepted { .. })
+            && self.topology.path_to_national(origin).contains(&r.receiver)
+            && keys::receipt_signed_validly(&self.topology, receipt, &*self.verifier)
+    }
+
     /// The proof of first arrival a child sent with a batch, if it holds: signed under the
     /// pinned key of a node on the origin's path, at or below the child, for this batch and
     /// origin, accepted. Anything else is ignored (the batch is still taken; its arrival is
@@ -1374,6 +1386,14 @@ impl<K: Kv> Core<K> {
         match checked {
             Ok(content) => {
                 let summary = content.summary();
+                // A receipt from further up the origin's path proves the batch existed by its
+                // date: not a first arrival (the ledger does not date by it), but enough to
+                // judge an ended key (a store lost the batch and the receipts below it are
+                // under keys revoked since).
+                let above = first_receipt
+                    .as_ref()
+                    .filter(|r| self.existed_by(r, &signed, summary.origin))
+                    .map(|r| r.receipt.received_at_ms);
                 let first = self.check_first_receipt(child, &signed, summary.origin, first_receipt);
                 if let Some((key, state)) = signer
                     && state != KeyState::Current
@@ -1384,6 +1404,10 @@ impl<K: Kv> Core<K> {
                         .as_ref()
                         .map(|r| r.receipt.received_at_ms)
                         .or((child == summary.origin).then_some(now.wall_ms));
+                    let arrival = match (arrival, above) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
                     if !state.signs_validly(arrival) {
                         let judged = keys::Signed::Ended {
                             key,
@@ -2236,12 +2260,29 @@ impl<K: Kv> Core<K> {
                     if let Some(r) = store.receipt(&id, parent)?.filter(believable) {
                         return Ok(Some(r));
                     }
-                    let relayed = store.meta(&id)?.is_some_and(|m| m.origin != me);
-                    Ok(if relayed {
-                        store.receipt(&id, me)?.filter(believable)
-                    } else {
-                        None
-                    })
+                    let Some(origin) = store.meta(&id)?.map(|m| m.origin) else {
+                        return Ok(None);
+                    };
+                    if origin != me
+                        && let Some(r) = store.receipt(&id, me)?.filter(believable)
+                    {
+                        return Ok(Some(r));
+                    }
+                    // Last, the earliest believable receipt from further up the path.
+                    let mut above = None::<SignedReceipt>;
+                    for node in topology.path_to_national(origin) {
+                        if node == origin || node == me || node == parent {
+                            continue;
+                        }
+                        if let Some(r) = store.receipt(&id, node)?.filter(believable)
+                            && above
+                                .as_ref()
+                                .is_none_or(|a| r.receipt.received_at_ms < a.receipt.received_at_ms)
+                        {
+                            above = Some(r);
+                        }
+                    }
+                    Ok(above)
                 })();
                 let first_receipt = match first {
                     Ok(first) => first,
