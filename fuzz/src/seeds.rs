@@ -398,7 +398,7 @@ pub fn wire_seeds() -> Vec<Vec<u8>> {
         },
         Message::Feedback {
             batch: batches[1].id,
-            problems,
+            problems: problems.clone(),
         },
         Message::Reconcile {
             session: 7,
@@ -422,6 +422,16 @@ pub fn wire_seeds() -> Vec<Vec<u8>> {
         Message::Pong { nonce: 1 },
         Message::Goodbye {
             reason: "topology reloaded: this link is no longer allowed".into(),
+        },
+        Message::Findings {
+            batch: batches[1].id,
+            findings: problems
+                .into_iter()
+                .map(|problem| protocol::audit::Finding {
+                    key: protocol::RecordKey("WS-0001|2022-05".into()),
+                    problem,
+                })
+                .collect(),
         },
     ];
     let mut seeds: Vec<Vec<u8>> = messages.iter().map(Message::encode).collect();

@@ -837,6 +837,7 @@ fn offline_costs(
                     &receipts[i],
                     None,
                     &[province_id],
+                    None,
                     runtime::wall_ms(),
                 )
                 .expect("insert");

@@ -438,9 +438,9 @@ fn golden_batches_and_reports_do_not_change() {
             quirks: false,
             duplicate_lines: &[],
             ids: &[
-                "5eda431b30240350a5f5fb3f1269ad76efa19bd47de1492254a5388c12b5e38c",
-                "b34676533329f5a58c56e56ab4af593c3a677e81c9154d088e2c285d656ad617",
-                "25a16eb7af2a154865d4e992117b41070524d7959a48d189715ec9eab06ebf46",
+                "c75dae26a017825025140fba7ffa876d037d66a77fc1487edb0d3eaedff79f23",
+                "ddf4dae3446b7d01d70c31501c867480f1464665e4589402439dedcf527025ec",
+                "8832e64e4f3e3d2f29a029e10d6eda6f95c7b67e4d40b6fc7f67fbb4e2e3a04d",
             ],
             rejected_rows: 5,
             problems_by_rule: &[(Rule::Required, 1), (Rule::Format, 4)],
@@ -459,9 +459,9 @@ fn golden_batches_and_reports_do_not_change() {
             quirks: false,
             duplicate_lines: &[],
             ids: &[
-                "eed5a7a4219cbf40e811e19deac3031e52a4993fa035eca2a44804f21fcbed6e",
-                "75e6a521626cbc3ede9b577c26171b429e422159a64e4159fb92f59d258867f4",
-                "e3fff747b136b7861a4b824253ae32fc905b69fec3e84543588cd018c3e4f213",
+                "6b4214d411e42e0956621e2c29dd7224579ecddfa250195df4d5b871fd1dd3c9",
+                "9be062255f04825529cb612b5ae98b8ed8543bc9bf49c9e23259f7369c79657f",
+                "20bf8431fa210c6cdeb050bf3b09cf03ceead761270b3db195536e31db69f023",
             ],
             rejected_rows: 5,
             problems_by_rule: &[(Rule::Required, 1), (Rule::Format, 4)],
@@ -480,9 +480,9 @@ fn golden_batches_and_reports_do_not_change() {
             quirks: true,
             duplicate_lines: &[5, 1700, 5, 202, 9, 2001, 5],
             ids: &[
-                "b88aa94aa64fe9215bd9ffc9b24c7eb298ed598ba37f8325800ca8c98b480408",
-                "911299814e2c964a9e72d85ecb577b94c88b89d1fab13f8271f74295db348e7f",
-                "6587b4712a96d6aa2d91baf2dd382ef5c43ee1c0268031739159b2121a626cfd",
+                "fc2638407ea0614cdb85645d315f64b4bbd1fda6d0f5f81f24f2dd9ec39d789e",
+                "9cff767dda442d423d765eeaa02fc2e9ac2446c3fec535359d6f9e83b3effa2c",
+                "e7144b2064937af27083bd0609ff562f7469ffb47b855efdd589575bbe4dfdb5",
             ],
             rejected_rows: 154,
             problems_by_rule: &[
@@ -515,16 +515,16 @@ fn golden_batches_and_reports_do_not_change() {
                 (4032, Rule::DuplicateKey, "(row)"),
             ],
             warnings: 396,
-            report_digest: "b77d86c7b53713747c0ba42f070d5a33b2c7819e24eb676adbbfa67a07f32de0",
+            report_digest: "de6bb5a6a4aaa24bb6b4e3b24ad8b41a9889c909744598259b4e511af41c8915",
         },
         Golden {
             category: "gas_fee",
             quirks: true,
             duplicate_lines: &[1001, 3, 1001],
             ids: &[
-                "b85cee08a67dbf0c2d30e3b297ecfcb4919e31ee37cb7702e137f8862b7cf19c",
-                "061ff7cc981972b2ec06100e39fe08f394816352dde6260b8d6604b026f486ca",
-                "3e3d520409a354d5b6abe44596d36863d7f8cbd2103e61d6b53797ff0fdaa2ee",
+                "e597a1c9752bb1afe07445053739f635a0718eb81438c850b0d39a75de22477f",
+                "cc5b37e1ec6e6ad59517f09c3977308354cf681f3bb040d2a5465d3d4890e45b",
+                "606eabf62ed1e756452656fc7fb529877da4da67af7bd39a2f4c28466bee8fe1",
             ],
             rejected_rows: 247,
             problems_by_rule: &[
@@ -554,7 +554,7 @@ fn golden_batches_and_reports_do_not_change() {
                 (4523, Rule::DuplicateKey, "(row)"),
             ],
             warnings: 390,
-            report_digest: "789b670089ff8399d2dda09dfb57fb7ff3798d1dbcd7fd9594179843e80a7940",
+            report_digest: "b69bb6951f83132536b3eb95ee42c5f52b43091826c296dc3caca1729a254f3c",
         },
     ];
     let node_key = NodeKey::from_seed([5; 32]);

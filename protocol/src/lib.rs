@@ -5,6 +5,7 @@
 //! clocks or randomness; time and key material arrive as arguments. That is what lets the same
 //! code run in production and in deterministic simulation.
 
+pub mod audit;
 pub mod batch;
 pub mod ids;
 pub mod manifest;

@@ -109,6 +109,16 @@ pub enum Rule {
     /// A field the topology's minimum-necessary profile (最小必要) does not let travel
     /// upstream.
     NotInProfile,
+    /// Audit: a key published again without superseding the version held.
+    Republished,
+    /// Audit: fields that belong to one record appear in two.
+    Unique,
+    /// Audit: a field greater than the field it may not exceed.
+    NotGreater,
+    /// Audit: a value far outside the origin's usual range.
+    UsualRange,
+    /// Audit: one credit code under two names.
+    SameName,
 }
 
 impl Rule {
@@ -127,6 +137,11 @@ impl Rule {
             Rule::DuplicateKey => "duplicate_key",
             Rule::Placeholder => "placeholder",
             Rule::NotInProfile => "not_in_profile",
+            Rule::Republished => "republished",
+            Rule::Unique => "unique",
+            Rule::NotGreater => "not_greater",
+            Rule::UsualRange => "usual_range",
+            Rule::SameName => "same_name",
         }
     }
 }

@@ -186,6 +186,9 @@ pub struct Schema {
     pub key: Vec<usize>,
     /// A field that must equal the batch's period (the month for monthly data), if any.
     pub period_field: Option<usize>,
+    /// What a receiving node checks beyond each record (`[[audit]]` tables; see
+    /// [`crate::audit`]).
+    pub audit: Vec<crate::audit::AuditRule>,
 }
 
 /// A schema file that cannot be used, with the file and what is wrong.
@@ -209,6 +212,8 @@ struct SchemaFile {
     period_field: Option<String>,
     #[serde(rename = "field")]
     fields: Vec<FieldFile>,
+    #[serde(default, rename = "audit")]
+    audit: Vec<crate::audit::AuditFile>,
 }
 
 #[derive(Deserialize)]
@@ -356,7 +361,22 @@ impl Schema {
             .as_deref()
             .map(|n| lookup(n, "period_field"))
             .transpose()?;
+        let audit = raw
+            .audit
+            .iter()
+            .enumerate()
+            .map(|(n, table)| {
+                table
+                    .rule(&|name| {
+                        index.get(name).copied().ok_or_else(|| {
+                            format!("audit names field {name:?}, which is not defined")
+                        })
+                    })
+                    .map_err(|message| err(format!("[[audit]] number {}: {message}", n + 1)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Schema {
+            audit,
             category,
             label: raw.label,
             version: raw.version,

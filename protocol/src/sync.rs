@@ -85,6 +85,11 @@ pub enum UplinkEvent {
         batch: BatchId,
         problems: Vec<Problem>,
     },
+    /// The parent's audit findings on an accepted batch of this node's own.
+    Findings {
+        batch: BatchId,
+        findings: Vec<crate::audit::Finding>,
+    },
 }
 
 /// Why a link must be closed: the peer broke the protocol.
@@ -279,6 +284,10 @@ impl Uplink {
             Message::Feedback { batch, problems } => {
                 self.events
                     .push_back(UplinkEvent::Feedback { batch, problems });
+            }
+            Message::Findings { batch, findings } => {
+                self.events
+                    .push_back(UplinkEvent::Findings { batch, findings });
             }
             Message::Ping { nonce } => self.transmit.push_back(Message::Pong { nonce }),
             Message::Pong { .. } => {}
@@ -513,6 +522,7 @@ impl Downlink {
                 return Err(ProtocolError::Unexpected("Receipts"));
             }
             Message::Feedback { .. } => return Err(ProtocolError::Unexpected("Feedback")),
+            Message::Findings { .. } => return Err(ProtocolError::Unexpected("Findings")),
             Message::Batch(_) | Message::Forwarded { .. } => {
                 return Err(ProtocolError::Unexpected("Batch on the control stream"));
             }
@@ -525,8 +535,21 @@ impl Downlink {
         self.wanted.remove(id);
     }
 
-    /// The driver stored the batch durably (or refused it) and signed this receipt.
-    pub fn handle_decided(&mut self, receipt: SignedReceipt, problems: Vec<Problem>) {
+    /// The driver stored the batch durably (or refused it) and signed this receipt; for an
+    /// accepted batch of the child's own, `findings` are its audit findings (sent before the
+    /// receipt, so the child holds them when the receipt comes).
+    pub fn handle_decided(
+        &mut self,
+        receipt: SignedReceipt,
+        problems: Vec<Problem>,
+        findings: Option<Vec<crate::audit::Finding>>,
+    ) {
+        if let Some(findings) = findings {
+            self.transmit.push_back(Message::Findings {
+                batch: receipt.receipt.batch,
+                findings,
+            });
+        }
         if matches!(receipt.receipt.verdict, Verdict::Rejected { .. }) {
             if self.recent_refusals.len() == RECENT_REFUSALS_MAX {
                 self.recent_refusals.pop_front();
@@ -582,6 +605,10 @@ pub enum Rejection {
     },
     #[error("{count} record(s) fail the {category} schema (see the feedback)")]
     Records { category: String, count: usize },
+    #[error(
+        "{count} record(s) of {category} break an audit rule of error severity (see the feedback): correct them and submit again"
+    )]
+    Audit { category: String, count: usize },
     #[error("manifest refused: {0}")]
     Manifest(String),
     #[error("progress report refused: {0}")]

@@ -198,6 +198,12 @@ pub enum Message {
     Goodbye {
         reason: String,
     },
+    /// Parent → child (the batch's origin): the audit findings on an accepted batch's records
+    /// (see `protocol::audit`), sent before its receipt; an empty list says none.
+    Findings {
+        batch: BatchId,
+        findings: Vec<crate::audit::Finding>,
+    },
 }
 
 /// Why bytes are not a frame.
@@ -247,6 +253,7 @@ impl Message {
                 (receipts.len(), IDS_PER_FRAME_MAX)
             }
             Message::Feedback { problems, .. } => (problems.len(), FEEDBACK_PROBLEMS_MAX),
+            Message::Findings { findings, .. } => (findings.len(), FEEDBACK_PROBLEMS_MAX),
             _ => (0, 0),
         };
         if count > limit {

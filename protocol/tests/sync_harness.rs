@@ -289,7 +289,7 @@ impl Sim {
         self.b.wanted.remove(&signed.id);
         if let Some((_, held)) = self.b.store.get(&signed.id) {
             self.b.duplicates += 1;
-            self.downlink.handle_decided(held.clone(), Vec::new());
+            self.downlink.handle_decided(held.clone(), Vec::new(), None);
             return;
         }
         let county = NodeKey::from_seed(COUNTY_SEED).public();
@@ -320,7 +320,7 @@ impl Sim {
             self.b.fresh += 1;
             self.b.store.insert(signed.id, (signed, receipt.clone()));
         }
-        self.downlink.handle_decided(receipt, problems);
+        self.downlink.handle_decided(receipt, problems, None);
     }
 
     /// Advances virtual time to each next delivery or timer until `stop` holds or nothing is

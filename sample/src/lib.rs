@@ -243,6 +243,7 @@ pub fn sample_csv(
                 values[index].clear();
             }
         }
+        keep_audit_rules(schema, &mut values);
         let line = i as u64 + 2;
         if bad > 0 && i % bad_every == bad_every / 2 && bad_rows.len() < bad {
             let field = make_bad(schema, &mut values, bad_rows.len());
@@ -256,6 +257,38 @@ pub fn sample_csv(
         text,
         rows,
         bad_rows,
+    }
+}
+
+/// Makes a row of random values keep the category's audit rules, as clean data does: no
+/// amount far below the usual ones (a value under 50 is raised by 100) and no amount above
+/// the one it may not exceed (paid no more than billed). No random draws, so the rows stay
+/// what the seed made them otherwise.
+fn keep_audit_rules(schema: &Schema, values: &mut [String]) {
+    use protocol::audit::Check;
+    for rule in &schema.audit {
+        if let Check::UsualRange { field, .. } = rule.check
+            && let Some((whole, fraction)) =
+                values[field].split_once('.').or(Some((&values[field], "")))
+            && let Ok(whole) = whole.parse::<u64>()
+            && whole < 50
+        {
+            values[field] = if fraction.is_empty() {
+                (whole + 100).to_string()
+            } else {
+                format!("{}.{fraction}", whole + 100)
+            };
+        }
+    }
+    for rule in &schema.audit {
+        if let Check::NotGreater { field, than } = rule.check {
+            let number = |text: &str| text.parse::<f64>().ok();
+            if let (Some(a), Some(b)) = (number(&values[field]), number(&values[than]))
+                && a > b
+            {
+                values[field] = values[than].clone();
+            }
+        }
     }
 }
 

@@ -26,16 +26,18 @@ pub mod keys;
 pub mod ledger;
 pub mod migration;
 pub mod progress;
+mod quality;
 pub mod reconcile;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use protocol::audit::Finding;
 use protocol::batch::VerifyError;
 use protocol::ids::{BatchId, NodeId};
 use protocol::reconcile::{Initiator, Outcome, Responder, Step};
-use protocol::record::Problem;
+use protocol::record::{Problem, Severity};
 use protocol::sync::{
     Downlink, DownlinkEvent, ProtocolError, Rejection, SyncConfig, Uplink, UplinkEvent,
     verify_content_with,
@@ -165,6 +167,8 @@ enum Deferred {
         link: LinkId,
         receipt: SignedReceipt,
         problems: Vec<Problem>,
+        /// Audit findings for the batch's origin, when the link is to the origin itself.
+        findings: Option<Vec<Finding>>,
     },
     /// Relayed receipts this node stored, acknowledged to the parent.
     UpstreamStored {
@@ -273,6 +277,8 @@ struct UplinkSlot {
     backoff_ms: u64,
     up_since_ms: Option<u64>,
     feedback: HashMap<BatchId, Vec<Problem>>,
+    /// The parent's audit findings on own batches, kept until their receipts come.
+    findings: HashMap<BatchId, Vec<Finding>>,
     /// Reconciliation sessions still to run on this link, the one running, when the next
     /// periodic round is due, and the last sessions finished.
     reconcile_queue: VecDeque<ReconcileScope>,
@@ -594,9 +600,10 @@ impl<K: Kv> Core<K> {
                 link,
                 receipt,
                 problems,
+                findings,
             } => {
                 if let Some(slot) = self.downlinks.get_mut(&link) {
-                    slot.machine.handle_decided(receipt, problems);
+                    slot.machine.handle_decided(receipt, problems, findings);
                 }
             }
             Deferred::UpstreamStored { link, done } => {
@@ -928,6 +935,7 @@ impl<K: Kv> Core<K> {
             }
             slot.up_since_ms = None;
             slot.feedback.clear();
+            slot.findings.clear();
             slot.reconcile_queue.clear();
             slot.reconciling = None;
             slot.next_dial_ms = now.mono_ms + slot.backoff_ms;
@@ -1095,14 +1103,20 @@ impl<K: Kv> Core<K> {
                         .feedback
                         .remove(&receipt.receipt.batch)
                         .unwrap_or_default();
+                    let findings = slot.findings.remove(&receipt.receipt.batch);
                     if let Verdict::Rejected { reason } = &receipt.receipt.verdict {
                         error!(batch = %receipt.receipt.batch, %reason, problems = problems.len(), "batch refused by parent: correct the data and submit again");
                     }
+                    let quality = match findings {
+                        Some(findings) => self.own_findings(&receipt, parent, findings)?,
+                        None => None,
+                    };
                     let relay = self.store.insert_receipt(
                         self.me,
                         parent,
                         &receipt,
                         &problems,
+                        quality.as_ref(),
                         now.wall_ms,
                     )?;
                     self.wrote();
@@ -1136,6 +1150,7 @@ impl<K: Kv> Core<K> {
                             parent,
                             &receipt,
                             &[],
+                            None,
                             now.wall_ms,
                         )? {
                             children.insert(child, ());
@@ -1158,6 +1173,12 @@ impl<K: Kv> Core<K> {
                 UplinkEvent::Feedback { batch, problems } => {
                     warn!(%batch, problems = problems.len(), "feedback from parent");
                     slot.feedback.insert(batch, problems);
+                }
+                UplinkEvent::Findings { batch, findings } => {
+                    if !findings.is_empty() {
+                        warn!(%batch, findings = findings.len(), "audit findings from parent: see credit-node feedback");
+                    }
+                    slot.findings.insert(batch, findings);
                 }
             }
         }
@@ -1334,12 +1355,16 @@ impl<K: Kv> Core<K> {
         if let Some(receipt) = self.store.receipt(&id, self.me)? {
             debug!(batch = %id.short(), "already held; answering with the stored receipt once durable");
             let seq = self.unsynced.get(&id).copied().unwrap_or(self.durable);
+            // The origin sends a batch again when it lacks the receipt: it may lack the
+            // findings too.
+            let findings = self.findings_again(&id, child)?;
             self.defer(
                 seq,
                 Deferred::Receipt {
                     link,
                     receipt: current_key(receipt, &*self.signer),
                     problems: Vec::new(),
+                    findings,
                 },
             );
             return Ok(());
@@ -1437,6 +1462,40 @@ impl<K: Kv> Core<K> {
                         );
                     }
                 }
+                // The category's audit rules over the batch and the origin's other batches of
+                // the period: warnings are kept as feedback items (and sent to the origin);
+                // an error refuses the batch.
+                let assessed = match &content {
+                    Content::Data(batch) => Some(quality::assess(
+                        &self.store,
+                        self.registry,
+                        self.me,
+                        id,
+                        batch,
+                        None,
+                    )?),
+                    _ => None,
+                };
+                if let Some(errors) = assessed.as_ref().map(quality::Assessed::errors)
+                    && !errors.is_empty()
+                {
+                    let count = assessed
+                        .as_ref()
+                        .map(|a| {
+                            a.findings
+                                .iter()
+                                .filter(|f| f.problem.severity == Severity::Error)
+                                .map(|f| &f.key)
+                                .collect::<HashSet<_>>()
+                                .len()
+                        })
+                        .unwrap_or_default();
+                    let rejection = Rejection::Audit {
+                        category: summary.category.to_string(),
+                        count,
+                    };
+                    return self.refuse(link, child, &signed, rejection, errors, now);
+                }
                 // A batch this node had receipted before (and lost) keeps its first receipt.
                 let receipt = match &first {
                     Some(earlier) if earlier.receipt.receiver == self.me => earlier.clone(),
@@ -1450,6 +1509,7 @@ impl<K: Kv> Core<K> {
                     &receipt,
                     first.as_ref(),
                     &targets,
+                    assessed.as_ref().map(|a| &a.update),
                     now.wall_ms,
                 )?;
                 let mut seq = self.wrote();
@@ -1462,12 +1522,16 @@ impl<K: Kv> Core<K> {
                     info!(batch = %id.short(), origin = %summary.origin, category = %summary.category, period = %summary.period, records = content.records(), kind = summary.kind.as_str(), "batch stored");
                     self.outbox_grew(now)?;
                 }
+                let findings = assessed
+                    .filter(|_| child == summary.origin)
+                    .map(|a| a.findings);
                 self.defer(
                     seq,
                     Deferred::Receipt {
                         link,
                         receipt,
                         problems: Vec::new(),
+                        findings,
                     },
                 );
             }
@@ -1488,28 +1552,93 @@ impl<K: Kv> Core<K> {
                 self.wrote();
             }
             Err((rejection, problems)) => {
-                error!(batch = %id.short(), reason = %rejection, problems = problems.len(), "batch refused");
-                self.store.audit(
-                    AuditEvent::BatchRefused {
-                        batch: id,
-                        from: child,
-                        reason: rejection.to_string(),
-                    },
-                    now.wall_ms,
-                )?;
-                let seq = self.wrote();
-                let receipt = self.own_receipt(&signed, rejection.verdict(), now);
-                self.defer(
-                    seq,
-                    Deferred::Receipt {
-                        link,
-                        receipt,
-                        problems,
-                    },
-                );
+                return self.refuse(link, child, &signed, rejection, problems, now);
             }
         }
         Ok(())
+    }
+
+    /// Refuses a batch: audited, and answered with a refusal and its problems once the
+    /// audit entry is durable. Nothing of the batch is stored.
+    fn refuse(
+        &mut self,
+        link: LinkId,
+        child: NodeId,
+        signed: &SignedBatch,
+        rejection: Rejection,
+        problems: Vec<Problem>,
+        now: Now,
+    ) -> Result<(), CoreError> {
+        let id = signed.id;
+        error!(batch = %id.short(), reason = %rejection, problems = problems.len(), "batch refused");
+        self.store.audit(
+            AuditEvent::BatchRefused {
+                batch: id,
+                from: child,
+                reason: rejection.to_string(),
+            },
+            now.wall_ms,
+        )?;
+        let seq = self.wrote();
+        let receipt = self.own_receipt(signed, rejection.verdict(), now);
+        self.defer(
+            seq,
+            Deferred::Receipt {
+                link,
+                receipt,
+                problems,
+                findings: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// The audit findings on held data batch `id`, made again for its origin `child` (which
+    /// sent it again, so may lack them); `None` for another sender or kind of batch.
+    fn findings_again(
+        &self,
+        id: &BatchId,
+        child: NodeId,
+    ) -> Result<Option<Vec<Finding>>, StoreError> {
+        let Some(meta) = self.store.meta(id)? else {
+            return Ok(None);
+        };
+        if meta.origin != child || meta.kind != ContentKind::Data {
+            return Ok(None);
+        }
+        let Some(batch) = self.store.held_data_batch(id)? else {
+            return Ok(None);
+        };
+        let assessed = quality::assess(&self.store, self.registry, self.me, *id, &batch, None)?;
+        Ok(Some(assessed.findings))
+    }
+
+    /// What the parent's findings on own data batch `receipt.batch` change here; `None` if
+    /// the batch is not this node's own data.
+    fn own_findings(
+        &self,
+        receipt: &SignedReceipt,
+        parent: NodeId,
+        findings: Vec<Finding>,
+    ) -> Result<Option<crate::store::QualityUpdate>, StoreError> {
+        let id = receipt.receipt.batch;
+        if !matches!(receipt.receipt.verdict, Verdict::Accepted { .. })
+            || receipt.receipt.origin != self.me
+        {
+            return Ok(None);
+        }
+        let Some(batch) = self.store.held_data_batch(&id)? else {
+            return Ok(None);
+        };
+        let assessed = quality::assess(
+            &self.store,
+            self.registry,
+            parent,
+            id,
+            &batch,
+            Some(findings),
+        )?;
+        Ok(Some(assessed.update))
     }
 
     /// Keeps a batch signed with an ended key apart (never forwarded, not held) and, if
@@ -1548,6 +1677,7 @@ impl<K: Kv> Core<K> {
                 link,
                 receipt,
                 problems: Vec::new(),
+                findings: None,
             },
         );
         Ok(())
@@ -1598,6 +1728,7 @@ impl<K: Kv> Core<K> {
             &receipt,
             None,
             &targets,
+            None,
             now.wall_ms,
         )?;
         let seq = if new {

@@ -789,7 +789,7 @@ fn reconciliation_restores_a_lost_batch_reports_an_anomaly_and_repairs_a_receipt
     .sign_with(&key(id(CITY)));
     county
         .store()
-        .insert_receipt(id(COUNTY), id(CITY), &receipt, &[], 1)
+        .insert_receipt(id(COUNTY), id(CITY), &receipt, &[], None, 1)
         .unwrap();
     assert_eq!(
         county.store().outbox_len(id(CITY)),
@@ -922,7 +922,14 @@ fn history_resent_off_a_legacy_link_is_dated_by_the_national_receipt() {
     }
     .sign_with(&key(id(NATIONAL)));
     Store::new(county_kv.clone())
-        .insert_receipt(id(COUNTY), id(NATIONAL), &national, &[], now(3).wall_ms)
+        .insert_receipt(
+            id(COUNTY),
+            id(NATIONAL),
+            &national,
+            &[],
+            None,
+            now(3).wall_ms,
+        )
         .unwrap();
 
     // The parent path comes up and the city wants the batch.
@@ -1011,7 +1018,14 @@ fn a_verify_window_run_out_before_coverage_does_not_spin_the_timer() {
     }
     .sign_with(&key(id(NATIONAL)));
     Store::new(kv)
-        .insert_receipt(id(COUNTY), id(NATIONAL), &national, &[], now(3).wall_ms)
+        .insert_receipt(
+            id(COUNTY),
+            id(NATIONAL),
+            &national,
+            &[],
+            None,
+            now(3).wall_ms,
+        )
         .unwrap();
     path_up(&mut county, LinkId(1), CITY, 2, now(101), now(102));
     assert_eq!(county.migration_phase(), Some(Phase::Verify));
@@ -1893,4 +1907,131 @@ fn a_field_outside_the_minimum_necessary_profile_is_refused_by_name() {
     let refused = county.submit(carrying, now(4)).unwrap_err().to_string();
     assert!(refused.contains("contact_phone"), "{refused}");
     county.submit(lean, now(4)).unwrap();
+}
+
+/// `signed` rebuilt with `edit` applied to its batch, signed by the county.
+fn county_variant(signed: &SignedBatch, edit: impl FnOnce(&mut protocol::Batch)) -> SignedBatch {
+    let mut batch = protocol::Batch::decode(&signed.bytes).unwrap();
+    edit(&mut batch);
+    let batch = protocol::Batch::new(batch.header, batch.records).unwrap();
+    SignedBatch::seal(&batch, &key(id(COUNTY))).unwrap()
+}
+
+fn set(record: &mut protocol::Record, field: &str, value: &str) {
+    let schema = protocol::Registry::builtin().by_name("water_fee").unwrap();
+    record.values[schema.field_index(field).unwrap()] = protocol::Value::Text(value.into());
+}
+
+fn open_items(store: &Store<MemKv>) -> Vec<(String, String, &'static str)> {
+    store
+        .feedback(None)
+        .map(Result::unwrap)
+        .filter(|item| item.closed.is_none())
+        .map(|item| (item.key.0, item.problem.field, item.problem.rule.as_str()))
+        .collect()
+}
+
+/// An accepted batch's audit finding travels to the origin (and stays with the city); the
+/// origin's correction closes it on both sides; a withdrawal closes the items of the record
+/// it withdraws, and every side then agrees on each record's current version.
+#[test]
+fn an_audit_finding_reaches_the_origin_and_a_correction_closes_it() {
+    let topology = topology(1, None);
+    let county_kv = MemKv::new();
+    let city_kv = MemKv::new();
+    let mut county = core(COUNTY, topology.clone(), county_kv.clone());
+    let mut city = core(CITY, topology, city_kv.clone());
+    let (up, down) = (LinkId(31), LinkId(32));
+    link_from(&mut city, down, COUNTY, now(1));
+    path_up(&mut county, up, CITY, 1, now(1), now(1));
+    drain(&mut city);
+
+    let mut keys = Vec::new();
+    let original = county_variant(&county_batch(), |batch| {
+        keys = batch.records.iter().map(|r| r.key.0.clone()).collect();
+        set(&mut batch.records[0], "billed_amount", "100");
+        set(&mut batch.records[0], "paid_amount", "150");
+    });
+    county.submit(original.clone(), now(2)).unwrap();
+    pump(
+        (&mut county, &county_kv, up),
+        (&mut city, &city_kv, down),
+        3,
+    );
+    let expected = vec![(keys[0].clone(), "paid_amount".to_owned(), "not_greater")];
+    assert_eq!(
+        open_items(county.store()),
+        expected,
+        "the origin holds the finding"
+    );
+    assert_eq!(
+        open_items(city.store()),
+        expected,
+        "the city keeps its own item"
+    );
+    let item = county.store().feedback(None).next().unwrap().unwrap();
+    assert_eq!(item.reporter, id(CITY));
+    assert_eq!(item.batch, original.id);
+
+    // The correction supersedes the original; its record no longer breaks the rule.
+    let correction = county_variant(&original, |batch| {
+        batch.header.supersedes = Some(original.id);
+        batch.records.truncate(1);
+        set(&mut batch.records[0], "paid_amount", "100");
+    });
+    county.submit(correction.clone(), now(100)).unwrap();
+    pump(
+        (&mut county, &county_kv, up),
+        (&mut city, &city_kv, down),
+        101,
+    );
+    for store in [county.store(), city.store()] {
+        assert_eq!(open_items(store), Vec::new());
+        let item = store.feedback(None).next().unwrap().unwrap();
+        let closed = item.closed.expect("closed by the correction");
+        assert_eq!((closed.by, closed.withdrawn), (correction.id, false));
+    }
+
+    // A withdrawal of the second record, superseding the correction.
+    let withdrawal = county_variant(&correction, |batch| {
+        batch.header.supersedes = Some(correction.id);
+        batch.records.clear();
+        batch.header.withdrawals = vec![protocol::batch::Withdrawal {
+            key: protocol::RecordKey(keys[1].clone()),
+            reason: protocol::batch::WithdrawalReason::CreditRepair,
+        }];
+    });
+    county.submit(withdrawal.clone(), now(200)).unwrap();
+    pump(
+        (&mut county, &county_kv, up),
+        (&mut city, &city_kv, down),
+        201,
+    );
+    let current = |store: &Store<MemKv>| {
+        let held = store
+            .data_batches(
+                id(COUNTY),
+                Period::parse("2026-05").unwrap(),
+                &protocol::Category::parse("water_fee").unwrap(),
+            )
+            .unwrap();
+        let refs: Vec<(BatchId, &protocol::Batch)> = held.iter().map(|(i, b)| (*i, b)).collect();
+        protocol::audit::current(&refs)
+            .into_iter()
+            .map(|(key, version)| {
+                let withdrawn = matches!(version.state, protocol::audit::State::Withdrawn(_));
+                (key.0.clone(), version.batch, withdrawn)
+            })
+            .collect::<Vec<_>>()
+    };
+    let at_city = current(city.store());
+    assert_eq!(at_city, current(county.store()));
+    assert_eq!(
+        at_city,
+        vec![
+            (keys[0].clone(), correction.id, false),
+            (keys[1].clone(), withdrawal.id, true),
+            (keys[2].clone(), original.id, false),
+        ]
+    );
 }

@@ -32,10 +32,11 @@ pub enum Tree {
     Refused,
     Audit,
     State,
+    Feedback,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 9] = [
+    pub const ALL: [Tree; 10] = [
         Tree::Batches,
         Tree::Meta,
         Tree::Held,
@@ -45,6 +46,7 @@ impl Tree {
         Tree::Refused,
         Tree::Audit,
         Tree::State,
+        Tree::Feedback,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +60,7 @@ impl Tree {
             Tree::Refused => "refused",
             Tree::Audit => "audit",
             Tree::State => "state",
+            Tree::Feedback => "feedback",
         }
     }
 
@@ -890,7 +893,7 @@ impl MemTree {
     fn new(tree: Tree) -> MemTree {
         let index = match tree {
             // Held is scanned by origin at every reconciliation and report.
-            Tree::Outbox | Tree::Relay | Tree::Refused | Tree::Held => {
+            Tree::Outbox | Tree::Relay | Tree::Refused | Tree::Held | Tree::Feedback => {
                 Index::Ordered(BTreeMap::new())
             }
             Tree::Batches | Tree::Meta | Tree::Receipts | Tree::Audit | Tree::State => {
@@ -1063,7 +1066,7 @@ impl BlobPool {
 
 #[derive(Debug)]
 struct MemState {
-    trees: [MemTree; 9],
+    trees: [MemTree; 10],
     /// Every write since the last sync, in order, with the slot its key had before it
     /// (`None`: absent): undone from the last, they restore the store as it was at the last
     /// sync. The values they name stay live until the next sync.

@@ -26,10 +26,13 @@
 //! - `relay`: child u32 ‖ id ‖ receiver u32 → SignedReceipt         (to relay down a link)
 //! - `refused`: id → Refusal                                       (own batches refused upstream)
 //! - `audit`: seq u64 → AuditEntry, hash-chained
+//! - `feedback`: origin u32 ‖ period [4] ‖ category ‖ 0x00 ‖ record key ‖ 0x00 ‖ field ‖ 0x00
+//!   ‖ rule → FeedbackItem                                         (data-quality items)
 //! - `state`: name → value (audit head, last receipt per link; `quarantine/` ‖ id →
 //!   Quarantined, a batch signed with an ended key, its bytes in its file like a held batch's)
 
 pub mod kv;
+mod quality;
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +43,7 @@ use protocol::wire::{Offer, SignedReceipt, Verdict};
 use protocol::{Category, Content, ContentKind, Period, SignedBatch};
 
 pub use kv::{BlobPool, CACHE_BYTES, Kv, KvError, MemKv, Op, SledKv, Tree, WriteFault};
+pub use quality::{Closed, FeedbackItem, QualityUpdate};
 
 /// Largest value this store decodes (a batch frame).
 const VALUE_BYTES_MAX: usize = protocol::wire::BATCH_FRAME_BYTES_MAX;
@@ -439,6 +443,7 @@ impl<K: Kv> Store<K> {
         own_receipt: &SignedReceipt,
         first_receipt: Option<&SignedReceipt>,
         forward_to: &[NodeId],
+        quality: Option<&QualityUpdate>,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
         let id = signed.id;
@@ -507,6 +512,9 @@ impl<K: Kv> Store<K> {
         }
         group.insert(Tree::Meta, id.as_bytes().to_vec(), encode(&meta));
         group.audit(now_ms, event)?;
+        if let Some(update) = quality {
+            self.quality_ops(&mut group, update, now_ms)?;
+        }
         group.commit()?;
         Ok(true)
     }
@@ -527,6 +535,7 @@ impl<K: Kv> Store<K> {
         peer: NodeId,
         receipt: &SignedReceipt,
         problems: &[Problem],
+        quality: Option<&QualityUpdate>,
         now_ms: u64,
     ) -> Result<Option<NodeId>, StoreError> {
         let id = receipt.receipt.batch;
@@ -571,6 +580,9 @@ impl<K: Kv> Store<K> {
                     accepted,
                 },
             )?;
+        }
+        if let Some(update) = quality {
+            self.quality_ops(&mut group, update, now_ms)?;
         }
         group.commit()?;
         Ok(relay_to)
@@ -1256,12 +1268,12 @@ mod tests {
             let own = receipt(&key, "445281", signed.id);
             assert!(
                 store
-                    .insert_batch(&signed, &batch, county, &own, None, &[city], 5)
+                    .insert_batch(&signed, &batch, county, &own, None, &[city], None, 5)
                     .unwrap()
             );
             assert!(
                 !store
-                    .insert_batch(&signed, &batch, county, &own, None, &[city], 6)
+                    .insert_batch(&signed, &batch, county, &own, None, &[city], None, 6)
                     .unwrap(),
                 "second insert is a no-op"
             );
@@ -1290,7 +1302,14 @@ mod tests {
                 .is_empty()
         );
         let relay = store
-            .insert_receipt(county, city, &receipt(&key, "445200", signed.id), &[], 7)
+            .insert_receipt(
+                county,
+                city,
+                &receipt(&key, "445200", signed.id),
+                &[],
+                None,
+                7,
+            )
             .unwrap();
         assert_eq!(relay, None, "own batch: nothing to relay");
         assert_eq!(
@@ -1324,11 +1343,19 @@ mod tests {
                 &receipt(&key, "445200", signed.id),
                 None,
                 &[province],
+                None,
                 1,
             )
             .unwrap();
         let relay = store
-            .insert_receipt(city, province, &receipt(&key, "440000", signed.id), &[], 2)
+            .insert_receipt(
+                city,
+                province,
+                &receipt(&key, "440000", signed.id),
+                &[],
+                None,
+                2,
+            )
             .unwrap();
         assert_eq!(relay, Some(county));
         let pending = store.relay_pending(county, 1024).unwrap();
@@ -1368,6 +1395,7 @@ mod tests {
                 &receipt(&key, "445281", id),
                 None,
                 &[],
+                None,
                 1,
             )
             .unwrap();
