@@ -7,6 +7,7 @@
 //! `node` package could not depend on it (a cycle).
 
 mod demo;
+mod quality;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -215,6 +216,97 @@ enum Command {
         /// table or json.
         #[arg(long, default_value = "table", value_parser = ["table", "json"])]
         format: String,
+    },
+    /// Feedback (数据质量反馈): the audit findings on records, per record and field, with
+    /// the rule broken and what to do. At the origin: what its parent found in its batches;
+    /// at any level: what it found in its subtree's data. Open items by default.
+    #[command(
+        after_help = "Examples:\n  credit-node feedback --dir ./puning\n  credit-node feedback --dir ./puning --category water_fee --period 2026-03 --csv > to-the-water-company.csv\n  credit-node feedback --dir ./guangdong --origin 445281 --all --json"
+    )]
+    Feedback {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Only the items of this origin (default: every origin held).
+        #[arg(long)]
+        origin: Option<String>,
+        #[arg(long)]
+        category: Option<String>,
+        /// Only this period (YYYY-MM).
+        #[arg(long)]
+        period: Option<String>,
+        /// Closed items too (corrected or withdrawn), with when.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// CSV (UTF-8 with BOM) to hand back to the data-source unit.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// The records a running node holds for a category and period: each record's current
+    /// version (after corrections), its earlier versions, and withdrawals with their reason.
+    #[command(
+        after_help = "Examples:\n  credit-node records --dir ./guangdong --category water_fee --period 2026-03 --origin 445281\n  credit-node records --dir ./national --category water_fee --period 2026-03 --key 'WS-001|2026-03' --json"
+    )]
+    Records {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        category: String,
+        #[arg(long)]
+        period: String,
+        #[arg(long)]
+        origin: Option<String>,
+        /// Only this record key.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Correct published records (数据修正): the file's rows replace the current versions of
+    /// the records with the same keys, in a signed batch that names the batch it supersedes;
+    /// every level then shows the corrected record and keeps the old one as history, and the
+    /// feedback items the correction answers close.
+    #[command(
+        after_help = "Examples:\n  credit-node correct fixed-rows.csv --category water_fee --period 2026-03 --dir ./puning\n  credit-node correct whole-month.csv --category water_fee --period 2026-03 --dir ./puning --batch 3fa2…   (replaces the whole batch: its records missing from the file are withdrawn)"
+    )]
+    Correct {
+        file: PathBuf,
+        #[command(flatten)]
+        batch: BatchArgs,
+        /// The running node's directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Replace this whole earlier batch (its id): its records the file leaves out are
+        /// withdrawn with reason `error`.
+        #[arg(long = "batch")]
+        whole: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw published records (撤回): a signed withdrawal travels up and every level marks
+    /// each record withdrawn with its reason and date; it no longer counts as current.
+    #[command(
+        after_help = "Examples:\n  credit-node withdraw --dir ./puning --category admin_penalty --key 'JY-2024-0031' --reason expired\n  credit-node withdraw --dir ./puning --category water_fee --period 2026-03 --keys-file keys.txt --reason error\nReasons: expired (公示期满), repaired (信用修复), error (published in error)."
+    )]
+    Withdraw {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        category: String,
+        /// The period of the records; default: found among every period this node published.
+        #[arg(long)]
+        period: Option<Period>,
+        /// A record key (repeatable).
+        #[arg(long = "key")]
+        keys: Vec<String>,
+        /// A file of record keys, one per line (# comments allowed).
+        #[arg(long)]
+        keys_file: Option<PathBuf>,
+        #[arg(long, value_parser = ["expired", "repaired", "error"])]
+        reason: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Verify the hash chain of a running node's audit log.
     #[command(after_help = "Example:\n  credit-node audit --dir ./guangdong")]
@@ -690,6 +782,76 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             };
             write_rendered(&mut out, &node::api::call(&dir, &request)?, &format)?;
         }
+        Command::Feedback {
+            dir,
+            origin,
+            category,
+            period,
+            all,
+            json,
+            csv,
+        } => {
+            let format = if json {
+                "json"
+            } else if csv {
+                "csv"
+            } else {
+                "table"
+            };
+            let request = node::api::ApiRequest::Feedback {
+                origin,
+                category,
+                period,
+                all,
+                format: format.to_owned(),
+            };
+            write_rendered(&mut out, &node::api::call(&dir, &request)?, format)?;
+        }
+        Command::Records {
+            dir,
+            category,
+            period,
+            origin,
+            key,
+            json,
+        } => {
+            let format = if json { "json" } else { "table" };
+            let request = node::api::ApiRequest::Records {
+                category,
+                period,
+                origin,
+                key,
+                format: format.to_owned(),
+            };
+            write_rendered(&mut out, &node::api::call(&dir, &request)?, format)?;
+        }
+        Command::Correct {
+            file,
+            batch,
+            dir,
+            whole,
+            json,
+        } => quality::correct(&mut out, &file, &batch, &dir, whole.as_deref(), json)?,
+        Command::Withdraw {
+            dir,
+            category,
+            period,
+            keys,
+            keys_file,
+            reason,
+            json,
+        } => quality::withdraw(
+            &mut out,
+            quality::WithdrawArgs {
+                dir: &dir,
+                category: &category,
+                period,
+                keys,
+                keys_file: keys_file.as_ref(),
+                reason: &reason,
+            },
+            json,
+        )?,
         Command::Audit { dir } => {
             let value = node::api::call(&dir, &node::api::ApiRequest::VerifyAudit)?;
             writeln!(

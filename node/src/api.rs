@@ -105,6 +105,35 @@ pub enum ApiRequest {
     Profile {
         category: String,
     },
+    /// Feedback items (audit findings per record and field): open ones, or all with `all`;
+    /// as `format` (table, json or csv).
+    Feedback {
+        origin: Option<String>,
+        category: Option<String>,
+        period: Option<String>,
+        all: bool,
+        format: String,
+    },
+    /// The current version of each record of a category and period (one origin's, or every
+    /// origin held), with its history and withdrawal; as `format` (table or json).
+    Records {
+        category: String,
+        period: String,
+        origin: Option<String>,
+        key: Option<String>,
+        format: String,
+    },
+    /// Which of this node's own batches holds the current version of each key (for `correct`
+    /// and `withdraw`).
+    Current {
+        category: String,
+        period: Option<String>,
+        keys: Vec<String>,
+    },
+    /// The keys whose current version own batch `batch` holds (for `correct --batch`).
+    BatchKeys {
+        batch: String,
+    },
 }
 
 /// Why the operator API did not start ([`serve`]). Once listening it does not stop. As in
@@ -461,10 +490,22 @@ async fn answer(node: &Arc<Node>, request: ApiRequest) -> Result<Value, AnswerEr
                 .transpose()?;
             let entries = node.ledger(period, category.as_ref())?;
             let topology = current(&node.topology);
+            // Data quality of the same reports: open items and time to fix per reporter.
+            let items = crate::quality_view::items(
+                &node.store,
+                &crate::quality_view::Filter {
+                    origin: None,
+                    category: category.clone(),
+                    period: Some(period),
+                    all: true,
+                },
+            )?;
+            let quality = crate::quality_view::fix_times(&items, &topology);
             match format.as_str() {
                 "json" => {
                     let mut value = crate::ledger_view::json(&entries, &topology);
                     value["ok"] = json!(true);
+                    value["quality"] = crate::quality_view::fix_times_json(&quality);
                     value
                 }
                 "csv" => json!({"ok": true, "text": crate::ledger_view::csv(&entries)}),
@@ -474,7 +515,12 @@ async fn answer(node: &Arc<Node>, request: ApiRequest) -> Result<Value, AnswerEr
                         node.me,
                         category.map_or_else(String::new, |c| format!(", {c}"))
                     );
-                    json!({"ok": true, "text": crate::ledger_view::table(&entries, &topology, &title)})
+                    let text = format!(
+                        "{}\n{}",
+                        crate::ledger_view::table(&entries, &topology, &title),
+                        crate::quality_view::fix_times_table(&quality, &topology)
+                    );
+                    json!({"ok": true, "text": text})
                 }
             }
         }
@@ -519,6 +565,92 @@ async fn answer(node: &Arc<Node>, request: ApiRequest) -> Result<Value, AnswerEr
                     json!({"ok": true, "text": crate::progress_view::table(&held, &topology, node.me)})
                 }
             }
+        }
+        ApiRequest::Feedback {
+            origin,
+            category,
+            period,
+            all,
+            format,
+        } => {
+            let filter = crate::quality_view::Filter {
+                origin: origin.map(|o| NodeId::parse(&o)).transpose()?,
+                category: category
+                    .map(|c| protocol::Category::parse(&c))
+                    .transpose()?,
+                period: period.map(|p| protocol::Period::parse(&p)).transpose()?,
+                all,
+            };
+            let items = crate::quality_view::items(&node.store, &filter)?;
+            match format.as_str() {
+                "json" => {
+                    let mut value = crate::quality_view::items_json(&items);
+                    value["ok"] = json!(true);
+                    value
+                }
+                "csv" => json!({"ok": true, "text": crate::quality_view::items_csv(&items)}),
+                _ => {
+                    let title = format!(
+                        "feedback at {}{}",
+                        node.me,
+                        if all { " (open and closed)" } else { " (open)" }
+                    );
+                    json!({"ok": true, "text": crate::quality_view::items_table(&items, &title)})
+                }
+            }
+        }
+        ApiRequest::Records {
+            category,
+            period,
+            origin,
+            key,
+            format,
+        } => {
+            let category = protocol::Category::parse(&category)?;
+            let period = protocol::Period::parse(&period)?;
+            let origin = origin.map(|o| NodeId::parse(&o)).transpose()?;
+            let mut value = crate::quality_view::records_json(
+                &node.store,
+                &category,
+                period,
+                origin,
+                key.as_deref(),
+            )?;
+            if format == "json" {
+                value["ok"] = json!(true);
+                value
+            } else {
+                json!({"ok": true, "text": crate::quality_view::records_table(&value)})
+            }
+        }
+        ApiRequest::Current {
+            category,
+            period,
+            keys,
+        } => {
+            let category = protocol::Category::parse(&category)?;
+            let period = period.map(|p| protocol::Period::parse(&p)).transpose()?;
+            let found = crate::quality_view::current_holders(
+                &node.store,
+                node.me,
+                &category,
+                period,
+                &keys,
+            )?;
+            json!({"ok": true, "keys": found})
+        }
+        ApiRequest::BatchKeys { batch } => {
+            let id = protocol::BatchId::parse_hex(&batch)?;
+            let keys = crate::quality_view::keys_held_by(&node.store, &id)?;
+            let meta = node.store.meta(&id)?;
+            json!({
+                "ok": true,
+                "held": meta.is_some(),
+                "origin": meta.as_ref().map(|m| m.origin.to_string()),
+                "category": meta.as_ref().map(|m| m.category.to_string()),
+                "period": meta.as_ref().map(|m| m.period.to_string()),
+                "keys": keys.into_iter().map(|k| k.0).collect::<Vec<_>>(),
+            })
         }
         ApiRequest::AuditLog => {
             let entries: Vec<Value> = node

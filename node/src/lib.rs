@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod ledger_view;
 pub mod progress;
 pub mod progress_view;
+pub mod quality_view;
 pub mod report;
 pub mod runtime;
 pub mod store;
