@@ -17,7 +17,7 @@
 //! judge only the batch's own records that are current (a version already superseded is not
 //! audited again). Every finding names the record key, the field, the rule and what to do.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use bincode::{Decode, Encode};
 use serde::Deserialize;
@@ -61,49 +61,100 @@ impl Current<'_> {
     }
 }
 
+/// One version of a record: the batch carrying it and the batch that batch supersedes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct Version {
+    pub batch: BatchId,
+    pub supersedes: Option<BatchId>,
+}
+
+/// The chain of versions `versions[at]` replaces: the batches it supersedes, directly or
+/// through versions of the same key.
+fn replaced(versions: &[Version], at: BatchId) -> BTreeSet<BatchId> {
+    let mut seen = BTreeSet::new();
+    let mut next = versions
+        .iter()
+        .find(|v| v.batch == at)
+        .and_then(|v| v.supersedes);
+    while let Some(earlier) = next {
+        if earlier == at || !seen.insert(earlier) {
+            break;
+        }
+        next = versions
+            .iter()
+            .find(|v| v.batch == earlier)
+            .and_then(|v| v.supersedes);
+    }
+    seen
+}
+
+/// The versions of one key in order, older first, and the index of the current one.
+///
+/// A version *replaces* another when its batch supersedes that version's batch, directly or
+/// through versions of the same key (a correction or withdrawal names the batch holding the
+/// version it changes). The current version is the one no other replaces; if several remain
+/// (the key was published twice without a correction, or a version between is not held
+/// yet), the highest batch id wins. It depends only on the key's versions, never on the
+/// order they arrived in.
+pub fn order_versions(versions: &[Version]) -> (Vec<usize>, usize) {
+    let chains: Vec<BTreeSet<BatchId>> = versions
+        .iter()
+        .map(|v| replaced(versions, v.batch))
+        .collect();
+    // A version that replaces another holds the other's chain and the other: a strictly
+    // longer chain, so this order puts every version before those that replace it.
+    let mut order: Vec<usize> = (0..versions.len()).collect();
+    order.sort_by_key(|&i| (chains[i].len(), versions[i].batch));
+    let winner = (0..versions.len())
+        .filter(|&i| !(0..versions.len()).any(|j| j != i && chains[j].contains(&versions[i].batch)))
+        .max_by_key(|&i| versions[i].batch)
+        .expect("a key has at least one version");
+    (order, winner)
+}
+
+/// Another version among `versions` that neither replaces nor is replaced by batch `id`'s.
+pub fn unrelated_version(versions: &[Version], id: BatchId) -> Option<BatchId> {
+    let mine = replaced(versions, id);
+    versions
+        .iter()
+        .map(|v| v.batch)
+        .filter(|other| *other != id)
+        .find(|other| !mine.contains(other) && !replaced(versions, *other).contains(&id))
+}
+
 /// The current version of every record carried by `batches` (data batches of one origin,
-/// category and period), by key.
+/// category and period), by key (see [`order_versions`]).
 pub fn current<'a>(batches: &[(BatchId, &'a Batch)]) -> BTreeMap<&'a RecordKey, Current<'a>> {
-    let ancestry = ancestry(batches);
-    let mut versions: BTreeMap<&'a RecordKey, Vec<(BatchId, State<'a>)>> = BTreeMap::new();
+    let mut versions: BTreeMap<&'a RecordKey, Vec<(Version, State<'a>)>> = BTreeMap::new();
     for (id, batch) in batches {
+        let version = Version {
+            batch: *id,
+            supersedes: batch.header.supersedes,
+        };
         for record in &batch.records {
             versions
                 .entry(&record.key)
                 .or_default()
-                .push((*id, State::Record(record)));
+                .push((version, State::Record(record)));
         }
         for withdrawal in &batch.header.withdrawals {
             versions
                 .entry(&withdrawal.key)
                 .or_default()
-                .push((*id, State::Withdrawn(&withdrawal.reason)));
+                .push((version, State::Withdrawn(&withdrawal.reason)));
         }
     }
     versions
         .into_iter()
         .map(|(key, mut held)| {
-            // Older first: a batch that supersedes another has a strictly longer chain of
-            // held ancestors (it holds the other's chain and the other), so this order puts
-            // every version before the versions that supersede it.
-            held.sort_by_key(|(id, _)| (ancestry[id].len(), *id));
-            let winner = held
-                .iter()
-                .enumerate()
-                .filter(|(_, (id, _))| {
-                    !held
-                        .iter()
-                        .any(|(other, _)| other != id && ancestry[other].contains(id))
-                })
-                .max_by_key(|(_, (id, _))| *id)
-                .map(|(index, _)| index)
-                .expect("a key has at least one version");
-            let history = held.iter().map(|(id, _)| *id).collect();
-            let (batch, state) = held.swap_remove(winner);
+            let plain: Vec<Version> = held.iter().map(|(v, _)| *v).collect();
+            let (order, winner) = order_versions(&plain);
+            let history = order.iter().map(|&i| plain[i].batch).collect();
+            let (version, state) = held.swap_remove(winner);
             (
                 key,
                 Current {
-                    batch,
+                    batch: version.batch,
                     state,
                     history,
                 },
@@ -219,10 +270,213 @@ impl AuditFile {
     }
 }
 
+/// What one current record adds to the aggregates the cross-record rules look at.
+#[derive(Debug, Clone, PartialEq, Encode, Decode)]
+pub enum Contribution {
+    /// Rule `rule` (a `unique` rule): the record's values of its fields, joined.
+    Unique { rule: u16, values: String },
+    /// Rule `rule` (a `same_name` rule): the record's credit code and name.
+    Name {
+        rule: u16,
+        code: String,
+        name: String,
+    },
+    /// Rule `rule` (a `usual_range` rule): the record's positive value.
+    Value { rule: u16, value: f64 },
+}
+
+/// The contributions of `record` to the cross-record rules of `schema`.
+pub fn contributions(schema: &Schema, record: &Record) -> Vec<Contribution> {
+    let mut out = Vec::new();
+    for (n, rule) in schema.audit.iter().enumerate() {
+        let rule_n = n as u16;
+        match &rule.check {
+            Check::Unique { fields } => {
+                if let Some(values) = fields
+                    .iter()
+                    .map(|&f| text(record, f))
+                    .collect::<Option<Vec<_>>>()
+                {
+                    out.push(Contribution::Unique {
+                        rule: rule_n,
+                        values: values.join(" / "),
+                    });
+                }
+            }
+            Check::SameName { code, name } => {
+                if let (Some(c), Some(n)) = (text(record, *code), text(record, *name)) {
+                    out.push(Contribution::Name {
+                        rule: rule_n,
+                        code: c.to_owned(),
+                        name: n.to_owned(),
+                    });
+                }
+            }
+            Check::UsualRange { field, .. } => {
+                if let Some(value) = text(record, *field).and_then(number).filter(|v| *v > 0.0) {
+                    out.push(Contribution::Value {
+                        rule: rule_n,
+                        value,
+                    });
+                }
+            }
+            Check::NotGreater { .. } => {}
+        }
+    }
+    out
+}
+
+/// Positive values in buckets of 1/16 of an octave, from which the usual range's median is
+/// read: kept incrementally by a store, computed the same way from batches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Encode, Decode)]
+pub struct Histogram {
+    pub buckets: BTreeMap<i32, u64>,
+}
+
+impl Histogram {
+    fn bucket(value: f64) -> i32 {
+        (value.log2() * 16.0).floor() as i32
+    }
+
+    /// Adds `value` `times` times (negative: removes it).
+    pub fn add(&mut self, value: f64, times: i64) {
+        let bucket = Self::bucket(value);
+        let count = self.buckets.entry(bucket).or_default();
+        *count = count.saturating_add_signed(times);
+        if *count == 0 {
+            self.buckets.remove(&bucket);
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.values().sum()
+    }
+
+    /// The lower bound of the bucket holding the median value.
+    pub fn median(&self) -> Option<f64> {
+        let half = self.count().div_ceil(2);
+        let mut seen = 0;
+        for (bucket, count) in &self.buckets {
+            seen += count;
+            if seen >= half {
+                return Some(2f64.powf(f64::from(*bucket) / 16.0));
+            }
+        }
+        None
+    }
+}
+
+/// What the rules see of the origin's current records of the period, *with* the batch being
+/// audited taken in: from held batches ([`audit`]) or from a store's incremental index.
+pub trait View {
+    /// The batch holding the current version of `key`.
+    fn current_batch(&self, key: &RecordKey) -> Option<BatchId>;
+    /// Another version of `key` that neither replaces nor is replaced by batch `id`'s.
+    fn unrelated(&self, key: &RecordKey, id: BatchId) -> Option<BatchId>;
+    /// The current records whose values for `unique` rule `rule` are `values`.
+    fn holders(&self, rule: u16, values: &str) -> Vec<RecordKey>;
+    /// How many current records carry each name with credit code `code` (rule `rule`).
+    fn names(&self, rule: u16, code: &str) -> BTreeMap<String, u64>;
+    /// The values of `usual_range` rule `rule` over the current records.
+    fn histogram(&self, rule: u16) -> Histogram;
+}
+
+/// [`View`] over held batches.
+struct BatchesView<'a> {
+    current: BTreeMap<&'a RecordKey, Current<'a>>,
+    versions: BTreeMap<&'a RecordKey, Vec<Version>>,
+    contributions: Vec<(&'a RecordKey, Contribution)>,
+}
+
+impl<'a> BatchesView<'a> {
+    fn new(schema: &Schema, batches: &[(BatchId, &'a Batch)]) -> BatchesView<'a> {
+        let current = current(batches);
+        let mut versions: BTreeMap<&RecordKey, Vec<Version>> = BTreeMap::new();
+        for (id, batch) in batches {
+            let version = Version {
+                batch: *id,
+                supersedes: batch.header.supersedes,
+            };
+            let keys = batch
+                .records
+                .iter()
+                .map(|r| &r.key)
+                .chain(batch.header.withdrawals.iter().map(|w| &w.key));
+            for key in keys {
+                versions.entry(key).or_default().push(version);
+            }
+        }
+        let contributions = current
+            .iter()
+            .filter_map(|(key, c)| c.record().map(|r| (*key, r)))
+            .flat_map(|(key, record)| {
+                contributions(schema, record)
+                    .into_iter()
+                    .map(move |c| (key, c))
+            })
+            .collect();
+        BatchesView {
+            current,
+            versions,
+            contributions,
+        }
+    }
+}
+
+impl View for BatchesView<'_> {
+    fn current_batch(&self, key: &RecordKey) -> Option<BatchId> {
+        self.current.get(key).map(|c| c.batch)
+    }
+
+    fn unrelated(&self, key: &RecordKey, id: BatchId) -> Option<BatchId> {
+        unrelated_version(self.versions.get(key)?, id)
+    }
+
+    fn holders(&self, rule: u16, values: &str) -> Vec<RecordKey> {
+        self.contributions
+            .iter()
+            .filter(|(_, c)| {
+                matches!(c, Contribution::Unique { rule: r, values: v } if *r == rule && v == values)
+            })
+            .map(|(key, _)| (*key).clone())
+            .collect()
+    }
+
+    fn names(&self, rule: u16, code: &str) -> BTreeMap<String, u64> {
+        let mut names = BTreeMap::new();
+        for (_, contribution) in &self.contributions {
+            if let Contribution::Name {
+                rule: r,
+                code: c,
+                name,
+            } = contribution
+                && *r == rule
+                && c == code
+            {
+                *names.entry(name.clone()).or_default() += 1;
+            }
+        }
+        names
+    }
+
+    fn histogram(&self, rule: u16) -> Histogram {
+        let mut histogram = Histogram::default();
+        for (_, contribution) in &self.contributions {
+            if let Contribution::Value { rule: r, value } = contribution
+                && *r == rule
+            {
+                histogram.add(*value, 1);
+            }
+        }
+        histogram
+    }
+}
+
 /// Audits the current records of `batch` (id `id`) against the category's rules, seeing the
 /// current records of `others`: the other held data batches of the same origin, category
 /// and period. A key this batch publishes that another held batch publishes too, neither
-/// superseding the other, is reported as well (rule `republished`).
+/// replacing the other, is reported as well (rule `republished`). The reference for
+/// [`audit_with`] over a store's incremental index.
 pub fn audit(
     schema: &Schema,
     id: BatchId,
@@ -232,11 +486,15 @@ pub fn audit(
     let mut all: Vec<(BatchId, &Batch)> =
         others.iter().filter(|(o, _)| *o != id).copied().collect();
     all.push((id, batch));
-    let view = current(&all);
+    audit_with(schema, id, batch, &BatchesView::new(schema, &all))
+}
+
+/// [`audit`] against any [`View`] of the origin's current records with `batch` taken in.
+pub fn audit_with(schema: &Schema, id: BatchId, batch: &Batch, view: &dyn View) -> Vec<Finding> {
     let mine: Vec<&Record> = batch
         .records
         .iter()
-        .filter(|record| view.get(&record.key).is_some_and(|c| c.batch == id))
+        .filter(|record| view.current_batch(&record.key) == Some(id))
         .collect();
     let mut findings = Vec::new();
     let problem = |rule: Rule, severity: Severity, field: usize, value: &str, message: String| {
@@ -250,22 +508,14 @@ pub fn audit(
             message,
         }
     };
-    // A key published again without superseding the version held.
-    let chain = ancestry(&all);
     for record in &mine {
-        let unrelated = view[&record.key]
-            .history
-            .iter()
-            .filter(|other| **other != id)
-            .find(|other| !chain[&id].contains(other) && !chain[*other].contains(&id));
-        if let Some(other) = unrelated {
-            let key_field = schema.key[0];
+        if let Some(other) = view.unrelated(&record.key, id) {
             findings.push(Finding {
                 key: record.key.clone(),
                 problem: problem(
                     Rule::Republished,
                     Severity::Warning,
-                    key_field,
+                    schema.key[0],
                     &record.key.0,
                     format!(
                         "record {} was already published in batch {}: to change a published record, send a correction (credit-node correct), which supersedes it",
@@ -276,18 +526,10 @@ pub fn audit(
             });
         }
     }
-    let current_records: Vec<&Record> = view.values().filter_map(|c| c.record()).collect();
-    for rule in &schema.audit {
+    for (n, rule) in schema.audit.iter().enumerate() {
+        let rule_n = n as u16;
         match &rule.check {
             Check::Unique { fields } => {
-                let mut holders: BTreeMap<Vec<&str>, Vec<&RecordKey>> = BTreeMap::new();
-                for record in &current_records {
-                    let values: Option<Vec<&str>> =
-                        fields.iter().map(|&f| text(record, f)).collect();
-                    if let Some(values) = values {
-                        holders.entry(values).or_default().push(&record.key);
-                    }
-                }
                 for record in &mine {
                     let Some(values) = fields
                         .iter()
@@ -296,7 +538,9 @@ pub fn audit(
                     else {
                         continue;
                     };
-                    let Some(other) = holders[&values].iter().find(|k| **k != &record.key) else {
+                    let values = values.join(" / ");
+                    let holders = view.holders(rule_n, &values);
+                    let Some(other) = holders.iter().filter(|k| **k != record.key).min() else {
                         continue;
                     };
                     let names: Vec<&str> = fields
@@ -309,7 +553,7 @@ pub fn audit(
                             Rule::Unique,
                             rule.severity,
                             fields[0],
-                            &values.join(" / "),
+                            &values,
                             format!(
                                 "record {} repeats record {other} ({} the same): a duplicate — withdraw one (credit-node withdraw --reason error) or correct it",
                                 record.key,
@@ -353,16 +597,12 @@ pub fn audit(
                 factor,
                 min_records,
             } => {
-                let mut values: Vec<f64> = current_records
-                    .iter()
-                    .filter_map(|r| text(r, *field).and_then(number))
-                    .filter(|v| *v > 0.0)
-                    .collect();
-                if values.len() < *min_records {
+                let histogram = view.histogram(rule_n);
+                let count = histogram.count();
+                let Some(median) = histogram.median().filter(|_| count >= *min_records as u64)
+                else {
                     continue;
-                }
-                values.sort_by(f64::total_cmp);
-                let median = values[values.len() / 2];
+                };
                 let factor = f64::from(*factor);
                 for record in &mine {
                     let Some(value) = text(record, *field).and_then(number) else {
@@ -379,41 +619,28 @@ pub fn audit(
                             *field,
                             text(record, *field).unwrap_or_default(),
                             format!(
-                                "record {}: {} {} is more than {factor}× away from this origin's usual {median} (median of {} records this period): check it with the data source",
+                                "record {}: {} {} is more than {factor}× away from this origin's usual {median:.2} (median of {count} records this period): check it with the data source",
                                 record.key,
                                 schema.fields[*field].label,
                                 text(record, *field).unwrap_or_default(),
-                                values.len()
                             ),
                         ),
                     });
                 }
             }
             Check::SameName { code, name } => {
-                // Per code, how many current records carry each name and one of them; the
-                // name most records carry is taken as right (on a tie, the first in order).
-                let mut names: BTreeMap<&str, BTreeMap<&str, (usize, &RecordKey)>> =
-                    BTreeMap::new();
-                for record in &current_records {
-                    if let (Some(c), Some(n)) = (text(record, *code), text(record, *name)) {
-                        names
-                            .entry(c)
-                            .or_default()
-                            .entry(n)
-                            .or_insert((0, &record.key))
-                            .0 += 1;
-                    }
-                }
                 for record in &mine {
                     let (Some(c), Some(n)) = (text(record, *code), text(record, *name)) else {
                         continue;
                     };
-                    let Some((usual, (count, other_key))) =
-                        names[c].iter().rev().max_by_key(|(_, (count, _))| *count)
+                    // The name most current records carry is taken as right (on a tie, the
+                    // first in order).
+                    let names = view.names(rule_n, c);
+                    let Some((usual, count)) = names.iter().rev().max_by_key(|(_, count)| **count)
                     else {
                         continue;
                     };
-                    if *usual == n {
+                    if usual == n {
                         continue;
                     }
                     findings.push(Finding {
@@ -424,7 +651,7 @@ pub fn audit(
                             *name,
                             n,
                             format!(
-                                "record {}: {} {c} is named {n:?} here but {usual:?} in {count} record(s) such as {other_key}: one of the names is wrong, or the code",
+                                "record {}: {} {c} is named {n:?} here but {usual:?} in {count} record(s) of this origin and period: one of the names is wrong, or the code",
                                 record.key, schema.fields[*code].label
                             ),
                         ),
@@ -444,29 +671,6 @@ pub fn audit(
         a.key == b.key && a.problem.field == b.problem.field && a.problem.rule == b.problem.rule
     });
     findings
-}
-
-/// The ancestors of each batch along its supersedes chain: the batch it names, and on
-/// through the held batches (a cycle, which only a hash collision could make, ends the walk).
-fn ancestry(batches: &[(BatchId, &Batch)]) -> HashMap<BatchId, BTreeSet<BatchId>> {
-    let supersedes: HashMap<BatchId, BatchId> = batches
-        .iter()
-        .filter_map(|(id, batch)| batch.header.supersedes.map(|s| (*id, s)))
-        .collect();
-    batches
-        .iter()
-        .map(|(id, _)| {
-            let mut seen = BTreeSet::new();
-            let mut at = *id;
-            while let Some(&earlier) = supersedes.get(&at) {
-                if earlier == *id || !seen.insert(earlier) {
-                    break;
-                }
-                at = earlier;
-            }
-            (*id, seen)
-        })
-        .collect()
 }
 
 /// A field's value as text (an identity number's masked form), if it has one.
@@ -636,7 +840,7 @@ mod tests {
         );
         let (gone, withdrawal) = batch(
             Vec::new(),
-            Some(fix),
+            Some(first),
             vec![Withdrawal {
                 key: RecordKey("B002|2022-05".into()),
                 reason: WithdrawalReason::CreditRepair,

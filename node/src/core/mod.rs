@@ -1472,7 +1472,7 @@ impl<K: Kv> Core<K> {
                         self.me,
                         id,
                         batch,
-                        None,
+                        quality::Audit::Receiver,
                     )?),
                     _ => None,
                 };
@@ -1609,7 +1609,14 @@ impl<K: Kv> Core<K> {
         let Some(batch) = self.store.held_data_batch(id)? else {
             return Ok(None);
         };
-        let assessed = quality::assess(&self.store, self.registry, self.me, *id, &batch, None)?;
+        let assessed = quality::assess(
+            &self.store,
+            self.registry,
+            self.me,
+            *id,
+            &batch,
+            quality::Audit::Receiver,
+        )?;
         Ok(Some(assessed.findings))
     }
 
@@ -1636,7 +1643,7 @@ impl<K: Kv> Core<K> {
             parent,
             id,
             &batch,
-            Some(findings),
+            quality::Audit::Parent(findings),
         )?;
         Ok(Some(assessed.update))
     }
@@ -1721,6 +1728,19 @@ impl<K: Kv> Core<K> {
         })?;
         let receipt = self.own_receipt(&signed, Verdict::Accepted { warnings: 0 }, now);
         let targets = self.forward_targets();
+        // Indexed like a receiver's batch, so corrections and the parent's findings find its
+        // records; not audited here (the parent's findings come back as feedback).
+        let indexed = match &content {
+            Content::Data(batch) => Some(quality::assess(
+                &self.store,
+                self.registry,
+                me,
+                id,
+                batch,
+                quality::Audit::Submission,
+            )?),
+            _ => None,
+        };
         let new = self.store.insert_batch(
             &signed,
             &content,
@@ -1728,7 +1748,7 @@ impl<K: Kv> Core<K> {
             &receipt,
             None,
             &targets,
-            None,
+            indexed.as_ref().map(|a| &a.update),
             now.wall_ms,
         )?;
         let seq = if new {

@@ -1992,9 +1992,9 @@ fn an_audit_finding_reaches_the_origin_and_a_correction_closes_it() {
         assert_eq!((closed.by, closed.withdrawn), (correction.id, false));
     }
 
-    // A withdrawal of the second record, superseding the correction.
+    // A withdrawal of the second record, superseding the batch that holds it.
     let withdrawal = county_variant(&correction, |batch| {
-        batch.header.supersedes = Some(correction.id);
+        batch.header.supersedes = Some(original.id);
         batch.records.clear();
         batch.header.withdrawals = vec![protocol::batch::Withdrawal {
             key: protocol::RecordKey(keys[1].clone()),

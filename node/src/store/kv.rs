@@ -33,10 +33,11 @@ pub enum Tree {
     Audit,
     State,
     Feedback,
+    Index,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 10] = [
+    pub const ALL: [Tree; 11] = [
         Tree::Batches,
         Tree::Meta,
         Tree::Held,
@@ -47,6 +48,7 @@ impl Tree {
         Tree::Audit,
         Tree::State,
         Tree::Feedback,
+        Tree::Index,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +63,7 @@ impl Tree {
             Tree::Audit => "audit",
             Tree::State => "state",
             Tree::Feedback => "feedback",
+            Tree::Index => "index",
         }
     }
 
@@ -896,9 +899,12 @@ impl MemTree {
             Tree::Outbox | Tree::Relay | Tree::Refused | Tree::Held | Tree::Feedback => {
                 Index::Ordered(BTreeMap::new())
             }
-            Tree::Batches | Tree::Meta | Tree::Receipts | Tree::Audit | Tree::State => {
-                Index::Hashed(Hashed::default())
-            }
+            Tree::Batches
+            | Tree::Meta
+            | Tree::Receipts
+            | Tree::Audit
+            | Tree::State
+            | Tree::Index => Index::Hashed(Hashed::default()),
         };
         MemTree {
             index,
@@ -1066,7 +1072,7 @@ impl BlobPool {
 
 #[derive(Debug)]
 struct MemState {
-    trees: [MemTree; 10],
+    trees: [MemTree; 11],
     /// Every write since the last sync, in order, with the slot its key had before it
     /// (`None`: absent): undone from the last, they restore the store as it was at the last
     /// sync. The values they name stay live until the next sync.

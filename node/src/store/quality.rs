@@ -2,7 +2,9 @@
 //! field, by rule) with when they were opened and closed, and the held data batches of one
 //! origin, category and period from which the current version of each record is read.
 //!
-//! Tree layout: `feedback`: origin u32 ‖ period [4] ‖ category ‖ 0x00 ‖ record key ‖ 0x00 ‖
+//! Tree layout: `index`: origin u32 ‖ period [4] ‖ category ‖ 0x00 ‖ kind ‖ … (the record
+//! index kept by `core::quality`: each key's versions and current contributions, and the
+//! aggregates of the cross-record audit rules). `feedback`: origin u32 ‖ period [4] ‖ category ‖ 0x00 ‖ record key ‖ 0x00 ‖
 //! field ‖ 0x00 ‖ rule → FeedbackItem. An item opens when a finding is first made on a
 //! record's current version and closes when a later version of the record (a correction or
 //! a withdrawal) becomes current without that finding; a finding made again after closing
@@ -33,6 +35,11 @@ pub struct QualityUpdate {
     /// record.
     pub current: Vec<(RecordKey, bool)>,
     pub findings: Vec<Finding>,
+    /// Whether the feedback items change (not at the origin's own submission, whose findings
+    /// come later from the parent).
+    pub items: bool,
+    /// Writes to the record index (`index` tree): key → value, `None` to remove.
+    pub index: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// One finding on one field of one record, open or closed.
@@ -61,7 +68,8 @@ pub struct Closed {
     pub withdrawn: bool,
 }
 
-fn period_prefix(origin: NodeId, period: Period, category: &Category) -> Vec<u8> {
+/// The prefix of `(origin, period, category)`'s entries in the `feedback` and `index` trees.
+pub fn period_prefix(origin: NodeId, period: Period, category: &Category) -> Vec<u8> {
     let mut key = origin.to_be_bytes().to_vec();
     key.extend(period.key_bytes());
     key.extend(category.as_str().as_bytes());
@@ -94,6 +102,15 @@ impl<K: Kv> Store<K> {
         update: &QualityUpdate,
         now_ms: u64,
     ) -> Result<(), StoreError> {
+        for (key, value) in &update.index {
+            match value {
+                Some(value) => group.insert(Tree::Index, key.clone(), value.clone()),
+                None => group.remove(Tree::Index, key.clone()),
+            }
+        }
+        if !update.items {
+            return Ok(());
+        }
         let base = period_prefix(update.origin, update.period, &update.category);
         let any = self.scan_prefix(Tree::Feedback, base).next().is_some();
         if any {
@@ -152,6 +169,11 @@ impl<K: Kv> Store<K> {
         let mut group = self.group();
         self.quality_ops(&mut group, update, now_ms)?;
         group.commit()
+    }
+
+    /// An entry of the record index (see `core::quality`).
+    pub fn index_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.kv.get(Tree::Index, key)?)
     }
 
     /// Every feedback item this node holds (of `origin` only, if given), in (origin, period,
