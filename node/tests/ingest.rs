@@ -4,7 +4,10 @@
 
 use std::path::Path;
 
-use node::ingest::{Encoding, IngestError, IngestOptions, IngestReport, ingest_bytes, ingest_file};
+use node::ingest::{
+    Encoding, IngestError, IngestOptions, IngestProgress, Ingested, Phase, ingest_bytes,
+    ingest_file,
+};
 use protocol::record::Rule;
 use protocol::schema::FieldKind;
 use protocol::{Batch, DesensitizeKey, NodeId, NodeKey, Period, Registry, Schema};
@@ -37,7 +40,7 @@ fn options(node_key: &NodeKey, batch_records_max: usize, encoding: Encoding) -> 
     }
 }
 
-fn ingest(bytes: &[u8], encoding: Encoding) -> Result<IngestReport, IngestError> {
+fn ingest(bytes: &[u8], encoding: Encoding) -> Result<Ingested, IngestError> {
     let node_key = NodeKey::from_seed([5; 32]);
     ingest_bytes(
         Path::new("export.csv"),
@@ -221,31 +224,191 @@ fn ragged_rows_and_duplicate_keys_are_refused_and_the_rest_kept() {
     assert!(report.rejected[0].problems[0].message.contains("line 4"));
 }
 
+/// The data rows of a sample, reordered deterministically (a file not in key order).
+fn shuffled(text: &str, seed: u64) -> String {
+    let mut lines: Vec<&str> = text.lines().collect();
+    let mut rng = Rng::new(seed);
+    for i in (2..lines.len()).rev() {
+        let j = 1 + rng.below(i as u64) as usize;
+        lines.swap(i, j);
+    }
+    lines.join("\n") + "\n"
+}
+
 #[test]
-fn large_files_split_into_deterministic_batches() {
-    let text = sample_csv(water(), origin(), period(), 2500, 0, 10).text;
+fn several_batches_are_each_sorted_and_together_hold_every_good_row_once() {
+    let sample = sample_csv(water(), origin(), period(), 2500, 7, 10);
+    let text = shuffled(&sample.text, 77);
+    let node_key = NodeKey::from_seed([5; 32]);
+    let whole = options(&node_key, 5000, Encoding::Utf8);
+    let options = options(&node_key, 1000, Encoding::Utf8);
+    let a = ingest_bytes(Path::new("a"), text.as_bytes(), &options, |_| {}).unwrap();
+    assert_eq!(a.records, 2493);
+    assert_eq!(a.rejected.len(), 7);
+    let mut keys = std::collections::BTreeSet::new();
+    let mut sizes = Vec::new();
+    for (signed, summary) in a.batches.iter().zip(&a.report.batches) {
+        let batch = Batch::decode(&signed.bytes).expect("canonical");
+        assert!(
+            batch.records.windows(2).all(|w| w[0].key < w[1].key),
+            "sorted by key within the batch"
+        );
+        assert_eq!(summary.id, signed.id);
+        assert_eq!(summary.records, batch.records.len() as u64);
+        assert_eq!(summary.bytes, signed.bytes.len() as u64);
+        sizes.push(batch.records.len());
+        for record in batch.records {
+            assert!(keys.insert(record.key), "a record in two batches");
+        }
+    }
+    assert_eq!(sizes, [1000, 1000, 493]);
+    assert_eq!(keys.len(), 2493, "every good row once");
+    // Cut in file order: the first batch holds the first 1000 good rows of the file.
+    let in_order = ingest_bytes(Path::new("b"), text.as_bytes(), &whole, |_| {}).unwrap();
+    let all = Batch::decode(&in_order.batches[0].bytes).unwrap();
+    let first = Batch::decode(&a.batches[0].bytes).unwrap();
+    let mut rows_in_file_order: Vec<&str> = Vec::new();
+    let good_lines: std::collections::BTreeSet<u64> = (2..=2501u64)
+        .filter(|l| !a.rejected.iter().any(|r| r.line == *l))
+        .collect();
+    for (n, line) in text.lines().enumerate() {
+        if good_lines.contains(&(n as u64 + 1)) {
+            rows_in_file_order.push(line);
+        }
+    }
+    assert_eq!(all.records.len(), 2493);
+    assert_eq!(first.records.len(), 1000);
+    let again = ingest_bytes(Path::new("c"), text.as_bytes(), &options, |_| {}).unwrap();
+    let ids = |r: &Ingested| r.batches.iter().map(|b| b.id).collect::<Vec<_>>();
+    assert_eq!(ids(&a), ids(&again), "the same file gives the same batches");
+    // The first batch is the first 1000 good rows: ingesting just those gives the same id.
+    let mut head = String::from(text.lines().next().unwrap());
+    head.push('\n');
+    for line in &rows_in_file_order[..1000] {
+        head.push_str(line);
+        head.push('\n');
+    }
+    let alone = ingest_bytes(Path::new("d"), head.as_bytes(), &options, |_| {}).unwrap();
+    assert_eq!(alone.batches.len(), 1);
+    assert_eq!(alone.batches[0].id, a.batches[0].id, "batches are cut in file order");
+}
+
+#[test]
+fn row_order_within_one_batch_does_not_change_its_id() {
+    let text = sample_csv(water(), origin(), period(), 900, 0, 10).text;
     let node_key = NodeKey::from_seed([5; 32]);
     let options = options(&node_key, 1000, Encoding::Utf8);
     let a = ingest_bytes(Path::new("a"), text.as_bytes(), &options, |_| {}).unwrap();
-    let sizes: Vec<usize> = a
+    let b = ingest_bytes(Path::new("b"), shuffled(&text, 3).as_bytes(), &options, |_| {}).unwrap();
+    assert_eq!(a.batches.len(), 1);
+    assert_eq!(a.batches[0].id, b.batches[0].id);
+}
+
+#[test]
+fn a_duplicate_key_across_two_batches_is_refused_at_its_line() {
+    let plain = sample_csv(water(), origin(), period(), 2500, 0, 12).text;
+    let lines: Vec<&str> = plain.lines().collect();
+    let mut text = lines.join("\n");
+    // Line 2502 repeats line 4 (in the first batch), line 2503 repeats line 1500 (second).
+    for line in [4, 1500] {
+        text.push('\n');
+        text.push_str(lines[line - 1]);
+    }
+    text.push('\n');
+    let node_key = NodeKey::from_seed([5; 32]);
+    let options = options(&node_key, 1000, Encoding::Utf8);
+    let report = ingest_bytes(Path::new("dup.csv"), text.as_bytes(), &options, |_| {}).unwrap();
+    assert_eq!(report.records, 2500);
+    let refused: Vec<(u64, Rule)> = report
+        .rejected
+        .iter()
+        .map(|r| (r.line, r.problems[0].rule))
+        .collect();
+    assert_eq!(refused, [(2502, Rule::DuplicateKey), (2503, Rule::DuplicateKey)]);
+    assert!(report.rejected[0].problems[0].message.contains("already given on line 4"), "{:?}", report.rejected[0]);
+    assert!(report.rejected[1].problems[0].message.contains("already given on line 1500"), "{:?}", report.rejected[1]);
+    let in_batches: usize = report
         .batches
         .iter()
         .map(|b| Batch::decode(&b.bytes).unwrap().records.len())
-        .collect();
-    assert_eq!(sizes, [1000, 1000, 500]);
-    let mut lines: Vec<&str> = text.lines().collect();
-    lines[1..].reverse();
-    let reversed = lines.join("\n");
-    let b = ingest_bytes(Path::new("b"), reversed.as_bytes(), &options, |_| {}).unwrap();
-    let ids = |r: &IngestReport| r.batches.iter().map(|b| b.id).collect::<Vec<_>>();
-    assert_eq!(ids(&a), ids(&b), "row order does not change the batches");
+        .sum();
+    assert_eq!(in_batches, 2500);
+}
+
+/// Ingestion keeps no batch once the sink has it: when the sink is handed batch k, batch k
+/// is the only one sealed and not yet handed on, however large the file; the report holds
+/// summaries, not batches.
+#[test]
+fn the_sink_gets_each_batch_as_it_is_sealed_whatever_the_file_size() {
+    let node_key = NodeKey::from_seed([5; 32]);
+    let options = options(&node_key, 100, Encoding::Utf8);
+    for rows in [1_000, 10_000] {
+        let text = sample_csv(water(), origin(), period(), rows, 0, 13).text;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("water.csv");
+        std::fs::write(&path, &text).unwrap();
+        let progress = IngestProgress::new();
+        let mut handed = 0u64;
+        let mut ids = Vec::new();
+        let report = ingest_file(&path, &options, &progress, |batch| {
+            let now = progress.snapshot();
+            assert_eq!(now.batches_sealed, handed + 1, "one sealed batch outstanding");
+            assert_eq!(now.batches_handed, handed);
+            assert_eq!(now.phase, Phase::Handing);
+            handed += 1;
+            ids.push(batch.id);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(handed, rows as u64 / 100);
+        let summary_ids: Vec<_> = report.batches.iter().map(|b| b.id).collect();
+        assert_eq!(summary_ids, ids);
+        let done = progress.snapshot();
+        assert_eq!(done.phase, Phase::Done);
+        assert_eq!(done.rows_read, rows as u64);
+        assert_eq!(done.rows_checked, rows as u64);
+        assert_eq!(done.records, rows as u64);
+        assert_eq!(done.bytes_read, text.len() as u64);
+        assert_eq!(done.bytes_total, text.len() as u64);
+    }
+}
+
+/// A sink that fails stops ingestion there, with the report so far.
+#[test]
+fn a_failing_sink_stops_ingestion_with_the_report_so_far() {
+    let node_key = NodeKey::from_seed([5; 32]);
+    let options = options(&node_key, 100, Encoding::Utf8);
+    let text = sample_csv(water(), origin(), period(), 1_000, 0, 14).text;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("water.csv");
+    std::fs::write(&path, &text).unwrap();
+    let mut taken = 0;
+    let error = ingest_file(&path, &options, &IngestProgress::new(), |_| {
+        taken += 1;
+        if taken == 3 {
+            return Err("the node is not running".into());
+        }
+        Ok(())
+    })
+    .unwrap_err();
+    let IngestError::Sink { report, source, .. } = error else {
+        panic!("{error}");
+    };
+    assert_eq!(report.batches.len(), 2, "the two batches taken");
+    assert!(source.to_string().contains("not running"));
 }
 
 #[test]
 fn unreadable_and_empty_files_name_the_file() {
     let node_key = NodeKey::from_seed([5; 32]);
     let options = options(&node_key, 1000, Encoding::Utf8);
-    let missing = ingest_file(Path::new("/nonexistent/water.csv"), &options, |_| {}).unwrap_err();
+    let missing = ingest_file(
+        Path::new("/nonexistent/water.csv"),
+        &options,
+        &IngestProgress::new(),
+        |_| Ok(()),
+    )
+    .unwrap_err();
     assert!(
         missing.to_string().contains("/nonexistent/water.csv"),
         "{missing}"
@@ -262,7 +425,10 @@ struct Golden {
     /// Data rows appended again at the end, by their line in the sample (2 is the first),
     /// as written (with the same quirks).
     duplicate_lines: &'static [usize],
-    /// Batch ids (700 records per batch), in order.
+    /// Batch ids (700 records per batch), in order. Batches are cut in file order (streaming):
+    /// the plain samples list keys in key order, so theirs are as when the whole file was
+    /// sorted first; the reshaped ones are not, so theirs changed when ingestion began to
+    /// stream.
     ids: &'static [&'static str],
     /// Rows rejected, and how many problems of each rule they have.
     rejected_rows: usize,
@@ -480,9 +646,9 @@ fn golden_batches_and_reports_do_not_change() {
             quirks: true,
             duplicate_lines: &[5, 1700, 5, 202, 9, 2001, 5],
             ids: &[
-                "b88aa94aa64fe9215bd9ffc9b24c7eb298ed598ba37f8325800ca8c98b480408",
-                "911299814e2c964a9e72d85ecb577b94c88b89d1fab13f8271f74295db348e7f",
-                "6587b4712a96d6aa2d91baf2dd382ef5c43ee1c0268031739159b2121a626cfd",
+                "a1751e68a9baf28b582fc86183d69c3bf09b4313732873c4a9f7d0621a17e404",
+                "a2c582ced358e4663705eac44981acc472c598ef3d9d7a43742668637e596b63",
+                "1db5f99a74426e15e3e68243338642e70b8e49645dad800adcd87ea303e90715",
             ],
             rejected_rows: 154,
             problems_by_rule: &[
@@ -522,9 +688,9 @@ fn golden_batches_and_reports_do_not_change() {
             quirks: true,
             duplicate_lines: &[1001, 3, 1001],
             ids: &[
-                "b85cee08a67dbf0c2d30e3b297ecfcb4919e31ee37cb7702e137f8862b7cf19c",
-                "061ff7cc981972b2ec06100e39fe08f394816352dde6260b8d6604b026f486ca",
-                "3e3d520409a354d5b6abe44596d36863d7f8cbd2103e61d6b53797ff0fdaa2ee",
+                "fea49e6af9139fdcebde82f8f5d82590bf4446e882355d2dbf2e3edba6e06e2c",
+                "bf6d8f3a50e64c553eae2d08681485749662e5a7c4cc8c101603436aec7e66cc",
+                "5b0c68c5cd276811616e58448edd5088bca609c21b94fc383f5c40d7392edf7e",
             ],
             rejected_rows: 247,
             problems_by_rule: &[
