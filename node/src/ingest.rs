@@ -419,7 +419,9 @@ pub fn ingest_reader(
             Ok(())
         })();
         drop(credit_sender);
-        let parsed = parser.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let parsed = parser
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         merged?;
         parsed
     })?;
@@ -441,7 +443,9 @@ fn read_row<R: Read>(
     reader: &mut csv::Reader<R>,
     row: &mut csv::ByteRecord,
 ) -> Result<bool, IngestError> {
-    reader.read_byte_record(row).map_err(|e| csv_error(path, &e))
+    reader
+        .read_byte_record(row)
+        .map_err(|e| csv_error(path, &e))
 }
 
 /// The parsing thread: reads rows, refuses those of the wrong width or with bytes their
@@ -846,7 +850,10 @@ impl KeyLog {
             let (line, len) = entry(&head);
             return Ok((line, self.memory[at + 12..at + 12 + len].to_vec()));
         }
-        let file = self.file.as_ref().expect("offsets below file_len are in the file");
+        let file = self
+            .file
+            .as_ref()
+            .expect("offsets below file_len are in the file");
         read_exact_at(file, &mut head, offset)?;
         let (line, len) = entry(&head);
         let mut key = vec![0; len];
@@ -905,7 +912,11 @@ fn open_text<'r, R: Read + Send + 'r>(
         })?;
     match encoding {
         Encoding::Utf8 => {
-            let bom = if prefix.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
+            let bom = if prefix.starts_with(b"\xEF\xBB\xBF") {
+                3
+            } else {
+                0
+            };
             check_utf8_prefix(path, &prefix, bom, prefix.len() == ENCODING_PREFIX_BYTES)?;
             prefix.drain(..bom);
             Ok(Box::new(io::Cursor::new(prefix).chain(input)))
@@ -1084,11 +1095,13 @@ fn row_damage(row: &csv::ByteRecord, encoding: Encoding) -> Option<String> {
             // Fast path: the whole row is UTF-8 and no cell starts inside a character.
             let all = row.as_slice();
             if let Ok(text) = std::str::from_utf8(all)
-                && (0..row.len()).all(|i| row.range(i).is_some_and(|r| text.is_char_boundary(r.start)))
+                && (0..row.len())
+                    .all(|i| row.range(i).is_some_and(|r| text.is_char_boundary(r.start)))
             {
                 return None;
             }
-            row.iter().position(|cell| std::str::from_utf8(cell).is_err())
+            row.iter()
+                .position(|cell| std::str::from_utf8(cell).is_err())
         }
         Encoding::Gbk => row
             .iter()
@@ -1209,7 +1222,6 @@ fn not_utf8(path: &Path, position: Option<&csv::Position>, field: usize) -> Inge
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1218,7 +1230,9 @@ mod tests {
     /// earlier one is still in memory or already in the temporary file.
     #[test]
     fn key_index_is_exact_under_fingerprint_collisions_and_after_spilling() {
-        for fingerprint in [(|_: &[u8]| 42) as fn(&[u8]) -> u64, |key: &[u8]| key.len() as u64] {
+        for fingerprint in [(|_: &[u8]| 42) as fn(&[u8]) -> u64, |key: &[u8]| {
+            key.len() as u64
+        }] {
             let mut index = KeyIndex::new();
             index.fingerprint = fingerprint;
             index.log.memory_max = 64;
@@ -1257,7 +1271,9 @@ mod tests {
         let text = "企业名称,金额\n揭阳市榕江纺织有限公司,12.5\n".repeat(5000);
         let (gbk, _, _) = encoding_rs::GBK.encode(&text);
         let mut decoded = String::new();
-        GbkReader::new(&gbk[..]).read_to_string(&mut decoded).unwrap();
+        GbkReader::new(&gbk[..])
+            .read_to_string(&mut decoded)
+            .unwrap();
         assert_eq!(decoded, text);
     }
 }

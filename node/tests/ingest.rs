@@ -290,7 +290,10 @@ fn several_batches_are_each_sorted_and_together_hold_every_good_row_once() {
     }
     let alone = ingest_bytes(Path::new("d"), head.as_bytes(), &options, |_| {}).unwrap();
     assert_eq!(alone.batches.len(), 1);
-    assert_eq!(alone.batches[0].id, a.batches[0].id, "batches are cut in file order");
+    assert_eq!(
+        alone.batches[0].id, a.batches[0].id,
+        "batches are cut in file order"
+    );
 }
 
 #[test]
@@ -299,7 +302,13 @@ fn row_order_within_one_batch_does_not_change_its_id() {
     let node_key = NodeKey::from_seed([5; 32]);
     let options = options(&node_key, 1000, Encoding::Utf8);
     let a = ingest_bytes(Path::new("a"), text.as_bytes(), &options, |_| {}).unwrap();
-    let b = ingest_bytes(Path::new("b"), shuffled(&text, 3).as_bytes(), &options, |_| {}).unwrap();
+    let b = ingest_bytes(
+        Path::new("b"),
+        shuffled(&text, 3).as_bytes(),
+        &options,
+        |_| {},
+    )
+    .unwrap();
     assert_eq!(a.batches.len(), 1);
     assert_eq!(a.batches[0].id, b.batches[0].id);
 }
@@ -324,9 +333,24 @@ fn a_duplicate_key_across_two_batches_is_refused_at_its_line() {
         .iter()
         .map(|r| (r.line, r.problems[0].rule))
         .collect();
-    assert_eq!(refused, [(2502, Rule::DuplicateKey), (2503, Rule::DuplicateKey)]);
-    assert!(report.rejected[0].problems[0].message.contains("already given on line 4"), "{:?}", report.rejected[0]);
-    assert!(report.rejected[1].problems[0].message.contains("already given on line 1500"), "{:?}", report.rejected[1]);
+    assert_eq!(
+        refused,
+        [(2502, Rule::DuplicateKey), (2503, Rule::DuplicateKey)]
+    );
+    assert!(
+        report.rejected[0].problems[0]
+            .message
+            .contains("already given on line 4"),
+        "{:?}",
+        report.rejected[0]
+    );
+    assert!(
+        report.rejected[1].problems[0]
+            .message
+            .contains("already given on line 1500"),
+        "{:?}",
+        report.rejected[1]
+    );
     let in_batches: usize = report
         .batches
         .iter()
@@ -352,7 +376,11 @@ fn the_sink_gets_each_batch_as_it_is_sealed_whatever_the_file_size() {
         let mut ids = Vec::new();
         let report = ingest_file(&path, &options, &progress, |batch| {
             let now = progress.snapshot();
-            assert_eq!(now.batches_sealed, handed + 1, "one sealed batch outstanding");
+            assert_eq!(
+                now.batches_sealed,
+                handed + 1,
+                "one sealed batch outstanding"
+            );
             assert_eq!(now.batches_handed, handed);
             assert_eq!(now.phase, Phase::Handing);
             handed += 1;
