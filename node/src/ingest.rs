@@ -304,7 +304,8 @@ pub fn ingest_bytes(
 /// core): validation, normalization and desensitization are most of the work. The calling
 /// thread takes the checked chunks back in file order, refuses duplicate keys, cuts,
 /// seals and hands on batches, so the report is the same as from one thread. At most
-/// [`CHUNKS_IN_FLIGHT`] chunks are between the parser and the calling thread at any time.
+/// [`CHUNKS_IN_FLIGHT_PER_WORKER`] chunks a worker are between the parser and the calling
+/// thread at any time.
 pub fn ingest_reader(
     path: &Path,
     input: impl Read + Send,
@@ -365,8 +366,9 @@ pub fn ingest_reader(
     let (checked_sender, checked_receiver) = mpsc::channel();
     // Credits: the parser takes one per chunk it sends, the calling thread gives it back once
     // the chunk is merged, so only so many chunks are ever in flight.
-    let (credit_sender, credit_receiver) = mpsc::sync_channel::<()>(CHUNKS_IN_FLIGHT);
-    for _ in 0..CHUNKS_IN_FLIGHT {
+    let in_flight = CHUNKS_IN_FLIGHT_PER_WORKER * workers;
+    let (credit_sender, credit_receiver) = mpsc::sync_channel::<()>(in_flight);
+    for _ in 0..in_flight {
         credit_sender.send(()).expect("the receiver is alive");
     }
     // If a thread panics, the scope re-raises the panic once every thread has ended.
@@ -435,8 +437,8 @@ const WORKERS_MAX: usize = 8;
 /// Rows handed to a worker at a time: enough that passing them costs nothing next to
 /// checking them, few enough to spread a small file over the workers.
 const CHUNK_ROWS: usize = 256;
-/// Chunks read but not yet merged, at most (a few per worker).
-pub const CHUNKS_IN_FLIGHT: usize = 4 * WORKERS_MAX;
+/// Chunks read but not yet merged, at most, per worker.
+pub const CHUNKS_IN_FLIGHT_PER_WORKER: usize = 4;
 
 fn read_row<R: Read>(
     path: &Path,
@@ -737,15 +739,16 @@ fn check_chunk(
 /// Record keys already accepted from this file, to refuse a later row with the same key
 /// naming the line of the first, exactly and in bounded memory.
 ///
-/// Each key is appended to a log (`line`, length, key bytes: in memory up to
-/// [`KEY_LOG_MEMORY_BYTES`], then in an unlinked temporary file) and indexed by a 40-bit
-/// fingerprint (BLAKE3 of the key): 65,536 buckets, by 16 bits of the fingerprint, each a
-/// sorted `Vec<u64>` of (24 more fingerprint bits, 40-bit log offset) — 8 bytes a key, plus
-/// at most an eighth spare. A fingerprint match is only a candidate: the key is read back
-/// from the log and compared, so two keys that share a fingerprint are never taken for
-/// duplicates (the fingerprint's width only decides how often the log is read).
+/// Each key is appended to a log (`line`, length, key bytes, padded to 4 bytes: in memory
+/// up to [`KEY_LOG_MEMORY_BYTES`], then in an unlinked temporary file) and indexed by a
+/// 32-bit fingerprint (BLAKE3 of the key): 65,536 buckets, by 16 bits of the fingerprint,
+/// each a sorted `Vec<[u16; 3]>` of (16 more fingerprint bits, log offset / 4) — 6 bytes a
+/// key, plus at most an eighth spare. A fingerprint match is only a candidate: the key is
+/// read back from the log and compared, so two keys that share a fingerprint are never taken
+/// for duplicates (the fingerprint's width only decides how often the log is read: at 10
+/// million keys, for about one row in 400).
 struct KeyIndex {
-    buckets: Vec<Vec<u64>>,
+    buckets: Vec<Vec<[u16; 3]>>,
     log: KeyLog,
     /// BLAKE3 of the key, cut to 64 bits (a test puts a weaker one here).
     fingerprint: fn(&[u8]) -> u64,
@@ -753,8 +756,8 @@ struct KeyIndex {
 
 /// Keys held in memory before the log moves to a temporary file.
 pub const KEY_LOG_MEMORY_BYTES: usize = 4 * 1024 * 1024;
-const OFFSET_BITS: u32 = 40;
-const OFFSET_MASK: u64 = (1 << OFFSET_BITS) - 1;
+/// Largest key log: offsets are kept in units of 4 bytes in 32 bits.
+const KEY_LOG_BYTES_MAX: u64 = 4 << 32;
 
 impl KeyIndex {
     fn new() -> KeyIndex {
@@ -779,28 +782,31 @@ impl KeyIndex {
         }
         let fingerprint = (self.fingerprint)(key.as_bytes());
         let bucket = &mut self.buckets[(fingerprint >> 48) as usize];
-        let tag = (fingerprint >> 24) & 0xFF_FFFF;
-        let first = bucket.partition_point(|e| e >> OFFSET_BITS < tag);
-        let mut at = first;
-        while let Some(&entry) = bucket.get(at) {
-            if entry >> OFFSET_BITS != tag {
+        let tag = (fingerprint >> 32) as u16;
+        let mut at = bucket.partition_point(|e| e[0] < tag);
+        while let Some(&[entry_tag, high, low]) = bucket.get(at) {
+            if entry_tag != tag {
                 break;
             }
-            let (earlier_line, earlier_key) = self.log.read(entry & OFFSET_MASK)?;
+            let offset = 4 * (u64::from(high) << 16 | u64::from(low));
+            let (earlier_line, earlier_key) = self.log.read(offset)?;
             if earlier_key == key.as_bytes() {
                 return Ok(Some(earlier_line));
             }
             at += 1;
         }
         let offset = self.log.append(key, line)?;
-        if offset > OFFSET_MASK {
-            return Err(io::Error::other("more than 1 TiB of keys"));
+        if offset >= KEY_LOG_BYTES_MAX {
+            return Err(io::Error::other(
+                "more than 16 GiB of record keys: split the file",
+            ));
         }
         if bucket.len() == bucket.capacity() {
             bucket.reserve_exact((bucket.len() / 8).max(4));
         }
         // After the entries of the same tag, which have smaller offsets: still sorted.
-        bucket.insert(at, tag << OFFSET_BITS | offset);
+        let unit = offset / 4;
+        bucket.insert(at, [tag, (unit >> 16) as u16, unit as u16]);
         Ok(None)
     }
 }
@@ -819,7 +825,7 @@ struct KeyLog {
 
 impl KeyLog {
     fn append(&mut self, key: &str, line: u64) -> io::Result<u64> {
-        if self.memory.len() + 12 + key.len() > self.memory_max {
+        if self.memory.len() + 16 + key.len() > self.memory_max {
             use std::io::Write;
             let file = match &mut self.file {
                 Some(file) => file,
@@ -834,6 +840,8 @@ impl KeyLog {
         self.memory.extend_from_slice(&line.to_le_bytes());
         self.memory.extend_from_slice(&len.to_le_bytes());
         self.memory.extend_from_slice(key.as_bytes());
+        // Entries start at multiples of 4 (the index keeps offsets / 4).
+        self.memory.resize(self.memory.len().next_multiple_of(4), 0);
         Ok(offset)
     }
 
