@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use node::ingest::{
-    Encoding, IngestError, IngestOptions, IngestProgress, Ingested, Phase, ingest_bytes,
-    ingest_file,
+    Encoding, IngestError, IngestOptions, IngestProgress, Ingested, Phase, RowProblems,
+    ingest_bytes, ingest_file,
 };
 use protocol::record::Rule;
 use protocol::schema::FieldKind;
@@ -205,6 +205,14 @@ fn a_missing_required_column_is_one_clear_error() {
     );
 }
 
+/// Each refused row's line and the rule of its first problem.
+fn first_rules(rejected: &[RowProblems]) -> Vec<(u64, Rule)> {
+    rejected
+        .iter()
+        .map(|r| (r.line, r.problems[0].rule))
+        .collect()
+}
+
 #[test]
 fn ragged_rows_and_duplicate_keys_are_refused_and_the_rest_kept() {
     let plain = sample_csv(water(), origin(), period(), 10, 0, 9).text;
@@ -215,12 +223,10 @@ fn ragged_rows_and_duplicate_keys_are_refused_and_the_rest_kept() {
     text.push_str("\nonly,three,cells\n"); // line 13
     let report = ingest(text.as_bytes(), Encoding::Utf8).unwrap();
     assert_eq!(report.records, 10);
-    let rules: Vec<(u64, Rule)> = report
-        .rejected
-        .iter()
-        .map(|r| (r.line, r.problems[0].rule))
-        .collect();
-    assert_eq!(rules, [(12, Rule::DuplicateKey), (13, Rule::Format)]);
+    assert_eq!(
+        first_rules(&report.rejected),
+        [(12, Rule::DuplicateKey), (13, Rule::Format)]
+    );
     assert!(report.rejected[0].problems[0].message.contains("line 4"));
 }
 
@@ -328,29 +334,17 @@ fn a_duplicate_key_across_two_batches_is_refused_at_its_line() {
     let options = options(&node_key, 1000, Encoding::Utf8);
     let report = ingest_bytes(Path::new("dup.csv"), text.as_bytes(), &options, |_| {}).unwrap();
     assert_eq!(report.records, 2500);
-    let refused: Vec<(u64, Rule)> = report
-        .rejected
-        .iter()
-        .map(|r| (r.line, r.problems[0].rule))
-        .collect();
     assert_eq!(
-        refused,
+        first_rules(&report.rejected),
         [(2502, Rule::DuplicateKey), (2503, Rule::DuplicateKey)]
     );
-    assert!(
-        report.rejected[0].problems[0]
-            .message
-            .contains("already given on line 4"),
-        "{:?}",
-        report.rejected[0]
-    );
-    assert!(
-        report.rejected[1].problems[0]
-            .message
-            .contains("already given on line 1500"),
-        "{:?}",
-        report.rejected[1]
-    );
+    for (refused, first) in report.rejected.iter().zip([4, 1500]) {
+        let message = &refused.problems[0].message;
+        assert!(
+            message.contains(&format!("already given on line {first}:")),
+            "{message}"
+        );
+    }
     let in_batches: usize = report
         .batches
         .iter()
