@@ -15,7 +15,10 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use node::identity::Identity;
-use node::ingest::{Encoding, IngestOptions, IngestReport, ingest_file};
+use node::ingest::{
+    Encoding, IngestError, IngestOptions, IngestProgress, IngestReport, SinkError, ingest_file,
+};
+use protocol::SignedBatch;
 use protocol::batch::BATCH_RECORDS_MAX;
 use protocol::{DesensitizeKey, NodeId, NodeKey, Period, Registry, Schema};
 
@@ -395,14 +398,18 @@ struct BatchArgs {
     batch_records: usize,
 }
 
-/// Ingests a file as `identity`, with a progress line on stderr.
+/// Ingests a file as `identity`, streaming: each batch goes to `sink` as soon as it is
+/// sealed, with progress on stderr (a bar on a terminal, log lines otherwise). `handing`
+/// says what the sink does, for the display.
 fn ingest_with_progress(
     file: &std::path::Path,
     schema: &'static Schema,
     batch: &BatchArgs,
     identity: &Identity,
     left_out: &[String],
-) -> anyhow::Result<IngestReport> {
+    handing: &str,
+    sink: impl FnMut(SignedBatch) -> Result<(), SinkError>,
+) -> anyhow::Result<Result<IngestReport, IngestError>> {
     // Validation is pure and bounds birth dates by the period's last day; a period that has
     // not begun is refused here, where the clock is, so no birth date after this month passes.
     let today = today_in_china()?;
@@ -422,10 +429,13 @@ fn ingest_with_progress(
         batch_records_max: batch.batch_records.clamp(1, BATCH_RECORDS_MAX),
         left_out,
     };
-    let progress = node::progress::Rows::new(file);
-    let report = ingest_file(file, &options, |rows| progress.update(rows))?;
-    progress.finish(report.rows);
-    Ok(report)
+    let progress = IngestProgress::new();
+    Ok(node::progress::watch_ingest(
+        file,
+        &progress,
+        handing,
+        || ingest_file(file, &options, &progress, sink),
+    ))
 }
 
 /// Today's date in China Standard Time (UTC+8), from the system clock.
@@ -545,7 +555,9 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     network_key: DesensitizeKey(node::identity::random32()?),
                 },
             };
-            let report = ingest_with_progress(&file, schema, &batch, &identity, &[])?;
+            // Nothing is sent: each batch is only summed up in the report, then dropped.
+            let report =
+                ingest_with_progress(&file, schema, &batch, &identity, &[], "sealed", |_| Ok(()))??;
             if json {
                 serde_json::to_writer_pretty(&mut out, &node::report::ingest_json(&report))?;
                 writeln!(out)?;
@@ -603,63 +615,65 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 .flatten()
                 .filter_map(|name| name.as_str().map(str::to_owned))
                 .collect();
-            let report = ingest_with_progress(&file, schema, &batch, &identity, &left_out)?;
+            // Each batch goes to the node as soon as it is sealed; the next is read only once
+            // the node holds this one durably.
             let mut submitted = Vec::new();
-            let mut failure = None;
-            for signed in &report.batches {
-                match node::api::call(&dir, &node::api::ApiRequest::Submit(signed.clone())) {
-                    Ok(answer) => submitted.push(answer),
-                    Err(e) => {
-                        failure = Some((signed.id, e));
-                        break;
-                    }
-                }
-            }
-            if let Some((failed, error)) = failure {
-                // Say exactly which batches the node holds durably and which it does not, so
-                // the operator knows what a second submit adds (nothing is stored twice).
-                let stored: Vec<String> = report.batches[..submitted.len()]
-                    .iter()
-                    .map(|b| b.id.to_hex())
-                    .collect();
-                let not_sent: Vec<String> = report.batches[submitted.len() + 1..]
-                    .iter()
-                    .map(|b| b.id.to_hex())
-                    .collect();
-                if json {
-                    let mut value = node::report::ingest_json(&report);
-                    value["submitted"] = serde_json::Value::Array(submitted);
-                    value["failed"] = serde_json::json!({
-                        "batch": failed.to_hex(),
-                        "error": format!("{error:#}"),
-                    });
-                    value["not_sent"] = serde_json::json!(not_sent);
-                    serde_json::to_writer_pretty(&mut out, &value)?;
-                    writeln!(out)?;
-                } else {
-                    node::report::write_ingest(&mut out, &file.display().to_string(), &report)?;
-                }
-                let list = |ids: &[String]| {
-                    if ids.is_empty() {
-                        "none".to_owned()
+            let ingested = ingest_with_progress(
+                &file,
+                schema,
+                &batch,
+                &identity,
+                &left_out,
+                "handing it to the node (waiting for its durable acknowledgement)",
+                |signed| {
+                    let answer = node::api::call(&dir, &node::api::ApiRequest::Submit(signed))?;
+                    submitted.push(answer);
+                    Ok(())
+                },
+            )?;
+            let report = match ingested {
+                Ok(report) => report,
+                Err(IngestError::Sink {
+                    batch: failed,
+                    source: error,
+                    report,
+                    ..
+                }) => {
+                    // Say exactly which batches the node holds durably and which it does not,
+                    // so the operator knows what a second submit adds (nothing is stored
+                    // twice). The rest of the file was not read.
+                    let stored: Vec<String> =
+                        report.batches.iter().map(|b| b.id.to_hex()).collect();
+                    if json {
+                        let mut value = node::report::ingest_json(&report);
+                        value["submitted"] = serde_json::Value::Array(submitted);
+                        value["failed"] = serde_json::json!({
+                            "batch": failed.to_hex(),
+                            "error": format!("{error:#}"),
+                        });
+                        value["not_sent"] = serde_json::json!([]);
+                        serde_json::to_writer_pretty(&mut out, &value)?;
+                        writeln!(out)?;
                     } else {
-                        ids.join(", ")
+                        node::report::write_ingest(&mut out, &file.display().to_string(), &report)?;
                     }
-                };
-                bail!(
-                    "{file}: {} of {} batch(es) stored durably at node {}; batch {failed} was not accepted: {error:#}\n  stored: {}\n  not stored: {failed}{}\n  fix the cause and submit the file again: the stored batches are not stored twice",
-                    stored.len(),
-                    report.batches.len(),
-                    identity.id,
-                    list(&stored),
-                    if not_sent.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (refused), {} (not sent)", not_sent.join(", "))
-                    },
-                    file = file.display(),
-                );
-            }
+                    let list = |ids: &[String]| {
+                        if ids.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            ids.join(", ")
+                        }
+                    };
+                    bail!(
+                        "{file}: {} batch(es) stored durably at node {}; batch {failed} was not accepted: {error:#}\n  stored: {}\n  not stored: {failed} (refused); the rest of the file was not read\n  fix the cause and submit the file again: the stored batches are not stored twice",
+                        stored.len(),
+                        identity.id,
+                        list(&stored),
+                        file = file.display(),
+                    );
+                }
+                Err(other) => return Err(other.into()),
+            };
             if json {
                 let mut value = node::report::ingest_json(&report);
                 value["submitted"] = serde_json::Value::Array(submitted);

@@ -167,7 +167,21 @@ pub fn correct(
         .flatten()
         .filter_map(|name| name.as_str().map(str::to_owned))
         .collect();
-    let report = ingest_with_progress(file, schema, args, &identity, &left_out)?;
+    // A correction is usually a few rows: its records are held until every one is known to
+    // correct a published record, then the corrections are built.
+    let mut records: Vec<Record> = Vec::new();
+    let report = ingest_with_progress(
+        file,
+        schema,
+        args,
+        &identity,
+        &left_out,
+        "collecting the corrected records",
+        |signed| {
+            records.extend(Batch::decode(&signed.bytes)?.records);
+            Ok(())
+        },
+    )??;
     if !report.rejected.is_empty() {
         node::report::write_ingest(out, &file.display().to_string(), &report)?;
         bail!(
@@ -175,10 +189,6 @@ pub fn correct(
             file.display(),
             report.rejected.len()
         );
-    }
-    let mut records: Vec<Record> = Vec::new();
-    for signed in &report.batches {
-        records.extend(Batch::decode(&signed.bytes)?.records);
     }
     let keys: Vec<String> = records.iter().map(|r| r.key.0.clone()).collect();
     let found = holders(dir, &args.category, Some(args.period), &keys)?;

@@ -7,19 +7,32 @@
 //! reason, and the rest are batched. Problems of the file as a whole (unreadable, wrong
 //! encoding, a header that lacks a required column) are errors that name the file and say
 //! what to do.
+//!
+//! Ingestion streams: the file is read a buffer at a time, rows are validated in chunks by
+//! worker threads, and a batch is cut and sealed whenever `batch_records_max` records have
+//! been accepted, then handed to a sink and dropped. Neither the file nor its records are
+//! ever all in memory; what grows with the file is the duplicate-key index ([`KeyIndex`],
+//! about 9 bytes a record) and the list of refused and warned rows.
 
+use std::collections::BTreeMap;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, mpsc};
 
 use protocol::batch::{BATCH_FORMAT, BATCH_RECORDS_MAX, BatchHeader, BuildError};
 use protocol::record::{Problem, Rule, Severity};
 use protocol::schema::{Required, Schema};
-use protocol::{Batch, DesensitizeKey, NodeId, NodeKey, Period, Record, SignedBatch};
+use protocol::{Batch, BatchId, DesensitizeKey, NodeId, NodeKey, Period, Record, SignedBatch};
 
-/// Largest file `ingest_file` reads, in bytes.
+/// Largest file `ingest_file` reads, in bytes: it bounds the duplicate-key index (about 9
+/// bytes a record, see [`KeyIndex`]), the one structure that grows with the file.
 pub const FILE_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
-/// How often, in rows, progress is reported.
+/// How often, in rows, the row callback of [`ingest_bytes`] is called.
 pub const PROGRESS_EVERY_ROWS: u64 = 10_000;
+/// Bytes at the start of a UTF-8 file that decide whether it is UTF-8 at all (or GBK, or
+/// neither): the whole file is never read first.
+pub const ENCODING_PREFIX_BYTES: usize = 1 << 20;
 
 /// The text encoding of an input file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,16 +67,26 @@ pub struct RowProblems {
     pub problems: Vec<Problem>,
 }
 
+/// A batch that was sealed and handed to the sink (the batch itself is not kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchSummary {
+    pub id: BatchId,
+    pub records: u64,
+    /// Encoded size.
+    pub bytes: u64,
+}
+
 /// What ingestion made of a file.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct IngestReport {
-    pub batches: Vec<SignedBatch>,
+    /// The batches handed to the sink, in the order they were sealed.
+    pub batches: Vec<BatchSummary>,
     /// Data rows read (not counting the header and blank lines).
     pub rows: u64,
     pub records: u64,
-    /// Rows refused, each with every problem found.
+    /// Rows refused, each with every problem found, in line order.
     pub rejected: Vec<RowProblems>,
-    /// Accepted rows that carry warnings.
+    /// Accepted rows that carry warnings, in line order.
     pub warnings: Vec<RowProblems>,
     /// Header columns that match no field and were ignored.
     pub ignored_columns: Vec<String>,
@@ -71,7 +94,10 @@ pub struct IngestReport {
     pub left_out_columns: Vec<String>,
 }
 
-/// Why a file could not be ingested at all.
+/// What a sink may fail with; ingestion stops at the first failure.
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a file could not be ingested (or, for [`IngestError::Sink`], not to its end).
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("{path}: cannot read: {source}")]
@@ -101,54 +127,206 @@ pub enum IngestError {
     },
     #[error("{path}: {source}")]
     Build { path: PathBuf, source: BuildError },
+    #[error(
+        "{path}: cannot write the duplicate-key index to a temporary file: {source}: set TMPDIR to a writable directory with free space (about 50 bytes a row)"
+    )]
+    Scratch {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The sink refused batch `batch`: ingestion stopped there. `report` holds what was done
+    /// up to then (its `batches` were all taken by the sink).
+    #[error("{path}: batch {batch} was not taken: {source}")]
+    Sink {
+        path: PathBuf,
+        batch: BatchId,
+        source: SinkError,
+        report: Box<IngestReport>,
+    },
 }
 
-/// Reads and ingests a file. `progress` is called with the number of rows read so far.
+/// What ingestion is doing now (see [`IngestProgress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading and validating rows.
+    Reading,
+    /// Sealing a batch (sort, encode, hash, sign).
+    Sealing,
+    /// Handing a sealed batch to the sink (for `submit`: waiting for the node's durable
+    /// acknowledgement).
+    Handing,
+    /// Done.
+    Done,
+}
+
+/// Counters ingestion keeps up to date as it goes, for a progress display on another thread.
+#[derive(Debug, Default)]
+pub struct IngestProgress {
+    bytes_total: AtomicU64,
+    bytes_read: AtomicU64,
+    rows_read: AtomicU64,
+    rows_checked: AtomicU64,
+    records: AtomicU64,
+    batches_sealed: AtomicU64,
+    batches_handed: AtomicU64,
+    phase: AtomicU8,
+}
+
+/// One reading of [`IngestProgress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgressSnapshot {
+    pub phase: Phase,
+    /// The file's size, if known (0: unknown).
+    pub bytes_total: u64,
+    /// Bytes read from the file so far.
+    pub bytes_read: u64,
+    /// Data rows parsed so far.
+    pub rows_read: u64,
+    /// Data rows validated and checked for duplicate keys so far.
+    pub rows_checked: u64,
+    /// Records accepted so far.
+    pub records: u64,
+    pub batches_sealed: u64,
+    /// Batches the sink has taken.
+    pub batches_handed: u64,
+}
+
+impl IngestProgress {
+    pub fn new() -> IngestProgress {
+        IngestProgress::default()
+    }
+
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ProgressSnapshot {
+            phase: match self.phase.load(Ordering::Relaxed) {
+                0 => Phase::Reading,
+                1 => Phase::Sealing,
+                2 => Phase::Handing,
+                _ => Phase::Done,
+            },
+            bytes_total: load(&self.bytes_total),
+            bytes_read: load(&self.bytes_read),
+            rows_read: load(&self.rows_read),
+            rows_checked: load(&self.rows_checked),
+            records: load(&self.records),
+            batches_sealed: load(&self.batches_sealed),
+            batches_handed: load(&self.batches_handed),
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        let value = match phase {
+            Phase::Reading => 0,
+            Phase::Sealing => 1,
+            Phase::Handing => 2,
+            Phase::Done => 3,
+        };
+        self.phase.store(value, Ordering::Relaxed);
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Reads and ingests a file, handing each batch to `sink` as soon as it is sealed (in file
+/// order) and dropping it after. Memory stays bounded whatever the file's size (see the
+/// module documentation). If `sink` fails, ingestion stops and returns
+/// [`IngestError::Sink`] with the report so far.
+///
+/// A file that is not read to its end (an error past the header) may have had batches
+/// handed to the sink already.
 pub fn ingest_file(
     path: &Path,
     options: &IngestOptions<'_>,
-    progress: impl FnMut(u64),
+    progress: &IngestProgress,
+    sink: impl FnMut(SignedBatch) -> Result<(), SinkError>,
 ) -> Result<IngestReport, IngestError> {
     let read = |source| IngestError::Read {
         path: path.to_owned(),
         source,
     };
-    let bytes_len = std::fs::metadata(path).map_err(read)?.len();
+    let file = std::fs::File::open(path).map_err(read)?;
+    let bytes_len = file.metadata().map_err(read)?.len();
     if bytes_len > FILE_BYTES_MAX {
         return Err(IngestError::TooLarge {
             path: path.to_owned(),
             bytes: bytes_len,
         });
     }
-    let bytes = std::fs::read(path).map_err(read)?;
-    ingest_bytes(path, &bytes, options, progress)
+    progress.bytes_total.store(bytes_len, Ordering::Relaxed);
+    ingest_reader(path, file, options, progress, sink)
 }
 
-/// Ingests file contents already in memory; `path` is used in messages only.
-///
-/// The calling thread parses the CSV and hands rows, in chunks, to validation workers (one
-/// per core): validation, normalization and desensitization are most of the work. Results
-/// are merged in file order, so the report is the same as from one thread.
+/// Batches made from bytes in memory, all kept (for tests, the simulator and other small
+/// inputs): the report, and every batch in the order it was sealed. It dereferences to the
+/// report.
+#[derive(Debug)]
+pub struct Ingested {
+    pub batches: Vec<SignedBatch>,
+    pub report: IngestReport,
+}
+
+impl std::ops::Deref for Ingested {
+    type Target = IngestReport;
+
+    fn deref(&self) -> &IngestReport {
+        &self.report
+    }
+}
+
+/// Ingests file contents already in memory, keeping every batch; `path` is used in messages
+/// only. `progress` is called with the number of rows read, at the end.
 pub fn ingest_bytes(
     path: &Path,
     bytes: &[u8],
     options: &IngestOptions<'_>,
     mut progress: impl FnMut(u64),
+) -> Result<Ingested, IngestError> {
+    let counters = IngestProgress::new();
+    counters
+        .bytes_total
+        .store(bytes.len() as u64, Ordering::Relaxed);
+    let mut batches = Vec::new();
+    let report = ingest_reader(path, bytes, options, &counters, |batch| {
+        batches.push(batch);
+        Ok(())
+    })?;
+    progress(report.rows);
+    Ok(Ingested { batches, report })
+}
+
+/// Ingests what `input` yields (the raw bytes of a file; `path` is used in messages only),
+/// handing each batch to `sink` as it is sealed.
+///
+/// One thread parses the CSV and hands rows, in chunks, to validation workers (one per
+/// core): validation, normalization and desensitization are most of the work. The calling
+/// thread takes the checked chunks back in file order, refuses duplicate keys, cuts,
+/// seals and hands on batches, so the report is the same as from one thread. At most
+/// [`CHUNKS_IN_FLIGHT_PER_WORKER`] chunks a worker are between the parser and the calling
+/// thread at any time.
+pub fn ingest_reader(
+    path: &Path,
+    input: impl Read + Send,
+    options: &IngestOptions<'_>,
+    progress: &IngestProgress,
+    mut sink: impl FnMut(SignedBatch) -> Result<(), SinkError>,
 ) -> Result<IngestReport, IngestError> {
-    let (text, damaged) = decode_text(path, bytes, options.encoding)?;
+    progress.set_phase(Phase::Reading);
+    let counted = Counted {
+        inner: input,
+        progress,
+    };
+    let text = open_text(path, counted, options.encoding)?;
     let schema = options.schema;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(&text[..]);
-    // One reused ByteRecord: `records()` allocates a StringRecord per row.
+        .buffer_capacity(CSV_BUFFER_BYTES)
+        .from_reader(LineTracker::new(text));
     let mut row = csv::ByteRecord::new();
-    let read_row = |reader: &mut csv::Reader<&[u8]>, row: &mut csv::ByteRecord| {
-        reader
-            .read_byte_record(row)
-            .map_err(|e| csv_error(path, &e))
-    };
-    if !read_row(&mut reader, &mut row)? {
+    if !read_row(path, &mut reader, &mut row)? {
         return Err(IngestError::Empty {
             path: path.to_owned(),
             category: schema.category.to_string(),
@@ -167,24 +345,34 @@ pub fn ingest_bytes(
             left_out_columns.push(header.get(c).unwrap_or(&field.name).to_owned());
         }
     }
-
-    let mut report = IngestReport {
-        batches: Vec::new(),
-        rows: 0,
-        records: 0,
-        rejected: Vec::new(),
-        warnings: Vec::new(),
-        ignored_columns,
-        left_out_columns,
+    let mut collector = Collector {
+        path,
+        options,
+        progress,
+        report: IngestReport {
+            ignored_columns,
+            left_out_columns,
+            ..IngestReport::default()
+        },
+        keys: KeyIndex::new(),
+        batch: Vec::new(),
+        per_batch: options.batch_records_max.clamp(1, BATCH_RECORDS_MAX),
+        sink: &mut sink,
     };
+
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(WORKERS_MAX));
-    // Bounded, so parsing runs at most a few chunks ahead of checking.
-    let (chunk_sender, chunk_receiver) = mpsc::sync_channel::<(usize, Chunk)>(2 * workers);
+    let (chunk_sender, chunk_receiver) = mpsc::channel::<(usize, Chunk)>();
     let chunk_receiver = Mutex::new(chunk_receiver);
     let (checked_sender, checked_receiver) = mpsc::channel();
-    // If a worker panics, the scope re-raises the panic once every thread has ended, so
-    // nothing below has to deal with chunks that never come back.
-    let checked = std::thread::scope(|scope| -> Result<Vec<Checked>, IngestError> {
+    // Credits: the parser takes one per chunk it sends, the calling thread gives it back once
+    // the chunk is merged, so only so many chunks are ever in flight.
+    let in_flight = CHUNKS_IN_FLIGHT_PER_WORKER * workers;
+    let (credit_sender, credit_receiver) = mpsc::sync_channel::<()>(in_flight);
+    for _ in 0..in_flight {
+        credit_sender.send(()).expect("the receiver is alive");
+    }
+    // If a thread panics, the scope re-raises the panic once every thread has ended.
+    std::thread::scope(|scope| -> Result<(), IngestError> {
         for _ in 0..workers {
             let (chunk_receiver, checked_sender) = (&chunk_receiver, checked_sender.clone());
             let columns = &columns;
@@ -196,7 +384,7 @@ pub fn ingest_bytes(
                         .unwrap_or_else(PoisonError::into_inner)
                         .recv();
                     let Ok((index, chunk)) = next else { break };
-                    let checked = check_chunk(path, &chunk, columns, options);
+                    let checked = check_chunk(path, chunk, columns, options);
                     if checked_sender.send((index, checked)).is_err() {
                         break;
                     }
@@ -204,88 +392,251 @@ pub fn ingest_bytes(
             });
         }
         drop(checked_sender);
-
-        let mut chunks_sent = 0;
-        let mut chunk = Chunk::default();
-        let mut lines = LineCounter::default();
-        while read_row(&mut reader, &mut row)? {
-            let line = lines.line_at(&text, row.position().map_or(0, |p| p.byte() as usize));
-            // A row with bytes its encoding does not allow is refused alone, at its line.
-            if let Some(message) = damaged.row_problem(&row, options.encoding) {
-                report.rows += 1;
-                report.rejected.push(RowProblems {
-                    line,
-                    problems: vec![file_problem(Rule::Format, message)],
-                });
-                continue;
-            }
-            if is_blank(&row).map_err(|field| not_utf8(path, row.position(), field))? {
-                continue; // blank lines and rows of empty cells, as Excel leaves at the end
-            }
-            report.rows += 1;
-            if report.rows.is_multiple_of(PROGRESS_EVERY_ROWS) {
-                progress(report.rows);
-            }
-            if row.len() != column_count {
-                report.rejected.push(RowProblems {
-                    line,
-                    problems: vec![file_problem(
-                        Rule::Format,
-                        format!(
-                            "the row has {} columns, the header has {column_count}: check for an unquoted comma or a missing cell",
-                            row.len()
-                        ),
-                    )],
-                });
-                continue;
-            }
-            chunk.push(line, &row);
-            if chunk.rows.len() == CHUNK_ROWS {
-                let full = std::mem::take(&mut chunk);
-                if chunk_sender.send((chunks_sent, full)).is_err() {
-                    break; // every worker panicked
+        let encoding = options.encoding;
+        let parser = scope.spawn(move || {
+            parse_rows(
+                path,
+                reader,
+                column_count,
+                encoding,
+                progress,
+                &credit_receiver,
+                &chunk_sender,
+            )
+        });
+        // Back in file order; `merged` stops at the first error, dropping the receiver and
+        // the credits so the other threads end.
+        let merged = (|| -> Result<(), IngestError> {
+            let mut waiting: BTreeMap<usize, Result<Checked, IngestError>> = BTreeMap::new();
+            let mut next = 0;
+            for (index, checked) in checked_receiver {
+                waiting.insert(index, checked);
+                while let Some(checked) = waiting.remove(&next) {
+                    collector.merge(checked?)?;
+                    next += 1;
+                    // The parser may have ended: nobody needs the credit then.
+                    let _ = credit_sender.send(());
                 }
-                chunks_sent += 1;
             }
-        }
-        if !chunk.rows.is_empty() && chunk_sender.send((chunks_sent, chunk)).is_ok() {
-            chunks_sent += 1;
-        }
-        drop(chunk_sender);
-        // Back in file order.
-        let mut checked: Vec<Option<Result<Checked, IngestError>>> = Vec::new();
-        checked.resize_with(chunks_sent, || None);
-        for (index, result) in checked_receiver {
-            checked[index] = Some(result);
-        }
-        checked.into_iter().flatten().collect()
+            Ok(())
+        })();
+        drop(credit_sender);
+        let parsed = parser
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        merged?;
+        parsed
     })?;
-    progress(report.rows);
-
-    let mut accepted: Vec<(Record, u64)> =
-        Vec::with_capacity(checked.iter().map(|c| c.accepted.len()).sum());
-    for chunk in checked {
-        accepted.extend(chunk.accepted);
-        report.rejected.extend(chunk.rejected);
-        report.warnings.extend(chunk.warnings);
-    }
-    let records = drop_duplicate_keys(accepted, &mut report);
-    // Rows of the wrong width were rejected as read, the others as checked and duplicate
-    // keys last: merge by line.
-    report.rejected.sort_by_key(|r| r.line);
-    report.records = records.len() as u64;
-    report.batches = seal_batches(records, options).map_err(|source| IngestError::Build {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(report)
+    collector.finish()
 }
 
+/// Bytes the csv reader reads at a time.
+const CSV_BUFFER_BYTES: usize = 64 * 1024;
 /// Most validation workers: one parsing thread cannot keep more busy.
 const WORKERS_MAX: usize = 8;
 /// Rows handed to a worker at a time: enough that passing them costs nothing next to
 /// checking them, few enough to spread a small file over the workers.
 const CHUNK_ROWS: usize = 256;
+/// Chunks read but not yet merged, at most, per worker.
+pub const CHUNKS_IN_FLIGHT_PER_WORKER: usize = 4;
+
+fn read_row<R: Read>(
+    path: &Path,
+    reader: &mut csv::Reader<R>,
+    row: &mut csv::ByteRecord,
+) -> Result<bool, IngestError> {
+    reader
+        .read_byte_record(row)
+        .map_err(|e| csv_error(path, &e))
+}
+
+/// The parsing thread: reads rows, refuses those of the wrong width or with bytes their
+/// encoding does not allow, and sends the rest to the workers in chunks, one credit each.
+fn parse_rows<R: Read>(
+    path: &Path,
+    mut reader: csv::Reader<LineTracker<R>>,
+    column_count: usize,
+    encoding: Encoding,
+    progress: &IngestProgress,
+    credits: &mpsc::Receiver<()>,
+    chunks: &mpsc::Sender<(usize, Chunk)>,
+) -> Result<(), IngestError> {
+    let mut row = csv::ByteRecord::new();
+    let mut chunk = Chunk::default();
+    let mut sent = 0;
+    let mut send = |chunk: Chunk| -> bool {
+        // No credit: the calling thread stopped (an error); so does parsing.
+        if credits.recv().is_err() || chunks.send((sent, chunk)).is_err() {
+            return false;
+        }
+        sent += 1;
+        true
+    };
+    loop {
+        if !read_row(path, &mut reader, &mut row)? {
+            break;
+        }
+        let offset = row.position().map_or(0, |p| p.byte());
+        let line = reader.get_mut().line_at(offset);
+        // A row with bytes its encoding does not allow is refused alone, at its line.
+        if let Some(message) = row_damage(&row, encoding) {
+            chunk.rows_read += 1;
+            chunk.refused.push(RowProblems {
+                line,
+                problems: vec![file_problem(Rule::Format, message)],
+            });
+        } else if is_blank(&row).map_err(|field| not_utf8(path, row.position(), field))? {
+            continue; // blank lines and rows of empty cells, as Excel leaves at the end
+        } else if row.len() != column_count {
+            chunk.rows_read += 1;
+            chunk.refused.push(RowProblems {
+                line,
+                problems: vec![file_problem(
+                    Rule::Format,
+                    format!(
+                        "the row has {} columns, the header has {column_count}: check for an unquoted comma or a missing cell",
+                        row.len()
+                    ),
+                )],
+            });
+        } else {
+            chunk.rows_read += 1;
+            chunk.push(line, &row);
+        }
+        if chunk.rows_read as usize >= CHUNK_ROWS {
+            IngestProgress::add(&progress.rows_read, chunk.rows_read);
+            if !send(std::mem::take(&mut chunk)) {
+                return Ok(());
+            }
+        }
+    }
+    IngestProgress::add(&progress.rows_read, chunk.rows_read);
+    if chunk.rows_read > 0 {
+        send(chunk);
+    }
+    Ok(())
+}
+
+/// Takes checked chunks in file order: refuses duplicate keys, cuts, seals and hands on
+/// batches.
+struct Collector<'a, 'o, S> {
+    path: &'a Path,
+    options: &'a IngestOptions<'o>,
+    progress: &'a IngestProgress,
+    report: IngestReport,
+    keys: KeyIndex,
+    /// Records of the batch being filled.
+    batch: Vec<Record>,
+    per_batch: usize,
+    sink: &'a mut S,
+}
+
+impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
+    fn merge(&mut self, checked: Checked) -> Result<(), IngestError> {
+        let self_rows = checked.rows_read;
+        self.report.rows += checked.rows_read;
+        self.report.rejected.extend(checked.refused);
+        for accepted in checked.accepted {
+            let first_line = self
+                .keys
+                .insert(&accepted.record.key.0, accepted.line)
+                .map_err(|source| IngestError::Scratch {
+                    path: self.path.to_owned(),
+                    source,
+                })?;
+            if let Some(first_line) = first_line {
+                // Refused: its warnings are not reported.
+                self.report.rejected.push(RowProblems {
+                    line: accepted.line,
+                    problems: vec![file_problem(
+                        Rule::DuplicateKey,
+                        format!(
+                            "record key {} was already given on line {first_line}: keep one row per key",
+                            accepted.record.key
+                        ),
+                    )],
+                });
+                continue;
+            }
+            if !accepted.warnings.is_empty() {
+                self.report.warnings.push(RowProblems {
+                    line: accepted.line,
+                    problems: accepted.warnings,
+                });
+            }
+            self.report.records += 1;
+            self.batch.push(accepted.record);
+            if self.batch.len() >= self.per_batch {
+                self.seal_and_hand()?;
+            }
+        }
+        IngestProgress::add(&self.progress.rows_checked, self_rows);
+        self.progress
+            .records
+            .store(self.report.records, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn seal_and_hand(&mut self) -> Result<(), IngestError> {
+        self.progress.set_phase(Phase::Sealing);
+        let records = std::mem::take(&mut self.batch);
+        let count = records.len() as u64;
+        let signed = seal_batch(records, self.options).map_err(|source| IngestError::Build {
+            path: self.path.to_owned(),
+            source,
+        })?;
+        IngestProgress::add(&self.progress.batches_sealed, 1);
+        let summary = BatchSummary {
+            id: signed.id,
+            records: count,
+            bytes: signed.bytes.len() as u64,
+        };
+        self.progress.set_phase(Phase::Handing);
+        if let Err(source) = (self.sink)(signed) {
+            self.report.rejected.sort_by_key(|r| r.line);
+            return Err(IngestError::Sink {
+                path: self.path.to_owned(),
+                batch: summary.id,
+                source,
+                report: Box::new(std::mem::take(&mut self.report)),
+            });
+        }
+        self.report.batches.push(summary);
+        IngestProgress::add(&self.progress.batches_handed, 1);
+        self.progress.set_phase(Phase::Reading);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<IngestReport, IngestError> {
+        if !self.batch.is_empty() {
+            self.seal_and_hand()?;
+        }
+        // Rows of the wrong width were refused as read, the others as checked and
+        // duplicate keys as merged: merge by line.
+        self.report.rejected.sort_by_key(|r| r.line);
+        self.progress.set_phase(Phase::Done);
+        Ok(self.report)
+    }
+}
+
+/// Seals `records` (at most [`BATCH_RECORDS_MAX`], keys unique) into one batch; the batch
+/// sorts them by key, so the same records always give the same batch.
+pub fn seal_batch(
+    records: Vec<Record>,
+    options: &IngestOptions<'_>,
+) -> Result<SignedBatch, BuildError> {
+    let header = BatchHeader {
+        format: BATCH_FORMAT,
+        origin: options.origin,
+        category: options.schema.category.clone(),
+        schema_version: options.schema.version,
+        period: options.period,
+        supersedes: None,
+        withdrawals: Vec::new(),
+    };
+    let batch = Batch::new(header, records)?;
+    SignedBatch::seal(&batch, options.node_key)
+}
 
 /// Rows read and waiting to be checked, the cells of all of them in one buffer.
 #[derive(Default)]
@@ -296,6 +647,10 @@ struct Chunk {
     cell_ends: Vec<usize>,
     /// Each row's line, and where its cells end in `cell_ends`.
     rows: Vec<(u64, usize)>,
+    /// Data rows read into this chunk, refused ones included.
+    rows_read: u64,
+    /// Rows refused as read (wrong width, bytes not valid in the encoding).
+    refused: Vec<RowProblems>,
 }
 
 impl Chunk {
@@ -311,24 +666,32 @@ impl Chunk {
     }
 }
 
+/// An accepted row of a checked chunk.
+struct Accepted {
+    record: Record,
+    line: u64,
+    warnings: Vec<Problem>,
+}
+
 /// What the checking of one chunk gave, its rows in file order.
 struct Checked {
-    accepted: Vec<(Record, u64)>,
-    rejected: Vec<RowProblems>,
-    warnings: Vec<RowProblems>,
+    rows_read: u64,
+    accepted: Vec<Accepted>,
+    /// Refused rows (as read, then as validated).
+    refused: Vec<RowProblems>,
 }
 
 /// Validates, normalizes and desensitizes the rows of a chunk (each as wide as the header).
 fn check_chunk(
     path: &Path,
-    chunk: &Chunk,
+    chunk: Chunk,
     columns: &[Option<usize>],
     options: &IngestOptions<'_>,
 ) -> Result<Checked, IngestError> {
     let mut checked = Checked {
+        rows_read: chunk.rows_read,
         accepted: Vec::with_capacity(chunk.rows.len()),
-        rejected: Vec::new(),
-        warnings: Vec::new(),
+        refused: chunk.refused,
     };
     let mut raw: Vec<Option<&str>> = Vec::with_capacity(columns.len());
     // Where the row's bytes and its cell ends start.
@@ -337,9 +700,8 @@ fn check_chunk(
         let ends = &chunk.cell_ends[ends_start..ends_end];
         ends_start = ends_end;
         let row_end = ends.last().copied().unwrap_or(row_start);
-        // One UTF-8 check per row rather than per cell. It cannot fail (the whole text was
-        // checked and the csv parser splits it at ASCII bytes only), but skipping it would
-        // take unsafe code.
+        // One UTF-8 check per row rather than per cell. It cannot fail (rows whose cells
+        // are not UTF-8 were refused as read), but skipping it would take unsafe code.
         let not_utf8 = |field| IngestError::Csv {
             path: path.to_owned(),
             line,
@@ -363,19 +725,404 @@ fn check_chunk(
             .schema
             .validate(&raw, options.period, options.desensitize_key)
         {
-            Err(problems) => checked.rejected.push(RowProblems { line, problems }),
-            Ok(validated) => {
-                if !validated.warnings.is_empty() {
-                    checked.warnings.push(RowProblems {
-                        line,
-                        problems: validated.warnings,
-                    });
-                }
-                checked.accepted.push((validated.record, line));
-            }
+            Err(problems) => checked.refused.push(RowProblems { line, problems }),
+            Ok(validated) => checked.accepted.push(Accepted {
+                record: validated.record,
+                line,
+                warnings: validated.warnings,
+            }),
         }
     }
     Ok(checked)
+}
+
+/// Record keys already accepted from this file, to refuse a later row with the same key
+/// naming the line of the first, exactly and in bounded memory.
+///
+/// Each key is appended to a log (`line`, length, key bytes, padded to 4 bytes: in memory
+/// up to [`KEY_LOG_MEMORY_BYTES`], then in an unlinked temporary file) and indexed by a
+/// 32-bit fingerprint (BLAKE3 of the key): 65,536 buckets, by 16 bits of the fingerprint,
+/// each a sorted `Vec<[u16; 3]>` of (16 more fingerprint bits, log offset / 4) — 6 bytes a
+/// key, plus at most an eighth spare. A fingerprint match is only a candidate: the key is
+/// read back from the log and compared, so two keys that share a fingerprint are never taken
+/// for duplicates (the fingerprint's width only decides how often the log is read: at 10
+/// million keys, for about one row in 400).
+struct KeyIndex {
+    buckets: Vec<Vec<[u16; 3]>>,
+    log: KeyLog,
+    /// BLAKE3 of the key, cut to 64 bits (a test puts a weaker one here).
+    fingerprint: fn(&[u8]) -> u64,
+}
+
+/// Keys held in memory before the log moves to a temporary file.
+pub const KEY_LOG_MEMORY_BYTES: usize = 4 * 1024 * 1024;
+/// Largest key log: offsets are kept in units of 4 bytes in 32 bits.
+const KEY_LOG_BYTES_MAX: u64 = 4 << 32;
+
+impl KeyIndex {
+    fn new() -> KeyIndex {
+        KeyIndex {
+            buckets: Vec::new(),
+            log: KeyLog {
+                memory_max: KEY_LOG_MEMORY_BYTES,
+                ..KeyLog::default()
+            },
+            fingerprint: |key| {
+                let hash = blake3::hash(key);
+                u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
+            },
+        }
+    }
+
+    /// Adds `key` first given on `line`; if it was given before, adds nothing and returns
+    /// that earlier line.
+    fn insert(&mut self, key: &str, line: u64) -> io::Result<Option<u64>> {
+        if self.buckets.is_empty() {
+            self.buckets = vec![Vec::new(); 1 << 16];
+        }
+        let fingerprint = (self.fingerprint)(key.as_bytes());
+        let bucket = &mut self.buckets[(fingerprint >> 48) as usize];
+        let tag = (fingerprint >> 32) as u16;
+        let mut at = bucket.partition_point(|e| e[0] < tag);
+        while let Some(&[entry_tag, high, low]) = bucket.get(at) {
+            if entry_tag != tag {
+                break;
+            }
+            let offset = 4 * (u64::from(high) << 16 | u64::from(low));
+            let (earlier_line, earlier_key) = self.log.read(offset)?;
+            if earlier_key == key.as_bytes() {
+                return Ok(Some(earlier_line));
+            }
+            at += 1;
+        }
+        let offset = self.log.append(key, line)?;
+        if offset >= KEY_LOG_BYTES_MAX {
+            return Err(io::Error::other(
+                "more than 16 GiB of record keys: split the file",
+            ));
+        }
+        if bucket.len() == bucket.capacity() {
+            bucket.reserve_exact((bucket.len() / 8).max(4));
+        }
+        // After the entries of the same tag, which have smaller offsets: still sorted.
+        let unit = offset / 4;
+        bucket.insert(at, [tag, (unit >> 16) as u16, unit as u16]);
+        Ok(None)
+    }
+}
+
+/// Append-only (line, key) entries, the newest in memory, the older ones in a temporary
+/// file made on the first spill (unlinked at once, so nothing is left behind).
+#[derive(Default)]
+struct KeyLog {
+    file: Option<std::fs::File>,
+    /// Bytes in the file; `memory` continues from there.
+    file_len: u64,
+    memory: Vec<u8>,
+    /// Bytes kept in `memory` before it moves to the file.
+    memory_max: usize,
+}
+
+impl KeyLog {
+    fn append(&mut self, key: &str, line: u64) -> io::Result<u64> {
+        if self.memory.len() + 16 + key.len() > self.memory_max {
+            use std::io::Write;
+            let file = match &mut self.file {
+                Some(file) => file,
+                None => self.file.insert(tempfile::tempfile()?),
+            };
+            file.write_all(&self.memory)?;
+            self.file_len += self.memory.len() as u64;
+            self.memory.clear();
+        }
+        let offset = self.file_len + self.memory.len() as u64;
+        let len = u32::try_from(key.len()).map_err(|_| io::Error::other("key too long"))?;
+        self.memory.extend_from_slice(&line.to_le_bytes());
+        self.memory.extend_from_slice(&len.to_le_bytes());
+        self.memory.extend_from_slice(key.as_bytes());
+        // Entries start at multiples of 4 (the index keeps offsets / 4).
+        self.memory.resize(self.memory.len().next_multiple_of(4), 0);
+        Ok(offset)
+    }
+
+    fn read(&self, offset: u64) -> io::Result<(u64, Vec<u8>)> {
+        let mut head = [0u8; 12];
+        let entry = |head: &[u8; 12]| {
+            let line = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+            let len = u32::from_le_bytes(head[8..].try_into().expect("4 bytes")) as usize;
+            (line, len)
+        };
+        if offset >= self.file_len {
+            let at = (offset - self.file_len) as usize;
+            head.copy_from_slice(&self.memory[at..at + 12]);
+            let (line, len) = entry(&head);
+            return Ok((line, self.memory[at + 12..at + 12 + len].to_vec()));
+        }
+        let file = self
+            .file
+            .as_ref()
+            .expect("offsets below file_len are in the file");
+        read_exact_at(file, &mut head, offset)?;
+        let (line, len) = entry(&head);
+        let mut key = vec![0; len];
+        read_exact_at(file, &mut key, offset + 12)?;
+        Ok((line, key))
+    }
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = file;
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(buf)?;
+    file.seek(SeekFrom::End(0))?;
+    Ok(())
+}
+
+/// The raw input, counting the bytes read into the progress.
+struct Counted<'p, R> {
+    inner: R,
+    progress: &'p IngestProgress,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        IngestProgress::add(&self.progress.bytes_read, n as u64);
+        Ok(n)
+    }
+}
+
+/// The file as a stream of UTF-8 bytes: UTF-8 (BOM stripped) or GBK decoded as read.
+///
+/// A UTF-8 file is judged by its first [`ENCODING_PREFIX_BYTES`]: one whose lines there are
+/// mostly not UTF-8 is refused whole with a hint (the wrong encoding, not damage); otherwise
+/// any row whose bytes are not UTF-8 is refused alone ([`row_damage`]). Under GBK, bytes that
+/// are not GBK decode to U+FFFD (which GBK cannot encode), and rows holding one are refused.
+fn open_text<'r, R: Read + Send + 'r>(
+    path: &Path,
+    mut input: R,
+    encoding: Encoding,
+) -> Result<Box<dyn Read + Send + 'r>, IngestError> {
+    let mut prefix = Vec::new();
+    (&mut input)
+        .take(ENCODING_PREFIX_BYTES as u64)
+        .read_to_end(&mut prefix)
+        .map_err(|source| IngestError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    match encoding {
+        Encoding::Utf8 => {
+            let bom = if prefix.starts_with(b"\xEF\xBB\xBF") {
+                3
+            } else {
+                0
+            };
+            check_utf8_prefix(path, &prefix, bom, prefix.len() == ENCODING_PREFIX_BYTES)?;
+            prefix.drain(..bom);
+            Ok(Box::new(io::Cursor::new(prefix).chain(input)))
+        }
+        Encoding::Gbk => Ok(Box::new(GbkReader::new(
+            io::Cursor::new(prefix).chain(input),
+        ))),
+    }
+}
+
+/// Refuses a file whose start is mostly not UTF-8: [`IngestError::LooksLikeGbk`] if it decodes
+/// as GBK, else [`IngestError::UnknownEncoding`], at the line of the first bad byte. `cut`:
+/// the prefix stops inside the file (its last, maybe partial, line is not judged).
+fn check_utf8_prefix(path: &Path, prefix: &[u8], bom: usize, cut: bool) -> Result<(), IngestError> {
+    let mut body = &prefix[bom..];
+    if cut && let Some(end) = body.iter().rposition(|b| *b == b'\n') {
+        body = &body[..=end];
+    }
+    let Err(e) = std::str::from_utf8(body) else {
+        return Ok(());
+    };
+    // Mostly UTF-8 (more lines with valid non-ASCII text than lines that are not UTF-8):
+    // damage in a UTF-8 file, refused row by row.
+    let (mut valid, mut invalid) = (0u64, 0u64);
+    for line in body.split(|b| *b == b'\n') {
+        if line.is_ascii() {
+            continue;
+        }
+        match std::str::from_utf8(line) {
+            Ok(_) => valid += 1,
+            Err(_) => invalid += 1,
+        }
+    }
+    if valid > invalid {
+        return Ok(());
+    }
+    let offset = bom + e.valid_up_to();
+    let line = 1 + count_newlines(&prefix[..offset]);
+    let (_, had_errors) = encoding_rs::GBK.decode_without_bom_handling(body);
+    Err(if had_errors {
+        IngestError::UnknownEncoding {
+            path: path.to_owned(),
+            line,
+        }
+    } else {
+        IngestError::LooksLikeGbk {
+            path: path.to_owned(),
+            line,
+        }
+    })
+}
+
+/// GBK bytes decoded to UTF-8 as they are read.
+struct GbkReader<R> {
+    inner: R,
+    decoder: encoding_rs::Decoder,
+    input: Vec<u8>,
+    /// Unread input is `input[start..end]`.
+    start: usize,
+    end: usize,
+    input_done: bool,
+    /// The decoder has had its last call.
+    finished: bool,
+    decoded: Vec<u8>,
+    /// Undelivered output is `decoded[out_start..out_end]`.
+    out_start: usize,
+    out_end: usize,
+}
+
+impl<R: Read> GbkReader<R> {
+    fn new(inner: R) -> GbkReader<R> {
+        GbkReader {
+            inner,
+            decoder: encoding_rs::GBK.new_decoder_without_bom_handling(),
+            input: vec![0; 64 * 1024],
+            start: 0,
+            end: 0,
+            input_done: false,
+            finished: false,
+            decoded: vec![0; 128 * 1024],
+            out_start: 0,
+            out_end: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for GbkReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.out_start < self.out_end {
+                let n = buf.len().min(self.out_end - self.out_start);
+                buf[..n].copy_from_slice(&self.decoded[self.out_start..self.out_start + n]);
+                self.out_start += n;
+                return Ok(n);
+            }
+            if self.finished {
+                return Ok(0);
+            }
+            if self.start == self.end && !self.input_done {
+                let n = self.inner.read(&mut self.input)?;
+                (self.start, self.end) = (0, n);
+                self.input_done = n == 0;
+            }
+            let last = self.input_done;
+            let (result, read, written, _) = self.decoder.decode_to_utf8(
+                &self.input[self.start..self.end],
+                &mut self.decoded,
+                last,
+            );
+            self.start += read;
+            (self.out_start, self.out_end) = (0, written);
+            if last && result == encoding_rs::CoderResult::InputEmpty {
+                self.finished = true;
+            }
+        }
+    }
+}
+
+/// The input stream, keeping the bytes the csv reader has been given but no row has been
+/// placed past yet, to turn a row's byte offset into its line. (The csv crate's own line
+/// count is one short after CRLF line endings, which every Excel export has.)
+struct LineTracker<R> {
+    inner: R,
+    /// Bytes from stream offset `pending_at`; those before `consumed` are counted.
+    pending: Vec<u8>,
+    pending_at: u64,
+    consumed: usize,
+    /// Newlines before `pending_at + consumed`.
+    newlines: u64,
+}
+
+impl<R> LineTracker<R> {
+    fn new(inner: R) -> LineTracker<R> {
+        LineTracker {
+            inner,
+            pending: Vec::new(),
+            pending_at: 0,
+            consumed: 0,
+            newlines: 0,
+        }
+    }
+
+    /// The line of the record starting at stream offset `offset` (offsets must not
+    /// decrease).
+    fn line_at(&mut self, offset: u64) -> u64 {
+        // A record may be reported as starting on the terminator of the line before it.
+        let mut start = (offset.saturating_sub(self.pending_at) as usize).min(self.pending.len());
+        while start < self.pending.len() && matches!(self.pending[start], b'\r' | b'\n') {
+            start += 1;
+        }
+        debug_assert!(start >= self.consumed, "records arrive in file order");
+        let start = start.max(self.consumed);
+        self.newlines += count_newlines(&self.pending[self.consumed..start]);
+        self.consumed = start;
+        self.newlines + 1
+    }
+}
+
+impl<R: Read> Read for LineTracker<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.consumed >= 64 * 1024 && self.consumed * 2 >= self.pending.len() {
+            self.pending.drain(..self.consumed);
+            self.pending_at += self.consumed as u64;
+            self.consumed = 0;
+        }
+        let n = self.inner.read(buf)?;
+        self.pending.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Why `row` is refused, if its bytes are not valid in the file's encoding.
+fn row_damage(row: &csv::ByteRecord, encoding: Encoding) -> Option<String> {
+    let bad_field = match encoding {
+        Encoding::Utf8 => {
+            // Fast path: the whole row is UTF-8 and no cell starts inside a character.
+            let all = row.as_slice();
+            if let Ok(text) = std::str::from_utf8(all)
+                && (0..row.len())
+                    .all(|i| row.range(i).is_some_and(|r| text.is_char_boundary(r.start)))
+            {
+                return None;
+            }
+            row.iter()
+                .position(|cell| std::str::from_utf8(cell).is_err())
+        }
+        Encoding::Gbk => row
+            .iter()
+            .position(|cell| cell.windows(3).any(|w| w == "\u{fffd}".as_bytes())),
+    }?;
+    let name = match encoding {
+        Encoding::Utf8 => "UTF-8",
+        Encoding::Gbk => "GBK",
+    };
+    Some(format!(
+        "column {} holds bytes that are not valid {name}: the row is refused (the rest of the file is read); correct the cell in the source and submit the row again",
+        bad_field + 1
+    ))
 }
 
 /// Whether every cell of a row is empty after trimming; `Err(field)` if a cell is not UTF-8.
@@ -397,104 +1144,6 @@ fn is_blank(row: &csv::ByteRecord) -> Result<bool, usize> {
     Ok(true)
 }
 
-/// Keeps the first row (by line) of each record key and rejects every later one, naming
-/// the first line; a rejected row's warnings are not reported. Returns the records kept, in
-/// key order.
-fn drop_duplicate_keys(mut accepted: Vec<(Record, u64)>, report: &mut IngestReport) -> Vec<Record> {
-    // Lines are unique, so this unstable sort puts each key's rows in line order.
-    accepted
-        .sort_unstable_by(|(a, a_line), (b, b_line)| a.key.cmp(&b.key).then(a_line.cmp(b_line)));
-    let mut duplicate_lines = Vec::new();
-    // In place: `later` is removed when it has the key of `first`, the row kept before it.
-    accepted.dedup_by(|(later, later_line), (first, first_line)| {
-        if later.key != first.key {
-            return false;
-        }
-        report.rejected.push(RowProblems {
-            line: *later_line,
-            problems: vec![file_problem(
-                Rule::DuplicateKey,
-                format!(
-                    "record key {} was already given on line {first_line}: keep one row per key",
-                    later.key
-                ),
-            )],
-        });
-        duplicate_lines.push(*later_line);
-        true
-    });
-    if !duplicate_lines.is_empty() {
-        duplicate_lines.sort_unstable();
-        report
-            .warnings
-            .retain(|w| duplicate_lines.binary_search(&w.line).is_err());
-    }
-    accepted.into_iter().map(|(record, _)| record).collect()
-}
-
-/// Sorts records by key and cuts them into batches of at most `batch_records_max`, so the
-/// same records always give the same batches.
-pub fn seal_batches(
-    mut records: Vec<Record>,
-    options: &IngestOptions<'_>,
-) -> Result<Vec<SignedBatch>, BuildError> {
-    records.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-    let per_batch = options.batch_records_max.clamp(1, BATCH_RECORDS_MAX);
-    let mut batches = Vec::with_capacity(records.len().div_ceil(per_batch));
-    let mut sealed = Vec::with_capacity(batches.capacity());
-    let mut rest = records;
-    while !rest.is_empty() {
-        let tail = rest.split_off(rest.len().min(per_batch));
-        let header = BatchHeader {
-            format: BATCH_FORMAT,
-            origin: options.origin,
-            category: options.schema.category.clone(),
-            schema_version: options.schema.version,
-            period: options.period,
-            supersedes: None,
-            withdrawals: Vec::new(),
-        };
-        let batch = Batch::new(header, rest)?;
-        batches.push(SignedBatch::seal(&batch, options.node_key)?);
-        sealed.push(batch);
-        rest = tail;
-    }
-    drop_in_background(sealed);
-    Ok(batches)
-}
-
-/// Drops `value` on a thread of its own: freeing the millions of strings of a large file's
-/// records takes a while, and nothing needs to wait for it.
-fn drop_in_background<T: Send + 'static>(value: T) {
-    // If no thread can be started, `spawn` drops the closure, and `value` with it, here.
-    let _ = std::thread::Builder::new()
-        .name("ingest-drop".to_owned())
-        .spawn(move || drop(value));
-}
-
-/// File line numbers from byte offsets. (The csv crate's own line count is one short after
-/// CRLF line endings, which every Excel export has.)
-#[derive(Default)]
-struct LineCounter {
-    offset: usize,
-    line: u64,
-}
-
-impl LineCounter {
-    /// The line of the record starting at `offset` (offsets must not decrease).
-    fn line_at(&mut self, text: &[u8], offset: usize) -> u64 {
-        // A record may be reported as starting on the terminator of the line before it.
-        let mut start = offset.min(text.len());
-        while start < text.len() && matches!(text[start], b'\r' | b'\n') {
-            start += 1;
-        }
-        debug_assert!(start >= self.offset, "records arrive in file order");
-        self.line += count_newlines(&text[self.offset..start]);
-        self.offset = start;
-        self.line + 1
-    }
-}
-
 /// The number of `\n` bytes, counted 32 at a time into a byte (which compiles to vector
 /// code): this runs over the whole file.
 fn count_newlines(bytes: &[u8]) -> u64 {
@@ -514,15 +1163,6 @@ fn file_problem(rule: Rule, message: String) -> Problem {
         rule,
         severity: Severity::Error,
         message,
-    }
-}
-
-/// A field that is not UTF-8 (which decoding the whole text first rules out).
-fn not_utf8(path: &Path, position: Option<&csv::Position>, field: usize) -> IngestError {
-    IngestError::Csv {
-        path: path.to_owned(),
-        line: position.map_or(0, |p| p.line()),
-        message: format!("field {} is not valid UTF-8", field + 1),
     }
 }
 
@@ -581,97 +1221,67 @@ fn map_header(
     Ok((columns, ignored))
 }
 
-/// Whether rows may hold bytes their encoding does not allow (checked row by row).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Damage {
-    /// The whole text is valid.
-    None,
-    /// UTF-8 with some invalid bytes: rows that are not UTF-8 are refused.
-    Utf8,
-    /// GBK decoded with replacement characters where bytes were not GBK (GBK cannot encode
-    /// U+FFFD, so each one marks damage): rows holding one are refused.
-    Gbk,
-}
-
-impl Damage {
-    /// Why `row` is refused, if its bytes are not valid in the file's encoding.
-    fn row_problem(self, row: &csv::ByteRecord, encoding: Encoding) -> Option<String> {
-        let bad_field = match self {
-            Damage::None => return None,
-            Damage::Utf8 => row
-                .iter()
-                .position(|cell| std::str::from_utf8(cell).is_err()),
-            Damage::Gbk => row
-                .iter()
-                .position(|cell| cell.windows(3).any(|w| w == "\u{fffd}".as_bytes())),
-        }?;
-        let name = match encoding {
-            Encoding::Utf8 => "UTF-8",
-            Encoding::Gbk => "GBK",
-        };
-        Some(format!(
-            "column {} holds bytes that are not valid {name}: the row is refused (the rest of the file is read); correct the cell in the source and submit the row again",
-            bad_field + 1
-        ))
+/// A field that is not UTF-8 (which decoding the whole text first rules out).
+fn not_utf8(path: &Path, position: Option<&csv::Position>, field: usize) -> IngestError {
+    IngestError::Csv {
+        path: path.to_owned(),
+        line: position.map_or(0, |p| p.line()),
+        message: format!("field {} is not valid UTF-8", field + 1),
     }
 }
 
-/// The file as UTF-8 bytes: UTF-8 (BOM stripped) or GBK decoded. A file that is not UTF-8
-/// but decodes as GBK is refused whole with a hint (the wrong encoding, not damage); a UTF-8
-/// file with a few damaged rows is read, those rows refused one by one ([`Damage`]).
-fn decode_text<'a>(
-    path: &Path,
-    bytes: &'a [u8],
-    encoding: Encoding,
-) -> Result<(std::borrow::Cow<'a, [u8]>, Damage), IngestError> {
-    let line_of =
-        |offset: usize| 1 + bytes[..offset].iter().filter(|b| **b == b'\n').count() as u64;
-    match encoding {
-        Encoding::Utf8 => {
-            let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-            let Err(e) = std::str::from_utf8(body) else {
-                return Ok((std::borrow::Cow::Borrowed(body), Damage::None));
-            };
-            let offset = e.valid_up_to() + (bytes.len() - body.len());
-            // Mostly UTF-8 (more lines with valid non-ASCII text than lines that are not
-            // UTF-8): damage in a UTF-8 file, refused row by row.
-            let (mut valid, mut invalid) = (0u64, 0u64);
-            for line in body.split(|b| *b == b'\n') {
-                if line.is_ascii() {
-                    continue;
-                }
-                match std::str::from_utf8(line) {
-                    Ok(_) => valid += 1,
-                    Err(_) => invalid += 1,
-                }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys that share a fingerprint are told apart by the keys themselves, whether the
+    /// earlier one is still in memory or already in the temporary file.
+    #[test]
+    fn key_index_is_exact_under_fingerprint_collisions_and_after_spilling() {
+        for fingerprint in [(|_: &[u8]| 42) as fn(&[u8]) -> u64, |key: &[u8]| {
+            key.len() as u64
+        }] {
+            let mut index = KeyIndex::new();
+            index.fingerprint = fingerprint;
+            index.log.memory_max = 64;
+            for line in 2..400u64 {
+                let key = format!("AC{line:05}|2022-05");
+                assert_eq!(index.insert(&key, line).unwrap(), None, "{key} is new");
             }
-            if valid > invalid {
-                return Ok((std::borrow::Cow::Borrowed(body), Damage::Utf8));
+            assert!(index.log.file.is_some(), "the log spilled to its file");
+            for line in [2u64, 150, 399] {
+                let key = format!("AC{line:05}|2022-05");
+                assert_eq!(index.insert(&key, 1000 + line).unwrap(), Some(line));
             }
-            let (_, had_errors) = encoding_rs::GBK.decode_without_bom_handling(body);
-            if had_errors {
-                Err(IngestError::UnknownEncoding {
-                    path: path.to_owned(),
-                    line: line_of(offset),
-                })
-            } else {
-                Err(IngestError::LooksLikeGbk {
-                    path: path.to_owned(),
-                    line: line_of(offset),
-                })
-            }
+            assert_eq!(index.insert("AC00400|2022-05", 500).unwrap(), None);
         }
-        Encoding::Gbk => {
-            let (text, had_errors) = encoding_rs::GBK.decode_without_bom_handling(bytes);
-            let damage = if had_errors {
-                Damage::Gbk
-            } else {
-                Damage::None
-            };
-            Ok((
-                std::borrow::Cow::Owned(text.into_owned().into_bytes()),
-                damage,
-            ))
+    }
+
+    #[test]
+    fn line_tracker_counts_lines_across_reads() {
+        let text = b"h1,h2\r\na,\"b\r\nc\"\r\n\r\nd,e\r\n";
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(3)
+            .from_reader(LineTracker::new(&text[..]));
+        let mut row = csv::ByteRecord::new();
+        let mut lines = Vec::new();
+        while reader.read_byte_record(&mut row).unwrap() {
+            let offset = row.position().unwrap().byte();
+            lines.push(reader.get_mut().line_at(offset));
         }
+        assert_eq!(lines, [1, 2, 5]);
+    }
+
+    #[test]
+    fn gbk_reader_decodes_across_reads() {
+        let text = "企业名称,金额\n揭阳市榕江纺织有限公司,12.5\n".repeat(5000);
+        let (gbk, _, _) = encoding_rs::GBK.encode(&text);
+        let mut decoded = String::new();
+        GbkReader::new(&gbk[..])
+            .read_to_string(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, text);
     }
 }

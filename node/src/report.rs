@@ -16,12 +16,10 @@ pub fn write_ingest(out: &mut impl Write, name: &str, report: &IngestReport) -> 
         report.warnings.len()
     )?;
     for batch in &report.batches {
-        let records = protocol::Batch::decode(&batch.bytes).map_or(0, |b| b.records.len());
         writeln!(
             out,
-            "  batch {}  {records} records  {} bytes",
-            batch.id,
-            batch.bytes.len()
+            "  batch {}  {} records  {} bytes",
+            batch.id, batch.records, batch.bytes
         )?;
     }
     if !report.ignored_columns.is_empty() {
@@ -85,7 +83,7 @@ pub fn ingest_json(report: &IngestReport) -> serde_json::Value {
         "records": report.records,
         "batches": report.batches.iter().map(|b| serde_json::json!({
             "id": b.id.to_hex(),
-            "bytes": b.bytes.len(),
+            "bytes": b.bytes,
         })).collect::<Vec<_>>(),
         "refused": rows_json(&report.rejected),
         "warnings": rows_json(&report.warnings),

@@ -4,7 +4,10 @@
 
 use std::path::Path;
 
-use node::ingest::{Encoding, IngestError, IngestOptions, IngestReport, ingest_bytes, ingest_file};
+use node::ingest::{
+    Encoding, IngestError, IngestOptions, IngestProgress, Ingested, Phase, RowProblems,
+    ingest_bytes, ingest_file,
+};
 use protocol::record::Rule;
 use protocol::schema::FieldKind;
 use protocol::{Batch, DesensitizeKey, NodeId, NodeKey, Period, Registry, Schema};
@@ -37,7 +40,7 @@ fn options(node_key: &NodeKey, batch_records_max: usize, encoding: Encoding) -> 
     }
 }
 
-fn ingest(bytes: &[u8], encoding: Encoding) -> Result<IngestReport, IngestError> {
+fn ingest(bytes: &[u8], encoding: Encoding) -> Result<Ingested, IngestError> {
     let node_key = NodeKey::from_seed([5; 32]);
     ingest_bytes(
         Path::new("export.csv"),
@@ -202,6 +205,14 @@ fn a_missing_required_column_is_one_clear_error() {
     );
 }
 
+/// Each refused row's line and the rule of its first problem.
+fn first_rules(rejected: &[RowProblems]) -> Vec<(u64, Rule)> {
+    rejected
+        .iter()
+        .map(|r| (r.line, r.problems[0].rule))
+        .collect()
+}
+
 #[test]
 fn ragged_rows_and_duplicate_keys_are_refused_and_the_rest_kept() {
     let plain = sample_csv(water(), origin(), period(), 10, 0, 9).text;
@@ -212,40 +223,214 @@ fn ragged_rows_and_duplicate_keys_are_refused_and_the_rest_kept() {
     text.push_str("\nonly,three,cells\n"); // line 13
     let report = ingest(text.as_bytes(), Encoding::Utf8).unwrap();
     assert_eq!(report.records, 10);
-    let rules: Vec<(u64, Rule)> = report
-        .rejected
-        .iter()
-        .map(|r| (r.line, r.problems[0].rule))
-        .collect();
-    assert_eq!(rules, [(12, Rule::DuplicateKey), (13, Rule::Format)]);
+    assert_eq!(
+        first_rules(&report.rejected),
+        [(12, Rule::DuplicateKey), (13, Rule::Format)]
+    );
     assert!(report.rejected[0].problems[0].message.contains("line 4"));
 }
 
+/// The data rows of a sample, reordered deterministically (a file not in key order).
+fn shuffled(text: &str, seed: u64) -> String {
+    let mut lines: Vec<&str> = text.lines().collect();
+    let mut rng = Rng::new(seed);
+    for i in (2..lines.len()).rev() {
+        let j = 1 + rng.below(i as u64) as usize;
+        lines.swap(i, j);
+    }
+    lines.join("\n") + "\n"
+}
+
 #[test]
-fn large_files_split_into_deterministic_batches() {
-    let text = sample_csv(water(), origin(), period(), 2500, 0, 10).text;
+fn several_batches_are_each_sorted_and_together_hold_every_good_row_once() {
+    let sample = sample_csv(water(), origin(), period(), 2500, 7, 10);
+    let text = shuffled(&sample.text, 77);
+    let node_key = NodeKey::from_seed([5; 32]);
+    let whole = options(&node_key, 5000, Encoding::Utf8);
+    let options = options(&node_key, 1000, Encoding::Utf8);
+    let a = ingest_bytes(Path::new("a"), text.as_bytes(), &options, |_| {}).unwrap();
+    assert_eq!(a.records, 2493);
+    assert_eq!(a.rejected.len(), 7);
+    let mut keys = std::collections::BTreeSet::new();
+    let mut sizes = Vec::new();
+    for (signed, summary) in a.batches.iter().zip(&a.report.batches) {
+        let batch = Batch::decode(&signed.bytes).expect("canonical");
+        assert!(
+            batch.records.windows(2).all(|w| w[0].key < w[1].key),
+            "sorted by key within the batch"
+        );
+        assert_eq!(summary.id, signed.id);
+        assert_eq!(summary.records, batch.records.len() as u64);
+        assert_eq!(summary.bytes, signed.bytes.len() as u64);
+        sizes.push(batch.records.len());
+        for record in batch.records {
+            assert!(keys.insert(record.key), "a record in two batches");
+        }
+    }
+    assert_eq!(sizes, [1000, 1000, 493]);
+    assert_eq!(keys.len(), 2493, "every good row once");
+    // Cut in file order: the first batch holds the first 1000 good rows of the file.
+    let in_order = ingest_bytes(Path::new("b"), text.as_bytes(), &whole, |_| {}).unwrap();
+    let all = Batch::decode(&in_order.batches[0].bytes).unwrap();
+    let first = Batch::decode(&a.batches[0].bytes).unwrap();
+    let mut rows_in_file_order: Vec<&str> = Vec::new();
+    let good_lines: std::collections::BTreeSet<u64> = (2..=2501u64)
+        .filter(|l| !a.rejected.iter().any(|r| r.line == *l))
+        .collect();
+    for (n, line) in text.lines().enumerate() {
+        if good_lines.contains(&(n as u64 + 1)) {
+            rows_in_file_order.push(line);
+        }
+    }
+    assert_eq!(all.records.len(), 2493);
+    assert_eq!(first.records.len(), 1000);
+    let again = ingest_bytes(Path::new("c"), text.as_bytes(), &options, |_| {}).unwrap();
+    let ids = |r: &Ingested| r.batches.iter().map(|b| b.id).collect::<Vec<_>>();
+    assert_eq!(ids(&a), ids(&again), "the same file gives the same batches");
+    // The first batch is the first 1000 good rows: ingesting just those gives the same id.
+    let mut head = String::from(text.lines().next().unwrap());
+    head.push('\n');
+    for line in &rows_in_file_order[..1000] {
+        head.push_str(line);
+        head.push('\n');
+    }
+    let alone = ingest_bytes(Path::new("d"), head.as_bytes(), &options, |_| {}).unwrap();
+    assert_eq!(alone.batches.len(), 1);
+    assert_eq!(
+        alone.batches[0].id, a.batches[0].id,
+        "batches are cut in file order"
+    );
+}
+
+#[test]
+fn row_order_within_one_batch_does_not_change_its_id() {
+    let text = sample_csv(water(), origin(), period(), 900, 0, 10).text;
     let node_key = NodeKey::from_seed([5; 32]);
     let options = options(&node_key, 1000, Encoding::Utf8);
     let a = ingest_bytes(Path::new("a"), text.as_bytes(), &options, |_| {}).unwrap();
-    let sizes: Vec<usize> = a
+    let b = ingest_bytes(
+        Path::new("b"),
+        shuffled(&text, 3).as_bytes(),
+        &options,
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(a.batches.len(), 1);
+    assert_eq!(a.batches[0].id, b.batches[0].id);
+}
+
+#[test]
+fn a_duplicate_key_across_two_batches_is_refused_at_its_line() {
+    let plain = sample_csv(water(), origin(), period(), 2500, 0, 12).text;
+    let lines: Vec<&str> = plain.lines().collect();
+    let mut text = lines.join("\n");
+    // Line 2502 repeats line 4 (in the first batch), line 2503 repeats line 1500 (second).
+    for line in [4, 1500] {
+        text.push('\n');
+        text.push_str(lines[line - 1]);
+    }
+    text.push('\n');
+    let node_key = NodeKey::from_seed([5; 32]);
+    let options = options(&node_key, 1000, Encoding::Utf8);
+    let report = ingest_bytes(Path::new("dup.csv"), text.as_bytes(), &options, |_| {}).unwrap();
+    assert_eq!(report.records, 2500);
+    assert_eq!(
+        first_rules(&report.rejected),
+        [(2502, Rule::DuplicateKey), (2503, Rule::DuplicateKey)]
+    );
+    for (refused, first) in report.rejected.iter().zip([4, 1500]) {
+        let message = &refused.problems[0].message;
+        assert!(
+            message.contains(&format!("already given on line {first}:")),
+            "{message}"
+        );
+    }
+    let in_batches: usize = report
         .batches
         .iter()
         .map(|b| Batch::decode(&b.bytes).unwrap().records.len())
-        .collect();
-    assert_eq!(sizes, [1000, 1000, 500]);
-    let mut lines: Vec<&str> = text.lines().collect();
-    lines[1..].reverse();
-    let reversed = lines.join("\n");
-    let b = ingest_bytes(Path::new("b"), reversed.as_bytes(), &options, |_| {}).unwrap();
-    let ids = |r: &IngestReport| r.batches.iter().map(|b| b.id).collect::<Vec<_>>();
-    assert_eq!(ids(&a), ids(&b), "row order does not change the batches");
+        .sum();
+    assert_eq!(in_batches, 2500);
+}
+
+/// Ingestion keeps no batch once the sink has it: when the sink is handed batch k, batch k
+/// is the only one sealed and not yet handed on, however large the file; the report holds
+/// summaries, not batches.
+#[test]
+fn the_sink_gets_each_batch_as_it_is_sealed_whatever_the_file_size() {
+    let node_key = NodeKey::from_seed([5; 32]);
+    let options = options(&node_key, 100, Encoding::Utf8);
+    for rows in [1_000, 10_000] {
+        let text = sample_csv(water(), origin(), period(), rows, 0, 13).text;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("water.csv");
+        std::fs::write(&path, &text).unwrap();
+        let progress = IngestProgress::new();
+        let mut handed = 0u64;
+        let mut ids = Vec::new();
+        let report = ingest_file(&path, &options, &progress, |batch| {
+            let now = progress.snapshot();
+            assert_eq!(
+                now.batches_sealed,
+                handed + 1,
+                "one sealed batch outstanding"
+            );
+            assert_eq!(now.batches_handed, handed);
+            assert_eq!(now.phase, Phase::Handing);
+            handed += 1;
+            ids.push(batch.id);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(handed, rows as u64 / 100);
+        let summary_ids: Vec<_> = report.batches.iter().map(|b| b.id).collect();
+        assert_eq!(summary_ids, ids);
+        let done = progress.snapshot();
+        assert_eq!(done.phase, Phase::Done);
+        assert_eq!(done.rows_read, rows as u64);
+        assert_eq!(done.rows_checked, rows as u64);
+        assert_eq!(done.records, rows as u64);
+        assert_eq!(done.bytes_read, text.len() as u64);
+        assert_eq!(done.bytes_total, text.len() as u64);
+    }
+}
+
+/// A sink that fails stops ingestion there, with the report so far.
+#[test]
+fn a_failing_sink_stops_ingestion_with_the_report_so_far() {
+    let node_key = NodeKey::from_seed([5; 32]);
+    let options = options(&node_key, 100, Encoding::Utf8);
+    let text = sample_csv(water(), origin(), period(), 1_000, 0, 14).text;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("water.csv");
+    std::fs::write(&path, &text).unwrap();
+    let mut taken = 0;
+    let error = ingest_file(&path, &options, &IngestProgress::new(), |_| {
+        taken += 1;
+        if taken == 3 {
+            return Err("the node is not running".into());
+        }
+        Ok(())
+    })
+    .unwrap_err();
+    let IngestError::Sink { report, source, .. } = error else {
+        panic!("{error}");
+    };
+    assert_eq!(report.batches.len(), 2, "the two batches taken");
+    assert!(source.to_string().contains("not running"));
 }
 
 #[test]
 fn unreadable_and_empty_files_name_the_file() {
     let node_key = NodeKey::from_seed([5; 32]);
     let options = options(&node_key, 1000, Encoding::Utf8);
-    let missing = ingest_file(Path::new("/nonexistent/water.csv"), &options, |_| {}).unwrap_err();
+    let missing = ingest_file(
+        Path::new("/nonexistent/water.csv"),
+        &options,
+        &IngestProgress::new(),
+        |_| Ok(()),
+    )
+    .unwrap_err();
     assert!(
         missing.to_string().contains("/nonexistent/water.csv"),
         "{missing}"
@@ -262,7 +447,10 @@ struct Golden {
     /// Data rows appended again at the end, by their line in the sample (2 is the first),
     /// as written (with the same quirks).
     duplicate_lines: &'static [usize],
-    /// Batch ids (700 records per batch), in order.
+    /// Batch ids (700 records per batch), in order. Batches are cut in file order (streaming):
+    /// the plain samples list keys in key order, so theirs are as when the whole file was
+    /// sorted first; the reshaped ones are not, so theirs changed when ingestion began to
+    /// stream.
     ids: &'static [&'static str],
     /// Rows rejected, and how many problems of each rule they have.
     rejected_rows: usize,
@@ -480,9 +668,9 @@ fn golden_batches_and_reports_do_not_change() {
             quirks: true,
             duplicate_lines: &[5, 1700, 5, 202, 9, 2001, 5],
             ids: &[
-                "fc2638407ea0614cdb85645d315f64b4bbd1fda6d0f5f81f24f2dd9ec39d789e",
-                "9cff767dda442d423d765eeaa02fc2e9ac2446c3fec535359d6f9e83b3effa2c",
-                "e7144b2064937af27083bd0609ff562f7469ffb47b855efdd589575bbe4dfdb5",
+                "58999687b71a5696b4084e1b92bcca80d6c2856e3551bf4499ca3b53eb49496f",
+                "5f54b6c80dd19bb6769106b51fd3d89f91542cc68e33e7f610ddf8a9a71ee6fc",
+                "e553a3ce45602ab763d8365d8c5885a96549cc87b88eafb602e222e81ad9f9f8",
             ],
             rejected_rows: 154,
             problems_by_rule: &[
@@ -522,9 +710,9 @@ fn golden_batches_and_reports_do_not_change() {
             quirks: true,
             duplicate_lines: &[1001, 3, 1001],
             ids: &[
-                "e597a1c9752bb1afe07445053739f635a0718eb81438c850b0d39a75de22477f",
-                "cc5b37e1ec6e6ad59517f09c3977308354cf681f3bb040d2a5465d3d4890e45b",
-                "606eabf62ed1e756452656fc7fb529877da4da67af7bd39a2f4c28466bee8fe1",
+                "57829126c7a7c09b62079619d6eb412002034511b23d7603c1e939f177daa2b0",
+                "3f64ef89310f0a588ef01741e2d5e8c9d786ac462f5bf0bfc9e61ee8ec38daa0",
+                "eab371c0d2f76744123a16c903c0db9bda70793eb36818404400515387de0e65",
             ],
             rejected_rows: 247,
             problems_by_rule: &[

@@ -124,13 +124,32 @@ pub fn sample_csv(
     bad: usize,
     seed: u64,
 ) -> SampleFile {
+    let mut text = Vec::new();
+    let bad_rows = write_sample_csv(&mut text, schema, origin, period, rows, bad, seed)
+        .expect("writing to memory");
+    SampleFile {
+        text: String::from_utf8(text).expect("UTF-8 fields"),
+        rows,
+        bad_rows,
+    }
+}
+
+/// The export of [`sample_csv`], written to `out` as it is made (for files larger than
+/// memory); returns the bad rows (file line, field).
+pub fn write_sample_csv(
+    out: impl std::io::Write,
+    schema: &Schema,
+    origin: NodeId,
+    period: Period,
+    rows: usize,
+    bad: usize,
+    seed: u64,
+) -> std::io::Result<Vec<(u64, String)>> {
     let mut rng = Rng::new(seed ^ u64::from(origin.code()));
     let mut writer = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
-        .from_writer(Vec::new());
-    writer
-        .write_record(schema.fields.iter().map(|f| f.label.as_str()))
-        .expect("writing to memory");
+        .from_writer(out);
+    writer.write_record(schema.fields.iter().map(|f| f.label.as_str()))?;
     let source_unit_uscc = uscc(&mut rng, "91", origin);
     let bad_every = rows
         .checked_div(bad)
@@ -249,15 +268,10 @@ pub fn sample_csv(
             let field = make_bad(schema, &mut values, bad_rows.len());
             bad_rows.push((line, field));
         }
-        writer.write_record(&values).expect("writing to memory");
+        writer.write_record(&values)?;
     }
-    let text =
-        String::from_utf8(writer.into_inner().expect("flush to memory")).expect("UTF-8 fields");
-    SampleFile {
-        text,
-        rows,
-        bad_rows,
-    }
+    writer.flush()?;
+    Ok(bad_rows)
 }
 
 /// Makes a row of random values keep the category's audit rules, as clean data does: no
