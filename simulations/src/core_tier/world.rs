@@ -2442,3 +2442,100 @@ impl protocol::Verifier for AnySignature {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use node::store::QualityUpdate;
+    use protocol::audit::Finding;
+    use protocol::record::{Problem, Rule, Severity};
+
+    use super::*;
+
+    /// The agreement check is not vacuous: after a clean run it passes, and it fails when a
+    /// node keeps a feedback item open on a withdrawn record, or when one level lacks a
+    /// correction the origin made (as a level that never received it would).
+    #[test]
+    fn a_level_without_a_correction_or_an_item_open_on_a_withdrawn_record_is_caught() {
+        let plan = super::super::plan("jieyang-year", 1).expect("a known scenario");
+        let mut world = World::new(plan, CoreConfig::default());
+        world.run();
+        assert!(world.violation.is_none(), "{:?}", world.violation);
+        world.check_current_versions().expect("a clean run agrees");
+        let national = world.index[&NodeId::NATIONAL];
+        let store = Store::new(world.nodes[national].kv.clone());
+        let group_of = |item: &Item| {
+            let category = protocol::Category::parse(&item.category).expect("a category");
+            (item.origin, category, item.period)
+        };
+
+        // An item opened at the national platform on a record a withdrawal removed.
+        let (group, key, withdrawal) = world
+            .items
+            .iter()
+            .filter(|(_, item)| item.supersedes.is_some() && item.keys.is_empty())
+            .find_map(|(id, item)| {
+                let group = group_of(item);
+                let versions = versions_at(&store, &group).expect("readable");
+                let (key, _) = versions.iter().find(|(_, v)| **v == (*id, true))?;
+                Some((group.clone(), key.clone(), *id))
+            })
+            .expect("seed 1 withdraws a record");
+        let update =
+            |findings: Vec<Finding>, current: Vec<(protocol::RecordKey, bool)>| QualityUpdate {
+                origin: group.0,
+                category: group.1.clone(),
+                period: group.2,
+                batch: withdrawal,
+                reporter: NodeId::NATIONAL,
+                current,
+                findings,
+            };
+        let finding = Finding {
+            key: key.clone(),
+            problem: Problem {
+                field: "CF_XDR_SHXYM".into(),
+                label: "统一社会信用代码".into(),
+                value: String::new(),
+                rule: Rule::Unique,
+                severity: Severity::Warning,
+                message: "planted by the test".into(),
+            },
+        };
+        store
+            .apply_quality(&update(vec![finding], Vec::new()), 0)
+            .expect("written");
+        let message = world.check_current_versions().expect_err("an open item");
+        assert!(
+            message.contains("feedback") && message.contains(&key.0),
+            "{message}"
+        );
+        // Closed by the withdrawal, as the core does: the check passes again.
+        store
+            .apply_quality(&update(Vec::new(), vec![(key, true)]), 0)
+            .expect("written");
+        world.check_current_versions().expect("the item is closed");
+
+        // The national platform loses a correction that is a record's current version.
+        let (key, correction) = world
+            .items
+            .iter()
+            .filter(|(_, item)| item.supersedes.is_some() && !item.keys.is_empty())
+            .find_map(|(id, item)| {
+                let versions = versions_at(&store, &group_of(item)).expect("readable");
+                let (key, _) = versions.iter().find(|(_, v)| **v == (*id, false))?;
+                Some((key.clone(), *id))
+            })
+            .expect("seed 1 corrects a record");
+        assert!(store.forget_batch(&correction).expect("forgotten"));
+        let message = world
+            .check_current_versions()
+            .expect_err("a missing correction");
+        assert!(
+            message.contains("disagree")
+                && message.contains(&key.0)
+                && message.contains(&correction.short())
+                && message.contains("seed 1"),
+            "{message}"
+        );
+    }
+}
