@@ -50,25 +50,46 @@ pub(super) fn assess<K: Kv>(
         .filter(|(other, _)| *other != id)
         .map(|(other, batch)| (*other, batch))
         .collect();
-    let findings = match findings {
-        Some(given) => given,
-        None => match registry.get(&header.category) {
-            Some(schema) => audit::audit(schema, id, batch, &others),
-            None => Vec::new(),
-        },
+    let audited = match (&findings, registry.get(&header.category)) {
+        (None, Some(schema)) => audit::audit(schema, id, batch, &others),
+        _ => Vec::new(),
+    };
+    // A batch that supersedes another can join a chain whose middle link arrived last:
+    // records of other batches then change their current version too (to a withdrawal, say).
+    let before = match header.supersedes {
+        Some(_) => audit::current(&others)
+            .into_iter()
+            .map(|(key, version)| (key.clone(), version.batch))
+            .collect(),
+        None => std::collections::BTreeMap::new(),
     };
     let mut all = others;
     all.push((id, batch));
-    let current = audit::current(&all)
-        .into_iter()
-        .filter(|(_, version)| version.batch == id)
-        .map(|(key, version)| {
-            (
-                key.clone(),
-                matches!(version.state, audit::State::Withdrawn(_)),
-            )
+    let view = audit::current(&all);
+    let withdrawn =
+        |version: &audit::Current<'_>| matches!(version.state, audit::State::Withdrawn(_));
+    // The keys this batch now holds the current version of, and those it made another
+    // batch's withdrawal current (whose items close too).
+    let current: Vec<(protocol::RecordKey, bool)> = view
+        .iter()
+        .filter(|(key, version)| {
+            version.batch == id
+                || (withdrawn(version) && before.get(*key).is_some_and(|b| *b != version.batch))
         })
+        .map(|(key, version)| ((*key).clone(), withdrawn(version)))
         .collect();
+    // Findings made elsewhere (the parent's, on an own batch) open items only on records
+    // whose current version is this batch's here: an item opens on a current version.
+    let findings = match findings {
+        Some(given) => given
+            .into_iter()
+            .filter(|f| {
+                view.get(&f.key)
+                    .is_some_and(|v| v.batch == id && !withdrawn(v))
+            })
+            .collect(),
+        None => audited,
+    };
     Ok(Assessed {
         update: QualityUpdate {
             origin: header.origin,

@@ -30,7 +30,8 @@ pub struct QualityUpdate {
     /// Who made the findings: this node, or the parent for the origin's own batch.
     pub reporter: NodeId,
     /// The keys whose current version this batch now holds, `true` where it withdraws the
-    /// record.
+    /// record; and, `true`, the keys it made another batch's withdrawal current for (a
+    /// correction arriving after the withdrawal that supersedes it).
     pub current: Vec<(RecordKey, bool)>,
     pub findings: Vec<Finding>,
 }
