@@ -291,8 +291,11 @@ struct Held {
     /// Each data batch's record keys (with its period) and the batch it supersedes: read
     /// only when more than one data batch is held (a lone batch carries each key once and
     /// corrects nothing held).
-    versions: HashMap<BatchId, (Option<BatchId>, Vec<(Period, RecordKey)>)>,
+    versions: HashMap<BatchId, Version>,
 }
+
+/// What a data batch supersedes, and the records (period, key) it carries.
+type Version = (Option<BatchId>, Vec<(Period, RecordKey)>);
 
 impl Held {
     /// The records the held data batches `ids` deliver: each record once, however many

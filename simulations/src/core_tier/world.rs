@@ -2120,7 +2120,7 @@ type Group = (NodeId, protocol::Category, Period);
 
 /// The current version of each record of a [`Group`] at one node: the batch holding it, and
 /// whether it withdraws the record.
-type Versions = BTreeMap<protocol::RecordKey, (BatchId, bool)>;
+type Versions = BTreeMap<protocol::RecordKey, Version>;
 
 /// The current versions of `group` read from `store`.
 fn versions_at(store: &Store<MemKv>, group: &Group) -> Result<Versions, String> {
@@ -2138,22 +2138,21 @@ fn versions_at(store: &Store<MemKv>, group: &Group) -> Result<Versions, String> 
         .collect())
 }
 
+/// One record's current version: the batch holding it, and whether it withdraws it.
+type Version = (BatchId, bool);
+
 /// The first key whose current version differs between `a` and `b`, with each side's.
 fn first_difference(
     a: &Versions,
     b: &Versions,
-) -> Option<(
-    protocol::RecordKey,
-    Option<(BatchId, bool)>,
-    Option<(BatchId, bool)>,
-)> {
+) -> Option<(protocol::RecordKey, Option<Version>, Option<Version>)> {
     a.keys()
         .chain(b.keys())
         .find(|key| a.get(*key) != b.get(*key))
         .map(|key| (key.clone(), a.get(key).copied(), b.get(key).copied()))
 }
 
-fn describe(version: Option<(BatchId, bool)>) -> String {
+fn describe(version: Option<Version>) -> String {
     match version {
         None => "no version of it".to_owned(),
         Some((id, false)) => format!("the record in batch {}", id.short()),
