@@ -1721,6 +1721,18 @@ impl<K: Kv> Core<K> {
         })?;
         let receipt = self.own_receipt(&signed, Verdict::Accepted { warnings: 0 }, now);
         let targets = self.forward_targets();
+        // An own withdrawal closes the origin's items on the records it withdraws at once
+        // (the parent's findings on it may never come back: its receipt can arrive by
+        // reconciliation); items on corrected records wait for the parent's audit.
+        let quality = match &content {
+            Content::Data(batch) if batch.header.supersedes.is_some() => {
+                let mut assessed =
+                    quality::assess(&self.store, self.registry, me, id, batch, Some(Vec::new()))?;
+                assessed.update.current.retain(|(_, withdrawn)| *withdrawn);
+                Some(assessed.update)
+            }
+            _ => None,
+        };
         let new = self.store.insert_batch(
             &signed,
             &content,
@@ -1728,7 +1740,7 @@ impl<K: Kv> Core<K> {
             &receipt,
             None,
             &targets,
-            None,
+            quality.as_ref(),
             now.wall_ms,
         )?;
         let seq = if new {
