@@ -153,6 +153,20 @@ struct Item {
     supersedes: Option<BatchId>,
 }
 
+impl Item {
+    /// What the simulator knows of a data batch it made.
+    fn data(batch: &Batch) -> Item {
+        Item {
+            origin: batch.header.origin,
+            category: batch.header.category.to_string(),
+            period: batch.header.period,
+            manifest: false,
+            keys: batch.records.iter().map(|r| r.key.clone()).collect(),
+            supersedes: batch.header.supersedes,
+        }
+    }
+}
+
 struct SimLink {
     child: usize,
     parent: usize,
@@ -816,17 +830,7 @@ impl World {
                         .batch(&category, period, origin, salt, &self.nodes[n].signer);
                 let id = signed.id;
                 let batch = Batch::decode(&signed.bytes).expect("a batch the workload made");
-                self.items.insert(
-                    id,
-                    Item {
-                        origin,
-                        category: category.clone(),
-                        period,
-                        manifest: false,
-                        keys: batch.records.iter().map(|r| r.key.clone()).collect(),
-                        supersedes: None,
-                    },
-                );
+                self.items.insert(id, Item::data(&batch));
                 if let Some(chain) = self.chains.get_mut(&s)
                     && chain.is_empty()
                 {
@@ -903,17 +907,7 @@ impl World {
                 let signed =
                     SignedBatch::seal_with(&batch, &self.nodes[n].signer).expect("a small batch");
                 let id = signed.id;
-                self.items.insert(
-                    id,
-                    Item {
-                        origin,
-                        category: category.clone(),
-                        period,
-                        manifest: false,
-                        keys: batch.records.iter().map(|r| r.key.clone()).collect(),
-                        supersedes: batch.header.supersedes,
-                    },
-                );
+                self.items.insert(id, Item::data(&batch));
                 let chain = self.chains.get_mut(&of).expect("made by next_version");
                 if !chain.iter().any(|(made, _, _)| *made == s) {
                     chain.push((s, id, batch));
