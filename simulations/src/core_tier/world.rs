@@ -2013,61 +2013,44 @@ impl World {
             .iter()
             .map(|node| Store::new(node.kv.clone()))
             .collect();
-        // The held data batches of each node, by group. A batch is the same bytes wherever it
-        // is held (content-addressed): each is decoded once, from the first store read.
-        let mut decoded: HashMap<BatchId, Batch> = HashMap::new();
-        let mut held: Vec<BTreeMap<Group, Vec<BatchId>>> = Vec::new();
-        for (n, node) in self.nodes.iter().enumerate() {
-            let mut groups: BTreeMap<Group, Vec<BatchId>> = BTreeMap::new();
-            for entry in stores[n].held() {
-                let (id, meta) = entry.map_err(|e| format!("{}'s store: {e}", node.id))?;
-                if meta.kind != protocol::ContentKind::Data {
-                    continue;
+        let data_groups = |store: &Store<MemKv>, me: NodeId, own: bool| {
+            let mut groups: BTreeSet<Group> = BTreeSet::new();
+            for entry in store.held() {
+                let (_, meta) = entry.map_err(|e| format!("{me}'s store: {e}"))?;
+                if meta.kind == protocol::ContentKind::Data && (meta.origin == me) == own {
+                    groups.insert((meta.origin, meta.category, meta.period));
                 }
-                if let std::collections::hash_map::Entry::Vacant(entry) = decoded.entry(id) {
-                    let batch = stores[n]
-                        .held_data_batch(&id)
-                        .map_err(|e| format!("{}'s store: {e}", node.id))?
-                        .ok_or_else(|| {
-                            format!("{} lists {} without its bytes", node.id, id.short())
-                        })?;
-                    entry.insert(batch);
-                }
-                groups
-                    .entry((meta.origin, meta.category, meta.period))
-                    .or_default()
-                    .push(id);
             }
-            held.push(groups);
-        }
-        let versions_of = |ids: &[BatchId]| -> Versions {
-            let all: Vec<(BatchId, &Batch)> = ids.iter().map(|id| (*id, &decoded[id])).collect();
-            versions(&all)
+            Ok::<_, String>(groups)
         };
         // What each origin holds of its own data.
         let mut reference: BTreeMap<Group, Versions> = BTreeMap::new();
         for (o, node) in self.nodes.iter().enumerate() {
-            for (group, ids) in &held[o] {
-                if group.0 == node.id {
-                    reference.insert(group.clone(), versions_of(ids));
-                }
+            for group in data_groups(&stores[o], node.id, true)? {
+                let versions = versions_at(&stores[o], &group)?;
+                reference.insert(group, versions);
             }
         }
         let mut checked = 0u64;
         let mut items = [0u64; 2];
         for (n, node) in self.nodes.iter().enumerate() {
             let me = node.id;
-            let mut groups: BTreeSet<&Group> = held[n].keys().filter(|g| g.0 != me).collect();
-            groups.extend(reference.keys().filter(|(origin, _, _)| {
-                *origin != me && node::core::reconcile::in_subtree(topology, me, *origin)
-            }));
+            let mut groups = data_groups(&stores[n], me, false)?;
+            groups.extend(
+                reference
+                    .keys()
+                    .filter(|(origin, _, _)| {
+                        *origin != me && node::core::reconcile::in_subtree(topology, me, *origin)
+                    })
+                    .cloned(),
+            );
             let mut here: BTreeMap<Group, Versions> = BTreeMap::new();
             for group in groups {
-                let versions = versions_of(held[n].get(group).map_or(&[][..], Vec::as_slice));
+                let versions = versions_at(&stores[n], &group)?;
                 let empty = Versions::new();
-                let origin = reference.get(group).unwrap_or(&empty);
+                let origin = reference.get(&group).unwrap_or(&empty);
                 if let Some((key, mine, theirs)) = first_difference(&versions, origin) {
-                    let (o, category, period) = group;
+                    let (o, category, period) = &group;
                     return Err(format!(
                         "current versions (seed {seed}): {me} and the origin {o} disagree on {category} {period} record {key}: {me} has {}, {o} has {}",
                         describe(mine),
@@ -2075,7 +2058,7 @@ impl World {
                     ));
                 }
                 checked += versions.len() as u64;
-                here.insert(group.clone(), versions);
+                here.insert(group, versions);
             }
             for item in stores[n].feedback(None) {
                 let item = item.map_err(|e| format!("{me}'s feedback: {e}"))?;
@@ -2086,9 +2069,7 @@ impl World {
                 let group = (item.origin, item.category.clone(), item.period);
                 let current = match here.get(&group).or_else(|| reference.get(&group)) {
                     Some(versions) => versions.get(&item.key).copied(),
-                    None => versions_of(held[n].get(&group).map_or(&[][..], Vec::as_slice))
-                        .get(&item.key)
-                        .copied(),
+                    None => versions_at(&stores[n], &group)?.get(&item.key).copied(),
                 };
                 if let Some((by, true)) = current {
                     return Err(format!(
@@ -2135,26 +2116,20 @@ type Group = (NodeId, protocol::Category, Period);
 /// whether it withdraws the record.
 type Versions = BTreeMap<protocol::RecordKey, Version>;
 
-/// The current versions among `batches` (one group's held data batches).
-fn versions(batches: &[(BatchId, &Batch)]) -> Versions {
-    protocol::audit::current(batches)
-        .into_iter()
-        .map(|(key, version)| {
-            let withdrawn = matches!(version.state, protocol::audit::State::Withdrawn(_));
-            (key.clone(), (version.batch, withdrawn))
-        })
-        .collect()
-}
-
-/// The current versions of `group` read from `store`, as the core reads them.
-#[cfg(test)]
+/// The current versions of `group` read from `store`.
 fn versions_at(store: &Store<MemKv>, group: &Group) -> Result<Versions, String> {
     let (origin, category, period) = group;
     let held = store
         .data_batches(*origin, *period, category)
         .map_err(|e| format!("the data batches of {origin} {category} {period}: {e}"))?;
     let all: Vec<(BatchId, &Batch)> = held.iter().map(|(id, batch)| (*id, batch)).collect();
-    Ok(versions(&all))
+    Ok(protocol::audit::current(&all)
+        .into_iter()
+        .map(|(key, version)| {
+            let withdrawn = matches!(version.state, protocol::audit::State::Withdrawn(_));
+            (key.clone(), (version.batch, withdrawn))
+        })
+        .collect())
 }
 
 /// One record's current version: the batch holding it, and whether it withdraws it.
