@@ -16,7 +16,7 @@
 //!
 //! Pure: reads the store through the [`Kv`] seam and takes the time as an argument.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use protocol::ids::{BatchId, Category, NodeId, Period};
 use protocol::schema::Cadence;
@@ -352,6 +352,23 @@ pub fn ledger<K: Kv>(
     now_ms: u64,
     config: LedgerConfig,
 ) -> Result<Vec<Entry>, StoreError> {
+    ledger_of(store, topology, me, period, category, None, now_ms, config)
+}
+
+/// [`ledger`], of the reporters in `reporters` only (every reporter without it): a page of
+/// the dashboard's heat map judges only the rows it shows.
+#[allow(clippy::too_many_arguments)]
+pub fn ledger_of<K: Kv>(
+    store: &Store<K>,
+    topology: &Topology,
+    me: NodeId,
+    period: Period,
+    category: Option<&Category>,
+    reporters: Option<&BTreeSet<NodeId>>,
+    now_ms: u64,
+    config: LedgerConfig,
+) -> Result<Vec<Entry>, StoreError> {
+    let only = reporters;
     let registry = protocol::Registry::builtin();
     let mut entries = Vec::new();
     for schedule in topology.schedules() {
@@ -366,7 +383,9 @@ pub fn ledger<K: Kv>(
         let reporters = topology.reporters(schedule);
         for reporter in reporters {
             let allocation = schedule.allocation_of(reporter).map(Allocation::from);
-            if !topology.path_to_national(reporter).contains(&me) {
+            if !topology.path_to_national(reporter).contains(&me)
+                || only.is_some_and(|only| !only.contains(&reporter))
+            {
                 continue;
             }
             let periods: Vec<Period> = match (cadence, period) {
