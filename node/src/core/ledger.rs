@@ -255,17 +255,6 @@ pub fn due_ms(period: Period, cadence: Cadence, due_day: u16) -> u64 {
     cst_midnight_ms(days)
 }
 
-/// Whether `inner` lies within `outer` (a day within its month, or the same period).
-fn within(inner: Period, outer: Period) -> bool {
-    match (inner, outer) {
-        (a, b) if a == b => true,
-        (Period::Day { year, month, .. }, Period::Month { year: y, month: m }) => {
-            year == y && month == m
-        }
-        _ => false,
-    }
-}
-
 /// The months before `period`, newest first.
 fn previous_months(period: Period, count: u32) -> Vec<Period> {
     let (mut year, mut month) = match period {
@@ -340,11 +329,8 @@ fn held_for<K: Kv>(
         manifests: Vec::new(),
         versions: HashMap::new(),
     };
-    for entry in store.held_of(reporter) {
+    for entry in store.held_in_period(reporter, category, period) {
         let (id, meta) = entry?;
-        if meta.category != *category || !within(meta.period, period) {
-            continue;
-        }
         if meta.kind == ContentKind::Manifest {
             let Some(signed) = store.batch(&id)? else {
                 continue;
@@ -408,6 +394,23 @@ pub fn ledger<K: Kv>(
     now_ms: u64,
     config: LedgerConfig,
 ) -> Result<Vec<Entry>, StoreError> {
+    ledger_of(store, topology, me, period, category, None, now_ms, config)
+}
+
+/// [`ledger`], of the reporters in `reporters` only (every reporter without it): a page of
+/// the dashboard's heat map judges only the rows it shows.
+#[allow(clippy::too_many_arguments)]
+pub fn ledger_of<K: Kv>(
+    store: &Store<K>,
+    topology: &Topology,
+    me: NodeId,
+    period: Period,
+    category: Option<&Category>,
+    reporters: Option<&BTreeSet<NodeId>>,
+    now_ms: u64,
+    config: LedgerConfig,
+) -> Result<Vec<Entry>, StoreError> {
+    let only = reporters;
     let registry = protocol::Registry::builtin();
     let mut entries = Vec::new();
     for schedule in topology.schedules() {
@@ -422,7 +425,9 @@ pub fn ledger<K: Kv>(
         let reporters = topology.reporters(schedule);
         for reporter in reporters {
             let allocation = schedule.allocation_of(reporter).map(Allocation::from);
-            if !topology.path_to_national(reporter).contains(&me) {
+            if !topology.path_to_national(reporter).contains(&me)
+                || only.is_some_and(|only| !only.contains(&reporter))
+            {
                 continue;
             }
             let periods: Vec<Period> = match (cadence, period) {

@@ -229,6 +229,8 @@ pub struct LinkStatus {
     pub in_flight: usize,
     pub batches_sent: u64,
     pub batches_received: u64,
+    /// Wall time the last batch arrived on this link (a link to a child).
+    pub last_batch_ms: Option<u64>,
 }
 
 /// Why the core could not do what an input asked. The link stays as it was unless said.
@@ -561,6 +563,7 @@ impl<K: Kv> Core<K> {
                 in_flight: 0,
                 batches_sent: 0,
                 batches_received: 0,
+                last_batch_ms: None,
             })
     }
 
@@ -1275,7 +1278,9 @@ impl<K: Kv> Core<K> {
         let child = slot.machine.child();
         let id = signed.id;
         slot.machine.handle_batch_arrived(&id);
-        self.link_status(child, "down", now).batches_received += 1;
+        let status = self.link_status(child, "down", now);
+        status.batches_received += 1;
+        status.last_batch_ms = Some(now.wall_ms);
         let result = self.receive(link, child, signed, first_receipt, now);
         self.flush_links(now);
         result

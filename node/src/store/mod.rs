@@ -756,6 +756,41 @@ impl<K: Kv> Store<K> {
         })
     }
 
+    /// The batches and manifests of `category` that `origin` originated for `period` (a
+    /// month: its days too), read from the index range of the period alone: metadata is
+    /// decoded only for those of the category. What the ledger judges a report by.
+    pub fn held_in_period<'a>(
+        &'a self,
+        origin: NodeId,
+        category: &'a Category,
+        period: Period,
+    ) -> impl Iterator<Item = Result<(BatchId, BatchMeta), StoreError>> + 'a {
+        let mut prefix = origin.to_be_bytes().to_vec();
+        let period_bytes = period.key_bytes();
+        match period {
+            Period::Month { .. } => prefix.extend(&period_bytes[..3]),
+            Period::Day { .. } => prefix.extend(period_bytes),
+        }
+        self.scan_prefix(Tree::Held, prefix)
+            .filter_map(move |entry| {
+                let key = match entry {
+                    Ok((key, _)) => key,
+                    Err(e) => return Some(Err(e)),
+                };
+                // origin (4) | period (4) | category | 0 | id (32)
+                let named = key.get(8..key.len().saturating_sub(33))?;
+                (named == category.as_str().as_bytes()).then(|| Ok(held_key_id(&key)))
+            })
+            .map(move |id| {
+                let id = id?;
+                let meta = self.meta(&id)?.ok_or_else(|| StoreError::Decode {
+                    tree: "held",
+                    message: format!("index names {id} but no metadata is stored"),
+                })?;
+                Ok((id, meta))
+            })
+    }
+
     /// The ids of the batches and manifests `origin` originated for periods of `year`, each
     /// with its period's key bytes (`[year hi, year lo, month, day]`), read from the index
     /// keys alone (no metadata is decoded).
