@@ -999,6 +999,10 @@ fn topology_command(
 }
 
 async fn run_node(dir: PathBuf, topology: PathBuf) -> anyhow::Result<()> {
+    // One node per process: its counters are this process's.
+    if let Err(e) = node::metrics::install() {
+        tracing::warn!(error = %e, "Prometheus metrics are off");
+    }
     let node = node::runtime::start(&dir, &topology, protocol::sync::SyncConfig::default()).await?;
     let api_node = node.clone();
     let api_dir = dir.clone();

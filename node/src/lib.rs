@@ -10,6 +10,7 @@ pub mod figures;
 pub mod identity;
 pub mod ingest;
 pub mod ledger_view;
+pub mod metrics;
 pub mod progress;
 pub mod progress_view;
 pub mod quality_view;
