@@ -1,19 +1,24 @@
 //! `/metrics` end to end, with real processes on 127.0.0.1 (province, city, one county): the
 //! node's HTTP address comes from its `status`; a scrape is a plain HTTP/1.1 GET. Batches
 //! submitted at the county move the city's received counters and the county's sent counters
-//! by exactly what moved, the receipt latency is a histogram, and every line is Prometheus
-//! text exposition.
+//! by exactly what moved, the receipt latency is a histogram, the city's ledger gauges move
+//! the county's report from pending to on time, and every line is Prometheus text exposition.
+//!
+//! The city's wall clock is set (`CREDIT_NODE_CLOCK_OFFSET_MS`) to the middle of the month
+//! reported, so "the current month" of its ledger gauges is that month whatever day the test
+//! runs.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cluster::{Cluster, wait_until};
 use protocol::{NodeId, Period, Registry};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
-const PERIOD: &str = "2026-05";
+/// A month that has begun on any day the test runs (`submit` refuses future periods).
+const PERIOD: &str = "2025-05";
 const BATCHES: usize = 4;
 
 fn id(text: &str) -> NodeId {
@@ -35,10 +40,11 @@ fn scrape(address: &str) -> anyhow::Result<String> {
     let mut stream = TcpStream::connect(address)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
+    // One write: the request arrives whole.
+    let request = format!(
         "GET /metrics HTTP/1.1\r\nHost: {address}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
-    )?;
+    );
+    stream.write_all(request.as_bytes())?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
     let response = String::from_utf8(response)?;
@@ -260,7 +266,7 @@ fn counted(
 fn counters_move_when_batches_move_and_the_text_is_prometheus_exposition() {
     let root = tempfile::tempdir().unwrap();
     let (province, city, county) = (id("440000"), id("445200"), id("445281"));
-    let mut cluster = Cluster::create(
+    let mut cluster = Cluster::init(
         &credit_e2e::binary(),
         root.path(),
         &[
@@ -271,6 +277,22 @@ fn counters_move_when_batches_move_and_the_text_is_prometheus_exposition() {
         ],
     )
     .unwrap();
+    // Water fees are owed monthly, due on the 10th of the next month.
+    cluster.schedules.push(topology::Schedule::new(
+        protocol::Category::parse("water_fee").unwrap(),
+        topology::Cadence::Monthly,
+        10,
+        Vec::new(),
+    ));
+    cluster.write_topology().unwrap();
+    let mid_month = topology::admission::Date::new(2025, 5, 15)
+        .unwrap()
+        .start_ms() as i64;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    cluster.members.get_mut(&city).unwrap().clock_offset_ms = Some(mid_month - now_ms);
     for node in [province, city, county] {
         cluster.start(node).unwrap();
     }
@@ -300,6 +322,11 @@ fn counters_move_when_batches_move_and_the_text_is_prometheus_exposition() {
         ),
         1.0,
         "the county's endpoint is the county's"
+    );
+    let ledger = |state| [("period", "current"), ("state", state)];
+    assert!(
+        value(&city_before, "credit_ledger_reports", &ledger("pending")) >= 1.0,
+        "the county owes this month's water fees"
     );
 
     // Four batches at the county.
@@ -435,13 +462,26 @@ fn counters_move_when_batches_move_and_the_text_is_prometheus_exposition() {
                 && s.labels.get("reason").map(String::as_str) == Some("records")),
         "refusal reasons are shown from zero"
     );
-    // The link came up with a reconciliation of batches; the ledger is there by state.
+    // The link came up with a reconciliation of batches.
     assert!(value(&county_after, "credit_reconcile_sessions_total", &sent) >= 1.0);
-    assert!(
-        city_after.keys().any(|s| s.name == "credit_ledger_reports"
-            && s.labels.get("period").map(String::as_str) == Some("current")
-            && s.labels.get("state").map(String::as_str) == Some("missing")),
-        "the ledger's states are shown"
+    // The county's report for the month arrived before its deadline.
+    assert_eq!(
+        counted(
+            &city_after,
+            &city_before,
+            "credit_ledger_reports",
+            &ledger("on_time")
+        ),
+        1.0
+    );
+    assert_eq!(
+        counted(
+            &city_after,
+            &city_before,
+            "credit_ledger_reports",
+            &ledger("pending")
+        ),
+        -1.0
     );
 }
 
