@@ -296,7 +296,7 @@ fn held_for<K: Kv>(
         data: Vec::new(),
         manifests: Vec::new(),
     };
-    for entry in store.held_of(reporter) {
+    for entry in store.held_within(reporter, category, period) {
         let (id, meta) = entry?;
         if meta.category != *category || !within(meta.period, period) {
             continue;
