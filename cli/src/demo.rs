@@ -43,16 +43,19 @@ pub fn jieyang_nodes() -> Vec<(&'static str, &'static str, Option<&'static str>)
     nodes
 }
 
-pub async fn live_demo(out: &mut impl Write) -> anyhow::Result<()> {
+/// Runs the demo; with `keep`, leaves the network running until Ctrl-C so its dashboards can
+/// be opened.
+pub async fn live_demo(out: &mut impl Write, keep: bool) -> anyhow::Result<()> {
     let binary = std::env::current_exe().context("finding this binary")?;
     let root = tempfile::Builder::new().prefix("credit-demo-").tempdir()?;
-    tokio::task::block_in_place(|| run(out, &binary, root.path()))
+    tokio::task::block_in_place(|| run(out, &binary, root.path(), keep))
 }
 
 fn run(
     out: &mut impl Write,
     binary: &std::path::Path,
     root: &std::path::Path,
+    keep: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let period = Period::parse("2022-05")?;
@@ -61,7 +64,17 @@ fn run(
         "credit network demo: Jieyang (揭阳市), period {period}, in {}",
         root.display()
     )?;
-    let mut cluster = Cluster::create(binary, root, &jieyang_nodes())?;
+    let mut cluster = Cluster::init(binary, root, &jieyang_nodes())?;
+    // Both categories are owed monthly by the 10th: the dashboard's heat map shows them.
+    for category in CATEGORIES {
+        cluster.schedules.push(topology::Schedule::new(
+            protocol::Category::parse(category)?,
+            topology::Cadence::Monthly,
+            10,
+            Vec::new(),
+        ));
+    }
+    cluster.write_topology()?;
     for member in cluster.members.values() {
         writeln!(
             out,
@@ -81,6 +94,21 @@ fn run(
     )?;
 
     let province = NodeId::parse("440000")?;
+    let dashboard = format!(
+        "http://{}/?category={}&year={}",
+        cluster.http_address(province)?,
+        CATEGORIES[0],
+        &period.to_string()[..4]
+    );
+    writeln!(
+        out,
+        "the province's dashboard: {dashboard}{}",
+        if keep {
+            ""
+        } else {
+            "  (open it while the demo runs, or run `credit-node demo --keep`)"
+        }
+    )?;
     let mut expected: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut batch_ids = Vec::new();
     let mut refused_rows = Vec::new();
@@ -204,6 +232,17 @@ fn run(
     )?;
     for row in &refused_rows {
         writeln!(out, "  {row}")?;
+    }
+    if keep {
+        writeln!(
+            out,
+            "\nthe network keeps running: open {dashboard}\n(every node serves its own dashboard: `credit-node status --dir {}/<id>` shows its address). Ctrl-C stops it.",
+            root.display()
+        )?;
+        out.flush()?;
+        tokio::runtime::Handle::current()
+            .block_on(tokio::signal::ctrl_c())
+            .context("waiting for Ctrl-C")?;
     }
     cluster.stop_all();
     writeln!(

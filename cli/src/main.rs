@@ -110,13 +110,16 @@ enum Command {
     },
     /// Run the node: listen for children, dial the parent, move batches up.
     #[command(
-        after_help = "Example:\n  credit-node run --dir ./puning --topology ./jieyang.toml\n\nSend SIGHUP to reload the topology file; a file that does not validate is refused and the node keeps the topology it has."
+        after_help = "Example:\n  credit-node run --dir ./puning --topology ./jieyang.toml\n  credit-node run --dir ./guangdong --topology ./guangdong.toml --http 127.0.0.1:9464\n\nSend SIGHUP to reload the topology file; a file that does not validate is refused and the node keeps the topology it has.\nThe dashboard and Prometheus metrics (/metrics) are served on --http: loopback on a free port by default (`credit-node status` shows it); `--http off` serves nothing."
     )]
     Run {
         #[arg(long)]
         dir: PathBuf,
         #[arg(long)]
         topology: PathBuf,
+        /// Where the dashboard and /metrics listen (ADDR:PORT; port 0 picks a free one), or `off`.
+        #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_http)]
+        http: HttpListen,
     },
     /// Ingest a CSV export and hand its batches to the running node, which sends them up.
     #[command(
@@ -322,8 +325,14 @@ enum Command {
     Topology(TopologyCommand),
     /// The live demo: a Jieyang-shaped network on loopback (province, city, five counties),
     /// real QUIC and sled stores in a temporary folder; a month of water and gas fees moves up.
-    #[command(after_help = "Example:\n  credit-node demo")]
-    Demo,
+    #[command(
+        after_help = "Example:\n  credit-node demo\n  credit-node demo --keep    # then open the province's dashboard it prints"
+    )]
+    Demo {
+        /// Keep the network running after the demo, until Ctrl-C, to look at its dashboards.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -587,10 +596,14 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let file = sample::sample_csv(schema, origin, period, rows, bad, seed);
             out.write_all(file.text.as_bytes())?;
         }
-        Command::Run { dir, topology } => {
+        Command::Run {
+            dir,
+            topology,
+            http,
+        } => {
             raise_open_files_limit();
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(run_node(dir, topology))?;
+            runtime.block_on(run_node(dir, topology, http))?;
         }
         Command::Submit {
             file,
@@ -875,9 +888,9 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             )?;
         }
         Command::Topology(command) => return topology_command(&mut out, command),
-        Command::Demo => {
+        Command::Demo { keep } => {
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(demo::live_demo(&mut out))?;
+            runtime.block_on(demo::live_demo(&mut out, keep))?;
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -998,12 +1011,49 @@ fn topology_command(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-async fn run_node(dir: PathBuf, topology: PathBuf) -> anyhow::Result<()> {
-    // One node per process: its counters are this process's.
-    if let Err(e) = node::metrics::install() {
+/// `run --http`: where the dashboard listens, or nowhere.
+#[derive(Debug, Clone, Copy)]
+enum HttpListen {
+    At(std::net::SocketAddr),
+    Off,
+}
+
+fn parse_http(text: &str) -> Result<HttpListen, String> {
+    if text == "off" {
+        return Ok(HttpListen::Off);
+    }
+    text.parse().map(HttpListen::At).map_err(|e| {
+        format!(
+            "{e}: give an address and port such as 127.0.0.1:9464 (port 0: any free port), or `off`"
+        )
+    })
+}
+
+async fn run_node(dir: PathBuf, topology: PathBuf, http: HttpListen) -> anyhow::Result<()> {
+    // The dashboard's address is taken before the node starts: an address in use stops the
+    // start with the reason, not a node running without the view its operator asked for.
+    let listener = match http {
+        HttpListen::At(addr) => Some(node::http::bind(addr).await?),
+        HttpListen::Off => None,
+    };
+    // One node per process: the recorder's values are this node's. Only for a node that
+    // serves /metrics.
+    if listener.is_some()
+        && let Err(e) = node::metrics::install()
+    {
         tracing::warn!(error = %e, "Prometheus metrics are off");
     }
     let node = node::runtime::start(&dir, &topology, protocol::sync::SyncConfig::default()).await?;
+    if let Some(listener) = listener {
+        // Known before the operator API answers: `status` shows it from the first request.
+        let _ = node.http.set(listener.local_addr()?);
+        let http_node = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node::http::serve(http_node, listener).await {
+                tracing::error!(error = %e, "the dashboard stopped; the node goes on syncing");
+            }
+        });
+    }
     let api_node = node.clone();
     let api_dir = dir.clone();
     tokio::spawn(async move {

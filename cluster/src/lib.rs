@@ -318,6 +318,15 @@ impl Cluster {
         }
     }
 
+    /// Where a running node's dashboard listens (`host:port`), from its `status`.
+    pub fn http_address(&self, id: NodeId) -> anyhow::Result<String> {
+        let status = self.status(id)?;
+        status["http"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("node {id} serves no dashboard (status: {status})"))
+    }
+
     pub fn status(&self, id: NodeId) -> anyhow::Result<Value> {
         Ok(node::api::call(
             &self.member(id).dir,

@@ -663,7 +663,7 @@ async fn answer(node: &Arc<Node>, request: ApiRequest) -> Result<Value, AnswerEr
     })
 }
 
-fn status(node: &Node) -> Result<Value, StoreError> {
+pub(crate) fn status(node: &Node) -> Result<Value, StoreError> {
     let topology = current(&node.topology);
     let me = topology.node(node.me);
     let mut tally: std::collections::BTreeMap<(NodeId, String, String), (u64, u64)> =
@@ -712,6 +712,7 @@ fn status(node: &Node) -> Result<Value, StoreError> {
         "name": me.map(|n| n.name.clone()),
         "role": me.map(|n| n.role.to_string()),
         "topology_version": topology.version,
+        "http": node.http.get().map(ToString::to_string),
         "links": links,
         "held": tally.into_iter().map(|((origin, category, period), (batches, records))| json!({
             "origin": origin.to_string(),
@@ -725,10 +726,64 @@ fn status(node: &Node) -> Result<Value, StoreError> {
     }))
 }
 
-fn audit_json(entry: &crate::store::AuditEntry) -> Value {
+pub(crate) fn audit_json(entry: &crate::store::AuditEntry) -> Value {
     use crate::store::AuditEvent;
     let mut value = json!({"seq": entry.seq, "at_ms": entry.at_ms});
     match &entry.event {
+        AuditEvent::Started { topology_version } => {
+            value["kind"] = json!("started");
+            value["topology_version"] = json!(topology_version);
+        }
+        AuditEvent::BatchSubmitted {
+            batch,
+            category,
+            period,
+            records,
+        } => {
+            value["kind"] = json!("submitted");
+            value["batch"] = json!(batch.to_hex());
+            value["category"] = json!(category.to_string());
+            value["period"] = json!(period.to_string());
+            value["records"] = json!(records);
+        }
+        AuditEvent::BatchAccepted {
+            batch,
+            origin,
+            from,
+        } => {
+            value["kind"] = json!("accepted");
+            value["batch"] = json!(batch.to_hex());
+            value["origin"] = json!(origin.to_string());
+            value["from"] = json!(from.to_string());
+        }
+        AuditEvent::BatchRefused {
+            batch,
+            from,
+            reason,
+        } => {
+            value["kind"] = json!("refused");
+            value["batch"] = json!(batch.to_hex());
+            value["from"] = json!(from.to_string());
+            value["reason"] = json!(reason);
+        }
+        AuditEvent::ReceiptStored {
+            batch,
+            receiver,
+            accepted,
+        } => {
+            value["kind"] = json!("receipt");
+            value["batch"] = json!(batch.to_hex());
+            value["receiver"] = json!(receiver.to_string());
+            value["accepted"] = json!(accepted);
+        }
+        AuditEvent::TopologyApplied { version } => {
+            value["kind"] = json!("topology_applied");
+            value["version"] = json!(version);
+        }
+        AuditEvent::TopologyRefused { reason } => {
+            value["kind"] = json!("topology_refused");
+            value["reason"] = json!(reason);
+        }
         AuditEvent::Path { peer, up } => {
             value["kind"] = json!("path");
             value["peer"] = json!(peer.to_string());

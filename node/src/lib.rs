@@ -7,6 +7,7 @@
 pub mod api;
 pub mod core;
 pub mod figures;
+pub mod http;
 pub mod identity;
 pub mod ingest;
 pub mod ledger_view;

@@ -14,11 +14,15 @@
 //! - event: the month's manifest `due_day` days after the month ends, and each event's batch
 //!   `due_day` days after its event day.
 //!
+//! Records are counted by key: a correction carries new versions of records already
+//! delivered and adds none, a withdrawal takes none back.
+//!
 //! Pure: reads the store through the [`Kv`] seam and takes the time as an argument.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use protocol::ids::{BatchId, Category, NodeId, Period};
+use protocol::record::RecordKey;
 use protocol::schema::Cadence;
 use protocol::{Content, ContentKind, Manifest};
 use serde::Serialize;
@@ -251,17 +255,6 @@ pub fn due_ms(period: Period, cadence: Cadence, due_day: u16) -> u64 {
     cst_midnight_ms(days)
 }
 
-/// Whether `inner` lies within `outer` (a day within its month, or the same period).
-fn within(inner: Period, outer: Period) -> bool {
-    match (inner, outer) {
-        (a, b) if a == b => true,
-        (Period::Day { year, month, .. }, Period::Month { year: y, month: m }) => {
-            year == y && month == m
-        }
-        _ => false,
-    }
-}
-
 /// The months before `period`, newest first.
 fn previous_months(period: Period, count: u32) -> Vec<Period> {
     let (mut year, mut month) = match period {
@@ -284,6 +277,45 @@ fn previous_months(period: Period, count: u32) -> Vec<Period> {
 struct Held {
     data: Vec<(BatchId, BatchMeta)>,
     manifests: Vec<(BatchId, BatchMeta, Manifest)>,
+    /// Each data batch's record keys (with its period) and the batch it supersedes: read
+    /// only when more than one data batch is held (a lone batch carries each key once and
+    /// corrects nothing held).
+    versions: HashMap<BatchId, Version>,
+}
+
+/// What a data batch supersedes, and the records (period, key) it carries.
+type Version = (Option<BatchId>, Vec<(Period, RecordKey)>);
+
+impl Held {
+    /// The records the held data batches `ids` deliver: each record once, however many
+    /// versions of it they carry (a correction replaces records and adds none; a
+    /// withdrawal carries none, and takes nothing back from what was delivered).
+    fn records<'a>(&self, ids: impl Iterator<Item = &'a BatchId>) -> u64 {
+        let mut keys: BTreeSet<&(Period, RecordKey)> = BTreeSet::new();
+        let mut counted = 0u64;
+        for id in ids {
+            match self.versions.get(id) {
+                Some((_, carried)) => keys.extend(carried),
+                None => {
+                    counted += self
+                        .data
+                        .iter()
+                        .find(|(held, _)| held == id)
+                        .map_or(0, |(_, meta)| u64::from(meta.records));
+                }
+            }
+        }
+        counted + keys.len() as u64
+    }
+
+    /// Whether data batch `id` supersedes another held data batch: a change to a filing (a
+    /// correction or a withdrawal), not a filing, so not what its timeliness is judged by.
+    fn corrects_held(&self, id: &BatchId) -> bool {
+        self.versions
+            .get(id)
+            .and_then(|(supersedes, _)| *supersedes)
+            .is_some_and(|earlier| self.versions.contains_key(&earlier))
+    }
 }
 
 fn held_for<K: Kv>(
@@ -295,12 +327,10 @@ fn held_for<K: Kv>(
     let mut held = Held {
         data: Vec::new(),
         manifests: Vec::new(),
+        versions: HashMap::new(),
     };
-    for entry in store.held_within(reporter, category, period) {
+    for entry in store.held_in_period(reporter, category, period) {
         let (id, meta) = entry?;
-        if meta.category != *category || !within(meta.period, period) {
-            continue;
-        }
         if meta.kind == ContentKind::Manifest {
             let Some(signed) = store.batch(&id)? else {
                 continue;
@@ -313,6 +343,18 @@ fn held_for<K: Kv>(
         }
     }
     held.manifests.sort_by_key(|(_, _, m)| m.revision);
+    if held.data.len() > 1 {
+        for (id, meta) in &held.data {
+            if let Some(batch) = store.held_data_batch(id)? {
+                let keys = batch
+                    .records
+                    .into_iter()
+                    .map(|record| (meta.period, record.key))
+                    .collect();
+                held.versions.insert(*id, (batch.header.supersedes, keys));
+            }
+        }
+    }
     Ok(held)
 }
 
@@ -352,6 +394,23 @@ pub fn ledger<K: Kv>(
     now_ms: u64,
     config: LedgerConfig,
 ) -> Result<Vec<Entry>, StoreError> {
+    ledger_of(store, topology, me, period, category, None, now_ms, config)
+}
+
+/// [`ledger`], of the reporters in `reporters` only (every reporter without it): a page of
+/// the dashboard's heat map judges only the rows it shows.
+#[allow(clippy::too_many_arguments)]
+pub fn ledger_of<K: Kv>(
+    store: &Store<K>,
+    topology: &Topology,
+    me: NodeId,
+    period: Period,
+    category: Option<&Category>,
+    reporters: Option<&BTreeSet<NodeId>>,
+    now_ms: u64,
+    config: LedgerConfig,
+) -> Result<Vec<Entry>, StoreError> {
+    let only = reporters;
     let registry = protocol::Registry::builtin();
     let mut entries = Vec::new();
     for schedule in topology.schedules() {
@@ -366,7 +425,9 @@ pub fn ledger<K: Kv>(
         let reporters = topology.reporters(schedule);
         for reporter in reporters {
             let allocation = schedule.allocation_of(reporter).map(Allocation::from);
-            if !topology.path_to_national(reporter).contains(&me) {
+            if !topology.path_to_national(reporter).contains(&me)
+                || only.is_some_and(|only| !only.contains(&reporter))
+            {
                 continue;
             }
             let periods: Vec<Period> = match (cadence, period) {
@@ -430,21 +491,22 @@ fn judge<K: Kv>(
                 .filter(|e| !data_ids.contains_key(&e.batch))
                 .map(|e| e.batch.to_hex())
                 .collect();
-            let delivered = manifest
-                .batches
-                .iter()
-                .filter_map(|e| data_ids.get(&e.batch).map(|m| u64::from(m.records)))
-                .sum();
+            let delivered = held.records(
+                manifest
+                    .batches
+                    .iter()
+                    .map(|e| &e.batch)
+                    .filter(|id| data_ids.contains_key(*id)),
+            );
             (missing, delivered)
         }
-        None => (
-            Vec::new(),
-            held.data.iter().map(|(_, m)| u64::from(m.records)).sum(),
-        ),
+        None => (Vec::new(), held.records(held.data.iter().map(|(id, _)| id))),
     };
 
     // Timeliness: the first filing (its first manifest and the data it named), or the data
-    // alone when no manifest came; for event data, every event against its own deadline.
+    // alone when no manifest came (less the batches correcting or withdrawing from another
+    // held one: a change made later is not a late filing); for event data, every event
+    // against its own deadline.
     let mut arrived: Option<u64> = None;
     let mut late_ms: u64 = 0;
     let mut note = |at: Option<u64>, deadline: u64, arrived: &mut Option<u64>| {
@@ -472,7 +534,7 @@ fn judge<K: Kv>(
             }
         }
         None => {
-            for (id, meta) in &held.data {
+            for (id, meta) in held.data.iter().filter(|(id, _)| !held.corrects_held(id)) {
                 let deadline = if cadence == Cadence::Event {
                     due_ms(meta.period, cadence, due_day).min(due)
                 } else {
@@ -494,7 +556,7 @@ fn judge<K: Kv>(
         let mut counts = Vec::new();
         for p in previous_months(period, config.trailing_periods) {
             let before = held_for(store, reporter, category, p)?;
-            let n: u64 = before.data.iter().map(|(_, m)| u64::from(m.records)).sum();
+            let n = before.records(before.data.iter().map(|(id, _)| id));
             if n > 0 {
                 counts.push(n);
             }

@@ -248,6 +248,8 @@ pub struct LinkStatus {
     pub reconcile_sessions: u64,
     pub reconcile_rounds: u64,
     pub reconcile_differences: u64,
+    /// Wall time the last batch arrived on this link (a link to a child).
+    pub last_batch_ms: Option<u64>,
 }
 
 /// Why the core could not do what an input asked. The link stays as it was unless said.
@@ -589,6 +591,7 @@ impl<K: Kv> Core<K> {
                 reconcile_sessions: 0,
                 reconcile_rounds: 0,
                 reconcile_differences: 0,
+                last_batch_ms: None,
             })
     }
 
@@ -1319,6 +1322,7 @@ impl<K: Kv> Core<K> {
         let status = self.link_status(child, "down", now);
         status.batches_received += 1;
         status.bytes_received += signed.bytes.len() as u64;
+        status.last_batch_ms = Some(now.wall_ms);
         let result = self.receive(link, child, signed, first_receipt, now);
         self.flush_links(now);
         result

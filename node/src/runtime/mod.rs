@@ -347,6 +347,8 @@ pub struct Node<K: Kv = SledKv> {
     timer: Notify,
     /// The byte budget of batch streams being read, over all links (`framing`).
     batch_budget: framing::BatchBudget,
+    /// Where the dashboard listens, once it does (`status` shows it).
+    pub http: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl<K: Kv> Node<K> {
@@ -449,6 +451,11 @@ impl<K: Kv> Node<K> {
     /// What the operator sees of each link.
     pub fn links(&self) -> Vec<LinkStatus> {
         self.core.lock().expect("core lock").links()
+    }
+
+    /// Wall-clock Unix milliseconds by the node's clock (with its offset, if set).
+    pub fn wall_ms(&self) -> u64 {
+        self.now().wall_ms
     }
 
     /// The migration as `topology status` shows it.
@@ -738,6 +745,7 @@ pub async fn start_with<K: Kv>(seams: Seams<K>) -> Result<Arc<Node<K>>, StartErr
         sync_requests,
         timer: Notify::new(),
         batch_budget: framing::BatchBudget::new(),
+        http: std::sync::OnceLock::new(),
     });
     info!(node = %me, %address, topology_version = version, "node listening");
     tokio::spawn(syncer(node.clone(), sync_rx));

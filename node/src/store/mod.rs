@@ -741,41 +741,6 @@ impl<K: Kv> Store<K> {
         self.held_under(origin.to_be_bytes().to_vec())
     }
 
-    /// The batches and manifests `origin` originated for `category` in `period` (a month:
-    /// with its days), from a scan of that month's index keys only; only the keys of
-    /// `category` have their metadata read.
-    pub fn held_within(
-        &self,
-        origin: NodeId,
-        category: &Category,
-        period: Period,
-    ) -> impl Iterator<Item = Result<(BatchId, BatchMeta), StoreError>> + '_ {
-        let mut prefix = origin.to_be_bytes().to_vec();
-        let period_bytes = period.key_bytes();
-        match period {
-            Period::Month { .. } => prefix.extend(&period_bytes[..3]),
-            Period::Day { .. } => prefix.extend(period_bytes),
-        }
-        let mut tail = category.as_str().as_bytes().to_vec();
-        tail.push(0);
-        self.scan_prefix(Tree::Held, prefix)
-            .filter(move |entry| {
-                // origin (4) | period (4) | category | 0 | id (32)
-                entry.as_ref().map_or(true, |(key, _)| {
-                    key.get(8..key.len().saturating_sub(32)) == Some(&tail[..])
-                })
-            })
-            .map(move |entry| {
-                let (key, _) = entry?;
-                let id = held_key_id(&key);
-                let meta = self.meta(&id)?.ok_or_else(|| StoreError::Decode {
-                    tree: "held",
-                    message: format!("index names {id} but no metadata is stored"),
-                })?;
-                Ok((id, meta))
-            })
-    }
-
     fn held_under(
         &self,
         prefix: Vec<u8>,
@@ -789,6 +754,41 @@ impl<K: Kv> Store<K> {
             })?;
             Ok((id, meta))
         })
+    }
+
+    /// The batches and manifests of `category` that `origin` originated for `period` (a
+    /// month: its days too), read from the index range of the period alone: metadata is
+    /// decoded only for those of the category. What the ledger judges a report by.
+    pub fn held_in_period<'a>(
+        &'a self,
+        origin: NodeId,
+        category: &'a Category,
+        period: Period,
+    ) -> impl Iterator<Item = Result<(BatchId, BatchMeta), StoreError>> + 'a {
+        let mut prefix = origin.to_be_bytes().to_vec();
+        let period_bytes = period.key_bytes();
+        match period {
+            Period::Month { .. } => prefix.extend(&period_bytes[..3]),
+            Period::Day { .. } => prefix.extend(period_bytes),
+        }
+        self.scan_prefix(Tree::Held, prefix)
+            .filter_map(move |entry| {
+                let key = match entry {
+                    Ok((key, _)) => key,
+                    Err(e) => return Some(Err(e)),
+                };
+                // origin (4) | period (4) | category | 0 | id (32)
+                let named = key.get(8..key.len().saturating_sub(33))?;
+                (named == category.as_str().as_bytes()).then(|| Ok(held_key_id(&key)))
+            })
+            .map(move |id| {
+                let id = id?;
+                let meta = self.meta(&id)?.ok_or_else(|| StoreError::Decode {
+                    tree: "held",
+                    message: format!("index names {id} but no metadata is stored"),
+                })?;
+                Ok((id, meta))
+            })
     }
 
     /// The ids of the batches and manifests `origin` originated for periods of `year`, each
@@ -1251,10 +1251,10 @@ mod tests {
         (signed, content)
     }
 
-    /// `held_within` finds exactly what filtering all of an origin's batches finds: the
+    /// `held_in_period` finds exactly what filtering all of an origin's batches finds: the
     /// category named, the month with its days, the day alone.
     #[test]
-    fn held_within_reads_one_category_of_one_month() {
+    fn held_in_period_reads_one_category_of_one_month() {
         let store = Store::new(MemKv::new());
         let key = NodeKey::from_seed([9; 32]);
         let county = NodeId::parse("445281").unwrap();
@@ -1294,14 +1294,14 @@ mod tests {
                 })
                 .collect();
             let found: Vec<(BatchId, BatchMeta)> = store
-                .held_within(county, &category, period)
+                .held_in_period(county, &category, period)
                 .map(Result::unwrap)
                 .collect();
             assert_eq!(ids(found), ids(expected), "{category} {period}");
         }
         let may = |category: &str| {
             store
-                .held_within(
+                .held_in_period(
                     county,
                     &Category::parse(category).unwrap(),
                     Period::parse("2022-05").unwrap(),

@@ -32,12 +32,10 @@ pub struct QualityUpdate {
     /// Who made the findings: this node, or the parent for the origin's own batch.
     pub reporter: NodeId,
     /// The keys whose current version this batch now holds, `true` where it withdraws the
-    /// record.
+    /// record; and, `true`, the keys it made another batch's withdrawal current for (a
+    /// correction arriving after the withdrawal that supersedes it).
     pub current: Vec<(RecordKey, bool)>,
     pub findings: Vec<Finding>,
-    /// Whether the feedback items change (not at the origin's own submission, whose findings
-    /// come later from the parent).
-    pub items: bool,
     /// Writes to the record index (`index` tree): key → value, `None` to remove.
     pub index: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
@@ -107,9 +105,6 @@ impl<K: Kv> Store<K> {
                 Some(value) => group.insert(Tree::Index, key.clone(), value.clone()),
                 None => group.remove(Tree::Index, key.clone()),
             }
-        }
-        if !update.items {
-            return Ok(());
         }
         let base = period_prefix(update.origin, update.period, &update.category);
         let any = self.scan_prefix(Tree::Feedback, base).next().is_some();

@@ -44,6 +44,13 @@ pub enum Action {
     Close { declared: Option<u64> },
     /// A province's progress report (工作通报) for the period, to the national platform.
     Progress,
+    /// Corrects the chain of versions that data submission `of` began: new versions of 1–3
+    /// of its current records (an amount changed), superseding the chain's last version.
+    /// Made once every earlier version is acknowledged; `pick` makes the choices.
+    Correct { of: usize, pick: u64 },
+    /// Withdraws 1–3 current records of that chain (a penalty's display period ended or its
+    /// subject repaired; a fee published in error), superseding its last version.
+    Withdraw { of: usize, pick: u64 },
 }
 
 /// One thing an origin's operator submits.
@@ -567,6 +574,7 @@ pub fn plan(scenario: &str, seed: u64) -> Result<Plan, String> {
             }
         }
     }
+    corrections(seed, &mut submissions, days * DAY_MS);
     Ok(Plan {
         scenario: scenario.to_owned(),
         seed,
@@ -578,6 +586,67 @@ pub fn plan(scenario: &str, seed: u64) -> Result<Plan, String> {
         workload_end_ms: days * DAY_MS,
         heal_bound_ms: 30 * 60_000,
     })
+}
+
+/// Corrections and withdrawals (the data-quality loop): a few of the data batches (1–3 % of
+/// the penalties, 8–20 % of the fee reports, per seed) begin a chain: a correction, sometimes
+/// a second one (a correction of the correction), sometimes a withdrawal at the end; or a
+/// withdrawal alone. Each comes minutes after the version before (the original may not have
+/// reached the parent yet, or its link is down) or up to a month later, and two days before
+/// the end at the latest. Drawn from a generator of their own, so the rest of the workload is
+/// what it would be without them.
+fn corrections(seed: u64, submissions: &mut Vec<Submission>, end_ms: u64) {
+    let mut rng = rng_for(seed ^ 0xF1C5);
+    let (penalty_percent, fee_percent) = (rng.between(1, 3), rng.between(8, 20));
+    let last_ms = end_ms - 2 * DAY_MS;
+    for of in 0..submissions.len() {
+        if !matches!(submissions[of].action, Action::Data { .. }) {
+            continue;
+        }
+        let percent = if submissions[of].category == "admin_penalty" {
+            penalty_percent
+        } else {
+            fee_percent
+        };
+        if rng.below(100) >= percent {
+            continue;
+        }
+        // true: a correction; false: a withdrawal.
+        let steps = if rng.below(4) == 0 {
+            vec![false]
+        } else {
+            let mut steps = vec![true];
+            if rng.below(10) < 3 {
+                steps.push(true);
+            }
+            if rng.below(10) < 3 {
+                steps.push(false);
+            }
+            steps
+        };
+        let mut at_ms = submissions[of].at_ms;
+        for correct in steps {
+            at_ms += if rng.below(10) < 4 {
+                rng.between(60_000, 3_600_000)
+            } else {
+                rng.between(3_600_000, 30 * DAY_MS)
+            };
+            if at_ms >= last_ms {
+                break;
+            }
+            let pick = rng.next_u64();
+            submissions.push(Submission {
+                at_ms,
+                action: if correct {
+                    Action::Correct { of, pick }
+                } else {
+                    Action::Withdraw { of, pick }
+                },
+                report: None,
+                ..submissions[of].clone()
+            });
+        }
+    }
 }
 
 /// The schedules every scenario runs: penalties as events (due 7 days after each), water fees

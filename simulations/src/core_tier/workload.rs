@@ -5,17 +5,22 @@
 //! Ingestion is slow next to the simulation, so records are made (and encoded) once per
 //! (category, period) and reused across origins: a batch's bytes differ by origin anyway, and
 //! so do their ids.
+//!
+//! An origin also changes what it published: a [`correction`] carries new versions of some
+//! current records (an amount changed) and supersedes the batch of the chain holding their
+//! current versions; a [`withdrawal`] removes 1–3 current records with a reason, superseding
+//! the batch holding them too.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use node::ingest::{Encoding, IngestOptions, ingest_bytes};
-use protocol::batch::{BATCH_FORMAT, Batch, BatchHeader};
+use protocol::batch::{BATCH_FORMAT, Batch, BatchHeader, Withdrawal, WithdrawalReason};
 use protocol::{
-    BatchId, Category, DesensitizeKey, NodeId, NodeKey, Period, PublicKey, Record, Registry,
-    Signature, SignedBatch, Signer,
+    BatchId, Category, DesensitizeKey, NodeId, NodeKey, Period, PublicKey, Record, RecordKey,
+    Registry, Signature, SignedBatch, Signer, Value,
 };
-use sample::sample_csv;
+use sample::{Rng, sample_csv};
 
 /// Records per simulated batch.
 pub const RECORDS_PER_BATCH: usize = 3;
@@ -145,6 +150,172 @@ impl Signer for Recording<'_> {
         self.context.replace(Some(context.to_vec()));
         self.inner.sign(context, message)
     }
+}
+
+/// The keys whose current version, among `versions` (one chain: the original, then each
+/// batch superseding the one before), is a record rather than a withdrawal.
+/// The batch of the chain holding current records to change, chosen by `rng`, and those
+/// records' keys: a correction or withdrawal names the batch holding the versions it
+/// changes, as `credit-node correct` and `withdraw` do (one batch per holder).
+fn current_records(
+    versions: &[(BatchId, Batch)],
+    rng: &mut Rng,
+) -> Option<(BatchId, Vec<RecordKey>)> {
+    let all: Vec<(BatchId, &Batch)> = versions.iter().map(|(id, b)| (*id, b)).collect();
+    let mut by_holder: std::collections::BTreeMap<BatchId, Vec<RecordKey>> = Default::default();
+    for (key, version) in protocol::audit::current(&all) {
+        if version.record().is_some() {
+            by_holder
+                .entry(version.batch)
+                .or_default()
+                .push(key.clone());
+        }
+    }
+    let pick = rng.below(by_holder.len().max(1) as u64) as usize;
+    by_holder.into_iter().nth(pick)
+}
+
+/// `count` of `keys`, chosen by `rng`, in key order.
+fn choose(keys: &[RecordKey], count: usize, rng: &mut Rng) -> Vec<RecordKey> {
+    let mut left = keys.to_vec();
+    let mut chosen = Vec::new();
+    while chosen.len() < count && !left.is_empty() {
+        chosen.push(left.swap_remove(rng.below(left.len() as u64) as usize));
+    }
+    chosen.sort();
+    chosen
+}
+
+/// A decimal written as `text` with its last digit changed (the same scale and sign, so it
+/// still validates), or one more than `above` in its last place when given (paid more than
+/// billed: a record an audit rule flags).
+fn changed_amount(text: &str, above: Option<&str>, rng: &mut Rng) -> Option<String> {
+    if let Some(above) = above {
+        return raised(above).map(normal);
+    }
+    let (i, c) = text
+        .char_indices()
+        .rev()
+        .find(|(_, c)| c.is_ascii_digit())?;
+    let digit = (c.to_digit(10)? + 1 + rng.below(8) as u32) % 10;
+    let mut out = text.to_owned();
+    out.replace_range(i..i + 1, &digit.to_string());
+    Some(normal(out))
+}
+
+/// A decimal in the normal form validation requires: no trailing zeros after the point, no
+/// point without digits after it.
+fn normal(mut text: String) -> String {
+    if text.contains('.') {
+        let kept = text.trim_end_matches('0').trim_end_matches('.').len();
+        text.truncate(kept);
+    }
+    text
+}
+
+/// `text` (a non-negative decimal) plus one in its last place.
+fn raised(text: &str) -> Option<String> {
+    if !text.chars().any(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let mut digits: Vec<char> = text.chars().collect();
+    for i in (0..digits.len()).rev() {
+        match digits[i] {
+            '9' => digits[i] = '0',
+            d @ '0'..='8' => {
+                digits[i] = char::from(d as u8 + 1);
+                return Some(digits.into_iter().collect());
+            }
+            _ => {}
+        }
+    }
+    let mut out = String::from("1");
+    out.extend(digits);
+    Some(out)
+}
+
+/// A correction of the chain `versions` (the original first, each later batch superseding
+/// the one before): new versions of 1–3 of its current records, each with an amount changed
+/// (for fees, sometimes a paid amount above the billed one, which the parent's audit flags),
+/// superseding the batch holding their current versions; `None` if no record is current any
+/// more. `pick` makes the
+/// choices, so a correction made again (its first try lost in a crash) is the same batch.
+pub fn correction(versions: &[(BatchId, Batch)], pick: u64) -> Option<Batch> {
+    let (_, head) = versions.last()?;
+    let mut rng = Rng::new(pick);
+    let (holder, keys) = current_records(versions, &mut rng)?;
+    let count = rng.between(1, keys.len().min(3) as u64) as usize;
+    let chosen = choose(&keys, count, &mut rng);
+    let registry = Registry::builtin();
+    let schema = registry.get(&head.header.category)?;
+    let (field, above) = match (
+        schema.field_index("paid_amount"),
+        schema.field_index("billed_amount"),
+        schema.field_index("CF_NR_FK"),
+    ) {
+        (Some(paid), Some(billed), _) => (paid, rng.coin().then_some(billed)),
+        (_, _, Some(fine)) => (fine, None),
+        _ => return None,
+    };
+    let all: Vec<(BatchId, &Batch)> = versions.iter().map(|(id, b)| (*id, b)).collect();
+    let view = protocol::audit::current(&all);
+    let mut records = Vec::new();
+    for key in &chosen {
+        let mut record = view.get(key)?.record()?.clone();
+        let Value::Text(text) = &record.values[field] else {
+            continue;
+        };
+        let above = match above {
+            Some(billed) => match &record.values[billed] {
+                Value::Text(billed) => Some(billed.clone()),
+                _ => None,
+            },
+            None => None,
+        };
+        let Some(new) = changed_amount(text, above.as_deref(), &mut rng) else {
+            continue;
+        };
+        record.values[field] = Value::Text(new);
+        records.push(record);
+    }
+    if records.is_empty() {
+        return None;
+    }
+    let header = BatchHeader {
+        supersedes: Some(holder),
+        withdrawals: Vec::new(),
+        ..head.header.clone()
+    };
+    Some(Batch::new(header, records).expect("current records of one batch chain, each once"))
+}
+
+/// A withdrawal of 1–3 current records of the chain `versions`, with a reason fitting the
+/// category (a penalty's display period ended or its subject was repaired; a fee record
+/// published in error), superseding the batch holding their current versions; `None` if no
+/// record is current.
+pub fn withdrawal(versions: &[(BatchId, Batch)], pick: u64) -> Option<Batch> {
+    let (_, head) = versions.last()?;
+    let mut rng = Rng::new(pick);
+    let (holder, keys) = current_records(versions, &mut rng)?;
+    let count = rng.between(1, keys.len().min(3) as u64) as usize;
+    let reason = |rng: &mut Rng| match head.header.category.as_str() {
+        "admin_penalty" if rng.coin() => WithdrawalReason::DisplayExpired,
+        "admin_penalty" => WithdrawalReason::CreditRepair,
+        _ => WithdrawalReason::Error,
+    };
+    let withdrawals = choose(&keys, count, &mut rng)
+        .into_iter()
+        .map(|key| Withdrawal {
+            key,
+            reason: reason(&mut rng),
+        })
+        .collect();
+    let header = BatchHeader {
+        supersedes: Some(holder),
+        withdrawals,
+        ..head.header.clone()
+    };
+    Some(Batch::new(header, Vec::new()).expect("distinct keys, at least one"))
 }
 
 fn make_records(category: &str, period: Period, salt: u32) -> (u32, Vec<Record>) {

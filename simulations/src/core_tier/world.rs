@@ -146,8 +146,25 @@ struct Item {
     origin: NodeId,
     category: String,
     period: Period,
-    records: u64,
     manifest: bool,
+    /// The keys of the records it carries (a correction carries new versions of keys an
+    /// earlier batch published), and the batch it supersedes.
+    keys: Vec<protocol::RecordKey>,
+    supersedes: Option<BatchId>,
+}
+
+impl Item {
+    /// What the simulator knows of a data batch it made.
+    fn data(batch: &Batch) -> Item {
+        Item {
+            origin: batch.header.origin,
+            category: batch.header.category.to_string(),
+            period: batch.header.period,
+            manifest: false,
+            keys: batch.records.iter().map(|r| r.key.clone()).collect(),
+            supersedes: batch.header.supersedes,
+        }
+    }
 }
 
 struct SimLink {
@@ -190,6 +207,12 @@ pub struct Stats {
     pub ledger_states: [u64; 6],
     /// Progress reports (工作通报) the national platform lists at the end.
     pub progress_listed: u64,
+    /// Corrections and withdrawals submitted (each try).
+    pub corrections: u64,
+    /// Record versions (key, current batch) compared between levels after healing.
+    pub versions_checked: u64,
+    /// Feedback items (audit findings) at all nodes after healing: open, closed.
+    pub feedback_items: [u64; 2],
     pub converged_after_ms: Option<u64>,
     pub virtual_ms: u64,
 }
@@ -222,6 +245,10 @@ pub struct World {
     items: HashMap<BatchId, Item>,
     /// Submissions acknowledged to their operator.
     acked_submissions: BTreeSet<usize>,
+    /// The versions of each corrected batch, by the data submission that made it: the
+    /// original first, then each correction or withdrawal made (superseding the one before),
+    /// each with its submission.
+    chains: HashMap<usize, Vec<(usize, BatchId, Batch)>>,
     /// Progress reports the provinces made: (province, period).
     progress: HashMap<BatchId, (NodeId, Period)>,
     /// Each batch's arrival as its origin's parent signed it in its receipt (the first one
@@ -358,6 +385,7 @@ impl World {
             acknowledged: BTreeMap::new(),
             items: HashMap::new(),
             acked_submissions: BTreeSet::new(),
+            chains: HashMap::new(),
             progress: HashMap::new(),
             first_arrival: HashMap::new(),
             proof_touched: BTreeSet::new(),
@@ -372,6 +400,11 @@ impl World {
         };
         for n in 0..world.nodes.len() {
             world.start_node(n);
+        }
+        for submission in &world.plan.submissions {
+            if let Action::Correct { of, .. } | Action::Withdraw { of, .. } = submission.action {
+                world.chains.insert(of, Vec::new());
+            }
         }
         for s in 0..world.plan.submissions.len() {
             let at = world.plan.submissions[s].at_ms;
@@ -554,7 +587,10 @@ impl World {
             Event::CheckLiveness => match self.liveness() {
                 Ok(()) => {
                     self.stats.converged_after_ms = Some(self.now_ms - self.heal_at_ms);
-                    if let Err(message) = self.check_ledgers().and_then(|()| self.check_progress())
+                    if let Err(message) = self
+                        .check_ledgers()
+                        .and_then(|()| self.check_progress())
+                        .and_then(|()| self.check_current_versions())
                     {
                         self.fail(message);
                     }
@@ -789,20 +825,17 @@ impl World {
         let now = self.now_of(n);
         let made = match action {
             Action::Data { salt } => {
-                let (signed, records) =
+                let (signed, _) =
                     self.workload
                         .batch(&category, period, origin, salt, &self.nodes[n].signer);
                 let id = signed.id;
-                self.items.insert(
-                    id,
-                    Item {
-                        origin,
-                        category: category.clone(),
-                        period,
-                        records: records as u64,
-                        manifest: false,
-                    },
-                );
+                let batch = Batch::decode(&signed.bytes).expect("a batch the workload made");
+                self.items.insert(id, Item::data(&batch));
+                if let Some(chain) = self.chains.get_mut(&s)
+                    && chain.is_empty()
+                {
+                    chain.push((s, id, batch));
+                }
                 self.legit.insert(id, origin);
                 self.trace.update(id.as_bytes());
                 self.stats.submitted += 1;
@@ -836,8 +869,9 @@ impl World {
                             origin,
                             category: category.to_string(),
                             period,
-                            records: 0,
                             manifest: true,
+                            keys: Vec::new(),
+                            supersedes: None,
                         },
                     );
                     self.legit.insert(*id, origin);
@@ -866,12 +900,61 @@ impl World {
                 }
                 made.map(|(id, submitted)| (id, submitted.durable_at))
             }
+            Action::Correct { of, pick } | Action::Withdraw { of, pick } => {
+                let Some(batch) = self.next_version(s, of, pick) else {
+                    return;
+                };
+                let signed =
+                    SignedBatch::seal_with(&batch, &self.nodes[n].signer).expect("a small batch");
+                let id = signed.id;
+                self.items.insert(id, Item::data(&batch));
+                let chain = self.chains.get_mut(&of).expect("made by next_version");
+                if !chain.iter().any(|(made, _, _)| *made == s) {
+                    chain.push((s, id, batch));
+                }
+                self.legit.insert(id, origin);
+                self.trace.update(id.as_bytes());
+                self.stats.submitted += 1;
+                self.stats.corrections += 1;
+                let core = self.nodes[n].core.as_mut().expect("checked above");
+                core.submit(signed, now)
+                    .map(|submitted| (id, submitted.durable_at))
+                    .map_err(|e| e.to_string())
+            }
         };
         match made {
             Ok((id, durable_at)) => self.nodes[n].submitting.push((id, durable_at, s)),
             Err(_) => self.schedule(self.now_ms + RESUBMIT_MS, Event::Submit(s)),
         }
         self.after_call(n);
+    }
+
+    /// The batch submission `s` makes of the chain data submission `of` began (a
+    /// correction or a withdrawal, by its action), the same batch every time it is made;
+    /// `None` if it is not to be made now: the operator corrects only what was acknowledged
+    /// (so it is tried again later), and a chain with no current record left is not changed.
+    fn next_version(&mut self, s: usize, of: usize, pick: u64) -> Option<Batch> {
+        let chain = &self.chains[&of];
+        let mine = chain.iter().position(|(made, _, _)| *made == s);
+        if let Some(i) = mine {
+            return Some(chain[i].2.clone());
+        }
+        if chain.is_empty()
+            || !chain
+                .iter()
+                .all(|(made, _, _)| self.acked_submissions.contains(made))
+        {
+            self.schedule(self.now_ms + RESUBMIT_MS, Event::Submit(s));
+            return None;
+        }
+        let versions: Vec<(BatchId, Batch)> = chain
+            .iter()
+            .map(|(_, id, batch)| (*id, batch.clone()))
+            .collect();
+        match self.plan.submissions[s].action {
+            Action::Correct { .. } => super::workload::correction(&versions, pick),
+            _ => super::workload::withdrawal(&versions, pick),
+        }
     }
 
     // ---- links ----
@@ -1915,6 +1998,98 @@ impl World {
         Ok(())
     }
 
+    /// Every level agrees on the current version of every record (checked once converged):
+    /// for every node and every origin in its subtree or whose data it holds, for every
+    /// (category, period), the current version of each key read from the node's store (the
+    /// batch holding it, and whether it withdraws the record) is the one read from the
+    /// origin's own store, which holds all its batches — so every level, the national platform
+    /// too, agrees with every other. And no node keeps a feedback item open on a record whose
+    /// current version there is a withdrawal.
+    pub fn check_current_versions(&mut self) -> Result<(), String> {
+        let seed = self.plan.seed;
+        let topology = &self.plan.topology;
+        let stores: Vec<Store<MemKv>> = self
+            .nodes
+            .iter()
+            .map(|node| Store::new(node.kv.clone()))
+            .collect();
+        let data_groups = |store: &Store<MemKv>, me: NodeId, own: bool| {
+            let mut groups: BTreeSet<Group> = BTreeSet::new();
+            for entry in store.held() {
+                let (_, meta) = entry.map_err(|e| format!("{me}'s store: {e}"))?;
+                if meta.kind == protocol::ContentKind::Data && (meta.origin == me) == own {
+                    groups.insert((meta.origin, meta.category, meta.period));
+                }
+            }
+            Ok::<_, String>(groups)
+        };
+        // What each origin holds of its own data.
+        let mut reference: BTreeMap<Group, Versions> = BTreeMap::new();
+        for (o, node) in self.nodes.iter().enumerate() {
+            for group in data_groups(&stores[o], node.id, true)? {
+                let versions = versions_at(&stores[o], &group)?;
+                reference.insert(group, versions);
+            }
+        }
+        let mut checked = 0u64;
+        let mut items = [0u64; 2];
+        for (n, node) in self.nodes.iter().enumerate() {
+            let me = node.id;
+            let mut groups = data_groups(&stores[n], me, false)?;
+            groups.extend(
+                reference
+                    .keys()
+                    .filter(|(origin, _, _)| {
+                        *origin != me && node::core::reconcile::in_subtree(topology, me, *origin)
+                    })
+                    .cloned(),
+            );
+            let mut here: BTreeMap<Group, Versions> = BTreeMap::new();
+            for group in groups {
+                let versions = versions_at(&stores[n], &group)?;
+                let empty = Versions::new();
+                let origin = reference.get(&group).unwrap_or(&empty);
+                if let Some((key, mine, theirs)) = first_difference(&versions, origin) {
+                    let (o, category, period) = &group;
+                    return Err(format!(
+                        "current versions (seed {seed}): {me} and the origin {o} disagree on {category} {period} record {key}: {me} has {}, {o} has {}",
+                        describe(mine),
+                        describe(theirs)
+                    ));
+                }
+                checked += versions.len() as u64;
+                here.insert(group, versions);
+            }
+            for item in stores[n].feedback(None) {
+                let item = item.map_err(|e| format!("{me}'s feedback: {e}"))?;
+                items[usize::from(item.closed.is_some())] += 1;
+                if item.closed.is_some() {
+                    continue;
+                }
+                let group = (item.origin, item.category.clone(), item.period);
+                let current = match here.get(&group).or_else(|| reference.get(&group)) {
+                    Some(versions) => versions.get(&item.key).copied(),
+                    None => versions_at(&stores[n], &group)?.get(&item.key).copied(),
+                };
+                if let Some((by, true)) = current {
+                    return Err(format!(
+                        "feedback (seed {seed}): {me} keeps an item open on {} {} {} record {} ({} {}), whose current version is withdrawn (by {})",
+                        item.origin,
+                        item.category,
+                        item.period,
+                        item.key,
+                        item.problem.field,
+                        item.problem.rule.as_str(),
+                        by.short()
+                    ));
+                }
+            }
+        }
+        self.stats.versions_checked += checked;
+        self.stats.feedback_items = items;
+        Ok(())
+    }
+
     /// Held batches at the national platform that no legitimate origin made.
     pub fn forgeries_at_national(&self) -> usize {
         let national = &self.nodes[self.index[&NodeId::NATIONAL]];
@@ -1931,6 +2106,51 @@ impl World {
 
     pub fn key_of(&self, id: NodeId) -> PublicKey {
         self.nodes[self.index[&id]].signer.public()
+    }
+}
+
+/// One origin's data of one (category, period).
+type Group = (NodeId, protocol::Category, Period);
+
+/// The current version of each record of a [`Group`] at one node: the batch holding it, and
+/// whether it withdraws the record.
+type Versions = BTreeMap<protocol::RecordKey, Version>;
+
+/// The current versions of `group` read from `store`.
+fn versions_at(store: &Store<MemKv>, group: &Group) -> Result<Versions, String> {
+    let (origin, category, period) = group;
+    let held = store
+        .data_batches(*origin, *period, category)
+        .map_err(|e| format!("the data batches of {origin} {category} {period}: {e}"))?;
+    let all: Vec<(BatchId, &Batch)> = held.iter().map(|(id, batch)| (*id, batch)).collect();
+    Ok(protocol::audit::current(&all)
+        .into_iter()
+        .map(|(key, version)| {
+            let withdrawn = matches!(version.state, protocol::audit::State::Withdrawn(_));
+            (key.clone(), (version.batch, withdrawn))
+        })
+        .collect())
+}
+
+/// One record's current version: the batch holding it, and whether it withdraws it.
+type Version = (BatchId, bool);
+
+/// The first key whose current version differs between `a` and `b`, with each side's.
+fn first_difference(
+    a: &Versions,
+    b: &Versions,
+) -> Option<(protocol::RecordKey, Option<Version>, Option<Version>)> {
+    a.keys()
+        .chain(b.keys())
+        .find(|key| a.get(*key) != b.get(*key))
+        .map(|key| (key.clone(), a.get(key).copied(), b.get(key).copied()))
+}
+
+fn describe(version: Option<Version>) -> String {
+    match version {
+        None => "no version of it".to_owned(),
+        Some((id, false)) => format!("the record in batch {}", id.short()),
+        Some((id, true)) => format!("it withdrawn by batch {}", id.short()),
     }
 }
 
@@ -2077,12 +2297,9 @@ impl Truths<'_> {
         let (incomplete, delivered) = match latest {
             Some(m) => (
                 m.batches.iter().any(|e| !data.contains_key(&e.batch)),
-                m.batches
-                    .iter()
-                    .filter_map(|e| data.get(&e.batch).map(|item| item.records))
-                    .sum(),
+                records_of(m.batches.iter().filter_map(|e| data.get(&e.batch).copied())),
             ),
-            None => (false, data.values().map(|item| item.records).sum()),
+            None => (false, records_of(data.values().copied())),
         };
         // Timeliness of the first filing: its first manifest and the data it names, or the
         // data alone; each event against its own deadline.
@@ -2100,7 +2317,12 @@ impl Truths<'_> {
                     }
                 }
             }
-            None => filed.extend(data.iter().map(|(id, item)| (*id, deadline(item)))),
+            // A correction or withdrawal of a held batch is not a filing.
+            None => filed.extend(
+                data.iter()
+                    .filter(|(_, item)| !item.supersedes.is_some_and(|s| data.contains_key(&s)))
+                    .map(|(id, item)| (*id, deadline(item))),
+            ),
         }
         let (mut arrived, mut late_ms) = (None::<u64>, 0u64);
         for (id, deadline) in &filed {
@@ -2125,12 +2347,12 @@ impl Truths<'_> {
                 if month <= back {
                     break;
                 }
-                let n: u64 = self
-                    .held(reporter, &category, month - back)?
-                    .iter()
-                    .filter(|(_, item)| !item.manifest)
-                    .map(|(_, item)| item.records)
-                    .sum();
+                let n = records_of(
+                    self.held(reporter, &category, month - back)?
+                        .iter()
+                        .filter(|(_, item)| !item.manifest)
+                        .map(|(_, item)| *item),
+                );
                 if n > 0 {
                     counts.push(n);
                 }
@@ -2151,6 +2373,15 @@ impl Truths<'_> {
             declared,
         })
     }
+}
+
+/// The records `items` (data batches) deliver: each (period, key) once, however many
+/// versions of it they carry.
+fn records_of<'a>(items: impl Iterator<Item = &'a Item>) -> u64 {
+    items
+        .flat_map(|item| item.keys.iter().map(move |key| (item.period, key)))
+        .collect::<BTreeSet<_>>()
+        .len() as u64
 }
 
 /// A tampering relay: changes one digit of one value (an amount, a date), re-encodes and
@@ -2202,5 +2433,103 @@ struct AnySignature;
 impl protocol::Verifier for AnySignature {
     fn verify(&self, _: &PublicKey, _: &[u8], _: &[u8], _: &protocol::Signature) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use node::store::QualityUpdate;
+    use protocol::audit::Finding;
+    use protocol::record::{Problem, Rule, Severity};
+
+    use super::*;
+
+    /// The agreement check is not vacuous: after a clean run it passes, and it fails when a
+    /// node keeps a feedback item open on a withdrawn record, or when one level lacks a
+    /// correction the origin made (as a level that never received it would).
+    #[test]
+    fn a_level_without_a_correction_or_an_item_open_on_a_withdrawn_record_is_caught() {
+        let plan = super::super::plan("jieyang-year", 1).expect("a known scenario");
+        let mut world = World::new(plan, CoreConfig::default());
+        world.run();
+        assert!(world.violation.is_none(), "{:?}", world.violation);
+        world.check_current_versions().expect("a clean run agrees");
+        let national = world.index[&NodeId::NATIONAL];
+        let store = Store::new(world.nodes[national].kv.clone());
+        let group_of = |item: &Item| {
+            let category = protocol::Category::parse(&item.category).expect("a category");
+            (item.origin, category, item.period)
+        };
+
+        // An item opened at the national platform on a record a withdrawal removed.
+        let (group, key, withdrawal) = world
+            .items
+            .iter()
+            .filter(|(_, item)| item.supersedes.is_some() && item.keys.is_empty())
+            .find_map(|(id, item)| {
+                let group = group_of(item);
+                let versions = versions_at(&store, &group).expect("readable");
+                let (key, _) = versions.iter().find(|(_, v)| **v == (*id, true))?;
+                Some((group.clone(), key.clone(), *id))
+            })
+            .expect("seed 1 withdraws a record");
+        let update =
+            |findings: Vec<Finding>, current: Vec<(protocol::RecordKey, bool)>| QualityUpdate {
+                origin: group.0,
+                category: group.1.clone(),
+                period: group.2,
+                batch: withdrawal,
+                reporter: NodeId::NATIONAL,
+                current,
+                findings,
+                index: Vec::new(),
+            };
+        let finding = Finding {
+            key: key.clone(),
+            problem: Problem {
+                field: "CF_XDR_SHXYM".into(),
+                label: "统一社会信用代码".into(),
+                value: String::new(),
+                rule: Rule::Unique,
+                severity: Severity::Warning,
+                message: "planted by the test".into(),
+            },
+        };
+        store
+            .apply_quality(&update(vec![finding], Vec::new()), 0)
+            .expect("written");
+        let message = world.check_current_versions().expect_err("an open item");
+        assert!(
+            message.contains("feedback") && message.contains(&key.0),
+            "{message}"
+        );
+        // Closed by the withdrawal, as the core does: the check passes again.
+        store
+            .apply_quality(&update(Vec::new(), vec![(key, true)]), 0)
+            .expect("written");
+        world.check_current_versions().expect("the item is closed");
+
+        // The national platform loses a correction that is a record's current version.
+        let (key, correction) = world
+            .items
+            .iter()
+            .filter(|(_, item)| item.supersedes.is_some() && !item.keys.is_empty())
+            .find_map(|(id, item)| {
+                let versions = versions_at(&store, &group_of(item)).expect("readable");
+                let (key, _) = versions.iter().find(|(_, v)| **v == (*id, false))?;
+                Some((key.clone(), *id))
+            })
+            .expect("seed 1 corrects a record");
+        assert!(store.forget_batch(&correction).expect("forgotten"));
+        let message = world
+            .check_current_versions()
+            .expect_err("a missing correction");
+        assert!(
+            message.contains("disagree")
+                && message.contains(&key.0)
+                && message.contains(&correction.short())
+                && message.contains("seed 1"),
+            "{message}"
+        );
     }
 }
