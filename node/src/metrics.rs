@@ -192,7 +192,7 @@ fn refresh<K: Kv>(node: &Node<K>) {
 
 /// The reports this node's subtree owes for this month and the last, by state.
 fn refresh_ledger<K: Kv>(node: &Node<K>) {
-    let today = topology::admission::Date::of_ms(node.now().wall_ms);
+    let today = topology::admission::Date::of_ms(node.wall_ms());
     let this_month = protocol::Period::Month {
         year: today.year,
         month: today.month,

@@ -352,9 +352,7 @@ pub struct Node<K: Kv = SledKv> {
 }
 
 impl<K: Kv> Node<K> {
-    /// The time on the node's clock (shifted by [`CLOCK_OFFSET_ENV`] if set; virtual in a
-    /// simulation).
-    pub fn now(&self) -> Now {
+    fn now(&self) -> Now {
         self.clock.now()
     }
 
