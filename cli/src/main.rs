@@ -1036,6 +1036,13 @@ async fn run_node(dir: PathBuf, topology: PathBuf, http: HttpListen) -> anyhow::
         HttpListen::At(addr) => Some(node::http::bind(addr).await?),
         HttpListen::Off => None,
     };
+    // One node per process: the recorder's values are this node's. Only for a node that
+    // serves /metrics.
+    if listener.is_some()
+        && let Err(e) = node::metrics::install()
+    {
+        tracing::warn!(error = %e, "Prometheus metrics are off");
+    }
     let node = node::runtime::start(&dir, &topology, protocol::sync::SyncConfig::default()).await?;
     if let Some(listener) = listener {
         // Known before the operator API answers: `status` shows it from the first request.

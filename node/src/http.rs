@@ -135,6 +135,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/audit", get(api_audit))
         .route("/api/progress", get(api_progress))
         .route("/api/report", get(api_report))
+        .route("/metrics", get(metrics))
         .with_state(node)
 }
 
@@ -587,6 +588,20 @@ fn json_response(value: Value) -> Response {
 async fn api_status(State(node): State<Arc<Node>>) -> Result<Response, RequestError> {
     let value = blocking(&node, |node| Ok(crate::api::status(node)?)).await?;
     Ok(json_response(value))
+}
+
+/// `/metrics`: [`crate::metrics::render`] (it reads the ledger and the outboxes: on the
+/// blocking pool).
+async fn metrics(State(node): State<Arc<Node>>) -> Result<Response, RequestError> {
+    let text = blocking(&node, |node| Ok(crate::metrics::render(node))).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn api_tree(State(node): State<Arc<Node>>) -> Result<Response, RequestError> {

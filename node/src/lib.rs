@@ -11,6 +11,7 @@ pub mod http;
 pub mod identity;
 pub mod ingest;
 pub mod ledger_view;
+pub mod metrics;
 pub mod progress;
 pub mod progress_view;
 pub mod quality_view;

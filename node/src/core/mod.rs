@@ -71,6 +71,9 @@ const SYNC_RETRY_MS: u64 = 1_000;
 const RECONCILE_ROUND_MS: u64 = 30_000;
 /// Finished sessions kept per uplink for the operator.
 const RECONCILED_KEPT: usize = 64;
+/// Send times remembered per uplink for the receipt latency (a batch is remembered from its
+/// stream's end until its receipt or the link's end; the window keeps far fewer in flight).
+const SENT_TIMES_MAX: usize = 4096;
 /// The state name under which the migration phase is kept.
 const MIGRATION_STATE: &str = "migration_phase";
 
@@ -216,10 +219,12 @@ impl Default for CoreConfig {
     }
 }
 
-/// What the operator sees of one link.
+/// What the operator sees of one link. The counts are since this node started (the
+/// Prometheus endpoint exports them as counters, which may start again from zero).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LinkStatus {
     pub peer: String,
+    /// `up` (the parent), `legacy` (the legacy direct link) or `down` (a child).
     pub direction: &'static str,
     pub connected: bool,
     /// Wall time of the last change.
@@ -227,8 +232,22 @@ pub struct LinkStatus {
     pub last_error: Option<String>,
     pub pending: usize,
     pub in_flight: usize,
+    /// Batches of this node's outbox the peer receipted (each batch once, whatever its
+    /// verdict), and their bytes.
     pub batches_sent: u64,
+    pub bytes_sent: u64,
+    /// Batches that arrived on the link's batch streams (each arrival, duplicates and batches
+    /// refused included), and their bytes.
     pub batches_received: u64,
+    pub bytes_received: u64,
+    /// Batches from this child that this node refused (or quarantined, or found damaged), by
+    /// [`refusal_reason`].
+    pub refused: BTreeMap<&'static str, u64>,
+    /// Reconciliation sessions finished on the link; message rounds; items found on one side
+    /// only (on a child's link: the items the child reported lacking).
+    pub reconcile_sessions: u64,
+    pub reconcile_rounds: u64,
+    pub reconcile_differences: u64,
     /// Wall time the last batch arrived on this link (a link to a child).
     pub last_batch_ms: Option<u64>,
 }
@@ -287,6 +306,9 @@ struct UplinkSlot {
     reconciling: Option<Reconciling>,
     next_reconcile_ms: u64,
     reconciled: Vec<ReconcileSummary>,
+    /// When each batch's stream was finished on this connection (monotonic), until its
+    /// receipt: the receipt latency.
+    sent_at_ms: HashMap<BatchId, u64>,
 }
 
 /// A reconciliation session this node started.
@@ -562,7 +584,13 @@ impl<K: Kv> Core<K> {
                 pending: 0,
                 in_flight: 0,
                 batches_sent: 0,
+                bytes_sent: 0,
                 batches_received: 0,
+                bytes_received: 0,
+                refused: BTreeMap::new(),
+                reconcile_sessions: 0,
+                reconcile_rounds: 0,
+                reconcile_differences: 0,
                 last_batch_ms: None,
             })
     }
@@ -939,6 +967,7 @@ impl<K: Kv> Core<K> {
             slot.up_since_ms = None;
             slot.feedback.clear();
             slot.findings.clear();
+            slot.sent_at_ms.clear();
             slot.reconcile_queue.clear();
             slot.reconciling = None;
             slot.next_dial_ms = now.mono_ms + slot.backoff_ms;
@@ -1102,6 +1131,13 @@ impl<K: Kv> Core<K> {
             };
             match event {
                 UplinkEvent::Receipt(receipt) => {
+                    if let Some(sent_ms) = slot.sent_at_ms.remove(&receipt.receipt.batch) {
+                        crate::metrics::receipt_latency(
+                            parent,
+                            route.direction(),
+                            now.mono_ms.saturating_sub(sent_ms),
+                        );
+                    }
                     let problems = slot
                         .feedback
                         .remove(&receipt.receipt.batch)
@@ -1129,8 +1165,13 @@ impl<K: Kv> Core<K> {
                     if let Some(child) = relay {
                         self.relay_to(child)?;
                     }
-                    self.link_status(parent, route.direction(), now)
-                        .batches_sent += 1;
+                    let bytes = self
+                        .store
+                        .meta(&receipt.receipt.batch)?
+                        .map_or(0, |meta| u64::from(meta.bytes));
+                    let status = self.link_status(parent, route.direction(), now);
+                    status.batches_sent += 1;
+                    status.bytes_sent += bytes;
                 }
                 UplinkEvent::UpstreamReceipts(receipts) => {
                     let path = self.topology.path_to_national(self.me);
@@ -1280,6 +1321,7 @@ impl<K: Kv> Core<K> {
         slot.machine.handle_batch_arrived(&id);
         let status = self.link_status(child, "down", now);
         status.batches_received += 1;
+        status.bytes_received += signed.bytes.len() as u64;
         status.last_batch_ms = Some(now.wall_ms);
         let result = self.receive(link, child, signed, first_receipt, now);
         self.flush_links(now);
@@ -1545,6 +1587,7 @@ impl<K: Kv> Core<K> {
                 // altered them): say nothing about the id, which is still wanted, and let the
                 // child send it again. A refusal here would make the origin drop a good batch.
                 warn!(batch = %id.short(), "batch bytes do not hash to its id: damaged in transit; the child will send it again");
+                self.count_refused(child, "hash_mismatch", now);
                 self.store.audit(
                     AuditEvent::BatchRefused {
                         batch: id,
@@ -1576,6 +1619,7 @@ impl<K: Kv> Core<K> {
     ) -> Result<(), CoreError> {
         let id = signed.id;
         error!(batch = %id.short(), reason = %rejection, problems = problems.len(), "batch refused");
+        self.count_refused(child, refusal_reason(&rejection), now);
         self.store.audit(
             AuditEvent::BatchRefused {
                 batch: id,
@@ -1668,6 +1712,7 @@ impl<K: Kv> Core<K> {
         now: Now,
     ) -> Result<(), CoreError> {
         error!(batch = %signed.id.short(), %origin, from = %child, %reason, "batch quarantined");
+        self.count_refused(child, "key_ended", now);
         let record = crate::store::Quarantined {
             origin,
             from: child,
@@ -1693,6 +1738,14 @@ impl<K: Kv> Core<K> {
             },
         );
         Ok(())
+    }
+
+    fn count_refused(&mut self, child: NodeId, reason: &'static str, now: Now) {
+        *self
+            .link_status(child, "down", now)
+            .refused
+            .entry(reason)
+            .or_default() += 1;
     }
 
     fn own_receipt(&self, signed: &SignedBatch, verdict: Verdict, now: Now) -> SignedReceipt {
@@ -1862,11 +1915,15 @@ impl<K: Kv> Core<K> {
         let Some(route) = self.uplink_links.get(&link).copied() else {
             return Ok(());
         };
-        let Some(machine) = self.uplinks[route.index()].machine.as_mut() else {
+        let slot = &mut self.uplinks[route.index()];
+        let Some(machine) = slot.machine.as_mut() else {
             return Ok(());
         };
         if ok {
             machine.handle_batch_sent(id, now.mono_ms);
+            if slot.sent_at_ms.len() < SENT_TIMES_MAX || slot.sent_at_ms.contains_key(&id) {
+                slot.sent_at_ms.insert(id, now.mono_ms);
+            }
             #[cfg(feature = "planted-bugs")]
             if self.config.planted == Some(PlantedBug::DropOutboxOnSend) {
                 let peer = machine.parent();
@@ -2214,6 +2271,10 @@ impl<K: Kv> Core<K> {
             )?;
             self.wrote();
         }
+        let status = self.link_status(parent, route.direction(), now);
+        status.reconcile_sessions += 1;
+        status.reconcile_rounds += u64::from(outcome.rounds);
+        status.reconcile_differences += (outcome.have.len() + outcome.need.len()) as u64;
         let slot = &mut self.uplinks[route.index()];
         slot.reconciled.push(ReconcileSummary {
             peer: parent,
@@ -2261,6 +2322,9 @@ impl<K: Kv> Core<K> {
         let (_, _, responder) = slot.responding.as_mut().expect("just set");
         match responder.handle(message) {
             Ok(reply) => {
+                if let Some(status) = self.links.get_mut(&(child, "down")) {
+                    status.reconcile_rounds += 1;
+                }
                 self.outputs.push_back(Output::Transmit {
                     link,
                     message: Message::ReconcileReply {
@@ -2298,6 +2362,9 @@ impl<K: Kv> Core<K> {
         if slot.responding.as_ref().is_some_and(|r| r.0 == session) {
             slot.responding = None;
         }
+        let status = self.link_status(child, "down", now);
+        status.reconcile_sessions += 1;
+        status.reconcile_differences += parent_only.len() as u64;
         if parent_only.is_empty() {
             return Ok(());
         }
@@ -2665,6 +2732,42 @@ fn key_changes(old: &Topology, next: &Topology, now_ms: u64) -> Vec<AuditEvent> 
 
 /// Whether `node` may hold a link to `me`: it is a child of `me` in the hierarchy, or `me` is
 /// the national platform and `node` has a legacy direct link in the topology.
+/// The label a refusal is counted under: one word per kind of reason, never the reason's
+/// text (it names batches and counts), so the set of labels stays small and fixed.
+pub fn refusal_reason(rejection: &Rejection) -> &'static str {
+    match rejection {
+        Rejection::UnknownOrigin(_) => "unknown_origin",
+        Rejection::Verify(VerifyError::HashMismatch { .. }) => "hash_mismatch",
+        Rejection::Verify(VerifyError::BadSignature(_)) => "bad_signature",
+        Rejection::Verify(VerifyError::Decode(_)) => "undecodable",
+        Rejection::UnknownCategory(_) => "unknown_category",
+        Rejection::SchemaVersion { .. } => "schema_version",
+        Rejection::Records { .. } => "records",
+        Rejection::Audit { .. } => "audit",
+        Rejection::Manifest(_) => "manifest",
+        Rejection::Progress(_) | Rejection::NotProvince(_) => "progress_report",
+        Rejection::NotData => "not_data",
+        Rejection::NotInProfile { .. } => "profile",
+    }
+}
+
+/// Every label [`refusal_reason`] gives, and the quarantine's (`key_ended`).
+pub const REFUSAL_REASONS: [&str; 13] = [
+    "unknown_origin",
+    "hash_mismatch",
+    "bad_signature",
+    "undecodable",
+    "unknown_category",
+    "schema_version",
+    "records",
+    "audit",
+    "manifest",
+    "progress_report",
+    "not_data",
+    "profile",
+    "key_ended",
+];
+
 pub fn may_connect(topology: &Topology, me: NodeId, node: NodeId) -> bool {
     topology.node(node).is_some_and(|n| n.parent == Some(me))
         || (me.is_national() && topology.legacy_link(node).is_some())

@@ -892,6 +892,107 @@ fn reconciliation_restores_a_lost_batch_reports_an_anomaly_and_repairs_a_receipt
     };
     assert_eq!(anomalies(county.store()), [never_at_county.id].into());
     assert_eq!(anomalies(&city_store), [never_at_county.id].into());
+
+    // The links count the sessions on both sides, and the differences found.
+    let done = sent
+        .iter()
+        .filter(|m| matches!(m, Message::ReconcileDone { .. }))
+        .count() as u64;
+    let up_status = link_of(&county, CITY, "up");
+    let down_status = link_of(&city, COUNTY, "down");
+    assert_eq!(up_status.reconcile_sessions, done);
+    assert_eq!(down_status.reconcile_sessions, done);
+    assert!(up_status.reconcile_rounds >= done, "{up_status:?}");
+    assert!(down_status.reconcile_rounds >= done, "{down_status:?}");
+    // At least: the lost batch (the county's only) and the anomaly (the city's only).
+    assert!(up_status.reconcile_differences >= 2, "{up_status:?}");
+    assert!(down_status.reconcile_differences >= 1, "{down_status:?}");
+}
+
+fn link_of(core: &Core<MemKv>, peer: &str, direction: &str) -> LinkStatus {
+    core.links()
+        .into_iter()
+        .find(|l| l.peer == peer && l.direction == direction)
+        .unwrap_or_else(|| panic!("no {direction} link to {peer}: {:?}", core.links()))
+}
+
+/// What a link counts for the metrics: batches and bytes each way (sent: receipted; received:
+/// every arrival), refusals by reason, and no send time left once receipts came.
+#[test]
+fn links_count_batches_bytes_and_refusals_by_reason() {
+    let topology = topology(1, None);
+    let county_kv = MemKv::new();
+    let city_kv = MemKv::new();
+    let mut county = core(COUNTY, topology.clone(), county_kv.clone());
+    let mut city = core(CITY, topology, city_kv.clone());
+    let first = county_batch_of("2026-03");
+    let second = county_batch_of("2026-04");
+    county.submit(first.clone(), now(1)).unwrap();
+    county.submit(second.clone(), now(1)).unwrap();
+    let down = LinkId(31);
+    link_from(&mut city, down, COUNTY, now(2));
+    drain(&mut city);
+    let up = LinkId(32);
+    drain(&mut county);
+    county
+        .handle_link_up(up, LinkKind::Up(Route::Parent), now(3))
+        .unwrap();
+    county
+        .handle_message(
+            up,
+            Message::Hello {
+                node: id(CITY),
+                wire_version: wire::WIRE_VERSION,
+                topology_version: 1,
+            },
+            now(3),
+        )
+        .unwrap();
+    pump(
+        (&mut county, &county_kv, up),
+        (&mut city, &city_kv, down),
+        4,
+    );
+    let both = (first.bytes.len() + second.bytes.len()) as u64;
+    let up_status = link_of(&county, CITY, "up");
+    assert_eq!(
+        (up_status.batches_sent, up_status.bytes_sent),
+        (2, both),
+        "{up_status:?}"
+    );
+    assert!(
+        county.uplinks[Route::Parent.index()].sent_at_ms.is_empty(),
+        "a receipt ends the wait it times"
+    );
+
+    // Two batches the city refuses: one signed for another batch, one whose bytes are not
+    // the batch its id names.
+    let third = county_batch_of("2026-05");
+    let bad_signature = SignedBatch {
+        signature: first.signature,
+        ..third.clone()
+    };
+    let damaged = SignedBatch {
+        bytes: second.bytes.clone(),
+        ..third.clone()
+    };
+    city.handle_batch(down, bad_signature, None, now(300))
+        .unwrap();
+    city.handle_batch(down, damaged, None, now(300)).unwrap();
+    make_durable(&mut city, &city_kv, now(301));
+    let down_status = link_of(&city, COUNTY, "down");
+    assert_eq!(down_status.batches_received, 4, "{down_status:?}");
+    assert_eq!(
+        down_status.bytes_received,
+        both + third.bytes.len() as u64 + second.bytes.len() as u64
+    );
+    assert_eq!(
+        down_status.refused,
+        BTreeMap::from([("bad_signature", 1), ("hash_mismatch", 1)])
+    );
+    for reason in down_status.refused.keys() {
+        assert!(REFUSAL_REASONS.contains(reason), "{reason} is not listed");
+    }
 }
 
 /// A county migrating off its legacy link re-sends its history through its parent: the proof
@@ -2034,4 +2135,50 @@ fn an_audit_finding_reaches_the_origin_and_a_correction_closes_it() {
             (keys[2].clone(), original.id, false),
         ]
     );
+}
+
+/// Each kind of refusal has its own label, and every label is in the exported list.
+#[test]
+fn every_refusal_reason_is_a_listed_label() {
+    let none = BatchId([0; 32]);
+    let all = [
+        Rejection::UnknownOrigin(id(COUNTY)),
+        Rejection::Verify(VerifyError::HashMismatch {
+            claimed: none,
+            actual: none,
+        }),
+        Rejection::Verify(VerifyError::BadSignature(none)),
+        Rejection::Verify(VerifyError::Decode(
+            protocol::batch::DecodeError::TrailingBytes(1),
+        )),
+        Rejection::UnknownCategory("x".into()),
+        Rejection::SchemaVersion {
+            category: "x".into(),
+            got: 2,
+            have: 1,
+        },
+        Rejection::Records {
+            category: "x".into(),
+            count: 1,
+        },
+        Rejection::Audit {
+            category: "x".into(),
+            count: 1,
+        },
+        Rejection::Manifest("x".into()),
+        Rejection::Progress("x".into()),
+        Rejection::NotProvince(id(CITY)),
+        Rejection::NotData,
+        Rejection::NotInProfile {
+            category: "x".into(),
+            fields: "x".into(),
+            count: 1,
+        },
+    ];
+    let labels: std::collections::BTreeSet<&str> = all.iter().map(refusal_reason).collect();
+    let listed: std::collections::BTreeSet<&str> = REFUSAL_REASONS.into_iter().collect();
+    let mut expected = listed.clone();
+    expected.remove("key_ended");
+    assert_eq!(labels, expected);
+    assert_eq!(listed.len(), REFUSAL_REASONS.len(), "no label twice");
 }

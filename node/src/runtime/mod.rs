@@ -560,17 +560,23 @@ impl<K: Kv> Node<K> {
         self.core.lock().expect("core lock").reconciled()
     }
 
-    /// The timeliness ledger of this node's subtree for a period.
+    /// The timeliness ledger of this node's subtree for a period. Read from the store and
+    /// the topology the core last applied, without holding the core: a ledger of a whole
+    /// province reads thousands of store entries, and the node keeps syncing meanwhile.
     pub fn ledger(
         &self,
         period: protocol::Period,
         category: Option<&protocol::Category>,
     ) -> Result<Vec<crate::core::ledger::Entry>, crate::store::StoreError> {
-        let now = self.now();
-        self.core
-            .lock()
-            .expect("core lock")
-            .ledger(period, category, now)
+        crate::core::ledger::ledger(
+            &self.store,
+            &current(&self.topology),
+            self.me,
+            period,
+            category,
+            self.now().wall_ms,
+            crate::core::ledger::LedgerConfig::default(),
+        )
     }
 
     /// Re-reads the topology file; a file that does not validate, or that the core refuses,

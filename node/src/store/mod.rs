@@ -1227,6 +1227,90 @@ mod tests {
         (signed, batch, key)
     }
 
+    /// A batch of `category` for `period` from the county, signed by `key`.
+    fn batch_of(category: &str, period: &str, key: &NodeKey) -> (SignedBatch, Content) {
+        let schema = protocol::Registry::builtin().by_name(category).unwrap();
+        let origin = NodeId::parse("445281").unwrap();
+        let period = Period::parse(period).unwrap();
+        let file = sample::sample_csv(schema, origin, period, 3, 0, 1);
+        let options = crate::ingest::IngestOptions {
+            schema,
+            origin,
+            period,
+            encoding: crate::ingest::Encoding::Utf8,
+            desensitize_key: &protocol::DesensitizeKey([1; 32]),
+            node_key: key,
+            batch_records_max: 10_000,
+            left_out: &[],
+        };
+        let report =
+            crate::ingest::ingest_bytes(Path::new("t"), file.text.as_bytes(), &options, |_| {})
+                .unwrap();
+        let signed = report.batches.into_iter().next().unwrap();
+        let content = Content::decode(&signed.bytes).unwrap();
+        (signed, content)
+    }
+
+    /// `held_in_period` finds exactly what filtering all of an origin's batches finds: the
+    /// category named, the month with its days, the day alone.
+    #[test]
+    fn held_in_period_reads_one_category_of_one_month() {
+        let store = Store::new(MemKv::new());
+        let key = NodeKey::from_seed([9; 32]);
+        let county = NodeId::parse("445281").unwrap();
+        let held = [
+            ("water_fee", "2022-05"),
+            ("water_fee", "2022-06"),
+            ("water_fee", "2022-04"),
+            ("gas_fee", "2022-05"),
+            ("admin_penalty", "2022-05"),
+            ("admin_penalty", "2022-05-03"),
+            ("admin_penalty", "2022-06-01"),
+        ];
+        for (category, period) in held {
+            let (signed, content) = batch_of(category, period, &key);
+            let own = receipt(&key, "445281", signed.id);
+            store
+                .insert_batch(&signed, &content, county, &own, None, &[], None, 1)
+                .unwrap();
+        }
+        for (category, period) in held.iter().chain(&[("electricity_fee", "2022-05")]) {
+            let category = Category::parse(category).unwrap();
+            let period = Period::parse(period).unwrap();
+            let ids = |metas: Vec<(BatchId, BatchMeta)>| -> Vec<BatchId> {
+                metas.into_iter().map(|(id, _)| id).collect()
+            };
+            let expected: Vec<(BatchId, BatchMeta)> = store
+                .held_of(county)
+                .map(Result::unwrap)
+                .filter(|(_, meta)| {
+                    meta.category == category
+                        && (meta.period == period
+                            || matches!(
+                                (meta.period, period),
+                                (Period::Day { year, month, .. }, Period::Month { year: y, month: m })
+                                    if year == y && month == m
+                            ))
+                })
+                .collect();
+            let found: Vec<(BatchId, BatchMeta)> = store
+                .held_in_period(county, &category, period)
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(ids(found), ids(expected), "{category} {period}");
+        }
+        let may = |category: &str| {
+            store
+                .held_in_period(
+                    county,
+                    &Category::parse(category).unwrap(),
+                    Period::parse("2022-05").unwrap(),
+                )
+                .count()
+        };
+        assert_eq!((may("water_fee"), may("admin_penalty")), (1, 2));
+    }
+
     /// Metadata written before progress reports existed (`manifest: bool` where `kind` is now)
     /// still decodes, as the same kind.
     #[test]
