@@ -276,19 +276,23 @@ fn the_provinces_page_in_chromium_shows_every_node_late_and_missing_counties_and
     assert!(report.contains("revision 1, names"), "{report}");
 
     // The JSON behind it is paged, and a bad query is refused with the reason.
-    let (status, body) = http_get(
+    let response = http_get(
         &address,
         "/api/heatmap?category=water_fee&year=2026&offset=1&limit=2",
     )
     .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let heat: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+    let heat: serde_json::Value = serde_json::from_str(&response.body).unwrap();
     assert_eq!(heat["reporters"], 4, "{heat}");
     assert_eq!(heat["rows"].as_array().unwrap().len(), 2, "{heat}");
     assert_eq!(heat["rows"][0]["cells"].as_array().unwrap().len(), 12);
-    let (status, body) = http_get(&address, "/api/heatmap?category=gas_fee").unwrap();
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("no schedule for category gas_fee"), "{body}");
+    let refused = http_get(&address, "/api/heatmap?category=gas_fee").unwrap();
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.body.contains("no schedule for category gas_fee"),
+        "{}",
+        refused.body
+    );
 
     let artifacts = artifacts();
     std::fs::create_dir_all(&artifacts).unwrap();

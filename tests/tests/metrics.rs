@@ -9,8 +9,6 @@
 //! runs.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cluster::{Cluster, wait_until};
@@ -25,71 +23,21 @@ fn id(text: &str) -> NodeId {
     NodeId::parse(text).unwrap()
 }
 
-/// The node's dashboard and metrics address, from its status.
-fn http_address(cluster: &Cluster, node: NodeId) -> anyhow::Result<String> {
-    let status = cluster.status(node)?;
-    status["http"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow::anyhow!("no \"http\" address in {node}'s status: {status}"))
-}
-
-/// `GET /metrics` over a plain TCP connection; returns the body, checked to be a 200 with a
-/// text content type.
+/// `GET /metrics`; returns the body, checked to be a 200 with a text content type.
 fn scrape(address: &str) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    // One write: the request arrives whole.
-    let request = format!(
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes())?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let response = String::from_utf8(response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no end of headers in {response:?}"))?;
-    let mut lines = head.lines();
-    let status_line = lines.next().unwrap_or_default();
+    let response = credit_e2e::http_get(address, "/metrics")?;
     anyhow::ensure!(
-        status_line.starts_with("HTTP/1.1 200"),
-        "GET /metrics answered {status_line:?}"
+        response.status == 200,
+        "GET /metrics answered {}: {}",
+        response.status,
+        response.body
     );
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let content_type = headers.get("content-type").cloned().unwrap_or_default();
+    let content_type = response.header("content-type").unwrap_or_default();
     anyhow::ensure!(
         content_type.starts_with("text/plain"),
         "GET /metrics answered content type {content_type:?}"
     );
-    if headers
-        .get("transfer-encoding")
-        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
-    {
-        return dechunk(body);
-    }
-    Ok(body.to_owned())
-}
-
-/// The body of a chunked HTTP/1.1 response.
-fn dechunk(mut body: &str) -> anyhow::Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body
-            .split_once("\r\n")
-            .ok_or_else(|| anyhow::anyhow!("a chunk without its size line"))?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
-        if size == 0 {
-            return Ok(out);
-        }
-        anyhow::ensure!(rest.len() >= size + 2, "a chunk cut short");
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
+    Ok(response.body)
 }
 
 /// One sample line: `name{label="value",...} value`, labels sorted by name.
@@ -297,8 +245,8 @@ fn counters_move_when_batches_move_and_the_text_is_prometheus_exposition() {
         cluster.start(node).unwrap();
     }
     let (city_http, county_http) = (
-        http_address(&cluster, city).unwrap(),
-        http_address(&cluster, county).unwrap(),
+        cluster.http_address(city).unwrap(),
+        cluster.http_address(county).unwrap(),
     );
     let (city_peer, county_peer) = (city.to_string(), county.to_string());
     let received = [("direction", "down"), ("peer", county_peer.as_str())];

@@ -1205,34 +1205,16 @@ mod tests {
 
     fn sample_batch(n: usize) -> (SignedBatch, Content, NodeKey) {
         let key = NodeKey::from_seed([9; 32]);
-        let schema = protocol::Registry::builtin().by_name("water_fee").unwrap();
-        let origin = NodeId::parse("445281").unwrap();
-        let period = Period::parse("2022-05").unwrap();
-        let file = sample::sample_csv(schema, origin, period, n, 0, 1);
-        let options = crate::ingest::IngestOptions {
-            schema,
-            origin,
-            period,
-            encoding: crate::ingest::Encoding::Utf8,
-            desensitize_key: &protocol::DesensitizeKey([1; 32]),
-            node_key: &key,
-            batch_records_max: 10_000,
-            left_out: &[],
-        };
-        let report =
-            crate::ingest::ingest_bytes(Path::new("t"), file.text.as_bytes(), &options, |_| {})
-                .unwrap();
-        let signed = report.batches.into_iter().next().unwrap();
-        let batch = Content::decode(&signed.bytes).unwrap();
+        let (signed, batch) = batch_of("water_fee", "2022-05", n, &key);
         (signed, batch, key)
     }
 
-    /// A batch of `category` for `period` from the county, signed by `key`.
-    fn batch_of(category: &str, period: &str, key: &NodeKey) -> (SignedBatch, Content) {
+    /// A batch of `n` records of `category` for `period` from the county, signed by `key`.
+    fn batch_of(category: &str, period: &str, n: usize, key: &NodeKey) -> (SignedBatch, Content) {
         let schema = protocol::Registry::builtin().by_name(category).unwrap();
         let origin = NodeId::parse("445281").unwrap();
         let period = Period::parse(period).unwrap();
-        let file = sample::sample_csv(schema, origin, period, 3, 0, 1);
+        let file = sample::sample_csv(schema, origin, period, n, 0, 1);
         let options = crate::ingest::IngestOptions {
             schema,
             origin,
@@ -1268,7 +1250,7 @@ mod tests {
             ("admin_penalty", "2022-06-01"),
         ];
         for (category, period) in held {
-            let (signed, content) = batch_of(category, period, &key);
+            let (signed, content) = batch_of(category, period, 3, &key);
             let own = receipt(&key, "445281", signed.id);
             store
                 .insert_batch(&signed, &content, county, &own, None, &[], None, 1)
