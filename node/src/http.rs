@@ -24,7 +24,7 @@
 //! year, links page through reporters and open to a report. Each heat-map cell carries its
 //! state as a colour *and* a letter (readable in black and white) and as `data-state`.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -366,9 +366,8 @@ fn cell(period: Period, entries: &[&Entry]) -> Cell {
 
 /// The year a node's clock is in, in China Standard Time.
 fn this_year(node: &Node) -> u16 {
-    let days = (node.wall_ms() + 8 * 3_600_000) / 86_400_000;
-    // 400-year cycles have 146,097 days; a year within one is close enough for a default.
-    (1970 + days * 400 / 146_097) as u16
+    // `china_time` is exact (the inverse of the civil-date arithmetic): "YYYY-MM-DD HH:MM".
+    china_time(node.wall_ms())[..4].parse().unwrap_or(1970)
 }
 
 /// The heat map of `category` (default: the first scheduled) for `year` (default: this
@@ -477,16 +476,14 @@ fn feedback(node: &Node, offset: usize, limit: usize) -> Result<Value, RequestEr
     Ok(items)
 }
 
-/// The newest `limit` audit events, newest first.
+/// The newest `limit` audit events, newest first (read back from the log's head).
 fn audit(node: &Node, limit: usize) -> Result<Vec<Value>, RequestError> {
-    let mut last: VecDeque<Value> = VecDeque::with_capacity(limit + 1);
-    for entry in node.store.audit_entries() {
-        last.push_back(crate::api::audit_json(&entry?));
-        if last.len() > limit {
-            last.pop_front();
-        }
-    }
-    Ok(last.into_iter().rev().collect())
+    Ok(node
+        .store
+        .audit_tail(limit as u64)?
+        .iter()
+        .map(crate::api::audit_json)
+        .collect())
 }
 
 /// One report's held batches and manifests, and its ledger entries.

@@ -1110,6 +1110,22 @@ impl<K: Kv> Store<K> {
         Ok(count)
     }
 
+    /// The newest `count` audit entries, newest first, read by key back from the audit head
+    /// (not a scan of the log: the dashboard shows the last few of a log that only grows).
+    pub fn audit_tail(&self, count: u64) -> Result<Vec<AuditEntry>, StoreError> {
+        let Some(head) = self.kv.get(Tree::State, AUDIT_HEAD)? else {
+            return Ok(Vec::new());
+        };
+        let (next, _): (u64, Digest) = decode("state", &head)?;
+        let mut entries = Vec::new();
+        for seq in (next.saturating_sub(count)..next).rev() {
+            if let Some(bytes) = self.kv.get(Tree::Audit, &seq.to_be_bytes())? {
+                entries.push(decode("audit", &bytes)?);
+            }
+        }
+        Ok(entries)
+    }
+
     pub fn audit_entries(&self) -> impl Iterator<Item = Result<AuditEntry, StoreError>> + '_ {
         self.scan_prefix(Tree::Audit, Vec::new())
             .map(|entry| decode("audit", &entry?.1))
@@ -1463,6 +1479,24 @@ mod tests {
         assert_eq!(pending.len(), 1);
         store.relay_done(county, &[(signed.id, province)]).unwrap();
         assert!(store.relay_pending(county, 1024).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_audit_tail_is_the_end_of_the_log_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.audit_tail(5).unwrap().is_empty());
+        for version in 0..12 {
+            store
+                .audit(AuditEvent::TopologyApplied { version }, version)
+                .unwrap();
+        }
+        let all: Vec<AuditEntry> = store.audit_entries().collect::<Result<_, _>>().unwrap();
+        let mut tail = store.audit_tail(5).unwrap();
+        assert_eq!(tail.len(), 5);
+        tail.reverse();
+        assert_eq!(tail, all[all.len() - 5..]);
+        assert_eq!(store.audit_tail(100).unwrap().len(), all.len());
     }
 
     #[test]
