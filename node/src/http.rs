@@ -366,8 +366,7 @@ fn cell(period: Period, entries: &[&Entry]) -> Cell {
 
 /// The year a node's clock is in, in China Standard Time.
 fn this_year(node: &Node) -> u16 {
-    // `china_time` is exact (the inverse of the civil-date arithmetic): "YYYY-MM-DD HH:MM".
-    china_time(node.wall_ms())[..4].parse().unwrap_or(1970)
+    topology::admission::Date::of_ms(node.wall_ms()).year
 }
 
 /// The heat map of `category` (default: the first scheduled) for `year` (default: this

@@ -817,21 +817,8 @@ fn reconciliation_restores_a_lost_batch_reports_an_anomaly_and_repairs_a_receipt
 
     let up = LinkId(22);
     drain(&mut county);
-    county
-        .handle_link_up(up, LinkKind::Up(Route::Parent), now(3))
-        .unwrap();
     // The city's Hello (sent when the county connected): the path is up.
-    county
-        .handle_message(
-            up,
-            Message::Hello {
-                node: id(CITY),
-                wire_version: wire::WIRE_VERSION,
-                topology_version: 1,
-            },
-            now(3),
-        )
-        .unwrap();
+    path_up(&mut county, up, CITY, 1, now(3), now(3));
     // The link coming up compares batches; the operator's `reconcile` compares receipts too.
     let mut sent = pump(
         (&mut county, &county_kv, up),
@@ -934,20 +921,7 @@ fn links_count_batches_bytes_and_refusals_by_reason() {
     drain(&mut city);
     let up = LinkId(32);
     drain(&mut county);
-    county
-        .handle_link_up(up, LinkKind::Up(Route::Parent), now(3))
-        .unwrap();
-    county
-        .handle_message(
-            up,
-            Message::Hello {
-                node: id(CITY),
-                wire_version: wire::WIRE_VERSION,
-                topology_version: 1,
-            },
-            now(3),
-        )
-        .unwrap();
+    path_up(&mut county, up, CITY, 1, now(3), now(3));
     pump(
         (&mut county, &county_kv, up),
         (&mut city, &city_kv, down),

@@ -745,15 +745,17 @@ impl<K: Kv> Store<K> {
         &self,
         prefix: Vec<u8>,
     ) -> impl Iterator<Item = Result<(BatchId, BatchMeta), StoreError>> + '_ {
-        self.scan_prefix(Tree::Held, prefix).map(move |entry| {
-            let (key, _) = entry?;
-            let id = held_key_id(&key);
-            let meta = self.meta(&id)?.ok_or_else(|| StoreError::Decode {
-                tree: "held",
-                message: format!("index names {id} but no metadata is stored"),
-            })?;
-            Ok((id, meta))
-        })
+        self.scan_prefix(Tree::Held, prefix)
+            .map(move |entry| self.indexed_meta(held_key_id(&entry?.0)))
+    }
+
+    /// The metadata of a batch the held index names (an error if none is stored).
+    fn indexed_meta(&self, id: BatchId) -> Result<(BatchId, BatchMeta), StoreError> {
+        let meta = self.meta(&id)?.ok_or_else(|| StoreError::Decode {
+            tree: "held",
+            message: format!("index names {id} but no metadata is stored"),
+        })?;
+        Ok((id, meta))
     }
 
     /// The batches and manifests of `category` that `origin` originated for `period` (a
@@ -781,14 +783,7 @@ impl<K: Kv> Store<K> {
                 let named = key.get(8..key.len().saturating_sub(33))?;
                 (named == category.as_str().as_bytes()).then(|| Ok(held_key_id(&key)))
             })
-            .map(move |id| {
-                let id = id?;
-                let meta = self.meta(&id)?.ok_or_else(|| StoreError::Decode {
-                    tree: "held",
-                    message: format!("index names {id} but no metadata is stored"),
-                })?;
-                Ok((id, meta))
-            })
+            .map(move |id| self.indexed_meta(id?))
     }
 
     /// The ids of the batches and manifests `origin` originated for periods of `year`, each
