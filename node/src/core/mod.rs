@@ -2768,6 +2768,19 @@ pub const REFUSAL_REASONS: [&str; 13] = [
     "key_ended",
 ];
 
+/// What a receiving node's record index and audit make of data batch `id` (the update
+/// [`Store::insert_batch`] writes with it): for benchmarks that price a hop's parts.
+#[doc(hidden)]
+pub fn assess_received<K: Kv>(
+    store: &Store<K>,
+    registry: &Registry,
+    me: NodeId,
+    id: BatchId,
+    batch: &protocol::Batch,
+) -> Result<crate::store::QualityUpdate, StoreError> {
+    quality::assess(store, registry, me, id, batch, quality::Audit::Receiver).map(|a| a.update)
+}
+
 pub fn may_connect(topology: &Topology, me: NodeId, node: NodeId) -> bool {
     topology.node(node).is_some_and(|n| n.parent == Some(me))
         || (me.is_national() && topology.legacy_link(node).is_some())
