@@ -7,11 +7,11 @@
 //!    windows), one connection, `BENCH_MB` MiB (256) sent as uni streams of 16 MiB (at most
 //!    `BENCH_WINDOW` being written at once, like batch streams), each read with
 //!    `read_to_end` as a node reads a batch. Two runs; the faster is the raw limit of one hop.
-//! 1b. **raw quinn relay**: the same streams from this process through a middle process to a
+//!    1b. **raw quinn relay**: the same streams from this process through a middle process to a
 //!    sink process (the bench binary re-run with `--raw-relay`), the middle reading each
 //!    stream whole and forwarding it, with no verification or storage: the physical limit of
 //!    a three-node chain on this machine. Two runs; the faster counts.
-//! 2a. **one hop**: a county and a city in-process (fresh stores, on their own ports); the
+//!    2a. **one hop**: a county and a city in-process (fresh stores, on their own ports); the
 //!    county stores a run's batches before the city starts; timed from the county's link
 //!    coming up until the city holds every batch (verified, indexed, audited, durable).
 //! 2. **real sync**: three nodes started in-process with `node::runtime::start` (province
@@ -353,6 +353,21 @@ impl RawRun {
     }
 }
 
+/// One line per raw run: bytes, time, rate, CPU and drops.
+fn print_raw_runs(runs: &[RawRun]) {
+    for (i, run) in runs.iter().enumerate() {
+        println!(
+            "{:<10} {:>9.1} {:>9.1} {:>9.1} {:>14} {:>10}",
+            format!("run {}", i + 1),
+            run.bytes as f64 / MB,
+            ms(run.usage.wall),
+            run.mb_per_s(),
+            run.usage.cpu(),
+            run.usage.drops()
+        );
+    }
+}
+
 /// Two endpoints with the nodes' TLS, connected: (client side, server side, endpoints to keep).
 async fn raw_pair() -> (quinn::Connection, quinn::Connection, [quinn::Endpoint; 2]) {
     let server_key = NodeKey::from_seed(random32().expect("random"));
@@ -392,6 +407,30 @@ async fn raw_pair() -> (quinn::Connection, quinn::Connection, [quinn::Endpoint; 
     (client_side, server_side, [server, client])
 }
 
+/// Opens `streams` uni streams on `connection`, each carrying `payload`, at most `window`
+/// being written at once; returns the tasks still writing the last ones.
+async fn send_streams(
+    connection: &quinn::Connection,
+    streams: usize,
+    payload: &Arc<Vec<u8>>,
+    window: usize,
+) -> JoinSet<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(window));
+    let mut sends = JoinSet::new();
+    for _ in 0..streams {
+        let slot = slots.clone().acquire_owned().await.expect("semaphore");
+        let connection = connection.clone();
+        let payload = payload.clone();
+        sends.spawn(async move {
+            let mut stream = connection.open_uni().await.expect("open a uni stream");
+            stream.write_all(&payload).await.expect("write a stream");
+            stream.finish().expect("finish a stream");
+            drop(slot);
+        });
+    }
+    sends
+}
+
 /// Sends `streams` uni streams of `payload`, at most `window` being written at once; returns
 /// once the receiver has read every byte.
 async fn raw_transfer(
@@ -424,19 +463,7 @@ async fn raw_transfer(
         })
     };
     let before = Snapshot::now();
-    let slots = Arc::new(tokio::sync::Semaphore::new(window));
-    let mut sends = JoinSet::new();
-    for _ in 0..streams {
-        let slot = slots.clone().acquire_owned().await.expect("semaphore");
-        let connection = client.clone();
-        let payload = payload.clone();
-        sends.spawn(async move {
-            let mut stream = connection.open_uni().await.expect("open a uni stream");
-            stream.write_all(&payload).await.expect("write a stream");
-            stream.finish().expect("finish a stream");
-            drop(slot);
-        });
-    }
+    let mut sends = send_streams(client, streams, &payload, window).await;
     let bytes = receiver.await.expect("receiver task");
     let after = Snapshot::now();
     while let Some(sent) = sends.join_next().await {
@@ -638,19 +665,7 @@ fn raw_relay(streams: usize, payload: Arc<Vec<u8>>, window: usize, cpus: usize) 
                 .await
                 .expect("source → middle handshake");
         let before = Snapshot::now();
-        let slots = Arc::new(tokio::sync::Semaphore::new(window));
-        let mut sends = JoinSet::new();
-        for _ in 0..streams {
-            let slot = slots.clone().acquire_owned().await.expect("semaphore");
-            let connection = connection.clone();
-            let payload = payload.clone();
-            sends.spawn(async move {
-                let mut stream = connection.open_uni().await.expect("open a uni stream");
-                stream.write_all(&payload).await.expect("write a stream");
-                stream.finish().expect("finish a stream");
-                drop(slot);
-            });
-        }
+        let mut sends = send_streams(&connection, streams, &payload, window).await;
         let arrived = tokio::task::spawn_blocking(move || sink.done())
             .await
             .expect("sink reader");
@@ -754,15 +769,20 @@ struct Cluster {
     county: Arc<Node>,
 }
 
+/// Starts the node in `dir` with `topology`.
+async fn start_node(dir: PathBuf, topology: &Path, config: SyncConfig) -> Arc<Node> {
+    runtime::start(&dir, topology, config)
+        .await
+        .unwrap_or_else(|e| panic!("start {}: {e:#}", dir.display()))
+}
+
 async fn start_cluster(identities: &Identities, config: SyncConfig) -> Cluster {
     let start = |id: &str| {
-        let dir = identities.root.path().join(id);
-        let topology = identities.topology_path.clone();
-        async move {
-            runtime::start(&dir, &topology, config)
-                .await
-                .unwrap_or_else(|e| panic!("start {}: {e:#}", dir.display()))
-        }
+        start_node(
+            identities.root.path().join(id),
+            &identities.topology_path,
+            config,
+        )
     };
     // Parents first, so the first dial of each uplink finds its parent listening.
     let province = start(PROVINCE).await;
@@ -909,15 +929,7 @@ async fn one_hop(
             }
         }
     }
-    let start = |id: &str| {
-        let dir = hop.join(id);
-        let topology = identities.hop_topology_path.clone();
-        async move {
-            runtime::start(&dir, &topology, config)
-                .await
-                .unwrap_or_else(|e| panic!("start {}: {e:#}", dir.display()))
-        }
-    };
+    let start = |id: &str| start_node(hop.join(id), &identities.hop_topology_path, config);
     let county = start(COUNTY).await;
     let ids: Vec<BatchId> = batches.iter().map(|b| b.id).collect();
     for batch in batches {
@@ -1336,34 +1348,14 @@ fn main() {
         "{:<10} {:>9} {:>9} {:>9} {:>14} {:>10}",
         "", "MB", "ms", "MB/s", "CPU", "UDP drops"
     );
-    for (i, run) in raw_runs.iter().enumerate() {
-        println!(
-            "{:<10} {:>9.1} {:>9.1} {:>9.1} {:>14} {:>10}",
-            format!("run {}", i + 1),
-            run.bytes as f64 / MB,
-            ms(run.usage.wall),
-            run.mb_per_s(),
-            run.usage.cpu(),
-            run.usage.drops()
-        );
-    }
+    print_raw_runs(&raw_runs);
 
     println!();
     println!(
         "1b. raw quinn relay through 3 processes (this → middle → sink, each a process with the node TLS): {streams} uni streams x 16 MiB, <= {} written at once; the middle reads each stream whole and forwards it on a stream of its own; CPU = all 3 processes",
         config.window
     );
-    for (i, run) in relay_runs.iter().enumerate() {
-        println!(
-            "{:<10} {:>9.1} {:>9.1} {:>9.1} {:>14} {:>10}",
-            format!("run {}", i + 1),
-            run.bytes as f64 / MB,
-            ms(run.usage.wall),
-            run.mb_per_s(),
-            run.usage.cpu(),
-            run.usage.drops()
-        );
-    }
+    print_raw_runs(&relay_runs);
 
     println!();
     let hop_rate = data_mb / one_hop_run.usage.wall.as_secs_f64();
