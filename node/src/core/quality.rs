@@ -19,7 +19,7 @@
 //! is the same as `protocol::audit::audit` over the held batches (a test checks it on random
 //! histories, in random arrival orders).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use bincode::{Decode, Encode};
 use protocol::audit::{self, Contribution, Finding, Histogram, Version, View};
@@ -61,6 +61,11 @@ fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, StoreError> {
 struct Overlay<'s, K: Kv> {
     store: &'s Store<K>,
     prefix: Vec<u8>,
+    /// Entries read from the store (a key read and found absent has no value here): read in
+    /// bulk by [`Overlay::read`], one at a time only for what that did not foresee.
+    read: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The number of the run this batch's writes make.
+    run: u64,
     keys: BTreeMap<RecordKey, KeyEntry>,
     holders: HashMap<(u16, String), BTreeSet<RecordKey>>,
     names: HashMap<(u16, String), BTreeMap<String, u64>>,
@@ -79,16 +84,50 @@ impl<'s, K: Kv> Overlay<'s, K> {
         key
     }
 
-    fn load<T: Decode<()> + Default>(&self, key: &[u8]) -> Result<T, StoreError> {
-        match self.store.index_get(key)? {
-            Some(bytes) => decode(&bytes),
+    /// Reads `keys` from the store in one scan of the period's runs.
+    fn read(&mut self, keys: impl IntoIterator<Item = Vec<u8>>) -> Result<(), StoreError> {
+        let wanted: HashSet<Vec<u8>> = keys
+            .into_iter()
+            .filter(|key| !self.read.contains_key(key))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let mut found = self.store.index_read(&self.prefix, &wanted)?;
+        self.run = self.run.max(found.next_run);
+        for key in wanted {
+            let value = found.values.remove(&key);
+            self.read.insert(key, value);
+        }
+        Ok(())
+    }
+
+    fn load<T: Decode<()> + Default>(&mut self, key: &[u8]) -> Result<T, StoreError> {
+        if !self.read.contains_key(key) {
+            self.read(std::iter::once(key.to_vec()))?;
+        }
+        match &self.read[key] {
+            Some(bytes) => decode(bytes),
             None => Ok(T::default()),
         }
     }
 
+    /// The index keys of what `contributions` add to.
+    fn aggregate_keys(&self, contributions: &[Contribution]) -> Vec<Vec<u8>> {
+        contributions
+            .iter()
+            .map(|contribution| match contribution {
+                Contribution::Unique { rule, values } => self.key_of(b'u', Some(*rule), values),
+                Contribution::Name { rule, code, .. } => self.key_of(b'n', Some(*rule), code),
+                Contribution::Value { rule, .. } => self.key_of(b'h', Some(*rule), ""),
+            })
+            .collect()
+    }
+
     fn entry(&mut self, key: &RecordKey) -> Result<&mut KeyEntry, StoreError> {
         if !self.keys.contains_key(key) {
-            let loaded = self.load(&self.key_of(b'k', None, &key.0))?;
+            let at = self.key_of(b'k', None, &key.0);
+            let loaded = self.load(&at)?;
             self.keys.insert(key.clone(), loaded);
         }
         Ok(self.keys.get_mut(key).expect("just loaded"))
@@ -96,7 +135,8 @@ impl<'s, K: Kv> Overlay<'s, K> {
 
     fn histogram_mut(&mut self, rule: u16) -> Result<&mut Histogram, StoreError> {
         if !self.histograms.contains_key(&rule) {
-            let loaded = self.load(&self.key_of(b'h', Some(rule), ""))?;
+            let at = self.key_of(b'h', Some(rule), "");
+            let loaded = self.load(&at)?;
             self.histograms.insert(rule, loaded);
         }
         Ok(self.histograms.get_mut(&rule).expect("just loaded"))
@@ -114,8 +154,8 @@ impl<'s, K: Kv> Overlay<'s, K> {
                 Contribution::Unique { rule, values } => {
                     let at = (*rule, values.clone());
                     if !self.holders.contains_key(&at) {
-                        let loaded: Vec<RecordKey> =
-                            self.load(&self.key_of(b'u', Some(*rule), values))?;
+                        let at_key = self.key_of(b'u', Some(*rule), values);
+                        let loaded: Vec<RecordKey> = self.load(&at_key)?;
                         self.holders
                             .insert(at.clone(), loaded.into_iter().collect());
                     }
@@ -130,7 +170,8 @@ impl<'s, K: Kv> Overlay<'s, K> {
                 Contribution::Name { rule, code, name } => {
                     let at = (*rule, code.clone());
                     if !self.names.contains_key(&at) {
-                        let loaded = self.load(&self.key_of(b'n', Some(*rule), code))?;
+                        let at_key = self.key_of(b'n', Some(*rule), code);
+                        let loaded = self.load(&at_key)?;
                         self.names.insert(at.clone(), loaded);
                     }
                     let names = self.names.get_mut(&at).expect("just loaded");
@@ -150,7 +191,7 @@ impl<'s, K: Kv> Overlay<'s, K> {
         Ok(())
     }
 
-    /// The writes that store the overlay.
+    /// The writes that store the overlay: the entries whose bytes changed.
     fn writes(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         let mut out = Vec::new();
         for (key, entry) in &self.keys {
@@ -175,6 +216,13 @@ impl<'s, K: Kv> Overlay<'s, K> {
                 out.push((key, Some(encode(histogram))));
             }
         }
+        // What the store holds already is not written again (an own batch assessed once more
+        // with the parent's findings, a key whose entry this batch does not change).
+        out.retain(|(key, value)| {
+            self.read
+                .get(key)
+                .is_none_or(|held| held.as_deref() != value.as_deref())
+        });
         out
     }
 }
@@ -264,19 +312,60 @@ pub(super) fn assess<K: Kv>(
         names: HashMap::new(),
         histograms: HashMap::new(),
         dirty: BTreeSet::new(),
+        read: HashMap::new(),
+        run: 1,
     };
     let version = Version {
         batch: id,
         supersedes: header.supersedes,
     };
-    let records: BTreeMap<&RecordKey, &protocol::Record> =
-        batch.records.iter().map(|r| (&r.key, r)).collect();
     let keys: Vec<(&RecordKey, bool)> = batch
         .records
         .iter()
         .map(|r| (&r.key, false))
         .chain(header.withdrawals.iter().map(|w| (&w.key, true)))
         .collect();
+    // What this batch's records contribute to the aggregates, if they become current.
+    let fresh: HashMap<&RecordKey, Vec<Contribution>> =
+        schema.map_or_else(HashMap::new, |schema| {
+            batch
+                .records
+                .iter()
+                .map(|r| (&r.key, audit::contributions(schema, r)))
+                .collect()
+        });
+    // Everything the batch can touch, read in two scans of the period's runs: its keys'
+    // entries (and the histograms), then the aggregates their current versions and this
+    // batch's records add to. Only a version that becomes current from another batch (rare)
+    // reads more.
+    let usual_range: Vec<u16> = schema.map_or_else(Vec::new, |schema| {
+        schema
+            .audit
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| matches!(rule.check, protocol::audit::Check::UsualRange { .. }))
+            .map(|(n, _)| n as u16)
+            .collect()
+    });
+    let first: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|(key, _)| overlay.key_of(b'k', None, &key.0))
+        .chain(
+            usual_range
+                .iter()
+                .map(|rule| overlay.key_of(b'h', Some(*rule), "")),
+        )
+        .collect();
+    overlay.read(first)?;
+    for (key, _) in &keys {
+        overlay.entry(key)?;
+    }
+    let second: Vec<Vec<u8>> = keys
+        .iter()
+        .flat_map(|(key, _)| overlay.aggregate_keys(&overlay.keys[*key].contributions))
+        .chain(fresh.values().flat_map(|c| overlay.aggregate_keys(c)))
+        .collect();
+    overlay.read(second)?;
     let mut current = Vec::new();
     for (key, withdrawn) in keys {
         let entry = overlay.entry(key)?;
@@ -292,8 +381,8 @@ pub(super) fn assess<K: Kv>(
             entry.current = Some(winner.batch);
             let new = match (schema, winner_withdrawn) {
                 (None, _) | (_, true) => Vec::new(),
-                (Some(schema), false) if winner.batch == id => {
-                    audit::contributions(schema, records[key])
+                (Some(_), false) if winner.batch == id => {
+                    fresh.get(key).cloned().unwrap_or_default()
                 }
                 // A version between arrived late and another version became current: read
                 // that version's record from its batch (rare).
@@ -316,12 +405,8 @@ pub(super) fn assess<K: Kv>(
             current.push((key.clone(), true));
         }
     }
-    if let Some(schema) = schema {
-        for (n, rule) in schema.audit.iter().enumerate() {
-            if matches!(rule.check, protocol::audit::Check::UsualRange { .. }) {
-                overlay.histogram_mut(n as u16)?;
-            }
-        }
+    for rule in usual_range {
+        overlay.histogram_mut(rule)?;
     }
     let findings = match audit {
         Audit::Receiver => schema.map_or_else(Vec::new, |schema| {
@@ -356,6 +441,7 @@ pub(super) fn assess<K: Kv>(
             current,
             findings: findings.clone(),
             index: overlay.writes(),
+            index_run: overlay.run,
         },
         findings,
     })
@@ -518,12 +604,15 @@ mod tests {
                 Period::parse("2026-05").unwrap(),
                 &Category::parse("water_fee").unwrap(),
             );
-            for (record_key, version) in audit::current(&all) {
-                let mut index_key = prefix.clone();
-                index_key.push(b'k');
-                index_key.extend(record_key.0.as_bytes());
-                let entry: KeyEntry =
-                    decode(&store.index_get(&index_key).unwrap().unwrap()).unwrap();
+            let current = audit::current(&all);
+            let wanted: HashSet<Vec<u8>> = current
+                .keys()
+                .map(|record_key| [prefix.as_slice(), b"k", record_key.0.as_bytes()].concat())
+                .collect();
+            let held = store.index_read(&prefix, &wanted).unwrap();
+            for (record_key, version) in current {
+                let index_key = [prefix.as_slice(), b"k", record_key.0.as_bytes()].concat();
+                let entry: KeyEntry = decode(&held.values[&index_key]).unwrap();
                 assert_eq!(
                     entry.current,
                     Some(version.batch),

@@ -895,16 +895,17 @@ struct MemTree {
 impl MemTree {
     fn new(tree: Tree) -> MemTree {
         let index = match tree {
-            // Held is scanned by origin at every reconciliation and report.
-            Tree::Outbox | Tree::Relay | Tree::Refused | Tree::Held | Tree::Feedback => {
-                Index::Ordered(BTreeMap::new())
+            // Held is scanned by origin at every reconciliation and report; the record
+            // index's runs by period at every data batch.
+            Tree::Outbox
+            | Tree::Relay
+            | Tree::Refused
+            | Tree::Held
+            | Tree::Feedback
+            | Tree::Index => Index::Ordered(BTreeMap::new()),
+            Tree::Batches | Tree::Meta | Tree::Receipts | Tree::Audit | Tree::State => {
+                Index::Hashed(Hashed::default())
             }
-            Tree::Batches
-            | Tree::Meta
-            | Tree::Receipts
-            | Tree::Audit
-            | Tree::State
-            | Tree::Index => Index::Hashed(Hashed::default()),
         };
         MemTree {
             index,

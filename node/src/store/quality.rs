@@ -2,9 +2,15 @@
 //! field, by rule) with when they were opened and closed, and the held data batches of one
 //! origin, category and period from which the current version of each record is read.
 //!
-//! Tree layout: `index`: origin u32 ‖ period [4] ‖ category ‖ 0x00 ‖ kind ‖ … (the record
-//! index kept by `core::quality`: each key's versions and current contributions, and the
-//! aggregates of the cross-record audit rules). `feedback`: origin u32 ‖ period [4] ‖ category ‖ 0x00 ‖ record key ‖ 0x00 ‖
+//! Tree layout: `index`: origin u32 ‖ period [4] ‖ category ‖ 0x00 ‖ … (the record index kept
+//! by `core::quality`: each key's versions and current contributions, and the aggregates of
+//! the cross-record audit rules), written as **runs**: each stored batch writes the entries it
+//! changes as one run, `R` ‖ run u64 ‖ chunk u32 → entries (see [`RUN_CHUNK_BYTES`]), and an
+//! entry's value is the one of the newest run that holds it. Reading the index of a batch's
+//! period is one scan of the period's runs, however many keys it asks for, and writing it is
+//! one sled insert per ~16 KiB of changed entries: a sled operation per record key cost ~20×
+//! everything else a receiving node does (issue 12). Entries written one per key by earlier
+//! versions (kind byte `k`, `u`, `n`, `h` right after the prefix) are read as run 0. `feedback`: origin u32 ‖ period [4] ‖ category ‖ 0x00 ‖ record key ‖ 0x00 ‖
 //! field ‖ 0x00 ‖ rule → FeedbackItem. An item opens when a finding is first made on a
 //! record's current version and closes when a later version of the record (a correction or
 //! a withdrawal) becomes current without that finding; a finding made again after closing
@@ -36,8 +42,71 @@ pub struct QualityUpdate {
     /// correction arriving after the withdrawal that supersedes it).
     pub current: Vec<(RecordKey, bool)>,
     pub findings: Vec<Finding>,
-    /// Writes to the record index (`index` tree): key → value, `None` to remove.
+    /// Writes to the record index (`index` tree): key (under the period's prefix) → value,
+    /// `None` to remove; stored as run `index_run` of the period.
     pub index: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub index_run: u64,
+}
+
+/// Kind byte of a run's chunk in the `index` tree, right after the period's prefix.
+const RUN: u8 = b'R';
+/// A run's entries are cut into chunks of about this many bytes: sled 0.34 keeps a tree node
+/// larger than a quarter of its 512 KiB segment as a separate blob file, which it does not
+/// fsync; chunks keep every node far below that.
+pub const RUN_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Entries of the record index read for one period ([`Store::index_read`]).
+#[derive(Debug, Default)]
+pub struct IndexRead {
+    /// Each wanted key that has a value (a key removed or never written is absent).
+    pub values: std::collections::HashMap<Vec<u8>, Vec<u8>>,
+    /// The number the next run of the period takes.
+    pub next_run: u64,
+}
+
+/// The entries of one chunk: `u16 key length ‖ key ‖ u32 value length + 1 (0: removed) ‖
+/// value`, big-endian, keys after the period's prefix and increasing. `None` if damaged.
+fn chunk_entries(mut bytes: &[u8]) -> Option<Vec<(&[u8], Option<&[u8]>)>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (len, rest) = bytes.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_be_bytes(*len));
+        let (key, rest) = rest.split_at_checked(len)?;
+        let (value_len, rest) = rest.split_first_chunk::<4>()?;
+        let value_len = u32::from_be_bytes(*value_len) as usize;
+        let (value, rest) = match value_len.checked_sub(1) {
+            None => (None, rest),
+            Some(len) => {
+                let (value, rest) = rest.split_at_checked(len)?;
+                (Some(value), rest)
+            }
+        };
+        out.push((key, value));
+        bytes = rest;
+    }
+    Some(out)
+}
+
+fn push_chunk_entry(chunk: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>) {
+    let key_len = u16::try_from(key.len()).expect("index keys are short");
+    chunk.extend(key_len.to_be_bytes());
+    chunk.extend(key);
+    match value {
+        None => chunk.extend(0u32.to_be_bytes()),
+        Some(value) => {
+            let len = u32::try_from(value.len() + 1).expect("index values are small");
+            chunk.extend(len.to_be_bytes());
+            chunk.extend(value);
+        }
+    }
+}
+
+fn run_chunk_key(prefix: &[u8], run: u64, chunk: u32) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.push(RUN);
+    key.extend(run.to_be_bytes());
+    key.extend(chunk.to_be_bytes());
+    key
 }
 
 /// One finding on one field of one record, open or closed.
@@ -100,13 +169,31 @@ impl<K: Kv> Store<K> {
         update: &QualityUpdate,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        for (key, value) in &update.index {
-            match value {
-                Some(value) => group.insert(Tree::Index, key.clone(), value.clone()),
-                None => group.remove(Tree::Index, key.clone()),
+        let base = period_prefix(update.origin, update.period, &update.category);
+        let mut entries: Vec<(&[u8], Option<&[u8]>)> = update
+            .index
+            .iter()
+            .map(|(key, value)| {
+                let key = key
+                    .strip_prefix(base.as_slice())
+                    .expect("index writes stay under their period's prefix");
+                (key, value.as_deref())
+            })
+            .collect();
+        entries.sort_unstable_by_key(|(key, _)| *key);
+        let mut chunk = Vec::new();
+        let mut chunks = 0u32;
+        for (n, (key, value)) in entries.iter().enumerate() {
+            push_chunk_entry(&mut chunk, key, *value);
+            if chunk.len() >= RUN_CHUNK_BYTES || n + 1 == entries.len() {
+                group.insert(
+                    Tree::Index,
+                    run_chunk_key(&base, update.index_run, chunks),
+                    std::mem::take(&mut chunk),
+                );
+                chunks += 1;
             }
         }
-        let base = period_prefix(update.origin, update.period, &update.category);
         let any = self.scan_prefix(Tree::Feedback, base).next().is_some();
         if any {
             for (key, withdrawn) in &update.current {
@@ -166,9 +253,57 @@ impl<K: Kv> Store<K> {
         group.commit()
     }
 
-    /// An entry of the record index (see `core::quality`).
-    pub fn index_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.kv.get(Tree::Index, key)?)
+    /// The entries `wanted` (keys under `prefix`, a period's) of the record index, read in
+    /// one scan of the period's runs: each key's value in the newest run holding it.
+    pub fn index_read(
+        &self,
+        prefix: &[u8],
+        wanted: &std::collections::HashSet<Vec<u8>>,
+    ) -> Result<IndexRead, StoreError> {
+        let damaged = |key: &[u8]| StoreError::Decode {
+            tree: "index",
+            message: format!("run chunk {} does not parse", protocol::ids::hex(key)),
+        };
+        // (run, value) of each wanted key seen so far; run 0 is the one-entry-per-key layout.
+        let mut found: std::collections::HashMap<&[u8], (u64, Option<Vec<u8>>)> =
+            std::collections::HashMap::new();
+        let mut last_run = 0;
+        let mut full = prefix.to_vec();
+        for entry in self.scan_prefix(Tree::Index, prefix.to_vec()) {
+            let (key, value) = entry?;
+            let rest = &key[prefix.len()..];
+            let mut see = |sub: &[u8], run: u64, value: Option<&[u8]>| {
+                full.truncate(prefix.len());
+                full.extend(sub);
+                if let Some(wanted) = wanted.get(full.as_slice())
+                    && found
+                        .get(wanted.as_slice())
+                        .is_none_or(|(seen, _)| *seen <= run)
+                {
+                    found.insert(wanted.as_slice(), (run, value.map(<[u8]>::to_vec)));
+                }
+            };
+            match rest.split_first() {
+                Some((&RUN, after)) => {
+                    let run = after
+                        .first_chunk::<8>()
+                        .map(|b| u64::from_be_bytes(*b))
+                        .ok_or_else(|| damaged(&key))?;
+                    last_run = last_run.max(run);
+                    for (sub, value) in chunk_entries(&value).ok_or_else(|| damaged(&key))? {
+                        see(sub, run, value);
+                    }
+                }
+                _ => see(rest, 0, Some(&value)),
+            }
+        }
+        Ok(IndexRead {
+            values: found
+                .into_iter()
+                .filter_map(|(key, (_, value))| Some((key.to_vec(), value?)))
+                .collect(),
+            next_run: last_run + 1,
+        })
     }
 
     /// Every feedback item this node holds (of `origin` only, if given), in (origin, period,
@@ -215,5 +350,128 @@ impl<K: Kv> Store<K> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::store::MemKv;
+
+    fn prefix(period: &str) -> Vec<u8> {
+        period_prefix(
+            NodeId::parse("445281").unwrap(),
+            Period::parse(period).unwrap(),
+            &Category::parse("water_fee").unwrap(),
+        )
+    }
+
+    fn update(period: &str, run: u64, writes: &[(&str, Option<&str>)]) -> QualityUpdate {
+        let prefix = prefix(period);
+        let prefix = prefix.as_slice();
+        QualityUpdate {
+            origin: NodeId::parse("445281").unwrap(),
+            category: Category::parse("water_fee").unwrap(),
+            period: Period::parse(period).unwrap(),
+            batch: BatchId::of(b"batch"),
+            reporter: NodeId::parse("445200").unwrap(),
+            current: Vec::new(),
+            findings: Vec::new(),
+            index: writes
+                .iter()
+                .map(|(key, value)| {
+                    (
+                        [prefix, key.as_bytes()].concat(),
+                        value.map(|v| v.as_bytes().to_vec()),
+                    )
+                })
+                .collect(),
+            index_run: run,
+        }
+    }
+
+    /// Runs: the newest run holding a key gives its value, a removal hides older values,
+    /// entries of the one-entry-per-key layout read as the oldest run, a run larger than a
+    /// chunk is cut into several, and a scan reads only the period asked for.
+    #[test]
+    fn the_newest_run_holding_a_key_gives_its_value() {
+        let store = Store::new(MemKv::new());
+        let prefix = prefix("2026-05");
+        // The earlier layout: one entry per key.
+        let mut group = store.group();
+        group.insert(
+            Tree::Index,
+            [prefix.as_slice(), b"klegacy"].concat(),
+            b"old".to_vec(),
+        );
+        group.insert(
+            Tree::Index,
+            [prefix.as_slice(), b"kboth"].concat(),
+            b"old".to_vec(),
+        );
+        group.commit().unwrap();
+        // Run 1: many entries (several chunks), and one key of another period.
+        let many: Vec<(String, Option<String>)> = (0..2_000)
+            .map(|n| {
+                (
+                    format!("k{n:05}"),
+                    Some(format!("value of {n} {}", "x".repeat(20))),
+                )
+            })
+            .collect();
+        let borrowed: Vec<(&str, Option<&str>)> = many
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .chain([("kboth", Some("run 1")), ("kgone", Some("run 1"))])
+            .collect();
+        let apply = |update: &QualityUpdate| {
+            let mut group = store.group();
+            store.quality_ops(&mut group, update, 1).unwrap();
+            group.commit().unwrap();
+        };
+        apply(&update("2026-05", 1, &borrowed));
+        apply(&update("2026-06", 1, &[("kboth", Some("other period"))]));
+        let chunks = store
+            .scan_prefix(Tree::Index, [prefix.as_slice(), b"R"].concat())
+            .count();
+        assert!(
+            chunks > 2,
+            "a run of ~80 KB is cut into chunks, got {chunks}"
+        );
+        // Run 2 changes one key and removes another.
+        apply(&update(
+            "2026-05",
+            2,
+            &[("k00007", Some("run 2")), ("kgone", None)],
+        ));
+        let wanted: HashSet<Vec<u8>> = ["klegacy", "kboth", "kgone", "k00007", "k01999", "knever"]
+            .iter()
+            .map(|k| [prefix.as_slice(), k.as_bytes()].concat())
+            .collect();
+        let read = store.index_read(&prefix, &wanted).unwrap();
+        let value = |k: &str| {
+            read.values
+                .get(&[prefix.as_slice(), k.as_bytes()].concat())
+                .map(|v| String::from_utf8(v.clone()).unwrap())
+        };
+        assert_eq!(value("klegacy").as_deref(), Some("old"));
+        assert_eq!(value("kboth").as_deref(), Some("run 1"));
+        assert_eq!(value("k00007").as_deref(), Some("run 2"));
+        assert_eq!(
+            value("k01999"),
+            Some(format!("value of 1999 {}", "x".repeat(20)))
+        );
+        assert_eq!(value("kgone"), None, "removed by run 2");
+        assert_eq!(value("knever"), None);
+        assert_eq!(read.values.len(), 4);
+        assert_eq!(read.next_run, 3);
+        // A damaged chunk is an error naming the tree, not a panic or a silent miss.
+        let mut group = store.group();
+        group.insert(Tree::Index, run_chunk_key(&prefix, 3, 0), vec![0, 9, b'k']);
+        group.commit().unwrap();
+        let error = store.index_read(&prefix, &wanted).unwrap_err();
+        assert!(error.to_string().contains("does not parse"), "{error}");
     }
 }
