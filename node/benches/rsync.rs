@@ -106,6 +106,15 @@ fn status_kib(field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// UDP datagrams dropped for a full socket receive buffer, machine-wide (`/proc/net/snmp`).
+fn udp_drops() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let column = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(column)?.parse().ok()
+}
+
 fn mem(kib: Option<u64>) -> String {
     kib.map_or_else(
         || "?".to_owned(),
@@ -310,15 +319,22 @@ struct CountingSocket {
     inner: Arc<dyn quinn::AsyncUdpSocket>,
     sent: AtomicU64,
     received: AtomicU64,
+    datagrams_sent: AtomicU64,
 }
 
 impl CountingSocket {
-    /// (sent, received) so far.
-    fn bytes(&self) -> (u64, u64) {
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.received.load(Ordering::Relaxed),
-        )
+    /// What was counted since `before` (a leg of zero time).
+    fn since(&self, before: Leg) -> Leg {
+        Leg {
+            time: Duration::ZERO,
+            sent: self.sent.load(Ordering::Relaxed) - before.sent,
+            received: self.received.load(Ordering::Relaxed) - before.received,
+            datagrams_sent: self.datagrams_sent.load(Ordering::Relaxed) - before.datagrams_sent,
+        }
+    }
+
+    fn now(&self) -> Leg {
+        self.since(Leg::default())
     }
 }
 
@@ -332,6 +348,11 @@ impl quinn::AsyncUdpSocket for CountingSocket {
         // With segmentation offload `contents` holds every datagram of the transmit.
         self.sent
             .fetch_add(transmit.contents.len() as u64, Ordering::Relaxed);
+        let datagrams = transmit
+            .segment_size
+            .map_or(1, |size| transmit.contents.len().div_ceil(size.max(1)));
+        self.datagrams_sent
+            .fetch_add(datagrams as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -381,6 +402,7 @@ async fn start_counted(dir: &Path, topology_path: &Path) -> (Arc<Node>, Arc<Coun
         inner: runtime.wrap_udp_socket(udp).expect("wrap the UDP socket"),
         sent: AtomicU64::new(0),
         received: AtomicU64::new(0),
+        datagrams_sent: AtomicU64::new(0),
     });
     let node = runtime::start_with(Seams {
         key: identity.key,
@@ -412,14 +434,26 @@ struct Leg {
     time: Duration,
     sent: u64,
     received: u64,
+    /// UDP datagrams sent (ours only).
+    datagrams_sent: u64,
+}
+
+impl Leg {
+    fn timed(self, time: Duration) -> Leg {
+        Leg { time, ..self }
+    }
 }
 
 struct Ours {
     first: Leg,
     changed: Leg,
     none: Leg,
-    /// When the last submit of the first copy returned (stored and fsynced at the county).
-    first_submitted: Duration,
+    /// How long each submit of the first copy took (verified, stored and fsynced at the county).
+    first_submits: Vec<Duration>,
+    /// UDP datagrams dropped machine-wide for full receive buffers during the first copy.
+    first_drops: Option<u64>,
+    /// Batch arrivals the city counted during the first copy (a batch sent twice counts twice).
+    first_arrivals: u64,
     /// Batch bytes the county's uplink counts as sent (payload only), per leg.
     payload: [u64; 3],
     /// Sessions and message rounds of the nothing-changed reconciliation.
@@ -430,6 +464,15 @@ struct Ours {
 
 fn up_link(node: &Node) -> Option<node::core::LinkStatus> {
     node.links().into_iter().find(|l| l.direction == "up")
+}
+
+/// Batches that arrived at `node` from its child (duplicates included).
+fn arrivals(node: &Node) -> u64 {
+    node.links()
+        .into_iter()
+        .filter(|l| l.direction == "down")
+        .map(|l| l.batches_received)
+        .sum()
 }
 
 /// Waits until `done` holds, checking every [`POLL`]; panics after [`PHASE_TIMEOUT`].
@@ -456,48 +499,43 @@ async fn push(
     city: &Node,
     socket: &CountingSocket,
     batches: &[SignedBatch],
-) -> (Leg, Duration) {
+) -> (Leg, Vec<Duration>) {
     let ids: Vec<BatchId> = batches.iter().map(|b| b.id).collect();
-    let (sent_before, received_before) = socket.bytes();
+    let before = socket.now();
     let start = Instant::now();
-    let mut submitted = Duration::ZERO;
+    let mut submitted = Vec::new();
     for batch in batches {
+        let submit = Instant::now();
         assert!(
             county.submit(batch.clone()).await.expect("submit"),
             "every batch is new"
         );
-        submitted = start.elapsed();
+        submitted.push(submit.elapsed());
     }
     let mut left: Vec<BatchId> = ids;
-    wait_until("the city holds every batch and the county its receipts", || {
-        left.retain(|id| {
-            let held = city.store.holds(id).expect("city store");
-            let receipt = county.store.receipt(id, city.me).expect("county store");
-            match receipt {
-                Some(receipt) if held => {
-                    assert!(
-                        matches!(receipt.receipt.verdict, Verdict::Accepted { .. }),
-                        "the city accepts batch {id}: {:?}",
-                        receipt.receipt.verdict
-                    );
-                    false
+    wait_until(
+        "the city holds every batch and the county its receipts",
+        || {
+            left.retain(|id| {
+                let held = city.store.holds(id).expect("city store");
+                let receipt = county.store.receipt(id, city.me).expect("county store");
+                match receipt {
+                    Some(receipt) if held => {
+                        assert!(
+                            matches!(receipt.receipt.verdict, Verdict::Accepted { .. }),
+                            "the city accepts batch {id}: {:?}",
+                            receipt.receipt.verdict
+                        );
+                        false
+                    }
+                    _ => true,
                 }
-                _ => true,
-            }
-        });
-        left.is_empty()
-    })
-    .await;
-    let time = start.elapsed();
-    let (sent, received) = socket.bytes();
-    (
-        Leg {
-            time,
-            sent: sent - sent_before,
-            received: received - received_before,
+            });
+            left.is_empty()
         },
-        submitted,
     )
+    .await;
+    (socket.since(before).timed(start.elapsed()), submitted)
 }
 
 /// How many reconciliation sessions `Node::reconcile` starts on the county's uplink: one per
@@ -519,15 +557,18 @@ async fn ours(
     let (county, socket) = start_counted(&dir(COUNTY), &identities.topology_path).await;
     let link_up_sessions = sessions_expected(&county, 1);
     wait_until("the county's uplink is up and reconciled", || {
-        up_link(&county)
-            .is_some_and(|l| l.connected && l.reconcile_sessions >= link_up_sessions)
+        up_link(&county).is_some_and(|l| l.connected && l.reconcile_sessions >= link_up_sessions)
     })
     .await;
     let payload_sent = || up_link(&county).map_or(0, |l| l.bytes_sent);
 
     let payload_0 = payload_sent();
-    let (first, first_submitted) = push(&county, &city, &socket, batches).await;
+    let drops_before = udp_drops();
+    let arrived_before = arrivals(&city);
+    let (first, first_submits) = push(&county, &city, &socket, batches).await;
     let payload_1 = payload_sent();
+    let first_drops = udp_drops().zip(drops_before).map(|(a, b)| a - b);
+    let first_arrivals = arrivals(&city) - arrived_before;
     let (changed, _) = push(&county, &city, &socket, corrections).await;
     let payload_2 = payload_sent();
 
@@ -538,7 +579,7 @@ async fn ours(
         "nothing left to send before the reconciliation: {link:?}"
     );
     let expected = sessions_expected(&county, 2);
-    let (sent_before, received_before) = socket.bytes();
+    let before = socket.now();
     let start = Instant::now();
     assert_eq!(
         county.reconcile(Some(city.me)).expect("start reconciling"),
@@ -549,18 +590,12 @@ async fn ours(
         up_link(&county).is_some_and(|l| l.reconcile_sessions >= link.reconcile_sessions + expected)
     })
     .await;
-    let time = start.elapsed();
-    let (sent, received) = socket.bytes();
+    let none = socket.since(before).timed(start.elapsed());
     let after = up_link(&county).expect("the county has an uplink");
     assert_eq!(
         after.reconcile_differences, link.reconcile_differences,
         "nothing differs after both pushes"
     );
-    let none = Leg {
-        time,
-        sent: sent - sent_before,
-        received: received - received_before,
-    };
     let payload_3 = payload_sent();
     let peak_kib = status_kib("VmHWM:");
     for node in [&county, &city] {
@@ -570,7 +605,9 @@ async fn ours(
         first,
         changed,
         none,
-        first_submitted,
+        first_submits,
+        first_drops,
+        first_arrivals,
         payload: [
             payload_1 - payload_0,
             payload_2 - payload_1,
@@ -586,7 +623,7 @@ async fn ours(
 /// holds its files): the county is started alone and stores them, then the city starts; timed
 /// from the county's uplink coming up (the handshake done) until the city holds every batch
 /// and the county holds the city's receipts. Bytes from when the city starts.
-async fn preloaded(identities: &Identities, batches: &[SignedBatch]) -> (Leg, Duration) {
+async fn preloaded(identities: &Identities, batches: &[SignedBatch]) -> (Leg, Duration, u64) {
     let dir = |id: &str| identities.root.path().join(id);
     let (county, socket) = start_counted(&dir(COUNTY), &identities.topology_path).await;
     let stored = Instant::now();
@@ -597,7 +634,7 @@ async fn preloaded(identities: &Identities, batches: &[SignedBatch]) -> (Leg, Du
         );
     }
     let stored = stored.elapsed();
-    let (sent_before, received_before) = socket.bytes();
+    let before = socket.now();
     let (city, _) = start_counted(&dir(CITY), &identities.topology_path).await;
     wait_until("the county's uplink comes up", || {
         up_link(&county).is_some_and(|l| l.connected)
@@ -605,31 +642,27 @@ async fn preloaded(identities: &Identities, batches: &[SignedBatch]) -> (Leg, Du
     .await;
     let start = Instant::now();
     let mut left: Vec<BatchId> = batches.iter().map(|b| b.id).collect();
-    wait_until("the city holds every batch and the county its receipts", || {
-        left.retain(|id| {
-            !(city.store.holds(id).expect("city store")
-                && county
-                    .store
-                    .receipt(id, city.me)
-                    .expect("county store")
-                    .is_some())
-        });
-        left.is_empty()
-    })
+    wait_until(
+        "the city holds every batch and the county its receipts",
+        || {
+            left.retain(|id| {
+                !(city.store.holds(id).expect("city store")
+                    && county
+                        .store
+                        .receipt(id, city.me)
+                        .expect("county store")
+                        .is_some())
+            });
+            left.is_empty()
+        },
+    )
     .await;
-    let time = start.elapsed();
-    let (sent, received) = socket.bytes();
+    let leg = socket.since(before).timed(start.elapsed());
+    let arrived = arrivals(&city);
     for node in [&county, &city] {
         let _ = tokio::time::timeout(Duration::from_secs(3), runtime::shutdown(node)).await;
     }
-    (
-        Leg {
-            time,
-            sent: sent - sent_before,
-            received: received - received_before,
-        },
-        stored,
-    )
+    (leg, stored, arrived)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -784,6 +817,7 @@ fn rsync(daemon: &Daemon, extra: &[&str], source: &Path, module: &str) -> RsyncR
             time,
             sent: stat("Total bytes sent:"),
             received: stat("Total bytes received:"),
+            datagrams_sent: 0,
         },
         files: stat("Number of regular files transferred:"),
     }
@@ -931,7 +965,8 @@ fn main() {
         .expect("tokio runtime");
     let ours = tokio.block_on(ours(&identities, &batches, &corrections));
     // Fresh nodes (empty stores, new ports) for the pre-loaded first copy.
-    let (preloaded, preload_stored) = tokio.block_on(preloaded(&identities.fresh_copy(), &batches));
+    let (preloaded, preload_stored, preload_arrivals) =
+        tokio.block_on(preloaded(&identities.fresh_copy(), &batches));
     drop(tokio);
 
     let rsync_dir = tempfile::tempdir().expect("temp dir");
@@ -951,7 +986,16 @@ fn main() {
     println!();
     println!(
         "{:<34} {:>9} {:>9} {:>6}  {:>13} {:>13} {:>6}  {:>11} {:>11} {:>6}",
-        "", "ours ms", "rsync ms", "ratio", "ours sent", "rsync sent", "ratio", "ours recv", "rsync recv", "ratio"
+        "",
+        "ours ms",
+        "rsync ms",
+        "ratio",
+        "ours sent",
+        "rsync sent",
+        "ratio",
+        "ours recv",
+        "rsync recv",
+        "ratio"
     );
     let row = |name: &str, ours: Leg, rsync: Leg| {
         let ratio = |a: f64, b: f64| {
@@ -976,8 +1020,16 @@ fn main() {
         );
     };
     let changed_name = format!("re-check, {changed} changed");
-    row("first copy", ours.first, rsync.quick[0].leg);
-    row("first copy, county pre-loaded", preloaded, rsync.quick[0].leg);
+    row(
+        "first copy (county submits incl.)",
+        ours.first,
+        rsync.quick[0].leg,
+    );
+    row(
+        "first copy, county pre-loaded",
+        preloaded,
+        rsync.quick[0].leg,
+    );
     row(&changed_name, ours.changed, rsync.quick[1].leg);
     row("re-check, none changed", ours.none, rsync.quick[2].leg);
     row("first copy (rsync -c)", ours.first, rsync.checksum[0].leg);
@@ -986,16 +1038,38 @@ fn main() {
         ours.changed,
         rsync.checksum[1].leg,
     );
-    row("re-check, none changed (rsync -c)", ours.none, rsync.checksum[2].leg);
+    row(
+        "re-check, none changed (rsync -c)",
+        ours.none,
+        rsync.checksum[2].leg,
+    );
     row(
         &format!("{changed} overwritten (rsync delta)"),
         ours.changed,
         rsync.in_place.leg,
     );
     println!();
+    let submits = &ours.first_submits;
+    let median_of = |times: &[Duration]| {
+        let mut times = times.to_vec();
+        times.sort_unstable();
+        times.get(times.len() / 2).copied().unwrap_or_default()
+    };
+    let tenth = submits.len().div_ceil(10);
     println!(
-        "ours: first copy: last submit returned (stored + fsynced at the county) at {:.0} ms; batch payload the uplink counts sent: {} / {} / {} bytes (first / changed / none); the none-changed reconciliation: {} sessions (batches + receipts per year), {} rounds",
-        ms(ours.first_submitted),
+        "ours, first copy: county submits (verify, store, fsync) took {:.0} ms in all: median {:.1} ms per batch, {:.1} ms over the first tenth, {:.1} ms over the last tenth, max {:.1} ms; {} datagrams sent, {:.0} bytes each on average; UDP receive-buffer drops (machine-wide) meanwhile: {}; batch arrivals at the city: {} for {count} batches",
+        ms(submits.iter().sum()),
+        ms(median_of(submits)),
+        ms(median_of(&submits[..tenth])),
+        ms(median_of(&submits[submits.len() - tenth..])),
+        ms(submits.iter().copied().max().unwrap_or_default()),
+        grouped(ours.first.datagrams_sent),
+        ours.first.sent as f64 / ours.first.datagrams_sent.max(1) as f64,
+        ours.first_drops.map_or_else(|| "?".to_owned(), grouped),
+        ours.first_arrivals,
+    );
+    println!(
+        "ours: batch payload the uplink counts sent: {} / {} / {} bytes (first / changed / none); the none-changed reconciliation: {} sessions (batches + receipts per year), {} rounds",
         grouped(ours.payload[0]),
         grouped(ours.payload[1]),
         grouped(ours.payload[2]),
@@ -1003,8 +1077,9 @@ fn main() {
         ours.rounds,
     );
     println!(
-        "ours, pre-loaded: the county stored every batch alone in {:.0} ms; timed from its uplink coming up (bytes from the city's start: handshake and the link-up reconciliation included)",
-        ms(preload_stored)
+        "ours, pre-loaded: the county stored every batch alone in {:.0} ms; timed from its uplink coming up (bytes from the city's start: handshake and the link-up reconciliation included); {} datagrams sent, batch arrivals at the city: {preload_arrivals} for {count} batches",
+        ms(preload_stored),
+        grouped(preloaded.datagrams_sent),
     );
     println!(
         "rsync: files transferred {} / {} / {} (quick check), {} / {} / {} (-c), {} overwritten in place",
