@@ -1683,6 +1683,16 @@ impl<K: Kv> Core<K> {
         {
             return Ok(None);
         }
+        // No findings and no item of the batch's period to close: nothing changes (the batch
+        // was indexed when it was submitted), so its bytes need not be read and decoded.
+        if findings.is_empty()
+            && let Some(meta) = self.store.meta(&id)?
+            && !self
+                .store
+                .has_feedback(meta.origin, meta.period, &meta.category)?
+        {
+            return Ok(None);
+        }
         let Some(batch) = self.store.held_data_batch(&id)? else {
             return Ok(None);
         };

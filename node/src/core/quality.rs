@@ -70,12 +70,13 @@ struct Overlay<'s, K: Kv> {
     holders: HashMap<(u16, String), BTreeSet<RecordKey>>,
     names: HashMap<(u16, String), BTreeMap<String, u64>>,
     histograms: HashMap<u16, Histogram>,
-    dirty: BTreeSet<Vec<u8>>,
+    dirty: HashSet<Vec<u8>>,
 }
 
 impl<'s, K: Kv> Overlay<'s, K> {
+    /// An entry's key under the period's prefix.
     fn key_of(&self, kind: u8, rule: Option<u16>, text: &str) -> Vec<u8> {
-        let mut key = self.prefix.clone();
+        let mut key = Vec::with_capacity(3 + text.len());
         key.push(kind);
         if let Some(rule) = rule {
             key.extend(rule.to_be_bytes());
@@ -311,7 +312,7 @@ pub(super) fn assess<K: Kv>(
         holders: HashMap::new(),
         names: HashMap::new(),
         histograms: HashMap::new(),
-        dirty: BTreeSet::new(),
+        dirty: HashSet::new(),
         read: HashMap::new(),
         run: 1,
     };
@@ -607,11 +608,11 @@ mod tests {
             let current = audit::current(&all);
             let wanted: HashSet<Vec<u8>> = current
                 .keys()
-                .map(|record_key| [prefix.as_slice(), b"k", record_key.0.as_bytes()].concat())
+                .map(|record_key| [b"k", record_key.0.as_bytes()].concat())
                 .collect();
             let held = store.index_read(&prefix, &wanted).unwrap();
             for (record_key, version) in current {
-                let index_key = [prefix.as_slice(), b"k", record_key.0.as_bytes()].concat();
+                let index_key = [b"k", record_key.0.as_bytes()].concat();
                 let entry: KeyEntry = decode(&held.values[&index_key]).unwrap();
                 assert_eq!(
                     entry.current,

@@ -8,7 +8,7 @@
 //! changes as one run, `R` ‖ run u64 ‖ chunk u32 → entries (see [`RUN_CHUNK_BYTES`]), and an
 //! entry's value is the one of the newest run that holds it. Reading the index of a batch's
 //! period is one scan of the period's runs, however many keys it asks for, and writing it is
-//! one sled insert per ~16 KiB of changed entries: a sled operation per record key cost ~20×
+//! one sled insert per ~6 KiB of changed entries: a sled operation per record key cost ~20×
 //! everything else a receiving node does (issue 12). Entries written one per key by earlier
 //! versions (kind byte `k`, `u`, `n`, `h` right after the prefix) are read as run 0. `feedback`: origin u32 ‖ period [4] ‖ category ‖ 0x00 ‖ record key ‖ 0x00 ‖
 //! field ‖ 0x00 ‖ rule → FeedbackItem. An item opens when a finding is first made on a
@@ -42,18 +42,20 @@ pub struct QualityUpdate {
     /// correction arriving after the withdrawal that supersedes it).
     pub current: Vec<(RecordKey, bool)>,
     pub findings: Vec<Finding>,
-    /// Writes to the record index (`index` tree): key (under the period's prefix) → value,
-    /// `None` to remove; stored as run `index_run` of the period.
+    /// Writes to the record index (`index` tree): key under the period's prefix (without
+    /// it) → value, `None` to remove; stored as run `index_run` of the period.
     pub index: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub index_run: u64,
 }
 
 /// Kind byte of a run's chunk in the `index` tree, right after the period's prefix.
 const RUN: u8 = b'R';
-/// A run's entries are cut into chunks of about this many bytes: sled 0.34 keeps a tree node
+/// A run's entries are cut into chunks of about this many bytes: sled 0.34 writes a tree node
 /// larger than a quarter of its 512 KiB segment as a separate blob file, which it does not
-/// fsync; chunks keep every node far below that.
-pub const RUN_CHUNK_BYTES: usize = 16 * 1024;
+/// fsync, and a leaf holds up to 17 entries before it splits: 17 chunks of ~6 KiB stay below
+/// 128 KiB. (An entry larger than that alone — the holders of a `unique` value shared by
+/// thousands of records — would still make a blob, as it did in the one-entry-per-key layout.)
+pub const RUN_CHUNK_BYTES: usize = 6 * 1024;
 
 /// Entries of the record index read for one period ([`Store::index_read`]).
 #[derive(Debug, Default)]
@@ -64,9 +66,12 @@ pub struct IndexRead {
     pub next_run: u64,
 }
 
+/// One entry of a run: key, and value or `None` for a removal.
+type IndexWrite<'a> = (&'a [u8], Option<&'a [u8]>);
+
 /// The entries of one chunk: `u16 key length ‖ key ‖ u32 value length + 1 (0: removed) ‖
 /// value`, big-endian, keys after the period's prefix and increasing. `None` if damaged.
-fn chunk_entries(mut bytes: &[u8]) -> Option<Vec<(&[u8], Option<&[u8]>)>> {
+fn chunk_entries(mut bytes: &[u8]) -> Option<Vec<IndexWrite<'_>>> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         let (len, rest) = bytes.split_first_chunk::<2>()?;
@@ -170,15 +175,10 @@ impl<K: Kv> Store<K> {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let base = period_prefix(update.origin, update.period, &update.category);
-        let mut entries: Vec<(&[u8], Option<&[u8]>)> = update
+        let mut entries: Vec<IndexWrite<'_>> = update
             .index
             .iter()
-            .map(|(key, value)| {
-                let key = key
-                    .strip_prefix(base.as_slice())
-                    .expect("index writes stay under their period's prefix");
-                (key, value.as_deref())
-            })
+            .map(|(key, value)| (key.as_slice(), value.as_deref()))
             .collect();
         entries.sort_unstable_by_key(|(key, _)| *key);
         let mut chunk = Vec::new();
@@ -194,7 +194,7 @@ impl<K: Kv> Store<K> {
                 chunks += 1;
             }
         }
-        let any = self.scan_prefix(Tree::Feedback, base).next().is_some();
+        let any = self.has_feedback(update.origin, update.period, &update.category)?;
         if any {
             for (key, withdrawn) in &update.current {
                 let raised: BTreeSet<(&str, &str)> = update
@@ -253,8 +253,9 @@ impl<K: Kv> Store<K> {
         group.commit()
     }
 
-    /// The entries `wanted` (keys under `prefix`, a period's) of the record index, read in
-    /// one scan of the period's runs: each key's value in the newest run holding it.
+    /// The entries `wanted` (keys under `prefix`, a period's, without it) of the record
+    /// index, read in one scan of the period's runs: each key's value in the newest run
+    /// holding it.
     pub fn index_read(
         &self,
         prefix: &[u8],
@@ -268,14 +269,11 @@ impl<K: Kv> Store<K> {
         let mut found: std::collections::HashMap<&[u8], (u64, Option<Vec<u8>>)> =
             std::collections::HashMap::new();
         let mut last_run = 0;
-        let mut full = prefix.to_vec();
         for entry in self.scan_prefix(Tree::Index, prefix.to_vec()) {
             let (key, value) = entry?;
             let rest = &key[prefix.len()..];
             let mut see = |sub: &[u8], run: u64, value: Option<&[u8]>| {
-                full.truncate(prefix.len());
-                full.extend(sub);
-                if let Some(wanted) = wanted.get(full.as_slice())
+                if let Some(wanted) = wanted.get(sub)
                     && found
                         .get(wanted.as_slice())
                         .is_none_or(|(seen, _)| *seen <= run)
@@ -304,6 +302,20 @@ impl<K: Kv> Store<K> {
                 .collect(),
             next_run: last_run + 1,
         })
+    }
+
+    /// Whether this node holds any feedback item, open or closed, of `origin`'s `category`
+    /// for `period`.
+    pub fn has_feedback(
+        &self,
+        origin: NodeId,
+        period: Period,
+        category: &Category,
+    ) -> Result<bool, StoreError> {
+        self.scan_prefix(Tree::Feedback, period_prefix(origin, period, category))
+            .next()
+            .transpose()
+            .map(|first| first.is_some())
     }
 
     /// Every feedback item this node holds (of `origin` only, if given), in (origin, period,
@@ -369,8 +381,6 @@ mod tests {
     }
 
     fn update(period: &str, run: u64, writes: &[(&str, Option<&str>)]) -> QualityUpdate {
-        let prefix = prefix(period);
-        let prefix = prefix.as_slice();
         QualityUpdate {
             origin: NodeId::parse("445281").unwrap(),
             category: Category::parse("water_fee").unwrap(),
@@ -383,7 +393,7 @@ mod tests {
                 .iter()
                 .map(|(key, value)| {
                     (
-                        [prefix, key.as_bytes()].concat(),
+                        key.as_bytes().to_vec(),
                         value.map(|v| v.as_bytes().to_vec()),
                     )
                 })
@@ -448,12 +458,12 @@ mod tests {
         ));
         let wanted: HashSet<Vec<u8>> = ["klegacy", "kboth", "kgone", "k00007", "k01999", "knever"]
             .iter()
-            .map(|k| [prefix.as_slice(), k.as_bytes()].concat())
+            .map(|k| k.as_bytes().to_vec())
             .collect();
         let read = store.index_read(&prefix, &wanted).unwrap();
         let value = |k: &str| {
             read.values
-                .get(&[prefix.as_slice(), k.as_bytes()].concat())
+                .get(k.as_bytes())
                 .map(|v| String::from_utf8(v.clone()).unwrap())
         };
         assert_eq!(value("klegacy").as_deref(), Some("old"));
