@@ -26,7 +26,7 @@ pub mod keys;
 pub mod ledger;
 pub mod migration;
 pub mod progress;
-mod quality;
+pub mod quality;
 pub mod reconcile;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};

@@ -215,7 +215,7 @@ impl<K: Kv> View for Overlay<'_, K> {
 }
 
 /// A batch's findings and what they change.
-pub(super) struct Assessed {
+pub struct Assessed {
     pub findings: Vec<Finding>,
     pub update: QualityUpdate,
 }
@@ -234,7 +234,7 @@ impl Assessed {
 
 /// What the audit does with a batch.
 #[derive(Debug, Clone)]
-pub(super) enum Audit {
+pub enum Audit {
     /// Audit it as `reporter` (a receiver) and update the feedback items.
     Receiver,
     /// The origin's own submission: index it; its findings come from the parent, but a
@@ -246,7 +246,7 @@ pub(super) enum Audit {
 
 /// Takes data batch `id` into the record index of its origin, period and category and audits
 /// it as `audit` says. Idempotent: a batch already indexed changes nothing in the index.
-pub(super) fn assess<K: Kv>(
+pub fn assess<K: Kv>(
     store: &Store<K>,
     registry: &Registry,
     reporter: NodeId,
