@@ -46,9 +46,12 @@
 //! and CPU; and, labelled as such, the full month extrapolated at the measured rate.
 //!
 //! Stores go under `/dev/shm` (each batch file costs two `fsync`s: on a disk that, not the
-//! node, would be timed) unless `BENCH_DIR` names another directory. `BENCH_STORE=DIR`
-//! keeps part A's stores in `DIR` and a later run with the same `DIR` (and scale) reuses
-//! them (the parent's is copied afresh each run). `BENCH_PARTS=a`, `b` or `a,b` (default).
+//! node, would be timed) unless `BENCH_DIR` names another directory; part A's parent's
+//! copy goes under `BENCH_PARENT_DIR` (default the system's temporary directory, a disk:
+//! it is written once, and at full scale the province's store alone takes ~9 GiB of
+//! memory under `/dev/shm`). `BENCH_STORE=DIR` keeps part A's stores in `DIR` and a later
+//! run with the same `DIR` (and scale) reuses them (the parent's is copied afresh each
+//! run, as the run gives it the lost batches). `BENCH_PARTS=a`, `b` or `a,b` (default).
 //! `RUST_LOG` turns on the nodes' logs (stderr).
 //!
 //! Run: `cargo bench -p credit-node --bench province`. Under `cargo test` (no `--bench`
@@ -354,13 +357,17 @@ fn signed_origin(signed: &SignedBatch) -> NodeId {
 /// Checks a batch the way a receiving node does (hash, signature, every record).
 fn check_verifies(signed: &SignedBatch, origin: NodeId) {
     let public = key_of(origin).public();
-    verify_incoming(signed, |o| (o == origin).then_some(public), Registry::builtin())
-        .unwrap_or_else(|(rejection, problems)| {
-            panic!(
-                "a generated batch does not verify: {rejection}; {:?}",
-                problems.first()
-            )
-        });
+    verify_incoming(
+        signed,
+        |o| (o == origin).then_some(public),
+        Registry::builtin(),
+    )
+    .unwrap_or_else(|(rejection, problems)| {
+        panic!(
+            "a generated batch does not verify: {rejection}; {:?}",
+            problems.first()
+        )
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -424,7 +431,10 @@ fn child_main(args: &[String]) {
                 println!("reconciling {links}");
             }
             Some("state") => {
-                let up = node.links().iter().any(|l| l.direction == "up" && l.connected);
+                let up = node
+                    .links()
+                    .iter()
+                    .any(|l| l.direction == "up" && l.connected);
                 let outbox = parent.map_or(0, |p| node.store.outbox_len(p));
                 let sessions: Vec<String> = node
                     .reconciled()
@@ -468,11 +478,8 @@ fn child_main(args: &[String]) {
             }
             Some("quit") => {
                 tokio.block_on(async {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(10),
-                        runtime::shutdown(&node),
-                    )
-                    .await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), runtime::shutdown(&node))
+                        .await;
                 });
                 println!("bye");
                 break;
@@ -557,8 +564,8 @@ impl ChildNode {
 
     /// A field of the child's `/proc/<pid>/status`, in KiB.
     fn status_kib(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with(field))
@@ -673,7 +680,8 @@ fn build_year(province: &Path, national: &Path, topology: &Topology, records: us
                 for r in 0..month_reports {
                     let reporter = reporters[r / schemas.len()];
                     let schema = schemas[r % schemas.len()];
-                    let count = in_month / month_reports + usize::from(r < in_month % month_reports);
+                    let count =
+                        in_month / month_reports + usize::from(r < in_month % month_reports);
                     let parent = topology.parent_of(reporter).expect("a parent").id;
                     for serial in 0..count {
                         let (signed, batch) = templates.batch(
@@ -688,8 +696,9 @@ fn build_year(province: &Path, national: &Path, topology: &Topology, records: us
                             check_verifies(&signed, reporter);
                         }
                         // Over the first nine days of the next month.
-                        let at = arrive + (serial * month_reports + r) as u64 * 9 * DAY_MS
-                            / (count.max(1) * month_reports) as u64;
+                        let at = arrive
+                            + (serial * month_reports + r) as u64 * 9 * DAY_MS
+                                / (count.max(1) * month_reports) as u64;
                         let (from, first) = if parent == province_id {
                             (reporter, None)
                         } else {
@@ -698,7 +707,12 @@ fn build_year(province: &Path, national: &Path, topology: &Topology, records: us
                         let item = Item {
                             index,
                             own: receipt(&keys[&province_id], province_id, &signed, at + 30_000),
-                            national: receipt(&keys[&national_id], national_id, &signed, at + 60_000),
+                            national: receipt(
+                                &keys[&national_id],
+                                national_id,
+                                &signed,
+                                at + 60_000,
+                            ),
                             first,
                             from,
                             signed,
@@ -807,7 +821,12 @@ fn copy_store(from: &Path, to: &Path) {
         .arg(to)
         .status()
         .expect("cp runs");
-    assert!(status.success(), "cp -a {} {}", from.display(), to.display());
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
 }
 
 /// Every reconciliation summary in a `state` line: (year, receipts, reoffered, parent_only,
@@ -841,11 +860,22 @@ fn part_a(base: &Path) {
         .clone()
         .unwrap_or_else(|| temp.as_ref().expect("one of them").path().to_owned());
     std::fs::create_dir_all(&root).expect("the store directory");
-    let (province_dir, national_base, national_dir) = (
-        root.join("province"),
-        root.join("national-base"),
-        root.join("national-run"),
-    );
+    // The parent's copy goes on another file system by default (a disk: it is written
+    // once, and the province's store alone fills much of the memory at full scale).
+    let parent_root = match std::env::var_os("BENCH_PARENT_DIR") {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .expect("a temporary directory for the parent");
+    let province_dir = root.join("province");
+    let national_dir = parent_root.path().join("national");
+    // With BENCH_STORE, the parent's copy as built is kept beside the province's and copied
+    // for each run (the run gives it the lost batches); without, the run uses it as built.
+    let national_base = if kept.is_some() {
+        root.join("national-base")
+    } else {
+        national_dir.clone()
+    };
     let province_id = id(440_000);
     let topology = guangdong(&[NodeId::NATIONAL, province_id]);
     let marker = root.join("built.txt");
@@ -877,13 +907,21 @@ fn part_a(base: &Path) {
     }
     let (files, bytes) = du(&province_dir);
     let (_, sled_bytes) = du(&province_dir.join("sled"));
+    let (_, parent_bytes) = du(&national_base);
+    println!(
+        "   the parent's copy (without the lost batches): {:.2} GiB in {}",
+        parent_bytes as f64 / (1u64 << 30) as f64,
+        national_base.display()
+    );
     println!(
         "   the province's store: {:.2} GiB ({files} files; sled {:.2} GiB), in {}",
         bytes as f64 / (1u64 << 30) as f64,
         sled_bytes as f64 / (1u64 << 30) as f64,
         root.display()
     );
-    copy_store(&national_base, &national_dir);
+    if national_base != national_dir {
+        copy_store(&national_base, &national_dir);
+    }
     let topology_path = root.join("topology.toml");
     std::fs::write(&topology_path, topology.render()).expect("the topology file");
 
@@ -905,9 +943,9 @@ fn part_a(base: &Path) {
         let now = Instant::now();
         window.push((now, province.rss()));
         window.retain(|(at, _)| now - *at <= SETTLE_WINDOW);
-        let (lo, hi) = window.iter().fold((u64::MAX, 0), |(lo, hi), (_, r)| {
-            (lo.min(*r), hi.max(*r))
-        });
+        let (lo, hi) = window
+            .iter()
+            .fold((u64::MAX, 0), |(lo, hi), (_, r)| (lo.min(*r), hi.max(*r)));
         let full = settle_start.elapsed() >= SETTLE_WINDOW;
         if full && hi - lo <= SETTLE_KIB {
             break Some(hi);
@@ -935,7 +973,8 @@ fn part_a(base: &Path) {
 
     // Link-up reconciliation: the parent comes up.
     let link_start = Instant::now();
-    let mut national = ChildNode::spawn("national", &national_dir, &topology_path, NodeId::NATIONAL);
+    let mut national =
+        ChildNode::spawn("national", &national_dir, &topology_path, NodeId::NATIONAL);
     let national_ready = national.reply(Duration::from_secs(600), &mut |_| {});
     let national_started = link_start.elapsed();
     let mut up_at = None;
@@ -964,7 +1003,11 @@ fn part_a(base: &Path) {
         secs(national_started),
         field(&national_ready, "start_ms"),
         up_at.map_or_else(|| "?".to_owned(), secs),
-        link_state.split_whitespace().skip(3).collect::<Vec<_>>().join(" "),
+        link_state
+            .split_whitespace()
+            .skip(3)
+            .collect::<Vec<_>>()
+            .join(" "),
     );
     println!(
         "     the province's RSS: peak {} (VmHWM since reset: {reset}), largest sample {:.1} MiB over {} samples, now {:.1} MiB",
@@ -1015,7 +1058,7 @@ fn part_a(base: &Path) {
     );
     province.quit();
     national.quit();
-    let _ = std::fs::remove_dir_all(&national_dir);
+    drop(parent_root);
     if kept.is_some() {
         println!("   stores kept in {}", root.display());
     }
@@ -1128,11 +1171,8 @@ fn part_b(base: &Path) {
     let topology_path = root.path().join("topology.toml");
     std::fs::write(&topology_path, topology.render()).expect("the topology file");
     let ids_path = root.path().join("ids");
-    std::fs::write(
-        &ids_path,
-        ids.iter().flat_map(|i| i.0).collect::<Vec<u8>>(),
-    )
-    .expect("the ids file");
+    std::fs::write(&ids_path, ids.iter().flat_map(|i| i.0).collect::<Vec<u8>>())
+        .expect("the ids file");
 
     let province_dir = root.path().join("province");
     let mut province = ChildNode::spawn("province", &province_dir, &topology_path, province_id);
@@ -1256,7 +1296,9 @@ fn main() {
     println!(
         "province bench: {} CPU(s), load average {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     if parts.contains('a') {
         part_a(&base);
