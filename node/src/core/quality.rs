@@ -66,7 +66,7 @@ struct Overlay<'s, K: Kv> {
     read: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// The number of the run this batch's writes make.
     run: u64,
-    keys: BTreeMap<RecordKey, KeyEntry>,
+    keys: HashMap<RecordKey, KeyEntry>,
     holders: HashMap<(u16, String), BTreeSet<RecordKey>>,
     names: HashMap<(u16, String), BTreeMap<String, u64>>,
     histograms: HashMap<u16, Histogram>,
@@ -308,7 +308,7 @@ pub(super) fn assess<K: Kv>(
     let mut overlay = Overlay {
         store,
         prefix: period_prefix(header.origin, header.period, &header.category),
-        keys: BTreeMap::new(),
+        keys: HashMap::new(),
         holders: HashMap::new(),
         names: HashMap::new(),
         histograms: HashMap::new(),
@@ -327,7 +327,7 @@ pub(super) fn assess<K: Kv>(
         .chain(header.withdrawals.iter().map(|w| (&w.key, true)))
         .collect();
     // What this batch's records contribute to the aggregates, if they become current.
-    let fresh: HashMap<&RecordKey, Vec<Contribution>> =
+    let mut fresh: HashMap<&RecordKey, Vec<Contribution>> =
         schema.map_or_else(HashMap::new, |schema| {
             batch
                 .records
@@ -383,7 +383,8 @@ pub(super) fn assess<K: Kv>(
             let new = match (schema, winner_withdrawn) {
                 (None, _) | (_, true) => Vec::new(),
                 (Some(_), false) if winner.batch == id => {
-                    fresh.get(key).cloned().unwrap_or_default()
+                    // Taken: a key comes here once (a second time, it is current already).
+                    fresh.remove(key).unwrap_or_default()
                 }
                 // A version between arrived late and another version became current: read
                 // that version's record from its batch (rare).
