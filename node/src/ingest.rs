@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, mpsc};
 
-use protocol::batch::{BATCH_FORMAT, BATCH_RECORDS_MAX, BatchHeader, BuildError};
-use protocol::record::{Problem, Rule, Severity};
+use protocol::batch::{BATCH_FORMAT, BATCH_RECORDS_MAX, BatchHeader, BuildError, EncodedRecords};
+use protocol::record::{Problem, Rule, Severity, Staging};
 use protocol::schema::{Required, Schema};
 use protocol::{Batch, BatchId, DesensitizeKey, NodeId, NodeKey, Period, Record, SignedBatch};
 
@@ -355,7 +355,7 @@ pub fn ingest_reader(
             ..IngestReport::default()
         },
         keys: KeyIndex::new(),
-        batch: Vec::new(),
+        batch: EncodedRecords::new(),
         per_batch: options.batch_records_max.clamp(1, BATCH_RECORDS_MAX),
         sink: &mut sink,
     };
@@ -479,29 +479,34 @@ fn parse_rows<R: Read>(
         let offset = row.position().map_or(0, |p| p.byte());
         let line = reader.get_mut().line_at(offset);
         // A row with bytes its encoding does not allow is refused alone, at its line.
-        if let Some(message) = row_damage(&row, encoding) {
-            chunk.rows_read += 1;
-            chunk.refused.push(RowProblems {
-                line,
-                problems: vec![file_problem(Rule::Format, message)],
-            });
-        } else if is_blank(&row).map_err(|field| not_utf8(path, row.position(), field))? {
-            continue; // blank lines and rows of empty cells, as Excel leaves at the end
-        } else if row.len() != column_count {
-            chunk.rows_read += 1;
-            chunk.refused.push(RowProblems {
-                line,
-                problems: vec![file_problem(
-                    Rule::Format,
-                    format!(
-                        "the row has {} columns, the header has {column_count}: check for an unquoted comma or a missing cell",
-                        row.len()
-                    ),
-                )],
-            });
-        } else {
-            chunk.rows_read += 1;
-            chunk.push(line, &row);
+        match row_text(&row, encoding) {
+            Err(message) => {
+                chunk.rows_read += 1;
+                chunk.refused.push(RowProblems {
+                    line,
+                    problems: vec![file_problem(Rule::Format, message)],
+                });
+            }
+            Ok(_) if is_blank(&row).map_err(|field| not_utf8(path, row.position(), field))? => {
+                continue; // blank lines and rows of empty cells, as Excel leaves at the end
+            }
+            Ok(_) if row.len() != column_count => {
+                chunk.rows_read += 1;
+                chunk.refused.push(RowProblems {
+                    line,
+                    problems: vec![file_problem(
+                        Rule::Format,
+                        format!(
+                            "the row has {} columns, the header has {column_count}: check for an unquoted comma or a missing cell",
+                            row.len()
+                        ),
+                    )],
+                });
+            }
+            Ok(text) => {
+                chunk.rows_read += 1;
+                chunk.push(line, &row, text);
+            }
         }
         if chunk.rows_read as usize >= CHUNK_ROWS {
             IngestProgress::add(&progress.rows_read, chunk.rows_read);
@@ -526,7 +531,7 @@ struct Collector<'a, 'o, S> {
     report: IngestReport,
     keys: KeyIndex,
     /// Records of the batch being filled.
-    batch: Vec<Record>,
+    batch: EncodedRecords,
     per_batch: usize,
     sink: &'a mut S,
 }
@@ -536,36 +541,37 @@ impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
         let self_rows = checked.rows_read;
         self.report.rows += checked.rows_read;
         self.report.rejected.extend(checked.refused);
-        for accepted in checked.accepted {
-            let first_line = self
-                .keys
-                .insert(&accepted.record.key.0, accepted.line)
-                .map_err(|source| IngestError::Scratch {
-                    path: self.path.to_owned(),
-                    source,
-                })?;
+        for (index, (line, warnings)) in checked.accepted.into_iter().enumerate() {
+            let key = checked.records.key(index);
+            let first_line =
+                self.keys
+                    .insert(key, line)
+                    .map_err(|source| IngestError::Scratch {
+                        path: self.path.to_owned(),
+                        source,
+                    })?;
             if let Some(first_line) = first_line {
                 // Refused: its warnings are not reported.
                 self.report.rejected.push(RowProblems {
-                    line: accepted.line,
+                    line,
                     problems: vec![file_problem(
                         Rule::DuplicateKey,
                         format!(
                             "record key {} was already given on line {first_line}: keep one row per key",
-                            accepted.record.key
+                            String::from_utf8_lossy(key)
                         ),
                     )],
                 });
                 continue;
             }
-            if !accepted.warnings.is_empty() {
+            if !warnings.is_empty() {
                 self.report.warnings.push(RowProblems {
-                    line: accepted.line,
-                    problems: accepted.warnings,
+                    line,
+                    problems: warnings,
                 });
             }
             self.report.records += 1;
-            self.batch.push(accepted.record);
+            self.batch.push_from(&checked.records, index);
             if self.batch.len() >= self.per_batch {
                 self.seal_and_hand()?;
             }
@@ -579,12 +585,18 @@ impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
 
     fn seal_and_hand(&mut self) -> Result<(), IngestError> {
         self.progress.set_phase(Phase::Sealing);
-        let records = std::mem::take(&mut self.batch);
-        let count = records.len() as u64;
-        let signed = seal_batch(records, self.options).map_err(|source| IngestError::Build {
+        let count = self.batch.len() as u64;
+        let signed = SignedBatch::seal_encoded(
+            batch_header(self.options),
+            &mut self.batch,
+            self.options.node_key,
+        )
+        .map_err(|source| IngestError::Build {
             path: self.path.to_owned(),
             source,
         })?;
+        // The memory is kept for the next batch.
+        self.batch.clear();
         IngestProgress::add(&self.progress.batches_sealed, 1);
         let summary = BatchSummary {
             id: signed.id,
@@ -625,7 +637,13 @@ pub fn seal_batch(
     records: Vec<Record>,
     options: &IngestOptions<'_>,
 ) -> Result<SignedBatch, BuildError> {
-    let header = BatchHeader {
+    let batch = Batch::new(batch_header(options), records)?;
+    SignedBatch::seal(&batch, options.node_key)
+}
+
+/// The header of every batch ingestion makes with `options`.
+fn batch_header(options: &IngestOptions<'_>) -> BatchHeader {
+    BatchHeader {
         format: BATCH_FORMAT,
         origin: options.origin,
         category: options.schema.category.clone(),
@@ -633,16 +651,14 @@ pub fn seal_batch(
         period: options.period,
         supersedes: None,
         withdrawals: Vec::new(),
-    };
-    let batch = Batch::new(header, records)?;
-    SignedBatch::seal(&batch, options.node_key)
+    }
 }
 
 /// Rows read and waiting to be checked, the cells of all of them in one buffer.
 #[derive(Default)]
 struct Chunk {
-    /// The cells of every row, back to back.
-    cells: Vec<u8>,
+    /// The cells of every row, back to back (checked as UTF-8 once, as read).
+    cells: String,
     /// Where each cell ends in `cells` (it starts where the one before ends).
     cell_ends: Vec<usize>,
     /// Each row's line, and where its cells end in `cell_ends`.
@@ -654,9 +670,10 @@ struct Chunk {
 }
 
 impl Chunk {
-    fn push(&mut self, line: u64, row: &csv::ByteRecord) {
+    /// Adds `row`, whose cells back to back are `text`.
+    fn push(&mut self, line: u64, row: &csv::ByteRecord, text: &str) {
         let base = self.cells.len();
-        self.cells.extend_from_slice(row.as_slice());
+        self.cells.push_str(text);
         self.cell_ends.extend(
             (0..row.len())
                 .filter_map(|i| row.range(i))
@@ -666,22 +683,19 @@ impl Chunk {
     }
 }
 
-/// An accepted row of a checked chunk.
-struct Accepted {
-    record: Record,
-    line: u64,
-    warnings: Vec<Problem>,
-}
-
 /// What the checking of one chunk gave, its rows in file order.
 struct Checked {
     rows_read: u64,
-    accepted: Vec<Accepted>,
+    /// The accepted rows' records, in file order.
+    records: EncodedRecords,
+    /// The line and warnings of each record of `records`.
+    accepted: Vec<(u64, Vec<Problem>)>,
     /// Refused rows (as read, then as validated).
     refused: Vec<RowProblems>,
 }
 
-/// Validates, normalizes and desensitizes the rows of a chunk (each as wide as the header).
+/// Validates, normalizes and desensitizes the rows of a chunk (each as wide as the header),
+/// writing the records in their encoding.
 fn check_chunk(
     path: &Path,
     chunk: Chunk,
@@ -690,47 +704,44 @@ fn check_chunk(
 ) -> Result<Checked, IngestError> {
     let mut checked = Checked {
         rows_read: chunk.rows_read,
+        records: EncodedRecords::new(),
         accepted: Vec::with_capacity(chunk.rows.len()),
         refused: chunk.refused,
     };
     let mut raw: Vec<Option<&str>> = Vec::with_capacity(columns.len());
+    let mut staging = Staging::new();
+    let text = chunk.cells.as_str();
     // Where the row's bytes and its cell ends start.
     let (mut row_start, mut ends_start) = (0, 0);
     for &(line, ends_end) in &chunk.rows {
         let ends = &chunk.cell_ends[ends_start..ends_end];
         ends_start = ends_end;
-        let row_end = ends.last().copied().unwrap_or(row_start);
-        // One UTF-8 check per row rather than per cell. It cannot fail (rows whose cells
-        // are not UTF-8 were refused as read), but skipping it would take unsafe code.
-        let not_utf8 = |field| IngestError::Csv {
-            path: path.to_owned(),
-            line,
-            message: format!("field {} is not valid UTF-8", field + 1),
-        };
-        let text =
-            std::str::from_utf8(&chunk.cells[row_start..row_end]).map_err(|_| not_utf8(0))?;
         raw.clear();
         for column in columns {
             raw.push(match *column {
                 None => None,
                 Some(c) => {
                     let start = if c == 0 { row_start } else { ends[c - 1] };
-                    let cell = text.get(start - row_start..ends[c] - row_start);
-                    Some(cell.ok_or_else(|| not_utf8(c))?)
+                    // Cells start and end on character boundaries (checked as read).
+                    let cell = text.get(start..ends[c]).ok_or_else(|| IngestError::Csv {
+                        path: path.to_owned(),
+                        line,
+                        message: format!("field {} is not valid UTF-8", c + 1),
+                    })?;
+                    Some(cell)
                 }
             });
         }
-        row_start = row_end;
-        match options
-            .schema
-            .validate(&raw, options.period, options.desensitize_key)
-        {
+        row_start = ends.last().copied().unwrap_or(row_start);
+        match options.schema.validate_encoded(
+            &raw,
+            options.period,
+            options.desensitize_key,
+            &mut staging,
+            &mut checked.records,
+        ) {
             Err(problems) => checked.refused.push(RowProblems { line, problems }),
-            Ok(validated) => checked.accepted.push(Accepted {
-                record: validated.record,
-                line,
-                warnings: validated.warnings,
-            }),
+            Ok(warnings) => checked.accepted.push((line, warnings)),
         }
     }
     Ok(checked)
@@ -776,11 +787,11 @@ impl KeyIndex {
 
     /// Adds `key` first given on `line`; if it was given before, adds nothing and returns
     /// that earlier line.
-    fn insert(&mut self, key: &str, line: u64) -> io::Result<Option<u64>> {
+    fn insert(&mut self, key: &[u8], line: u64) -> io::Result<Option<u64>> {
         if self.buckets.is_empty() {
             self.buckets = vec![Vec::new(); 1 << 16];
         }
-        let fingerprint = (self.fingerprint)(key.as_bytes());
+        let fingerprint = (self.fingerprint)(key);
         let bucket = &mut self.buckets[(fingerprint >> 48) as usize];
         let tag = (fingerprint >> 32) as u16;
         let mut at = bucket.partition_point(|e| e[0] < tag);
@@ -790,7 +801,7 @@ impl KeyIndex {
             }
             let offset = 4 * (u64::from(high) << 16 | u64::from(low));
             let (earlier_line, earlier_key) = self.log.read(offset)?;
-            if earlier_key == key.as_bytes() {
+            if earlier_key == key {
                 return Ok(Some(earlier_line));
             }
             at += 1;
@@ -824,7 +835,7 @@ struct KeyLog {
 }
 
 impl KeyLog {
-    fn append(&mut self, key: &str, line: u64) -> io::Result<u64> {
+    fn append(&mut self, key: &[u8], line: u64) -> io::Result<u64> {
         if self.memory.len() + 16 + key.len() > self.memory_max {
             use std::io::Write;
             let file = match &mut self.file {
@@ -839,7 +850,7 @@ impl KeyLog {
         let len = u32::try_from(key.len()).map_err(|_| io::Error::other("key too long"))?;
         self.memory.extend_from_slice(&line.to_le_bytes());
         self.memory.extend_from_slice(&len.to_le_bytes());
-        self.memory.extend_from_slice(key.as_bytes());
+        self.memory.extend_from_slice(key);
         // Entries start at multiples of 4 (the index keeps offsets / 4).
         self.memory.resize(self.memory.len().next_multiple_of(4), 0);
         Ok(offset)
@@ -903,7 +914,7 @@ impl<R: Read> Read for Counted<'_, R> {
 ///
 /// A UTF-8 file is judged by its first [`ENCODING_PREFIX_BYTES`]: one whose lines there are
 /// mostly not UTF-8 is refused whole with a hint (the wrong encoding, not damage); otherwise
-/// any row whose bytes are not UTF-8 is refused alone ([`row_damage`]). Under GBK, bytes that
+/// any row whose bytes are not UTF-8 is refused alone ([`row_text`]). Under GBK, bytes that
 /// are not GBK decode to U+FFFD (which GBK cannot encode), and rows holding one are refused.
 fn open_text<'r, R: Read + Send + 'r>(
     path: &Path,
@@ -1096,30 +1107,38 @@ impl<R: Read> Read for LineTracker<R> {
     }
 }
 
-/// Why `row` is refused, if its bytes are not valid in the file's encoding.
-fn row_damage(row: &csv::ByteRecord, encoding: Encoding) -> Option<String> {
-    let bad_field = match encoding {
-        Encoding::Utf8 => {
-            // Fast path: the whole row is UTF-8 and no cell starts inside a character.
-            let all = row.as_slice();
-            if let Ok(text) = std::str::from_utf8(all)
-                && (0..row.len())
-                    .all(|i| row.range(i).is_some_and(|r| text.is_char_boundary(r.start)))
-            {
-                return None;
-            }
-            row.iter()
-                .position(|cell| std::str::from_utf8(cell).is_err())
+/// The text of `row`'s cells, back to back, if its bytes are valid in the file's encoding
+/// (and no cell starts inside a character); else why the row is refused.
+fn row_text(row: &csv::ByteRecord, encoding: Encoding) -> Result<&str, String> {
+    // Fast path: the whole row is UTF-8 and no cell starts inside a character.
+    let all = row.as_slice();
+    let text = std::str::from_utf8(all).ok();
+    let bad_field = match (encoding, text) {
+        (Encoding::Utf8, Some(text))
+            if (0..row.len())
+                .all(|i| row.range(i).is_some_and(|r| text.is_char_boundary(r.start))) =>
+        {
+            return Ok(text);
         }
-        Encoding::Gbk => row
+        (Encoding::Utf8, _) => row
             .iter()
-            .position(|cell| cell.windows(3).any(|w| w == "\u{fffd}".as_bytes())),
-    }?;
+            .position(|cell| std::str::from_utf8(cell).is_err())
+            // Each cell UTF-8 but the row not: cannot be (cells are joined whole).
+            .unwrap_or(0),
+        // Decoded from GBK: always UTF-8; what was not GBK became U+FFFD.
+        (Encoding::Gbk, text) => match row
+            .iter()
+            .position(|cell| cell.windows(3).any(|w| w == "\u{fffd}".as_bytes()))
+        {
+            None => return text.ok_or_else(|| "the row is not valid UTF-8 after decoding".to_owned()),
+            Some(field) => field,
+        },
+    };
     let name = match encoding {
         Encoding::Utf8 => "UTF-8",
         Encoding::Gbk => "GBK",
     };
-    Some(format!(
+    Err(format!(
         "column {} holds bytes that are not valid {name}: the row is refused (the rest of the file is read); correct the cell in the source and submit the row again",
         bad_field + 1
     ))
@@ -1246,14 +1265,14 @@ mod tests {
             index.log.memory_max = 64;
             for line in 2..400u64 {
                 let key = format!("AC{line:05}|2022-05");
-                assert_eq!(index.insert(&key, line).unwrap(), None, "{key} is new");
+                assert_eq!(index.insert(key.as_bytes(), line).unwrap(), None, "{key} is new");
             }
             assert!(index.log.file.is_some(), "the log spilled to its file");
             for line in [2u64, 150, 399] {
                 let key = format!("AC{line:05}|2022-05");
-                assert_eq!(index.insert(&key, 1000 + line).unwrap(), Some(line));
+                assert_eq!(index.insert(key.as_bytes(), 1000 + line).unwrap(), Some(line));
             }
-            assert_eq!(index.insert("AC00400|2022-05", 500).unwrap(), None);
+            assert_eq!(index.insert(b"AC00400|2022-05", 500).unwrap(), None);
         }
     }
 
