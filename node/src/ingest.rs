@@ -345,6 +345,7 @@ pub fn ingest_reader(
             left_out_columns.push(header.get(c).unwrap_or(&field.name).to_owned());
         }
     }
+    let fingerprinter = Fingerprinter::default();
     let mut collector = Collector {
         path,
         options,
@@ -375,7 +376,7 @@ pub fn ingest_reader(
     std::thread::scope(|scope| -> Result<(), IngestError> {
         for _ in 0..workers {
             let (chunk_receiver, checked_sender) = (&chunk_receiver, checked_sender.clone());
-            let columns = &columns;
+            let (columns, fingerprinter) = (&columns, &fingerprinter);
             scope.spawn(move || {
                 loop {
                     // A worker that panicked holding the lock leaves nothing half-done in it.
@@ -384,7 +385,7 @@ pub fn ingest_reader(
                         .unwrap_or_else(PoisonError::into_inner)
                         .recv();
                     let Ok((index, chunk)) = next else { break };
-                    let checked = check_chunk(path, chunk, columns, options);
+                    let checked = check_chunk(path, chunk, columns, options, fingerprinter);
                     if checked_sender.send((index, checked)).is_err() {
                         break;
                     }
@@ -438,7 +439,9 @@ const WORKERS_MAX: usize = 8;
 /// checking them, few enough to spread a small file over the workers.
 const CHUNK_ROWS: usize = 256;
 /// Chunks read but not yet merged, at most, per worker.
-pub const CHUNKS_IN_FLIGHT_PER_WORKER: usize = 4;
+/// Many, so that parsing and checking go on while a batch is sealed (each is about 60 KB of
+/// rows and as much of records).
+pub const CHUNKS_IN_FLIGHT_PER_WORKER: usize = 16;
 
 fn read_row<R: Read>(
     path: &Path,
@@ -543,9 +546,9 @@ impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
         self.report.rejected.extend(checked.refused);
         for (index, (line, warnings)) in checked.accepted.into_iter().enumerate() {
             let key = checked.records.key(index);
-            let first_line =
-                self.keys
-                    .insert(key, line)
+            let first_line = self
+                .keys
+                .insert_fingerprinted(key, checked.fingerprints[index], line)
                     .map_err(|source| IngestError::Scratch {
                         path: self.path.to_owned(),
                         source,
@@ -571,6 +574,17 @@ impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
                 });
             }
             self.report.records += 1;
+            if self.batch.is_empty() {
+                // Room for the whole batch at once, by the size of these records: growing
+                // it a doubling at a time would copy it and touch fresh pages each time.
+                let per_record = checked.records.bytes_len() / checked.records.len().max(1);
+                // At most a batch's limit: a batch beyond it is refused when sealed.
+                let bytes = self
+                    .per_batch
+                    .saturating_mul(per_record + per_record / 8)
+                    .min(protocol::batch::BATCH_BYTES_MAX);
+                self.batch.reserve(self.per_batch, bytes);
+            }
             self.batch.push_from(&checked.records, index);
             if self.batch.len() >= self.per_batch {
                 self.seal_and_hand()?;
@@ -688,6 +702,8 @@ struct Checked {
     rows_read: u64,
     /// The accepted rows' records, in file order.
     records: EncodedRecords,
+    /// The [`KeyIndex`] fingerprint of each record's key.
+    fingerprints: Vec<u64>,
     /// The line and warnings of each record of `records`.
     accepted: Vec<(u64, Vec<Problem>)>,
     /// Refused rows (as read, then as validated).
@@ -701,10 +717,12 @@ fn check_chunk(
     chunk: Chunk,
     columns: &[Option<usize>],
     options: &IngestOptions<'_>,
+    fingerprinter: &Fingerprinter,
 ) -> Result<Checked, IngestError> {
     let mut checked = Checked {
         rows_read: chunk.rows_read,
         records: EncodedRecords::new(),
+        fingerprints: Vec::with_capacity(chunk.rows.len()),
         accepted: Vec::with_capacity(chunk.rows.len()),
         refused: chunk.refused,
     };
@@ -741,7 +759,11 @@ fn check_chunk(
             &mut checked.records,
         ) {
             Err(problems) => checked.refused.push(RowProblems { line, problems }),
-            Ok(warnings) => checked.accepted.push((line, warnings)),
+            Ok(warnings) => {
+                let key = checked.records.key(checked.records.len() - 1);
+                checked.fingerprints.push(fingerprinter.of(key));
+                checked.accepted.push((line, warnings));
+            }
         }
     }
     Ok(checked)
@@ -752,7 +774,8 @@ fn check_chunk(
 ///
 /// Each key is appended to a log (`line`, length, key bytes, padded to 4 bytes: in memory
 /// up to [`KEY_LOG_MEMORY_BYTES`], then in an unlinked temporary file) and indexed by a
-/// 32-bit fingerprint (BLAKE3 of the key): 65,536 buckets, by 16 bits of the fingerprint,
+/// 32-bit fingerprint (SipHash of the key under a key drawn per run, so no file can be made
+/// to collide on purpose): 65,536 buckets, by 16 bits of the fingerprint,
 /// each a sorted `Vec<[u16; 3]>` of (16 more fingerprint bits, log offset / 4) — 6 bytes a
 /// key, plus at most an eighth spare. A fingerprint match is only a candidate: the key is
 /// read back from the log and compared, so two keys that share a fingerprint are never taken
@@ -761,8 +784,22 @@ fn check_chunk(
 struct KeyIndex {
     buckets: Vec<Vec<[u16; 3]>>,
     log: KeyLog,
-    /// BLAKE3 of the key, cut to 64 bits (a test puts a weaker one here).
-    fingerprint: fn(&[u8]) -> u64,
+}
+
+/// The fingerprint of a record key in the [`KeyIndex`]: SipHash under a key drawn per run.
+/// A cryptographic hash would cost more than the rest of the row's merge: the fingerprint
+/// only has to spread keys, and the random key keeps a file from choosing collisions (which
+/// would cost time, never correctness). The workers compute it, off the merging thread.
+#[derive(Clone, Default)]
+struct Fingerprinter(std::collections::hash_map::RandomState);
+
+impl Fingerprinter {
+    fn of(&self, key: &[u8]) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = self.0.build_hasher();
+        hasher.write(key);
+        hasher.finish()
+    }
 }
 
 /// Keys held in memory before the log moves to a temporary file.
@@ -778,20 +815,20 @@ impl KeyIndex {
                 memory_max: KEY_LOG_MEMORY_BYTES,
                 ..KeyLog::default()
             },
-            fingerprint: |key| {
-                let hash = blake3::hash(key);
-                u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
-            },
         }
     }
 
-    /// Adds `key` first given on `line`; if it was given before, adds nothing and returns
-    /// that earlier line.
-    fn insert(&mut self, key: &[u8], line: u64) -> io::Result<Option<u64>> {
+    /// Adds `key`, of [`Fingerprinter::of`] `fingerprint`, first given on `line`; if it
+    /// was given before, adds nothing and returns that earlier line.
+    fn insert_fingerprinted(
+        &mut self,
+        key: &[u8],
+        fingerprint: u64,
+        line: u64,
+    ) -> io::Result<Option<u64>> {
         if self.buckets.is_empty() {
             self.buckets = vec![Vec::new(); 1 << 16];
         }
-        let fingerprint = (self.fingerprint)(key);
         let bucket = &mut self.buckets[(fingerprint >> 48) as usize];
         let tag = (fingerprint >> 32) as u16;
         let mut at = bucket.partition_point(|e| e[0] < tag);
@@ -1112,7 +1149,7 @@ impl<R: Read> Read for LineTracker<R> {
 fn row_text(row: &csv::ByteRecord, encoding: Encoding) -> Result<&str, String> {
     // Fast path: the whole row is UTF-8 and no cell starts inside a character.
     let all = row.as_slice();
-    let text = std::str::from_utf8(all).ok();
+    let text = simdutf8::basic::from_utf8(all).ok();
     let bad_field = match (encoding, text) {
         (Encoding::Utf8, Some(text))
             if (0..row.len())
@@ -1261,18 +1298,20 @@ mod tests {
             key.len() as u64
         }] {
             let mut index = KeyIndex::new();
-            index.fingerprint = fingerprint;
+            let insert = |index: &mut KeyIndex, key: &[u8], line| {
+                index.insert_fingerprinted(key, fingerprint(key), line)
+            };
             index.log.memory_max = 64;
             for line in 2..400u64 {
                 let key = format!("AC{line:05}|2022-05");
-                assert_eq!(index.insert(key.as_bytes(), line).unwrap(), None, "{key} is new");
+                assert_eq!(insert(&mut index, key.as_bytes(), line).unwrap(), None, "{key} is new");
             }
             assert!(index.log.file.is_some(), "the log spilled to its file");
             for line in [2u64, 150, 399] {
                 let key = format!("AC{line:05}|2022-05");
-                assert_eq!(index.insert(key.as_bytes(), 1000 + line).unwrap(), Some(line));
+                assert_eq!(insert(&mut index, key.as_bytes(), 1000 + line).unwrap(), Some(line));
             }
-            assert_eq!(index.insert(b"AC00400|2022-05", 500).unwrap(), None);
+            assert_eq!(insert(&mut index, b"AC00400|2022-05", 500).unwrap(), None);
         }
     }
 

@@ -330,6 +330,12 @@ impl EncodedRecords {
         self.bytes.len()
     }
 
+    /// Makes room for `records` more records of `bytes` bytes in all.
+    pub fn reserve(&mut self, records: usize, bytes: usize) {
+        self.spans.reserve(records);
+        self.bytes.reserve(bytes);
+    }
+
     /// Removes every record, keeping the memory for the next ones.
     pub fn clear(&mut self) {
         self.bytes.clear();

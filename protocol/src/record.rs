@@ -641,39 +641,49 @@ impl Staged<'_> {
     }
 
     /// Writes the encoding of [`Staged::into_value`]: `Value`'s variant index, then its
-    /// fields, as its derived `Encode` does.
+    /// fields, as its derived `Encode` does (the variant index and each length a varint).
     fn encode(&self, encoder: &mut VecEncoder<'_>) {
-        let masked_text = |encoder: &mut VecEncoder<'_>, masked: Masked<'_>| {
-            (masked.len() as u64)
-                .encode(&mut *encoder)
-                .expect("encoding into memory cannot fail");
-            masked.write_to(encoder.writer().0);
-        };
-        let variant = |encoder: &mut VecEncoder<'_>, index: u32| {
-            index
-                .encode(encoder)
-                .expect("encoding into memory cannot fail");
-        };
+        let out = &mut *encoder.writer().0;
         match self {
-            Staged::Absent => variant(encoder, 0),
+            Staged::Absent => out.push(0),
             Staged::Text(text) => {
-                variant(encoder, 1);
-                text.as_ref()
-                    .encode(encoder)
-                    .expect("encoding into memory cannot fail");
+                out.push(1);
+                put_len(out, text.len());
+                out.extend_from_slice(text.as_bytes());
             }
             Staged::Masked(rule, text) => {
-                variant(encoder, 1);
-                masked_text(encoder, masked(*rule, text));
+                out.push(1);
+                let masked = masked(*rule, text);
+                put_len(out, masked.len());
+                masked.write_to(out);
             }
             Staged::Token(text, token) => {
-                variant(encoder, 2);
-                masked_text(encoder, mask_middle_parts(text));
-                token
-                    .encode(encoder)
-                    .expect("encoding into memory cannot fail");
+                out.push(2);
+                let masked = mask_middle_parts(text);
+                put_len(out, masked.len());
+                masked.write_to(out);
+                // A fixed-size array: its bytes, no length.
+                out.extend_from_slice(&token.0);
             }
         }
+    }
+}
+
+/// Writes `len` as bincode's varint (a `u64`): one byte below 251, else a marker byte and
+/// the little-endian `u16`, `u32` or `u64`.
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    let len = len as u64;
+    if len < 251 {
+        out.push(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        out.push(251);
+        out.extend_from_slice(&len.to_le_bytes());
+    } else if let Ok(len) = u32::try_from(len) {
+        out.push(252);
+        out.extend_from_slice(&len.to_le_bytes());
+    } else {
+        out.push(253);
+        out.extend_from_slice(&len.to_le_bytes());
     }
 }
 
@@ -1201,6 +1211,27 @@ mod tests {
         }
         assert!(normalize_decimal("-1", 2, Some(0)).is_err());
         assert!(normalize_decimal("0", 2, Some(0)).is_ok());
+    }
+
+    #[test]
+    fn put_len_writes_bincodes_varint() {
+        for len in [
+            0usize,
+            1,
+            250,
+            251,
+            252,
+            65_535,
+            65_536,
+            u32::MAX as usize,
+            u32::MAX as usize + 1,
+        ] {
+            let mut ours = Vec::new();
+            put_len(&mut ours, len);
+            let theirs =
+                bincode::encode_to_vec(len as u64, bincode::config::standard()).unwrap();
+            assert_eq!(ours, theirs, "{len}");
+        }
     }
 
     #[test]
