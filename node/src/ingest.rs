@@ -368,9 +368,13 @@ pub fn ingest_reader(
     // Credits: the parser takes one per chunk it sends, the calling thread gives it back once
     // the chunk is merged, so only so many chunks are ever in flight.
     let in_flight = CHUNKS_IN_FLIGHT_PER_WORKER * workers;
-    let (credit_sender, credit_receiver) = mpsc::sync_channel::<()>(in_flight);
+    // A credit is a chunk's buffers, emptied: they go round parser → worker → calling
+    // thread → parser, so that ingestion allocates nothing per chunk once they have grown.
+    let (credit_sender, credit_receiver) = mpsc::sync_channel::<Chunk>(in_flight);
     for _ in 0..in_flight {
-        credit_sender.send(()).expect("the receiver is alive");
+        credit_sender
+            .send(Chunk::default())
+            .expect("the receiver is alive");
     }
     // If a thread panics, the scope re-raises the panic once every thread has ended.
     std::thread::scope(|scope| -> Result<(), IngestError> {
@@ -384,8 +388,9 @@ pub fn ingest_reader(
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .recv();
-                    let Ok((index, chunk)) = next else { break };
-                    let checked = check_chunk(path, chunk, columns, options, fingerprinter);
+                    let Ok((index, mut chunk)) = next else { break };
+                    let checked = check_chunk(path, &mut chunk, columns, options, fingerprinter)
+                        .map(|()| chunk);
                     if checked_sender.send((index, checked)).is_err() {
                         break;
                     }
@@ -408,15 +413,17 @@ pub fn ingest_reader(
         // Back in file order; `merged` stops at the first error, dropping the receiver and
         // the credits so the other threads end.
         let merged = (|| -> Result<(), IngestError> {
-            let mut waiting: BTreeMap<usize, Result<Checked, IngestError>> = BTreeMap::new();
+            let mut waiting: BTreeMap<usize, Result<Chunk, IngestError>> = BTreeMap::new();
             let mut next = 0;
             for (index, checked) in checked_receiver {
                 waiting.insert(index, checked);
                 while let Some(checked) = waiting.remove(&next) {
-                    collector.merge(checked?)?;
+                    let mut chunk = checked?;
+                    collector.merge(&mut chunk)?;
                     next += 1;
+                    chunk.clear();
                     // The parser may have ended: nobody needs the credit then.
-                    let _ = credit_sender.send(());
+                    let _ = credit_sender.send(chunk);
                 }
             }
             Ok(())
@@ -461,15 +468,19 @@ fn parse_rows<R: Read>(
     column_count: usize,
     encoding: Encoding,
     progress: &IngestProgress,
-    credits: &mpsc::Receiver<()>,
+    credits: &mpsc::Receiver<Chunk>,
     chunks: &mpsc::Sender<(usize, Chunk)>,
 ) -> Result<(), IngestError> {
     let mut row = csv::ByteRecord::new();
     let mut chunk = Chunk::default();
     let mut sent = 0;
-    let mut send = |chunk: Chunk| -> bool {
+    // Sends `chunk`, leaving an empty one from the credit in its place.
+    let mut send = |chunk: &mut Chunk| -> bool {
         // No credit: the calling thread stopped (an error); so does parsing.
-        if credits.recv().is_err() || chunks.send((sent, chunk)).is_err() {
+        let Ok(empty) = credits.recv() else {
+            return false;
+        };
+        if chunks.send((sent, std::mem::replace(chunk, empty))).is_err() {
             return false;
         }
         sent += 1;
@@ -513,14 +524,14 @@ fn parse_rows<R: Read>(
         }
         if chunk.rows_read as usize >= CHUNK_ROWS {
             IngestProgress::add(&progress.rows_read, chunk.rows_read);
-            if !send(std::mem::take(&mut chunk)) {
+            if !send(&mut chunk) {
                 return Ok(());
             }
         }
     }
     IngestProgress::add(&progress.rows_read, chunk.rows_read);
     if chunk.rows_read > 0 {
-        send(chunk);
+        send(&mut chunk);
     }
     Ok(())
 }
@@ -540,11 +551,11 @@ struct Collector<'a, 'o, S> {
 }
 
 impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
-    fn merge(&mut self, checked: Checked) -> Result<(), IngestError> {
+    fn merge(&mut self, checked: &mut Chunk) -> Result<(), IngestError> {
         let self_rows = checked.rows_read;
         self.report.rows += checked.rows_read;
-        self.report.rejected.extend(checked.refused);
-        for (index, (line, warnings)) in checked.accepted.into_iter().enumerate() {
+        self.report.rejected.append(&mut checked.refused);
+        for (index, (line, warnings)) in checked.accepted.drain(..).enumerate() {
             let key = checked.records.key(index);
             let first_line = self
                 .keys
@@ -679,11 +690,30 @@ struct Chunk {
     rows: Vec<(u64, usize)>,
     /// Data rows read into this chunk, refused ones included.
     rows_read: u64,
-    /// Rows refused as read (wrong width, bytes not valid in the encoding).
+    /// Rows refused as read (wrong width, bytes not valid in the encoding), then as
+    /// validated.
     refused: Vec<RowProblems>,
+    /// What checking gives ([`check_chunk`]): the accepted rows' records, in file order.
+    records: EncodedRecords,
+    /// The [`KeyIndex`] fingerprint of each record's key.
+    fingerprints: Vec<u64>,
+    /// The line and warnings of each record of `records`.
+    accepted: Vec<(u64, Vec<Problem>)>,
 }
 
 impl Chunk {
+    /// Empties it, keeping its memory.
+    fn clear(&mut self) {
+        self.cells.clear();
+        self.cell_ends.clear();
+        self.rows.clear();
+        self.rows_read = 0;
+        self.refused.clear();
+        self.records.clear();
+        self.fingerprints.clear();
+        self.accepted.clear();
+    }
+
     /// Adds `row`, whose cells back to back are `text`.
     fn push(&mut self, line: u64, row: &csv::ByteRecord, text: &str) {
         let base = self.cells.len();
@@ -697,42 +727,32 @@ impl Chunk {
     }
 }
 
-/// What the checking of one chunk gave, its rows in file order.
-struct Checked {
-    rows_read: u64,
-    /// The accepted rows' records, in file order.
-    records: EncodedRecords,
-    /// The [`KeyIndex`] fingerprint of each record's key.
-    fingerprints: Vec<u64>,
-    /// The line and warnings of each record of `records`.
-    accepted: Vec<(u64, Vec<Problem>)>,
-    /// Refused rows (as read, then as validated).
-    refused: Vec<RowProblems>,
-}
-
 /// Validates, normalizes and desensitizes the rows of a chunk (each as wide as the header),
 /// writing the records in their encoding.
 fn check_chunk(
     path: &Path,
-    chunk: Chunk,
+    chunk: &mut Chunk,
     columns: &[Option<usize>],
     options: &IngestOptions<'_>,
     fingerprinter: &Fingerprinter,
-) -> Result<Checked, IngestError> {
-    let mut checked = Checked {
-        rows_read: chunk.rows_read,
-        records: EncodedRecords::new(),
-        fingerprints: Vec::with_capacity(chunk.rows.len()),
-        accepted: Vec::with_capacity(chunk.rows.len()),
-        refused: chunk.refused,
-    };
+) -> Result<(), IngestError> {
+    let Chunk {
+        cells,
+        cell_ends,
+        rows,
+        refused,
+        records,
+        fingerprints,
+        accepted,
+        ..
+    } = chunk;
     let mut raw: Vec<Option<&str>> = Vec::with_capacity(columns.len());
     let mut staging = Staging::new();
-    let text = chunk.cells.as_str();
+    let text = cells.as_str();
     // Where the row's bytes and its cell ends start.
     let (mut row_start, mut ends_start) = (0, 0);
-    for &(line, ends_end) in &chunk.rows {
-        let ends = &chunk.cell_ends[ends_start..ends_end];
+    for &(line, ends_end) in rows.iter() {
+        let ends = &cell_ends[ends_start..ends_end];
         ends_start = ends_end;
         raw.clear();
         for column in columns {
@@ -756,17 +776,17 @@ fn check_chunk(
             options.period,
             options.desensitize_key,
             &mut staging,
-            &mut checked.records,
+            records,
         ) {
-            Err(problems) => checked.refused.push(RowProblems { line, problems }),
+            Err(problems) => refused.push(RowProblems { line, problems }),
             Ok(warnings) => {
-                let key = checked.records.key(checked.records.len() - 1);
-                checked.fingerprints.push(fingerprinter.of(key));
-                checked.accepted.push((line, warnings));
+                let key = records.key(records.len() - 1);
+                fingerprints.push(fingerprinter.of(key));
+                accepted.push((line, warnings));
             }
         }
     }
-    Ok(checked)
+    Ok(())
 }
 
 /// Record keys already accepted from this file, to refuse a later row with the same key
