@@ -480,7 +480,10 @@ fn parse_rows<R: Read>(
         let Ok(empty) = credits.recv() else {
             return false;
         };
-        if chunks.send((sent, std::mem::replace(chunk, empty))).is_err() {
+        if chunks
+            .send((sent, std::mem::replace(chunk, empty)))
+            .is_err()
+        {
             return false;
         }
         sent += 1;
@@ -560,10 +563,10 @@ impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
             let first_line = self
                 .keys
                 .insert_fingerprinted(key, checked.fingerprints[index], line)
-                    .map_err(|source| IngestError::Scratch {
-                        path: self.path.to_owned(),
-                        source,
-                    })?;
+                .map_err(|source| IngestError::Scratch {
+                    path: self.path.to_owned(),
+                    source,
+                })?;
             if let Some(first_line) = first_line {
                 // Refused: its warnings are not reported.
                 self.report.rejected.push(RowProblems {
@@ -1187,7 +1190,9 @@ fn row_text(row: &csv::ByteRecord, encoding: Encoding) -> Result<&str, String> {
             .iter()
             .position(|cell| cell.windows(3).any(|w| w == "\u{fffd}".as_bytes()))
         {
-            None => return text.ok_or_else(|| "the row is not valid UTF-8 after decoding".to_owned()),
+            None => {
+                return text.ok_or_else(|| "the row is not valid UTF-8 after decoding".to_owned());
+            }
             Some(field) => field,
         },
     };
@@ -1324,12 +1329,19 @@ mod tests {
             index.log.memory_max = 64;
             for line in 2..400u64 {
                 let key = format!("AC{line:05}|2022-05");
-                assert_eq!(insert(&mut index, key.as_bytes(), line).unwrap(), None, "{key} is new");
+                assert_eq!(
+                    insert(&mut index, key.as_bytes(), line).unwrap(),
+                    None,
+                    "{key} is new"
+                );
             }
             assert!(index.log.file.is_some(), "the log spilled to its file");
             for line in [2u64, 150, 399] {
                 let key = format!("AC{line:05}|2022-05");
-                assert_eq!(insert(&mut index, key.as_bytes(), 1000 + line).unwrap(), Some(line));
+                assert_eq!(
+                    insert(&mut index, key.as_bytes(), 1000 + line).unwrap(),
+                    Some(line)
+                );
             }
             assert_eq!(insert(&mut index, b"AC00400|2022-05", 500).unwrap(), None);
         }

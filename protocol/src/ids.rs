@@ -573,12 +573,12 @@ impl Masked<'_> {
     };
 
     /// Its length in bytes (a star is one byte).
-    pub fn len(&self) -> usize {
+    pub fn len(self) -> usize {
         self.head.len() + self.stars + self.tail.len()
     }
 
     /// It as one `String`, allocated at its exact size.
-    pub fn to_text(&self) -> String {
+    pub fn to_text(self) -> String {
         let mut masked = String::with_capacity(self.len());
         masked.push_str(self.head);
         masked.extend(std::iter::repeat_n('*', self.stars));
@@ -587,7 +587,7 @@ impl Masked<'_> {
     }
 
     /// Appends it to `out`.
-    pub fn write_to(&self, out: &mut Vec<u8>) {
+    pub fn write_to(self, out: &mut Vec<u8>) {
         out.extend_from_slice(self.head.as_bytes());
         out.resize(out.len() + self.stars, b'*');
         out.extend_from_slice(self.tail.as_bytes());

@@ -1228,8 +1228,7 @@ mod tests {
         ] {
             let mut ours = Vec::new();
             put_len(&mut ours, len);
-            let theirs =
-                bincode::encode_to_vec(len as u64, bincode::config::standard()).unwrap();
+            let theirs = bincode::encode_to_vec(len as u64, bincode::config::standard()).unwrap();
             assert_eq!(ours, theirs, "{len}");
         }
     }
