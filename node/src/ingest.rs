@@ -444,11 +444,11 @@ const CSV_BUFFER_BYTES: usize = 64 * 1024;
 const WORKERS_MAX: usize = 8;
 /// Rows handed to a worker at a time: enough that passing them costs nothing next to
 /// checking them, few enough to spread a small file over the workers.
-const CHUNK_ROWS: usize = 256;
+const CHUNK_ROWS: usize = 1024;
 /// Chunks read but not yet merged, at most, per worker.
-/// Many, so that parsing and checking go on while a batch is sealed (each is about 60 KB of
+/// Enough that parsing and checking go on while a batch is sealed (each is about 250 KB of
 /// rows and as much of records).
-pub const CHUNKS_IN_FLIGHT_PER_WORKER: usize = 16;
+pub const CHUNKS_IN_FLIGHT_PER_WORKER: usize = 6;
 
 fn read_row<R: Read>(
     path: &Path,
