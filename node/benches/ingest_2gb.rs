@@ -11,7 +11,8 @@
 //! 3. Runs this benchmark again as a child doing only a bare csv parse of the file (one
 //!    reused `ByteRecord`), measured the same way.
 //!
-//! Prints both with rows/s and the check the issue asks for: peak ≤ 256 MiB.
+//! Prints both with rows/s and the checks the issue asks for: peak ≤ 256 MiB, and ingest
+//! rows/s ≥ 50 % of the bare parse's.
 //!
 //! Run: `cargo build --release -p credit-cli && cargo bench -p credit-node --bench ingest_2gb`
 //! (`INGEST_BENCH_BYTES=200000000` for a quicker run). Under `cargo test` (no `--bench`
@@ -28,6 +29,8 @@ use protocol::{NodeId, Period, Registry};
 
 const DEFAULT_BYTES: u64 = 2_000_000_000;
 const PEAK_LIMIT_MIB: u64 = 256;
+/// Issue 12: ingestion at half the rows/s of a bare csv parse of the same file, at least.
+const RATIO_TARGET_PERCENT: f64 = 50.0;
 const BARE_PARSE_ARG: &str = "--bare-parse";
 
 fn main() {
@@ -129,13 +132,21 @@ fn main() {
     }
     let peak_mib = ours.peak_kib / 1024;
     println!(
-        "ingest peak RSS {peak_mib} MiB: {} the {PEAK_LIMIT_MIB} MiB bound; ingest rows/s {:.1} % of the bare parse's",
+        "ingest peak RSS {peak_mib} MiB: {} the {PEAK_LIMIT_MIB} MiB bound",
         if peak_mib <= PEAK_LIMIT_MIB {
             "within"
         } else {
             "OVER"
         },
-        100.0 * bare.time.as_secs_f64() / ours.time.as_secs_f64()
+    );
+    let ratio = 100.0 * bare.time.as_secs_f64() / ours.time.as_secs_f64();
+    println!(
+        "ingest rows/s = {ratio:.1} % of the bare parse's (same run): {} the target of {RATIO_TARGET_PERCENT} %",
+        if ratio >= RATIO_TARGET_PERCENT {
+            "meets"
+        } else {
+            "MISSES"
+        }
     );
 }
 

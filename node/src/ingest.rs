@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, mpsc};
 
-use protocol::batch::{BATCH_FORMAT, BATCH_RECORDS_MAX, BatchHeader, BuildError};
-use protocol::record::{Problem, Rule, Severity};
+use protocol::batch::{BATCH_FORMAT, BATCH_RECORDS_MAX, BatchHeader, BuildError, EncodedRecords};
+use protocol::record::{Problem, Rule, Severity, Staging};
 use protocol::schema::{Required, Schema};
 use protocol::{Batch, BatchId, DesensitizeKey, NodeId, NodeKey, Period, Record, SignedBatch};
 
@@ -345,6 +345,7 @@ pub fn ingest_reader(
             left_out_columns.push(header.get(c).unwrap_or(&field.name).to_owned());
         }
     }
+    let fingerprinter = Fingerprinter::default();
     let mut collector = Collector {
         path,
         options,
@@ -355,7 +356,7 @@ pub fn ingest_reader(
             ..IngestReport::default()
         },
         keys: KeyIndex::new(),
-        batch: Vec::new(),
+        batch: EncodedRecords::new(),
         per_batch: options.batch_records_max.clamp(1, BATCH_RECORDS_MAX),
         sink: &mut sink,
     };
@@ -367,15 +368,19 @@ pub fn ingest_reader(
     // Credits: the parser takes one per chunk it sends, the calling thread gives it back once
     // the chunk is merged, so only so many chunks are ever in flight.
     let in_flight = CHUNKS_IN_FLIGHT_PER_WORKER * workers;
-    let (credit_sender, credit_receiver) = mpsc::sync_channel::<()>(in_flight);
+    // A credit is a chunk's buffers, emptied: they go round parser → worker → calling
+    // thread → parser, so that ingestion allocates nothing per chunk once they have grown.
+    let (credit_sender, credit_receiver) = mpsc::sync_channel::<Chunk>(in_flight);
     for _ in 0..in_flight {
-        credit_sender.send(()).expect("the receiver is alive");
+        credit_sender
+            .send(Chunk::default())
+            .expect("the receiver is alive");
     }
     // If a thread panics, the scope re-raises the panic once every thread has ended.
     std::thread::scope(|scope| -> Result<(), IngestError> {
         for _ in 0..workers {
             let (chunk_receiver, checked_sender) = (&chunk_receiver, checked_sender.clone());
-            let columns = &columns;
+            let (columns, fingerprinter) = (&columns, &fingerprinter);
             scope.spawn(move || {
                 loop {
                     // A worker that panicked holding the lock leaves nothing half-done in it.
@@ -383,8 +388,9 @@ pub fn ingest_reader(
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .recv();
-                    let Ok((index, chunk)) = next else { break };
-                    let checked = check_chunk(path, chunk, columns, options);
+                    let Ok((index, mut chunk)) = next else { break };
+                    let checked = check_chunk(path, &mut chunk, columns, options, fingerprinter)
+                        .map(|()| chunk);
                     if checked_sender.send((index, checked)).is_err() {
                         break;
                     }
@@ -407,15 +413,17 @@ pub fn ingest_reader(
         // Back in file order; `merged` stops at the first error, dropping the receiver and
         // the credits so the other threads end.
         let merged = (|| -> Result<(), IngestError> {
-            let mut waiting: BTreeMap<usize, Result<Checked, IngestError>> = BTreeMap::new();
+            let mut waiting: BTreeMap<usize, Result<Chunk, IngestError>> = BTreeMap::new();
             let mut next = 0;
             for (index, checked) in checked_receiver {
                 waiting.insert(index, checked);
                 while let Some(checked) = waiting.remove(&next) {
-                    collector.merge(checked?)?;
+                    let mut chunk = checked?;
+                    collector.merge(&mut chunk)?;
                     next += 1;
+                    chunk.clear();
                     // The parser may have ended: nobody needs the credit then.
-                    let _ = credit_sender.send(());
+                    let _ = credit_sender.send(chunk);
                 }
             }
             Ok(())
@@ -436,9 +444,11 @@ const CSV_BUFFER_BYTES: usize = 64 * 1024;
 const WORKERS_MAX: usize = 8;
 /// Rows handed to a worker at a time: enough that passing them costs nothing next to
 /// checking them, few enough to spread a small file over the workers.
-const CHUNK_ROWS: usize = 256;
+const CHUNK_ROWS: usize = 1024;
 /// Chunks read but not yet merged, at most, per worker.
-pub const CHUNKS_IN_FLIGHT_PER_WORKER: usize = 4;
+/// Enough that parsing and checking go on while a batch is sealed (each is about 250 KB of
+/// rows and as much of records).
+pub const CHUNKS_IN_FLIGHT_PER_WORKER: usize = 6;
 
 fn read_row<R: Read>(
     path: &Path,
@@ -458,15 +468,22 @@ fn parse_rows<R: Read>(
     column_count: usize,
     encoding: Encoding,
     progress: &IngestProgress,
-    credits: &mpsc::Receiver<()>,
+    credits: &mpsc::Receiver<Chunk>,
     chunks: &mpsc::Sender<(usize, Chunk)>,
 ) -> Result<(), IngestError> {
     let mut row = csv::ByteRecord::new();
     let mut chunk = Chunk::default();
     let mut sent = 0;
-    let mut send = |chunk: Chunk| -> bool {
+    // Sends `chunk`, leaving an empty one from the credit in its place.
+    let mut send = |chunk: &mut Chunk| -> bool {
         // No credit: the calling thread stopped (an error); so does parsing.
-        if credits.recv().is_err() || chunks.send((sent, chunk)).is_err() {
+        let Ok(empty) = credits.recv() else {
+            return false;
+        };
+        if chunks
+            .send((sent, std::mem::replace(chunk, empty)))
+            .is_err()
+        {
             return false;
         }
         sent += 1;
@@ -479,40 +496,45 @@ fn parse_rows<R: Read>(
         let offset = row.position().map_or(0, |p| p.byte());
         let line = reader.get_mut().line_at(offset);
         // A row with bytes its encoding does not allow is refused alone, at its line.
-        if let Some(message) = row_damage(&row, encoding) {
-            chunk.rows_read += 1;
-            chunk.refused.push(RowProblems {
-                line,
-                problems: vec![file_problem(Rule::Format, message)],
-            });
-        } else if is_blank(&row).map_err(|field| not_utf8(path, row.position(), field))? {
-            continue; // blank lines and rows of empty cells, as Excel leaves at the end
-        } else if row.len() != column_count {
-            chunk.rows_read += 1;
-            chunk.refused.push(RowProblems {
-                line,
-                problems: vec![file_problem(
-                    Rule::Format,
-                    format!(
-                        "the row has {} columns, the header has {column_count}: check for an unquoted comma or a missing cell",
-                        row.len()
-                    ),
-                )],
-            });
-        } else {
-            chunk.rows_read += 1;
-            chunk.push(line, &row);
+        match row_text(&row, encoding) {
+            Err(message) => {
+                chunk.rows_read += 1;
+                chunk.refused.push(RowProblems {
+                    line,
+                    problems: vec![file_problem(Rule::Format, message)],
+                });
+            }
+            Ok(_) if is_blank(&row).map_err(|field| not_utf8(path, row.position(), field))? => {
+                continue; // blank lines and rows of empty cells, as Excel leaves at the end
+            }
+            Ok(_) if row.len() != column_count => {
+                chunk.rows_read += 1;
+                chunk.refused.push(RowProblems {
+                    line,
+                    problems: vec![file_problem(
+                        Rule::Format,
+                        format!(
+                            "the row has {} columns, the header has {column_count}: check for an unquoted comma or a missing cell",
+                            row.len()
+                        ),
+                    )],
+                });
+            }
+            Ok(text) => {
+                chunk.rows_read += 1;
+                chunk.push(line, &row, text);
+            }
         }
         if chunk.rows_read as usize >= CHUNK_ROWS {
             IngestProgress::add(&progress.rows_read, chunk.rows_read);
-            if !send(std::mem::take(&mut chunk)) {
+            if !send(&mut chunk) {
                 return Ok(());
             }
         }
     }
     IngestProgress::add(&progress.rows_read, chunk.rows_read);
     if chunk.rows_read > 0 {
-        send(chunk);
+        send(&mut chunk);
     }
     Ok(())
 }
@@ -526,20 +548,21 @@ struct Collector<'a, 'o, S> {
     report: IngestReport,
     keys: KeyIndex,
     /// Records of the batch being filled.
-    batch: Vec<Record>,
+    batch: EncodedRecords,
     per_batch: usize,
     sink: &'a mut S,
 }
 
 impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
-    fn merge(&mut self, checked: Checked) -> Result<(), IngestError> {
+    fn merge(&mut self, checked: &mut Chunk) -> Result<(), IngestError> {
         let self_rows = checked.rows_read;
         self.report.rows += checked.rows_read;
-        self.report.rejected.extend(checked.refused);
-        for accepted in checked.accepted {
+        self.report.rejected.append(&mut checked.refused);
+        for (index, (line, warnings)) in checked.accepted.drain(..).enumerate() {
+            let key = checked.records.key(index);
             let first_line = self
                 .keys
-                .insert(&accepted.record.key.0, accepted.line)
+                .insert_fingerprinted(key, checked.fingerprints[index], line)
                 .map_err(|source| IngestError::Scratch {
                     path: self.path.to_owned(),
                     source,
@@ -547,25 +570,36 @@ impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
             if let Some(first_line) = first_line {
                 // Refused: its warnings are not reported.
                 self.report.rejected.push(RowProblems {
-                    line: accepted.line,
+                    line,
                     problems: vec![file_problem(
                         Rule::DuplicateKey,
                         format!(
                             "record key {} was already given on line {first_line}: keep one row per key",
-                            accepted.record.key
+                            String::from_utf8_lossy(key)
                         ),
                     )],
                 });
                 continue;
             }
-            if !accepted.warnings.is_empty() {
+            if !warnings.is_empty() {
                 self.report.warnings.push(RowProblems {
-                    line: accepted.line,
-                    problems: accepted.warnings,
+                    line,
+                    problems: warnings,
                 });
             }
             self.report.records += 1;
-            self.batch.push(accepted.record);
+            if self.batch.is_empty() {
+                // Room for the whole batch at once, by the size of these records: growing
+                // it a doubling at a time would copy it and touch fresh pages each time.
+                let per_record = checked.records.bytes_len() / checked.records.len().max(1);
+                // At most a batch's limit: a batch beyond it is refused when sealed.
+                let bytes = self
+                    .per_batch
+                    .saturating_mul(per_record + per_record / 8)
+                    .min(protocol::batch::BATCH_BYTES_MAX);
+                self.batch.reserve(self.per_batch, bytes);
+            }
+            self.batch.push_from(&checked.records, index);
             if self.batch.len() >= self.per_batch {
                 self.seal_and_hand()?;
             }
@@ -579,12 +613,18 @@ impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
 
     fn seal_and_hand(&mut self) -> Result<(), IngestError> {
         self.progress.set_phase(Phase::Sealing);
-        let records = std::mem::take(&mut self.batch);
-        let count = records.len() as u64;
-        let signed = seal_batch(records, self.options).map_err(|source| IngestError::Build {
+        let count = self.batch.len() as u64;
+        let signed = SignedBatch::seal_encoded(
+            batch_header(self.options),
+            &mut self.batch,
+            self.options.node_key,
+        )
+        .map_err(|source| IngestError::Build {
             path: self.path.to_owned(),
             source,
         })?;
+        // The memory is kept for the next batch.
+        self.batch.clear();
         IngestProgress::add(&self.progress.batches_sealed, 1);
         let summary = BatchSummary {
             id: signed.id,
@@ -625,7 +665,13 @@ pub fn seal_batch(
     records: Vec<Record>,
     options: &IngestOptions<'_>,
 ) -> Result<SignedBatch, BuildError> {
-    let header = BatchHeader {
+    let batch = Batch::new(batch_header(options), records)?;
+    SignedBatch::seal(&batch, options.node_key)
+}
+
+/// The header of every batch ingestion makes with `options`.
+fn batch_header(options: &IngestOptions<'_>) -> BatchHeader {
+    BatchHeader {
         format: BATCH_FORMAT,
         origin: options.origin,
         category: options.schema.category.clone(),
@@ -633,30 +679,48 @@ pub fn seal_batch(
         period: options.period,
         supersedes: None,
         withdrawals: Vec::new(),
-    };
-    let batch = Batch::new(header, records)?;
-    SignedBatch::seal(&batch, options.node_key)
+    }
 }
 
 /// Rows read and waiting to be checked, the cells of all of them in one buffer.
 #[derive(Default)]
 struct Chunk {
-    /// The cells of every row, back to back.
-    cells: Vec<u8>,
+    /// The cells of every row, back to back (checked as UTF-8 once, as read).
+    cells: String,
     /// Where each cell ends in `cells` (it starts where the one before ends).
     cell_ends: Vec<usize>,
     /// Each row's line, and where its cells end in `cell_ends`.
     rows: Vec<(u64, usize)>,
     /// Data rows read into this chunk, refused ones included.
     rows_read: u64,
-    /// Rows refused as read (wrong width, bytes not valid in the encoding).
+    /// Rows refused as read (wrong width, bytes not valid in the encoding), then as
+    /// validated.
     refused: Vec<RowProblems>,
+    /// What checking gives ([`check_chunk`]): the accepted rows' records, in file order.
+    records: EncodedRecords,
+    /// The [`KeyIndex`] fingerprint of each record's key.
+    fingerprints: Vec<u64>,
+    /// The line and warnings of each record of `records`.
+    accepted: Vec<(u64, Vec<Problem>)>,
 }
 
 impl Chunk {
-    fn push(&mut self, line: u64, row: &csv::ByteRecord) {
+    /// Empties it, keeping its memory.
+    fn clear(&mut self) {
+        self.cells.clear();
+        self.cell_ends.clear();
+        self.rows.clear();
+        self.rows_read = 0;
+        self.refused.clear();
+        self.records.clear();
+        self.fingerprints.clear();
+        self.accepted.clear();
+    }
+
+    /// Adds `row`, whose cells back to back are `text`.
+    fn push(&mut self, line: u64, row: &csv::ByteRecord, text: &str) {
         let base = self.cells.len();
-        self.cells.extend_from_slice(row.as_slice());
+        self.cells.push_str(text);
         self.cell_ends.extend(
             (0..row.len())
                 .filter_map(|i| row.range(i))
@@ -666,74 +730,66 @@ impl Chunk {
     }
 }
 
-/// An accepted row of a checked chunk.
-struct Accepted {
-    record: Record,
-    line: u64,
-    warnings: Vec<Problem>,
-}
-
-/// What the checking of one chunk gave, its rows in file order.
-struct Checked {
-    rows_read: u64,
-    accepted: Vec<Accepted>,
-    /// Refused rows (as read, then as validated).
-    refused: Vec<RowProblems>,
-}
-
-/// Validates, normalizes and desensitizes the rows of a chunk (each as wide as the header).
+/// Validates, normalizes and desensitizes the rows of a chunk (each as wide as the header),
+/// writing the records in their encoding.
 fn check_chunk(
     path: &Path,
-    chunk: Chunk,
+    chunk: &mut Chunk,
     columns: &[Option<usize>],
     options: &IngestOptions<'_>,
-) -> Result<Checked, IngestError> {
-    let mut checked = Checked {
-        rows_read: chunk.rows_read,
-        accepted: Vec::with_capacity(chunk.rows.len()),
-        refused: chunk.refused,
-    };
+    fingerprinter: &Fingerprinter,
+) -> Result<(), IngestError> {
+    let Chunk {
+        cells,
+        cell_ends,
+        rows,
+        refused,
+        records,
+        fingerprints,
+        accepted,
+        ..
+    } = chunk;
     let mut raw: Vec<Option<&str>> = Vec::with_capacity(columns.len());
+    let mut staging = Staging::new();
+    let text = cells.as_str();
     // Where the row's bytes and its cell ends start.
     let (mut row_start, mut ends_start) = (0, 0);
-    for &(line, ends_end) in &chunk.rows {
-        let ends = &chunk.cell_ends[ends_start..ends_end];
+    for &(line, ends_end) in rows.iter() {
+        let ends = &cell_ends[ends_start..ends_end];
         ends_start = ends_end;
-        let row_end = ends.last().copied().unwrap_or(row_start);
-        // One UTF-8 check per row rather than per cell. It cannot fail (rows whose cells
-        // are not UTF-8 were refused as read), but skipping it would take unsafe code.
-        let not_utf8 = |field| IngestError::Csv {
-            path: path.to_owned(),
-            line,
-            message: format!("field {} is not valid UTF-8", field + 1),
-        };
-        let text =
-            std::str::from_utf8(&chunk.cells[row_start..row_end]).map_err(|_| not_utf8(0))?;
         raw.clear();
         for column in columns {
             raw.push(match *column {
                 None => None,
                 Some(c) => {
                     let start = if c == 0 { row_start } else { ends[c - 1] };
-                    let cell = text.get(start - row_start..ends[c] - row_start);
-                    Some(cell.ok_or_else(|| not_utf8(c))?)
+                    // Cells start and end on character boundaries (checked as read).
+                    let cell = text.get(start..ends[c]).ok_or_else(|| IngestError::Csv {
+                        path: path.to_owned(),
+                        line,
+                        message: format!("field {} is not valid UTF-8", c + 1),
+                    })?;
+                    Some(cell)
                 }
             });
         }
-        row_start = row_end;
-        match options
-            .schema
-            .validate(&raw, options.period, options.desensitize_key)
-        {
-            Err(problems) => checked.refused.push(RowProblems { line, problems }),
-            Ok(validated) => checked.accepted.push(Accepted {
-                record: validated.record,
-                line,
-                warnings: validated.warnings,
-            }),
+        row_start = ends.last().copied().unwrap_or(row_start);
+        match options.schema.validate_encoded(
+            &raw,
+            options.period,
+            options.desensitize_key,
+            &mut staging,
+            records,
+        ) {
+            Err(problems) => refused.push(RowProblems { line, problems }),
+            Ok(warnings) => {
+                let key = records.key(records.len() - 1);
+                fingerprints.push(fingerprinter.of(key));
+                accepted.push((line, warnings));
+            }
         }
     }
-    Ok(checked)
+    Ok(())
 }
 
 /// Record keys already accepted from this file, to refuse a later row with the same key
@@ -741,7 +797,8 @@ fn check_chunk(
 ///
 /// Each key is appended to a log (`line`, length, key bytes, padded to 4 bytes: in memory
 /// up to [`KEY_LOG_MEMORY_BYTES`], then in an unlinked temporary file) and indexed by a
-/// 32-bit fingerprint (BLAKE3 of the key): 65,536 buckets, by 16 bits of the fingerprint,
+/// 32-bit fingerprint (SipHash of the key under a key drawn per run, so no file can be made
+/// to collide on purpose): 65,536 buckets, by 16 bits of the fingerprint,
 /// each a sorted `Vec<[u16; 3]>` of (16 more fingerprint bits, log offset / 4) — 6 bytes a
 /// key, plus at most an eighth spare. A fingerprint match is only a candidate: the key is
 /// read back from the log and compared, so two keys that share a fingerprint are never taken
@@ -750,8 +807,22 @@ fn check_chunk(
 struct KeyIndex {
     buckets: Vec<Vec<[u16; 3]>>,
     log: KeyLog,
-    /// BLAKE3 of the key, cut to 64 bits (a test puts a weaker one here).
-    fingerprint: fn(&[u8]) -> u64,
+}
+
+/// The fingerprint of a record key in the [`KeyIndex`]: SipHash under a key drawn per run.
+/// A cryptographic hash would cost more than the rest of the row's merge: the fingerprint
+/// only has to spread keys, and the random key keeps a file from choosing collisions (which
+/// would cost time, never correctness). The workers compute it, off the merging thread.
+#[derive(Clone, Default)]
+struct Fingerprinter(std::collections::hash_map::RandomState);
+
+impl Fingerprinter {
+    fn of(&self, key: &[u8]) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = self.0.build_hasher();
+        hasher.write(key);
+        hasher.finish()
+    }
 }
 
 /// Keys held in memory before the log moves to a temporary file.
@@ -767,20 +838,20 @@ impl KeyIndex {
                 memory_max: KEY_LOG_MEMORY_BYTES,
                 ..KeyLog::default()
             },
-            fingerprint: |key| {
-                let hash = blake3::hash(key);
-                u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
-            },
         }
     }
 
-    /// Adds `key` first given on `line`; if it was given before, adds nothing and returns
-    /// that earlier line.
-    fn insert(&mut self, key: &str, line: u64) -> io::Result<Option<u64>> {
+    /// Adds `key`, of [`Fingerprinter::of`] `fingerprint`, first given on `line`; if it
+    /// was given before, adds nothing and returns that earlier line.
+    fn insert_fingerprinted(
+        &mut self,
+        key: &[u8],
+        fingerprint: u64,
+        line: u64,
+    ) -> io::Result<Option<u64>> {
         if self.buckets.is_empty() {
             self.buckets = vec![Vec::new(); 1 << 16];
         }
-        let fingerprint = (self.fingerprint)(key.as_bytes());
         let bucket = &mut self.buckets[(fingerprint >> 48) as usize];
         let tag = (fingerprint >> 32) as u16;
         let mut at = bucket.partition_point(|e| e[0] < tag);
@@ -790,7 +861,7 @@ impl KeyIndex {
             }
             let offset = 4 * (u64::from(high) << 16 | u64::from(low));
             let (earlier_line, earlier_key) = self.log.read(offset)?;
-            if earlier_key == key.as_bytes() {
+            if earlier_key == key {
                 return Ok(Some(earlier_line));
             }
             at += 1;
@@ -824,7 +895,7 @@ struct KeyLog {
 }
 
 impl KeyLog {
-    fn append(&mut self, key: &str, line: u64) -> io::Result<u64> {
+    fn append(&mut self, key: &[u8], line: u64) -> io::Result<u64> {
         if self.memory.len() + 16 + key.len() > self.memory_max {
             use std::io::Write;
             let file = match &mut self.file {
@@ -839,7 +910,7 @@ impl KeyLog {
         let len = u32::try_from(key.len()).map_err(|_| io::Error::other("key too long"))?;
         self.memory.extend_from_slice(&line.to_le_bytes());
         self.memory.extend_from_slice(&len.to_le_bytes());
-        self.memory.extend_from_slice(key.as_bytes());
+        self.memory.extend_from_slice(key);
         // Entries start at multiples of 4 (the index keeps offsets / 4).
         self.memory.resize(self.memory.len().next_multiple_of(4), 0);
         Ok(offset)
@@ -903,7 +974,7 @@ impl<R: Read> Read for Counted<'_, R> {
 ///
 /// A UTF-8 file is judged by its first [`ENCODING_PREFIX_BYTES`]: one whose lines there are
 /// mostly not UTF-8 is refused whole with a hint (the wrong encoding, not damage); otherwise
-/// any row whose bytes are not UTF-8 is refused alone ([`row_damage`]). Under GBK, bytes that
+/// any row whose bytes are not UTF-8 is refused alone ([`row_text`]). Under GBK, bytes that
 /// are not GBK decode to U+FFFD (which GBK cannot encode), and rows holding one are refused.
 fn open_text<'r, R: Read + Send + 'r>(
     path: &Path,
@@ -1096,30 +1167,40 @@ impl<R: Read> Read for LineTracker<R> {
     }
 }
 
-/// Why `row` is refused, if its bytes are not valid in the file's encoding.
-fn row_damage(row: &csv::ByteRecord, encoding: Encoding) -> Option<String> {
-    let bad_field = match encoding {
-        Encoding::Utf8 => {
-            // Fast path: the whole row is UTF-8 and no cell starts inside a character.
-            let all = row.as_slice();
-            if let Ok(text) = std::str::from_utf8(all)
-                && (0..row.len())
-                    .all(|i| row.range(i).is_some_and(|r| text.is_char_boundary(r.start)))
-            {
-                return None;
-            }
-            row.iter()
-                .position(|cell| std::str::from_utf8(cell).is_err())
+/// The text of `row`'s cells, back to back, if its bytes are valid in the file's encoding
+/// (and no cell starts inside a character); else why the row is refused.
+fn row_text(row: &csv::ByteRecord, encoding: Encoding) -> Result<&str, String> {
+    // Fast path: the whole row is UTF-8 and no cell starts inside a character.
+    let all = row.as_slice();
+    let text = simdutf8::basic::from_utf8(all).ok();
+    let bad_field = match (encoding, text) {
+        (Encoding::Utf8, Some(text))
+            if (0..row.len())
+                .all(|i| row.range(i).is_some_and(|r| text.is_char_boundary(r.start))) =>
+        {
+            return Ok(text);
         }
-        Encoding::Gbk => row
+        (Encoding::Utf8, _) => row
             .iter()
-            .position(|cell| cell.windows(3).any(|w| w == "\u{fffd}".as_bytes())),
-    }?;
+            .position(|cell| std::str::from_utf8(cell).is_err())
+            // Each cell UTF-8 but the row not: cannot be (cells are joined whole).
+            .unwrap_or(0),
+        // Decoded from GBK: always UTF-8; what was not GBK became U+FFFD.
+        (Encoding::Gbk, text) => match row
+            .iter()
+            .position(|cell| cell.windows(3).any(|w| w == "\u{fffd}".as_bytes()))
+        {
+            None => {
+                return text.ok_or_else(|| "the row is not valid UTF-8 after decoding".to_owned());
+            }
+            Some(field) => field,
+        },
+    };
     let name = match encoding {
         Encoding::Utf8 => "UTF-8",
         Encoding::Gbk => "GBK",
     };
-    Some(format!(
+    Err(format!(
         "column {} holds bytes that are not valid {name}: the row is refused (the rest of the file is read); correct the cell in the source and submit the row again",
         bad_field + 1
     ))
@@ -1242,18 +1323,27 @@ mod tests {
             key.len() as u64
         }] {
             let mut index = KeyIndex::new();
-            index.fingerprint = fingerprint;
+            let insert = |index: &mut KeyIndex, key: &[u8], line| {
+                index.insert_fingerprinted(key, fingerprint(key), line)
+            };
             index.log.memory_max = 64;
             for line in 2..400u64 {
                 let key = format!("AC{line:05}|2022-05");
-                assert_eq!(index.insert(&key, line).unwrap(), None, "{key} is new");
+                assert_eq!(
+                    insert(&mut index, key.as_bytes(), line).unwrap(),
+                    None,
+                    "{key} is new"
+                );
             }
             assert!(index.log.file.is_some(), "the log spilled to its file");
             for line in [2u64, 150, 399] {
                 let key = format!("AC{line:05}|2022-05");
-                assert_eq!(index.insert(&key, 1000 + line).unwrap(), Some(line));
+                assert_eq!(
+                    insert(&mut index, key.as_bytes(), 1000 + line).unwrap(),
+                    Some(line)
+                );
             }
-            assert_eq!(index.insert("AC00400|2022-05", 500).unwrap(), None);
+            assert_eq!(insert(&mut index, b"AC00400|2022-05", 500).unwrap(), None);
         }
     }
 

@@ -266,6 +266,190 @@ impl bincode::enc::write::Writer for LimitedWriter {
     }
 }
 
+/// Records already in their canonical encoding, each with its key: a batch is sealed from
+/// them ([`SignedBatch::seal_encoded`]) without building a [`Record`] a value at a time and
+/// encoding it again. Only this crate writes them (from a [`Record`], or from a row as
+/// [`crate::Schema::validate_encoded`] validates it), so each is the bincode encoding of a
+/// record validation produced: sealing them gives exactly the bytes [`Batch::new`] and
+/// [`Batch::encode`] give for those records.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedRecords {
+    /// The records' encodings, back to back.
+    bytes: Vec<u8>,
+    /// Where each record lies in `bytes`, in the order they were added.
+    spans: Vec<RecordSpan>,
+}
+
+/// One record in [`EncodedRecords::bytes`]: its encoding is `start..end`, its key's bytes
+/// `key_start..key_end` (just after the key's length, which starts the encoding).
+#[derive(Debug, Clone, Copy)]
+struct RecordSpan {
+    start: usize,
+    key_start: usize,
+    key_end: usize,
+    end: usize,
+}
+
+/// A bincode writer appending to a `Vec` (bincode's own is private).
+pub(crate) struct VecWriter<'v>(pub &'v mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecWriter<'_> {
+    #[inline(always)]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// A bincode encoder appending to `bytes`, in the batch's configuration.
+pub(crate) type VecEncoder<'v> = bincode::enc::EncoderImpl<
+    VecWriter<'v>,
+    bincode::config::Configuration<
+        bincode::config::LittleEndian,
+        bincode::config::Varint,
+        bincode::config::Limit<BATCH_BYTES_MAX>,
+    >,
+>;
+
+impl EncodedRecords {
+    pub fn new() -> EncodedRecords {
+        EncodedRecords::default()
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Bytes of the records' encodings.
+    pub fn bytes_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Makes room for `records` more records of `bytes` bytes in all.
+    pub fn reserve(&mut self, records: usize, bytes: usize) {
+        self.spans.reserve(records);
+        self.bytes.reserve(bytes);
+    }
+
+    /// Removes every record, keeping the memory for the next ones.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+    }
+
+    /// Adds `record`, encoded.
+    pub fn push(&mut self, record: &Record) {
+        self.push_with(&record.key.0, |encoder| {
+            use bincode::enc::Encode;
+            record
+                .subject
+                .encode(encoder)
+                .and_then(|()| record.values.encode(encoder))
+                .expect("encoding into memory cannot fail");
+        });
+    }
+
+    /// Adds a record whose key is `key`: writes the key, then `rest` writes its subject and
+    /// values.
+    pub(crate) fn push_with(&mut self, key: &str, rest: impl FnOnce(&mut VecEncoder<'_>)) {
+        use bincode::enc::{Encode, Encoder};
+        let start = self.bytes.len();
+        let mut encoder = bincode::enc::EncoderImpl::new(
+            VecWriter(&mut self.bytes),
+            bincode_config::<BATCH_BYTES_MAX>(),
+        );
+        (key.len() as u64)
+            .encode(&mut encoder)
+            .expect("encoding into memory cannot fail");
+        encoder.writer().0.extend_from_slice(key.as_bytes());
+        let key_end = encoder.writer().0.len();
+        rest(&mut encoder);
+        self.spans.push(RecordSpan {
+            start,
+            key_start: key_end - key.len(),
+            key_end,
+            end: self.bytes.len(),
+        });
+    }
+
+    /// The key of record `index` (in the order added), as bytes (it is UTF-8).
+    pub fn key(&self, index: usize) -> &[u8] {
+        let span = self.spans[index];
+        &self.bytes[span.key_start..span.key_end]
+    }
+
+    /// Adds a copy of record `index` of `other`.
+    pub fn push_from(&mut self, other: &EncodedRecords, index: usize) {
+        let span = other.spans[index];
+        let start = self.bytes.len();
+        self.bytes
+            .extend_from_slice(&other.bytes[span.start..span.end]);
+        self.spans.push(RecordSpan {
+            start,
+            key_start: start + (span.key_start - span.start),
+            key_end: start + (span.key_end - span.start),
+            end: start + (span.end - span.start),
+        });
+    }
+
+    /// The canonical bytes of a batch of `header` and these records: the records in key
+    /// order (duplicate keys refused), withdrawals sorted, as [`Batch::new`] then
+    /// [`Batch::encode`] give them. Sorts the records in place.
+    pub fn encode_batch(&mut self, header: BatchHeader) -> Result<Vec<u8>, BuildError> {
+        use bincode::enc::Encode;
+        let mut header = header;
+        if self.len() > BATCH_RECORDS_MAX || header.withdrawals.len() > WITHDRAWALS_MAX {
+            return Err(BuildError::TooLarge {
+                records: self.len(),
+                withdrawals: header.withdrawals.len(),
+            });
+        }
+        if self.is_empty() && header.withdrawals.is_empty() {
+            return Err(BuildError::Empty);
+        }
+        let bytes = &self.bytes;
+        let key = |span: &RecordSpan| &bytes[span.key_start..span.key_end];
+        // A `String`'s order is its bytes' order.
+        self.spans.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        if let Some(pair) = self.spans.windows(2).find(|w| key(&w[0]) == key(&w[1])) {
+            return Err(BuildError::DuplicateKey(RecordKey(
+                String::from_utf8_lossy(key(&pair[0])).into_owned(),
+            )));
+        }
+        header.withdrawals.sort_unstable();
+        if let Some(pair) = header.withdrawals.windows(2).find(|w| w[0].key == w[1].key) {
+            return Err(BuildError::DuplicateWithdrawal(pair[0].key.clone()));
+        }
+        let len = 1024 + 64 * header.withdrawals.len() + self.bytes.len();
+        let mut writer = LimitedWriter {
+            bytes: Vec::with_capacity(len.min(BATCH_BYTES_MAX)),
+            dropped: 0,
+        };
+        {
+            let mut encoder =
+                bincode::enc::EncoderImpl::new(&mut writer, bincode_config::<BATCH_BYTES_MAX>());
+            // `Batch` is its header, then its records as a `Vec`: a length, then each.
+            header
+                .encode(&mut encoder)
+                .and_then(|()| (self.spans.len() as u64).encode(&mut encoder))
+                .map_err(|_| BuildError::TooManyBytes(BATCH_BYTES_MAX + 1))?;
+        }
+        for span in &self.spans {
+            bincode::enc::write::Writer::write(&mut writer, &self.bytes[span.start..span.end])
+                .map_err(|_| BuildError::TooManyBytes(BATCH_BYTES_MAX + 1))?;
+        }
+        if writer.dropped > 0 {
+            return Err(BuildError::TooManyBytes(writer.len()));
+        }
+        Ok(writer.bytes)
+    }
+}
+
 impl BatchId {
     pub fn of(bytes: &[u8]) -> BatchId {
         BatchId(*blake3::hash(bytes).as_bytes())
@@ -455,6 +639,16 @@ impl SignedBatch {
     /// Encodes, hashes and signs a batch.
     pub fn seal(batch: &Batch, key: &NodeKey) -> Result<SignedBatch, BuildError> {
         SignedBatch::seal_with(batch, key)
+    }
+
+    /// Sorts, encodes, hashes and signs a batch of `header` and `records`: the same
+    /// [`SignedBatch`] as [`SignedBatch::seal`] of [`Batch::new`] of the same records gives.
+    pub fn seal_encoded(
+        header: BatchHeader,
+        records: &mut EncodedRecords,
+        key: &dyn Signer,
+    ) -> Result<SignedBatch, BuildError> {
+        Ok(SignedBatch::seal_bytes(records.encode_batch(header)?, key))
     }
 
     /// [`SignedBatch::seal`] through a [`Signer`] seam.

@@ -534,30 +534,91 @@ pub fn resident_id_check_char(first17: &[u8]) -> char {
 /// (`11010519491231002X` → `110105***********X`). Short values are starred whole but for the
 /// first character.
 pub fn mask_middle(text: &str) -> String {
-    let (head, tail) = match text.chars().count() {
-        0 => return String::new(),
+    mask_middle_parts(text).to_text()
+}
+
+/// [`mask_middle`] as its parts, to be written where it goes without a `String` first.
+pub(crate) fn mask_middle_parts(text: &str) -> Masked<'_> {
+    let (head, tail) = match char_count(text) {
+        0 => return Masked::EMPTY,
         n if n <= 4 => (1, 0),
         n if n <= 10 => (2, 1),
         _ => (6, 1),
     };
-    mask_chars(text, head, tail, 0)
+    mask_parts(text, head, tail, 0)
+}
+
+/// The number of characters of `text`, without decoding an ASCII one.
+pub(crate) fn char_count(text: &str) -> usize {
+    if text.is_ascii() {
+        text.len()
+    } else {
+        text.chars().count()
+    }
+}
+
+/// A masked value: `head`, then `stars` asterisks, then `tail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Masked<'t> {
+    pub head: &'t str,
+    pub stars: usize,
+    pub tail: &'t str,
+}
+
+impl Masked<'_> {
+    pub const EMPTY: Masked<'static> = Masked {
+        head: "",
+        stars: 0,
+        tail: "",
+    };
+
+    /// Its length in bytes (a star is one byte).
+    pub fn len(self) -> usize {
+        self.head.len() + self.stars + self.tail.len()
+    }
+
+    /// It as one `String`, allocated at its exact size.
+    pub fn to_text(self) -> String {
+        let mut masked = String::with_capacity(self.len());
+        masked.push_str(self.head);
+        masked.extend(std::iter::repeat_n('*', self.stars));
+        masked.push_str(self.tail);
+        masked
+    }
+
+    /// Appends it to `out`.
+    pub fn write_to(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.head.as_bytes());
+        out.resize(out.len() + self.stars, b'*');
+        out.extend_from_slice(self.tail.as_bytes());
+    }
 }
 
 /// `text` with all but its first `head` and last `tail` characters replaced by `*`, plus
-/// `extra_stars` more; built in one allocation of the exact size (it runs for every
-/// personal field of every row). `head + tail` must not exceed the character count.
-pub(crate) fn mask_chars(text: &str, head: usize, tail: usize, extra_stars: usize) -> String {
+/// `extra_stars` more, as parts borrowing `text` (it runs for every personal field of every
+/// row: written where it goes, no `String` first). `head + tail` must not exceed the
+/// character count.
+pub(crate) fn mask_parts(text: &str, head: usize, tail: usize, extra_stars: usize) -> Masked<'_> {
+    if text.is_ascii() {
+        // Characters are bytes: no decoding (phones and identity numbers are ASCII).
+        let head_end = head.min(text.len());
+        let tail_start = text.len().saturating_sub(tail).max(head_end);
+        return Masked {
+            head: &text[..head_end],
+            stars: tail_start - head_end + extra_stars,
+            tail: &text[tail_start..],
+        };
+    }
     let head_end = text.char_indices().nth(head).map_or(text.len(), |(i, _)| i);
     let tail_start = match tail {
         0 => text.len(),
         _ => text.char_indices().nth_back(tail - 1).map_or(0, |(i, _)| i),
     };
-    let stars = text[head_end..tail_start].chars().count() + extra_stars;
-    let mut masked = String::with_capacity(head_end + stars + (text.len() - tail_start));
-    masked.push_str(&text[..head_end]);
-    masked.extend(std::iter::repeat_n('*', stars));
-    masked.push_str(&text[tail_start..]);
-    masked
+    Masked {
+        head: &text[..head_end],
+        stars: text[head_end..tail_start].chars().count() + extra_stars,
+        tail: &text[tail_start..],
+    }
 }
 
 /// The period a batch covers: a month for monthly data, a day for daily data.

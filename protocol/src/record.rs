@@ -13,9 +13,14 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use bincode::enc::Encoder as _;
 use bincode::{Decode, Encode};
 
-use crate::ids::{Period, PersonToken, ResidentId, Uscc, mask_chars, mask_middle, push_hex};
+use crate::batch::{EncodedRecords, VecEncoder};
+use crate::ids::{
+    Masked, Period, PersonToken, ResidentId, Uscc, char_count, mask_middle, mask_middle_parts,
+    mask_parts, push_hex,
+};
 use crate::schema::{Desensitize, Field, FieldKind, Required, Schema, Sensitivity, trim_value};
 
 /// Longest record key, in bytes; keys are built from key fields joined with `|`.
@@ -235,6 +240,59 @@ impl Schema {
         period: Period,
         key: &DesensitizeKey,
     ) -> Result<Validated, Vec<Problem>> {
+        let mut values = Vec::with_capacity(self.fields.len());
+        let mut record_key = String::new();
+        let (subject, warnings) = self.stage(raw, period, key, &mut values, &mut record_key)?;
+        Ok(Validated {
+            record: Record {
+                key: RecordKey(record_key),
+                subject,
+                values: values.into_iter().map(Staged::into_value).collect(),
+            },
+            warnings,
+        })
+    }
+
+    /// [`Schema::validate`], appending the record to `out` in its canonical encoding rather
+    /// than building it: the same problems, the same warnings (returned), and the bytes
+    /// [`EncodedRecords::push`] of [`Schema::validate`]'s record would add. No allocation
+    /// per field: a value in normal form is copied once, from the row into `out`, and masks
+    /// are written there directly. `staging` is room reused from row to row.
+    pub fn validate_encoded<'a>(
+        &self,
+        raw: &[Option<&'a str>],
+        period: Period,
+        key: &DesensitizeKey,
+        staging: &mut Staging<'a>,
+        out: &mut EncodedRecords,
+    ) -> Result<Vec<Problem>, Vec<Problem>> {
+        staging.values.clear();
+        staging.key.clear();
+        let (subject, warnings) =
+            self.stage(raw, period, key, &mut staging.values, &mut staging.key)?;
+        let values = &staging.values;
+        out.push_with(&staging.key, |encoder| {
+            subject
+                .encode(encoder)
+                .and_then(|()| (values.len() as u64).encode(encoder))
+                .expect("encoding into memory cannot fail");
+            for value in values {
+                value.encode(encoder);
+            }
+        });
+        Ok(warnings)
+    }
+
+    /// The work of [`Schema::validate`]: each field's value into `values` (in field order),
+    /// the record key into `record_key`; the subject and the warnings, or every problem.
+    fn stage<'a>(
+        &self,
+        raw: &[Option<&'a str>],
+        period: Period,
+        key: &DesensitizeKey,
+        values: &mut Vec<Staged<'a>>,
+        record_key: &mut String,
+    ) -> Result<(Subject, Vec<Problem>), Vec<Problem>> {
         assert_eq!(
             raw.len(),
             self.fields.len(),
@@ -243,7 +301,6 @@ impl Schema {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
         let trimmed = |i: usize| raw[i].map_or("", trim);
-        let mut values = Vec::with_capacity(self.fields.len());
         for (index, field) in self.fields.iter().enumerate() {
             let text = trimmed(index);
             if text.is_empty() {
@@ -255,13 +312,13 @@ impl Schema {
                         required_message(self, field),
                     ));
                 }
-                values.push(Value::Absent);
+                values.push(Staged::Absent);
                 continue;
             }
             match normalize(&field.kind, text, period) {
                 Err((rule, message)) => {
                     problems.push(self.problem(field, text, rule, message));
-                    values.push(Value::Absent);
+                    values.push(Staged::Absent);
                 }
                 Ok(normalized) => {
                     if let Some((rule, message)) = normalized.warning {
@@ -274,14 +331,14 @@ impl Schema {
             }
         }
         if let Some(index) = self.period_field
-            && let Value::Text(text) = &values[index]
-            && *text != period.month().text().as_str()
-            && *text != period.text().as_str()
+            && let View::Text(text) = values[index].view()
+            && *text != *period.month().text().as_str()
+            && *text != *period.text().as_str()
         {
             let field = &self.fields[index];
             problems.push(self.problem(
                 field,
-                text,
+                &text,
                 Rule::PeriodMismatch,
                 format!("the row is for {text} but the batch is for {period}: put this row in a file for {text}, or fix the period"),
             ));
@@ -289,15 +346,8 @@ impl Schema {
         if !problems.is_empty() {
             return Err(problems);
         }
-        match self.identify(&values) {
-            Ok((subject, record_key)) => Ok(Validated {
-                record: Record {
-                    key: record_key,
-                    subject,
-                    values,
-                },
-                warnings,
-            }),
+        match self.identify(|i| values[i].view(), record_key) {
+            Ok(subject) => Ok((subject, warnings)),
             Err(problem) => Err(vec![problem]),
         }
     }
@@ -380,8 +430,9 @@ impl Schema {
             }
         }
         if problems.is_empty() {
-            match self.identify(&record.values) {
-                Ok((subject, key)) if subject == record.subject && key == record.key => {}
+            let mut key = String::new();
+            match self.identify(|i| record.values[i].view(), &mut key) {
+                Ok(subject) if subject == record.subject && key == record.key.0 => {}
                 Ok(_) => problems.push(record_problem(
                     Rule::Key,
                     "subject or record key does not match the record's values".to_owned(),
@@ -403,16 +454,21 @@ impl Schema {
         }
     }
 
-    /// The subject and record key a record's values give.
-    fn identify(&self, values: &[Value]) -> Result<(Subject, RecordKey), Problem> {
+    /// The subject a record's values give; its record key is written into `key` (empty).
+    /// `value(i)` is field `i`'s value.
+    fn identify<'v>(
+        &self,
+        value: impl Fn(usize) -> View<'v>,
+        key: &mut String,
+    ) -> Result<Subject, Problem> {
         let subject = self
             .subject
             .iter()
-            .find_map(|&i| match &values[i] {
-                Value::Absent => None,
-                Value::Token { token, .. } => Some(Ok(Subject::Person(*token))),
-                Value::Text(text) => Some(
-                    Uscc::parse(text)
+            .find_map(|&i| match value(i) {
+                View::Absent => None,
+                View::Token(token) => Some(Ok(Subject::Person(token))),
+                View::Text(text) => Some(
+                    Uscc::parse(&text)
                         .map(Subject::Organization)
                         .map_err(|e| e.to_string()),
                 ),
@@ -426,24 +482,15 @@ impl Schema {
                 Err(format!("no subject: fill in one of {}", names.join(" or ")))
             })
             .map_err(|message| record_problem(Rule::Subject, message))?;
-        let part_len = |i: usize| match &values[i] {
-            Value::Text(text) => text.len(),
-            Value::Token { token, .. } => 2 * token.0.len(),
-            Value::Absent => 0,
-        };
-        let separators = self.key.len().saturating_sub(1);
-        let mut key = String::with_capacity(
-            self.key.iter().map(|&i| part_len(i)).sum::<usize>() + separators,
-        );
         for (n, &i) in self.key.iter().enumerate() {
             if n > 0 {
                 key.push('|');
             }
-            match &values[i] {
-                Value::Text(text) => key.push_str(text),
+            match value(i) {
+                View::Text(text) => key.push_str(&text),
                 // The token's Display form, written in place.
-                Value::Token { token, .. } => push_hex(&mut key, &token.0),
-                Value::Absent => {}
+                View::Token(token) => push_hex(key, &token.0),
+                View::Absent => {}
             }
         }
         if key.len() > RECORD_KEY_BYTES_MAX {
@@ -461,7 +508,7 @@ impl Schema {
                 "record key is empty: fill in the key fields".to_owned(),
             ));
         }
-        Ok((subject, RecordKey(key)))
+        Ok(subject)
     }
 
     fn problem(&self, field: &Field, value: &str, rule: Rule, message: String) -> Problem {
@@ -523,19 +570,160 @@ fn required_message(schema: &Schema, field: &Field) -> String {
     }
 }
 
-/// The value a normalized text becomes; a masked or tokenized field is made from the text
-/// without copying it first.
-fn desensitize(field: &Field, text: Cow<'_, str>, key: &DesensitizeKey) -> Value {
+/// What a normalized text becomes under its field's rule: masking is left for when the
+/// value is written (see [`Staged`]); the token is made here.
+fn desensitize<'a>(field: &Field, text: Cow<'a, str>, key: &DesensitizeKey) -> Staged<'a> {
     match field.desensitize {
-        Desensitize::None => Value::Text(text.into_owned()),
-        Desensitize::Token => Value::Token {
-            masked: mask_middle(&text),
-            token: key.token(&text),
+        Desensitize::None => Staged::Text(text),
+        Desensitize::Token => {
+            let token = key.token(&text);
+            Staged::Token(text, token)
+        }
+        rule @ (Desensitize::MaskName | Desensitize::MaskPhone | Desensitize::MaskMiddle) => {
+            Staged::Masked(rule, text)
+        }
+        Desensitize::Drop => Staged::Absent,
+    }
+}
+
+/// A field's value as validation leaves it, before it is copied anywhere: the normalized text
+/// (borrowing the row when it is already in normal form) and what desensitization makes of
+/// it. [`Staged::into_value`] gives the [`Value`]; [`Staged::encode`] writes that value's
+/// encoding without building it.
+enum Staged<'a> {
+    Absent,
+    /// Sent as validated: `Value::Text`.
+    Text(Cow<'a, str>),
+    /// Masked by the rule (a name, a phone, an identifier): `Value::Text` of [`masked`].
+    Masked(Desensitize, Cow<'a, str>),
+    /// An identity number and its token: `Value::Token` with the number masked.
+    Token(Cow<'a, str>, PersonToken),
+}
+
+/// What the subject, the key and the period check look at in a value.
+enum View<'v> {
+    Absent,
+    Text(Cow<'v, str>),
+    Token(PersonToken),
+}
+
+impl Value {
+    fn view(&self) -> View<'_> {
+        match self {
+            Value::Absent => View::Absent,
+            Value::Text(text) => View::Text(Cow::Borrowed(text)),
+            Value::Token { token, .. } => View::Token(*token),
+        }
+    }
+}
+
+impl Staged<'_> {
+    fn view(&self) -> View<'_> {
+        match self {
+            Staged::Absent => View::Absent,
+            Staged::Text(text) => View::Text(Cow::Borrowed(text)),
+            // Masked fields are hardly ever a subject, key or period: a mask made then.
+            Staged::Masked(rule, text) => View::Text(Cow::Owned(masked(*rule, text).to_text())),
+            Staged::Token(_, token) => View::Token(*token),
+        }
+    }
+
+    fn into_value(self) -> Value {
+        match self {
+            Staged::Absent => Value::Absent,
+            Staged::Text(text) => Value::Text(text.into_owned()),
+            Staged::Masked(rule, text) => Value::Text(masked(rule, &text).to_text()),
+            Staged::Token(text, token) => Value::Token {
+                masked: mask_middle(&text),
+                token,
+            },
+        }
+    }
+
+    /// Writes the encoding of [`Staged::into_value`]: `Value`'s variant index, then its
+    /// fields, as its derived `Encode` does (the variant index and each length a varint).
+    fn encode(&self, encoder: &mut VecEncoder<'_>) {
+        let out = &mut *encoder.writer().0;
+        match self {
+            Staged::Absent => out.push(0),
+            Staged::Text(text) => {
+                out.push(1);
+                put_len(out, text.len());
+                out.extend_from_slice(text.as_bytes());
+            }
+            Staged::Masked(rule, text) => {
+                out.push(1);
+                let masked = masked(*rule, text);
+                put_len(out, masked.len());
+                masked.write_to(out);
+            }
+            Staged::Token(text, token) => {
+                out.push(2);
+                let masked = mask_middle_parts(text);
+                put_len(out, masked.len());
+                masked.write_to(out);
+                // A fixed-size array: its bytes, no length.
+                out.extend_from_slice(&token.0);
+            }
+        }
+    }
+}
+
+/// Writes `len` as bincode's varint (a `u64`): one byte below 251, else a marker byte and
+/// the little-endian `u16`, `u32` or `u64`.
+fn put_len(out: &mut Vec<u8>, len: usize) {
+    let len = len as u64;
+    if len < 251 {
+        out.push(len as u8);
+    } else if let Ok(len) = u16::try_from(len) {
+        out.push(251);
+        out.extend_from_slice(&len.to_le_bytes());
+    } else if let Ok(len) = u32::try_from(len) {
+        out.push(252);
+        out.extend_from_slice(&len.to_le_bytes());
+    } else {
+        out.push(253);
+        out.extend_from_slice(&len.to_le_bytes());
+    }
+}
+
+/// Room [`Schema::validate_encoded`] reuses from row to row (the values of the row, its
+/// record key), so that a row allocates nothing of its own.
+#[derive(Default)]
+pub struct Staging<'a> {
+    values: Vec<Staged<'a>>,
+    key: String,
+}
+
+impl Staging<'_> {
+    pub fn new() -> Self {
+        Staging {
+            values: Vec::new(),
+            key: String::new(),
+        }
+    }
+}
+
+/// `text` masked by `rule` (one of the masks; a token's display form is
+/// [`Desensitize::MaskMiddle`]'s).
+fn masked(rule: Desensitize, text: &str) -> Masked<'_> {
+    match rule {
+        Desensitize::MaskName => match char_count(text) {
+            0 => Masked::EMPTY,
+            // A one-character name still shows that something was masked.
+            1 => mask_parts(text, 1, 0, 1),
+            _ => mask_parts(text, 1, 0, 0),
         },
-        Desensitize::MaskName => Value::Text(mask_name(&text)),
-        Desensitize::MaskPhone => Value::Text(mask_phone(&text)),
-        Desensitize::MaskMiddle => Value::Text(mask_middle(&text)),
-        Desensitize::Drop => Value::Absent,
+        Desensitize::MaskPhone => {
+            let n = char_count(text);
+            let (head, tail) = if n == 11 {
+                (3, 4)
+            } else {
+                (3.min(n), 2.min(n.saturating_sub(3)))
+            };
+            mask_parts(text, head, tail, 0)
+        }
+        _ => mask_middle_parts(text),
     }
 }
 
@@ -577,23 +765,12 @@ fn reveals_too_much(masked: &str, rule: Desensitize) -> Option<(Rule, String)> {
 
 /// `张三丰` → `张**`.
 pub fn mask_name(name: &str) -> String {
-    match name.chars().count() {
-        0 => String::new(),
-        // A one-character name still shows that something was masked.
-        1 => mask_chars(name, 1, 0, 1),
-        _ => mask_chars(name, 1, 0, 0),
-    }
+    masked(Desensitize::MaskName, name).to_text()
 }
 
 /// `13812345678` → `138****5678`; other lengths keep the first three and last two digits.
 pub fn mask_phone(phone: &str) -> String {
-    let n = phone.chars().count();
-    let (head, tail) = if n == 11 {
-        (3, 4)
-    } else {
-        (3.min(n), 2.min(n.saturating_sub(3)))
-    };
-    mask_chars(phone, head, tail, 0)
+    masked(Desensitize::MaskPhone, phone).to_text()
 }
 
 /// Full-width ASCII forms (as typed with a Chinese input method) become ASCII; returns the
@@ -1034,6 +1211,26 @@ mod tests {
         }
         assert!(normalize_decimal("-1", 2, Some(0)).is_err());
         assert!(normalize_decimal("0", 2, Some(0)).is_ok());
+    }
+
+    #[test]
+    fn put_len_writes_bincodes_varint() {
+        for len in [
+            0usize,
+            1,
+            250,
+            251,
+            252,
+            65_535,
+            65_536,
+            u32::MAX as usize,
+            u32::MAX as usize + 1,
+        ] {
+            let mut ours = Vec::new();
+            put_len(&mut ours, len);
+            let theirs = bincode::encode_to_vec(len as u64, bincode::config::standard()).unwrap();
+            assert_eq!(ours, theirs, "{len}");
+        }
     }
 
     #[test]

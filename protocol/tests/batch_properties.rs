@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use protocol::batch::{
-    BATCH_FORMAT, Batch, BatchHeader, DecodeError, Withdrawal, WithdrawalReason,
+    BATCH_FORMAT, Batch, BatchHeader, DecodeError, EncodedRecords, Withdrawal, WithdrawalReason,
 };
 use protocol::ids::{BatchId, Category, NodeId, Period, PersonToken, Uscc};
 use protocol::record::{Record, RecordKey, Subject, Value};
@@ -73,6 +73,20 @@ proptest! {
         let batch = Batch::new(header(vec![]), records).unwrap();
         let bytes = batch.encode().unwrap();
         prop_assert_eq!(Batch::decode(&bytes).unwrap(), batch);
+    }
+
+    /// Sealing records already encoded (the ingestion path) gives exactly the batch that
+    /// building and encoding `Record`s gives, whatever the input order.
+    #[test]
+    fn sealing_encoded_records_gives_the_same_batch(records in records()) {
+        let mut encoded = EncodedRecords::new();
+        for record in &records {
+            encoded.push(record);
+        }
+        let ours = SignedBatch::seal_encoded(header(vec![]), &mut encoded, &key()).unwrap();
+        let theirs =
+            SignedBatch::seal(&Batch::new(header(vec![]), records).unwrap(), &key()).unwrap();
+        prop_assert_eq!(ours, theirs);
     }
 
     #[test]
@@ -202,6 +216,27 @@ fn trailing_bytes_are_refused() {
     assert_eq!(Batch::decode(&bytes).unwrap(), batch);
     bytes.push(0);
     assert_eq!(Batch::decode(&bytes), Err(DecodeError::TrailingBytes(1)));
+}
+
+#[test]
+fn encoded_records_with_a_duplicate_key_or_none_are_refused_as_batches_are() {
+    let record = |key: &str| Record {
+        key: RecordKey(key.to_owned()),
+        subject: Subject::Person(PersonToken([1; 16])),
+        values: vec![Value::Text("x".to_owned())],
+    };
+    let mut encoded = EncodedRecords::new();
+    for key in ["b", "a", "b"] {
+        encoded.push(&record(key));
+    }
+    assert_eq!(
+        SignedBatch::seal_encoded(header(vec![]), &mut encoded, &key()).unwrap_err(),
+        Batch::new(header(vec![]), vec![record("b"), record("a"), record("b")]).unwrap_err()
+    );
+    assert_eq!(
+        SignedBatch::seal_encoded(header(vec![]), &mut EncodedRecords::new(), &key()).unwrap_err(),
+        Batch::new(header(vec![]), vec![]).unwrap_err()
+    );
 }
 
 #[test]
