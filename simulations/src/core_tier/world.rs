@@ -2483,6 +2483,7 @@ mod tests {
                 current,
                 findings,
                 index: Vec::new(),
+                index_run: 1,
             };
         let finding = Finding {
             key: key.clone(),
