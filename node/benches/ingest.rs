@@ -18,6 +18,10 @@
 
 #![allow(clippy::print_stdout)]
 
+mod common;
+
+use common::{env_usize, grouped};
+
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -30,19 +34,6 @@ use protocol::{DesensitizeKey, NodeId, NodeKey, Period, Registry, SignedBatch};
 const DEFAULT_ROWS: usize = 100_000;
 const DEFAULT_ITERS: usize = 5;
 const SEED: u64 = 202_205;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Err(_) => default,
-        Ok(text) => text
-            .trim()
-            .replace('_', "")
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| panic!("{name}={text:?}: expected a positive whole number")),
-    }
-}
 
 /// One warm-up, then `iters` timed runs of `run`; returns the median time. What a run
 /// returns is dropped after its clock stops.
@@ -87,19 +78,6 @@ fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// `1234567` → `1,234,567`.
-fn grouped(n: f64) -> String {
-    let digits = format!("{:.0}", n.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 struct Row {

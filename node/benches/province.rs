@@ -59,6 +59,10 @@
 
 #![allow(clippy::print_stdout)]
 
+mod common;
+
+use common::{env_usize, grouped};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::UdpSocket;
@@ -119,19 +123,6 @@ const SETTLE_MAX: Duration = Duration::from_secs(120);
 const PHASE_TIMEOUT: Duration = Duration::from_secs(1800);
 const DAY_MS: u64 = 86_400_000;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Err(_) => default,
-        Ok(text) => text
-            .trim()
-            .replace('_', "")
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| panic!("{name}={text:?}: expected a positive whole number")),
-    }
-}
-
 fn id(code: u32) -> NodeId {
     NodeId::parse(&format!("{code:06}")).expect("a node id")
 }
@@ -139,18 +130,6 @@ fn id(code: u32) -> NodeId {
 /// The private key behind `topology::placeholder_key` (checked against it).
 fn key_of(node: NodeId) -> NodeKey {
     NodeKey::from_seed(BatchId::of(format!("placeholder key for {node}").as_bytes()).0)
-}
-
-fn grouped(n: f64) -> String {
-    let digits = format!("{:.0}", n.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn mib(kib: u64) -> f64 {

@@ -42,6 +42,12 @@
 
 #![allow(clippy::print_stdout)]
 
+mod common;
+
+use common::{
+    env_usize, free_udp_port, grouped, node_id, status_kib, udp_drops, water_fee_batches,
+};
+
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -54,7 +60,6 @@ use std::time::{Duration, Instant};
 
 use node::core::{CoreConfig, reconcile};
 use node::identity::{Identity, random32};
-use node::ingest::{Encoding, IngestOptions, ingest_bytes};
 use node::runtime::{self, Blocking, Node, Seams, Socket, SystemClock};
 use node::store::Store;
 use node::transport::TransportSeams;
@@ -86,35 +91,6 @@ const PROVINCE: &str = "440000";
 const CITY: &str = "445200";
 const COUNTY: &str = "445281";
 
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Err(_) => default,
-        Ok(text) => text
-            .trim()
-            .replace('_', "")
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| panic!("{name}={text:?}: expected a positive whole number")),
-    }
-}
-
-/// A field of `/proc/self/status` in KiB (Linux), if known.
-fn status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// UDP datagrams dropped for a full socket receive buffer, machine-wide (`/proc/net/snmp`).
-fn udp_drops() -> Option<u64> {
-    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (udp.next()?, udp.next()?);
-    let column = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
-    values.split_whitespace().nth(column)?.parse().ok()
-}
-
 fn mem(kib: Option<u64>) -> String {
     kib.map_or_else(
         || "?".to_owned(),
@@ -122,31 +98,8 @@ fn mem(kib: Option<u64>) -> String {
     )
 }
 
-/// `1234567` → `1,234,567`.
-fn grouped(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn ms(time: Duration) -> f64 {
     time.as_secs_f64() * 1e3
-}
-
-fn node_id(text: &str) -> NodeId {
-    NodeId::parse(text).expect("valid node id")
-}
-
-fn free_udp_port() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port on 127.0.0.1")
 }
 
 fn free_tcp_port() -> u16 {
@@ -168,30 +121,8 @@ fn build_batches(
     key: &NodeKey,
     network_key: &DesensitizeKey,
 ) -> Vec<SignedBatch> {
-    let schema = Registry::builtin()
-        .by_name("water_fee")
-        .expect("water_fee schema is built in");
     let period = Period::parse(PERIOD).expect("valid period");
-    let sample = sample::sample_csv(schema, origin, period, rows, 0, SEED);
-    let options = IngestOptions {
-        schema,
-        origin,
-        period,
-        encoding: Encoding::Utf8,
-        desensitize_key: network_key,
-        node_key: key,
-        batch_records_max: per_batch,
-        left_out: &[],
-    };
-    let report = ingest_bytes(
-        Path::new("bench/water_fee.csv"),
-        sample.text.as_bytes(),
-        &options,
-        |_| {},
-    )
-    .expect("sample ingests");
-    assert_eq!(report.records, rows as u64, "every sample row is a record");
-    report.batches
+    water_fee_batches(origin, period, rows, per_batch, SEED, key, network_key)
 }
 
 /// A correction of `original`: every record again, the first one's name changed, superseding
@@ -975,7 +906,7 @@ fn main() {
     println!();
     println!(
         "rsync bench: {count} water_fee batches of {} records ({:.1} MB, built in {:.1} s), {changed} corrections ({:.2} MB, each a whole batch again with one record changed, superseding one batch); {version}",
-        grouped(per_batch as u64),
+        grouped(per_batch as f64),
         bytes as f64 / MB,
         built.as_secs_f64(),
         correction_bytes as f64 / MB,
@@ -1011,11 +942,11 @@ fn main() {
             ms(ours.time),
             ms(rsync.time),
             ratio(ms(ours.time), ms(rsync.time)),
-            grouped(ours.sent),
-            grouped(rsync.sent),
+            grouped(ours.sent as f64),
+            grouped(rsync.sent as f64),
             ratio(ours.sent as f64, rsync.sent as f64),
-            grouped(ours.received),
-            grouped(rsync.received),
+            grouped(ours.received as f64),
+            grouped(rsync.received as f64),
             ratio(ours.received as f64, rsync.received as f64),
         );
     };
@@ -1063,23 +994,24 @@ fn main() {
         ms(median_of(&submits[..tenth])),
         ms(median_of(&submits[submits.len() - tenth..])),
         ms(submits.iter().copied().max().unwrap_or_default()),
-        grouped(ours.first.datagrams_sent),
+        grouped(ours.first.datagrams_sent as f64),
         ours.first.sent as f64 / ours.first.datagrams_sent.max(1) as f64,
-        ours.first_drops.map_or_else(|| "?".to_owned(), grouped),
+        ours.first_drops
+            .map_or_else(|| "?".to_owned(), |d| grouped(d as f64)),
         ours.first_arrivals,
     );
     println!(
         "ours: batch payload the uplink counts sent: {} / {} / {} bytes (first / changed / none); the none-changed reconciliation: {} sessions (batches + receipts per year), {} rounds",
-        grouped(ours.payload[0]),
-        grouped(ours.payload[1]),
-        grouped(ours.payload[2]),
+        grouped(ours.payload[0] as f64),
+        grouped(ours.payload[1] as f64),
+        grouped(ours.payload[2] as f64),
         ours.sessions,
         ours.rounds,
     );
     println!(
         "ours, pre-loaded: the county stored every batch alone in {:.0} ms; timed from its uplink coming up (bytes from the city's start: handshake and the link-up reconciliation included); {} datagrams sent, batch arrivals at the city: {preload_arrivals} for {count} batches",
         ms(preload_stored),
-        grouped(preloaded.datagrams_sent),
+        grouped(preloaded.datagrams_sent as f64),
     );
     println!(
         "rsync: files transferred {} / {} / {} (quick check), {} / {} / {} (-c), {} overwritten in place",

@@ -42,14 +42,19 @@
 
 #![allow(clippy::print_stdout)]
 
+mod common;
+
+use common::{
+    env_usize, free_udp_port, grouped, node_id, status_kib, udp_drops, water_fee_batches,
+};
+
 use std::hint::black_box;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use node::identity::{Identity, random32};
-use node::ingest::{Encoding, IngestOptions, ingest_bytes};
 use node::runtime::{self, Node};
 use node::store::Store;
 use node::transport::{self, PeerPolicy};
@@ -83,28 +88,8 @@ const PROVINCE: &str = "440000";
 const CITY: &str = "445200";
 const COUNTY: &str = "445281";
 
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Err(_) => default,
-        Ok(text) => text
-            .trim()
-            .replace('_', "")
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| panic!("{name}={text:?}: expected a positive whole number")),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // What the process and the machine did
-
-/// A field of `/proc/self/status` in KiB (Linux), if known.
-fn status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
 
 fn rss() -> Option<u64> {
     status_kib("VmRSS:")
@@ -174,14 +159,6 @@ fn machine_ticks() -> Option<(u64, u64, u64)> {
     Some((total - idle - iowait, iowait, total))
 }
 
-fn udp_drops() -> Option<u64> {
-    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (udp.next()?, udp.next()?);
-    let column = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
-    values.split_whitespace().nth(column)?.parse().ok()
-}
-
 fn written() -> Option<u64> {
     let io = std::fs::read_to_string("/proc/self/io").ok()?;
     io.lines()
@@ -249,31 +226,8 @@ impl Usage {
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-/// `1234567` → `1,234,567`.
-fn grouped(n: f64) -> String {
-    let digits = format!("{:.0}", n.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn ms(time: Duration) -> f64 {
     time.as_secs_f64() * 1e3
-}
-
-fn free_udp_port() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port on 127.0.0.1")
-}
-
-fn node_id(text: &str) -> NodeId {
-    NodeId::parse(text).expect("valid node id")
 }
 
 /// Median time of `iters` runs of `run`; what a run returns is dropped after the clock stops.
@@ -301,30 +255,8 @@ fn build_batches(
     key: &NodeKey,
     network_key: &DesensitizeKey,
 ) -> Vec<SignedBatch> {
-    let schema = Registry::builtin()
-        .by_name("water_fee")
-        .expect("water_fee schema is built in");
     let period = Period::parse(period).expect("valid period");
-    let sample = sample::sample_csv(schema, origin, period, rows, 0, seed);
-    let options = IngestOptions {
-        schema,
-        origin,
-        period,
-        encoding: Encoding::Utf8,
-        desensitize_key: network_key,
-        node_key: key,
-        batch_records_max: per_batch,
-        left_out: &[],
-    };
-    let report = ingest_bytes(
-        Path::new("bench/water_fee.csv"),
-        sample.text.as_bytes(),
-        &options,
-        |_| {},
-    )
-    .expect("sample ingests");
-    assert_eq!(report.records, rows as u64, "every sample row is a record");
-    report.batches
+    water_fee_batches(origin, period, rows, per_batch, seed, key, network_key)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,100 @@
+//! Helpers the benchmarks share (each bench includes this module with `mod common;`; not every
+//! bench uses every helper).
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, UdpSocket};
+
+use protocol::NodeId;
+
+/// `name` from the environment as a positive whole number (`_` allowed as a separator), or
+/// `default` when unset; anything else stops the bench with the reason.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(text) => text
+            .trim()
+            .replace('_', "")
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| panic!("{name}={text:?}: expected a positive whole number")),
+    }
+}
+
+/// A field of `/proc/self/status` in KiB (Linux), if known.
+pub fn status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// UDP datagrams dropped for a full socket receive buffer, machine-wide (`/proc/net/snmp`).
+pub fn udp_drops() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let column = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(column)?.parse().ok()
+}
+
+/// A UDP port on 127.0.0.1 free a moment ago.
+pub fn free_udp_port() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port on 127.0.0.1")
+}
+
+pub fn node_id(text: &str) -> NodeId {
+    NodeId::parse(text).expect("valid node id")
+}
+
+/// `1234567.4` → `1,234,567`.
+pub fn grouped(n: f64) -> String {
+    let digits = format!("{:.0}", n.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Water-fee batches of `rows` sample records (generated from `seed`) from `origin` for
+/// `period`, at most `per_batch` records each, signed by `key`, as ingestion makes them.
+pub fn water_fee_batches(
+    origin: NodeId,
+    period: protocol::Period,
+    rows: usize,
+    per_batch: usize,
+    seed: u64,
+    key: &protocol::NodeKey,
+    network_key: &protocol::DesensitizeKey,
+) -> Vec<protocol::SignedBatch> {
+    use node::ingest::{Encoding, IngestOptions, ingest_bytes};
+    let schema = protocol::Registry::builtin()
+        .by_name("water_fee")
+        .expect("water_fee schema is built in");
+    let sample = sample::sample_csv(schema, origin, period, rows, 0, seed);
+    let options = IngestOptions {
+        schema,
+        origin,
+        period,
+        encoding: Encoding::Utf8,
+        desensitize_key: network_key,
+        node_key: key,
+        batch_records_max: per_batch,
+        left_out: &[],
+    };
+    let report = ingest_bytes(
+        std::path::Path::new("bench/water_fee.csv"),
+        sample.text.as_bytes(),
+        &options,
+        |_| {},
+    )
+    .expect("sample ingests");
+    assert_eq!(report.records, rows as u64, "every sample row is a record");
+    report.batches
+}
