@@ -1236,12 +1236,14 @@ fn part_b(base: &Path) {
         100.0 * cpu.0.as_secs_f64() / time.as_secs_f64(),
         100.0 * cpu.1.as_secs_f64() / time.as_secs_f64(),
     );
-    println!(
-        "   EXTRAPOLATED, not measured: the full month ({} records) at this rate would take {:.0} s ({:.1} min)",
-        grouped(FULL_MONTH_RECORDS as f64),
-        FULL_MONTH_RECORDS as f64 / rate,
-        FULL_MONTH_RECORDS as f64 / rate / 60.0
-    );
+    if records < FULL_MONTH_RECORDS {
+        println!(
+            "   EXTRAPOLATED, not measured: the full month ({} records) at this rate would take {:.0} s ({:.1} min)",
+            grouped(FULL_MONTH_RECORDS as f64),
+            FULL_MONTH_RECORDS as f64 / rate,
+            FULL_MONTH_RECORDS as f64 / rate / 60.0
+        );
+    }
     tokio.block_on(async {
         for node in &nodes {
             let _ = tokio::time::timeout(Duration::from_secs(5), runtime::shutdown(node)).await;
