@@ -10,7 +10,8 @@
 //! period is one scan of the period's runs, however many keys it asks for, and writing it is
 //! one sled insert per ~6 KiB of changed entries: a sled operation per record key cost ~20×
 //! everything else a receiving node does (issue 12). Entries written one per key by earlier
-//! versions (kind byte `k`, `u`, `n`, `h` right after the prefix) are read as run 0. `feedback`: origin u32 ‖ period [4] ‖ category ‖ 0x00 ‖ record key ‖ 0x00 ‖
+//! versions (kind byte `k`, `u`, `n`, `h` right after the prefix) are read as run 0.
+//! `feedback`: origin u32 ‖ period [4] ‖ category ‖ 0x00 ‖ record key ‖ 0x00 ‖
 //! field ‖ 0x00 ‖ rule → FeedbackItem. An item opens when a finding is first made on a
 //! record's current version and closes when a later version of the record (a correction or
 //! a withdrawal) becomes current without that finding; a finding made again after closing
@@ -69,13 +70,13 @@ pub struct IndexRead {
 /// One entry of a run: key, and value or `None` for a removal.
 type IndexWrite<'a> = (&'a [u8], Option<&'a [u8]>);
 
-/// The entries of one chunk: `u16 key length ‖ key ‖ u32 value length + 1 (0: removed) ‖
+/// The entries of one chunk: `u32 key length ‖ key ‖ u32 value length + 1 (0: removed) ‖
 /// value`, big-endian, keys after the period's prefix and increasing. `None` if damaged.
 fn chunk_entries(mut bytes: &[u8]) -> Option<Vec<IndexWrite<'_>>> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
-        let (len, rest) = bytes.split_first_chunk::<2>()?;
-        let len = usize::from(u16::from_be_bytes(*len));
+        let (len, rest) = bytes.split_first_chunk::<4>()?;
+        let len = u32::from_be_bytes(*len) as usize;
         let (key, rest) = rest.split_at_checked(len)?;
         let (value_len, rest) = rest.split_first_chunk::<4>()?;
         let value_len = u32::from_be_bytes(*value_len) as usize;
@@ -93,7 +94,8 @@ fn chunk_entries(mut bytes: &[u8]) -> Option<Vec<IndexWrite<'_>>> {
 }
 
 fn push_chunk_entry(chunk: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>) {
-    let key_len = u16::try_from(key.len()).expect("index keys are short");
+    // Keys are bounded by the values they hold (16 KiB each), values by a batch.
+    let key_len = u32::try_from(key.len()).expect("index keys are far below 4 GiB");
     chunk.extend(key_len.to_be_bytes());
     chunk.extend(key);
     match value {
