@@ -59,6 +59,10 @@
 
 #![allow(clippy::print_stdout)]
 
+mod common;
+
+use common::fresh_header;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -73,7 +77,6 @@ use node::ingest::{Encoding, IngestOptions, ingest_bytes};
 use node::runtime::{self, Blocking, Seams, Socket, SystemClock};
 use node::store::{SledKv, Store};
 use node::transport::TransportSeams;
-use protocol::batch::{BATCH_FORMAT, BatchHeader};
 use protocol::manifest::ManifestEntry;
 use protocol::record::RecordKey;
 use protocol::schema::{Cadence, Schema};
@@ -454,19 +457,8 @@ impl Maker<'_> {
                 record
             })
             .collect();
-        let batch = Batch::new(
-            BatchHeader {
-                format: BATCH_FORMAT,
-                origin: reporter,
-                category: schema.category.clone(),
-                schema_version: schema.version,
-                period,
-                supersedes: None,
-                withdrawals: Vec::new(),
-            },
-            records,
-        )
-        .expect("a valid batch");
+        let batch =
+            Batch::new(fresh_header(reporter, schema, period), records).expect("a valid batch");
         let signed = SignedBatch::seal(&batch, &self.keys[&reporter]).expect("seals");
         (signed, Content::Data(batch))
     }

@@ -20,14 +20,14 @@
 
 mod common;
 
-use common::{env_usize, grouped};
+use common::{env_usize, fresh_header, grouped};
 
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use node::ingest::{Encoding, IngestOptions, ingest_bytes};
-use protocol::batch::{BATCH_FORMAT, BATCH_RECORDS_MAX, BatchHeader, EncodedRecords};
+use protocol::batch::{BATCH_RECORDS_MAX, EncodedRecords};
 use protocol::record::Staging;
 use protocol::{DesensitizeKey, NodeId, NodeKey, Period, Registry, SignedBatch};
 
@@ -111,15 +111,7 @@ fn main() {
         left_out: &[],
     };
     let path = Path::new("bench/water_fee.csv");
-    let batch_header = BatchHeader {
-        format: BATCH_FORMAT,
-        origin,
-        category: schema.category.clone(),
-        schema_version: schema.version,
-        period,
-        supersedes: None,
-        withdrawals: Vec::new(),
-    };
+    let batch_header = fresh_header(origin, schema, period);
     let fields_per_row = schema.fields.len();
 
     if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "build") {

@@ -61,7 +61,7 @@
 
 mod common;
 
-use common::{env_usize, grouped};
+use common::{env_usize, fresh_header, grouped, init_logs};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -78,7 +78,6 @@ use node::ingest::{Encoding, IngestOptions, ingest_bytes};
 use node::runtime::{self, Blocking, Seams, Socket, SystemClock};
 use node::store::{SledKv, Store};
 use node::transport::TransportSeams;
-use protocol::batch::{BATCH_FORMAT, BatchHeader};
 use protocol::record::Value;
 use protocol::sync::verify_incoming;
 use protocol::wire::{Receipt, SignedReceipt, Verdict};
@@ -295,19 +294,8 @@ impl Templates {
                 record
             })
             .collect();
-        let batch = Batch::new(
-            BatchHeader {
-                format: BATCH_FORMAT,
-                origin,
-                category: schema.category.clone(),
-                schema_version: schema.version,
-                period,
-                supersedes: None,
-                withdrawals: Vec::new(),
-            },
-            records,
-        )
-        .expect("a valid batch");
+        let batch =
+            Batch::new(fresh_header(origin, schema, period), records).expect("a valid batch");
         let signed = SignedBatch::seal(&batch, key).expect("seals");
         (signed, batch)
     }
@@ -355,12 +343,7 @@ fn child_main(args: &[String]) {
     let [store_dir, topology_path, me] = args else {
         panic!("{CHILD_ARG} STORE TOPOLOGY NODE-ID");
     };
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    init_logs();
     let me = NodeId::parse(me).expect("a node id");
     let topology_path = PathBuf::from(topology_path);
     let topology = runtime::read_topology(&topology_path).expect("the topology file");
@@ -1267,12 +1250,7 @@ fn main() {
         println!("province: run it with `cargo bench -p credit-node --bench province`");
         return;
     }
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    init_logs();
     for node in guangdong(&[]).nodes() {
         assert_eq!(
             key_of(node.id).public(),

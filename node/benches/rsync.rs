@@ -45,7 +45,7 @@
 mod common;
 
 use common::{
-    env_usize, free_udp_port, grouped, node_id, status_kib, udp_drops, water_fee_batches,
+    env_usize, free_udp_port, grouped, init_logs, node_id, status_kib, udp_drops, water_fee_batches,
 };
 
 use std::io::{self, IoSliceMut};
@@ -852,12 +852,7 @@ fn main() {
         println!("rsync: run it with `cargo bench -p credit-node --bench rsync`");
         return;
     }
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    init_logs();
     let count = env_usize("RSYNC_BENCH_BATCHES", DEFAULT_BATCHES);
     let per_batch =
         env_usize("RSYNC_BENCH_BATCH_RECORDS", DEFAULT_BATCH_RECORDS).min(BATCH_RECORDS_MAX);

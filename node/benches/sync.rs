@@ -45,7 +45,7 @@
 mod common;
 
 use common::{
-    env_usize, free_udp_port, grouped, node_id, status_kib, udp_drops, water_fee_batches,
+    env_usize, free_udp_port, grouped, init_logs, node_id, status_kib, udp_drops, water_fee_batches,
 };
 
 use std::hint::black_box;
@@ -1176,12 +1176,7 @@ fn main() {
         return;
     }
     // cargo passes `--bench` and maybe a filter: every other argument is ignored.
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    init_logs();
     let raw_mib = env_usize("BENCH_MB", DEFAULT_RAW_MIB);
     let records = env_usize("BENCH_RECORDS", DEFAULT_RECORDS);
     let per_batch = env_usize("BENCH_BATCH_RECORDS", DEFAULT_BATCH_RECORDS).min(BATCH_RECORDS_MAX);

@@ -98,3 +98,30 @@ pub fn water_fee_batches(
     assert_eq!(report.records, rows as u64, "every sample row is a record");
     report.batches
 }
+
+/// The nodes' logs on stderr when `RUST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
+/// The header of a first data batch (no correction, no withdrawal) of `schema`'s category.
+pub fn fresh_header(
+    origin: NodeId,
+    schema: &protocol::Schema,
+    period: protocol::Period,
+) -> protocol::batch::BatchHeader {
+    protocol::batch::BatchHeader {
+        format: protocol::batch::BATCH_FORMAT,
+        origin,
+        category: schema.category.clone(),
+        schema_version: schema.version,
+        period,
+        supersedes: None,
+        withdrawals: Vec::new(),
+    }
+}
