@@ -115,27 +115,39 @@ pub enum DecodeError {
     NotCanonical(&'static str),
 }
 
+/// What every batch build refuses by count: too many records or withdrawals, or none at all.
+fn check_counts(records: usize, header: &BatchHeader) -> Result<(), BuildError> {
+    if records > BATCH_RECORDS_MAX || header.withdrawals.len() > WITHDRAWALS_MAX {
+        return Err(BuildError::TooLarge {
+            records,
+            withdrawals: header.withdrawals.len(),
+        });
+    }
+    if records == 0 && header.withdrawals.is_empty() {
+        return Err(BuildError::Empty);
+    }
+    Ok(())
+}
+
+/// Puts the withdrawals in canonical (key) order; refuses a key withdrawn twice.
+fn sort_withdrawals(header: &mut BatchHeader) -> Result<(), BuildError> {
+    header.withdrawals.sort_unstable();
+    if let Some(pair) = header.withdrawals.windows(2).find(|w| w[0].key == w[1].key) {
+        return Err(BuildError::DuplicateWithdrawal(pair[0].key.clone()));
+    }
+    Ok(())
+}
+
 impl Batch {
     /// Builds a batch: sorts records by key and withdrawals by key, refuses duplicates.
     pub fn new(header: BatchHeader, mut records: Vec<Record>) -> Result<Batch, BuildError> {
         let mut header = header;
-        if records.len() > BATCH_RECORDS_MAX || header.withdrawals.len() > WITHDRAWALS_MAX {
-            return Err(BuildError::TooLarge {
-                records: records.len(),
-                withdrawals: header.withdrawals.len(),
-            });
-        }
-        if records.is_empty() && header.withdrawals.is_empty() {
-            return Err(BuildError::Empty);
-        }
+        check_counts(records.len(), &header)?;
         records.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         if let Some(pair) = records.windows(2).find(|w| w[0].key == w[1].key) {
             return Err(BuildError::DuplicateKey(pair[0].key.clone()));
         }
-        header.withdrawals.sort_unstable();
-        if let Some(pair) = header.withdrawals.windows(2).find(|w| w[0].key == w[1].key) {
-            return Err(BuildError::DuplicateWithdrawal(pair[0].key.clone()));
-        }
+        sort_withdrawals(&mut header)?;
         Ok(Batch { header, records })
     }
 
@@ -403,15 +415,7 @@ impl EncodedRecords {
     pub fn encode_batch(&mut self, header: BatchHeader) -> Result<Vec<u8>, BuildError> {
         use bincode::enc::Encode;
         let mut header = header;
-        if self.len() > BATCH_RECORDS_MAX || header.withdrawals.len() > WITHDRAWALS_MAX {
-            return Err(BuildError::TooLarge {
-                records: self.len(),
-                withdrawals: header.withdrawals.len(),
-            });
-        }
-        if self.is_empty() && header.withdrawals.is_empty() {
-            return Err(BuildError::Empty);
-        }
+        check_counts(self.len(), &header)?;
         let bytes = &self.bytes;
         let key = |span: &RecordSpan| &bytes[span.key_start..span.key_end];
         // A `String`'s order is its bytes' order.
@@ -421,10 +425,7 @@ impl EncodedRecords {
                 String::from_utf8_lossy(key(&pair[0])).into_owned(),
             )));
         }
-        header.withdrawals.sort_unstable();
-        if let Some(pair) = header.withdrawals.windows(2).find(|w| w[0].key == w[1].key) {
-            return Err(BuildError::DuplicateWithdrawal(pair[0].key.clone()));
-        }
+        sort_withdrawals(&mut header)?;
         let len = 1024 + 64 * header.withdrawals.len() + self.bytes.len();
         let mut writer = LimitedWriter {
             bytes: Vec::with_capacity(len.min(BATCH_BYTES_MAX)),
