@@ -45,7 +45,8 @@
 mod common;
 
 use common::{
-    env_usize, free_udp_port, grouped, init_logs, node_id, status_kib, udp_drops, water_fee_batches,
+    CITY, COUNTY, Chain, PROVINCE, env_usize, free_udp_port, grouped, init_logs, node_id,
+    status_kib, udp_drops, water_fee_batches,
 };
 
 use std::io::{self, IoSliceMut};
@@ -59,7 +60,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use node::core::{CoreConfig, reconcile};
-use node::identity::{Identity, random32};
+use node::identity::Identity;
 use node::runtime::{self, Blocking, Node, Seams, Socket, SystemClock};
 use node::store::Store;
 use node::transport::TransportSeams;
@@ -67,10 +68,9 @@ use protocol::batch::BATCH_RECORDS_MAX;
 use protocol::sync::SyncConfig;
 use protocol::wire::Verdict;
 use protocol::{
-    Batch, BatchId, DesensitizeKey, NodeId, NodeKey, Period, PublicKey, Registry, SignedBatch,
-    Value,
+    Batch, BatchId, DesensitizeKey, NodeId, NodeKey, Period, Registry, SignedBatch, Value,
 };
-use topology::{Node as TopologyNode, Role, Topology};
+use topology::{Node as TopologyNode, Topology};
 
 const DEFAULT_BATCHES: usize = 200;
 const DEFAULT_BATCH_RECORDS: usize = 1_000;
@@ -86,10 +86,6 @@ const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
 const MB: f64 = 1e6;
 /// The nodes' longest wait between dials (production: 5 s).
 const BACKOFF_MAX_MS: u64 = 200;
-
-const PROVINCE: &str = "440000";
-const CITY: &str = "445200";
-const COUNTY: &str = "445281";
 
 fn mem(kib: Option<u64>) -> String {
     kib.map_or_else(
@@ -159,46 +155,9 @@ struct Identities {
 /// Identities for province, city and county sharing one network key, and the topology file
 /// (with a national platform and a province that are never started).
 fn make_identities() -> Identities {
-    let root = tempfile::tempdir().expect("temp dir");
-    let dir = |id: &str| root.path().join(id);
-    let province =
-        Identity::create(&dir(PROVINCE), node_id(PROVINCE), None).expect("province identity");
-    let network = province.network_key.0;
-    let city = Identity::create(&dir(CITY), node_id(CITY), Some(network)).expect("city identity");
-    let county =
-        Identity::create(&dir(COUNTY), node_id(COUNTY), Some(network)).expect("county identity");
-    let national_key = NodeKey::from_seed(random32().expect("random")).public();
-    let entry = |id: NodeId, name: &str, parent: Option<NodeId>, key: PublicKey| TopologyNode {
-        id,
-        name: name.to_owned(),
-        role: Role::of_id(id),
-        parent,
-        address: free_udp_port(),
-        public_key: key,
-    };
-    let nodes = vec![
-        entry(NodeId::NATIONAL, "全国平台", None, national_key),
-        entry(
-            province.id,
-            "广东省",
-            Some(NodeId::NATIONAL),
-            province.public(),
-        ),
-        entry(city.id, "揭阳市", Some(province.id), city.public()),
-        entry(county.id, "普宁市", Some(city.id), county.public()),
-    ];
-    let topology = Topology::from_nodes(1, nodes).unwrap_or_else(|errors| {
-        panic!(
-            "bench topology invalid: {}",
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        )
-    });
-    let topology_path = root.path().join("topology.toml");
-    std::fs::write(&topology_path, topology.render()).expect("write topology");
+    let chain = Chain::create();
+    let topology_path = chain.write_topology("topology.toml");
+    let Chain { root, county, .. } = chain;
     Identities {
         topology_path,
         county_key: county.key,

@@ -45,7 +45,8 @@
 mod common;
 
 use common::{
-    env_usize, free_udp_port, grouped, init_logs, node_id, status_kib, udp_drops, water_fee_batches,
+    CITY, COUNTY, Chain, PROVINCE, env_usize, grouped, init_logs, node_id, status_kib, udp_drops,
+    water_fee_batches,
 };
 
 use std::hint::black_box;
@@ -54,7 +55,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use node::identity::{Identity, random32};
+use node::identity::random32;
 use node::runtime::{self, Node};
 use node::store::Store;
 use node::transport::{self, PeerPolicy};
@@ -65,7 +66,6 @@ use protocol::{
     Batch, BatchId, DesensitizeKey, NodeId, NodeKey, Period, PublicKey, Registry, SignedBatch,
 };
 use tokio::task::JoinSet;
-use topology::{Node as TopologyNode, Role, Topology};
 
 const DEFAULT_RAW_MIB: usize = 256;
 const DEFAULT_RECORDS: usize = 100_000;
@@ -83,10 +83,6 @@ const OFFLINE_ITERS: usize = 3;
 /// Clock ticks per second in `/proc` (USER_HZ, 100 on every Linux port).
 const TICKS_PER_S: f64 = 100.0;
 const MB: f64 = 1e6;
-
-const PROVINCE: &str = "440000";
-const CITY: &str = "445200";
-const COUNTY: &str = "445281";
 
 // ---------------------------------------------------------------------------------------------
 // What the process and the machine did
@@ -633,57 +629,17 @@ struct Identities {
     city_key: NodeKey,
 }
 
-/// Identities for province, city and county sharing one network key, and the topology file
-/// (with a national platform that is never started).
+/// Identities for province, city and county sharing one network key, and two topology files
+/// (with a national platform that is never started): the same nodes and keys on different
+/// ports, so the one-hop phase's nodes never compete for the chain's addresses (a stopped
+/// in-process node may hold its socket a while).
 fn make_identities() -> Identities {
-    let root = tempfile::tempdir().expect("temp dir");
-    let dir = |id: &str| root.path().join(id);
-    let province =
-        Identity::create(&dir(PROVINCE), node_id(PROVINCE), None).expect("province identity");
-    let network = province.network_key.0;
-    let city = Identity::create(&dir(CITY), node_id(CITY), Some(network)).expect("city identity");
-    let county =
-        Identity::create(&dir(COUNTY), node_id(COUNTY), Some(network)).expect("county identity");
-    let national_key = NodeKey::from_seed(random32().expect("random")).public();
-    let entry = |id: NodeId, name: &str, parent: Option<NodeId>, key: PublicKey| TopologyNode {
-        id,
-        name: name.to_owned(),
-        role: Role::of_id(id),
-        parent,
-        address: free_udp_port(),
-        public_key: key,
-    };
-    // Two topology files: the same nodes and keys on different ports, so the one-hop phase's
-    // nodes never compete for the chain's addresses (a stopped in-process node may hold its
-    // socket a while).
-    let write_topology = |file: &str| {
-        let nodes = vec![
-            entry(NodeId::NATIONAL, "全国平台", None, national_key),
-            entry(
-                province.id,
-                "广东省",
-                Some(NodeId::NATIONAL),
-                province.public(),
-            ),
-            entry(city.id, "揭阳市", Some(province.id), city.public()),
-            entry(county.id, "普宁市", Some(city.id), county.public()),
-        ];
-        let topology = Topology::from_nodes(1, nodes).unwrap_or_else(|errors| {
-            panic!(
-                "bench topology invalid: {}",
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
-        });
-        let path = root.path().join(file);
-        std::fs::write(&path, topology.render()).expect("write topology");
-        path
-    };
-    let topology_path = write_topology("topology.toml");
-    let hop_topology_path = write_topology("topology-one-hop.toml");
+    let chain = Chain::create();
+    let topology_path = chain.write_topology("topology.toml");
+    let hop_topology_path = chain.write_topology("topology-one-hop.toml");
+    let Chain {
+        root, city, county, ..
+    } = chain;
     Identities {
         topology_path,
         hop_topology_path,

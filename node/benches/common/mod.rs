@@ -125,3 +125,90 @@ pub fn fresh_header(
         withdrawals: Vec::new(),
     }
 }
+
+pub const PROVINCE: &str = "440000";
+pub const CITY: &str = "445200";
+pub const COUNTY: &str = "445281";
+
+/// Identities for a province, a city and a county sharing one network key, in directories
+/// under `root`, and a national platform's key (the national platform is never started).
+pub struct Chain {
+    pub root: tempfile::TempDir,
+    pub province: node::identity::Identity,
+    pub city: node::identity::Identity,
+    pub county: node::identity::Identity,
+    national: protocol::PublicKey,
+}
+
+impl Chain {
+    pub fn create() -> Chain {
+        use node::identity::{Identity, random32};
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = |id: &str| root.path().join(id);
+        let province =
+            Identity::create(&dir(PROVINCE), node_id(PROVINCE), None).expect("province identity");
+        let network = province.network_key.0;
+        let city =
+            Identity::create(&dir(CITY), node_id(CITY), Some(network)).expect("city identity");
+        let county = Identity::create(&dir(COUNTY), node_id(COUNTY), Some(network))
+            .expect("county identity");
+        let national = protocol::NodeKey::from_seed(random32().expect("random")).public();
+        Chain {
+            root,
+            province,
+            city,
+            county,
+            national,
+        }
+    }
+
+    /// Writes `root/file`: the national platform, the province, the city and the county, each
+    /// on a UDP port of 127.0.0.1 free a moment ago (each call gives other ports).
+    pub fn write_topology(&self, file: &str) -> std::path::PathBuf {
+        use topology::{Node as TopologyNode, Role, Topology};
+        let entry = |id: NodeId, name: &str, parent: Option<NodeId>, key: protocol::PublicKey| {
+            TopologyNode {
+                id,
+                name: name.to_owned(),
+                role: Role::of_id(id),
+                parent,
+                address: free_udp_port(),
+                public_key: key,
+            }
+        };
+        let nodes = vec![
+            entry(NodeId::NATIONAL, "全国平台", None, self.national),
+            entry(
+                self.province.id,
+                "广东省",
+                Some(NodeId::NATIONAL),
+                self.province.public(),
+            ),
+            entry(
+                self.city.id,
+                "揭阳市",
+                Some(self.province.id),
+                self.city.public(),
+            ),
+            entry(
+                self.county.id,
+                "普宁市",
+                Some(self.city.id),
+                self.county.public(),
+            ),
+        ];
+        let topology = Topology::from_nodes(1, nodes).unwrap_or_else(|errors| {
+            panic!(
+                "bench topology invalid: {}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        });
+        let path = self.root.path().join(file);
+        std::fs::write(&path, topology.render()).expect("write topology");
+        path
+    }
+}
