@@ -85,7 +85,7 @@ impl<'s, K: Kv> Overlay<'s, K> {
         key
     }
 
-    /// Reads `keys` from the store in one scan of the period's runs.
+    /// Reads `keys` from the store in one read of the period's runs (`Store::index_read`).
     fn read(&mut self, keys: impl IntoIterator<Item = Vec<u8>>) -> Result<(), StoreError> {
         let wanted: HashSet<Vec<u8>> = keys
             .into_iter()
@@ -335,7 +335,7 @@ pub(super) fn assess<K: Kv>(
                 .map(|r| (&r.key, audit::contributions(schema, r)))
                 .collect()
         });
-    // Everything the batch can touch, read in two scans of the period's runs: its keys'
+    // Everything the batch can touch, read in two reads of the period's runs: its keys'
     // entries (and the histograms), then the aggregates their current versions and this
     // batch's records add to. Only a version that becomes current from another batch (rare)
     // reads more.

@@ -5,13 +5,20 @@
 //! Tree layout: `index`: origin u32 ‖ period [4] ‖ category ‖ 0x00 ‖ … (the record index kept
 //! by `core::quality`: each key's versions and current contributions, and the aggregates of
 //! the cross-record audit rules), written as **runs**: each stored batch writes the entries it
-//! changes as one run, `R` ‖ run u64 ‖ chunk u32 → entries (see [`RUN_CHUNK_BYTES`]), and an
-//! entry's value is the one of the newest run that holds it. A batch reads the index of its
-//! period in two scans of the period's runs, however many keys it asks for, and writes it with
-//! one sled insert per ~6 KiB of changed entries: with a sled operation per entry, storing a
-//! batch with its index took ~10× as long as decoding, verifying and storing it without
-//! (issue 12). Entries written one per key by earlier versions (kind byte `k`, `u`, `n`, `h`
-//! right after the prefix) are read as run 0.
+//! changes as one run, sorted by key and cut into chunks, `S` ‖ run u64 ‖ chunk u32 →
+//! entries (see [`RUN_CHUNK_BYTES`]), with the run's **directory**, `D` ‖ run u64 ‖ first
+//! chunk u32 → per chunk its first key and a Bloom filter of its keys. An entry's value is
+//! the one of the newest run that holds it. A batch reads the period's directories (per ~6 KiB
+//! chunk a first key and 2 bytes per entry: ~2 % of the index) and then only the chunks they
+//! point to, newest run first, and writes its run with one sled insert per ~6 KiB; runs merge
+//! as they pile up (`MERGE_FAN_IN`). With a sled operation per entry, storing a batch with
+//! its index took ~10× as long as decoding, verifying and storing it without (issue 12); with
+//! a scan of the period's runs per batch instead of the directories, a period's batches cost
+//! quadratically (`benches/index.rs`, 200 batches of 1,000 records in one period: the index
+//! and audit of the last tenth took 13–18× the first tenth's; now 2–2.5×). Entries written by earlier
+//! versions are still read, by a scan: runs without a directory (`R` ‖ run u64 ‖ chunk u32, as
+//! the runs they are) and entries one per key (kind byte `k`, `u`, `n`, `h` right after the
+//! prefix, as run 0).
 //! `feedback`: origin u32 ‖ period [4] ‖ category ‖ 0x00 ‖ record key ‖ 0x00 ‖
 //! field ‖ 0x00 ‖ rule → FeedbackItem. An item opens when a finding is first made on a
 //! record's current version and closes when a later version of the record (a correction or
@@ -26,7 +33,7 @@ use protocol::ids::{BatchId, NodeId};
 use protocol::record::Problem;
 use protocol::{Batch, Category, ContentKind, Period, RecordKey};
 
-use super::{Group, Kv, Store, StoreError, Tree, decode, encode};
+use super::{Group, Kv, Store, StoreError, Tree, decode, encode, kv};
 
 /// What storing one data batch (or the parent's findings on an own batch) changes in the
 /// feedback items: computed by the node core, written in the same group as the batch or
@@ -50,14 +57,42 @@ pub struct QualityUpdate {
     pub index_run: u64,
 }
 
-/// Kind byte of a run's chunk in the `index` tree, right after the period's prefix.
-const RUN: u8 = b'R';
-/// A run's entries are cut into chunks of about this many bytes: sled 0.34 writes a tree node
-/// larger than a quarter of its 512 KiB segment as a separate blob file, which it does not
-/// fsync, and a leaf holds up to 17 entries before it splits: 17 chunks of ~6 KiB stay below
-/// 128 KiB. (An entry larger than that alone — the holders of a `unique` value shared by
-/// thousands of records — would still make a blob, as it did in the one-entry-per-key layout.)
+/// Kind bytes of the record index's entries, right after the period's prefix: a run's
+/// directory piece and chunk, and the chunk of a run of the first runs layout (without a
+/// directory, read by scanning). Upper case sorts before the one-entry-per-key layout's kinds
+/// (`h`, `k`, `n`, `u`).
+const DIRECTORY: u8 = b'D';
+const CHUNK: u8 = b'S';
+const UNDIRECTED_CHUNK: u8 = b'R';
+/// Kind byte of a run's level record: `L` ‖ run u64 → level u8 ‖ bytes u64 (its chunks').
+const LEVEL: u8 = b'L';
+/// The kind bytes of the one-entry-per-key layout.
+const LEGACY_KINDS: [u8; 4] = [b'h', b'k', b'n', b'u'];
+/// A run's entries are cut into chunks of about this many bytes (and its directory into
+/// pieces of about as many): sled 0.34 writes a tree node larger than a quarter of its 512 KiB
+/// segment as a separate blob file, which it does not fsync, and a leaf holds up to 17
+/// entries before it splits: 17 chunks of ~6 KiB stay below 128 KiB. (An entry larger than
+/// that alone — the holders of a `unique` value shared by thousands of records — would still
+/// make a blob, as it did in the one-entry-per-key layout.)
 pub const RUN_CHUNK_BYTES: usize = 6 * 1024;
+/// Runs are merged as they pile up, so a period holds few: when a batch's new run (level 0)
+/// follows `MERGE_FAN_IN - 1` runs of level 0, they all become one run of level 1, then
+/// likewise up the levels (a counter in base `MERGE_FAN_IN`). A period of `n` batches holds at
+/// most `(MERGE_FAN_IN - 1) × log(n)` runs (a read asks each run for the keys no newer one
+/// holds) and each entry is written about `log(n)` times; superseded values go at a merge.
+/// Measured one after the other on the shared machine (`benches/index.rs`, 200 batches of
+/// 1,000 records in one period): fan-in 8 took 2.8 s, 4 took 3.8 s, no merging 3.9 s (with
+/// the index and audit of the last tenth of the batches at 4.5× that of the first).
+const MERGE_FAN_IN: usize = 8;
+/// No merge makes a run larger than this (merged in memory and written in the batch's store
+/// group): a period's larger runs stay apart.
+const MERGE_BYTES_MAX: u64 = 16 << 20;
+/// Bits of a chunk's Bloom filter per entry, and the probes per key: ~0.05 % false
+/// positives. A key absent from the period is looked for in every run, so a false positive
+/// costs a chunk read per run: at 1 % (10 bits) a batch of new keys read about as much
+/// of a period of 30 runs as the scan it replaces did.
+const BLOOM_BITS_PER_KEY: usize = 16;
+const BLOOM_PROBES: u32 = 11;
 
 /// Entries of the record index read for one period ([`Store::index_read`]).
 #[derive(Debug, Default)]
@@ -66,19 +101,35 @@ pub struct IndexRead {
     pub values: std::collections::HashMap<Vec<u8>, Vec<u8>>,
     /// The number the next run of the period takes.
     pub next_run: u64,
+    /// How many chunks were read (the directory's filters let the others be skipped).
+    pub chunks_read: usize,
 }
 
 /// One entry of a run: key, and value or `None` for a removal.
 type IndexWrite<'a> = (&'a [u8], Option<&'a [u8]>);
+/// An entry of runs being merged: key, age (0: the new run's, 1: the newest run merged, …),
+/// value.
+type AgedWrite<'a> = (&'a [u8], usize, Option<&'a [u8]>);
+
+/// Splits a field of `u32` big-endian length ‖ bytes off the front of `bytes`.
+fn take_len_prefixed(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = bytes.split_first_chunk::<4>()?;
+    rest.split_at_checked(u32::from_be_bytes(*len) as usize)
+}
+
+fn push_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Keys are bounded by the values they hold (16 KiB each), values and filters by a batch.
+    let len = u32::try_from(bytes.len()).expect("index keys and values are far below 4 GiB");
+    out.extend(len.to_be_bytes());
+    out.extend(bytes);
+}
 
 /// The entries of one chunk: `u32 key length ‖ key ‖ u32 value length + 1 (0: removed) ‖
 /// value`, big-endian, keys after the period's prefix and increasing. `None` if damaged.
 fn chunk_entries(mut bytes: &[u8]) -> Option<Vec<IndexWrite<'_>>> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
-        let (len, rest) = bytes.split_first_chunk::<4>()?;
-        let len = u32::from_be_bytes(*len) as usize;
-        let (key, rest) = rest.split_at_checked(len)?;
+        let (key, rest) = take_len_prefixed(bytes)?;
         let (value_len, rest) = rest.split_first_chunk::<4>()?;
         let value_len = u32::from_be_bytes(*value_len) as usize;
         let (value, rest) = match value_len.checked_sub(1) {
@@ -95,10 +146,7 @@ fn chunk_entries(mut bytes: &[u8]) -> Option<Vec<IndexWrite<'_>>> {
 }
 
 fn push_chunk_entry(chunk: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>) {
-    // Keys are bounded by the values they hold (16 KiB each), values by a batch.
-    let key_len = u32::try_from(key.len()).expect("index keys are far below 4 GiB");
-    chunk.extend(key_len.to_be_bytes());
-    chunk.extend(key);
+    push_len_prefixed(chunk, key);
     match value {
         None => chunk.extend(0u32.to_be_bytes()),
         Some(value) => {
@@ -109,12 +157,129 @@ fn push_chunk_entry(chunk: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>) {
     }
 }
 
-fn run_chunk_key(prefix: &[u8], run: u64, chunk: u32) -> Vec<u8> {
+/// `prefix ‖ kind ‖ run u64 ‖ n u32`: a run's chunk `n`, or its directory piece whose first
+/// chunk is `n`.
+fn run_key(prefix: &[u8], kind: u8, run: u64, n: u32) -> Vec<u8> {
     let mut key = prefix.to_vec();
-    key.push(RUN);
+    key.push(kind);
     key.extend(run.to_be_bytes());
-    key.extend(chunk.to_be_bytes());
+    key.extend(n.to_be_bytes());
     key
+}
+
+/// The run and number of a run's chunk or directory piece key (after the period's prefix and
+/// kind byte).
+fn run_and_number(after_kind: &[u8]) -> Option<(u64, u32)> {
+    let (run, rest) = after_kind.split_first_chunk::<8>()?;
+    let number = rest.first_chunk::<4>()?;
+    Some((u64::from_be_bytes(*run), u32::from_be_bytes(*number)))
+}
+
+/// A key's hash for the chunks' Bloom filters: FNV-1a, finished with SplitMix64's mixer.
+/// Stored in the filters' bits, so it never changes.
+fn bloom_hash(key: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
+}
+
+/// The bits a key of hash `hash` sets in a filter of `bits` bits (double hashing).
+fn bloom_bits(hash: u64, bits: u64) -> impl Iterator<Item = u64> {
+    let step = hash.rotate_left(32) | 1;
+    (0..u64::from(BLOOM_PROBES)).map(move |i| hash.wrapping_add(i.wrapping_mul(step)) % bits)
+}
+
+/// A Bloom filter of the keys of `hashes`.
+fn bloom_of(hashes: &[u64]) -> Vec<u8> {
+    let mut bloom = vec![0u8; (hashes.len() * BLOOM_BITS_PER_KEY).div_ceil(8).max(8)];
+    let bits = bloom.len() as u64 * 8;
+    for hash in hashes {
+        for bit in bloom_bits(*hash, bits) {
+            bloom[(bit / 8) as usize] |= 1 << (bit % 8);
+        }
+    }
+    bloom
+}
+
+/// Whether a filter may hold the key of hash `hash` (an empty filter holds nothing).
+fn bloom_may_hold(bloom: &[u8], hash: u64) -> bool {
+    let bits = bloom.len() as u64 * 8;
+    bits > 0 && bloom_bits(hash, bits).all(|bit| bloom[(bit / 8) as usize] & (1 << (bit % 8)) != 0)
+}
+
+/// One run's directory, as read: per chunk (numbered from 0, in order), its first key and
+/// the Bloom filter of its keys.
+struct RunDirectory<'a> {
+    run: u64,
+    chunks: Vec<(&'a [u8], &'a [u8])>,
+}
+
+/// Run `run`'s writes, sorted by key: its chunks, its directory pieces (per chunk: `u32
+/// length ‖ first key ‖ u32 length ‖ Bloom filter of its keys`) and its level record, each
+/// as `(key, value)`. Nothing for no entries.
+fn run_writes(
+    prefix: &[u8],
+    run: u64,
+    level: u8,
+    entries: &[IndexWrite<'_>],
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let (mut chunk, mut hashes, mut chunks, mut bytes) = (Vec::new(), Vec::new(), 0u32, 0u64);
+    let (mut piece, mut piece_first) = (Vec::new(), 0u32);
+    for (n, (key, value)) in entries.iter().enumerate() {
+        if chunk.is_empty() {
+            push_len_prefixed(&mut piece, key);
+        }
+        push_chunk_entry(&mut chunk, key, *value);
+        hashes.push(bloom_hash(key));
+        let last = n + 1 == entries.len();
+        if chunk.len() >= RUN_CHUNK_BYTES || last {
+            bytes += chunk.len() as u64;
+            out.push((
+                run_key(prefix, CHUNK, run, chunks),
+                std::mem::take(&mut chunk),
+            ));
+            push_len_prefixed(&mut piece, &bloom_of(&hashes));
+            hashes.clear();
+            chunks += 1;
+            if piece.len() >= RUN_CHUNK_BYTES || last {
+                out.push((
+                    run_key(prefix, DIRECTORY, run, piece_first),
+                    std::mem::take(&mut piece),
+                ));
+                piece_first = chunks;
+            }
+        }
+    }
+    if !entries.is_empty() {
+        let mut record = vec![level];
+        record.extend(bytes.to_be_bytes());
+        out.push((level_key(prefix, run), record));
+    }
+    out
+}
+
+fn level_key(prefix: &[u8], run: u64) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.push(LEVEL);
+    key.extend(run.to_be_bytes());
+    key
+}
+
+/// A run with a directory, by its level record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RunLevel {
+    run: u64,
+    level: u8,
+    /// Its chunks' bytes.
+    bytes: u64,
 }
 
 /// One finding on one field of one record, open or closed.
@@ -184,18 +349,54 @@ impl<K: Kv> Store<K> {
             .map(|(key, value)| (key.as_slice(), value.as_deref()))
             .collect();
         entries.sort_unstable_by_key(|(key, _)| *key);
-        let mut chunk = Vec::new();
-        let mut chunks = 0u32;
-        for (n, (key, value)) in entries.iter().enumerate() {
-            push_chunk_entry(&mut chunk, key, *value);
-            if chunk.len() >= RUN_CHUNK_BYTES || n + 1 == entries.len() {
-                group.insert(
-                    Tree::Index,
-                    run_chunk_key(&base, update.index_run, chunks),
-                    std::mem::take(&mut chunk),
-                );
-                chunks += 1;
+        // The newest runs this one merges with (a counter in base `MERGE_FAN_IN`), and the
+        // level it takes.
+        let runs = if entries.is_empty() {
+            Vec::new()
+        } else {
+            self.run_levels(&base)?
+        };
+        let (mut level, mut taken) = (0u8, runs.len());
+        let mut bytes: u64 = entries
+            .iter()
+            .map(|(k, v)| (k.len() + v.map_or(0, <[u8]>::len) + 8) as u64)
+            .sum();
+        while let Some(from) = taken.checked_sub(MERGE_FAN_IN - 1) {
+            let older = &runs[from..taken];
+            let older_bytes: u64 = older.iter().map(|r| r.bytes).sum();
+            if older.iter().any(|r| r.level != level) || bytes + older_bytes > MERGE_BYTES_MAX {
+                break;
             }
+            (bytes, level, taken) = (bytes + older_bytes, level + 1, from);
+        }
+        // Merged: every entry of the runs, newest first for each key, and the newest kept
+        // (removals too: an older run not merged may hold the key).
+        let mut chunks = Vec::new();
+        for older in runs[taken..].iter().rev() {
+            let (run_chunks, others) = self.run_parts(&base, older.run)?;
+            for key in others {
+                group.remove(Tree::Index, key);
+            }
+            chunks.push(run_chunks);
+        }
+        let mut all: Vec<AgedWrite<'_>> = Vec::new();
+        all.extend(entries.iter().map(|(k, v)| (*k, 0, *v)));
+        for (age, run_chunks) in chunks.iter().enumerate() {
+            for (key, bytes) in run_chunks {
+                let parsed = chunk_entries(bytes).ok_or_else(|| StoreError::Decode {
+                    tree: "index",
+                    message: format!("run chunk {} does not parse", protocol::ids::hex(key)),
+                })?;
+                all.extend(parsed.into_iter().map(|(k, v)| (k, age + 1, v)));
+            }
+        }
+        if !chunks.is_empty() {
+            all.sort_unstable_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+            all.dedup_by(|later, kept| later.0 == kept.0);
+        }
+        let written: Vec<IndexWrite<'_>> = all.into_iter().map(|(k, _, v)| (k, v)).collect();
+        for (key, value) in run_writes(&base, update.index_run, level, &written) {
+            group.insert(Tree::Index, key, value);
         }
         let any = self.has_feedback(update.origin, update.period, &update.category)?;
         if any {
@@ -256,47 +457,187 @@ impl<K: Kv> Store<K> {
         group.commit()
     }
 
+    /// The period's runs with a directory, oldest first.
+    fn run_levels(&self, prefix: &[u8]) -> Result<Vec<RunLevel>, StoreError> {
+        self.scan_prefix(Tree::Index, [prefix, &[LEVEL]].concat())
+            .map(|entry| {
+                let (key, value) = entry?;
+                let run = key[prefix.len() + 1..].first_chunk::<8>();
+                let record = value.split_first().and_then(|(level, bytes)| {
+                    Some((*level, u64::from_be_bytes(*bytes.first_chunk::<8>()?)))
+                });
+                match (run, record) {
+                    (Some(run), Some((level, bytes))) => Ok(RunLevel {
+                        run: u64::from_be_bytes(*run),
+                        level,
+                        bytes,
+                    }),
+                    _ => Err(StoreError::Decode {
+                        tree: "index",
+                        message: format!(
+                            "run level record {} does not parse",
+                            protocol::ids::hex(&key)
+                        ),
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// Run `run`'s chunks (key, bytes), and the keys of everything it has in the store:
+    /// its chunks, directory pieces and level record.
+    fn run_parts(
+        &self,
+        prefix: &[u8],
+        run: u64,
+    ) -> Result<(Vec<kv::Entry>, Vec<Vec<u8>>), StoreError> {
+        let of_run = |kind: u8| {
+            let mut key = prefix.to_vec();
+            key.push(kind);
+            key.extend(run.to_be_bytes());
+            key
+        };
+        let chunks: Vec<kv::Entry> = self
+            .scan_prefix(Tree::Index, of_run(CHUNK))
+            .collect::<Result<_, _>>()?;
+        let mut keys: Vec<Vec<u8>> = chunks.iter().map(|(key, _)| key.clone()).collect();
+        for entry in self.scan_prefix(Tree::Index, of_run(DIRECTORY)) {
+            keys.push(entry?.0);
+        }
+        keys.push(level_key(prefix, run));
+        Ok((chunks, keys))
+    }
+
     /// The entries `wanted` (keys under `prefix`, a period's, without it) of the record
-    /// index, read in one scan of the period's runs: each key's value in the newest run
-    /// holding it.
+    /// index: each key's value in the newest run holding it. Reads the period's run
+    /// directories, then only the chunks their first keys and filters point to (newest run
+    /// first; an older run's only for a key the newer ones do not hold), so the cost follows
+    /// the batch, not the period. Runs of the first runs layout and entries of the
+    /// one-entry-per-key layout, when a period has any, are scanned.
     pub fn index_read(
         &self,
         prefix: &[u8],
         wanted: &std::collections::HashSet<Vec<u8>>,
     ) -> Result<IndexRead, StoreError> {
-        let damaged = |key: &[u8]| StoreError::Decode {
+        use std::collections::HashMap;
+        let damaged = |key: &[u8], what: &str| StoreError::Decode {
             tree: "index",
-            message: format!("run chunk {} does not parse", protocol::ids::hex(key)),
+            message: format!("{what} {} does not parse", protocol::ids::hex(key)),
         };
+        let at = |kind: u8| [prefix, &[kind]].concat();
         // (run, value) of each wanted key seen so far; run 0 is the one-entry-per-key layout.
-        let mut found: std::collections::HashMap<&[u8], (u64, Option<Vec<u8>>)> =
-            std::collections::HashMap::new();
+        let mut found: HashMap<&[u8], (u64, Option<Vec<u8>>)> = HashMap::new();
+        let mut see = |sub: &[u8], run: u64, value: Option<&[u8]>| {
+            if let Some(wanted) = wanted.get(sub)
+                && found
+                    .get(wanted.as_slice())
+                    .is_none_or(|(seen, _)| *seen <= run)
+            {
+                found.insert(wanted.as_slice(), (run, value.map(<[u8]>::to_vec)));
+            }
+        };
         let mut last_run = 0;
-        for entry in self.scan_prefix(Tree::Index, prefix.to_vec()) {
+        for kind in LEGACY_KINDS {
+            for entry in self.scan_prefix(Tree::Index, at(kind)) {
+                let (key, value) = entry?;
+                see(&key[prefix.len()..], 0, Some(&value));
+            }
+        }
+        for entry in self.scan_prefix(Tree::Index, at(UNDIRECTED_CHUNK)) {
             let (key, value) = entry?;
-            let rest = &key[prefix.len()..];
-            let mut see = |sub: &[u8], run: u64, value: Option<&[u8]>| {
-                if let Some(wanted) = wanted.get(sub)
-                    && found
-                        .get(wanted.as_slice())
-                        .is_none_or(|(seen, _)| *seen <= run)
+            let (run, _) = run_and_number(&key[prefix.len() + 1..])
+                .ok_or_else(|| damaged(&key, "run chunk"))?;
+            last_run = last_run.max(run);
+            for (sub, value) in chunk_entries(&value).ok_or_else(|| damaged(&key, "run chunk"))? {
+                see(sub, run, value);
+            }
+        }
+        // The directories, oldest run first.
+        let pieces: Vec<kv::Entry> = self
+            .scan_prefix(Tree::Index, at(DIRECTORY))
+            .collect::<Result<_, _>>()?;
+        let mut runs: Vec<RunDirectory<'_>> = Vec::new();
+        for (key, piece) in &pieces {
+            let (run, first) = run_and_number(&key[prefix.len() + 1..])
+                .ok_or_else(|| damaged(key, "run directory"))?;
+            if runs.last().is_none_or(|last| last.run != run) {
+                runs.push(RunDirectory {
+                    run,
+                    chunks: Vec::new(),
+                });
+            }
+            let directory = runs.last_mut().expect("just pushed");
+            if directory.chunks.len() != first as usize {
+                return Err(damaged(key, "run directory (a piece is missing before)"));
+            }
+            let mut rest = piece.as_slice();
+            while !rest.is_empty() {
+                let (first_key, after) =
+                    take_len_prefixed(rest).ok_or_else(|| damaged(key, "run directory"))?;
+                let (bloom, after) =
+                    take_len_prefixed(after).ok_or_else(|| damaged(key, "run directory"))?;
+                directory.chunks.push((first_key, bloom));
+                rest = after;
+            }
+        }
+        last_run = last_run.max(runs.last().map_or(0, |r| r.run));
+        // The runs, newest first, each asked for the keys no newer run holds: the keys and
+        // the run's chunks are both in order, so one pass over both finds each key's chunk,
+        // and its filter says whether to read it (a key the run does not hold is read for
+        // only on a false positive).
+        let mut unresolved: Vec<(&[u8], u64)> = wanted
+            .iter()
+            .map(|key| (key.as_slice(), bloom_hash(key)))
+            .collect();
+        unresolved.sort_unstable();
+        let mut chunks_read = 0;
+        for directory in runs.iter().rev() {
+            if unresolved.is_empty() {
+                break;
+            }
+            let mut reads: Vec<(u32, Vec<usize>)> = Vec::new();
+            let mut chunk = 0;
+            for (n, (key, hash)) in unresolved.iter().enumerate() {
+                while directory
+                    .chunks
+                    .get(chunk + 1)
+                    .is_some_and(|(first, _)| *first <= *key)
                 {
-                    found.insert(wanted.as_slice(), (run, value.map(<[u8]>::to_vec)));
+                    chunk += 1;
                 }
-            };
-            match rest.split_first() {
-                Some((&RUN, after)) => {
-                    let run = after
-                        .first_chunk::<8>()
-                        .map(|b| u64::from_be_bytes(*b))
-                        .ok_or_else(|| damaged(&key))?;
-                    last_run = last_run.max(run);
-                    for (sub, value) in chunk_entries(&value).ok_or_else(|| damaged(&key))? {
-                        see(sub, run, value);
+                let Some((first, bloom)) = directory.chunks.get(chunk) else {
+                    break;
+                };
+                if *first <= *key && bloom_may_hold(bloom, *hash) {
+                    match reads.last_mut() {
+                        Some((at, keys)) if *at == chunk as u32 => keys.push(n),
+                        _ => reads.push((chunk as u32, vec![n])),
                     }
                 }
-                _ => see(rest, 0, Some(&value)),
             }
+            let mut resolved = vec![false; unresolved.len()];
+            for (chunk, keys) in reads {
+                let chunk_key = run_key(prefix, CHUNK, directory.run, chunk);
+                let bytes = self
+                    .kv
+                    .get(Tree::Index, &chunk_key)?
+                    .ok_or_else(|| damaged(&chunk_key, "run chunk (missing)"))?;
+                chunks_read += 1;
+                let entries =
+                    chunk_entries(&bytes).ok_or_else(|| damaged(&chunk_key, "run chunk"))?;
+                for n in keys {
+                    let key = unresolved[n].0;
+                    if let Ok(at) = entries.binary_search_by(|(sub, _)| (*sub).cmp(key)) {
+                        see(key, directory.run, entries[at].1);
+                        resolved[n] = true;
+                    }
+                }
+            }
+            let mut n = 0;
+            unresolved.retain(|_| {
+                n += 1;
+                !resolved[n - 1]
+            });
         }
         Ok(IndexRead {
             values: found
@@ -304,6 +645,7 @@ impl<K: Kv> Store<K> {
                 .filter_map(|(key, (_, value))| Some((key.to_vec(), value?)))
                 .collect(),
             next_run: last_run + 1,
+            chunks_read,
         })
     }
 
@@ -405,27 +747,48 @@ mod tests {
         }
     }
 
+    fn apply(store: &Store<MemKv>, update: &QualityUpdate) {
+        let mut group = store.group();
+        store.quality_ops(&mut group, update, 1).unwrap();
+        group.commit().unwrap();
+    }
+
+    fn wanted(keys: &[&str]) -> HashSet<Vec<u8>> {
+        keys.iter().map(|k| k.as_bytes().to_vec()).collect()
+    }
+
+    fn text(read: &IndexRead, key: &str) -> Option<String> {
+        read.values
+            .get(key.as_bytes())
+            .map(|v| String::from_utf8(v.clone()).unwrap())
+    }
+
     /// Runs: the newest run holding a key gives its value, a removal hides older values,
-    /// entries of the one-entry-per-key layout read as the oldest run, a run larger than a
-    /// chunk is cut into several, and a scan reads only the period asked for.
+    /// entries of the one-entry-per-key layout read as the oldest run and runs of the first
+    /// runs layout (no directory) as the runs they are, a run larger than a chunk is cut into
+    /// several, and a read reads only the period asked for.
     #[test]
     fn the_newest_run_holding_a_key_gives_its_value() {
         let store = Store::new(MemKv::new());
         let prefix = prefix("2026-05");
-        // The earlier layout: one entry per key.
+        // The earlier layouts: one entry per key; then a run without a directory (run 1).
         let mut group = store.group();
+        for (key, value) in [("klegacy", "old"), ("kboth", "old"), ("kundirected", "old")] {
+            group.insert(
+                Tree::Index,
+                [prefix.as_slice(), key.as_bytes()].concat(),
+                value.as_bytes().to_vec(),
+            );
+        }
+        let mut undirected = Vec::new();
+        push_chunk_entry(&mut undirected, b"kundirected", Some(b"run 1"));
         group.insert(
             Tree::Index,
-            [prefix.as_slice(), b"klegacy"].concat(),
-            b"old".to_vec(),
-        );
-        group.insert(
-            Tree::Index,
-            [prefix.as_slice(), b"kboth"].concat(),
-            b"old".to_vec(),
+            run_key(&prefix, UNDIRECTED_CHUNK, 1, 0),
+            undirected,
         );
         group.commit().unwrap();
-        // Run 1: many entries (several chunks), and one key of another period.
+        // Run 2: many entries (several chunks), and one key of another period.
         let many: Vec<(String, Option<String>)> = (0..2_000)
             .map(|n| {
                 (
@@ -437,54 +800,222 @@ mod tests {
         let borrowed: Vec<(&str, Option<&str>)> = many
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_deref()))
-            .chain([("kboth", Some("run 1")), ("kgone", Some("run 1"))])
+            .chain([("kboth", Some("run 2")), ("kgone", Some("run 2"))])
             .collect();
-        let apply = |update: &QualityUpdate| {
-            let mut group = store.group();
-            store.quality_ops(&mut group, update, 1).unwrap();
-            group.commit().unwrap();
-        };
-        apply(&update("2026-05", 1, &borrowed));
-        apply(&update("2026-06", 1, &[("kboth", Some("other period"))]));
+        apply(&store, &update("2026-05", 2, &borrowed));
+        apply(
+            &store,
+            &update("2026-06", 1, &[("kboth", Some("other period"))]),
+        );
         let chunks = store
-            .scan_prefix(Tree::Index, [prefix.as_slice(), b"R"].concat())
+            .scan_prefix(Tree::Index, [prefix.as_slice(), &[CHUNK]].concat())
             .count();
         assert!(
             chunks > 2,
             "a run of ~80 KB is cut into chunks, got {chunks}"
         );
-        // Run 2 changes one key and removes another.
-        apply(&update(
-            "2026-05",
-            2,
-            &[("k00007", Some("run 2")), ("kgone", None)],
-        ));
-        let wanted: HashSet<Vec<u8>> = ["klegacy", "kboth", "kgone", "k00007", "k01999", "knever"]
-            .iter()
-            .map(|k| k.as_bytes().to_vec())
-            .collect();
-        let read = store.index_read(&prefix, &wanted).unwrap();
-        let value = |k: &str| {
-            read.values
-                .get(k.as_bytes())
-                .map(|v| String::from_utf8(v.clone()).unwrap())
-        };
-        assert_eq!(value("klegacy").as_deref(), Some("old"));
-        assert_eq!(value("kboth").as_deref(), Some("run 1"));
-        assert_eq!(value("k00007").as_deref(), Some("run 2"));
-        assert_eq!(
-            value("k01999"),
-            Some(format!("value of 1999 {}", "x".repeat(20)))
+        // Run 3 changes one key and removes another.
+        apply(
+            &store,
+            &update("2026-05", 3, &[("k00007", Some("run 3")), ("kgone", None)]),
         );
-        assert_eq!(value("kgone"), None, "removed by run 2");
-        assert_eq!(value("knever"), None);
-        assert_eq!(read.values.len(), 4);
-        assert_eq!(read.next_run, 3);
-        // A damaged chunk is an error naming the tree, not a panic or a silent miss.
-        let mut group = store.group();
-        group.insert(Tree::Index, run_chunk_key(&prefix, 3, 0), vec![0, 9, b'k']);
-        group.commit().unwrap();
-        let error = store.index_read(&prefix, &wanted).unwrap_err();
-        assert!(error.to_string().contains("does not parse"), "{error}");
+        let wanted = wanted(&[
+            "klegacy",
+            "kboth",
+            "kundirected",
+            "kgone",
+            "k00007",
+            "k00000",
+            "k01999",
+            "knever",
+        ]);
+        let read = store.index_read(&prefix, &wanted).unwrap();
+        assert_eq!(text(&read, "klegacy").as_deref(), Some("old"));
+        assert_eq!(text(&read, "kundirected").as_deref(), Some("run 1"));
+        assert_eq!(text(&read, "kboth").as_deref(), Some("run 2"));
+        assert_eq!(text(&read, "k00007").as_deref(), Some("run 3"));
+        for n in [0, 1999] {
+            assert_eq!(
+                text(&read, &format!("k{n:05}")),
+                Some(format!("value of {n} {}", "x".repeat(20)))
+            );
+        }
+        assert_eq!(text(&read, "kgone"), None, "removed by run 3");
+        assert_eq!(text(&read, "knever"), None);
+        assert_eq!(read.values.len(), 6);
+        assert_eq!(read.next_run, 4);
+        let other = store.index_read(&self::prefix("2026-06"), &wanted).unwrap();
+        assert_eq!(text(&other, "kboth").as_deref(), Some("other period"));
+        assert_eq!(other.values.len(), 1);
+        assert_eq!(other.next_run, 2);
+    }
+
+    /// A read's cost follows what it asks for, not what the period holds: among the runs of
+    /// 60 batches of 200 keys each, finding 20 keys of one batch and missing 20 more reads a
+    /// few chunks, not the period's dozens.
+    #[test]
+    fn a_read_visits_only_the_chunks_that_may_hold_its_keys() {
+        let store = Store::new(MemKv::new());
+        let prefix = prefix("2026-05");
+        let key = |run: u64, n: u64| format!("k{:06}", n * 100 + run);
+        for run in 1..=60 {
+            let keys: Vec<String> = (0..200).map(|n| key(run, n)).collect();
+            let values: Vec<String> = keys.iter().map(|k| format!("{k} of run {run}")).collect();
+            let writes: Vec<(&str, Option<&str>)> = keys
+                .iter()
+                .zip(&values)
+                .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+                .collect();
+            apply(&store, &update("2026-05", run, &writes));
+        }
+        let chunks = store
+            .scan_prefix(Tree::Index, [prefix.as_slice(), &[CHUNK]].concat())
+            .count();
+        assert!(chunks >= 60, "{chunks}");
+        let hits: Vec<String> = (0..20).map(|n| key(7, n)).collect();
+        let misses: Vec<String> = (0..20).map(|n| key(99, n * 10)).collect();
+        let all: Vec<&str> = hits.iter().chain(&misses).map(String::as_str).collect();
+        let read = store.index_read(&prefix, &wanted(&all)).unwrap();
+        for hit in &hits {
+            assert_eq!(text(&read, hit), Some(format!("{hit} of run 7")));
+        }
+        assert_eq!(read.values.len(), hits.len());
+        assert_eq!(read.next_run, 61);
+        assert!(
+            read.chunks_read <= 8,
+            "read {} of {chunks} chunks",
+            read.chunks_read
+        );
+    }
+
+    /// Runs merge as they pile up, and the index reads the same as a map written the same
+    /// way: 300 runs of random writes and removals over 400 keys, checked after each run; the
+    /// period never holds more runs than the merging allows, and the merged ones are gone.
+    #[test]
+    fn merged_runs_read_as_the_runs_they_replace() {
+        let store = Store::new(MemKv::new());
+        let prefix = prefix("2026-05");
+        let mut reference: std::collections::BTreeMap<String, String> = Default::default();
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut below = |n: u64| {
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            seed.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+        };
+        let all: Vec<String> = (0..400).map(|n| format!("k{n:03}")).collect();
+        let wanted = wanted(&all.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut most_runs = 0;
+        let mut digits = Vec::new();
+        let mut n = 300;
+        while n > 0 {
+            digits.push(n % MERGE_FAN_IN);
+            n /= MERGE_FAN_IN;
+        }
+        for run in 1..=300u64 {
+            let mut writes: std::collections::BTreeMap<String, Option<String>> = Default::default();
+            for _ in 0..(1 + below(60)) {
+                let key = all[below(400) as usize].clone();
+                let value = (below(5) > 0).then(|| format!("{key} at {run} {}", below(1000)));
+                writes.insert(key, value);
+            }
+            for (key, value) in &writes {
+                match value {
+                    Some(value) => reference.insert(key.clone(), value.clone()),
+                    None => reference.remove(key),
+                };
+            }
+            let borrowed: Vec<(&str, Option<&str>)> = writes
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref()))
+                .collect();
+            apply(&store, &update("2026-05", run, &borrowed));
+            let read = store.index_read(&prefix, &wanted).unwrap();
+            let got: std::collections::BTreeMap<String, String> = read
+                .values
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8(k.clone()).unwrap(),
+                        String::from_utf8(v.clone()).unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(got, reference, "after run {run}");
+            assert_eq!(read.next_run, run + 1);
+            let levels = store.run_levels(&prefix).unwrap();
+            most_runs = most_runs.max(levels.len());
+            // A counter in base MERGE_FAN_IN: at most MERGE_FAN_IN - 1 runs per level.
+            assert!(
+                levels.len() <= (MERGE_FAN_IN - 1) * digits.len(),
+                "after run {run}: {levels:?}"
+            );
+            let directories: BTreeSet<u64> = store
+                .scan_prefix(Tree::Index, [prefix.as_slice(), &[DIRECTORY]].concat())
+                .map(|e| run_and_number(&e.unwrap().0[prefix.len() + 1..]).unwrap().0)
+                .collect();
+            let chunks: BTreeSet<u64> = store
+                .scan_prefix(Tree::Index, [prefix.as_slice(), &[CHUNK]].concat())
+                .map(|e| run_and_number(&e.unwrap().0[prefix.len() + 1..]).unwrap().0)
+                .collect();
+            let runs: BTreeSet<u64> = levels.iter().map(|l| l.run).collect();
+            assert_eq!(directories, runs, "after run {run}");
+            assert_eq!(chunks, runs, "after run {run}");
+        }
+        assert!(most_runs >= MERGE_FAN_IN, "{most_runs}");
+        // As many runs of each level as 300's digit in base MERGE_FAN_IN.
+        let levels: Vec<u8> = store
+            .run_levels(&prefix)
+            .unwrap()
+            .iter()
+            .map(|l| l.level)
+            .collect();
+        let expected: Vec<u8> = digits
+            .iter()
+            .enumerate()
+            .rev()
+            .flat_map(|(level, digit)| std::iter::repeat_n(level as u8, *digit))
+            .collect();
+        assert_eq!(levels, expected);
+        assert!(expected.len() > 1, "{expected:?}");
+    }
+
+    /// A damaged or missing chunk or directory piece is an error naming the tree, not a
+    /// panic or a silent miss.
+    #[test]
+    fn a_damaged_run_is_an_error() {
+        let prefix = prefix("2026-05");
+        let wanted = wanted(&["ka", "kb"]);
+        let damage = |key: Vec<u8>, value: Option<Vec<u8>>, says: &str| {
+            let store = Store::new(MemKv::new());
+            apply(
+                &store,
+                &update("2026-05", 1, &[("ka", Some("a")), ("kb", Some("b"))]),
+            );
+            let mut group = store.group();
+            match value {
+                Some(value) => group.insert(Tree::Index, key, value),
+                None => group.remove(Tree::Index, key),
+            }
+            group.commit().unwrap();
+            let error = store.index_read(&prefix, &wanted).unwrap_err();
+            assert!(error.to_string().contains(says), "{error}");
+        };
+        damage(
+            run_key(&prefix, CHUNK, 1, 0),
+            Some(vec![0, 9, b'k']),
+            "run chunk",
+        );
+        damage(run_key(&prefix, CHUNK, 1, 0), None, "missing");
+        damage(
+            run_key(&prefix, DIRECTORY, 1, 0),
+            Some(vec![0, 0, 0, 9]),
+            "run directory",
+        );
+        damage(
+            run_key(&prefix, UNDIRECTED_CHUNK, 1, 0),
+            Some(vec![0, 9, b'k']),
+            "run chunk",
+        );
     }
 }
