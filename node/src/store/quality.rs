@@ -190,10 +190,14 @@ fn bloom_hash(key: &[u8]) -> u64 {
     hash ^ (hash >> 31)
 }
 
-/// The bits a key of hash `hash` sets in a filter of `bits` bits (double hashing).
+/// The bits a key of hash `hash` sets in a filter of `bits` bits (double hashing; each probe's
+/// 64 bits mapped onto the filter by a multiply and shift rather than a division).
 fn bloom_bits(hash: u64, bits: u64) -> impl Iterator<Item = u64> {
     let step = hash.rotate_left(32) | 1;
-    (0..u64::from(BLOOM_PROBES)).map(move |i| hash.wrapping_add(i.wrapping_mul(step)) % bits)
+    (0..u64::from(BLOOM_PROBES)).map(move |i| {
+        let probe = hash.wrapping_add(i.wrapping_mul(step));
+        ((u128::from(probe) * u128::from(bits)) >> 64) as u64
+    })
 }
 
 /// A Bloom filter of the keys of `hashes`.
@@ -978,6 +982,30 @@ mod tests {
             .collect();
         assert_eq!(levels, expected);
         assert!(expected.len() > 1, "{expected:?}");
+    }
+
+    /// A chunk's filter holds every key written to it and lets few others through: the
+    /// false positives a key absent from a run costs stay near the design's 0.05 %.
+    #[test]
+    fn the_filters_hold_their_keys_and_few_others() {
+        let keys: Vec<String> = (0..50).map(|n| format!("k44528120260512{n:06}")).collect();
+        let hashes: Vec<u64> = keys.iter().map(|k| bloom_hash(k.as_bytes())).collect();
+        let bloom = bloom_of(&hashes);
+        assert_eq!(bloom.len(), 100, "16 bits per key");
+        assert!(hashes.iter().all(|h| bloom_may_hold(&bloom, *h)));
+        // Absent keys that share long prefixes with the present ones, the usual case.
+        let mut passed = 0;
+        let tries = 200_000;
+        for n in 0..tries {
+            let absent = format!("k44528120260512{:06}", 1_000 + n);
+            passed += usize::from(bloom_may_hold(&bloom, bloom_hash(absent.as_bytes())));
+        }
+        let rate = passed as f64 / tries as f64;
+        assert!(rate < 0.002, "false positives {passed} of {tries}");
+        assert!(
+            !bloom_may_hold(&[], bloom_hash(b"k")),
+            "an empty filter holds nothing"
+        );
     }
 
     /// A damaged or missing chunk or directory piece is an error naming the tree, not a
