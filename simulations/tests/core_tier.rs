@@ -56,10 +56,13 @@ fn a_sweep_of_jieyang_years_under_faults_is_clean() {
 /// answered); 253 (the same with the national platform's key revoked: its own earlier receipt
 /// proves nothing, and the relay's own receipt is the proof that holds); 318 (a city that
 /// lost batches and whose key was revoked could not take them back from its county: its own
-/// earlier receipt proved nothing, and a receipt from further up the path now does).
+/// earlier receipt proved nothing, and a receipt from further up the path now does); 515 (the
+/// same city, having taken such a batch back and receipted it anew after its county's key was
+/// retired, lost it again: the county sent that newer receipt rather than the province's
+/// older one, and the city quarantined the batch for good).
 #[test]
 fn seeds_that_once_failed_converge() {
-    for seed in [110, 253, 318] {
+    for seed in [110, 253, 318, 515] {
         let report = run("jieyang-year", seed, None);
         if let Some(v) = &report.violation {
             panic!(

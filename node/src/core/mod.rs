@@ -2469,54 +2469,15 @@ impl<K: Kv> Core<K> {
                 self.outputs.push_back(Output::Transmit { link, message });
             }
             while let Some(id) = machine.poll_send() {
-                // Only a proof the parent will believe is sent (not one signed by a key revoked
-                // since): the first receiver's; an origin migrating off a legacy link sends
-                // what the national platform signed over it (that history arrived when the
-                // legacy link delivered it, not today); sent again to a parent that had
-                // receipted it (and lost it), the parent's own receipt; last, for a batch of
-                // another origin, this node's own receipt (it is on the path).
-                let (topology, verifier, store, me) =
-                    (&self.topology, &*self.verifier, &self.store, self.me);
-                let parent = machine.parent();
-                let believable =
-                    |r: &SignedReceipt| keys::receipt_signed_validly(topology, r, verifier);
-                let first = (|| -> Result<Option<SignedReceipt>, StoreError> {
-                    if let Some(r) = store.first_receipt(&id, me)?.filter(believable) {
-                        return Ok(Some(r));
-                    }
-                    if route == Route::Parent
-                        && topology.legacy_link(me).is_some()
-                        && let Some(r) = store.receipt(&id, NodeId::NATIONAL)?.filter(believable)
-                    {
-                        return Ok(Some(r));
-                    }
-                    if let Some(r) = store.receipt(&id, parent)?.filter(believable) {
-                        return Ok(Some(r));
-                    }
-                    let Some(origin) = store.meta(&id)?.map(|m| m.origin) else {
-                        return Ok(None);
-                    };
-                    if origin != me
-                        && let Some(r) = store.receipt(&id, me)?.filter(believable)
-                    {
-                        return Ok(Some(r));
-                    }
-                    // Last, the earliest believable receipt from further up the path.
-                    let mut above = None::<SignedReceipt>;
-                    for node in topology.path_to_national(origin) {
-                        if node == origin || node == me || node == parent {
-                            continue;
-                        }
-                        if let Some(r) = store.receipt(&id, node)?.filter(believable)
-                            && above
-                                .as_ref()
-                                .is_none_or(|a| r.receipt.received_at_ms < a.receipt.received_at_ms)
-                        {
-                            above = Some(r);
-                        }
-                    }
-                    Ok(above)
-                })();
+                let first = proof_to_send(
+                    &self.topology,
+                    &*self.verifier,
+                    &self.store,
+                    self.me,
+                    machine.parent(),
+                    route,
+                    &id,
+                );
                 let first_receipt = match first {
                     Ok(first) => first,
                     Err(e) => {
@@ -2712,6 +2673,107 @@ impl Verifier for AcceptAny {
 
 /// The audit events for what `next` changes in nodes' keys: a new current key, a key retired
 /// or revoked (each from its moment).
+/// The proof of first arrival sent with batch `id` to `parent` on `route`. Only a proof the
+/// parent will believe is sent (not one signed by a key revoked since): the first receiver's;
+/// an origin migrating off a legacy link sends what the national platform signed over it
+/// (that history arrived when the legacy link delivered it, not today); sent again to a
+/// parent that had receipted it (and lost it), the parent's own receipt; for a batch of
+/// another origin, this node's own receipt (it is on the path); last, the earliest receipt
+/// from further up the path.
+///
+/// A batch signed by an origin's key that has ended since is judged by the parent on the
+/// proof's date: if the receipt chosen above does not date it before the end, the earliest
+/// receipt held from any node on the origin's path is sent instead, when it is earlier. (Found
+/// by the simulator, jieyang-year seed 515: a city that lost a batch, and whose own receipt
+/// for it was under a key revoked since, took it again on the province's receipt and
+/// receipted it anew, dated after the origin's key was retired; when it lost it again, the
+/// origin sent that newer receipt rather than the province's older one, and the city
+/// quarantined for good a batch its parent and the national platform held.)
+fn proof_to_send<K: Kv>(
+    topology: &Topology,
+    verifier: &dyn Verifier,
+    store: &Store<K>,
+    me: NodeId,
+    parent: NodeId,
+    route: Route,
+    id: &BatchId,
+) -> Result<Option<SignedReceipt>, StoreError> {
+    let believable = |r: &SignedReceipt| keys::receipt_signed_validly(topology, r, verifier);
+    let origin = store.meta(id)?.map(|m| m.origin);
+    let preferred = (|| -> Result<Option<SignedReceipt>, StoreError> {
+        if let Some(r) = store.first_receipt(id, me)?.filter(believable) {
+            return Ok(Some(r));
+        }
+        if route == Route::Parent
+            && topology.legacy_link(me).is_some()
+            && let Some(r) = store.receipt(id, NodeId::NATIONAL)?.filter(believable)
+        {
+            return Ok(Some(r));
+        }
+        if let Some(r) = store.receipt(id, parent)?.filter(believable) {
+            return Ok(Some(r));
+        }
+        let Some(origin) = origin else {
+            return Ok(None);
+        };
+        if origin != me
+            && let Some(r) = store.receipt(id, me)?.filter(believable)
+        {
+            return Ok(Some(r));
+        }
+        earliest_receipt(topology, store, origin, id, &believable, |node| {
+            node != me && node != parent
+        })
+    })()?;
+    // Which key signed matters only for an origin with a key that ended (otherwise neither
+    // the signature is read nor verified again).
+    let Some(origin) = origin.filter(|origin| topology.keys_of(*origin).len() > 1) else {
+        return Ok(preferred);
+    };
+    let Some(signature) = store.signature(id)? else {
+        return Ok(preferred);
+    };
+    let Some((_, state)) = keys::batch_signer(topology, origin, id, &signature, verifier) else {
+        return Ok(preferred);
+    };
+    if state.signs_validly(preferred.as_ref().map(|r| r.receipt.received_at_ms)) {
+        return Ok(preferred);
+    }
+    let earliest = earliest_receipt(topology, store, origin, id, &believable, |_| true)?;
+    Ok(match (preferred, earliest) {
+        (Some(p), Some(e)) if e.receipt.received_at_ms < p.receipt.received_at_ms => Some(e),
+        (Some(p), _) => Some(p),
+        (None, e) => e,
+    })
+}
+
+/// The earliest believable acceptance of batch `id` this node holds from a node on the path
+/// of `origin` (the origin aside) that `include` lets through.
+fn earliest_receipt<K: Kv>(
+    topology: &Topology,
+    store: &Store<K>,
+    origin: NodeId,
+    id: &BatchId,
+    believable: &dyn Fn(&SignedReceipt) -> bool,
+    include: impl Fn(NodeId) -> bool,
+) -> Result<Option<SignedReceipt>, StoreError> {
+    let mut earliest = None::<SignedReceipt>;
+    for node in topology.path_to_national(origin) {
+        if node == origin || !include(node) {
+            continue;
+        }
+        if let Some(r) = store.receipt(id, node)?.filter(|r| believable(r))
+            && matches!(r.receipt.verdict, Verdict::Accepted { .. })
+            && earliest
+                .as_ref()
+                .is_none_or(|e| r.receipt.received_at_ms < e.receipt.received_at_ms)
+        {
+            earliest = Some(r);
+        }
+    }
+    Ok(earliest)
+}
+
 fn key_changes(old: &Topology, next: &Topology, now_ms: u64) -> Vec<AuditEvent> {
     let mut events = Vec::new();
     for node in next.nodes() {

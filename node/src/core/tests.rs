@@ -1740,6 +1740,138 @@ fn a_rekeyed_origin_resigns_what_its_parent_has_not_acknowledged() {
     );
 }
 
+/// Found by the simulator (jieyang-year seed 515). The city receipted the county's batch
+/// under a key revoked since, and the province receipted it too; the county's key was then
+/// retired. The city lost the batch: the county sent it again with the province's receipt
+/// (its only believable proof), and the city took it, receipting it anew — dated after the
+/// county's key ended. The city lost it again: the county sent that newer receipt, and the
+/// city, judging the ended key by it, quarantined for good a batch the province held. The
+/// county sends instead the earliest receipt it holds that dates the batch before the end.
+#[test]
+fn a_batch_lost_twice_comes_back_on_the_earliest_proof_when_its_key_has_ended() {
+    let new_city_key = || NodeKey::from_seed([43; 32]);
+    // The county submits the batch under its first key; the city receipts it at now(2) and
+    // the province at now(3), and both receipts reach the county.
+    let county_kv = MemKv::new();
+    let mut county = core(COUNTY, topology(1, None), county_kv.clone());
+    let batch = county_batch();
+    county.submit(batch.clone(), now(1)).unwrap();
+    make_durable(&mut county, &county_kv, now(1));
+    let receipt = |receiver: &str, signer: &NodeKey, t: u64| {
+        Receipt {
+            receiver: id(receiver),
+            batch: batch.id,
+            origin: id(COUNTY),
+            received_at_ms: now(t).wall_ms,
+            verdict: Verdict::Accepted { warnings: 0 },
+        }
+        .sign_with(signer)
+    };
+    for (receiver, signer, t) in [(CITY, key(id(CITY)), 2), (PROVINCE, key(id(PROVINCE)), 3)] {
+        county
+            .store()
+            .insert_receipt(
+                id(COUNTY),
+                id(CITY),
+                &receipt(receiver, &signer, t),
+                &[],
+                None,
+                now(t).wall_ms,
+            )
+            .unwrap();
+    }
+    county.store().sync().unwrap();
+    drop(county);
+
+    // The city's key is revoked at now(10) (its receipt at now(2) proves nothing since), the
+    // county's retired at now(20); both restart with their new keys.
+    let old = topology(1, None);
+    let nodes = old
+        .nodes()
+        .cloned()
+        .map(|mut each| {
+            if each.id == id(CITY) {
+                each.public_key = new_city_key().public();
+            } else if each.id == id(COUNTY) {
+                each.public_key = new_county_key().public();
+            }
+            each
+        })
+        .collect();
+    let old_key = |node: &str, end, t: u64| topology::OldKey {
+        node: id(node),
+        public_key: key(id(node)).public(),
+        end,
+        at_ms: now(t).wall_ms,
+    };
+    let admissions = topology::Admissions {
+        old_keys: vec![
+            old_key(CITY, topology::KeyEnd::Revoked, 10),
+            old_key(COUNTY, topology::KeyEnd::Retired, 20),
+        ],
+        ..Default::default()
+    };
+    let v2 = Arc::new(old.edited(2, nodes, admissions).unwrap());
+    let restart = |signer: NodeKey, kv: &MemKv| {
+        Core::new(
+            Box::new(signer),
+            Box::new(Ed25519),
+            v2.clone(),
+            Store::new(kv.clone()),
+            CoreConfig::default(),
+            now(30),
+        )
+        .unwrap()
+    };
+    let mut county = restart(new_county_key(), &county_kv);
+    make_durable(&mut county, &county_kv, now(30));
+    // The city lost the batch (its store holds nothing of it).
+    let city_kv = MemKv::new();
+    let mut city = restart(new_city_key(), &city_kv);
+    let (up, down) = (LinkId(1), LinkId(2));
+    city.handle_link_up(
+        down,
+        LinkKind::Down {
+            key: new_county_key().public(),
+        },
+        now(31),
+    )
+    .unwrap();
+    path_up(&mut county, up, CITY, 2, now(31), now(31));
+
+    // The link coming up reconciles: the county sends the batch again and the city takes it
+    // on the province's receipt, receipting it anew after the county's key ended.
+    pump(
+        (&mut county, &county_kv, up),
+        (&mut city, &city_kv, down),
+        32,
+    );
+    let city_store = Store::new(city_kv.clone());
+    assert!(city_store.holds(&batch.id).unwrap(), "taken back once");
+    let anew = county
+        .store()
+        .receipt(&batch.id, id(CITY))
+        .unwrap()
+        .expect("the city's new receipt reached the county");
+    assert!(anew.receipt.received_at_ms > now(20).wall_ms, "{anew:?}");
+
+    // The city loses it again; reconciliation finds it missing, and the county sends it with
+    // the province's receipt (earlier than the city's newer one): the city takes it again.
+    assert!(city_store.forget_batch(&batch.id).unwrap());
+    assert_eq!(county.reconcile(Some(id(CITY)), now(400)).unwrap(), 1);
+    pump(
+        (&mut county, &county_kv, up),
+        (&mut city, &city_kv, down),
+        401,
+    );
+    assert!(
+        !city_store.is_quarantined(&batch.id).unwrap(),
+        "quarantined though the province's receipt dates it before the county's key ended"
+    );
+    assert!(city_store.holds(&batch.id).unwrap(), "taken back twice");
+    assert_eq!(county.store().refusal(&batch.id).unwrap(), None);
+}
+
 #[test]
 fn a_child_without_a_valid_assessment_is_refused_and_closed_when_it_expires() {
     let today = topology::Date::of_ms(now(0).wall_ms);

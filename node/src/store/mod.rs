@@ -985,9 +985,9 @@ impl<K: Kv> Store<K> {
     }
 
     /// Deletes a batch, its file and its index entries, as if a write had been lost: only
-    /// tests do this (feature `test-hooks`), to show reconciliation repairs it. Returns whether
+    /// tests do this (unit tests, and feature `test-hooks`), to show reconciliation repairs it. Returns whether
     /// the batch was held.
-    #[cfg(feature = "test-hooks")]
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn forget_batch(&self, id: &BatchId) -> Result<bool, StoreError> {
         let Some(meta) = self.meta(id)? else {
             return Ok(false);

@@ -603,7 +603,17 @@ impl World {
 
     // ---- nodes ----
 
+    /// The span a node's log lines appear under: its id and the virtual time (seconds).
+    fn span(&self, n: usize) -> tracing::Span {
+        tracing::info_span!(
+            "node",
+            id = %self.nodes[n].id,
+            t = self.now_ms as f64 / 1000.0
+        )
+    }
+
     fn start_node(&mut self, n: usize) {
+        let _span = self.span(n).entered();
         let node = &mut self.nodes[n];
         node.started_at_ms = self.now_ms;
         node.timer = None;
@@ -674,6 +684,8 @@ impl World {
     /// Runs one input through node `n`'s core, then carries out its outputs.
     fn call(&mut self, n: usize, f: impl FnOnce(&mut Core<MemKv>, Now) -> Result<(), String>) {
         let now = self.now_of(n);
+        // RUST_LOG shows what each node did, under its id and the virtual time.
+        let _span = self.span(n).entered();
         let Some(core) = self.nodes[n].core.as_mut() else {
             return;
         };
