@@ -2671,8 +2671,6 @@ impl Verifier for AcceptAny {
     }
 }
 
-/// The audit events for what `next` changes in nodes' keys: a new current key, a key retired
-/// or revoked (each from its moment).
 /// The proof of first arrival sent with batch `id` to `parent` on `route`. Only a proof the
 /// parent will believe is sent (not one signed by a key revoked since): the first receiver's;
 /// an origin migrating off a legacy link sends what the national platform signed over it
@@ -2774,6 +2772,8 @@ fn earliest_receipt<K: Kv>(
     Ok(earliest)
 }
 
+/// The audit events for what `next` changes in nodes' keys: a new current key, a key retired
+/// or revoked (each from its moment).
 fn key_changes(old: &Topology, next: &Topology, now_ms: u64) -> Vec<AuditEvent> {
     let mut events = Vec::new();
     for node in next.nodes() {

@@ -985,8 +985,8 @@ impl<K: Kv> Store<K> {
     }
 
     /// Deletes a batch, its file and its index entries, as if a write had been lost: only
-    /// tests do this (unit tests, and feature `test-hooks`), to show reconciliation repairs it. Returns whether
-    /// the batch was held.
+    /// tests do this (unit tests, and feature `test-hooks`), to show reconciliation repairs
+    /// it. Returns whether the batch was held.
     #[cfg(any(test, feature = "test-hooks"))]
     pub fn forget_batch(&self, id: &BatchId) -> Result<bool, StoreError> {
         let Some(meta) = self.meta(id)? else {
