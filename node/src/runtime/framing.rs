@@ -106,7 +106,8 @@ pub(super) const BATCH_BUDGET_BYTES: usize = 2 * LINK_SHARE_BYTES;
 /// further streams wait unread inside QUIC's windows (≤ 1 MiB each). The core handles one
 /// batch at a time (~20 MB/s measured here), so a few read ahead keep it fed. Before this
 /// cap every link read its 4 ahead and only the bytes bounded them: measured, a province
-/// receiving 3.3 MB batches from 21 cities at once peaked at 777 MiB RSS, 579 MiB with it.
+/// receiving 3.3 MB batches from 21 cities at once peaked at 777–843 MiB RSS, 579–606 MiB
+/// with it.
 pub(super) const RECEIVES_MAX: usize = 2 * super::links::RECEIVES_PER_LINK;
 /// The application error code a batch stream is stopped with.
 const STREAM_STOPPED: u32 = 1;
