@@ -52,7 +52,8 @@
 //! memory under `/dev/shm`). `BENCH_STORE=DIR` keeps part A's stores in `DIR` and a later
 //! run with the same `DIR` (and scale) reuses them (the parent's is copied afresh each
 //! run, as the run gives it the lost batches). `BENCH_PARTS=a`, `b` or `a,b` (default).
-//! `RUST_LOG` turns on the nodes' logs (stderr).
+//! `RUST_LOG` turns on the nodes' logs (stderr). `BENCH_CHILD_WRAP="heaptrack -o FILE"` runs
+//! each node's process under that command (its figures are then the wrapped node's).
 //!
 //! Run: `cargo bench -p credit-node --bench province`. Under `cargo test` (no `--bench`
 //! argument) it does nothing.
@@ -90,6 +91,9 @@ use topology::{Role, Topology};
 
 /// The argument that makes this binary a node: `CHILD_ARG store-dir topology-file node-id`.
 const CHILD_ARG: &str = "--province-bench-node";
+/// A command line to run each node's process under (e.g. `heaptrack -o /tmp/province`): the
+/// node runs as `WRAPPER... <this binary> CHILD_ARG ...`.
+const WRAP_ENV: &str = "BENCH_CHILD_WRAP";
 /// The figures: a year of a province, a month of Guangdong's fee data.
 const FULL_RECORDS: usize = 10_000_000;
 const FULL_MONTH_RECORDS: usize = 24_000_000;
@@ -389,7 +393,8 @@ fn child_main(args: &[String]) {
         .expect("the store's years")
         .len();
     println!(
-        "ready open_ms={} open_rss_kib={open_rss} open_peak_kib={open_peak} start_ms={} years={years}",
+        "ready pid={} open_ms={} open_rss_kib={open_rss} open_peak_kib={open_peak} start_ms={} years={years}",
+        std::process::id(),
         opened.as_millis(),
         started.elapsed().as_millis()
     );
@@ -471,12 +476,27 @@ struct ChildNode {
     stdin: ChildStdin,
     lines: Receiver<String>,
     started: Instant,
+    /// The node's own process id, from its `ready` line: under [`WRAP_ENV`] the process
+    /// spawned is the wrapper's, not the node's.
+    node_pid: Option<u32>,
 }
 
 impl ChildNode {
     fn spawn(name: &str, store: &Path, topology: &Path, me: NodeId) -> ChildNode {
         let exe = std::env::current_exe().expect("the benchmark's own path");
-        let mut child = Command::new(exe)
+        let wrap = std::env::var(WRAP_ENV).unwrap_or_default();
+        let mut wrap = wrap.split_whitespace();
+        let wrapper = wrap.next();
+        let wrapped = wrapper.is_some();
+        let mut command = match wrapper {
+            Some(wrapper) => {
+                let mut command = Command::new(wrapper);
+                command.args(wrap).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
             .arg(CHILD_ARG)
             .arg(store)
             .arg(topology)
@@ -490,8 +510,15 @@ impl ChildNode {
         let stdin = child.stdin.take().expect("piped");
         let (tx, lines) = sync_channel(16);
         std::thread::spawn(move || {
+            // A wrapper's own lines before the node's first go to stderr.
+            let mut wrapper_speaks = wrapped;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                wrapper_speaks &= !line.starts_with("ready ");
+                if wrapper_speaks {
+                    eprintln!("{line}");
+                    continue;
+                }
                 if tx.send(line).is_err() {
                     break;
                 }
@@ -503,11 +530,12 @@ impl ChildNode {
             stdin,
             lines,
             started: Instant::now(),
+            node_pid: None,
         }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.node_pid.unwrap_or_else(|| self.child.id())
     }
 
     /// The next line the child prints, calling `tick` every [`SAMPLE`] meanwhile.
@@ -515,7 +543,12 @@ impl ChildNode {
         let start = Instant::now();
         loop {
             match self.lines.recv_timeout(SAMPLE) {
-                Ok(line) => return line,
+                Ok(line) => {
+                    if line.starts_with("ready ") {
+                        self.node_pid = Some(field(&line, "pid") as u32);
+                    }
+                    return line;
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     tick(self);
                     assert!(

@@ -1,9 +1,10 @@
 //! Framing: control frames are read with their length checked against
 //! [`wire::FRAME_BYTES_MAX`] before a buffer is made, into a bounded queue; a batch stream's
 //! one frame is read only once its declared length is charged to the node's byte budget for
-//! batch streams ([`BatchBudget`]) and to its link's share, and within read deadlines, so no
-//! child — and no number of children — can make this node hold more than the budget in
-//! batch frames, and a stalled stream is stopped rather than held.
+//! batch streams ([`BatchBudget`], which also counts frames: [`RECEIVES_MAX`]) and to its
+//! link's share, and within read deadlines, so no child — and no number of children — can
+//! make this node hold more than the budget in batch frames, and a stalled stream is stopped
+//! rather than held.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,17 +101,31 @@ pub(super) const LINK_SHARE_BYTES: usize = charge(wire::BATCH_FRAME_BYTES_MAX);
 /// decoded batches not yet handled by the core, never exceed it (QUIC's own buffers are
 /// bounded per connection by the transport's receive windows).
 pub(super) const BATCH_BUDGET_BYTES: usize = 2 * LINK_SHARE_BYTES;
+/// Batch frames read, or read and waiting for the core, at once over all links: twice a
+/// link's read slots, so one child holds at most half of them (as with the bytes), and
+/// further streams wait unread inside QUIC's windows (≤ 1 MiB each). The core handles one
+/// batch at a time (~20 MB/s measured here), so a few read ahead keep it fed. Before this
+/// cap every link read its 4 ahead and only the bytes bounded them: measured, a province
+/// receiving 3.3 MB batches from 21 cities at once peaked at 777–843 MiB RSS, 579–606 MiB
+/// with it.
+pub(super) const RECEIVES_MAX: usize = 2 * super::links::RECEIVES_PER_LINK;
 /// The application error code a batch stream is stopped with.
 const STREAM_STOPPED: u32 = 1;
 
-/// The node-wide byte budget for batch streams being read (a semaphore of bytes, fair: the
-/// first to ask is the first served).
+/// The node-wide budget for batch streams being read: [`BATCH_BUDGET_BYTES`], and
+/// [`RECEIVES_MAX`] frames (semaphores, fair: the first to ask is the first served).
 #[derive(Debug, Clone)]
-pub(super) struct BatchBudget(Arc<Semaphore>);
+pub(super) struct BatchBudget {
+    bytes: Arc<Semaphore>,
+    frames: Arc<Semaphore>,
+}
 
 impl BatchBudget {
     pub(super) fn new() -> Self {
-        BatchBudget(Arc::new(Semaphore::new(BATCH_BUDGET_BYTES)))
+        BatchBudget {
+            bytes: Arc::new(Semaphore::new(BATCH_BUDGET_BYTES)),
+            frames: Arc::new(Semaphore::new(RECEIVES_MAX)),
+        }
     }
 }
 
@@ -124,10 +139,12 @@ impl LinkShare {
     }
 }
 
-/// Bytes charged to the link's share and to the node's budget; given back when dropped.
+/// Bytes charged to the link's share and to the node's budget, and one of the node's
+/// [`RECEIVES_MAX`] frames; given back when dropped.
 #[derive(Debug)]
 pub(super) struct Charge {
     link: OwnedSemaphorePermit,
+    _frame: OwnedSemaphorePermit,
     node: OwnedSemaphorePermit,
 }
 
@@ -135,11 +152,13 @@ impl Charge {
     async fn take(bytes: usize, link: &LinkShare, node: &BatchBudget) -> Charge {
         let permits = u32::try_from(bytes).expect("a charge is at most two batch frames");
         // The link's share first: a link's streams queue behind each other there, so what one
-        // link waits for in the node's queue never exceeds its share.
+        // link waits for in the node's queues never exceeds its share (nor its read slots).
         let link = link.0.clone().acquire_many_owned(permits).await;
-        let node = node.0.clone().acquire_many_owned(permits).await;
+        let frame = node.frames.clone().acquire_owned().await;
+        let node = node.bytes.clone().acquire_many_owned(permits).await;
         Charge {
             link: link.expect("the link's share is never closed"),
+            _frame: frame.expect("the budget is never closed"),
             node: node.expect("the budget is never closed"),
         }
     }

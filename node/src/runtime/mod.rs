@@ -345,8 +345,10 @@ pub struct Node<K: Kv = SledKv> {
     sync_failed: watch::Sender<(u64, String)>,
     sync_requests: mpsc::UnboundedSender<u64>,
     timer: Notify,
-    /// The byte budget of batch streams being read, over all links (`framing`).
+    /// The budget of batch streams being read, over all links (`framing`): bytes and frames.
     batch_budget: framing::BatchBudget,
+    /// Turns to hand a received batch to the core ([`links::BATCHES_TO_CORE`]).
+    to_core: Arc<tokio::sync::Semaphore>,
     /// Where the dashboard listens, once it does (`status` shows it).
     pub http: std::sync::OnceLock<std::net::SocketAddr>,
 }
@@ -743,6 +745,7 @@ pub async fn start_with<K: Kv>(seams: Seams<K>) -> Result<Arc<Node<K>>, StartErr
         sync_requests,
         timer: Notify::new(),
         batch_budget: framing::BatchBudget::new(),
+        to_core: Arc::new(tokio::sync::Semaphore::new(links::BATCHES_TO_CORE)),
         http: std::sync::OnceLock::new(),
     });
     info!(node = %me, %address, topology_version = version, "node listening");
