@@ -80,13 +80,17 @@ pub const RUN_CHUNK_BYTES: usize = 6 * 1024;
 /// likewise up the levels (a counter in base `MERGE_FAN_IN`). A period of `n` batches holds at
 /// most `(MERGE_FAN_IN - 1) × log(n)` runs (a read asks each run for the keys no newer one
 /// holds) and each entry is written about `log(n)` times; superseded values go at a merge.
-/// Measured one after the other on the shared machine (`benches/index.rs`, 200 batches of
-/// 1,000 records in one period): fan-in 8 took 2.8 s, 4 took 3.8 s, no merging 3.9 s (with
-/// the index and audit of the last tenth of the batches at 4.5× that of the first).
+/// Measured one after the other on the shared, loaded machine (`benches/index.rs`, 200
+/// batches of 1,000 records in one period, merges up to 16 MiB): fan-in 8 took 2.8 s, 4 took
+/// 3.8 s, no merging 3.9 s (with the index and audit of the last tenth of the batches at 4.5×
+/// that of the first).
 const MERGE_FAN_IN: usize = 8;
 /// No merge makes a run larger than this (merged in memory and written in the batch's store
-/// group): a period's larger runs stay apart.
-const MERGE_BYTES_MAX: u64 = 16 << 20;
+/// group): a period's larger runs stay apart. Measured (`benches/rsync.rs`, county and city in
+/// one process, 200 batches of 1,000 records in one period): peak RSS 224 MB without merging,
+/// 570 MB with merges up to 16 MiB, 290 MB up to 4 MiB; `benches/index.rs` 1.8 s at 16 MiB,
+/// 1.6 s at 4 MiB (the largest batch's store 82 → 15 ms).
+const MERGE_BYTES_MAX: u64 = 4 << 20;
 /// Bits of a chunk's Bloom filter per entry, and the probes per key: ~0.05 % false
 /// positives. A key absent from the period is looked for in every run, so a false positive
 /// costs a chunk read per run: at 1 % (10 bits) a batch of new keys read about as much
