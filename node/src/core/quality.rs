@@ -19,7 +19,7 @@
 //! is the same as `protocol::audit::audit` over the held batches (a test checks it on random
 //! histories, in random arrival orders).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use bincode::{Decode, Encode};
 use protocol::audit::{self, Contribution, Finding, Histogram, Version, View};
@@ -27,7 +27,7 @@ use protocol::ids::{BatchId, NodeId};
 use protocol::record::{Problem, Severity};
 use protocol::{Batch, RecordKey, Registry, Schema};
 
-use crate::store::{Kv, QualityUpdate, Store, StoreError, period_prefix};
+use crate::store::{FastMap, Kv, QualityUpdate, Store, StoreError, period_prefix};
 
 /// One record key's versions at this node.
 #[derive(Debug, Clone, Default, PartialEq, Encode, Decode)]
@@ -63,14 +63,16 @@ struct Overlay<'s, K: Kv> {
     prefix: Vec<u8>,
     /// Entries read from the store (a key read and found absent has no value here): read in
     /// bulk by [`Overlay::read`], one at a time only for what that did not foresee.
-    read: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    read: FastMap<Vec<u8>, Option<Vec<u8>>>,
     /// The number of the run this batch's writes make.
     run: u64,
-    keys: HashMap<RecordKey, KeyEntry>,
-    holders: HashMap<(u16, String), BTreeSet<RecordKey>>,
-    names: HashMap<(u16, String), BTreeMap<String, u64>>,
-    histograms: HashMap<u16, Histogram>,
-    dirty: HashSet<Vec<u8>>,
+    keys: FastMap<RecordKey, KeyEntry>,
+    /// Every holder set and name count here was changed (only [`Overlay::apply`] loads them).
+    holders: FastMap<(u16, String), BTreeSet<RecordKey>>,
+    names: FastMap<(u16, String), BTreeMap<String, u64>>,
+    histograms: FastMap<u16, Histogram>,
+    /// The histograms changed (the others are read for the audit only).
+    dirty: BTreeSet<u16>,
 }
 
 impl<'s, K: Kv> Overlay<'s, K> {
@@ -87,19 +89,18 @@ impl<'s, K: Kv> Overlay<'s, K> {
 
     /// Reads `keys` from the store in one read of the period's runs (`Store::index_read`).
     fn read(&mut self, keys: impl IntoIterator<Item = Vec<u8>>) -> Result<(), StoreError> {
-        let wanted: HashSet<Vec<u8>> = keys
+        let mut wanted: Vec<Vec<u8>> = keys
             .into_iter()
             .filter(|key| !self.read.contains_key(key))
             .collect();
         if wanted.is_empty() {
             return Ok(());
         }
-        let mut found = self.store.index_read(&self.prefix, &wanted)?;
+        wanted.sort_unstable();
+        wanted.dedup();
+        let found = self.store.index_read(&self.prefix, &wanted)?;
         self.run = self.run.max(found.next_run);
-        for key in wanted {
-            let value = found.values.remove(&key);
-            self.read.insert(key, value);
-        }
+        self.read.extend(wanted.into_iter().zip(found.values));
         Ok(())
     }
 
@@ -166,7 +167,6 @@ impl<'s, K: Kv> Overlay<'s, K> {
                     } else {
                         set.remove(key);
                     }
-                    self.dirty.insert(self.key_of(b'u', Some(*rule), values));
                 }
                 Contribution::Name { rule, code, name } => {
                     let at = (*rule, code.clone());
@@ -181,11 +181,10 @@ impl<'s, K: Kv> Overlay<'s, K> {
                     if *count == 0 {
                         names.remove(name);
                     }
-                    self.dirty.insert(self.key_of(b'n', Some(*rule), code));
                 }
                 Contribution::Value { rule, value } => {
                     self.histogram_mut(*rule)?.add(*value, sign);
-                    self.dirty.insert(self.key_of(b'h', Some(*rule), ""));
+                    self.dirty.insert(*rule);
                 }
             }
         }
@@ -200,22 +199,16 @@ impl<'s, K: Kv> Overlay<'s, K> {
         }
         for ((rule, values), set) in &self.holders {
             let key = self.key_of(b'u', Some(*rule), values);
-            if self.dirty.contains(&key) {
-                let list: Vec<&RecordKey> = set.iter().collect();
-                out.push((key, (!list.is_empty()).then(|| encode(&list))));
-            }
+            let list: Vec<&RecordKey> = set.iter().collect();
+            out.push((key, (!list.is_empty()).then(|| encode(&list))));
         }
         for ((rule, code), names) in &self.names {
             let key = self.key_of(b'n', Some(*rule), code);
-            if self.dirty.contains(&key) {
-                out.push((key, (!names.is_empty()).then(|| encode(names))));
-            }
+            out.push((key, (!names.is_empty()).then(|| encode(names))));
         }
-        for (rule, histogram) in &self.histograms {
+        for rule in &self.dirty {
             let key = self.key_of(b'h', Some(*rule), "");
-            if self.dirty.contains(&key) {
-                out.push((key, Some(encode(histogram))));
-            }
+            out.push((key, Some(encode(&self.histograms[rule]))));
         }
         // What the store holds already is not written again (an own batch assessed once more
         // with the parent's findings, a key whose entry this batch does not change).
@@ -308,12 +301,12 @@ pub(super) fn assess<K: Kv>(
     let mut overlay = Overlay {
         store,
         prefix: period_prefix(header.origin, header.period, &header.category),
-        keys: HashMap::new(),
-        holders: HashMap::new(),
-        names: HashMap::new(),
-        histograms: HashMap::new(),
-        dirty: HashSet::new(),
-        read: HashMap::new(),
+        keys: FastMap::default(),
+        holders: FastMap::default(),
+        names: FastMap::default(),
+        histograms: FastMap::default(),
+        dirty: BTreeSet::new(),
+        read: FastMap::default(),
         run: 1,
     };
     let version = Version {
@@ -327,8 +320,8 @@ pub(super) fn assess<K: Kv>(
         .chain(header.withdrawals.iter().map(|w| (&w.key, true)))
         .collect();
     // What this batch's records contribute to the aggregates, if they become current.
-    let mut fresh: HashMap<&RecordKey, Vec<Contribution>> =
-        schema.map_or_else(HashMap::new, |schema| {
+    let mut fresh: FastMap<&RecordKey, Vec<Contribution>> =
+        schema.map_or_else(FastMap::default, |schema| {
             batch
                 .records
                 .iter()
@@ -424,14 +417,17 @@ pub(super) fn assess<K: Kv>(
         }
         // The parent's findings open items only on records whose current version is this
         // batch's here.
-        Audit::Parent(findings) => findings
-            .into_iter()
-            .filter(|f| {
-                current
-                    .iter()
-                    .any(|(k, withdrawn)| *k == f.key && !withdrawn)
-            })
-            .collect(),
+        Audit::Parent(findings) => {
+            let kept: BTreeSet<&RecordKey> = current
+                .iter()
+                .filter(|(_, withdrawn)| !withdrawn)
+                .map(|(key, _)| key)
+                .collect();
+            findings
+                .into_iter()
+                .filter(|f| kept.contains(&f.key))
+                .collect()
+        }
     };
     Ok(Assessed {
         update: QualityUpdate {
@@ -607,14 +603,14 @@ mod tests {
                 &Category::parse("water_fee").unwrap(),
             );
             let current = audit::current(&all);
-            let wanted: HashSet<Vec<u8>> = current
+            // `current` is in key order, so these are sorted as `index_read` takes them.
+            let wanted: Vec<Vec<u8>> = current
                 .keys()
                 .map(|record_key| [b"k", record_key.0.as_bytes()].concat())
                 .collect();
             let held = store.index_read(&prefix, &wanted).unwrap();
-            for (record_key, version) in current {
-                let index_key = [b"k", record_key.0.as_bytes()].concat();
-                let entry: KeyEntry = decode(&held.values[&index_key]).unwrap();
+            for ((record_key, version), value) in current.into_iter().zip(&held.values) {
+                let entry: KeyEntry = decode(value.as_ref().expect("indexed")).unwrap();
                 assert_eq!(
                     entry.current,
                     Some(version.batch),

@@ -25,7 +25,7 @@
 //! a withdrawal) becomes current without that finding; a finding made again after closing
 //! opens the item anew.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bincode::{Decode, Encode};
 use protocol::audit::Finding;
@@ -98,11 +98,18 @@ const MERGE_BYTES_MAX: u64 = 4 << 20;
 const BLOOM_BITS_PER_KEY: usize = 16;
 const BLOOM_PROBES: u32 = 11;
 
+/// The hash maps of the record index's per-batch work (`core::quality`): some twenty
+/// lookups of 30–60-byte keys per record, where SipHash took a fifth of `assess`. foldhash is several times faster and still seeded at random (per
+/// process, and per map), so a child's record keys cannot be chosen to collide without
+/// learning the seed; these maps live for one batch and their order is never observed (the
+/// writes are sorted before they are stored).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Entries of the record index read for one period ([`Store::index_read`]).
 #[derive(Debug, Default)]
 pub struct IndexRead {
-    /// Each wanted key that has a value (a key removed or never written is absent).
-    pub values: std::collections::HashMap<Vec<u8>, Vec<u8>>,
+    /// The value of each wanted key, in the order asked (`None`: removed or never written).
+    pub values: Vec<Option<Vec<u8>>>,
     /// The number the next run of the period takes.
     pub next_run: u64,
     /// How many chunks were read (the directory's filters let the others be skipped).
@@ -408,13 +415,18 @@ impl<K: Kv> Store<K> {
         }
         let any = self.has_feedback(update.origin, update.period, &update.category)?;
         if any {
+            // What the findings raise, by record (grouped once: a batch of bad records has as
+            // many findings as records).
+            let mut raised: BTreeMap<&RecordKey, BTreeSet<(&str, &str)>> = BTreeMap::new();
+            for f in &update.findings {
+                raised
+                    .entry(&f.key)
+                    .or_default()
+                    .insert((f.problem.field.as_str(), f.problem.rule.as_str()));
+            }
+            let none = BTreeSet::new();
             for (key, withdrawn) in &update.current {
-                let raised: BTreeSet<(&str, &str)> = update
-                    .findings
-                    .iter()
-                    .filter(|f| &f.key == key)
-                    .map(|f| (f.problem.field.as_str(), f.problem.rule.as_str()))
-                    .collect();
+                let raised = raised.get(key).unwrap_or(&none);
                 let prefix = record_prefix(update.origin, update.period, &update.category, key);
                 for entry in self.scan_prefix(Tree::Feedback, prefix) {
                     let (item_key, bytes) = entry?;
@@ -516,39 +528,38 @@ impl<K: Kv> Store<K> {
         Ok((chunks, keys))
     }
 
-    /// The entries `wanted` (keys under `prefix`, a period's, without it) of the record
-    /// index: each key's value in the newest run holding it. Reads the period's run
+    /// The entries `wanted` (keys under `prefix`, a period's, without it; sorted, each once)
+    /// of the record index: each key's value in the newest run holding it. Reads the period's run
     /// directories, then only the chunks their first keys and filters point to (newest run
     /// first; an older run's only for a key the newer ones do not hold), so the cost follows
     /// the batch, not the period. Runs of the first runs layout and entries of the
     /// one-entry-per-key layout, when a period has any, are scanned.
-    pub fn index_read(
-        &self,
-        prefix: &[u8],
-        wanted: &std::collections::HashSet<Vec<u8>>,
-    ) -> Result<IndexRead, StoreError> {
-        use std::collections::HashMap;
+    pub fn index_read(&self, prefix: &[u8], wanted: &[Vec<u8>]) -> Result<IndexRead, StoreError> {
+        debug_assert!(
+            wanted.windows(2).all(|pair| pair[0] < pair[1]),
+            "index_read takes its keys sorted, each once"
+        );
         let damaged = |key: &[u8], what: &str| StoreError::Decode {
             tree: "index",
             message: format!("{what} {} does not parse", protocol::ids::hex(key)),
         };
         let at = |kind: u8| [prefix, &[kind]].concat();
-        // (run, value) of each wanted key seen so far; run 0 is the one-entry-per-key layout.
-        let mut found: HashMap<&[u8], (u64, Option<Vec<u8>>)> = HashMap::new();
-        let mut see = |sub: &[u8], run: u64, value: Option<&[u8]>| {
-            if let Some(wanted) = wanted.get(sub)
-                && found
-                    .get(wanted.as_slice())
-                    .is_none_or(|(seen, _)| *seen <= run)
-            {
-                found.insert(wanted.as_slice(), (run, value.map(<[u8]>::to_vec)));
+        // (run, value) of each wanted key seen so far, by its place in `wanted`; run 0 is the
+        // one-entry-per-key layout.
+        let mut found: Vec<Option<(u64, Option<Vec<u8>>)>> = vec![None; wanted.len()];
+        let mut see = |n: usize, run: u64, value: Option<&[u8]>| {
+            if found[n].as_ref().is_none_or(|(seen, _)| *seen <= run) {
+                found[n] = Some((run, value.map(<[u8]>::to_vec)));
             }
         };
+        let place = |sub: &[u8]| wanted.binary_search_by(|key| key.as_slice().cmp(sub)).ok();
         let mut last_run = 0;
         for kind in LEGACY_KINDS {
             for entry in self.scan_prefix(Tree::Index, at(kind)) {
                 let (key, value) = entry?;
-                see(&key[prefix.len()..], 0, Some(&value));
+                if let Some(n) = place(&key[prefix.len()..]) {
+                    see(n, 0, Some(&value));
+                }
             }
         }
         for entry in self.scan_prefix(Tree::Index, at(UNDIRECTED_CHUNK)) {
@@ -557,7 +568,9 @@ impl<K: Kv> Store<K> {
                 .ok_or_else(|| damaged(&key, "run chunk"))?;
             last_run = last_run.max(run);
             for (sub, value) in chunk_entries(&value).ok_or_else(|| damaged(&key, "run chunk"))? {
-                see(sub, run, value);
+                if let Some(n) = place(sub) {
+                    see(n, run, value);
+                }
             }
         }
         // The directories, oldest run first.
@@ -593,11 +606,11 @@ impl<K: Kv> Store<K> {
         // the run's chunks are both in order, so one pass over both finds each key's chunk,
         // and its filter says whether to read it (a key the run does not hold is read for
         // only on a false positive).
-        let mut unresolved: Vec<(&[u8], u64)> = wanted
+        let mut unresolved: Vec<(usize, u64)> = wanted
             .iter()
-            .map(|key| (key.as_slice(), bloom_hash(key)))
+            .enumerate()
+            .map(|(n, key)| (n, bloom_hash(key)))
             .collect();
-        unresolved.sort_unstable();
         let mut chunks_read = 0;
         for directory in runs.iter().rev() {
             if unresolved.is_empty() {
@@ -605,18 +618,19 @@ impl<K: Kv> Store<K> {
             }
             let mut reads: Vec<(u32, Vec<usize>)> = Vec::new();
             let mut chunk = 0;
-            for (n, (key, hash)) in unresolved.iter().enumerate() {
+            for (n, (place, hash)) in unresolved.iter().enumerate() {
+                let key = wanted[*place].as_slice();
                 while directory
                     .chunks
                     .get(chunk + 1)
-                    .is_some_and(|(first, _)| *first <= *key)
+                    .is_some_and(|(first, _)| *first <= key)
                 {
                     chunk += 1;
                 }
                 let Some((first, bloom)) = directory.chunks.get(chunk) else {
                     break;
                 };
-                if *first <= *key && bloom_may_hold(bloom, *hash) {
+                if *first <= key && bloom_may_hold(bloom, *hash) {
                     match reads.last_mut() {
                         Some((at, keys)) if *at == chunk as u32 => keys.push(n),
                         _ => reads.push((chunk as u32, vec![n])),
@@ -634,9 +648,10 @@ impl<K: Kv> Store<K> {
                 let entries =
                     chunk_entries(&bytes).ok_or_else(|| damaged(&chunk_key, "run chunk"))?;
                 for n in keys {
-                    let key = unresolved[n].0;
+                    let place = unresolved[n].0;
+                    let key = wanted[place].as_slice();
                     if let Ok(at) = entries.binary_search_by(|(sub, _)| (*sub).cmp(key)) {
-                        see(key, directory.run, entries[at].1);
+                        see(place, directory.run, entries[at].1);
                         resolved[n] = true;
                     }
                 }
@@ -650,7 +665,7 @@ impl<K: Kv> Store<K> {
         Ok(IndexRead {
             values: found
                 .into_iter()
-                .filter_map(|(key, (_, value))| Some((key.to_vec(), value?)))
+                .map(|seen| seen.and_then(|(_, value)| value))
                 .collect(),
             next_run: last_run + 1,
             chunks_read,
@@ -720,8 +735,6 @@ impl<K: Kv> Store<K> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
     use super::*;
     use crate::store::MemKv;
 
@@ -761,12 +774,24 @@ mod tests {
         group.commit().unwrap();
     }
 
-    fn wanted(keys: &[&str]) -> HashSet<Vec<u8>> {
-        keys.iter().map(|k| k.as_bytes().to_vec()).collect()
+    /// Keys as `index_read` takes them: sorted, each once.
+    fn wanted(keys: &[&str]) -> Vec<Vec<u8>> {
+        let set: BTreeSet<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
+        set.into_iter().collect()
     }
 
-    fn text(read: &IndexRead, key: &str) -> Option<String> {
-        read.values
+    /// The keys read that have a value, with it.
+    fn held(wanted: &[Vec<u8>], read: &IndexRead) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        assert_eq!(read.values.len(), wanted.len());
+        wanted
+            .iter()
+            .zip(&read.values)
+            .filter_map(|(key, value)| Some((key.clone(), value.clone()?)))
+            .collect()
+    }
+
+    fn text(wanted: &[Vec<u8>], read: &IndexRead, key: &str) -> Option<String> {
+        held(wanted, read)
             .get(key.as_bytes())
             .map(|v| String::from_utf8(v.clone()).unwrap())
     }
@@ -838,23 +863,29 @@ mod tests {
             "knever",
         ]);
         let read = store.index_read(&prefix, &wanted).unwrap();
-        assert_eq!(text(&read, "klegacy").as_deref(), Some("old"));
-        assert_eq!(text(&read, "kundirected").as_deref(), Some("run 1"));
-        assert_eq!(text(&read, "kboth").as_deref(), Some("run 2"));
-        assert_eq!(text(&read, "k00007").as_deref(), Some("run 3"));
+        assert_eq!(text(&wanted, &read, "klegacy").as_deref(), Some("old"));
+        assert_eq!(
+            text(&wanted, &read, "kundirected").as_deref(),
+            Some("run 1")
+        );
+        assert_eq!(text(&wanted, &read, "kboth").as_deref(), Some("run 2"));
+        assert_eq!(text(&wanted, &read, "k00007").as_deref(), Some("run 3"));
         for n in [0, 1999] {
             assert_eq!(
-                text(&read, &format!("k{n:05}")),
+                text(&wanted, &read, &format!("k{n:05}")),
                 Some(format!("value of {n} {}", "x".repeat(20)))
             );
         }
-        assert_eq!(text(&read, "kgone"), None, "removed by run 3");
-        assert_eq!(text(&read, "knever"), None);
-        assert_eq!(read.values.len(), 6);
+        assert_eq!(text(&wanted, &read, "kgone"), None, "removed by run 3");
+        assert_eq!(text(&wanted, &read, "knever"), None);
+        assert_eq!(held(&wanted, &read).len(), 6);
         assert_eq!(read.next_run, 4);
         let other = store.index_read(&self::prefix("2026-06"), &wanted).unwrap();
-        assert_eq!(text(&other, "kboth").as_deref(), Some("other period"));
-        assert_eq!(other.values.len(), 1);
+        assert_eq!(
+            text(&wanted, &other, "kboth").as_deref(),
+            Some("other period")
+        );
+        assert_eq!(held(&wanted, &other).len(), 1);
         assert_eq!(other.next_run, 2);
     }
 
@@ -883,11 +914,12 @@ mod tests {
         let hits: Vec<String> = (0..20).map(|n| key(7, n)).collect();
         let misses: Vec<String> = (0..20).map(|n| key(99, n * 10)).collect();
         let all: Vec<&str> = hits.iter().chain(&misses).map(String::as_str).collect();
-        let read = store.index_read(&prefix, &wanted(&all)).unwrap();
+        let wanted = wanted(&all);
+        let read = store.index_read(&prefix, &wanted).unwrap();
         for hit in &hits {
-            assert_eq!(text(&read, hit), Some(format!("{hit} of run 7")));
+            assert_eq!(text(&wanted, &read, hit), Some(format!("{hit} of run 7")));
         }
-        assert_eq!(read.values.len(), hits.len());
+        assert_eq!(held(&wanted, &read).len(), hits.len());
         assert_eq!(read.next_run, 61);
         assert!(
             read.chunks_read <= 8,
@@ -939,15 +971,9 @@ mod tests {
                 .collect();
             apply(&store, &update("2026-05", run, &borrowed));
             let read = store.index_read(&prefix, &wanted).unwrap();
-            let got: std::collections::BTreeMap<String, String> = read
-                .values
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        String::from_utf8(k.clone()).unwrap(),
-                        String::from_utf8(v.clone()).unwrap(),
-                    )
-                })
+            let got: std::collections::BTreeMap<String, String> = held(&wanted, &read)
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
                 .collect();
             assert_eq!(got, reference, "after run {run}");
             assert_eq!(read.next_run, run + 1);
