@@ -99,10 +99,11 @@ const BLOOM_BITS_PER_KEY: usize = 16;
 const BLOOM_PROBES: u32 = 11;
 
 /// The hash maps of the record index's per-batch work (`core::quality`): some twenty
-/// lookups of 30–60-byte keys per record, where SipHash took a fifth of `assess`. foldhash is several times faster and still seeded at random (per
-/// process, and per map), so a child's record keys cannot be chosen to collide without
-/// learning the seed; these maps live for one batch and their order is never observed (the
-/// writes are sorted before they are stored).
+/// lookups of 30–60-byte keys per record, where SipHash took a fifth of `assess`. foldhash
+/// is several times faster and still seeded at random (per process, and per map), so a
+/// child's record keys cannot be chosen to collide without learning the seed; these maps
+/// live for one batch and their order is never observed (the writes are sorted before they
+/// are stored).
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Entries of the record index read for one period ([`Store::index_read`]).
@@ -529,10 +530,10 @@ impl<K: Kv> Store<K> {
     }
 
     /// The entries `wanted` (keys under `prefix`, a period's, without it; sorted, each once)
-    /// of the record index: each key's value in the newest run holding it. Reads the period's run
-    /// directories, then only the chunks their first keys and filters point to (newest run
-    /// first; an older run's only for a key the newer ones do not hold), so the cost follows
-    /// the batch, not the period. Runs of the first runs layout and entries of the
+    /// of the record index: each key's value in the newest run holding it. Reads the period's
+    /// run directories, then only the chunks their first keys and filters point to (newest
+    /// run first; an older run's only for a key the newer ones do not hold), so the cost
+    /// follows the batch, not the period. Runs of the first runs layout and entries of the
     /// one-entry-per-key layout, when a period has any, are scanned.
     pub fn index_read(&self, prefix: &[u8], wanted: &[Vec<u8>]) -> Result<IndexRead, StoreError> {
         debug_assert!(
