@@ -731,6 +731,20 @@ pub fn verify_content_with(
     registry: &Registry,
     verifier: &dyn Verifier,
 ) -> Result<Content, (Rejection, Vec<Problem>)> {
+    verify_decoded_with(signed, origin_key, verifier, || {
+        decode_content(signed, registry)
+    })
+}
+
+/// [`verify_content_with`] with the content's checks given as `decoded`, the result of
+/// [`decode_content`] over the same batch (computed beforehand, or on demand): hash, origin
+/// and signature are checked first, in the same order, so the outcome is the same.
+pub fn verify_decoded_with(
+    signed: &SignedBatch,
+    origin_key: impl Fn(NodeId) -> Option<PublicKey>,
+    verifier: &dyn Verifier,
+    decoded: impl FnOnce() -> Result<Content, (Rejection, Vec<Problem>)>,
+) -> Result<Content, (Rejection, Vec<Problem>)> {
     // The hash first: bytes that are not the batch the id names say nothing about that batch
     // (they were damaged on the way), and the caller must be able to tell that apart.
     signed
@@ -744,6 +758,21 @@ pub fn verify_content_with(
     signed
         .verify_signature_with(&key, verifier)
         .map_err(|e| (Rejection::Verify(e), Vec::new()))?;
+    decoded()
+}
+
+/// The checks of [`verify_content_with`] that need no key and no state: the content decoded
+/// (canonical form), a known category and schema version, and for data every record against
+/// its schema. Most of a receiver's verification (all but the hash and the signature), and
+/// pure: a receiver may run it before it takes its core's lock, beside other batches. Says
+/// nothing about who signed: only [`verify_decoded_with`] makes its result a verdict.
+pub fn decode_content(
+    signed: &SignedBatch,
+    registry: &Registry,
+) -> Result<Content, (Rejection, Vec<Problem>)> {
+    let summary = signed
+        .summary()
+        .map_err(|e| (Rejection::Verify(VerifyError::Decode(e)), Vec::new()))?;
     if summary.kind == ContentKind::Progress {
         let report = ProgressReport::decode(&signed.bytes)
             .map_err(|e| (Rejection::Progress(e.to_string()), Vec::new()))?;

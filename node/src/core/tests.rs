@@ -2288,3 +2288,70 @@ fn every_refusal_reason_is_a_listed_label() {
     assert_eq!(labels, expected);
     assert_eq!(listed.len(), REFUSAL_REASONS.len(), "no label twice");
 }
+
+/// A batch checked before the core's lock (`Prechecked`, as the runtime receives) is decided
+/// exactly as the bare batch: the same receipts, feedback and refusals, in the same order,
+/// for a good batch, one with a bad record, one signed for another batch (its records are
+/// fine: the signature still refuses it), one whose bytes are another batch's, and one from
+/// a node that is not this child's subtree.
+#[test]
+fn a_prechecked_batch_is_decided_as_the_bare_batch() {
+    let third = county_batch_of("2026-05");
+    let bad_record = county_variant(&county_batch_of("2026-04"), |batch| {
+        set(&mut batch.records[0], "billed_amount", "one hundred");
+    });
+    let batches = [
+        county_batch_of("2026-03"),
+        bad_record,
+        SignedBatch {
+            signature: county_batch_of("2026-03").signature,
+            ..third.clone()
+        },
+        SignedBatch {
+            bytes: county_batch_of("2026-04").bytes,
+            ..third.clone()
+        },
+        batch_of(CITY, "2026-03"),
+        third,
+    ];
+    let run = |prechecked: bool| {
+        let kv = MemKv::new();
+        let mut city = core(CITY, topology(1, None), kv.clone());
+        let down = LinkId(7);
+        link_from(&mut city, down, COUNTY, now(1));
+        drain(&mut city);
+        let mut outputs = Vec::new();
+        for (n, batch) in batches.iter().enumerate() {
+            let at = now(2 + n as u64);
+            if prechecked {
+                city.handle_prechecked(down, Prechecked::new(batch.clone()), None, at)
+            } else {
+                city.handle_batch(down, batch.clone(), None, at)
+            }
+            .unwrap();
+            outputs.extend(make_durable(&mut city, &kv, at));
+        }
+        (outputs, link_of(&city, COUNTY, "down").refused)
+    };
+    let (bare, bare_refused) = run(false);
+    let (prechecked, prechecked_refused) = run(true);
+    // The cases are what they say.
+    assert_eq!(
+        bare_refused,
+        BTreeMap::from([
+            ("bad_signature", 1),
+            ("hash_mismatch", 1),
+            ("records", 1),
+            ("unknown_origin", 1),
+        ])
+    );
+    assert_eq!(
+        receipts_in(&bare)
+            .iter()
+            .filter(|r| matches!(r.receipt.verdict, Verdict::Accepted { .. }))
+            .count(),
+        2
+    );
+    assert_eq!(prechecked_refused, bare_refused);
+    assert_eq!(prechecked, bare);
+}
