@@ -95,6 +95,9 @@ type Decoded = Result<Content, (Rejection, Vec<Problem>)>;
 /// outside the core's lock, so a node's cores share its receiving: the runtime makes it on a
 /// blocking thread while the core handles another batch. Only [`Core::handle_prechecked`]
 /// reads it, and it checks the hash and the signature first, so holding one proves nothing.
+/// The checks now run even for a batch whose signature will fail: a child can make its
+/// parent decode that much anyway, with batches it signs itself, and the frame budget and
+/// the decoder's limit bound both alike.
 pub struct Prechecked {
     signed: SignedBatch,
     registry: &'static Registry,
