@@ -61,7 +61,7 @@
 
 mod common;
 
-use common::fresh_header;
+use common::{du, fresh_header};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -150,29 +150,6 @@ fn mib(kib: Option<u64>) -> String {
 /// Resets VmHWM to the current RSS (Linux ≥ 4.0); false if the kernel refused.
 fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// (files, apparent bytes, allocated bytes) under `dir`.
-fn du(dir: &Path) -> (u64, u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = (0, 0, 0);
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return total;
-    };
-    for entry in entries.flatten() {
-        let Ok(meta) = entry.metadata() else { continue };
-        if meta.is_dir() {
-            let (f, a, b) = du(&entry.path());
-            total = (total.0 + f, total.1 + a, total.2 + b);
-        } else {
-            total = (
-                total.0 + 1,
-                total.1 + meta.len(),
-                total.2 + meta.blocks() * 512,
-            );
-        }
-    }
-    total
 }
 
 fn gb(bytes: u64) -> String {

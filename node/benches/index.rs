@@ -26,7 +26,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{CITY, COUNTY, PROVINCE, env_usize, node_id};
+use common::{CITY, COUNTY, PROVINCE, du, env_usize, node_id};
 use node::store::Store;
 use protocol::wire::{Receipt, Verdict};
 use protocol::{Batch, Content, DesensitizeKey, NodeKey, Period, Registry, SignedBatch};
@@ -84,19 +84,6 @@ fn mean_ms(times: &[Duration]) -> f64 {
     ms(times.iter().sum::<Duration>()) / times.len().max(1) as f64
 }
 
-fn size_on_disk(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| match entry.metadata() {
-            Ok(m) if m.is_dir() => size_on_disk(&entry.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -136,7 +123,7 @@ fn main() {
     for indexed in [true, false] {
         let at = dir.path().join(if indexed { "indexed" } else { "plain" });
         let times = store_all(&at, &batches, indexed);
-        rows.push((indexed, times, size_on_disk(&at)));
+        rows.push((indexed, times, du(&at).1));
     }
     println!(
         "{:<44} {:>12} {:>12} {:>8} {:>10} {:>10} {:>10}",
@@ -177,7 +164,7 @@ fn main() {
     }
     let total = |n: usize| rows[n].1.iter().flatten().sum::<Duration>().as_secs_f64();
     println!(
-        "the index and audit: {:.1}x the time of insert + fsync alone, over the whole period",
+        "storing with the index and audit: {:.1}x the time of insert + fsync alone, over the whole period",
         total(0) / total(1)
     );
 }

@@ -62,7 +62,7 @@
 
 mod common;
 
-use common::{env_usize, fresh_header, grouped, init_logs};
+use common::{du, env_usize, fresh_header, grouped, init_logs};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -151,22 +151,6 @@ fn against_limit(kib: u64) -> String {
 
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
-}
-
-/// (files, bytes allocated) under `dir`.
-fn du(dir: &Path) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = (0, 0);
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let Ok(meta) = entry.metadata() else { continue };
-        if meta.is_dir() {
-            let (f, b) = du(&entry.path());
-            total = (total.0 + f, total.1 + b);
-        } else {
-            total = (total.0 + 1, total.1 + meta.blocks() * 512);
-        }
-    }
-    total
 }
 
 /// Guangdong from the division list (national platform, province, 21 cities, 122 counties,
@@ -916,9 +900,9 @@ fn part_a(base: &Path) {
             );
         }
     }
-    let (files, bytes) = du(&province_dir);
-    let (_, sled_bytes) = du(&province_dir.join("sled"));
-    let (_, parent_bytes) = du(&national_base);
+    let (files, _, bytes) = du(&province_dir);
+    let (_, _, sled_bytes) = du(&province_dir.join("sled"));
+    let (_, _, parent_bytes) = du(&national_base);
     println!(
         "   the parent's copy (without the lost batches): {:.2} GiB in {}",
         parent_bytes as f64 / (1u64 << 30) as f64,

@@ -45,8 +45,8 @@
 mod common;
 
 use common::{
-    CITY, COUNTY, Chain, PROVINCE, env_usize, grouped, init_logs, node_id, status_kib, udp_drops,
-    water_fee_batches,
+    CITY, COUNTY, Chain, PROVINCE, du, env_usize, grouped, init_logs, node_id, status_kib,
+    udp_drops, water_fee_batches,
 };
 
 use std::hint::black_box;
@@ -936,19 +936,8 @@ struct Offline {
 
 /// Total size of the files under `dir` and how many files `dir/blobs` holds.
 fn dir_size(dir: &Path) -> (u64, usize) {
-    fn walk(dir: &Path, total: &mut u64) {
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            match entry.metadata() {
-                Ok(m) if m.is_dir() => walk(&entry.path(), total),
-                Ok(m) => *total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    let mut total = 0;
-    walk(dir, &mut total);
     let blobs = std::fs::read_dir(dir.join("blobs")).map_or(0, |d| d.count());
-    (total, blobs)
+    (du(dir).1, blobs)
 }
 
 fn offline_costs(

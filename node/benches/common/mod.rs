@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
 
 use protocol::NodeId;
 
@@ -211,4 +212,27 @@ impl Chain {
         std::fs::write(&path, topology.render()).expect("write topology");
         path
     }
+}
+
+/// (files, apparent bytes, allocated bytes) under `dir`.
+pub fn du(dir: &Path) -> (u64, u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = (0, 0, 0);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return total;
+    };
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            let (f, a, b) = du(&entry.path());
+            total = (total.0 + f, total.1 + a, total.2 + b);
+        } else {
+            total = (
+                total.0 + 1,
+                total.1 + meta.len(),
+                total.2 + meta.blocks() * 512,
+            );
+        }
+    }
+    total
 }

@@ -15,7 +15,8 @@
 //! its index took ~10× as long as decoding, verifying and storing it without (issue 12); with
 //! a scan of the period's runs per batch instead of the directories, a period's batches cost
 //! quadratically (`benches/index.rs`, 200 batches of 1,000 records in one period: the index
-//! and audit of the last tenth took 13–18× the first tenth's; now 2–2.5×). Entries written by earlier
+//! and audit of the last tenth took 9× the first tenth's, 4.5 → 41–42 ms; now 1.7×, 3.0 →
+//! 5.2 ms, on a quiet machine; 1.3–2.4× over six runs on a noisy one). Entries written by earlier
 //! versions are still read, by a scan: runs without a directory (`R` ‖ run u64 ‖ chunk u32, as
 //! the runs they are) and entries one per key (kind byte `k`, `u`, `n`, `h` right after the
 //! prefix, as run 0).
@@ -169,12 +170,19 @@ fn push_chunk_entry(chunk: &mut Vec<u8>, key: &[u8], value: Option<&[u8]>) {
     }
 }
 
-/// `prefix ‖ kind ‖ run u64 ‖ n u32`: a run's chunk `n`, or its directory piece whose first
-/// chunk is `n`.
-fn run_key(prefix: &[u8], kind: u8, run: u64, n: u32) -> Vec<u8> {
+/// `prefix ‖ kind ‖ run u64`: run `run`'s level record (kind `L`), or the prefix of its
+/// chunks or directory pieces.
+fn run_prefix(prefix: &[u8], kind: u8, run: u64) -> Vec<u8> {
     let mut key = prefix.to_vec();
     key.push(kind);
     key.extend(run.to_be_bytes());
+    key
+}
+
+/// `prefix ‖ kind ‖ run u64 ‖ n u32`: a run's chunk `n`, or its directory piece whose first
+/// chunk is `n`.
+fn run_key(prefix: &[u8], kind: u8, run: u64, n: u32) -> Vec<u8> {
+    let mut key = run_prefix(prefix, kind, run);
     key.extend(n.to_be_bytes());
     key
 }
@@ -277,16 +285,9 @@ fn run_writes(
     if !entries.is_empty() {
         let mut record = vec![level];
         record.extend(bytes.to_be_bytes());
-        out.push((level_key(prefix, run), record));
+        out.push((run_prefix(prefix, LEVEL, run), record));
     }
     out
-}
-
-fn level_key(prefix: &[u8], run: u64) -> Vec<u8> {
-    let mut key = prefix.to_vec();
-    key.push(LEVEL);
-    key.extend(run.to_be_bytes());
-    key
 }
 
 /// A run with a directory, by its level record.
@@ -512,20 +513,14 @@ impl<K: Kv> Store<K> {
         prefix: &[u8],
         run: u64,
     ) -> Result<(Vec<kv::Entry>, Vec<Vec<u8>>), StoreError> {
-        let of_run = |kind: u8| {
-            let mut key = prefix.to_vec();
-            key.push(kind);
-            key.extend(run.to_be_bytes());
-            key
-        };
         let chunks: Vec<kv::Entry> = self
-            .scan_prefix(Tree::Index, of_run(CHUNK))
+            .scan_prefix(Tree::Index, run_prefix(prefix, CHUNK, run))
             .collect::<Result<_, _>>()?;
         let mut keys: Vec<Vec<u8>> = chunks.iter().map(|(key, _)| key.clone()).collect();
-        for entry in self.scan_prefix(Tree::Index, of_run(DIRECTORY)) {
+        for entry in self.scan_prefix(Tree::Index, run_prefix(prefix, DIRECTORY, run)) {
             keys.push(entry?.0);
         }
-        keys.push(level_key(prefix, run));
+        keys.push(run_prefix(prefix, LEVEL, run));
         Ok((chunks, keys))
     }
 
