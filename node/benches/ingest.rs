@@ -230,8 +230,8 @@ fn main() {
             .from_reader(bytes.as_slice());
         let mut row = csv::StringRecord::new();
         let mut records = EncodedRecords::new();
+        let mut staging = Staging::new();
         while reader.read_record(&mut row).expect("sample CSV parses") {
-            let mut staging = Staging::new();
             let raw: Vec<Option<&str>> = columns.iter().map(|c| c.map(|c| &row[c])).collect();
             schema
                 .validate_encoded(&raw, period, &desensitize_key, &mut staging, &mut records)

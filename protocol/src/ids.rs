@@ -632,6 +632,35 @@ impl Period {
     pub const YEAR_MIN: u16 = 1949;
     pub const YEAR_MAX: u16 = 2199;
 
+    /// The period `text` writes in its normal form, `YYYY-MM` or `YYYY-MM-DD` in ASCII
+    /// digits, if it is written so and is a valid period; `None` for any other text (which
+    /// [`Period::parse`] may still accept, in another form). What nearly every date cell of
+    /// an export holds, checked without [`Period::parse`]'s general scan.
+    pub fn parse_normal(text: &str) -> Option<Period> {
+        let bytes = text.as_bytes();
+        let digit = |i: usize| bytes[i].wrapping_sub(b'0');
+        let number = |at: usize, n: usize| {
+            (at..at + n).try_fold(0u16, |acc, i| {
+                let d = digit(i);
+                (d < 10).then(|| acc * 10 + u16::from(d))
+            })
+        };
+        let (year, month) = match bytes.len() {
+            7 | 10 if bytes[4] == b'-' => (number(0, 4)?, number(5, 2)? as u8),
+            _ => return None,
+        };
+        let period = match bytes.len() {
+            7 => Period::Month { year, month },
+            _ if bytes[7] == b'-' => Period::Day {
+                year,
+                month,
+                day: number(8, 2)? as u8,
+            },
+            _ => return None,
+        };
+        period.is_valid().then_some(period)
+    }
+
     /// Accepts `YYYY-MM`, `YYYYMM`, `YYYY/MM`, `YYYY-MM-DD`, `YYYY/MM/DD` and `YYYYMMDD`.
     pub fn parse(text: &str) -> Result<Period, IdError> {
         let err = || IdError::Period(text.to_owned());

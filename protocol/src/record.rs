@@ -16,7 +16,7 @@ use std::fmt;
 use bincode::enc::Encoder as _;
 use bincode::{Decode, Encode};
 
-use crate::batch::{EncodedRecords, VecEncoder};
+use crate::batch::EncodedRecords;
 use crate::ids::{
     Masked, Period, PersonToken, ResidentId, Uscc, char_count, mask_middle, mask_middle_parts,
     mask_parts, push_hex,
@@ -256,14 +256,17 @@ impl Schema {
     /// [`Schema::validate`], appending the record to `out` in its canonical encoding rather
     /// than building it: the same problems, the same warnings (returned), and the bytes
     /// [`EncodedRecords::push`] of [`Schema::validate`]'s record would add. No allocation
-    /// per field: a value in normal form is copied once, from the row into `out`, and masks
-    /// are written there directly. `staging` is room reused from row to row.
-    pub fn validate_encoded<'a>(
+    /// per field and no value built: each value is written in its encoding as it passes its
+    /// checks (a value in normal form copied once, from the row; masks written in place), and
+    /// the period check, the subject and the key read it back from there. `staging` is room
+    /// reused from row to row. `tests/validate_fast_path.rs` checks it against
+    /// [`Schema::validate`] on arbitrary rows of every schema.
+    pub fn validate_encoded(
         &self,
-        raw: &[Option<&'a str>],
+        raw: &[Option<&str>],
         period: Period,
         key: &DesensitizeKey,
-        staging: &mut Staging<'a>,
+        staging: &mut Staging,
         out: &mut EncodedRecords,
     ) -> Result<Vec<Problem>, Vec<Problem>> {
         staging.values.clear();
@@ -274,11 +277,9 @@ impl Schema {
         out.push_with(&staging.key, |encoder| {
             subject
                 .encode(encoder)
-                .and_then(|()| (values.len() as u64).encode(encoder))
+                .and_then(|()| (values.starts.len() as u64).encode(encoder))
                 .expect("encoding into memory cannot fail");
-            for value in values {
-                value.encode(encoder);
-            }
+            encoder.writer().0.extend_from_slice(&values.bytes);
         });
         Ok(warnings)
     }
@@ -290,7 +291,7 @@ impl Schema {
         raw: &[Option<&'a str>],
         period: Period,
         key: &DesensitizeKey,
-        values: &mut Vec<Staged<'a>>,
+        values: &mut impl Values<'a>,
         record_key: &mut String,
     ) -> Result<(Subject, Vec<Problem>), Vec<Problem>> {
         assert_eq!(
@@ -331,7 +332,7 @@ impl Schema {
             }
         }
         if let Some(index) = self.period_field
-            && let View::Text(text) = values[index].view()
+            && let View::Text(text) = values.view(index)
             && *text != *period.month().text().as_str()
             && *text != *period.text().as_str()
         {
@@ -346,7 +347,7 @@ impl Schema {
         if !problems.is_empty() {
             return Err(problems);
         }
-        match self.identify(|i| values[i].view(), record_key) {
+        match self.identify(|i| values.view(i), record_key) {
             Ok(subject) => Ok((subject, warnings)),
             Err(problem) => Err(vec![problem]),
         }
@@ -536,9 +537,24 @@ impl Schema {
 /// [`trim_value`], without its work for the usual cell that starts and ends with a visible
 /// ASCII character, which it would leave as it is.
 fn trim(value: &str) -> &str {
-    let visible = |byte: Option<&u8>| byte.is_some_and(u8::is_ascii_graphic);
+    // The characters `trim_value` removes: ASCII whitespace, and U+00A0, U+200B, U+3000 and
+    // U+FEFF, whose UTF-8 forms start with 0xC2, 0xE2, 0xE3 and 0xEF. Any other lead byte
+    // starts a character that stays (most Chinese text starts and ends with one).
+    let kept_first = |byte: u8| {
+        byte.is_ascii_graphic() || (byte >= 0xc0 && !matches!(byte, 0xc2 | 0xe2 | 0xe3 | 0xef))
+    };
     let bytes = value.as_bytes();
-    if visible(bytes.first()) && visible(bytes.last()) {
+    let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
+        return value;
+    };
+    let kept_last = if last.is_ascii() {
+        last.is_ascii_graphic()
+    } else {
+        !["\u{a0}", "\u{200b}", "\u{3000}", "\u{feff}"]
+            .iter()
+            .any(|space| value.ends_with(space))
+    };
+    if kept_first(first) && kept_last {
         value
     } else {
         trim_value(value)
@@ -642,8 +658,7 @@ impl Staged<'_> {
 
     /// Writes the encoding of [`Staged::into_value`]: `Value`'s variant index, then its
     /// fields, as its derived `Encode` does (the variant index and each length a varint).
-    fn encode(&self, encoder: &mut VecEncoder<'_>) {
-        let out = &mut *encoder.writer().0;
+    fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Staged::Absent => out.push(0),
             Staged::Text(text) => {
@@ -687,20 +702,101 @@ fn put_len(out: &mut Vec<u8>, len: usize) {
     }
 }
 
-/// Room [`Schema::validate_encoded`] reuses from row to row (the values of the row, its
-/// record key), so that a row allocates nothing of its own.
+/// Where [`Schema::stage`] puts each field's value as it is checked: [`Schema::validate`]
+/// keeps them as [`Staged`] values to build a [`Record`] from; [`Schema::validate_encoded`]
+/// writes each straight into its encoding ([`EncodedValues`]). Either way, the period check,
+/// the subject and the key see the values as [`View`]s.
+trait Values<'a> {
+    fn push(&mut self, value: Staged<'a>);
+    fn view(&self, index: usize) -> View<'_>;
+}
+
+impl<'a> Values<'a> for Vec<Staged<'a>> {
+    fn push(&mut self, value: Staged<'a>) {
+        Vec::push(self, value);
+    }
+
+    fn view(&self, index: usize) -> View<'_> {
+        self[index].view()
+    }
+}
+
+/// The values of a row as [`Staged::encode`] writes them, back to back: the record's
+/// encoding after its subject and value count.
 #[derive(Default)]
-pub struct Staging<'a> {
-    values: Vec<Staged<'a>>,
+struct EncodedValues {
+    bytes: Vec<u8>,
+    /// Where each value's encoding starts in `bytes`.
+    starts: Vec<usize>,
+}
+
+impl EncodedValues {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.starts.clear();
+    }
+}
+
+impl<'a> Values<'a> for EncodedValues {
+    fn push(&mut self, value: Staged<'a>) {
+        self.starts.push(self.bytes.len());
+        value.encode(&mut self.bytes);
+    }
+
+    /// Read back from the encoding: the variant index, then a text's length and bytes, or
+    /// the token's bytes, which end a token's encoding.
+    fn view(&self, index: usize) -> View<'_> {
+        let end = self
+            .starts
+            .get(index + 1)
+            .copied()
+            .unwrap_or(self.bytes.len());
+        let bytes = &self.bytes[self.starts[index]..end];
+        match bytes[0] {
+            0 => View::Absent,
+            1 => {
+                let (len, at) = get_len(&bytes[1..]);
+                let text =
+                    std::str::from_utf8(&bytes[1 + at..1 + at + len]).expect("written from a str");
+                View::Text(Cow::Borrowed(text))
+            }
+            _ => {
+                let mut token = PersonToken([0; 16]);
+                let width = token.0.len();
+                token.0.copy_from_slice(&bytes[bytes.len() - width..]);
+                View::Token(token)
+            }
+        }
+    }
+}
+
+/// Reads a length [`put_len`] wrote at the start of `bytes`: the length and the bytes it
+/// took.
+fn get_len(bytes: &[u8]) -> (usize, usize) {
+    let wide = |n: usize| {
+        let mut le = [0u8; 8];
+        le[..n].copy_from_slice(&bytes[1..1 + n]);
+        (u64::from_le_bytes(le) as usize, 1 + n)
+    };
+    match bytes[0] {
+        251 => wide(2),
+        252 => wide(4),
+        253 => wide(8),
+        len => (usize::from(len), 1),
+    }
+}
+
+/// Room [`Schema::validate_encoded`] reuses from row to row (the values of the row in their
+/// encoding, its record key), so that a row allocates nothing of its own.
+#[derive(Default)]
+pub struct Staging {
+    values: EncodedValues,
     key: String,
 }
 
-impl Staging<'_> {
+impl Staging {
     pub fn new() -> Self {
-        Staging {
-            values: Vec::new(),
-            key: String::new(),
-        }
+        Staging::default()
     }
 }
 
@@ -917,7 +1013,7 @@ fn normalize<'a>(kind: &FieldKind, text: &'a str, period: Period) -> FieldResult
         }
         FieldKind::Phone => {
             let text = to_half_width(text);
-            let kept = if text.contains([' ', '-']) {
+            let kept = if text.bytes().any(|b| b == b' ' || b == b'-') {
                 Cow::Owned(text.chars().filter(|c| !matches!(c, ' ' | '-')).collect())
             } else {
                 text
@@ -936,9 +1032,15 @@ fn normalize<'a>(kind: &FieldKind, text: &'a str, period: Period) -> FieldResult
             Ok(Normalized::ok(kept))
         }
         FieldKind::Date => {
+            if let Some(Period::Day { .. }) = Period::parse_normal(text) {
+                return Ok(Normalized::ok(text));
+            }
             let half = to_half_width(text);
             // Excel and database exports often append a midnight time: drop a time part.
-            let date = half.split([' ', 'T']).next().unwrap_or("");
+            let date = half
+                .bytes()
+                .position(|b| b == b' ' || b == b'T')
+                .map_or(&*half, |end| &half[..end]);
             match Period::parse(date) {
                 Ok(day @ Period::Day { .. }) => Ok(period_form(text, day)),
                 _ => Err((
@@ -946,6 +1048,9 @@ fn normalize<'a>(kind: &FieldKind, text: &'a str, period: Period) -> FieldResult
                     "not a date: use YYYY-MM-DD (or YYYY/MM/DD, YYYYMMDD)".to_owned(),
                 )),
             }
+        }
+        FieldKind::Month if matches!(Period::parse_normal(text), Some(Period::Month { .. })) => {
+            Ok(Normalized::ok(text))
         }
         FieldKind::Month => match Period::parse(&to_half_width(text)) {
             Ok(month @ Period::Month { .. }) => Ok(period_form(text, month)),
@@ -1007,8 +1112,13 @@ fn normalize<'a>(kind: &FieldKind, text: &'a str, period: Period) -> FieldResult
 /// file.
 fn scan_controls(text: &str) -> (bool, bool) {
     let bytes = text.as_bytes();
-    // Nearly always there is none of these bytes: a test the compiler vectorizes.
-    if !bytes.iter().any(|&b| b < 0x20 || b == 0x7f || b == 0xc2) {
+    // Nearly always there is none of these bytes: a test the compiler vectorizes (a fold
+    // over 32 bytes at a time, with no early exit inside a block).
+    let suspect = |b: u8| b < 0x20 || b == 0x7f || b == 0xc2;
+    if !bytes
+        .chunks(32)
+        .any(|block| block.iter().fold(false, |seen, &b| seen | suspect(b)))
+    {
         return (false, false);
     }
     let mut carriage_return = false;
@@ -1095,8 +1205,49 @@ fn resident_id_error(error: crate::ids::IdError) -> (Rule, String) {
     }
 }
 
+/// Whether `text` is a decimal that [`normalize_decimal`] would accept and leave as it is,
+/// for the form nearly every amount in an export has: ASCII digits with no sign, no leading
+/// zero (but for a lone `0` before the point), and if a point, 1 to `scale` digits after it,
+/// the last not `0`; at least `min` when that is above 0. One pass; `false` sends the text
+/// to the general path, which decides.
+fn decimal_is_normal(text: &str, scale: u8, min: Option<i64>) -> bool {
+    let bytes = text.as_bytes();
+    let int_len = bytes.iter().position(|&b| b == b'.').unwrap_or(bytes.len());
+    let (int, frac) = (&bytes[..int_len], bytes.get(int_len + 1..).unwrap_or(&[]));
+    let int_ok = match int {
+        [] => false,
+        [b'0'] => true,
+        [first, ..] => *first != b'0' && int.len() <= 18 && int.iter().all(u8::is_ascii_digit),
+    };
+    let frac_ok = int_len == bytes.len()
+        || (!frac.is_empty()
+            && frac.len() <= usize::from(scale)
+            && frac.last() != Some(&b'0')
+            && frac.iter().all(u8::is_ascii_digit));
+    if !(int_ok && frac_ok) {
+        return false;
+    }
+    // Digits only now; at most 18 of them fit an i64 whatever they are.
+    match min {
+        Some(min) if min > 0 => {
+            int.iter()
+                .fold(0i64, |acc, &b| acc * 10 + i64::from(b - b'0'))
+                >= min
+        }
+        _ => true,
+    }
+}
+
 /// Normalizes `-1,234.50` to `-1234.5`; at most `scale` fraction digits and 24 integer digits.
 fn normalize_decimal(text: &str, scale: u8, min: Option<i64>) -> FieldResult<'_> {
+    if decimal_is_normal(text, scale, min) {
+        return Ok(Normalized::ok(text));
+    }
+    normalize_any_decimal(text, scale, min)
+}
+
+/// [`normalize_decimal`] for any text.
+fn normalize_any_decimal(text: &str, scale: u8, min: Option<i64>) -> FieldResult<'_> {
     let format_error = || {
         (
             Rule::Format,
@@ -1192,6 +1343,7 @@ fn normalize_decimal(text: &str, scale: u8, min: Option<i64>) -> FieldResult<'_>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn decimals_normalize() {
@@ -1211,6 +1363,44 @@ mod tests {
         }
         assert!(normalize_decimal("-1", 2, Some(0)).is_err());
         assert!(normalize_decimal("0", 2, Some(0)).is_ok());
+    }
+
+    proptest::proptest! {
+        /// A decimal the fast check passes is one the general path accepts as it is.
+        #[test]
+        fn decimals_the_fast_check_passes_are_normal(
+            text in "-?[0-9,]{0,6}(\\.[0-9]{0,4})?",
+            scale in 0u8..4,
+            min in prop_oneof![Just(None), (-5i64..120).prop_map(Some)],
+        ) {
+            if decimal_is_normal(&text, scale, min) {
+                let general = normalize_any_decimal(&text, scale, min);
+                proptest::prop_assert!(
+                    matches!(&general, Ok(n) if n.text == text && n.warning.is_none()),
+                    "{text:?} scale {scale} min {min:?}: {:?}",
+                    general.map(|n| n.text)
+                );
+            }
+        }
+
+        /// A period in normal form is the period `Period::parse` reads, and `period_form`
+        /// leaves it as written.
+        #[test]
+        fn periods_in_normal_form_parse_alike(text in "[0-9]{4}[-/]?[0-9]{1,2}([-/]?[0-9]{1,2})?") {
+            if let Some(period) = Period::parse_normal(&text) {
+                proptest::prop_assert_eq!(Period::parse(&text).ok(), Some(period));
+                proptest::prop_assert!(matches!(period_form(&text, period).text, Cow::Borrowed(_)));
+            }
+            if let Ok(period) = Period::parse(&text) && period_form(&text, period).text == text {
+                proptest::prop_assert_eq!(Period::parse_normal(&text), Some(period));
+            }
+        }
+
+        /// `trim` skips `trim_value` only where it would change nothing.
+        #[test]
+        fn trim_agrees_with_trim_value(value in "[ -~\t\r\n\u{7}\u{3000}\u{a0}\u{feff}\u{200b}\u{2002}\u{e9}揭阳]{0,6}") {
+            proptest::prop_assert_eq!(trim(&value), trim_value(&value));
+        }
     }
 
     #[test]
