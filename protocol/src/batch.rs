@@ -418,12 +418,16 @@ impl EncodedRecords {
         check_counts(self.len(), &header)?;
         let bytes = &self.bytes;
         let key = |span: &RecordSpan| &bytes[span.key_start..span.key_end];
-        // A `String`'s order is its bytes' order.
-        self.spans.sort_unstable_by(|a, b| key(a).cmp(key(b)));
-        if let Some(pair) = self.spans.windows(2).find(|w| key(&w[0]) == key(&w[1])) {
-            return Err(BuildError::DuplicateKey(RecordKey(
-                String::from_utf8_lossy(key(&pair[0])).into_owned(),
-            )));
+        // A `String`'s order is its bytes' order. Records often come in key order already
+        // (exports are sorted by account): one pass then tells both that no sort is needed
+        // and that no key repeats.
+        if !self.spans.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
+            self.spans.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+            if let Some(pair) = self.spans.windows(2).find(|w| key(&w[0]) == key(&w[1])) {
+                return Err(BuildError::DuplicateKey(RecordKey(
+                    String::from_utf8_lossy(key(&pair[0])).into_owned(),
+                )));
+            }
         }
         sort_withdrawals(&mut header)?;
         let len = 1024 + 64 * header.withdrawals.len() + self.bytes.len();

@@ -225,14 +225,17 @@ fn encoded_records_with_a_duplicate_key_or_none_are_refused_as_batches_are() {
         subject: Subject::Person(PersonToken([1; 16])),
         values: vec![Value::Text("x".to_owned())],
     };
-    let mut encoded = EncodedRecords::new();
-    for key in ["b", "a", "b"] {
-        encoded.push(&record(key));
+    // Out of order, and in order (where sealing skips the sort).
+    for keys in [["b", "a", "b"], ["a", "b", "b"]] {
+        let mut encoded = EncodedRecords::new();
+        for key in keys {
+            encoded.push(&record(key));
+        }
+        assert_eq!(
+            SignedBatch::seal_encoded(header(vec![]), &mut encoded, &key()).unwrap_err(),
+            Batch::new(header(vec![]), keys.map(record).to_vec()).unwrap_err()
+        );
     }
-    assert_eq!(
-        SignedBatch::seal_encoded(header(vec![]), &mut encoded, &key()).unwrap_err(),
-        Batch::new(header(vec![]), vec![record("b"), record("a"), record("b")]).unwrap_err()
-    );
     assert_eq!(
         SignedBatch::seal_encoded(header(vec![]), &mut EncodedRecords::new(), &key()).unwrap_err(),
         Batch::new(header(vec![]), vec![]).unwrap_err()
