@@ -974,12 +974,13 @@ fn offline_costs(
         .iter()
         .map(|b| verify_incoming(b, origin_key, registry).expect("batch verifies"))
         .collect();
-    // Batch::decode re-encodes to check the bytes are canonical: that share alone.
+    // Batch::decode re-encodes to check the bytes are canonical (encoding, comparing as it
+    // goes): that share alone.
     let reencode = median(OFFLINE_ITERS, || {
         decoded
             .iter()
-            .map(|b| b.encode().expect("encodes"))
-            .collect::<Vec<Vec<u8>>>()
+            .zip(batches)
+            .all(|(batch, signed)| batch.encodes_to(&signed.bytes))
     });
     // The sender encodes the batch it read from its store into a frame.
     let frame_encode = {

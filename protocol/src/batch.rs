@@ -230,9 +230,7 @@ impl Batch {
                 "records or withdrawals not in strict key order",
             ));
         }
-        let again = bincode::encode_to_vec(&batch, bincode_config::<BATCH_BYTES_MAX>())
-            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if again != bytes {
+        if !batch.encodes_to(bytes) {
             return Err(DecodeError::NotCanonical(
                 "re-encoding gives other bytes (non-minimal integers)",
             ));
@@ -300,6 +298,36 @@ struct RecordSpan {
     key_start: usize,
     key_end: usize,
     end: usize,
+}
+
+impl Batch {
+    /// Whether encoding this batch gives exactly `bytes`: the canonical-form check of
+    /// [`Batch::decode`], comparing as it encodes (no copy of the batch is built, and the
+    /// first difference ends it).
+    pub fn encodes_to(&self, bytes: &[u8]) -> bool {
+        encodes_to(self, bytes)
+    }
+}
+
+fn encodes_to(batch: &Batch, bytes: &[u8]) -> bool {
+    /// A bincode writer that compares what is written with what is expected next.
+    struct Compare<'e> {
+        expected: &'e [u8],
+    }
+    impl bincode::enc::write::Writer for Compare<'_> {
+        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+            match self.expected.strip_prefix(bytes) {
+                Some(rest) => {
+                    self.expected = rest;
+                    Ok(())
+                }
+                None => Err(bincode::error::EncodeError::Other("other bytes")),
+            }
+        }
+    }
+    let mut compare = Compare { expected: bytes };
+    bincode::encode_into_writer(batch, &mut compare, bincode_config::<BATCH_BYTES_MAX>()).is_ok()
+        && compare.expected.is_empty()
 }
 
 /// A bincode writer appending to a `Vec` (bincode's own is private).
