@@ -40,7 +40,7 @@ use protocol::reconcile::{Initiator, Outcome, Responder, Step};
 use protocol::record::{Problem, Severity};
 use protocol::sync::{
     Downlink, DownlinkEvent, ProtocolError, Rejection, SyncConfig, Uplink, UplinkEvent,
-    decode_content, verify_content_with, verify_decoded_with,
+    decode_content, verify_decoded_with,
 };
 use protocol::wire::{
     self, Message, Receipt, ReconcileKind, ReconcileScope, SignedReceipt, Verdict,
@@ -1833,14 +1833,36 @@ impl<K: Kv> Core<K> {
     /// node's own receipt and queued up. Durable (and only then to be confirmed to the
     /// operator) once [`Core::durable_seq`] reaches the returned write.
     pub fn submit(&mut self, signed: SignedBatch, now: Now) -> Result<Submitted, CoreError> {
+        self.submit_checked(signed, None, now)
+    }
+
+    /// [`Core::submit`] of a batch whose stateless checks ran before (outside the core's
+    /// lock, in the runtime): the same checks in the same order, so the same outcome.
+    pub fn submit_prechecked(
+        &mut self,
+        batch: Prechecked,
+        now: Now,
+    ) -> Result<Submitted, CoreError> {
+        // Checked against another registry (never, today): checked again here.
+        let decoded = std::ptr::eq(batch.registry, self.registry).then_some(batch.decoded);
+        self.submit_checked(batch.signed, decoded, now)
+    }
+
+    fn submit_checked(
+        &mut self,
+        signed: SignedBatch,
+        decoded: Option<Decoded>,
+        now: Now,
+    ) -> Result<Submitted, CoreError> {
         let me = self.me;
         let key = self.signer.public();
         let id = signed.id;
-        let content = verify_content_with(
+        let registry = self.registry;
+        let content = verify_decoded_with(
             &signed,
             |o| (o == me).then_some(key),
-            self.registry,
             &*self.verifier,
+            || decoded.unwrap_or_else(|| decode_content(&signed, registry)),
         )
         .map_err(|(rejection, _)| rejection)
         .and_then(|content| progress::check_origin(&self.topology, &content).map(|()| content))

@@ -2295,6 +2295,57 @@ fn every_refusal_reason_is_a_listed_label() {
 /// fine: the signature still refuses it), one whose bytes are another batch's, and one from
 /// a node that is not this child's subtree.
 #[test]
+fn a_prechecked_submission_is_decided_as_the_bare_one() {
+    let third = county_batch_of("2026-05");
+    let bad_record = county_variant(&county_batch_of("2026-04"), |batch| {
+        set(&mut batch.records[0], "billed_amount", "one hundred");
+    });
+    let batches = [
+        county_batch_of("2026-03"),
+        bad_record,
+        SignedBatch {
+            signature: county_batch_of("2026-03").signature,
+            ..third.clone()
+        },
+        SignedBatch {
+            bytes: county_batch_of("2026-04").bytes,
+            ..third.clone()
+        },
+        batch_of(CITY, "2026-03"),
+        third.clone(),
+        third,
+    ];
+    let run = |prechecked: bool| {
+        let kv = MemKv::new();
+        let mut county = core(COUNTY, topology(1, None), kv.clone());
+        let mut decided = Vec::new();
+        for (n, batch) in batches.iter().enumerate() {
+            let at = now(2 + n as u64);
+            let result = if prechecked {
+                county.submit_prechecked(Prechecked::new(batch.clone()), at)
+            } else {
+                county.submit(batch.clone(), at)
+            };
+            decided.push(result.map(|s| s.new).map_err(|e| e.to_string()));
+            make_durable(&mut county, &kv, at);
+        }
+        decided
+    };
+    let bare = run(false);
+    // The cases are what they say: two new, refusals for a bad record, a bad signature,
+    // damaged bytes and another node's batch, and the same batch again is not new.
+    assert_eq!(
+        bare.iter().map(Result::is_ok).collect::<Vec<_>>(),
+        [true, false, false, false, false, true, true]
+    );
+    assert_eq!(
+        (bare[0].clone(), bare[5].clone(), bare[6].clone()),
+        (Ok(true), Ok(true), Ok(false))
+    );
+    assert_eq!(run(true), bare);
+}
+
+#[test]
 fn a_prechecked_batch_is_decided_as_the_bare_batch() {
     let third = county_batch_of("2026-05");
     let bad_record = county_variant(&county_batch_of("2026-04"), |batch| {

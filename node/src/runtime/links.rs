@@ -22,8 +22,8 @@ use crate::transport::{self, current};
 /// byte budget, see `framing`); further streams wait unread inside QUIC's flow-control
 /// windows.
 pub(super) const RECEIVES_PER_LINK: usize = 4;
-/// Batches read that may be on their way into the core at once, node-wide (the others wait
-/// their turn here, still charged): each is checked outside the core's lock
+/// Batches read or submitted that may be on their way into the core at once, node-wide (the
+/// others wait their turn, still charged): each is checked outside the core's lock
 /// ([`Prechecked`]), then handed to the core, which takes one batch at a time. Two, so one
 /// batch's checks run on one core while the core handles the other on the second. More
 /// would only park more blocking threads on the lock; each such thread keeps an allocator

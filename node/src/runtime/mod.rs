@@ -49,7 +49,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{error, info};
 
 use crate::core::{
-    Clock, Core, CoreConfig, CoreError, LinkId, LinkStatus, Now, Output, ReloadError,
+    Clock, Core, CoreConfig, CoreError, LinkId, LinkStatus, Now, Output, Prechecked, ReloadError,
 };
 use crate::identity::{Identity, IdentityError};
 use crate::store::{Kv, SledKv, Store, StoreError};
@@ -347,7 +347,7 @@ pub struct Node<K: Kv = SledKv> {
     timer: Notify,
     /// The budget of batch streams being read, over all links (`framing`): bytes and frames.
     batch_budget: framing::BatchBudget,
-    /// Turns to hand a received batch to the core ([`links::BATCHES_TO_CORE`]).
+    /// Turns to hand a received or submitted batch to the core ([`links::BATCHES_TO_CORE`]).
     to_core: Arc<tokio::sync::Semaphore>,
     /// Where the dashboard listens, once it does (`status` shows it).
     pub http: std::sync::OnceLock<std::net::SocketAddr>,
@@ -469,9 +469,22 @@ impl<K: Kv> Node<K> {
     /// it was new.
     pub async fn submit(self: &Arc<Self>, signed: SignedBatch) -> Result<bool, SubmitError> {
         let node = self.clone();
+        // The batch's stateless checks (97 % of verifying it) run before the core's lock, so
+        // the core goes on with links and receipts meanwhile; a turn of the budget received
+        // batches take too, so that no more than that many are decoded at once.
+        let turn = self
+            .to_core
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let submitted = self
             .blocking
-            .run(move || node.with_core(|core, now| core.submit(signed, now)))
+            .run(move || {
+                let _turn = turn;
+                let checked = Prechecked::new(signed);
+                node.with_core(|core, now| core.submit_prechecked(checked, now))
+            })
             .await
             .map_err(SubmitError::Interrupted)??;
         self.durable_at(submitted.durable_at).await?;
