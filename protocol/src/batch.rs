@@ -305,29 +305,25 @@ impl Batch {
     /// [`Batch::decode`], comparing as it encodes (no copy of the batch is built, and the
     /// first difference ends it).
     pub fn encodes_to(&self, bytes: &[u8]) -> bool {
-        encodes_to(self, bytes)
-    }
-}
-
-fn encodes_to(batch: &Batch, bytes: &[u8]) -> bool {
-    /// A bincode writer that compares what is written with what is expected next.
-    struct Compare<'e> {
-        expected: &'e [u8],
-    }
-    impl bincode::enc::write::Writer for Compare<'_> {
-        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
-            match self.expected.strip_prefix(bytes) {
-                Some(rest) => {
-                    self.expected = rest;
-                    Ok(())
+        /// A bincode writer that compares what is written with what is expected next.
+        struct Compare<'e> {
+            expected: &'e [u8],
+        }
+        impl bincode::enc::write::Writer for Compare<'_> {
+            fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+                match self.expected.strip_prefix(bytes) {
+                    Some(rest) => {
+                        self.expected = rest;
+                        Ok(())
+                    }
+                    None => Err(bincode::error::EncodeError::Other("other bytes")),
                 }
-                None => Err(bincode::error::EncodeError::Other("other bytes")),
             }
         }
+        let mut compare = Compare { expected: bytes };
+        bincode::encode_into_writer(self, &mut compare, bincode_config::<BATCH_BYTES_MAX>()).is_ok()
+            && compare.expected.is_empty()
     }
-    let mut compare = Compare { expected: bytes };
-    bincode::encode_into_writer(batch, &mut compare, bincode_config::<BATCH_BYTES_MAX>()).is_ok()
-        && compare.expected.is_empty()
 }
 
 /// A bincode writer appending to a `Vec` (bincode's own is private).

@@ -2289,18 +2289,15 @@ fn every_refusal_reason_is_a_listed_label() {
     assert_eq!(listed.len(), REFUSAL_REASONS.len(), "no label twice");
 }
 
-/// A batch checked before the core's lock (`Prechecked`, as the runtime receives) is decided
-/// exactly as the bare batch: the same receipts, feedback and refusals, in the same order,
-/// for a good batch, one with a bad record, one signed for another batch (its records are
-/// fine: the signature still refuses it), one whose bytes are another batch's, and one from
-/// a node that is not this child's subtree.
-#[test]
-fn a_prechecked_submission_is_decided_as_the_bare_one() {
+/// The county's batches both ways in are decided on: a good one, one with a bad record, one
+/// signed for another batch (its records are fine: the signature still refuses it), one whose
+/// bytes are another batch's, one of another node (the city), and a second good one.
+fn prechecked_cases() -> Vec<SignedBatch> {
     let third = county_batch_of("2026-05");
     let bad_record = county_variant(&county_batch_of("2026-04"), |batch| {
         set(&mut batch.records[0], "billed_amount", "one hundred");
     });
-    let batches = [
+    vec![
         county_batch_of("2026-03"),
         bad_record,
         SignedBatch {
@@ -2312,9 +2309,17 @@ fn a_prechecked_submission_is_decided_as_the_bare_one() {
             ..third.clone()
         },
         batch_of(CITY, "2026-03"),
-        third.clone(),
         third,
-    ];
+    ]
+}
+
+/// A submission checked before the core's lock (`Prechecked`, as the runtime submits) is
+/// decided exactly as the bare one: the same results and messages for each case of
+/// [`prechecked_cases`], and a repeat of a stored batch is not new either way.
+#[test]
+fn a_prechecked_submission_is_decided_as_the_bare_one() {
+    let mut batches = prechecked_cases();
+    batches.push(batches[5].clone());
     let run = |prechecked: bool| {
         let kv = MemKv::new();
         let mut county = core(COUNTY, topology(1, None), kv.clone());
@@ -2345,26 +2350,14 @@ fn a_prechecked_submission_is_decided_as_the_bare_one() {
     assert_eq!(run(true), bare);
 }
 
+/// A batch checked before the core's lock (`Prechecked`, as the runtime receives) is decided
+/// exactly as the bare batch: the same receipts, feedback and refusals, in the same order,
+/// for a good batch, one with a bad record, one signed for another batch (its records are
+/// fine: the signature still refuses it), one whose bytes are another batch's, and one from
+/// a node that is not this child's subtree.
 #[test]
 fn a_prechecked_batch_is_decided_as_the_bare_batch() {
-    let third = county_batch_of("2026-05");
-    let bad_record = county_variant(&county_batch_of("2026-04"), |batch| {
-        set(&mut batch.records[0], "billed_amount", "one hundred");
-    });
-    let batches = [
-        county_batch_of("2026-03"),
-        bad_record,
-        SignedBatch {
-            signature: county_batch_of("2026-03").signature,
-            ..third.clone()
-        },
-        SignedBatch {
-            bytes: county_batch_of("2026-04").bytes,
-            ..third.clone()
-        },
-        batch_of(CITY, "2026-03"),
-        third,
-    ];
+    let batches = prechecked_cases();
     let run = |prechecked: bool| {
         let kv = MemKv::new();
         let mut city = core(CITY, topology(1, None), kv.clone());
