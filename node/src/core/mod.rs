@@ -89,12 +89,13 @@ pub struct Now {
 /// What the stateless checks of a received batch found ([`decode_content`]).
 type Decoded = Result<Content, (Rejection, Vec<Problem>)>;
 
-/// A received batch with the checks that need no key and no state already run: its content
-/// decoded in canonical form and, for data, every record checked against its schema — all of
-/// a receiver's verification but the hash and the signature (measured: 97 % of it). Made
-/// outside the core's lock, so a node's cores share its receiving: the runtime makes it on a
-/// blocking thread while the core handles another batch. Only [`Core::handle_prechecked`]
-/// reads it, and it checks the hash and the signature first, so holding one proves nothing.
+/// A received or submitted batch with the checks that need no key and no state already
+/// run: its content decoded in canonical form and, for data, every record checked against
+/// its schema — all of a receiver's verification but the hash and the signature (measured:
+/// 97 % of it). Made outside the core's lock, so a node's cores share its receiving: the
+/// runtime makes it on a blocking thread while the core handles another batch. Only [`Core::handle_prechecked`]
+/// and [`Core::submit_prechecked`] read it, and they check the hash and the signature first,
+/// so holding one proves nothing.
 /// The checks now run even for a batch whose signature will fail: a child can make its
 /// parent decode that much anyway, with batches it signs itself, and the frame budget and
 /// the decoder's limit bound both alike.
@@ -115,6 +116,18 @@ impl Prechecked {
             decoded,
         }
     }
+
+    /// The batch, and the checks' result if they ran under `registry` (the core's; checked
+    /// under another, which never happens today, they run again).
+    fn into_parts(self, registry: &Registry) -> (SignedBatch, Option<Decoded>) {
+        let decoded = std::ptr::eq(self.registry, registry).then_some(self.decoded);
+        (self.signed, decoded)
+    }
+}
+
+/// The stateless checks' result for `signed`: as prechecked, or run now.
+fn content_checks(decoded: Option<Decoded>, signed: &SignedBatch, registry: &Registry) -> Decoded {
+    decoded.unwrap_or_else(|| decode_content(signed, registry))
 }
 
 /// Where the core's time comes from: the system clock in production, virtual time in
@@ -1357,9 +1370,8 @@ impl<K: Kv> Core<K> {
         first_receipt: Option<SignedReceipt>,
         now: Now,
     ) -> Result<(), CoreError> {
-        // Checked against another registry (never, today): checked again here.
-        let decoded = std::ptr::eq(batch.registry, self.registry).then_some(batch.decoded);
-        self.handle_received(link, batch.signed, decoded, first_receipt, now)
+        let (signed, decoded) = batch.into_parts(self.registry);
+        self.handle_received(link, signed, decoded, first_receipt, now)
     }
 
     fn handle_received(
@@ -1506,7 +1518,7 @@ impl<K: Kv> Core<K> {
                     .map(|current| signer.map_or(current, |(key, _)| key))
             },
             verifier,
-            || decoded.unwrap_or_else(|| decode_content(&signed, registry)),
+            || content_checks(decoded, &signed, registry),
         )
         .and_then(|content| {
             progress::check_origin(&self.topology, &content)
@@ -1843,9 +1855,8 @@ impl<K: Kv> Core<K> {
         batch: Prechecked,
         now: Now,
     ) -> Result<Submitted, CoreError> {
-        // Checked against another registry (never, today): checked again here.
-        let decoded = std::ptr::eq(batch.registry, self.registry).then_some(batch.decoded);
-        self.submit_checked(batch.signed, decoded, now)
+        let (signed, decoded) = batch.into_parts(self.registry);
+        self.submit_checked(signed, decoded, now)
     }
 
     fn submit_checked(
@@ -1862,7 +1873,7 @@ impl<K: Kv> Core<K> {
             &signed,
             |o| (o == me).then_some(key),
             &*self.verifier,
-            || decoded.unwrap_or_else(|| decode_content(&signed, registry)),
+            || content_checks(decoded, &signed, registry),
         )
         .map_err(|(rejection, _)| rejection)
         .and_then(|content| progress::check_origin(&self.topology, &content).map(|()| content))
