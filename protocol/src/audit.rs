@@ -97,6 +97,9 @@ fn replaced(versions: &[Version], at: BatchId) -> BTreeSet<BatchId> {
 /// yet), the highest batch id wins. It depends only on the key's versions, never on the
 /// order they arrived in.
 pub fn order_versions(versions: &[Version]) -> (Vec<usize>, usize) {
+    if versions.len() == 1 {
+        return (vec![0], 0);
+    }
     let chains: Vec<BTreeSet<BatchId>> = versions
         .iter()
         .map(|v| replaced(versions, v.batch))
@@ -114,6 +117,11 @@ pub fn order_versions(versions: &[Version]) -> (Vec<usize>, usize) {
 
 /// Another version among `versions` that neither replaces nor is replaced by batch `id`'s.
 pub fn unrelated_version(versions: &[Version], id: BatchId) -> Option<BatchId> {
+    if let [only] = versions
+        && only.batch == id
+    {
+        return None;
+    }
     let mine = replaced(versions, id);
     versions
         .iter()
@@ -373,12 +381,24 @@ pub trait View {
     fn current_batch(&self, key: &RecordKey) -> Option<BatchId>;
     /// Another version of `key` that neither replaces nor is replaced by batch `id`'s.
     fn unrelated(&self, key: &RecordKey, id: BatchId) -> Option<BatchId>;
-    /// The current records whose values for `unique` rule `rule` are `values`.
-    fn holders(&self, rule: u16, values: &str) -> Vec<RecordKey>;
-    /// How many current records carry each name with credit code `code` (rule `rule`).
-    fn names(&self, rule: u16, code: &str) -> BTreeMap<String, u64>;
+    /// The least current record other than `key` whose values for `unique` rule `rule` are
+    /// `values`.
+    fn other_holder(&self, rule: u16, values: &str, key: &RecordKey) -> Option<RecordKey>;
+    /// The name most current records with credit code `code` carry (rule `rule`) and in how
+    /// many records (see [`usual_name`]), if it is not `name`.
+    fn other_usual_name(&self, rule: u16, code: &str, name: &str) -> Option<(String, u64)>;
     /// The values of `usual_range` rule `rule` over the current records.
     fn histogram(&self, rule: u16) -> Histogram;
+}
+
+/// The name carried by most records among `names` (name → how many records), and how many:
+/// on a tie, the first in order. The `same_name` rule takes it as right.
+pub fn usual_name(names: &BTreeMap<String, u64>) -> Option<(&String, u64)> {
+    names
+        .iter()
+        .rev()
+        .max_by_key(|(_, count)| **count)
+        .map(|(name, count)| (name, *count))
 }
 
 /// [`View`] over held batches.
@@ -432,17 +452,19 @@ impl View for BatchesView<'_> {
         unrelated_version(self.versions.get(key)?, id)
     }
 
-    fn holders(&self, rule: u16, values: &str) -> Vec<RecordKey> {
+    fn other_holder(&self, rule: u16, values: &str, key: &RecordKey) -> Option<RecordKey> {
         self.contributions
             .iter()
             .filter(|(_, c)| {
                 matches!(c, Contribution::Unique { rule: r, values: v } if *r == rule && v == values)
             })
-            .map(|(key, _)| (*key).clone())
-            .collect()
+            .map(|(holder, _)| *holder)
+            .filter(|holder| *holder != key)
+            .min()
+            .cloned()
     }
 
-    fn names(&self, rule: u16, code: &str) -> BTreeMap<String, u64> {
+    fn other_usual_name(&self, rule: u16, code: &str, name: &str) -> Option<(String, u64)> {
         let mut names = BTreeMap::new();
         for (_, contribution) in &self.contributions {
             if let Contribution::Name {
@@ -456,7 +478,9 @@ impl View for BatchesView<'_> {
                 *names.entry(name.clone()).or_default() += 1;
             }
         }
-        names
+        usual_name(&names)
+            .filter(|(usual, _)| *usual != name)
+            .map(|(usual, count)| (usual.clone(), count))
     }
 
     fn histogram(&self, rule: u16) -> Histogram {
@@ -539,8 +563,7 @@ pub fn audit_with(schema: &Schema, id: BatchId, batch: &Batch, view: &dyn View) 
                         continue;
                     };
                     let values = values.join(" / ");
-                    let holders = view.holders(rule_n, &values);
-                    let Some(other) = holders.iter().filter(|k| **k != record.key).min() else {
+                    let Some(other) = view.other_holder(rule_n, &values, &record.key) else {
                         continue;
                     };
                     let names: Vec<&str> = fields
@@ -635,14 +658,9 @@ pub fn audit_with(schema: &Schema, id: BatchId, batch: &Batch, view: &dyn View) 
                     };
                     // The name most current records carry is taken as right (on a tie, the
                     // first in order).
-                    let names = view.names(rule_n, c);
-                    let Some((usual, count)) = names.iter().rev().max_by_key(|(_, count)| **count)
-                    else {
+                    let Some((usual, count)) = view.other_usual_name(rule_n, c, n) else {
                         continue;
                     };
-                    if usual == n {
-                        continue;
-                    }
                     findings.push(Finding {
                         key: record.key.clone(),
                         problem: problem(

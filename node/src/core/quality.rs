@@ -19,6 +19,7 @@
 //! is the same as `protocol::audit::audit` over the held batches (a test checks it on random
 //! histories, in random arrival orders).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use bincode::{Decode, Encode};
@@ -56,47 +57,68 @@ fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, StoreError> {
         })
 }
 
+/// An entry's key under the period's prefix, written into `out`: kind byte, rule (for an
+/// aggregate), text.
+fn index_key(out: &mut Vec<u8>, kind: u8, rule: Option<u16>, text: &str) {
+    out.clear();
+    out.push(kind);
+    if let Some(rule) = rule {
+        out.extend(rule.to_be_bytes());
+    }
+    out.extend(text.as_bytes());
+}
+
+/// The index key of what `contribution` adds to.
+fn aggregate_key(out: &mut Vec<u8>, contribution: &Contribution) {
+    match contribution {
+        Contribution::Unique { rule, values } => index_key(out, b'u', Some(*rule), values),
+        Contribution::Name { rule, code, .. } => index_key(out, b'n', Some(*rule), code),
+        Contribution::Value { rule, .. } => index_key(out, b'h', Some(*rule), ""),
+    }
+}
+
 /// The index of one origin, period and category with one batch taken in: the entries and
 /// aggregates read from the store and changed in memory, written back as one group.
-struct Overlay<'s, K: Kv> {
+///
+/// The batch's keys' entries are kept by slot (a key's place among the batch's distinct
+/// keys), the aggregates by their index key (kind, rule, text), built in a scratch buffer
+/// for each lookup: a record's lookups allocate nothing unless they load.
+struct Overlay<'s, 'b, K: Kv> {
     store: &'s Store<K>,
     prefix: Vec<u8>,
-    /// Entries read from the store (a key read and found absent has no value here): read in
-    /// bulk by [`Overlay::read`], one at a time only for what that did not foresee.
+    /// Aggregates read from the store (a key read and found absent has no value here): read
+    /// in bulk by [`Overlay::read`], one at a time only for what that did not foresee.
     read: FastMap<Vec<u8>, Option<Vec<u8>>>,
     /// The number of the run this batch's writes make.
     run: u64,
-    keys: FastMap<RecordKey, KeyEntry>,
-    /// Every holder set and name count here was changed (only [`Overlay::apply`] loads them).
-    holders: FastMap<(u16, String), BTreeSet<RecordKey>>,
-    names: FastMap<(u16, String), BTreeMap<String, u64>>,
+    /// Each of the batch's distinct keys' slot.
+    slots: FastMap<&'b RecordKey, usize>,
+    /// By slot: the key, its entry, and the bytes the store held for it (only an entry
+    /// whose bytes change is written).
+    entries: Vec<(&'b RecordKey, KeyEntry, Option<Vec<u8>>)>,
+    /// Every holder set and name count here was changed (only [`Overlay::apply`] loads them),
+    /// by index key.
+    holders: FastMap<Vec<u8>, BTreeSet<RecordKey>>,
+    names: FastMap<Vec<u8>, BTreeMap<String, u64>>,
     histograms: FastMap<u16, Histogram>,
     /// The histograms changed (the others are read for the audit only).
     dirty: BTreeSet<u16>,
+    /// Where index keys are built for lookups (taken and put back: the [`View`] methods
+    /// borrow the overlay shared).
+    scratch: Cell<Vec<u8>>,
 }
 
-impl<'s, K: Kv> Overlay<'s, K> {
-    /// An entry's key under the period's prefix.
-    fn key_of(&self, kind: u8, rule: Option<u16>, text: &str) -> Vec<u8> {
-        let mut key = Vec::with_capacity(3 + text.len());
-        key.push(kind);
-        if let Some(rule) = rule {
-            key.extend(rule.to_be_bytes());
-        }
-        key.extend(text.as_bytes());
-        key
-    }
-
-    /// Reads `keys` from the store in one read of the period's runs (`Store::index_read`).
-    fn read(&mut self, keys: impl IntoIterator<Item = Vec<u8>>) -> Result<(), StoreError> {
-        let mut wanted: Vec<Vec<u8>> = keys
-            .into_iter()
-            .filter(|key| !self.read.contains_key(key))
-            .collect();
+impl<'s, 'b, K: Kv> Overlay<'s, 'b, K> {
+    /// Reads the keys of `wanted` not read yet from the store, in one read of the period's
+    /// runs (`Store::index_read`).
+    fn read(&mut self, mut wanted: Vec<Vec<u8>>) -> Result<(), StoreError> {
+        wanted.retain(|key| !self.read.contains_key(key));
         if wanted.is_empty() {
             return Ok(());
         }
-        wanted.sort_unstable();
+        if !wanted.is_sorted() {
+            wanted.sort_unstable();
+        }
         wanted.dedup();
         let found = self.store.index_read(&self.prefix, &wanted)?;
         self.run = self.run.max(found.next_run);
@@ -104,40 +126,78 @@ impl<'s, K: Kv> Overlay<'s, K> {
         Ok(())
     }
 
-    fn load<T: Decode<()> + Default>(&mut self, key: &[u8]) -> Result<T, StoreError> {
-        if !self.read.contains_key(key) {
-            self.read(std::iter::once(key.to_vec()))?;
+    /// Adds to `wanted` the index keys of what `contributions` add to, unless read already.
+    fn want_aggregates(&self, contributions: &[Contribution], wanted: &mut Vec<Vec<u8>>) {
+        let mut at = self.scratch.take();
+        for contribution in contributions {
+            aggregate_key(&mut at, contribution);
+            if !self.read.contains_key(at.as_slice()) {
+                wanted.push(at.clone());
+            }
         }
-        match &self.read[key] {
+        self.scratch.set(at);
+    }
+
+    /// The value of index key `at` as the store holds it (default if absent).
+    fn load<T: Decode<()> + Default>(&mut self, at: &[u8]) -> Result<T, StoreError> {
+        if !self.read.contains_key(at) {
+            self.read(vec![at.to_vec()])?;
+        }
+        match &self.read[at] {
             Some(bytes) => decode(bytes),
             None => Ok(T::default()),
         }
     }
 
-    /// The index keys of what `contributions` add to.
-    fn aggregate_keys(&self, contributions: &[Contribution]) -> Vec<Vec<u8>> {
-        contributions
+    /// Reads the entries of the batch's distinct keys (`keys`, by slot) and the aggregates
+    /// `aggregates` (sorted, and so before every `k` key), in one read of the period's runs.
+    fn read_entries(
+        &mut self,
+        keys: Vec<&'b RecordKey>,
+        mut aggregates: Vec<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let mut wanted: Vec<(Vec<u8>, usize)> = keys
             .iter()
-            .map(|contribution| match contribution {
-                Contribution::Unique { rule, values } => self.key_of(b'u', Some(*rule), values),
-                Contribution::Name { rule, code, .. } => self.key_of(b'n', Some(*rule), code),
-                Contribution::Value { rule, .. } => self.key_of(b'h', Some(*rule), ""),
+            .enumerate()
+            .map(|(slot, key)| {
+                let mut at = Vec::with_capacity(1 + key.0.len());
+                index_key(&mut at, b'k', None, &key.0);
+                (at, slot)
             })
-            .collect()
-    }
-
-    fn entry(&mut self, key: &RecordKey) -> Result<&mut KeyEntry, StoreError> {
-        if !self.keys.contains_key(key) {
-            let at = self.key_of(b'k', None, &key.0);
-            let loaded = self.load(&at)?;
-            self.keys.insert(key.clone(), loaded);
+            .collect();
+        // In order already when the batch has no withdrawals (its records are in key order).
+        if !wanted.is_sorted() {
+            wanted.sort_unstable();
         }
-        Ok(self.keys.get_mut(key).expect("just loaded"))
+        let count = aggregates.len();
+        let mut slots = Vec::with_capacity(wanted.len());
+        for (at, slot) in wanted {
+            aggregates.push(at);
+            slots.push(slot);
+        }
+        let found = self.store.index_read(&self.prefix, &aggregates)?;
+        self.run = self.run.max(found.next_run);
+        let mut values = found.values;
+        let held = values.split_off(count);
+        aggregates.truncate(count);
+        self.read.extend(aggregates.into_iter().zip(values));
+        self.entries = keys
+            .into_iter()
+            .map(|key| (key, KeyEntry::default(), None))
+            .collect();
+        for (slot, held) in slots.into_iter().zip(held) {
+            if let Some(bytes) = &held {
+                self.entries[slot].1 = decode(bytes)?;
+            }
+            self.entries[slot].2 = held;
+        }
+        Ok(())
     }
 
     fn histogram_mut(&mut self, rule: u16) -> Result<&mut Histogram, StoreError> {
         if !self.histograms.contains_key(&rule) {
-            let at = self.key_of(b'h', Some(rule), "");
+            let mut at = Vec::new();
+            index_key(&mut at, b'h', Some(rule), "");
             let loaded = self.load(&at)?;
             self.histograms.insert(rule, loaded);
         }
@@ -151,35 +211,50 @@ impl<'s, K: Kv> Overlay<'s, K> {
         contributions: &[Contribution],
         sign: i64,
     ) -> Result<(), StoreError> {
+        let mut at = self.scratch.take();
+        let applied = self.apply_with(key, contributions, sign, &mut at);
+        self.scratch.set(at);
+        applied
+    }
+
+    fn apply_with(
+        &mut self,
+        key: &RecordKey,
+        contributions: &[Contribution],
+        sign: i64,
+        at: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
         for contribution in contributions {
+            aggregate_key(at, contribution);
             match contribution {
-                Contribution::Unique { rule, values } => {
-                    let at = (*rule, values.clone());
-                    if !self.holders.contains_key(&at) {
-                        let at_key = self.key_of(b'u', Some(*rule), values);
-                        let loaded: Vec<RecordKey> = self.load(&at_key)?;
+                Contribution::Unique { .. } => {
+                    if !self.holders.contains_key(at.as_slice()) {
+                        let loaded: Vec<RecordKey> = self.load(at)?;
                         self.holders
                             .insert(at.clone(), loaded.into_iter().collect());
                     }
-                    let set = self.holders.get_mut(&at).expect("just loaded");
+                    let set = self.holders.get_mut(at.as_slice()).expect("just loaded");
                     if sign > 0 {
                         set.insert(key.clone());
                     } else {
                         set.remove(key);
                     }
                 }
-                Contribution::Name { rule, code, name } => {
-                    let at = (*rule, code.clone());
-                    if !self.names.contains_key(&at) {
-                        let at_key = self.key_of(b'n', Some(*rule), code);
-                        let loaded = self.load(&at_key)?;
+                Contribution::Name { name, .. } => {
+                    if !self.names.contains_key(at.as_slice()) {
+                        let loaded = self.load(at)?;
                         self.names.insert(at.clone(), loaded);
                     }
-                    let names = self.names.get_mut(&at).expect("just loaded");
-                    let count = names.entry(name.clone()).or_default();
-                    *count = count.saturating_add_signed(sign);
-                    if *count == 0 {
-                        names.remove(name);
+                    let names = self.names.get_mut(at.as_slice()).expect("just loaded");
+                    match names.get_mut(name.as_str()) {
+                        Some(count) => *count = count.saturating_add_signed(sign),
+                        None if sign > 0 => {
+                            names.insert(name.clone(), sign.unsigned_abs());
+                        }
+                        None => {}
+                    }
+                    if names.get(name.as_str()) == Some(&0) {
+                        names.remove(name.as_str());
                     }
                 }
                 Contribution::Value { rule, value } => {
@@ -192,63 +267,91 @@ impl<'s, K: Kv> Overlay<'s, K> {
     }
 
     /// The writes that store the overlay: the entries whose bytes changed.
-    fn writes(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        let mut out = Vec::new();
-        for (key, entry) in &self.keys {
-            out.push((self.key_of(b'k', None, &key.0), Some(encode(entry))));
+    fn writes(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let Overlay {
+            read,
+            entries,
+            holders,
+            names,
+            histograms,
+            dirty,
+            ..
+        } = self;
+        let mut out = Vec::with_capacity(entries.len() + holders.len() + names.len() + dirty.len());
+        for (key, entry, held) in &entries {
+            let bytes = encode(entry);
+            if held.as_ref() != Some(&bytes) {
+                let mut at = Vec::with_capacity(1 + key.0.len());
+                index_key(&mut at, b'k', None, &key.0);
+                out.push((at, Some(bytes)));
+            }
         }
-        for ((rule, values), set) in &self.holders {
-            let key = self.key_of(b'u', Some(*rule), values);
+        for (at, set) in holders {
             let list: Vec<&RecordKey> = set.iter().collect();
-            out.push((key, (!list.is_empty()).then(|| encode(&list))));
+            out.push((at, (!list.is_empty()).then(|| encode(&list))));
         }
-        for ((rule, code), names) in &self.names {
-            let key = self.key_of(b'n', Some(*rule), code);
-            out.push((key, (!names.is_empty()).then(|| encode(names))));
+        for (at, names) in names {
+            out.push((at, (!names.is_empty()).then(|| encode(&names))));
         }
-        for rule in &self.dirty {
-            let key = self.key_of(b'h', Some(*rule), "");
-            out.push((key, Some(encode(&self.histograms[rule]))));
+        for rule in &dirty {
+            let mut at = Vec::new();
+            index_key(&mut at, b'h', Some(*rule), "");
+            out.push((at, Some(encode(&histograms[rule]))));
         }
         // What the store holds already is not written again (an own batch assessed once more
         // with the parent's findings, a key whose entry this batch does not change).
         out.retain(|(key, value)| {
-            self.read
-                .get(key)
+            read.get(key)
                 .is_none_or(|held| held.as_deref() != value.as_deref())
         });
         out
     }
 }
 
-impl<K: Kv> View for Overlay<'_, K> {
+impl<K: Kv> Overlay<'_, '_, K> {
+    /// The entry of one of the batch's keys.
+    fn entry_of(&self, key: &RecordKey) -> Option<&KeyEntry> {
+        self.slots.get(key).map(|slot| &self.entries[*slot].1)
+    }
+}
+
+impl<K: Kv> View for Overlay<'_, '_, K> {
     fn current_batch(&self, key: &RecordKey) -> Option<BatchId> {
-        self.keys.get(key).and_then(|e| e.current)
+        self.entry_of(key).and_then(|e| e.current)
     }
 
     fn unrelated(&self, key: &RecordKey, id: BatchId) -> Option<BatchId> {
-        let versions: Vec<Version> = self
-            .keys
-            .get(key)?
-            .versions
-            .iter()
-            .map(|(v, _)| *v)
-            .collect();
-        audit::unrelated_version(&versions, id)
+        match self.entry_of(key)?.versions.as_slice() {
+            [(only, _)] if only.batch == id => None,
+            versions => {
+                let versions: Vec<Version> = versions.iter().map(|(v, _)| *v).collect();
+                audit::unrelated_version(&versions, id)
+            }
+        }
     }
 
-    fn holders(&self, rule: u16, values: &str) -> Vec<RecordKey> {
-        self.holders
-            .get(&(rule, values.to_owned()))
-            .map(|set| set.iter().cloned().collect())
-            .unwrap_or_default()
+    fn other_holder(&self, rule: u16, values: &str, key: &RecordKey) -> Option<RecordKey> {
+        let mut at = self.scratch.take();
+        index_key(&mut at, b'u', Some(rule), values);
+        let other = self
+            .holders
+            .get(at.as_slice())
+            .and_then(|set| set.iter().find(|holder| *holder != key).cloned());
+        self.scratch.set(at);
+        other
     }
 
-    fn names(&self, rule: u16, code: &str) -> BTreeMap<String, u64> {
-        self.names
-            .get(&(rule, code.to_owned()))
-            .cloned()
-            .unwrap_or_default()
+    fn other_usual_name(&self, rule: u16, code: &str, name: &str) -> Option<(String, u64)> {
+        let mut at = self.scratch.take();
+        index_key(&mut at, b'n', Some(rule), code);
+        let usual = self
+            .names
+            .get(at.as_slice())
+            .and_then(audit::usual_name)
+            .filter(|(usual, _)| *usual != name)
+            .map(|(usual, count)| (usual.clone(), count));
+        self.scratch.set(at);
+        usual
     }
 
     fn histogram(&self, rule: u16) -> Histogram {
@@ -301,33 +404,36 @@ pub(super) fn assess<K: Kv>(
     let mut overlay = Overlay {
         store,
         prefix: period_prefix(header.origin, header.period, &header.category),
-        keys: FastMap::default(),
         holders: FastMap::default(),
         names: FastMap::default(),
         histograms: FastMap::default(),
         dirty: BTreeSet::new(),
         read: FastMap::default(),
         run: 1,
+        slots: FastMap::default(),
+        entries: Vec::new(),
+        scratch: Cell::default(),
     };
     let version = Version {
         batch: id,
         supersedes: header.supersedes,
     };
+    // The batch's keys: its records' (in key order), then its withdrawals'.
     let keys: Vec<(&RecordKey, bool)> = batch
         .records
         .iter()
         .map(|r| (&r.key, false))
         .chain(header.withdrawals.iter().map(|w| (&w.key, true)))
         .collect();
-    // What this batch's records contribute to the aggregates, if they become current.
-    let mut fresh: FastMap<&RecordKey, Vec<Contribution>> =
-        schema.map_or_else(FastMap::default, |schema| {
-            batch
-                .records
-                .iter()
-                .map(|r| (&r.key, audit::contributions(schema, r)))
-                .collect()
-        });
+    // What each of this batch's records contributes to the aggregates, if it becomes
+    // current, by the record's place in `keys`.
+    let mut fresh: Vec<Vec<Contribution>> = schema.map_or_else(Vec::new, |schema| {
+        batch
+            .records
+            .iter()
+            .map(|r| audit::contributions(schema, r))
+            .collect()
+    });
     // Everything the batch can touch, read in two reads of the period's runs: its keys'
     // entries (and the histograms), then the aggregates their current versions and this
     // batch's records add to. Only a version that becomes current from another batch (rare)
@@ -341,33 +447,51 @@ pub(super) fn assess<K: Kv>(
             .map(|(n, _)| n as u16)
             .collect()
     });
-    let first: Vec<Vec<u8>> = keys
+    // Each of the batch's keys' slot (a key both published and withdrawn in the batch has
+    // one entry).
+    let mut distinct = Vec::with_capacity(keys.len());
+    let slot_of: Vec<usize> = keys
         .iter()
-        .map(|(key, _)| overlay.key_of(b'k', None, &key.0))
-        .chain(
-            usual_range
-                .iter()
-                .map(|rule| overlay.key_of(b'h', Some(*rule), "")),
-        )
+        .map(|(key, _)| {
+            let next = overlay.slots.len();
+            let slot = *overlay.slots.entry(*key).or_insert(next);
+            if slot == next {
+                distinct.push(*key);
+            }
+            slot
+        })
         .collect();
-    overlay.read(first)?;
-    for (key, _) in &keys {
-        overlay.entry(key)?;
+    let histograms: Vec<Vec<u8>> = usual_range
+        .iter()
+        .map(|rule| {
+            let mut at = Vec::new();
+            index_key(&mut at, b'h', Some(*rule), "");
+            at
+        })
+        .collect();
+    overlay.read_entries(distinct, histograms)?;
+    let mut second = Vec::new();
+    for (_, entry, _) in &overlay.entries {
+        overlay.want_aggregates(&entry.contributions, &mut second);
     }
-    let second: Vec<Vec<u8>> = keys
-        .iter()
-        .flat_map(|(key, _)| overlay.aggregate_keys(&overlay.keys[*key].contributions))
-        .chain(fresh.values().flat_map(|c| overlay.aggregate_keys(c)))
-        .collect();
+    for contributions in &fresh {
+        overlay.want_aggregates(contributions, &mut second);
+    }
     overlay.read(second)?;
     let mut current = Vec::new();
-    for (key, withdrawn) in keys {
-        let entry = overlay.entry(key)?;
+    for (n, (key, withdrawn)) in keys.into_iter().enumerate() {
+        let slot = slot_of[n];
+        let entry = &mut overlay.entries[slot].1;
         if !entry.versions.iter().any(|(v, _)| v.batch == id) {
             entry.versions.push((version, withdrawn));
         }
-        let plain: Vec<Version> = entry.versions.iter().map(|(v, _)| *v).collect();
-        let (_, winner) = audit::order_versions(&plain);
+        let winner = match entry.versions.as_slice() {
+            [_] => 0,
+            versions => {
+                let plain: Vec<Version> = versions.iter().map(|(v, _)| *v).collect();
+                audit::order_versions(&plain).1
+            }
+        };
         let (winner, winner_withdrawn) = entry.versions[winner];
         let changed = entry.current != Some(winner.batch);
         if changed {
@@ -377,7 +501,7 @@ pub(super) fn assess<K: Kv>(
                 (None, _) | (_, true) => Vec::new(),
                 (Some(_), false) if winner.batch == id => {
                     // Taken: a key comes here once (a second time, it is current already).
-                    fresh.remove(key).unwrap_or_default()
+                    fresh.get_mut(n).map(std::mem::take).unwrap_or_default()
                 }
                 // A version between arrived late and another version became current: read
                 // that version's record from its batch (rare).
@@ -389,7 +513,7 @@ pub(super) fn assess<K: Kv>(
             };
             overlay.apply(key, &old, -1)?;
             overlay.apply(key, &new, 1)?;
-            overlay.entry(key)?.contributions = new;
+            overlay.entries[slot].1.contributions = new;
         }
         if winner.batch == id {
             current.push((key.clone(), winner_withdrawn));
@@ -438,8 +562,8 @@ pub(super) fn assess<K: Kv>(
             reporter,
             current,
             findings: findings.clone(),
-            index: overlay.writes(),
             index_run: overlay.run,
+            index: overlay.writes(),
         },
         findings,
     })
@@ -467,12 +591,17 @@ mod tests {
         }
     }
 
-    fn schema() -> &'static Schema {
-        Registry::builtin().by_name("water_fee").unwrap()
+    /// The categories the histories are drawn from: between them every kind of audit rule
+    /// (`water_fee`: not_greater, usual_range, same_name; `admin_penalty`: unique,
+    /// same_name).
+    const CATEGORIES: [&str; 2] = ["water_fee", "admin_penalty"];
+
+    fn schema(category: &str) -> &'static Schema {
+        Registry::builtin().by_name(category).unwrap()
     }
 
-    fn record(rng: &mut Rng, key: u64) -> Record {
-        let schema = schema();
+    fn record(rng: &mut Rng, category: &str, key: u64) -> Record {
+        let schema = schema(category);
         let mut values = vec![Value::Absent; schema.fields.len()];
         let codes = [
             "91445281MA4UM1GX0E",
@@ -480,17 +609,33 @@ mod tests {
             "92445281MA4UM1GX2A",
         ];
         let names = ["甲公司", "乙公司", "丙公司"];
-        let billed = match rng.below(10) {
-            0 => 9_000_000,
-            1 => 1,
-            _ => 100 + rng.below(900),
+        let code = codes[rng.below(3) as usize].to_owned();
+        let name = names[rng.below(3) as usize].to_owned();
+        let cells: Vec<(&str, String)> = if category == "water_fee" {
+            let billed = match rng.below(10) {
+                0 => 9_000_000,
+                1 => 1,
+                _ => 100 + rng.below(900),
+            };
+            vec![
+                ("subject_uscc", code),
+                ("subject_name", name),
+                ("billed_amount", billed.to_string()),
+                ("paid_amount", (billed + rng.below(3)).to_string()),
+            ]
+        } else {
+            // Few dates and acts, so that records repeat one another (the unique rule).
+            vec![
+                ("CF_XDR_SHXYM", code),
+                ("CF_XDR_MC", name),
+                ("CF_JDRQ", format!("2026-05-0{}", 1 + rng.below(3))),
+                (
+                    "CF_WFXW",
+                    ["超标排放", "无证经营"][rng.below(2) as usize].to_owned(),
+                ),
+            ]
         };
-        for (field, value) in [
-            ("subject_uscc", codes[rng.below(3) as usize].to_owned()),
-            ("subject_name", names[rng.below(3) as usize].to_owned()),
-            ("billed_amount", billed.to_string()),
-            ("paid_amount", (billed + rng.below(3)).to_string()),
-        ] {
+        for (field, value) in cells {
             values[schema.field_index(field).unwrap()] = Value::Text(value);
         }
         Record {
@@ -502,7 +647,7 @@ mod tests {
 
     /// A random history of one origin's period: first publications, corrections and
     /// withdrawals naming the batch they change (sometimes a wrong one), republications.
-    fn history(seed: u64) -> Vec<(BatchId, Batch)> {
+    fn history(category: &str, seed: u64) -> Vec<(BatchId, Batch)> {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let mut batches: Vec<(BatchId, Batch)> = Vec::new();
         for _ in 0..(3 + rng.below(6)) {
@@ -521,15 +666,15 @@ mod tests {
                         reason: WithdrawalReason::Error,
                     });
                 } else {
-                    records.push(record(&mut rng, key));
+                    records.push(record(&mut rng, category, key));
                 }
             }
             let batch = Batch::new(
                 BatchHeader {
                     format: BATCH_FORMAT,
                     origin: NodeId::parse("445281").unwrap(),
-                    category: Category::parse("water_fee").unwrap(),
-                    schema_version: schema().version,
+                    category: Category::parse(category).unwrap(),
+                    schema_version: schema(category).version,
                     period: Period::parse("2026-05").unwrap(),
                     supersedes,
                     withdrawals,
@@ -555,13 +700,14 @@ mod tests {
         let key = NodeKey::from_seed([9; 32]);
         let city = NodeId::parse("445200").unwrap();
         let (mut findings_seen, mut withdrawn_seen) = (0, 0);
-        for seed in 0..300 {
+        let mut rules_seen = BTreeSet::new();
+        for (seed, category) in (0..400).zip(CATEGORIES.iter().cycle()) {
             let store = Store::new(MemKv::new());
-            let arrived = history(seed);
+            let arrived = history(category, seed);
             for (n, (id, batch)) in arrived.iter().enumerate() {
                 let others: Vec<(BatchId, &Batch)> =
                     arrived[..n].iter().map(|(i, b)| (*i, b)).collect();
-                let expected = audit::audit(schema(), *id, batch, &others);
+                let expected = audit::audit(schema(category), *id, batch, &others);
                 let assessed = assess(
                     &store,
                     Registry::builtin(),
@@ -571,8 +717,12 @@ mod tests {
                     Audit::Receiver,
                 )
                 .unwrap();
-                assert_eq!(assessed.findings, expected, "seed {seed}, arrival {n}");
+                assert_eq!(
+                    assessed.findings, expected,
+                    "{category} seed {seed}, arrival {n}"
+                );
                 findings_seen += expected.len();
+                rules_seen.extend(expected.iter().map(|f| f.problem.rule.as_str()));
                 let signed = SignedBatch::seal(batch, &key).unwrap();
                 assert_eq!(signed.id, *id);
                 let receipt = Receipt {
@@ -600,7 +750,7 @@ mod tests {
             let prefix = period_prefix(
                 NodeId::parse("445281").unwrap(),
                 Period::parse("2026-05").unwrap(),
-                &Category::parse("water_fee").unwrap(),
+                &Category::parse(category).unwrap(),
             );
             let current = audit::current(&all);
             // `current` is in key order, so these are sorted as `index_read` takes them.
@@ -622,5 +772,13 @@ mod tests {
         // The histories exercise what they are meant to.
         assert!(findings_seen > 300, "{findings_seen}");
         assert!(withdrawn_seen > 50, "{withdrawn_seen}");
+        let every = [
+            "not_greater",
+            "republished",
+            "same_name",
+            "unique",
+            "usual_range",
+        ];
+        assert_eq!(rules_seen, BTreeSet::from(every), "the rules found on");
     }
 }
