@@ -266,7 +266,9 @@ impl<'s, 'b, K: Kv> Overlay<'s, 'b, K> {
         Ok(())
     }
 
-    /// The writes that store the overlay: the entries whose bytes changed.
+    /// The writes that store the overlay: the entries whose bytes changed, in key order
+    /// (each kind's in order, and the kinds `h` < `k` < `n` < `u`), so that the store's
+    /// sort of them only checks.
     fn writes(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         let Overlay {
             read,
@@ -277,7 +279,20 @@ impl<'s, 'b, K: Kv> Overlay<'s, 'b, K> {
             dirty,
             ..
         } = self;
+        // What the store holds already is not written again (an own batch assessed once more
+        // with the parent's findings, a key whose entry this batch does not change).
+        let changed = |(at, value): &(Vec<u8>, Option<Vec<u8>>)| {
+            read.get(at)
+                .is_none_or(|held| held.as_deref() != value.as_deref())
+        };
         let mut out = Vec::with_capacity(entries.len() + holders.len() + names.len() + dirty.len());
+        for rule in &dirty {
+            let mut at = Vec::new();
+            index_key(&mut at, b'h', Some(*rule), "");
+            out.push((at, Some(encode(&histograms[rule]))));
+        }
+        out.retain(changed);
+        let from = out.len();
         for (key, entry, held) in &entries {
             let bytes = encode(entry);
             if held.as_ref() != Some(&bytes) {
@@ -286,24 +301,22 @@ impl<'s, 'b, K: Kv> Overlay<'s, 'b, K> {
                 out.push((at, Some(bytes)));
             }
         }
-        for (at, set) in holders {
-            let list: Vec<&RecordKey> = set.iter().collect();
-            out.push((at, (!list.is_empty()).then(|| encode(&list))));
+        // In slot order: key order unless the batch withdraws records too.
+        if !out[from..].is_sorted_by(|a, b| a.0 <= b.0) {
+            out[from..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
         }
-        for (at, names) in names {
-            out.push((at, (!names.is_empty()).then(|| encode(&names))));
-        }
-        for rule in &dirty {
-            let mut at = Vec::new();
-            index_key(&mut at, b'h', Some(*rule), "");
-            out.push((at, Some(encode(&histograms[rule]))));
-        }
-        // What the store holds already is not written again (an own batch assessed once more
-        // with the parent's findings, a key whose entry this batch does not change).
-        out.retain(|(key, value)| {
-            read.get(key)
-                .is_none_or(|held| held.as_deref() != value.as_deref())
-        });
+        let mut aggregates: Vec<(Vec<u8>, Option<Vec<u8>>)> = names
+            .into_iter()
+            .map(|(at, names)| (at, (!names.is_empty()).then(|| encode(&names))))
+            .chain(holders.into_iter().map(|(at, set)| {
+                let list: Vec<&RecordKey> = set.iter().collect();
+                (at, (!list.is_empty()).then(|| encode(&list)))
+            }))
+            .filter(changed)
+            .collect();
+        aggregates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out.extend(aggregates);
+        debug_assert!(out.is_sorted_by(|a, b| a.0 < b.0), "writes in key order");
         out
     }
 }

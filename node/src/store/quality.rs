@@ -255,8 +255,11 @@ fn run_writes(
     entries: &[IndexWrite<'_>],
 ) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
-    let (mut chunk, mut hashes, mut chunks, mut bytes) = (Vec::new(), Vec::new(), 0u32, 0u64);
-    let (mut piece, mut piece_first) = (Vec::new(), 0u32);
+    // Sized for a chunk, so that it does not grow entry by entry.
+    let chunk_capacity = RUN_CHUNK_BYTES + RUN_CHUNK_BYTES / 2;
+    let (mut chunk, mut hashes, mut chunks, mut bytes) =
+        (Vec::with_capacity(chunk_capacity), Vec::new(), 0u32, 0u64);
+    let (mut piece, mut piece_first) = (Vec::with_capacity(chunk_capacity), 0u32);
     for (n, (key, value)) in entries.iter().enumerate() {
         if chunk.is_empty() {
             push_len_prefixed(&mut piece, key);
@@ -268,7 +271,7 @@ fn run_writes(
             bytes += chunk.len() as u64;
             out.push((
                 run_key(prefix, CHUNK, run, chunks),
-                std::mem::take(&mut chunk),
+                std::mem::replace(&mut chunk, Vec::with_capacity(chunk_capacity)),
             ));
             push_len_prefixed(&mut piece, &bloom_of(&hashes));
             hashes.clear();
@@ -276,7 +279,7 @@ fn run_writes(
             if piece.len() >= RUN_CHUNK_BYTES || last {
                 out.push((
                     run_key(prefix, DIRECTORY, run, piece_first),
-                    std::mem::take(&mut piece),
+                    std::mem::replace(&mut piece, Vec::with_capacity(chunk_capacity)),
                 ));
                 piece_first = chunks;
             }
@@ -365,7 +368,9 @@ impl<K: Kv> Store<K> {
             .iter()
             .map(|(key, value)| (key.as_slice(), value.as_deref()))
             .collect();
-        entries.sort_unstable_by_key(|(key, _)| *key);
+        // A stable sort finds the runs of keys already in order (the overlay writes its kinds
+        // each in order) and merges them: near linear for what `core::quality` writes.
+        entries.sort_by_key(|(key, _)| *key);
         // The newest runs this one merges with (a counter in base `MERGE_FAN_IN`), and the
         // level it takes.
         let runs = if entries.is_empty() {
@@ -408,7 +413,11 @@ impl<K: Kv> Store<K> {
             }
         }
         if !chunks.is_empty() {
-            all.sort_unstable_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+            // `all` is the runs one after the other, newest first, each in key order: a stable
+            // sort by key merges them (it finds the runs) and keeps the newest of each key
+            // first, which the dedup keeps.
+            debug_assert!(all.is_sorted_by_key(|(_, age, _)| *age));
+            all.sort_by(|a, b| a.0.cmp(b.0));
             all.dedup_by(|later, kept| later.0 == kept.0);
         }
         let written: Vec<IndexWrite<'_>> = all.into_iter().map(|(k, _, v)| (k, v)).collect();
@@ -429,7 +438,14 @@ impl<K: Kv> Store<K> {
             let none = BTreeSet::new();
             for (key, withdrawn) in &update.current {
                 let raised = raised.get(key).unwrap_or(&none);
-                let prefix = record_prefix(update.origin, update.period, &update.category, key);
+                let mut prefix = Vec::with_capacity(base.len() + key.0.len() + 1);
+                prefix.extend(&base);
+                prefix.extend(key.0.as_bytes());
+                prefix.push(0);
+                debug_assert_eq!(
+                    prefix,
+                    record_prefix(update.origin, update.period, &update.category, key)
+                );
                 for entry in self.scan_prefix(Tree::Feedback, prefix) {
                     let (item_key, bytes) = entry?;
                     let mut item: FeedbackItem = decode("feedback", &bytes)?;
