@@ -423,7 +423,10 @@ pub(super) fn assess<K: Kv>(
         dirty: BTreeSet::new(),
         read: FastMap::default(),
         run: 1,
-        slots: FastMap::default(),
+        slots: FastMap::with_capacity_and_hasher(
+            batch.records.len() + header.withdrawals.len(),
+            Default::default(),
+        ),
         entries: Vec::new(),
         scratch: Cell::default(),
     };
