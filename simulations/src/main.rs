@@ -42,7 +42,7 @@ fn peak_rss_mib() -> Option<u64> {
 fn print(report: &Report) {
     let s = &report.stats;
     println!(
-        "{} seed {}: {} nodes, {} batches submitted ({} acknowledged), {} batch sends, {} KB of batches, {} frames, {} events; {} crashes, {} link breaks, {} corrupted, {} tampered; faults: {}",
+        "{} seed {}: {} nodes, {} batches submitted ({} acknowledged), {} batch sends, {} KB of batches, {} frames, {} events; {} crashes, {} link breaks, {} corrupted, {} tampered, {} forged submissions refused; faults: {}",
         report.scenario,
         report.seed,
         report.nodes,
@@ -56,6 +56,7 @@ fn print(report: &Report) {
         s.link_breaks,
         s.corrupted,
         s.tampered,
+        s.forgeries_refused,
         report.faults
     );
     let [pending, on_time, late, missing, incomplete, concealed] = s.ledger_states;

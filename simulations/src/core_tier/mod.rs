@@ -173,6 +173,26 @@ pub enum Fault {
     Assessment {
         node: NodeId,
     },
+    /// Someone at the node's operator API submits a batch the node must refuse, as `how`
+    /// says; the core answers with an error and stores nothing of it.
+    Forge {
+        node: NodeId,
+        how: Forgery,
+    },
+}
+
+/// What a forged submission ([`Fault::Forge`]) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forgery {
+    /// The node's own origin, signed with another node's key (one stolen key).
+    StolenKey,
+    /// Another node's batch, as that node made and signed it.
+    OthersBatch,
+    /// The node's own batch, one byte changed after signing.
+    Damaged,
+    /// The node's own batch, signed with its key, with a record that fails its checks (every
+    /// value of the first record absent).
+    BadRecord,
 }
 
 #[derive(Debug, Clone)]
@@ -331,6 +351,30 @@ impl Faults {
                 });
             }
         }
+        // Forged submissions draw on randomness of their own, so that a seed's other faults and
+        // events stay what they were before this kind of fault existed.
+        let mut forging = Rng::new(plan.seed ^ 0x00F0_26ED_5B17);
+        if forging.coin() {
+            let origins: Vec<NodeId> = nodes
+                .iter()
+                .map(|n| n.id)
+                .filter(|id| !id.is_national())
+                .collect();
+            for _ in 0..forging.between(1, 8) {
+                let node = origins[forging.below(origins.len() as u64) as usize];
+                let how = [
+                    Forgery::StolenKey,
+                    Forgery::OthersBatch,
+                    Forgery::Damaged,
+                    Forgery::BadRecord,
+                ][forging.below(4) as usize];
+                faults.list.push(PlannedFault {
+                    at_ms: forging.below(end),
+                    duration_ms: 1,
+                    fault: Fault::Forge { node, how },
+                });
+            }
+        }
         faults
     }
 
@@ -352,6 +396,7 @@ impl Faults {
                 Fault::Rekey { revoked: false, .. } => "rekey",
                 Fault::Rekey { revoked: true, .. } => "revoke",
                 Fault::Assessment { .. } => "assessment-lapse",
+                Fault::Forge { .. } => "forged-submit",
             };
             *kinds.entry(name).or_default() += 1;
         }

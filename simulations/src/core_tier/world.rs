@@ -22,7 +22,7 @@ use topology::Topology;
 
 use super::keys::{self, SimSigner, SimVerifier};
 use super::workload::Workload;
-use super::{Action, DAY_MS, Fault, Faults, Plan, Rng, Submission, Violation, rng_for};
+use super::{Action, DAY_MS, Fault, Faults, Forgery, Plan, Rng, Submission, Violation, rng_for};
 
 /// The simulations' wall-clock start: 2026-01-01T00:00 China Standard Time
 /// (2025-12-31T16:00:00Z), in ms. Virtual day `d` is the `d`-th day of 2026 in CST, the day
@@ -190,6 +190,8 @@ pub struct Stats {
     pub corrupted: u64,
     pub tampered: u64,
     pub intruders_refused: u64,
+    /// Forged submissions at operator APIs, each refused ([`Fault::Forge`]).
+    pub forgeries_refused: u64,
     pub rekeys: u64,
     /// Security assessments let lapse (and renewed when the fault ends).
     pub assessments_lapsed: u64,
@@ -1324,6 +1326,7 @@ impl World {
                     });
                 }
             }
+            Fault::Forge { node, how } if start => self.forge(node, how),
             Fault::Intruder { parent, key } if start => {
                 // A node that is not (or no longer) pinned keeps trying to connect.
                 let p = self.index[&parent];
@@ -1357,6 +1360,77 @@ impl World {
             }
             _ => {}
         }
+    }
+
+    /// A submission at `node`'s operator API that it must refuse ([`Fault::Forge`]): the core
+    /// answers with an error and stores nothing of it. The batch is one of the workload's,
+    /// under a salt no planned submission uses.
+    fn forge(&mut self, node: NodeId, how: Forgery) {
+        let n = self.index[&node];
+        if self.nodes[n].core.is_none() {
+            return;
+        }
+        let data = |s: &&Submission| matches!(s.action, Action::Data { .. });
+        let Some(template) = (self.plan.submissions.iter())
+            .filter(data)
+            .find(|s| s.origin == node)
+            .or_else(|| self.plan.submissions.iter().find(data))
+        else {
+            return;
+        };
+        let (category, period) = (template.category.clone(), template.period);
+        let made = self.stats.forgeries_refused;
+        let salt = FORGED_SALT - made as u32;
+        // The node whose key was stolen, or whose batch is replayed here.
+        let other = (n + 1 + made as usize % (self.nodes.len() - 1)) % self.nodes.len();
+        let signed = match how {
+            Forgery::StolenKey => {
+                let signer = &self.nodes[other].signer;
+                self.workload.batch(&category, period, node, salt, signer).0
+            }
+            Forgery::OthersBatch => {
+                let (origin, signer) = (self.nodes[other].id, &self.nodes[other].signer);
+                self.workload
+                    .batch(&category, period, origin, salt, signer)
+                    .0
+            }
+            Forgery::Damaged => {
+                let signer = &self.nodes[n].signer;
+                let mut signed = self.workload.batch(&category, period, node, salt, signer).0;
+                let i = signed.bytes.len() / 2;
+                signed.bytes[i] ^= 0x20;
+                signed
+            }
+            Forgery::BadRecord => {
+                let signer = &self.nodes[n].signer;
+                let signed = self.workload.batch(&category, period, node, salt, signer).0;
+                let mut batch = Batch::decode(&signed.bytes).expect("a batch the workload made");
+                for value in &mut batch.records[0].values {
+                    *value = protocol::Value::Absent;
+                }
+                SignedBatch::seal_with(&batch, &self.nodes[n].signer).expect("a small batch")
+            }
+        };
+        let id = signed.id;
+        let now = self.now_of(n);
+        let core = self.nodes[n].core.as_mut().expect("checked above");
+        match submit_either_way(core, signed, now) {
+            Ok(_) => self.fail(format!(
+                "{node} accepted a forged submission ({how:?}) as batch {}",
+                id.short()
+            )),
+            Err(_) => self.stats.forgeries_refused += 1,
+        }
+        if self.nodes[n]
+            .kv
+            .durable_contains(Tree::Batches, id.as_bytes())
+        {
+            self.fail(format!(
+                "{node} stored batch {} of a refused forged submission ({how:?})",
+                id.short()
+            ));
+        }
+        self.after_call(n);
     }
 
     /// Node `n` (stopped) gets its next key; every node loads the next topology version, with
@@ -2407,6 +2481,10 @@ fn records_of<'a>(items: impl Iterator<Item = &'a Item>) -> u64 {
         .collect::<BTreeSet<_>>()
         .len() as u64
 }
+
+/// The workload salts of forged submissions count down from here (planned ones count up
+/// from 0).
+const FORGED_SALT: u32 = u32::MAX;
 
 /// A tampering relay: changes one digit of one value (an amount, a date), re-encodes and
 /// re-hashes the batch, and keeps the origin's signature. It picks a change that still passes
