@@ -593,6 +593,11 @@ impl Downlink {
 pub enum Rejection {
     #[error("origin {0} is not in this node's topology or not below the sending child")]
     UnknownOrigin(NodeId),
+    /// An operator submitted a batch another node made.
+    #[error(
+        "this batch's origin is {origin}, not this node ({me}): a node submits only the batches it makes (its own origin, signed with its own key); submit it at node {origin}"
+    )]
+    NotOwnOrigin { origin: NodeId, me: NodeId },
     #[error(transparent)]
     Verify(#[from] VerifyError),
     #[error("category {0} is not known to this node: upgrade it")]

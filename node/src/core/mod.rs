@@ -1875,7 +1875,12 @@ impl<K: Kv> Core<K> {
             &*self.verifier,
             || content_checks(decoded, &signed, registry),
         )
-        .map_err(|(rejection, _)| rejection)
+        .map_err(|(rejection, _)| match rejection {
+            // The receiver's wording ("not below the sending child") does not fit an
+            // operator's own submission.
+            Rejection::UnknownOrigin(origin) => Rejection::NotOwnOrigin { origin, me },
+            other => other,
+        })
         .and_then(|content| progress::check_origin(&self.topology, &content).map(|()| content))
         .and_then(|content| {
             check_profile(&self.topology, self.registry, &content)
@@ -2898,7 +2903,7 @@ fn key_changes(old: &Topology, next: &Topology, now_ms: u64) -> Vec<AuditEvent> 
 /// text (it names batches and counts), so the set of labels stays small and fixed.
 pub fn refusal_reason(rejection: &Rejection) -> &'static str {
     match rejection {
-        Rejection::UnknownOrigin(_) => "unknown_origin",
+        Rejection::UnknownOrigin(_) | Rejection::NotOwnOrigin { .. } => "unknown_origin",
         Rejection::Verify(VerifyError::HashMismatch { .. }) => "hash_mismatch",
         Rejection::Verify(VerifyError::BadSignature(_)) => "bad_signature",
         Rejection::Verify(VerifyError::Decode(_)) => "undecodable",

@@ -2347,6 +2347,12 @@ fn a_prechecked_submission_is_decided_as_the_bare_one() {
         (bare[0].clone(), bare[5].clone(), bare[6].clone()),
         (Ok(true), Ok(true), Ok(false))
     );
+    // Another node's batch is refused in an operator's words, naming both nodes.
+    let others = bare[4].clone().unwrap_err();
+    assert!(
+        others.contains("not this node (445281)") && others.contains("submit it at node"),
+        "{others}"
+    );
     assert_eq!(run(true), bare);
 }
 
