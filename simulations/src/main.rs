@@ -27,7 +27,8 @@ struct Cli {
     #[arg(long)]
     sweep: Option<u64>,
     /// Plants a bug to see the simulator catch it: receipt-before-durable,
-    /// skip-origin-signature, drop-outbox-on-send or trust-first-receipt.
+    /// skip-origin-signature, drop-outbox-on-send, trust-first-receipt or
+    /// skip-submit-signature.
     #[arg(long)]
     plant: Option<String>,
 }
@@ -158,9 +159,10 @@ fn main() -> std::process::ExitCode {
         Some("skip-origin-signature") => Some(PlantedBug::SkipOriginSignature),
         Some("drop-outbox-on-send") => Some(PlantedBug::DropOutboxOnSend),
         Some("trust-first-receipt") => Some(PlantedBug::TrustFirstReceipt),
+        Some("skip-submit-signature") => Some(PlantedBug::SkipSubmitSignature),
         Some(other) => {
             eprintln!(
-                "unknown bug {other:?}: receipt-before-durable, skip-origin-signature, drop-outbox-on-send or trust-first-receipt"
+                "unknown bug {other:?}: receipt-before-durable, skip-origin-signature, drop-outbox-on-send, trust-first-receipt or skip-submit-signature"
             );
             return std::process::ExitCode::from(2);
         }

@@ -143,6 +143,15 @@ fn an_outbox_entry_dropped_before_its_receipt_is_stored_is_caught() {
 }
 
 #[test]
+fn a_submission_taken_without_checking_its_signature_is_caught() {
+    let (seed, message) = caught(PlantedBug::SkipSubmitSignature);
+    assert!(
+        message.contains("accepted a forged submission (StolenKey)"),
+        "seed {seed}: {message}"
+    );
+}
+
+#[test]
 fn a_forged_proof_of_first_arrival_trusted_is_caught() {
     let (seed, message) = caught(PlantedBug::TrustFirstReceipt);
     assert!(

@@ -236,6 +236,8 @@ pub enum PlantedBug {
     DropOutboxOnSend,
     /// A relayed proof of first arrival is trusted without checking its signature.
     TrustFirstReceipt,
+    /// An operator's submission is taken without checking its signature.
+    SkipSubmitSignature,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1869,10 +1871,18 @@ impl<K: Kv> Core<K> {
         let key = self.signer.public();
         let id = signed.id;
         let registry = self.registry;
+        let verifier: &dyn Verifier = &*self.verifier;
+        #[cfg(feature = "planted-bugs")]
+        let verifier: &dyn Verifier =
+            if self.config.planted == Some(PlantedBug::SkipSubmitSignature) {
+                &AcceptAny
+            } else {
+                verifier
+            };
         let content = verify_decoded_with(
             &signed,
             |o| (o == me).then_some(key),
-            &*self.verifier,
+            verifier,
             || content_checks(decoded, &signed, registry),
         )
         .map_err(|(rejection, _)| match rejection {
