@@ -17,7 +17,7 @@ use std::fmt;
 use bincode::{Decode, Encode};
 
 use crate::ids::{BatchId, Category, NodeId, Period};
-use crate::record::{Record, RecordKey, Value};
+use crate::record::{Record, RecordKey, Value, varint_len};
 
 /// Version of the batch layout; decoders refuse others.
 pub const BATCH_FORMAT: u16 = 1;
@@ -230,12 +230,31 @@ impl Batch {
                 "records or withdrawals not in strict key order",
             ));
         }
-        if !batch.encodes_to(bytes) {
+        // Every value this format holds has exactly one encoding of the least length
+        // (integers, lengths and variants as minimal varints, texts and ids as their bytes),
+        // and bincode's other accepted forms (a varint with a wider marker) are longer: the
+        // bytes are the canonical encoding exactly when they are as long as it, which is
+        // counted rather than encoded (`Batch::encodes_to` is the check by encoding).
+        if batch.canonical_len() != bytes.len() {
             return Err(DecodeError::NotCanonical(
                 "re-encoding gives other bytes (non-minimal integers)",
             ));
         }
         Ok(batch)
+    }
+
+    /// The length of this batch's canonical encoding, counted: the header's by bincode, the
+    /// records' from their texts' lengths.
+    pub fn canonical_len(&self) -> usize {
+        let mut header = bincode::enc::write::SizeWriter::default();
+        bincode::encode_into_writer(
+            &self.header,
+            &mut header,
+            bincode_config::<BATCH_BYTES_MAX>(),
+        )
+        .expect("a size writer takes any header");
+        let records: usize = self.records.iter().map(Record::canonical_len).sum();
+        header.bytes_written + varint_len(self.records.len()) + records
     }
 
     fn is_ordered(&self) -> bool {

@@ -74,6 +74,39 @@ pub struct Record {
     pub values: Vec<Value>,
 }
 
+/// The length of `n` as a varint of the batch format (bincode's standard configuration: one
+/// byte below 251, else a marker byte and 2, 4 or 8 bytes).
+pub(crate) fn varint_len(n: usize) -> usize {
+    match n as u64 {
+        0..=250 => 1,
+        251..=0xFFFF => 3,
+        0x1_0000..=0xFFFF_FFFF => 5,
+        _ => 9,
+    }
+}
+
+impl Record {
+    /// The length of this record's canonical encoding, counted rather than encoded: its key,
+    /// its subject (variant and id), its values (each a variant and its texts).
+    pub fn canonical_len(&self) -> usize {
+        let text = |text: &str| varint_len(text.len()) + text.len();
+        let subject = match self.subject {
+            Subject::Organization(_) => 1 + 18,
+            Subject::Person(_) => 1 + 16,
+        };
+        let values: usize = self
+            .values
+            .iter()
+            .map(|value| match value {
+                Value::Absent => 1,
+                Value::Text(t) => 1 + text(t),
+                Value::Token { masked, .. } => 1 + text(masked) + 16,
+            })
+            .sum();
+        text(&self.key.0) + subject + varint_len(self.values.len()) + values
+    }
+}
+
 /// The network-wide secret under which identity numbers become tokens. Every node of one
 /// network holds the same key, so tokens join across counties; nobody without it can test a
 /// guessed number against a token.

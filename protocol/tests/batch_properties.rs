@@ -65,8 +65,62 @@ fn key() -> NodeKey {
     NodeKey::from_seed([42; 32])
 }
 
+/// Records as [`records`], some with texts long enough for a wider length varint (251 bytes
+/// and more).
+fn records_with_long_texts() -> impl Strategy<Value = Vec<Record>> {
+    let value = prop_oneof![
+        3 => value(),
+        1 => "[a-z]{245,300}".prop_map(Value::Text),
+        1 => ("[a-z]{245,300}", any::<[u8; 16]>()).prop_map(|(masked, t)| Value::Token {
+            masked,
+            token: PersonToken(t)
+        }),
+    ];
+    prop::collection::btree_map(
+        prop_oneof![3 => "[a-z0-9|]{1,10}", 1 => "[a-z0-9|]{250,260}"],
+        (subject(), prop::collection::vec(value, 0..6)),
+        1..12,
+    )
+    .prop_map(|m| {
+        m.into_iter()
+            .map(|(key, (subject, values))| Record {
+                key: RecordKey(key),
+                subject,
+                values,
+            })
+            .collect()
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// `Batch::decode` checks the canonical form by counting the encoding's length, not by
+    /// encoding: whatever it lets through is exactly the batch's encoding (checked by
+    /// encoding), with any byte changed; and a one-byte varint anywhere widened to the
+    /// three-byte form (the same value, bincode decodes it) is always refused.
+    #[test]
+    fn what_decodes_is_the_canonical_encoding(
+        records in records_with_long_texts(),
+        at in any::<prop::sample::Index>(),
+        widen in any::<bool>(),
+        byte in any::<u8>(),
+    ) {
+        let batch = Batch::new(header(vec![]), records).unwrap();
+        let bytes = batch.encode().unwrap();
+        prop_assert_eq!(batch.canonical_len(), bytes.len());
+        let i = at.index(bytes.len());
+        let mut changed = bytes.clone();
+        if widen && bytes[i] < 251 {
+            changed.splice(i..=i, [0xFB, bytes[i], 0]);
+            prop_assert!(Batch::decode(&changed).is_err(), "widened at {}", i);
+        } else {
+            changed[i] = byte;
+            if let Ok(decoded) = Batch::decode(&changed) {
+                prop_assert!(decoded.encodes_to(&changed), "changed at {}", i);
+            }
+        }
+    }
 
     #[test]
     fn encoding_round_trips(records in records()) {
@@ -200,6 +254,23 @@ fn non_minimal_varint_is_refused() {
         "{:?}",
         Batch::decode(&padded)
     );
+}
+
+/// The counted length agrees with the encoding where the records' count needs a wider
+/// varint too.
+#[test]
+fn the_counted_length_is_the_encoded_length_for_many_records() {
+    let records = (0..300)
+        .map(|n| Record {
+            key: RecordKey(format!("k{n:04}")),
+            subject: Subject::Organization(Uscc::parse("914403001922038216").unwrap()),
+            values: vec![Value::Text("x".repeat(n)), Value::Absent],
+        })
+        .collect();
+    let batch = Batch::new(header(vec![]), records).unwrap();
+    let bytes = batch.encode().unwrap();
+    assert_eq!(batch.canonical_len(), bytes.len());
+    assert_eq!(Batch::decode(&bytes).unwrap(), batch);
 }
 
 #[test]
