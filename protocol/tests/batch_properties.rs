@@ -42,23 +42,27 @@ fn subject() -> impl Strategy<Value = Subject> {
     ]
 }
 
+/// Records with distinct keys drawn from `keys` and values from `value`, in key order.
+fn records_of(
+    keys: impl Strategy<Value = String>,
+    value: impl Strategy<Value = Value>,
+    count: std::ops::Range<usize>,
+) -> impl Strategy<Value = Vec<Record>> {
+    prop::collection::btree_map(keys, (subject(), prop::collection::vec(value, 0..6)), count)
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|(key, (subject, values))| Record {
+                    key: RecordKey(key),
+                    subject,
+                    values,
+                })
+                .collect()
+        })
+}
+
 /// Records with distinct keys, in arbitrary order.
 fn records() -> impl Strategy<Value = Vec<Record>> {
-    prop::collection::btree_map(
-        "[a-z0-9|]{1,10}",
-        (subject(), prop::collection::vec(value(), 0..6)),
-        1..30,
-    )
-    .prop_map(|m| {
-        m.into_iter()
-            .map(|(key, (subject, values))| Record {
-                key: RecordKey(key),
-                subject,
-                values,
-            })
-            .collect()
-    })
-    .prop_shuffle()
+    records_of("[a-z0-9|]{1,10}", value(), 1..30).prop_shuffle()
 }
 
 fn key() -> NodeKey {
@@ -76,20 +80,8 @@ fn records_with_long_texts() -> impl Strategy<Value = Vec<Record>> {
             token: PersonToken(t)
         }),
     ];
-    prop::collection::btree_map(
-        prop_oneof![3 => "[a-z0-9|]{1,10}", 1 => "[a-z0-9|]{250,260}"],
-        (subject(), prop::collection::vec(value, 0..6)),
-        1..12,
-    )
-    .prop_map(|m| {
-        m.into_iter()
-            .map(|(key, (subject, values))| Record {
-                key: RecordKey(key),
-                subject,
-                values,
-            })
-            .collect()
-    })
+    let keys = prop_oneof![3 => "[a-z0-9|]{1,10}", 1 => "[a-z0-9|]{250,260}"];
+    records_of(keys, value, 1..12)
 }
 
 proptest! {
