@@ -234,7 +234,8 @@ impl Batch {
         // (integers, lengths and variants as minimal varints, texts and ids as their bytes),
         // and bincode's other accepted forms (a varint with a wider marker) are longer: the
         // bytes are the canonical encoding exactly when they are as long as it, which is
-        // counted rather than encoded (`Batch::encodes_to` is the check by encoding).
+        // counted rather than encoded (`Batch::encodes_to` is the check by encoding). A field
+        // type without one least-length encoding (a float, a map) would need that check again.
         if batch.canonical_len() != bytes.len() {
             return Err(DecodeError::NotCanonical(
                 "re-encoding gives other bytes (non-minimal integers)",
