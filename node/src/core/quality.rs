@@ -109,10 +109,10 @@ struct Overlay<'s, 'b, K: Kv> {
 }
 
 impl<'s, 'b, K: Kv> Overlay<'s, 'b, K> {
-    /// Reads the keys of `wanted` not read yet from the store, in one read of the period's
-    /// runs (`Store::index_read`).
+    /// Reads the keys of `wanted` (none read yet: its callers leave those out) from the
+    /// store, in one read of the period's runs (`Store::index_read`).
     fn read(&mut self, mut wanted: Vec<Vec<u8>>) -> Result<(), StoreError> {
-        wanted.retain(|key| !self.read.contains_key(key));
+        debug_assert!(wanted.iter().all(|key| !self.read.contains_key(key)));
         if wanted.is_empty() {
             return Ok(());
         }
