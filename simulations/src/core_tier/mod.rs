@@ -193,6 +193,10 @@ pub enum Forgery {
     /// The node's own batch, signed with its key, with a record that fails its checks (every
     /// value of the first record absent).
     BadRecord,
+    /// The node's own batch in a non-canonical encoding (the first record's key length
+    /// written as a three-byte varint: the same batch once decoded), hashed and signed with
+    /// its key: only the canonical-form check can refuse it.
+    NonCanonical,
 }
 
 #[derive(Debug, Clone)]
@@ -367,7 +371,8 @@ impl Faults {
                     Forgery::OthersBatch,
                     Forgery::Damaged,
                     Forgery::BadRecord,
-                ][forging.below(4) as usize];
+                    Forgery::NonCanonical,
+                ][forging.below(5) as usize];
                 faults.list.push(PlannedFault {
                     at_ms: forging.below(end),
                     duration_ms: 1,

@@ -1410,6 +1410,24 @@ impl World {
                 }
                 SignedBatch::seal_with(&batch, &self.nodes[n].signer).expect("a small batch")
             }
+            Forgery::NonCanonical => {
+                let signer = &self.nodes[n].signer;
+                let signed = self.workload.batch(&category, period, node, salt, signer).0;
+                let batch = Batch::decode(&signed.bytes).expect("a batch the workload made");
+                let records: usize = batch.records.iter().map(|r| r.canonical_len()).sum();
+                let at = signed.bytes.len() - records;
+                let key_len = signed.bytes[at];
+                assert!(key_len < 251, "a one-byte key length");
+                let mut bytes = signed.bytes[..at].to_vec();
+                bytes.extend([0xFB, key_len, 0]);
+                bytes.extend(&signed.bytes[at + 1..]);
+                let id = BatchId::of(&bytes);
+                SignedBatch {
+                    id,
+                    signature: SignedBatch::sign_id(&id, &self.nodes[n].signer),
+                    bytes,
+                }
+            }
         };
         let id = signed.id;
         let now = self.now_of(n);
