@@ -16,8 +16,8 @@ use std::fmt;
 
 use bincode::{Decode, Encode};
 
-use crate::ids::{BatchId, Category, NodeId, Period};
-use crate::record::{Record, RecordKey, Value, varint_len};
+use crate::ids::{BatchId, Category, NodeId, Period, PersonToken, Uscc};
+use crate::record::{Record, RecordKey, Subject, Value, varint_len};
 
 /// Version of the batch layout; decoders refuse others.
 pub const BATCH_FORMAT: u16 = 1;
@@ -211,17 +211,32 @@ impl Batch {
         if format != BATCH_FORMAT {
             return Err(DecodeError::Format(format));
         }
-        let (batch, used): (Batch, usize) =
+        // The header by bincode; the records, nearly all of the bytes, by `RecordReader`,
+        // which reads them straight from the slice and takes only minimal varints.
+        let (header, used): (BatchHeader, usize) =
             bincode::decode_from_slice(bytes, bincode_config::<BATCH_BYTES_MAX>())
                 .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if used != bytes.len() {
-            return Err(DecodeError::TrailingBytes(bytes.len() - used));
-        }
-        if batch.records.len() > BATCH_RECORDS_MAX
-            || batch.header.withdrawals.len() > WITHDRAWALS_MAX
-        {
+        if header.withdrawals.len() > WITHDRAWALS_MAX {
             return Err(DecodeError::NotCanonical("too many records or withdrawals"));
         }
+        // Every value this format holds has exactly one encoding of the least length
+        // (integers, lengths and variants as minimal varints, texts and ids as their bytes),
+        // and bincode's other accepted forms (a varint with a wider marker) are longer: the
+        // header is canonical exactly when it is as long as its canonical encoding, which is
+        // counted rather than encoded (`Batch::encodes_to` is the check by encoding), and the
+        // records are, since their reader refuses every other form. A field type without one
+        // least-length encoding (a float, a map) would need the check by encoding again.
+        if header_len(&header) != used {
+            return Err(DecodeError::NotCanonical(
+                "re-encoding gives other bytes (non-minimal integers)",
+            ));
+        }
+        let mut reader = RecordReader { bytes, at: used };
+        let records = reader.records()?;
+        if reader.at != bytes.len() {
+            return Err(DecodeError::TrailingBytes(bytes.len() - reader.at));
+        }
+        let batch = Batch { header, records };
         if batch.records.is_empty() && batch.header.withdrawals.is_empty() {
             return Err(DecodeError::NotCanonical("empty batch"));
         }
@@ -230,32 +245,15 @@ impl Batch {
                 "records or withdrawals not in strict key order",
             ));
         }
-        // Every value this format holds has exactly one encoding of the least length
-        // (integers, lengths and variants as minimal varints, texts and ids as their bytes),
-        // and bincode's other accepted forms (a varint with a wider marker) are longer: the
-        // bytes are the canonical encoding exactly when they are as long as it, which is
-        // counted rather than encoded (`Batch::encodes_to` is the check by encoding). A field
-        // type without one least-length encoding (a float, a map) would need that check again.
-        if batch.canonical_len() != bytes.len() {
-            return Err(DecodeError::NotCanonical(
-                "re-encoding gives other bytes (non-minimal integers)",
-            ));
-        }
+        debug_assert_eq!(batch.canonical_len(), bytes.len());
         Ok(batch)
     }
 
     /// The length of this batch's canonical encoding, counted: the header's by bincode, the
     /// records' from their texts' lengths.
     pub fn canonical_len(&self) -> usize {
-        let mut header = bincode::enc::write::SizeWriter::default();
-        bincode::encode_into_writer(
-            &self.header,
-            &mut header,
-            bincode_config::<BATCH_BYTES_MAX>(),
-        )
-        .expect("a size writer takes any header");
         let records: usize = self.records.iter().map(Record::canonical_len).sum();
-        header.bytes_written + varint_len(self.records.len()) + records
+        header_len(&self.header) + varint_len(self.records.len()) + records
     }
 
     fn is_ordered(&self) -> bool {
@@ -266,6 +264,141 @@ impl Batch {
                 .windows(2)
                 .all(|w| w[0].key < w[1].key)
     }
+}
+
+/// The length of `header`'s canonical encoding, counted by bincode's size writer.
+fn header_len(header: &BatchHeader) -> usize {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::encode_into_writer(header, &mut size, bincode_config::<BATCH_BYTES_MAX>())
+        .expect("a size writer takes any header");
+    size.bytes_written
+}
+
+/// Reads a batch's records from its bytes, as bincode decodes `Vec<Record>` but taking only
+/// the canonical forms: every varint minimal (bincode also takes wider ones, which the
+/// canonical check then refused), a credit code in normal form (as `Uscc`'s `Decode`). It
+/// reads straight from the slice, without bincode's reader, limit and per-field dispatch;
+/// `tests/batch_properties.rs` checks that it accepts exactly what bincode's decoding
+/// followed by the check by encoding accepts, with the same result, on changed batches.
+struct RecordReader<'b> {
+    bytes: &'b [u8],
+    at: usize,
+}
+
+/// The least bytes a record's encoding takes: a one-byte key, a subject (variant and a
+/// 16-byte token) and a value count.
+const RECORD_BYTES_MIN: usize = 2 + 17 + 1;
+
+impl RecordReader<'_> {
+    fn records(&mut self) -> Result<Vec<Record>, DecodeError> {
+        let count = self.len()?;
+        if count > BATCH_RECORDS_MAX {
+            return Err(DecodeError::NotCanonical("too many records or withdrawals"));
+        }
+        // Sized by what the bytes left could hold, so a hostile count allocates nothing.
+        let mut records = Vec::with_capacity(count.min(self.left() / RECORD_BYTES_MIN));
+        for _ in 0..count {
+            records.push(self.record()?);
+        }
+        Ok(records)
+    }
+
+    fn record(&mut self) -> Result<Record, DecodeError> {
+        let key = RecordKey(self.text()?);
+        let subject = match self.varint()? {
+            0 => {
+                let code: [u8; 18] = self.array()?;
+                Subject::Organization(Uscc::from_encoded(code).ok_or_else(|| {
+                    DecodeError::Malformed("malformed unified social credit code".to_owned())
+                })?)
+            }
+            1 => Subject::Person(PersonToken(self.array()?)),
+            other => return Err(unknown_variant("Subject", other)),
+        };
+        let count = self.len()?;
+        // A value takes one byte at least.
+        let mut values = Vec::with_capacity(count.min(self.left()));
+        for _ in 0..count {
+            values.push(match self.varint()? {
+                0 => Value::Absent,
+                1 => Value::Text(self.text()?),
+                2 => Value::Token {
+                    masked: self.text()?,
+                    token: PersonToken(self.array()?),
+                },
+                other => return Err(unknown_variant("Value", other)),
+            });
+        }
+        Ok(Record {
+            key,
+            subject,
+            values,
+        })
+    }
+
+    fn left(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        if n > self.left() {
+            return Err(DecodeError::Malformed(format!(
+                "the bytes end early: {n} more wanted at byte {}, {} left",
+                self.at,
+                self.left()
+            )));
+        }
+        let taken = &self.bytes[self.at..self.at + n];
+        self.at += n;
+        Ok(taken)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        Ok(self.take(N)?.try_into().expect("took N bytes"))
+    }
+
+    /// A varint (bincode's standard configuration), refused unless in its least form.
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let first = self.take(1)?[0];
+        let (value, least) = match first {
+            0..=250 => return Ok(u64::from(first)),
+            251 => (u64::from(u16::from_le_bytes(self.array()?)), 251),
+            252 => (u64::from(u32::from_le_bytes(self.array()?)), 0x1_0000),
+            253 => (u64::from_le_bytes(self.array()?), 0x1_0000_0000),
+            _ => {
+                return Err(DecodeError::Malformed(format!(
+                    "varint marker {first} at byte {}",
+                    self.at - 1
+                )));
+            }
+        };
+        if value < least {
+            return Err(DecodeError::NotCanonical(
+                "re-encoding gives other bytes (non-minimal integers)",
+            ));
+        }
+        Ok(value)
+    }
+
+    fn len(&mut self) -> Result<usize, DecodeError> {
+        let at = self.at;
+        let n = self.varint()?;
+        usize::try_from(n)
+            .map_err(|_| DecodeError::Malformed(format!("length {n} at byte {at} is too large")))
+    }
+
+    fn text(&mut self) -> Result<String, DecodeError> {
+        let n = self.len()?;
+        let at = self.at;
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|e| DecodeError::Malformed(format!("text at byte {at} is not UTF-8: {e}")))
+    }
+}
+
+fn unknown_variant(what: &str, variant: u64) -> DecodeError {
+    DecodeError::Malformed(format!("unknown {what} variant {variant}"))
 }
 
 /// A bincode writer into a buffer that stops storing bytes beyond `BATCH_BYTES_MAX` but

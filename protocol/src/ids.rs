@@ -225,18 +225,23 @@ impl<C> Decode<C> for Uscc {
         decoder: &mut D,
     ) -> Result<Self, bincode::error::DecodeError> {
         let bytes = <[u8; 18]>::decode(decoder)?;
-        std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|text| Uscc::parse(text).ok())
-            .filter(|uscc| uscc.0 == bytes)
-            .ok_or(bincode::error::DecodeError::Other(
-                "malformed unified social credit code",
-            ))
+        Uscc::from_encoded(bytes).ok_or(bincode::error::DecodeError::Other(
+            "malformed unified social credit code",
+        ))
     }
 }
 bincode::impl_borrow_decode!(Uscc);
 
 impl Uscc {
+    /// The code whose encoding is `bytes` (its 18 characters), if they are one in normal
+    /// form: what decoding accepts.
+    pub(crate) fn from_encoded(bytes: [u8; 18]) -> Option<Uscc> {
+        std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| Uscc::parse(text).ok())
+            .filter(|uscc| uscc.0 == bytes)
+    }
+
     /// Parses the form: 18 characters of the GB 32100 alphabet, positions 3–8 digits (the
     /// region code). Lower-case letters are accepted and upper-cased.
     pub fn parse(text: &str) -> Result<Uscc, IdError> {
