@@ -355,7 +355,10 @@ pub fn ingest_reader(
             left_out_columns,
             ..IngestReport::default()
         },
-        keys: KeyIndex::new(),
+        keys: KeyIndex::new({
+            let fingerprinter = fingerprinter.clone();
+            Box::new(move |key| fingerprinter.of(key))
+        }),
         batch: EncodedRecords::new(),
         per_batch: options.batch_records_max.clamp(1, BATCH_RECORDS_MAX),
         sink: &mut sink,
@@ -809,10 +812,24 @@ fn check_chunk(
 /// is only a candidate: the key is read back from the log and compared, so two keys that
 /// share a fingerprint are never taken for duplicates (the fingerprint's width only decides how often the log is read: at 10
 /// million keys, for about one row in 400).
+///
+/// Exports are usually sorted by key (by account number): while every key has come in
+/// strictly increasing order, a new key greater than the last cannot repeat any earlier one,
+/// so it is only logged, and the buckets (two cache misses a key) are left empty. The first
+/// key out of order builds them from the log, once, and from then on every key goes
+/// through them.
 struct KeyIndex {
     buckets: Vec<Vec<[u16; 3]>>,
     log: KeyLog,
+    /// The last key, while every key so far came in strictly increasing order; `None` once
+    /// the buckets are built.
+    sorted_last: Option<Vec<u8>>,
+    /// The fingerprint the keys are given by (the buckets are built from the log with it).
+    fingerprint: FingerprintFn,
 }
+
+/// How a [`KeyIndex`] fingerprints a key: [`Fingerprinter::of`] (a fixed function in tests).
+type FingerprintFn = Box<dyn Fn(&[u8]) -> u64 + Send>;
 
 /// The fingerprint of a record key in the [`KeyIndex`]: SipHash under a key drawn per run.
 /// A cryptographic hash would cost more than the rest of the row's merge: the fingerprint
@@ -836,13 +853,18 @@ pub const KEY_LOG_MEMORY_BYTES: usize = 4 * 1024 * 1024;
 const KEY_LOG_BYTES_MAX: u64 = 4 << 32;
 
 impl KeyIndex {
-    fn new() -> KeyIndex {
+    /// An empty index; `fingerprint` is the function the keys' fingerprints given to
+    /// [`KeyIndex::insert_fingerprinted`] come from.
+    fn new(fingerprint: FingerprintFn) -> KeyIndex {
         KeyIndex {
             buckets: Vec::new(),
             log: KeyLog {
                 memory_max: KEY_LOG_MEMORY_BYTES,
                 ..KeyLog::default()
             },
+            // Every key is longer than this (an empty record key is refused).
+            sorted_last: Some(Vec::new()),
+            fingerprint,
         }
     }
 
@@ -857,7 +879,7 @@ impl KeyIndex {
     /// overlaps them: the index's share of a 200 MB ingest fell from 520 profile samples
     /// to 234 (warming included). Correctness does not depend on it; only speed.
     fn warm(&self, fingerprints: &[u64]) {
-        if self.buckets.is_empty() {
+        if self.sorted_last.is_some() || self.buckets.is_empty() {
             return;
         }
         let bucket = |fingerprint: &u64| &self.buckets[(fingerprint >> 48) as usize];
@@ -889,8 +911,15 @@ impl KeyIndex {
         fingerprint: u64,
         line: u64,
     ) -> io::Result<Option<u64>> {
-        if self.buckets.is_empty() {
-            self.buckets = vec![Vec::new(); 1 << 16];
+        if let Some(last) = &mut self.sorted_last {
+            if key > last.as_slice() {
+                self.log.append(key, line)?;
+                last.clear();
+                last.extend_from_slice(key);
+                return Ok(None);
+            }
+            self.sorted_last = None;
+            self.build_buckets()?;
         }
         let bucket = &mut self.buckets[(fingerprint >> 48) as usize];
         let tag = (fingerprint >> 32) as u16;
@@ -907,19 +936,36 @@ impl KeyIndex {
             at += 1;
         }
         let offset = self.log.append(key, line)?;
-        if offset >= KEY_LOG_BYTES_MAX {
-            return Err(io::Error::other(
-                "more than 16 GiB of record keys: split the file",
-            ));
-        }
         if bucket.len() == bucket.capacity() {
             bucket.reserve_exact((bucket.len() / 8).max(8));
         }
         // After the entries of the same tag, which have smaller offsets: still sorted.
-        let unit = offset / 4;
-        bucket.insert(at, [tag, (unit >> 16) as u16, unit as u16]);
+        bucket.insert(at, entry(fingerprint, offset));
         Ok(None)
     }
+
+    /// The buckets of every key logged so far (all distinct: they came in increasing order).
+    fn build_buckets(&mut self) -> io::Result<()> {
+        let mut buckets = vec![Vec::new(); 1 << 16];
+        self.log.for_each(|offset, key| {
+            let fingerprint = (self.fingerprint)(key);
+            let bucket: &mut Vec<[u16; 3]> = &mut buckets[(fingerprint >> 48) as usize];
+            bucket.push(entry(fingerprint, offset));
+        })?;
+        // Pushed in log order: a stable sort by tag keeps a tag's entries by offset.
+        for bucket in &mut buckets {
+            bucket.sort_by_key(|entry| entry[0]);
+        }
+        self.buckets = buckets;
+        Ok(())
+    }
+}
+
+/// A bucket's entry for a key of `fingerprint` logged at `offset`: 16 bits of the
+/// fingerprint (the tag), the offset in units of 4 bytes.
+fn entry(fingerprint: u64, offset: u64) -> [u16; 3] {
+    let unit = offset / 4;
+    [(fingerprint >> 32) as u16, (unit >> 16) as u16, unit as u16]
 }
 
 /// Append-only (line, key) entries, the newest in memory, the older ones in a temporary
@@ -947,6 +993,11 @@ impl KeyLog {
             self.memory.clear();
         }
         let offset = self.file_len + self.memory.len() as u64;
+        if offset >= KEY_LOG_BYTES_MAX {
+            return Err(io::Error::other(
+                "more than 16 GiB of record keys: split the file",
+            ));
+        }
         let len = u32::try_from(key.len()).map_err(|_| io::Error::other("key too long"))?;
         self.memory.extend_from_slice(&line.to_le_bytes());
         self.memory.extend_from_slice(&len.to_le_bytes());
@@ -954,6 +1005,41 @@ impl KeyLog {
         // Entries start at multiples of 4 (the index keeps offsets / 4).
         self.memory.resize(self.memory.len().next_multiple_of(4), 0);
         Ok(offset)
+    }
+
+    /// Calls `f` with the offset and key of every entry, in log order: the file's, read
+    /// through once, then memory's.
+    fn for_each(&self, mut f: impl FnMut(u64, &[u8])) -> io::Result<()> {
+        let mut each_in = |bytes: &[u8], base: u64| -> usize {
+            // Whole entries in `bytes`; returns the bytes they take.
+            let mut at = 0;
+            while let Some(head) = bytes.get(at..at + 12) {
+                let len = u32::from_le_bytes(head[8..].try_into().expect("4 bytes")) as usize;
+                let Some(key) = bytes.get(at + 12..at + 12 + len) else {
+                    break;
+                };
+                f(base + at as u64, key);
+                at = (at + 12 + len).next_multiple_of(4);
+            }
+            at
+        };
+        if let Some(file) = &self.file {
+            // Read in blocks; an entry cut by a block's end is read again with the next.
+            let mut block = vec![0u8; 1 << 20];
+            let mut offset = 0;
+            while offset < self.file_len {
+                let n = block.len().min((self.file_len - offset) as usize);
+                read_exact_at(file, &mut block[..n], offset)?;
+                let used = each_in(&block[..n], offset);
+                if used == 0 {
+                    // An entry longer than the block: a key is at most a few hundred bytes.
+                    return Err(io::Error::other("a key log entry longer than its block"));
+                }
+                offset += used as u64;
+            }
+        }
+        each_in(&self.memory, self.file_len);
+        Ok(())
     }
 
     fn read(&self, offset: u64) -> io::Result<(u64, Vec<u8>)> {
@@ -1356,34 +1442,77 @@ mod tests {
     use super::*;
 
     /// Keys that share a fingerprint are told apart by the keys themselves, whether the
-    /// earlier one is still in memory or already in the temporary file.
+    /// earlier one is still in memory or already in the temporary file; and whether the keys
+    /// came in increasing order (only logged until the first out of order, which builds the
+    /// buckets from the log), decreasing, or shuffled.
     #[test]
     fn key_index_is_exact_under_fingerprint_collisions_and_after_spilling() {
-        for fingerprint in [(|_: &[u8]| 42) as fn(&[u8]) -> u64, |key: &[u8]| {
-            key.len() as u64
-        }] {
-            let mut index = KeyIndex::new();
-            let insert = |index: &mut KeyIndex, key: &[u8], line| {
-                index.insert_fingerprinted(key, fingerprint(key), line)
-            };
-            index.log.memory_max = 64;
-            for line in 2..400u64 {
-                let key = format!("AC{line:05}|2022-05");
+        let fingerprints: [fn(&[u8]) -> u64; 3] = [
+            |_| 42,
+            |key| key.len() as u64,
+            // Spread as the real one (SipHash, under fixed keys here).
+            |key| {
+                use std::hash::Hasher;
+                let mut hasher = std::hash::DefaultHasher::new();
+                hasher.write(key);
+                hasher.finish()
+            },
+        ];
+        let orders: [fn(&mut Vec<u64>); 3] = [
+            |_| {},
+            |lines| lines.reverse(),
+            // A fixed shuffle: stride 7 over 398 lines (coprime).
+            |lines| {
+                *lines = (0..lines.len())
+                    .map(|i| lines[i * 7 % lines.len()])
+                    .collect()
+            },
+        ];
+        for fingerprint in fingerprints {
+            for (order_index, order) in orders.iter().enumerate() {
+                let mut index = KeyIndex::new(Box::new(fingerprint));
+                let insert = |index: &mut KeyIndex, key: &[u8], line| {
+                    index.insert_fingerprinted(key, fingerprint(key), line)
+                };
+                index.log.memory_max = 64;
+                let mut lines: Vec<u64> = (2..400).collect();
+                order(&mut lines);
+                for &line in &lines {
+                    let key = format!("AC{line:05}|2022-05");
+                    assert_eq!(
+                        insert(&mut index, key.as_bytes(), line).unwrap(),
+                        None,
+                        "{key} is new (order {order_index})"
+                    );
+                }
+                assert!(index.log.file.is_some(), "the log spilled to its file");
                 assert_eq!(
-                    insert(&mut index, key.as_bytes(), line).unwrap(),
-                    None,
-                    "{key} is new"
+                    index.sorted_last.is_some(),
+                    order_index == 0,
+                    "only increasing keys leave the buckets unbuilt"
+                );
+                // The last key again, at once: not greater than the last, so it is looked up.
+                let last = format!("AC{:05}|2022-05", lines[lines.len() - 1]);
+                assert_eq!(
+                    insert(&mut index, last.as_bytes(), 999).unwrap(),
+                    Some(lines[lines.len() - 1]),
+                    "{last} again at once (order {order_index})"
+                );
+                for line in [2u64, 150, 399] {
+                    let key = format!("AC{line:05}|2022-05");
+                    assert_eq!(
+                        insert(&mut index, key.as_bytes(), 1000 + line).unwrap(),
+                        Some(line),
+                        "{key} again (order {order_index})"
+                    );
+                }
+                assert_eq!(insert(&mut index, b"AC00400|2022-05", 500).unwrap(), None);
+                assert_eq!(insert(&mut index, b"AC00001|2022-05", 501).unwrap(), None);
+                assert_eq!(
+                    insert(&mut index, b"AC00400|2022-05", 502).unwrap(),
+                    Some(500)
                 );
             }
-            assert!(index.log.file.is_some(), "the log spilled to its file");
-            for line in [2u64, 150, 399] {
-                let key = format!("AC{line:05}|2022-05");
-                assert_eq!(
-                    insert(&mut index, key.as_bytes(), 1000 + line).unwrap(),
-                    Some(line)
-                );
-            }
-            assert_eq!(insert(&mut index, b"AC00400|2022-05", 500).unwrap(), None);
         }
     }
 
