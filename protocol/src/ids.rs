@@ -245,22 +245,19 @@ impl Uscc {
     /// Parses the form: 18 characters of the GB 32100 alphabet, positions 3–8 digits (the
     /// region code). Lower-case letters are accepted and upper-cased.
     pub fn parse(text: &str) -> Result<Uscc, IdError> {
-        let bytes = text.as_bytes();
-        if bytes.len() != 18 {
+        let Ok(bytes) = <&[u8; 18]>::try_from(text.as_bytes()) else {
             return Err(IdError::UsccFormat(text.to_owned()));
-        }
-        let mut code = [0u8; 18];
-        for (i, byte) in bytes.iter().enumerate() {
-            let upper = byte.to_ascii_uppercase();
-            let ok = if (2..8).contains(&i) {
-                upper.is_ascii_digit()
-            } else {
-                uscc_value(upper).is_some()
-            };
-            if !ok {
-                return Err(IdError::UsccFormat(text.to_owned()));
-            }
-            code[i] = upper;
+        };
+        // Every position checked, the verdict taken once at the end, without a branch per
+        // character (codes are nearly always valid, and this runs for every code of every
+        // row): a byte outside the alphabet looks up `u8::MAX`, whose high bit no value has.
+        let mut code = *bytes;
+        code.make_ascii_uppercase();
+        let outside = code
+            .iter()
+            .fold(0, |outside, &byte| outside | USCC_VALUES[usize::from(byte)]);
+        if outside & 0x80 != 0 || !code[2..8].iter().all(u8::is_ascii_digit) {
+            return Err(IdError::UsccFormat(text.to_owned()));
         }
         Ok(Uscc(code))
     }
@@ -272,11 +269,21 @@ impl Uscc {
 
     /// The check character the code should end with.
     pub fn expected_check_char(&self) -> char {
-        uscc_check_char(&self.0[..17]).expect("USCC holds alphabet characters")
+        char::from(USCC_ALPHABET[usize::from(self.expected_check_value())])
     }
 
     pub fn check_char_ok(&self) -> bool {
-        char::from(self.0[17]) == self.expected_check_char()
+        USCC_VALUES[usize::from(self.0[17])] == self.expected_check_value()
+    }
+
+    /// [`uscc_check_char`]'s value for the code's first 17 characters, which parsing has
+    /// already found in the alphabet.
+    fn expected_check_value(&self) -> u8 {
+        let mut sum = 0u32;
+        for (byte, weight) in self.0[..17].iter().zip(USCC_WEIGHTS) {
+            sum += u32::from(USCC_VALUES[usize::from(*byte)]) * weight;
+        }
+        ((31 - sum % 31) % 31) as u8
     }
 
     /// Whether the embedded GB 11714 organization code (positions 9–17) passes its own check.
@@ -1148,6 +1155,52 @@ mod tests {
         assert_eq!(mask_middle("13812345678"), "138123****8");
         assert_eq!(mask_middle("abc"), "a**");
         assert_eq!(mask_middle(""), "");
+    }
+
+    proptest::proptest! {
+        /// `Uscc::parse` (every position checked, one verdict) and the check character agree
+        /// with the rules read one character at a time, on codes near valid ones: one to
+        /// three characters replaced by any ASCII or a Chinese character.
+        #[test]
+        fn uscc_parse_agrees_with_a_character_by_character_reading(
+            base in proptest::sample::select(vec![
+                "91445281214550059P", "914452812205143025", "11100000000013127H",
+                "92445200MA4W1XYZ0G", "914403001922038216",
+            ]),
+            changes in proptest::collection::vec(
+                (0..18usize, proptest::prop_oneof![
+                    proptest::char::range('\u{0}', '\u{7f}'),
+                    proptest::sample::select(vec!['a', 'i', 'o', 'z', '0', '9', '揭']),
+                ]),
+                0..3,
+            ),
+        ) {
+            let mut chars: Vec<char> = base.chars().collect();
+            for (at, c) in changes {
+                chars[at] = c;
+            }
+            let text: String = chars.into_iter().collect();
+            let reference = (text.len() == 18
+                && text.bytes().enumerate().all(|(i, b)| {
+                    let upper = b.to_ascii_uppercase();
+                    if (2..8).contains(&i) {
+                        upper.is_ascii_digit()
+                    } else {
+                        USCC_ALPHABET.contains(&upper)
+                    }
+                }))
+            .then(|| text.to_ascii_uppercase());
+            let parsed = Uscc::parse(&text);
+            proptest::prop_assert_eq!(parsed.as_ref().ok().map(Uscc::as_str), reference.as_deref());
+            if let Ok(code) = parsed {
+                let expected = uscc_check_char(&code.as_str().as_bytes()[..17]).unwrap();
+                proptest::prop_assert_eq!(code.expected_check_char(), expected);
+                proptest::prop_assert_eq!(
+                    code.check_char_ok(),
+                    char::from(code.as_str().as_bytes()[17]) == expected
+                );
+            }
+        }
     }
 
     #[test]
