@@ -295,7 +295,7 @@ pub enum Contribution {
 
 /// The contributions of `record` to the cross-record rules of `schema`.
 pub fn contributions(schema: &Schema, record: &Record) -> Vec<Contribution> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(schema.audit.len());
     for (n, rule) in schema.audit.iter().enumerate() {
         let rule_n = n as u16;
         match &rule.check {
@@ -702,7 +702,45 @@ fn text(record: &Record, field: usize) -> Option<&str> {
 
 /// A normalized decimal or integer value.
 fn number(text: &str) -> Option<f64> {
-    text.parse::<f64>().ok().filter(|v| v.is_finite())
+    plain_decimal(text).or_else(|| text.parse::<f64>().ok().filter(|v| v.is_finite()))
+}
+
+/// A decimal without exponent whose digits, read as one integer, are below 2^53, with at
+/// most 22 after the point: that integer and the power of ten are exact doubles, so their
+/// quotient, rounded once, is exactly what `str::parse` gives (the fast path of
+/// decimal-to-float conversion, which `str::parse` reaches for such text after a general
+/// scan). Amounts are such decimals, and the rules read a record's several times over.
+fn plain_decimal(text: &str) -> Option<f64> {
+    const POWERS: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    let bytes = text.as_bytes();
+    let (negative, digits) = match bytes.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, bytes),
+    };
+    // At most 17 characters: the integer cannot overflow a u64.
+    if digits.len() > 17 {
+        return None;
+    }
+    let (mut mantissa, mut seen, mut point) = (0u64, 0, None);
+    for (i, &byte) in digits.iter().enumerate() {
+        match byte {
+            b'0'..=b'9' => {
+                mantissa = mantissa * 10 + u64::from(byte - b'0');
+                seen += 1;
+            }
+            b'.' if point.is_none() => point = Some(i),
+            _ => return None,
+        }
+    }
+    if seen == 0 || mantissa >= 1 << 53 {
+        return None;
+    }
+    let after = point.map_or(0, |at| digits.len() - at - 1);
+    let value = mantissa as f64 / POWERS[after];
+    Some(if negative { -value } else { value })
 }
 
 #[cfg(test)]
@@ -712,6 +750,45 @@ mod tests {
     use crate::ids::{Category, NodeId, Period};
     use crate::record::Subject;
     use crate::schema::Registry;
+
+    proptest::proptest! {
+        /// The fast path gives exactly (bit for bit) what `str::parse` gives, or steps aside.
+        #[test]
+        fn numbers_read_as_str_parse_reads_them(
+            text in "-?[0-9]{0,12}(\\.[0-9]{0,8})?|-?[0-9.]{1,18}|[0-9]{15,19}(\\.[0-9]{1,4})?",
+        ) {
+            let std = text.parse::<f64>().ok().filter(|v| v.is_finite());
+            proptest::prop_assert_eq!(number(&text).map(f64::to_bits), std.map(f64::to_bits), "{}", text);
+            if let Some(fast) = plain_decimal(&text) {
+                proptest::prop_assert_eq!(Some(fast.to_bits()), std.map(f64::to_bits));
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_path_reads_amounts() {
+        for (text, value) in [
+            ("1621.79", 1621.79),
+            ("0.1", 0.1),
+            ("-0.30", -0.3),
+            ("5.", 5.0),
+            (".5", 0.5),
+        ] {
+            assert_eq!(plain_decimal(text), Some(value), "{text}");
+        }
+        for text in [
+            "",
+            "-",
+            ".",
+            "1.2.3",
+            "1e5",
+            "+1",
+            "12345678901234567890",
+            "9007199254740993",
+        ] {
+            assert_eq!(plain_decimal(text), None, "{text}");
+        }
+    }
 
     fn schema() -> &'static Schema {
         Registry::builtin()

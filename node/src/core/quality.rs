@@ -494,7 +494,7 @@ pub(super) fn assess<K: Kv>(
         overlay.want_aggregates(contributions, &mut second);
     }
     overlay.read(second)?;
-    let mut current = Vec::new();
+    let mut current = Vec::with_capacity(keys.len());
     for (n, (key, withdrawn)) in keys.into_iter().enumerate() {
         let slot = slot_of[n];
         let entry = &mut overlay.entries[slot].1;
