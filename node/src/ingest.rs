@@ -918,8 +918,9 @@ impl KeyIndex {
                 last.extend_from_slice(key);
                 return Ok(None);
             }
-            self.sorted_last = None;
+            // Built before the order is given up, so a failed read leaves the index as it was.
             self.build_buckets()?;
+            self.sorted_last = None;
         }
         let bucket = &mut self.buckets[(fingerprint >> 48) as usize];
         let tag = (fingerprint >> 32) as u16;
