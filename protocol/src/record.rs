@@ -349,6 +349,10 @@ impl Schema {
                 values.push(Staged::Absent);
                 continue;
             }
+            if already_normal(&field.kind, text) {
+                values.push(desensitize(field, Cow::Borrowed(text), key));
+                continue;
+            }
             match normalize(&field.kind, text, period) {
                 Err((rule, message)) => {
                     problems.push(self.problem(field, text, rule, message));
@@ -433,6 +437,7 @@ impl Schema {
                     Some((Rule::TooLong, "masked form longer than 64 bytes".to_owned()))
                 }
                 (Value::Token { masked, .. }, rule) => reveals_too_much(masked, rule),
+                (Value::Text(text), Desensitize::None) if already_normal(&field.kind, text) => None,
                 (Value::Text(text), Desensitize::None) => {
                     match normalize(&field.kind, text, period) {
                         Ok(n) if n.text == text.as_str() => None,
@@ -917,6 +922,32 @@ fn to_half_width(text: &str) -> Cow<'_, str> {
             })
             .collect(),
     )
+}
+
+/// Whether [`normalize`] would return `text` (trimmed, not empty) as it is, with no warning,
+/// for a field of `kind`: the usual cell of an export, told without building a result.
+/// `false` decides nothing (`normalize` then does). Validation asks this first, so the usual
+/// cell builds no [`Normalized`]; a property test holds it to `normalize` (both validation
+/// paths take it, so `tests/validate_fast_path.rs` cannot).
+#[inline]
+fn already_normal(kind: &FieldKind, text: &str) -> bool {
+    if text.len() > VALUE_BYTES_MAX {
+        return false;
+    }
+    match kind {
+        FieldKind::Text { max_chars } => {
+            (text.len() <= *max_chars || char_count(text) <= *max_chars)
+                && scan_controls(text) == (false, false)
+        }
+        FieldKind::Decimal { scale, min } => decimal_is_normal(text, *scale, *min),
+        FieldKind::Date => matches!(Period::parse_normal(text), Some(Period::Day { .. })),
+        FieldKind::Month => matches!(Period::parse_normal(text), Some(Period::Month { .. })),
+        FieldKind::Enum { values } => values.iter().any(|v| v == text),
+        FieldKind::Uscc => Uscc::parse(text).is_ok_and(|uscc| {
+            uscc.as_str() == text && uscc.placeholder().is_none() && uscc.check_char_ok()
+        }),
+        _ => false,
+    }
 }
 
 /// Checks and normalizes one value of a field of `kind`, for a record of `period` (a resident
@@ -1428,6 +1459,43 @@ mod tests {
             }
             if let Ok(period) = Period::parse(&text) && period_form(&text, period).text == text {
                 proptest::prop_assert_eq!(Period::parse_normal(&text), Some(period));
+            }
+        }
+
+        /// A cell `already_normal` passes is one `normalize` returns as it is, borrowed, with
+        /// no warning — for every kind it answers for, on cells near their normal forms.
+        #[test]
+        fn cells_already_normal_are_what_normalize_leaves_alone(
+            kind in prop_oneof![
+                (1usize..8).prop_map(|max_chars| FieldKind::Text { max_chars }),
+                (0u8..4, prop_oneof![Just(None), (-5i64..120).prop_map(Some)])
+                    .prop_map(|(scale, min)| FieldKind::Decimal { scale, min }),
+                Just(FieldKind::Date),
+                Just(FieldKind::Month),
+                Just(FieldKind::Uscc),
+                Just(FieldKind::Enum { values: vec!["居民".to_owned(), "非居民".to_owned()] }),
+            ],
+            text in prop_oneof![
+                "[0-9A-Z]{17}[0-9A-Z]",
+                Just("914403001922038216".to_owned()),
+                Just("914403001922038217".to_owned()),
+                Just("000000000000000000".to_owned()),
+                "(19|20)[0-9]{2}-[01][0-9](-[0-3][0-9])?",
+                "-?[0-9,]{0,6}(\\.[0-9]{0,4})?",
+                "[ -~\r\n\t\u{7}\u{85}揭阳居民非]{1,9}",
+            ],
+        ) {
+            let period = Period::parse("2022-05").unwrap();
+            if already_normal(&kind, &text) {
+                let normalized = normalize(&kind, &text, period);
+                proptest::prop_assert!(
+                    matches!(
+                        &normalized,
+                        Ok(Normalized { text: Cow::Borrowed(t), warning: None }) if *t == text
+                    ),
+                    "{kind:?} {text:?}: {:?}",
+                    normalized.map(|n| (n.text, n.warning))
+                );
             }
         }
 
