@@ -335,6 +335,9 @@ impl Schema {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
         let trimmed = |i: usize| raw[i].map_or("", trim);
+        // The fields (of the first 64) whose value is their trimmed cell as given: the period
+        // check, the subject and the key read those from the row rather than from `values`.
+        let mut verbatim = 0u64;
         for (index, field) in self.fields.iter().enumerate() {
             let text = trimmed(index);
             if text.is_empty() {
@@ -350,6 +353,9 @@ impl Schema {
                 continue;
             }
             if already_normal(&field.kind, text) {
+                if index < 64 && field.desensitize == Desensitize::None {
+                    verbatim |= 1 << index;
+                }
                 values.push(desensitize(field, Cow::Borrowed(text), key));
                 continue;
             }
@@ -368,8 +374,15 @@ impl Schema {
                 }
             }
         }
+        let view = |i: usize| {
+            if i < 64 && verbatim >> i & 1 == 1 {
+                View::Text(Cow::Borrowed(trimmed(i)))
+            } else {
+                values.view(i)
+            }
+        };
         if let Some(index) = self.period_field
-            && let View::Text(text) = values.view(index)
+            && let View::Text(text) = view(index)
             && *text != *period.month().text().as_str()
             && *text != *period.text().as_str()
         {
@@ -384,7 +397,7 @@ impl Schema {
         if !problems.is_empty() {
             return Err(problems);
         }
-        match self.identify(|i| values.view(i), record_key) {
+        match self.identify(view, record_key) {
             Ok(subject) => Ok((subject, warnings)),
             Err(problem) => Err(vec![problem]),
         }
@@ -1504,6 +1517,60 @@ mod tests {
         fn trim_agrees_with_trim_value(value in "[ -~\t\r\n\u{7}\u{3000}\u{a0}\u{feff}\u{200b}\u{2002}\u{e9}揭阳]{0,6}") {
             proptest::prop_assert_eq!(trim(&value), trim_value(&value));
         }
+    }
+
+    /// A masked field in the record key is keyed by its masked form, on both validation
+    /// paths: the key never holds a personal value in clear, however the key's fields are
+    /// read back (a cell in normal form is read from the row, which must not apply here).
+    #[test]
+    fn a_masked_key_field_is_keyed_masked() {
+        let schema = Schema::parse(
+            "masked_key.toml",
+            r#"
+category = "masked_key"
+label = "a licence keyed by its holder's name"
+version = 1
+cadence = "event"
+due_day = 7
+subject = ["code"]
+key = ["number", "holder"]
+
+[[field]]
+name = "number"
+label = "编号"
+type = "text"
+max_chars = 20
+required = true
+sensitivity = "public"
+
+[[field]]
+name = "code"
+label = "统一社会信用代码"
+type = "uscc"
+required = true
+sensitivity = "public"
+
+[[field]]
+name = "holder"
+label = "法定代表人"
+type = "text"
+max_chars = 50
+required = true
+sensitivity = "personal"
+desensitize = "mask_name"
+"#,
+        )
+        .unwrap();
+        let period = Period::parse("2022-05").unwrap();
+        let raw = [Some("XK-1"), Some("914403001922038216"), Some("张三丰")];
+        let key = DesensitizeKey([7; 32]);
+        let validated = schema.validate(&raw, period, &key).unwrap();
+        assert_eq!(validated.record.key.0, "XK-1|张**");
+        let mut records = EncodedRecords::new();
+        schema
+            .validate_encoded(&raw, period, &key, &mut Staging::new(), &mut records)
+            .unwrap();
+        assert_eq!(records.key(0), "XK-1|张**".as_bytes());
     }
 
     #[test]
