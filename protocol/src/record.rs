@@ -353,10 +353,14 @@ impl Schema {
                 continue;
             }
             if already_normal(&field.kind, text) {
-                if index < 64 && field.desensitize == Desensitize::None {
-                    verbatim |= 1 << index;
+                if field.desensitize == Desensitize::None {
+                    if index < 64 {
+                        verbatim |= 1 << index;
+                    }
+                    values.push_text(text);
+                } else {
+                    values.push(desensitize(field, Cow::Borrowed(text), key));
                 }
-                values.push(desensitize(field, Cow::Borrowed(text), key));
                 continue;
             }
             match normalize(&field.kind, text, period) {
@@ -759,6 +763,10 @@ fn put_len(out: &mut Vec<u8>, len: usize) {
 /// the subject and the key see the values as [`View`]s.
 trait Values<'a> {
     fn push(&mut self, value: Staged<'a>);
+    /// Pushes `Staged::Text(Cow::Borrowed(text))`.
+    fn push_text(&mut self, text: &'a str) {
+        self.push(Staged::Text(Cow::Borrowed(text)));
+    }
     fn view(&self, index: usize) -> View<'_>;
 }
 
@@ -792,6 +800,14 @@ impl<'a> Values<'a> for EncodedValues {
     fn push(&mut self, value: Staged<'a>) {
         self.starts.push(self.bytes.len());
         value.encode(&mut self.bytes);
+    }
+
+    /// What `push` writes for the text, without the variants' match.
+    fn push_text(&mut self, text: &'a str) {
+        self.starts.push(self.bytes.len());
+        self.bytes.push(1);
+        put_len(&mut self.bytes, text.len());
+        self.bytes.extend_from_slice(text.as_bytes());
     }
 
     /// Read back from the encoding: the variant index, then a text's length and bytes, or
