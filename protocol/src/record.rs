@@ -291,7 +291,8 @@ impl Schema {
     /// [`EncodedRecords::push`] of [`Schema::validate`]'s record would add. No allocation
     /// per field and no value built: each value is written in its encoding as it passes its
     /// checks (a value in normal form copied once, from the row; masks written in place), and
-    /// the period check, the subject and the key read it back from there. `staging` is room
+    /// the period check, the subject and the key read it back from there (or, for a cell
+    /// that was already in normal form and is not desensitized, from the row). `staging` is room
     /// reused from row to row. `tests/validate_fast_path.rs` checks it against
     /// [`Schema::validate`] on arbitrary rows of every schema.
     pub fn validate_encoded(
