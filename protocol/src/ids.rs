@@ -262,6 +262,11 @@ impl Uscc {
         Ok(Uscc(code))
     }
 
+    /// Its 18 characters' bytes (ASCII), without [`Uscc::as_str`]'s UTF-8 check.
+    pub fn as_bytes(&self) -> &[u8; 18] {
+        &self.0
+    }
+
     pub fn as_str(&self) -> &str {
         // Only ASCII bytes from USCC_ALPHABET are ever stored.
         std::str::from_utf8(&self.0).expect("USCC holds ASCII")
@@ -551,13 +556,14 @@ pub fn mask_middle(text: &str) -> String {
 
 /// [`mask_middle`] as its parts, to be written where it goes without a `String` first.
 pub(crate) fn mask_middle_parts(text: &str) -> Masked<'_> {
-    let (head, tail) = match char_count(text) {
+    let chars = char_count(text);
+    let (head, tail) = match chars {
         0 => return Masked::EMPTY,
         n if n <= 4 => (1, 0),
         n if n <= 10 => (2, 1),
         _ => (6, 1),
     };
-    mask_parts(text, head, tail, 0)
+    mask_parts(text, chars, head, tail, 0)
 }
 
 /// The number of characters of `text`, without decoding an ASCII one.
@@ -606,11 +612,22 @@ impl Masked<'_> {
     }
 }
 
-/// `text` with all but its first `head` and last `tail` characters replaced by `*`, plus
+/// `text`, of `chars` characters ([`char_count`], which every caller has counted already),
+/// with all but its first `head` and last `tail` characters replaced by `*`, plus
 /// `extra_stars` more, as parts borrowing `text` (it runs for every personal field of every
-/// row: written where it goes, no `String` first). `head + tail` must not exceed the
-/// character count.
-pub(crate) fn mask_parts(text: &str, head: usize, tail: usize, extra_stars: usize) -> Masked<'_> {
+/// row: written where it goes, no `String` first). `head + tail` must not exceed `chars`.
+pub(crate) fn mask_parts(
+    text: &str,
+    chars: usize,
+    head: usize,
+    tail: usize,
+    extra_stars: usize,
+) -> Masked<'_> {
+    debug_assert_eq!(chars, char_count(text));
+    debug_assert!(
+        head + tail <= chars,
+        "{head} + {tail} of {chars} characters"
+    );
     if text.is_ascii() {
         // Characters are bytes: no decoding (phones and identity numbers are ASCII).
         let head_end = head.min(text.len());
@@ -628,7 +645,7 @@ pub(crate) fn mask_parts(text: &str, head: usize, tail: usize, extra_stars: usiz
     };
     Masked {
         head: &text[..head_end],
-        stars: text[head_end..tail_start].chars().count() + extra_stars,
+        stars: chars - head - tail + extra_stars,
         tail: &text[tail_start..],
     }
 }
@@ -1158,6 +1175,25 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// `mask_parts` counts the stars from the character count it is given: the same mask
+        /// as counting the masked characters, for any text and any head and tail that fit.
+        #[test]
+        fn mask_parts_agrees_with_counting_the_masked_characters(
+            text in "[a-z0-9揭阳张三丰é*]{0,14}",
+            head in 0usize..8,
+            tail in 0usize..8,
+            extra in 0usize..2,
+        ) {
+            let chars = text.chars().count();
+            proptest::prop_assume!(head + tail <= chars);
+            let masked = mask_parts(&text, chars, head, tail, extra);
+            let shown: String = text.chars().take(head).collect();
+            let kept: String = text.chars().skip(chars - tail).collect();
+            proptest::prop_assert_eq!(masked.head, shown.as_str());
+            proptest::prop_assert_eq!(masked.tail, kept.as_str());
+            proptest::prop_assert_eq!(masked.stars, chars - head - tail + extra);
+        }
+
         /// `Uscc::parse` (every position checked, one verdict) and the check character agree
         /// with the rules read one character at a time, on codes near valid ones: one to
         /// three characters replaced by any ASCII or a Chinese character.

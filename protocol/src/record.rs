@@ -875,8 +875,8 @@ fn masked(rule: Desensitize, text: &str) -> Masked<'_> {
         Desensitize::MaskName => match char_count(text) {
             0 => Masked::EMPTY,
             // A one-character name still shows that something was masked.
-            1 => mask_parts(text, 1, 0, 1),
-            _ => mask_parts(text, 1, 0, 0),
+            1 => mask_parts(text, 1, 1, 0, 1),
+            n => mask_parts(text, n, 1, 0, 0),
         },
         Desensitize::MaskPhone => {
             let n = char_count(text);
@@ -885,7 +885,7 @@ fn masked(rule: Desensitize, text: &str) -> Masked<'_> {
             } else {
                 (3.min(n), 2.min(n.saturating_sub(3)))
             };
-            mask_parts(text, head, tail, 0)
+            mask_parts(text, n, head, tail, 0)
         }
         _ => mask_middle_parts(text),
     }
@@ -974,7 +974,9 @@ fn already_normal(kind: &FieldKind, text: &str) -> bool {
         FieldKind::Month => matches!(Period::parse_normal(text), Some(Period::Month { .. })),
         FieldKind::Enum { values } => values.iter().any(|v| v == text),
         FieldKind::Uscc => Uscc::parse(text).is_ok_and(|uscc| {
-            uscc.as_str() == text && uscc.placeholder().is_none() && uscc.check_char_ok()
+            uscc.as_bytes() == text.as_bytes()
+                && uscc.placeholder().is_none()
+                && uscc.check_char_ok()
         }),
         FieldKind::Integer { min, max } => {
             // What `value.to_string()` writes: no '+', no leading zero, no "-0".
