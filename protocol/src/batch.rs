@@ -544,20 +544,25 @@ impl EncodedRecords {
     }
 
     /// Adds a record whose key is `key`: writes the key, then `rest` writes its subject and
-    /// values.
+    /// values through bincode's encoder.
     pub(crate) fn push_with(&mut self, key: &str, rest: impl FnOnce(&mut VecEncoder<'_>)) {
-        use bincode::enc::{Encode, Encoder};
+        self.push_bytes(key, |bytes| {
+            let mut encoder = bincode::enc::EncoderImpl::new(
+                VecWriter(bytes),
+                bincode_config::<BATCH_BYTES_MAX>(),
+            );
+            rest(&mut encoder);
+        });
+    }
+
+    /// Adds a record whose key is `key`: writes the key (its length, then its bytes), then
+    /// `rest` appends the encoding of its subject and values.
+    pub(crate) fn push_bytes(&mut self, key: &str, rest: impl FnOnce(&mut Vec<u8>)) {
         let start = self.bytes.len();
-        let mut encoder = bincode::enc::EncoderImpl::new(
-            VecWriter(&mut self.bytes),
-            bincode_config::<BATCH_BYTES_MAX>(),
-        );
-        (key.len() as u64)
-            .encode(&mut encoder)
-            .expect("encoding into memory cannot fail");
-        encoder.writer().0.extend_from_slice(key.as_bytes());
-        let key_end = encoder.writer().0.len();
-        rest(&mut encoder);
+        crate::record::put_len(&mut self.bytes, key.len());
+        self.bytes.extend_from_slice(key.as_bytes());
+        let key_end = self.bytes.len();
+        rest(&mut self.bytes);
         self.spans.push(RecordSpan {
             start,
             key_start: key_end - key.len(),

@@ -13,7 +13,6 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use bincode::enc::Encoder as _;
 use bincode::{Decode, Encode};
 
 use crate::batch::EncodedRecords;
@@ -308,12 +307,21 @@ impl Schema {
         let (subject, warnings) =
             self.stage(raw, period, key, &mut staging.values, &mut staging.key)?;
         let values = &staging.values;
-        out.push_with(&staging.key, |encoder| {
-            subject
-                .encode(encoder)
-                .and_then(|()| (values.starts.len() as u64).encode(encoder))
-                .expect("encoding into memory cannot fail");
-            encoder.writer().0.extend_from_slice(&values.bytes);
+        out.push_bytes(&staging.key, |bytes| {
+            // `Subject`'s derived encoding: the variant index, then the id's bytes (a fixed
+            // array: no length); then the values as a `Vec`: their count, each value.
+            match subject {
+                Subject::Organization(uscc) => {
+                    bytes.push(0);
+                    bytes.extend_from_slice(uscc.as_bytes());
+                }
+                Subject::Person(token) => {
+                    bytes.push(1);
+                    bytes.extend_from_slice(&token.0);
+                }
+            }
+            put_len(bytes, values.starts.len());
+            bytes.extend_from_slice(&values.bytes);
         });
         Ok(warnings)
     }
@@ -742,7 +750,7 @@ impl Staged<'_> {
 
 /// Writes `len` as bincode's varint (a `u64`): one byte below 251, else a marker byte and
 /// the little-endian `u16`, `u32` or `u64`.
-fn put_len(out: &mut Vec<u8>, len: usize) {
+pub(crate) fn put_len(out: &mut Vec<u8>, len: usize) {
     let len = len as u64;
     if len < 251 {
         out.push(len as u8);

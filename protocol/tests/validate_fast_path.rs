@@ -205,3 +205,55 @@ proptest! {
         }
     }
 }
+
+/// Records about a natural person (the subject a token): for every schema whose subject can
+/// be a person, the valid row made a person's — every subject field but the last left empty,
+/// a kind-of-subject field set to 自然人 — encodes alike on both paths. (The rows above
+/// nearly always name an organization.)
+#[test]
+fn a_persons_record_encodes_alike_on_both_paths() {
+    let registry = Registry::builtin();
+    let mut persons = 0;
+    for name in registry.names() {
+        let schema = registry.by_name(name).unwrap();
+        let others = &schema.subject[..schema.subject.len().saturating_sub(1)];
+        let mut row: Vec<Option<String>> = schema
+            .fields
+            .iter()
+            .map(|field| first(&field.kind))
+            .collect();
+        for &i in others {
+            row[i] = None;
+        }
+        for (i, field) in schema.fields.iter().enumerate() {
+            if let FieldKind::Enum { values } = &field.kind
+                && values.iter().any(|v| v == "自然人")
+            {
+                row[i] = Some("自然人".to_owned());
+            }
+        }
+        let raw: Vec<Option<&str>> = row.iter().map(Option::as_deref).collect();
+        let Ok(slow) = schema.validate(&raw, period(), &KEY) else {
+            continue;
+        };
+        if !matches!(slow.record.subject, protocol::record::Subject::Person(_)) {
+            continue;
+        }
+        persons += 1;
+        let mut fast_records = EncodedRecords::default();
+        schema
+            .validate_encoded(&raw, period(), &KEY, &mut Staging::new(), &mut fast_records)
+            .unwrap();
+        let mut slow_records = EncodedRecords::default();
+        slow_records.push(&slow.record);
+        assert_eq!(
+            one_record_batch(&mut slow_records, schema),
+            one_record_batch(&mut fast_records, schema),
+            "{name}"
+        );
+    }
+    assert!(
+        persons >= 3,
+        "only {persons} schemas gave a person's record"
+    );
+}
