@@ -645,7 +645,8 @@ pub(crate) fn mask_parts(
     };
     Masked {
         head: &text[..head_end],
-        stars: chars - head - tail + extra_stars,
+        // Saturating: a caller breaking the precondition gets a short mask, never a huge one.
+        stars: chars.saturating_sub(head + tail) + extra_stars,
         tail: &text[tail_start..],
     }
 }
