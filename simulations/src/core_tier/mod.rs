@@ -197,6 +197,10 @@ pub enum Forgery {
     /// written as a three-byte varint: the same batch once decoded), hashed and signed with
     /// its key: only the canonical-form check can refuse it.
     NonCanonical,
+    /// The node's own batch, signed with its key, with one value of the first record written
+    /// in another form of the same value (an amount `12.5` as `12.50`, a date without its
+    /// dashes): only the receiver's normal-form check of each value can refuse it.
+    NotNormal,
 }
 
 #[derive(Debug, Clone)]
@@ -372,7 +376,8 @@ impl Faults {
                     Forgery::Damaged,
                     Forgery::BadRecord,
                     Forgery::NonCanonical,
-                ][forging.below(5) as usize];
+                    Forgery::NotNormal,
+                ][forging.below(6) as usize];
                 faults.list.push(PlannedFault {
                     at_ms: forging.below(end),
                     duration_ms: 1,

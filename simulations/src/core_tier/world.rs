@@ -1428,6 +1428,18 @@ impl World {
                     bytes,
                 }
             }
+            Forgery::NotNormal => {
+                let signer = &self.nodes[n].signer;
+                let signed = self.workload.batch(&category, period, node, salt, signer).0;
+                let mut batch = Batch::decode(&signed.bytes).expect("a batch the workload made");
+                let registry = protocol::Registry::builtin();
+                let schema = registry.by_name(&category).expect("a built-in category");
+                assert!(
+                    denormalize_one(schema, &mut batch.records[0]),
+                    "a {category} record has a value with another written form"
+                );
+                SignedBatch::seal_with(&batch, signer).expect("a small batch")
+            }
         };
         let id = signed.id;
         let now = self.now_of(n);
@@ -2569,6 +2581,43 @@ fn submit_either_way<K: Kv>(
     } else {
         core.submit(signed, now)
     }
+}
+
+/// Writes one value of `record` in another form of the same value, which validation would
+/// have normalized away: an amount with a trailing zero, a whole number with a leading one, a
+/// date or month without its dashes, a text with a carriage return. Only a value outside the
+/// record's key, subject and period field, so that nothing but the value's own normal-form
+/// check can find it. Whether one was found.
+fn denormalize_one(schema: &protocol::Schema, record: &mut protocol::Record) -> bool {
+    use protocol::schema::{Desensitize, FieldKind};
+    let free = |i: &usize| {
+        !schema.key.contains(i) && !schema.subject.contains(i) && schema.period_field != Some(*i)
+    };
+    let other_form = |kind: &FieldKind, text: &str| match kind {
+        FieldKind::Decimal { .. } if text.contains('.') => Some(format!("{text}0")),
+        FieldKind::Decimal { .. } => Some(format!("{text}.0")),
+        FieldKind::Integer { .. } if !text.starts_with('-') => Some(format!("0{text}")),
+        FieldKind::Date | FieldKind::Month => Some(text.replace('-', "")),
+        FieldKind::Text { .. } => Some(format!("{text}\r")),
+        _ => None,
+    };
+    // Amounts and dates first: they are most of a record's values.
+    let text_kind = |i: &usize| matches!(schema.fields[*i].kind, FieldKind::Text { .. });
+    let mut order: Vec<usize> = (0..schema.fields.len()).filter(free).collect();
+    order.sort_by_key(text_kind);
+    for i in order {
+        let field = &schema.fields[i];
+        if field.desensitize != Desensitize::None {
+            continue;
+        }
+        if let protocol::Value::Text(text) = &mut record.values[i]
+            && let Some(other) = other_form(&field.kind, text)
+        {
+            *text = other;
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
