@@ -14,6 +14,8 @@
 //! ever all in memory; what grows with the file is the duplicate-key index ([`KeyIndex`],
 //! about 9 bytes a record) and the list of refused and warned rows.
 
+mod rows;
+
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -24,6 +26,8 @@ use protocol::batch::{BATCH_FORMAT, BATCH_RECORDS_MAX, BatchHeader, BuildError, 
 use protocol::record::{Problem, Rule, Severity, Staging};
 use protocol::schema::{Required, Schema};
 use protocol::{Batch, BatchId, DesensitizeKey, NodeId, NodeKey, Period, Record, SignedBatch};
+
+use rows::{Row, Rows};
 
 /// Largest file `ingest_file` reads, in bytes: it bounds the duplicate-key index (about 9
 /// bytes a record, see [`KeyIndex`]), the one structure that grows with the file.
@@ -320,20 +324,16 @@ pub fn ingest_reader(
     };
     let text = open_text(path, counted, options.encoding)?;
     let schema = options.schema;
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .buffer_capacity(CSV_BUFFER_BYTES)
-        .from_reader(LineTracker::new(text));
-    let mut row = csv::ByteRecord::new();
+    let mut reader = Rows::new(text);
+    let mut row = Row::default();
     if !read_row(path, &mut reader, &mut row)? {
         return Err(IngestError::Empty {
             path: path.to_owned(),
             category: schema.category.to_string(),
         });
     }
-    let header = csv::StringRecord::from_byte_record(row.clone())
-        .map_err(|e| not_utf8(path, row.position(), e.utf8_error().field()))?;
+    let header = csv::StringRecord::from_byte_record(row.to_byte_record())
+        .map_err(|e| not_utf8(path, row.line(), e.utf8_error().field()))?;
     let (mut columns, ignored_columns) = map_header(path, schema, &header)?;
     let column_count = header.len();
     // What the profile leaves out is never read, so it cannot reach a batch.
@@ -441,8 +441,6 @@ pub fn ingest_reader(
     collector.finish()
 }
 
-/// Bytes the csv reader reads at a time.
-const CSV_BUFFER_BYTES: usize = 64 * 1024;
 /// Most validation workers: one parsing thread cannot keep more busy.
 const WORKERS_MAX: usize = 8;
 /// Rows handed to a worker at a time: enough that passing them costs nothing next to
@@ -455,26 +453,26 @@ pub const CHUNKS_IN_FLIGHT_PER_WORKER: usize = 6;
 
 fn read_row<R: Read>(
     path: &Path,
-    reader: &mut csv::Reader<R>,
-    row: &mut csv::ByteRecord,
+    reader: &mut Rows<R>,
+    row: &mut Row,
 ) -> Result<bool, IngestError> {
     reader
-        .read_byte_record(row)
-        .map_err(|e| csv_error(path, &e))
+        .read(row)
+        .map_err(|e| csv_error(path, &csv::Error::from(e)))
 }
 
 /// The parsing thread: reads rows, refuses those of the wrong width or with bytes their
 /// encoding does not allow, and sends the rest to the workers in chunks, one credit each.
 fn parse_rows<R: Read>(
     path: &Path,
-    mut reader: csv::Reader<LineTracker<R>>,
+    mut reader: Rows<R>,
     column_count: usize,
     encoding: Encoding,
     progress: &IngestProgress,
     credits: &mpsc::Receiver<Chunk>,
     chunks: &mpsc::Sender<(usize, Chunk)>,
 ) -> Result<(), IngestError> {
-    let mut row = csv::ByteRecord::new();
+    let mut row = Row::default();
     let mut chunk = Chunk::default();
     let mut sent = 0;
     // Sends `chunk`, leaving an empty one from the credit in its place.
@@ -496,8 +494,7 @@ fn parse_rows<R: Read>(
         if !read_row(path, &mut reader, &mut row)? {
             break;
         }
-        let offset = row.position().map_or(0, |p| p.byte());
-        let line = reader.get_mut().line_at(offset);
+        let line = row.line();
         // A row with bytes its encoding does not allow is refused alone, at its line.
         match row_text(&row, encoding) {
             Err(message) => {
@@ -507,7 +504,7 @@ fn parse_rows<R: Read>(
                     problems: vec![file_problem(Rule::Format, message)],
                 });
             }
-            Ok(_) if is_blank(&row).map_err(|field| not_utf8(path, row.position(), field))? => {
+            Ok(_) if is_blank(&row).map_err(|field| not_utf8(path, line, field))? => {
                 continue; // blank lines and rows of empty cells, as Excel leaves at the end
             }
             Ok(_) if row.len() != column_count => {
@@ -726,7 +723,7 @@ impl Chunk {
     }
 
     /// Adds `row`, whose cells back to back are `text`.
-    fn push(&mut self, line: u64, row: &csv::ByteRecord, text: &str) {
+    fn push(&mut self, line: u64, row: &Row, text: &str) {
         let base = self.cells.len();
         self.cells.push_str(text);
         self.cell_ends.extend(
@@ -1242,62 +1239,9 @@ impl<R: Read> Read for GbkReader<R> {
     }
 }
 
-/// The input stream, keeping the bytes the csv reader has been given but no row has been
-/// placed past yet, to turn a row's byte offset into its line. (The csv crate's own line
-/// count is one short after CRLF line endings, which every Excel export has.)
-struct LineTracker<R> {
-    inner: R,
-    /// Bytes from stream offset `pending_at`; those before `consumed` are counted.
-    pending: Vec<u8>,
-    pending_at: u64,
-    consumed: usize,
-    /// Newlines before `pending_at + consumed`.
-    newlines: u64,
-}
-
-impl<R> LineTracker<R> {
-    fn new(inner: R) -> LineTracker<R> {
-        LineTracker {
-            inner,
-            pending: Vec::new(),
-            pending_at: 0,
-            consumed: 0,
-            newlines: 0,
-        }
-    }
-
-    /// The line of the record starting at stream offset `offset` (offsets must not
-    /// decrease).
-    fn line_at(&mut self, offset: u64) -> u64 {
-        // A record may be reported as starting on the terminator of the line before it.
-        let mut start = (offset.saturating_sub(self.pending_at) as usize).min(self.pending.len());
-        while start < self.pending.len() && matches!(self.pending[start], b'\r' | b'\n') {
-            start += 1;
-        }
-        debug_assert!(start >= self.consumed, "records arrive in file order");
-        let start = start.max(self.consumed);
-        self.newlines += count_newlines(&self.pending[self.consumed..start]);
-        self.consumed = start;
-        self.newlines + 1
-    }
-}
-
-impl<R: Read> Read for LineTracker<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.consumed >= 64 * 1024 && self.consumed * 2 >= self.pending.len() {
-            self.pending.drain(..self.consumed);
-            self.pending_at += self.consumed as u64;
-            self.consumed = 0;
-        }
-        let n = self.inner.read(buf)?;
-        self.pending.extend_from_slice(&buf[..n]);
-        Ok(n)
-    }
-}
-
 /// The text of `row`'s cells, back to back, if its bytes are valid in the file's encoding
 /// (and no cell starts inside a character); else why the row is refused.
-fn row_text(row: &csv::ByteRecord, encoding: Encoding) -> Result<&str, String> {
+fn row_text(row: &Row, encoding: Encoding) -> Result<&str, String> {
     // Fast path: the whole row is UTF-8 and no cell starts inside a character.
     let all = row.as_slice();
     let text = simdutf8::basic::from_utf8(all).ok();
@@ -1335,7 +1279,7 @@ fn row_text(row: &csv::ByteRecord, encoding: Encoding) -> Result<&str, String> {
 }
 
 /// Whether every cell of a row is empty after trimming; `Err(field)` if a cell is not UTF-8.
-fn is_blank(row: &csv::ByteRecord) -> Result<bool, usize> {
+fn is_blank(row: &Row) -> Result<bool, usize> {
     // Trimming keeps a visible ASCII character, and nearly every row has a cell starting
     // with one: look for that before decoding any cell.
     if row
@@ -1431,10 +1375,10 @@ fn map_header(
 }
 
 /// A field that is not UTF-8 (which decoding the whole text first rules out).
-fn not_utf8(path: &Path, position: Option<&csv::Position>, field: usize) -> IngestError {
+fn not_utf8(path: &Path, line: u64, field: usize) -> IngestError {
     IngestError::Csv {
         path: path.to_owned(),
-        line: position.map_or(0, |p| p.line()),
+        line,
         message: format!("field {} is not valid UTF-8", field + 1),
     }
 }
@@ -1516,23 +1460,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn line_tracker_counts_lines_across_reads() {
-        let text = b"h1,h2\r\na,\"b\r\nc\"\r\n\r\nd,e\r\n";
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .buffer_capacity(3)
-            .from_reader(LineTracker::new(&text[..]));
-        let mut row = csv::ByteRecord::new();
-        let mut lines = Vec::new();
-        while reader.read_byte_record(&mut row).unwrap() {
-            let offset = row.position().unwrap().byte();
-            lines.push(reader.get_mut().line_at(offset));
-        }
-        assert_eq!(lines, [1, 2, 5]);
     }
 
     #[test]
