@@ -250,8 +250,9 @@ impl<R: Read> Rows<R> {
 
 /// Splits the record at the start of `line` (a line without its `\n`) into `row`'s cells,
 /// if it is plain: cells without a quote, or quoted with no quote or `\n` inside (a `\r`
-/// inside is a character like any other) and a comma, `\r` or the line's end right after. Returns where its cells end (at a `\r` that
-/// ends the record, or the line's end); `None` for any other record, left to `csv_core`.
+/// inside is a character like any other) and a comma, `\r` or the line's end right after.
+/// Returns where its cells end (at a `\r` that ends the record, or the line's end); `None`
+/// for any other record, left to `csv_core`.
 fn split_plain(line: &[u8], row: &mut Row) -> Option<usize> {
     let mut marks = Marks::new(line);
     let mut at = 0;
@@ -286,7 +287,7 @@ fn split_plain(line: &[u8], row: &mut Row) -> Option<usize> {
 }
 
 /// The places of every `,`, `"` and `\r` of a line, in order: each 32 bytes' places found
-/// as one bit mask (a loop the compiler turns into vector compares), then taken bit by bit.
+/// as one bit mask ([`block_marks`]), then taken bit by bit.
 struct Marks<'a> {
     line: &'a [u8],
     /// Where the current 32 bytes start, and their places not yet taken.
@@ -469,6 +470,25 @@ mod tests {
             assert_eq!(read[1].0, [b"a".to_vec(), b"b\r\nc".to_vec()]);
         }
         assert_eq!(as_csv_reads(text, 3), as_rows_read(text, 3, 2));
+    }
+
+    /// Every byte value, at every place of a word, among other bytes that are marks or not:
+    /// the word's mask has the place's bit exactly when the byte is a mark.
+    #[test]
+    fn word_marks_finds_exactly_the_marks() {
+        for filler in [b'a', b',', b'"', b'\r', 0, 0xff, b'-', b'#', 0x0c] {
+            for place in 0..8 {
+                for byte in 0..=255u8 {
+                    let mut bytes = [filler; 8];
+                    bytes[place] = byte;
+                    let expected: u32 = (0..8)
+                        .filter(|&n| matches!(bytes[n], b',' | b'"' | b'\r'))
+                        .map(|n| 1 << n)
+                        .sum();
+                    assert_eq!(word_marks(u64::from_le_bytes(bytes)), expected, "{bytes:?}");
+                }
+            }
+        }
     }
 
     proptest::proptest! {
