@@ -20,8 +20,12 @@ use std::io::{self, Read};
 
 use csv_core::ReadRecordResult;
 
-/// Bytes read from the input at a time (the buffer grows only for a longer record).
+/// Bytes read from the input at a time (the buffer grows only for a longer line).
 const BUFFER_BYTES: usize = 64 * 1024;
+/// The longest line searched for its end: a longer one (no legitimate row is; a file with no
+/// line ends is) goes to `csv_core`, which reads it as it comes, so that the buffer stays
+/// this small whatever the input (the record itself grows as it did in the csv crate).
+const LINE_BYTES_MAX: usize = 1 << 20;
 
 /// One record: its cells back to back, where each ends, the line it starts on.
 #[derive(Debug, Default, Clone)]
@@ -89,6 +93,8 @@ pub(super) struct Rows<R> {
     eof: bool,
     /// `\n` bytes before `buf[start]`, plus one: the line `buf[start]` is on.
     line: u64,
+    /// Lines longer than this are not searched for their end ([`LINE_BYTES_MAX`]).
+    line_bytes_max: usize,
     /// For records with a quote: the state machine and its output.
     core: csv_core::Reader,
     fields: Vec<u8>,
@@ -97,12 +103,13 @@ pub(super) struct Rows<R> {
 
 impl<R: Read> Rows<R> {
     pub(super) fn new(inner: R) -> Rows<R> {
-        Rows::with_capacity(inner, BUFFER_BYTES)
+        Rows::with_capacity(inner, BUFFER_BYTES, LINE_BYTES_MAX)
     }
 
-    fn with_capacity(inner: R, capacity: usize) -> Rows<R> {
+    fn with_capacity(inner: R, capacity: usize, line_bytes_max: usize) -> Rows<R> {
         Rows {
             inner,
+            line_bytes_max,
             buf: vec![0; capacity.max(1)],
             start: 0,
             end: 0,
@@ -176,6 +183,10 @@ impl<R: Read> Rows<R> {
         let line_end = loop {
             match memchr::memchr(b'\n', &self.buf[self.start + searched..self.end]) {
                 Some(at) => break Some(searched + at),
+                None if self.end - self.start >= self.line_bytes_max => {
+                    row.clear();
+                    return self.read_quoted(row);
+                }
                 None => {
                     searched = self.end - self.start;
                     if !self.fill()? {
@@ -208,7 +219,8 @@ impl<R: Read> Rows<R> {
         }
     }
 
-    /// Reads a record with a quote through `csv_core`, from the record's start.
+    /// Reads a record through `csv_core`, from the record's start: one with a quote
+    /// [`split_plain`] does not take, or on a line too long to search.
     fn read_quoted(&mut self, row: &mut Row) -> io::Result<bool> {
         self.core.reset();
         let (mut out, mut ends) = (0, 0);
@@ -448,8 +460,8 @@ mod tests {
         out
     }
 
-    fn as_rows_read(text: &[u8], capacity: usize, piece: usize) -> Read_ {
-        let mut rows = Rows::with_capacity(Pieces { text, piece }, capacity);
+    fn as_rows_read(text: &[u8], capacity: usize, piece: usize, line_bytes_max: usize) -> Read_ {
+        let mut rows = Rows::with_capacity(Pieces { text, piece }, capacity, line_bytes_max);
         let mut row = Row::default();
         let mut out = Vec::new();
         while rows.read(&mut row).unwrap() {
@@ -464,12 +476,42 @@ mod tests {
     fn records_keep_the_line_they_start_on() {
         let text = b"h1,h2\r\na,\"b\r\nc\"\r\n\r\nd,e\r\n";
         for capacity in [1, 3, 64] {
-            let read = as_rows_read(text, capacity, 2);
+            let read = as_rows_read(text, capacity, 2, LINE_BYTES_MAX);
             let lines: Vec<u64> = read.iter().map(|(_, line)| *line).collect();
             assert_eq!(lines, [1, 2, 5], "capacity {capacity}");
             assert_eq!(read[1].0, [b"a".to_vec(), b"b\r\nc".to_vec()]);
         }
-        assert_eq!(as_csv_reads(text, 3), as_rows_read(text, 3, 2));
+        assert_eq!(
+            as_csv_reads(text, 3),
+            as_rows_read(text, 3, 2, LINE_BYTES_MAX)
+        );
+    }
+
+    /// A line longer than the reader searches (a file without line ends) is read by
+    /// `csv_core` as it comes: the record is the csv crate's, and the buffer stays small.
+    #[test]
+    fn a_line_without_end_does_not_grow_the_buffer() {
+        let cell = "揭阳市榕江纺织有限公司,".repeat(LINE_BYTES_MAX / 16);
+        let text = format!("a,b\n{cell}\"x\"\"y\",{cell}end");
+        let mut rows = Rows::new(Pieces {
+            text: text.as_bytes(),
+            piece: 100_000,
+        });
+        let mut row = Row::default();
+        let mut read = Vec::new();
+        while rows.read(&mut row).unwrap() {
+            read.push((
+                row.iter().map(<[u8]>::to_vec).collect::<Vec<_>>(),
+                row.line(),
+            ));
+            assert!(
+                rows.buf.len() <= 2 * LINE_BYTES_MAX,
+                "buffer {} bytes",
+                rows.buf.len()
+            );
+        }
+        assert_eq!(read, as_csv_reads(text.as_bytes(), 3));
+        assert!(read[1].0.len() > 100_000, "{} cells", read[1].0.len());
     }
 
     /// Every byte value, at every place of a word, among other bytes that are marks or not:
@@ -495,9 +537,10 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3_000))]
         /// On text made of what CSV is made of — cells with and without quotes, doubled
         /// quotes, commas, every kind of line end, empty lines, multi-byte characters, long
-        /// cells, a last record with no line end — the reader gives the csv crate's records, each on
-        /// the line `LineTracker` gave it, whatever the buffer's size and however the input
-        /// arrives.
+        /// cells, a last record with no line end — the reader gives the csv crate's records,
+        /// each on the line `LineTracker` gave it, whatever the buffer's size, however the
+        /// input arrives, and whether a line is split in place or (too long to search) read
+        /// by `csv_core`.
         #[test]
         fn the_reader_reads_what_csv_reads(
             tokens in proptest::collection::vec(
@@ -511,10 +554,11 @@ mod tests {
             ),
             capacity in proptest::prop_oneof![1usize..8, proptest::strategy::Just(BUFFER_BYTES)],
             piece in 1usize..9,
+            line_bytes_max in proptest::prop_oneof![1usize..40, proptest::strategy::Just(LINE_BYTES_MAX)],
         ) {
             let text = tokens.concat();
             proptest::prop_assert_eq!(
-                as_rows_read(text.as_bytes(), capacity, piece),
+                as_rows_read(text.as_bytes(), capacity, piece, line_bytes_max),
                 as_csv_reads(text.as_bytes(), 3),
                 "{:?}",
                 text
