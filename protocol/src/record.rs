@@ -749,9 +749,8 @@ impl Staged<'_> {
 }
 
 /// Writes `len` as bincode's varint (a `u64`): one byte below 251, else a marker byte and
-/// the little-endian `u16`, `u32` or `u64`. Hand-written encoders of derived layouts (records
-/// here, the record index's entries in the node) write lengths and counts with it.
-pub fn put_len(out: &mut Vec<u8>, len: usize) {
+/// the little-endian `u16`, `u32` or `u64`.
+pub(crate) fn put_len(out: &mut Vec<u8>, len: usize) {
     let len = len as u64;
     if len < 251 {
         out.push(len as u8);

@@ -23,12 +23,9 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use bincode::{Decode, Encode};
-use protocol::audit::{
-    self, Contribution, Finding, Histogram, Version, View, put_option_id, put_string, string_len,
-    varint_len,
-};
+use protocol::audit::{self, Contribution, Finding, Histogram, Version, View};
 use protocol::ids::{BatchId, NodeId};
-use protocol::record::{Problem, Severity, put_len};
+use protocol::record::{Problem, Severity};
 use protocol::{Batch, RecordKey, Registry, Schema};
 
 use crate::store::{FastMap, Kv, QualityUpdate, Store, StoreError, period_prefix};
@@ -49,72 +46,6 @@ fn config() -> bincode::config::Configuration {
 
 fn encode<T: Encode>(value: &T) -> Vec<u8> {
     bincode::encode_to_vec(value, config()).expect("index values encode")
-}
-
-/// bincode's encoding of `entry` (the derived layout: the versions, the current batch, the
-/// contributions), written by hand into a buffer of its exact size: one allocation, where
-/// bincode's writer grows its buffer five or six times for an entry. `encode` stays the
-/// reference: `hand_encodings_are_bincodes` holds the two equal.
-fn encode_entry(entry: &KeyEntry) -> Vec<u8> {
-    let size = varint_len(entry.versions.len())
-        + entry
-            .versions
-            .iter()
-            .map(|(version, _)| version.encoded_len() + 1)
-            .sum::<usize>()
-        + 1
-        + entry.current.map_or(0, |_| 32)
-        + varint_len(entry.contributions.len())
-        + entry
-            .contributions
-            .iter()
-            .map(Contribution::encoded_len)
-            .sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    put_len(&mut out, entry.versions.len());
-    for (version, withdrawn) in &entry.versions {
-        version.encode_into(&mut out);
-        out.push(u8::from(*withdrawn));
-    }
-    put_option_id(&mut out, entry.current.as_ref());
-    put_len(&mut out, entry.contributions.len());
-    for contribution in &entry.contributions {
-        contribution.encode_into(&mut out);
-    }
-    debug_assert_eq!(out.len(), size, "encode_entry's size");
-    out
-}
-
-/// bincode's encoding of a `same_name` aggregate (name → count, a map: its length, then
-/// each name and count), by hand into a buffer of its exact size.
-fn encode_names(names: &BTreeMap<String, u64>) -> Vec<u8> {
-    let size = varint_len(names.len())
-        + names
-            .iter()
-            .map(|(name, count)| string_len(name) + varint_len(*count as usize))
-            .sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    put_len(&mut out, names.len());
-    for (name, count) in names {
-        put_string(&mut out, name);
-        put_len(&mut out, *count as usize);
-    }
-    debug_assert_eq!(out.len(), size, "encode_names's size");
-    out
-}
-
-/// bincode's encoding of a `unique` aggregate (the record keys holding the values, a
-/// sequence of strings), by hand into a buffer of its exact size.
-fn encode_holders(holders: &BTreeSet<RecordKey>) -> Vec<u8> {
-    let size =
-        varint_len(holders.len()) + holders.iter().map(|key| string_len(&key.0)).sum::<usize>();
-    let mut out = Vec::with_capacity(size);
-    put_len(&mut out, holders.len());
-    for key in holders {
-        put_string(&mut out, &key.0);
-    }
-    debug_assert_eq!(out.len(), size, "encode_holders's size");
-    out
 }
 
 fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, StoreError> {
@@ -363,7 +294,7 @@ impl<'s, 'b, K: Kv> Overlay<'s, 'b, K> {
         out.retain(changed);
         let from = out.len();
         for (key, entry, held) in &entries {
-            let bytes = encode_entry(entry);
+            let bytes = encode(entry);
             if held.as_ref() != Some(&bytes) {
                 let mut at = Vec::with_capacity(1 + key.0.len());
                 index_key(&mut at, b'k', None, &key.0);
@@ -376,12 +307,11 @@ impl<'s, 'b, K: Kv> Overlay<'s, 'b, K> {
         }
         let mut aggregates: Vec<(Vec<u8>, Option<Vec<u8>>)> = names
             .into_iter()
-            .map(|(at, names)| (at, (!names.is_empty()).then(|| encode_names(&names))))
-            .chain(
-                holders
-                    .into_iter()
-                    .map(|(at, set)| (at, (!set.is_empty()).then(|| encode_holders(&set)))),
-            )
+            .map(|(at, names)| (at, (!names.is_empty()).then(|| encode(&names))))
+            .chain(holders.into_iter().map(|(at, set)| {
+                let list: Vec<&RecordKey> = set.iter().collect();
+                (at, (!list.is_empty()).then(|| encode(&list)))
+            }))
             .filter(changed)
             .collect();
         aggregates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -781,61 +711,6 @@ mod tests {
 
     /// The incremental index gives exactly the findings of the reference audit over the held
     /// batches, at every arrival, and the same current version of every key at the end.
-    /// The index's hand-written encoders write what bincode writes for the same values:
-    /// entries with one to three versions (some superseding, some withdrawing), with and
-    /// without a current batch, with both categories' contributions; name counts and holder
-    /// sets with lengths and counts on both sides of the varint's one-byte limit.
-    #[test]
-    fn the_hand_encoders_write_bincodes_bytes() {
-        let mut rng = Rng(0x5EED);
-        let id = |rng: &mut Rng| BatchId(std::array::from_fn(|_| rng.below(256) as u8));
-        for n in 0..2_000u64 {
-            let category = CATEGORIES[(n % 2) as usize];
-            let versions: Vec<(Version, bool)> = (0..1 + rng.below(3))
-                .map(|_| {
-                    let version = Version {
-                        batch: id(&mut rng),
-                        supersedes: (rng.below(2) == 0).then(|| id(&mut rng)),
-                    };
-                    (version, rng.below(4) == 0)
-                })
-                .collect();
-            let entry = KeyEntry {
-                current: (rng.below(5) > 0).then(|| versions[0].0.batch),
-                versions,
-                contributions: audit::contributions(
-                    schema(category),
-                    &record(&mut rng, category, n),
-                ),
-            };
-            assert_eq!(encode_entry(&entry), encode(&entry), "{entry:?}");
-            let names: BTreeMap<String, u64> = (0..rng.below(300))
-                .map(|k| {
-                    (
-                        format!("名称{k}"),
-                        [1, 250, 251, 70_000][rng.below(4) as usize],
-                    )
-                })
-                .collect();
-            assert_eq!(
-                encode_names(&names),
-                encode(&names),
-                "{} names",
-                names.len()
-            );
-            let holders: BTreeSet<RecordKey> = (0..rng.below(300))
-                .map(|k| RecordKey(format!("K{k:0width$}", width = rng.below(300) as usize)))
-                .collect();
-            let list: Vec<&RecordKey> = holders.iter().collect();
-            assert_eq!(
-                encode_holders(&holders),
-                encode(&list),
-                "{} holders",
-                list.len()
-            );
-        }
-    }
-
     #[test]
     fn the_index_agrees_with_the_audit_over_held_batches_on_random_histories() {
         let key = NodeKey::from_seed([9; 32]);
