@@ -74,11 +74,7 @@ impl Row {
 
     /// The record as the csv crate's, for the header's `StringRecord`.
     pub(super) fn to_byte_record(&self) -> csv::ByteRecord {
-        let mut record: csv::ByteRecord = self.iter().collect();
-        let mut position = csv::Position::new();
-        position.set_line(self.line);
-        record.set_position(Some(position));
-        record
+        self.iter().collect()
     }
 }
 
@@ -184,7 +180,6 @@ impl<R: Read> Rows<R> {
             match memchr::memchr(b'\n', &self.buf[self.start + searched..self.end]) {
                 Some(at) => break Some(searched + at),
                 None if self.end - self.start >= self.line_bytes_max => {
-                    row.clear();
                     return self.read_quoted(row);
                 }
                 None => {
@@ -212,16 +207,15 @@ impl<R: Read> Rows<R> {
                 self.start += taken;
                 Ok(true)
             }
-            None => {
-                row.clear();
-                self.read_quoted(row)
-            }
+            None => self.read_quoted(row),
         }
     }
 
     /// Reads a record through `csv_core`, from the record's start: one with a quote
     /// [`split_plain`] does not take, or on a line too long to search.
     fn read_quoted(&mut self, row: &mut Row) -> io::Result<bool> {
+        // Whatever `split_plain` pushed before it gave up goes.
+        row.clear();
         self.core.reset();
         let (mut out, mut ends) = (0, 0);
         loop {
