@@ -828,12 +828,14 @@ struct KeyIndex {
 /// How a [`KeyIndex`] fingerprints a key: [`Fingerprinter::of`] (a fixed function in tests).
 type FingerprintFn = Box<dyn Fn(&[u8]) -> u64 + Send>;
 
-/// The fingerprint of a record key in the [`KeyIndex`]: SipHash under a key drawn per run.
-/// A cryptographic hash would cost more than the rest of the row's merge: the fingerprint
-/// only has to spread keys, and the random key keeps a file from choosing collisions (which
-/// would cost time, never correctness). The workers compute it, off the merging thread.
+/// The fingerprint of a record key in the [`KeyIndex`]: foldhash (its `quality` variant,
+/// whose last mixing spreads every bit) under a seed drawn per run. A cryptographic hash would
+/// cost more than the rest of the row's merge, and SipHash cost a fifth of it: the
+/// fingerprint only has to spread keys, and the random seed keeps a file from choosing
+/// collisions (which would cost time, never correctness). The workers compute it, off the
+/// merging thread.
 #[derive(Clone, Default)]
-struct Fingerprinter(std::collections::hash_map::RandomState);
+struct Fingerprinter(foldhash::quality::RandomState);
 
 impl Fingerprinter {
     fn of(&self, key: &[u8]) -> u64 {

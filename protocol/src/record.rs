@@ -17,8 +17,8 @@ use bincode::{Decode, Encode};
 
 use crate::batch::EncodedRecords;
 use crate::ids::{
-    Masked, Period, PersonToken, ResidentId, Uscc, char_count, mask_middle, mask_middle_parts,
-    mask_parts, push_hex,
+    Masked, Period, PeriodText, PersonToken, ResidentId, Uscc, char_count, mask_middle,
+    mask_middle_parts, mask_parts, push_hex,
 };
 use crate::schema::{Desensitize, Field, FieldKind, Required, Schema, Sensitivity, trim_value};
 
@@ -274,7 +274,9 @@ impl Schema {
     ) -> Result<Validated, Vec<Problem>> {
         let mut values = Vec::with_capacity(self.fields.len());
         let mut record_key = String::new();
-        let (subject, warnings) = self.stage(raw, period, key, &mut values, &mut record_key)?;
+        let texts = PeriodTexts::of(period);
+        let (subject, warnings) =
+            self.stage(raw, period, &texts, key, &mut values, &mut record_key)?;
         Ok(Validated {
             record: Record {
                 key: RecordKey(record_key),
@@ -304,8 +306,18 @@ impl Schema {
     ) -> Result<Vec<Problem>, Vec<Problem>> {
         staging.values.clear();
         staging.key.clear();
-        let (subject, warnings) =
-            self.stage(raw, period, key, &mut staging.values, &mut staging.key)?;
+        let texts = match staging.period {
+            Some(texts) if texts.period == period => texts,
+            _ => *staging.period.insert(PeriodTexts::of(period)),
+        };
+        let (subject, warnings) = self.stage(
+            raw,
+            period,
+            &texts,
+            key,
+            &mut staging.values,
+            &mut staging.key,
+        )?;
         let values = &staging.values;
         out.push_bytes(&staging.key, |bytes| {
             // `Subject`'s derived encoding: the variant index, then the id's bytes (a fixed
@@ -332,6 +344,7 @@ impl Schema {
         &self,
         raw: &[Option<&'a str>],
         period: Period,
+        texts: &PeriodTexts,
         key: &DesensitizeKey,
         values: &mut impl Values<'a>,
         record_key: &mut String,
@@ -396,8 +409,8 @@ impl Schema {
         };
         if let Some(index) = self.period_field
             && let View::Text(text) = view(index)
-            && *text != *period.month().text().as_str()
-            && *text != *period.text().as_str()
+            && *text != *texts.month.as_str()
+            && *text != *texts.own.as_str()
         {
             let field = &self.fields[index];
             problems.push(self.problem(
@@ -611,12 +624,15 @@ fn trim(value: &str) -> &str {
     let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
         return value;
     };
+    // Those four end with 0xA0, 0x8B, 0x80 and 0xBF: any other last byte ends a character
+    // that stays.
     let kept_last = if last.is_ascii() {
         last.is_ascii_graphic()
     } else {
-        !["\u{a0}", "\u{200b}", "\u{3000}", "\u{feff}"]
-            .iter()
-            .any(|space| value.ends_with(space))
+        !matches!(last, 0xa0 | 0x8b | 0x80 | 0xbf)
+            || !["\u{a0}", "\u{200b}", "\u{3000}", "\u{feff}"]
+                .iter()
+                .any(|space| value.ends_with(space))
     };
     if kept_first(first) && kept_last {
         value
@@ -750,6 +766,7 @@ impl Staged<'_> {
 
 /// Writes `len` as bincode's varint (a `u64`): one byte below 251, else a marker byte and
 /// the little-endian `u16`, `u32` or `u64`.
+#[inline]
 pub(crate) fn put_len(out: &mut Vec<u8>, len: usize) {
     let len = len as u64;
     if len < 251 {
@@ -812,10 +829,17 @@ impl<'a> Values<'a> for EncodedValues {
     }
 
     /// What `push` writes for the text, without the variants' match.
+    #[inline]
     fn push_text(&mut self, text: &'a str) {
         self.starts.push(self.bytes.len());
-        self.bytes.push(1);
-        put_len(&mut self.bytes, text.len());
+        match u8::try_from(text.len()) {
+            // The variant index and a one-byte length in one write (the usual cell).
+            Ok(len) if len < 251 => self.bytes.extend_from_slice(&[1, len]),
+            _ => {
+                self.bytes.push(1);
+                put_len(&mut self.bytes, text.len());
+            }
+        }
         self.bytes.extend_from_slice(text.as_bytes());
     }
 
@@ -863,11 +887,31 @@ fn get_len(bytes: &[u8]) -> (usize, usize) {
 }
 
 /// Room [`Schema::validate_encoded`] reuses from row to row (the values of the row in their
-/// encoding, its record key), so that a row allocates nothing of its own.
+/// encoding, its record key), so that a row allocates nothing of its own, and the texts of
+/// the last row's period.
 #[derive(Default)]
 pub struct Staging {
     values: EncodedValues,
     key: String,
+    period: Option<PeriodTexts>,
+}
+
+/// The texts a row's period field may hold for a batch of `period`: its month's, its own.
+#[derive(Clone, Copy)]
+struct PeriodTexts {
+    period: Period,
+    month: PeriodText,
+    own: PeriodText,
+}
+
+impl PeriodTexts {
+    fn of(period: Period) -> PeriodTexts {
+        PeriodTexts {
+            period,
+            month: period.month().text(),
+            own: period.text(),
+        }
+    }
 }
 
 impl Staging {
@@ -1448,6 +1492,12 @@ fn normalize_any_decimal(text: &str, scale: u8, min: Option<i64>) -> FieldResult
     if normal_len == text.len() {
         return Ok(Normalized::ok(text));
     }
+    // Trailing zeros (`167.70`, `100.00`: exports often write every amount with two places)
+    // leave the normal form at the start of the text: borrowed, not built.
+    let int_as_written = if int.is_empty() { "0" } else { int };
+    if !grouped && negative == text.starts_with('-') && *int_digits == *int_as_written {
+        return Ok(Normalized::ok(&text[..normal_len]));
+    }
     let mut out = String::with_capacity(normal_len);
     if negative {
         out.push('-');
@@ -1483,6 +1533,30 @@ mod tests {
         }
         assert!(normalize_decimal("-1", 2, Some(0)).is_err());
         assert!(normalize_decimal("0", 2, Some(0)).is_ok());
+        // Trailing zeros only: the normal form is the start of the text, borrowed.
+        for (given, normal) in [
+            ("167.70", "167.7"),
+            ("100.00", "100"),
+            ("-5.50", "-5.5"),
+            ("0.00", "0"),
+            ("0.0", "0"),
+        ] {
+            let n = normalize_decimal(given, 2, None).unwrap();
+            assert!(
+                matches!(n.text, Cow::Borrowed(t) if t == normal),
+                "{given:?} gave {:?}",
+                n.text
+            );
+        }
+        // Anything else removed (a sign, a separator, a leading zero) is built.
+        for (given, normal) in [("-0.00", "0"), ("007.50", "7.5"), ("1,000.10", "1000.1")] {
+            let n = normalize_decimal(given, 2, None).unwrap();
+            assert!(
+                matches!(&n.text, Cow::Owned(t) if t == normal),
+                "{given:?} gave {:?}",
+                n.text
+            );
+        }
     }
 
     proptest::proptest! {
@@ -1503,6 +1577,32 @@ mod tests {
             }
         }
 
+        /// A normal form borrowed from a decimal's text is where the text starts, the rest
+        /// of it only zeros after the point (and the point), and is normal itself.
+        #[test]
+        fn decimals_borrowed_normal_forms_only_drop_trailing_zeros(
+            text in "-?0{0,2}[0-9,]{0,5}(\\.[0-9]{0,3}0{0,2})?",
+            scale in 0u8..4,
+        ) {
+            if let Ok(Normalized { text: Cow::Borrowed(normal), .. }) =
+                normalize_any_decimal(&text, scale, None)
+            {
+                let rest = text.strip_prefix(normal);
+                proptest::prop_assert!(rest.is_some(), "{text:?} gave {normal:?}");
+                let rest = rest.unwrap_or_default();
+                proptest::prop_assert!(
+                    rest.is_empty()
+                        || (text.contains('.') && rest.trim_start_matches('.').bytes().all(|b| b == b'0')
+                            && normal.contains('.') != rest.starts_with('.')),
+                    "{text:?} gave {normal:?}"
+                );
+                proptest::prop_assert!(
+                    matches!(normalize_any_decimal(normal, scale, None), Ok(n) if n.text == normal),
+                    "{text:?} gave {normal:?}, which is not normal"
+                );
+            }
+        }
+
         /// A period in normal form is the period `Period::parse` reads, and `period_form`
         /// leaves it as written.
         #[test]
@@ -1518,9 +1618,11 @@ mod tests {
             }
         }
 
-        /// `trim` skips `trim_value` only where it would change nothing.
+        /// `trim` skips `trim_value` only where it would change nothing. Among the characters:
+        /// some that end with the same byte as one of the spaces (U+8000 and U+3080 with
+        /// U+3000's 0x80, U+BF with U+FEFF's 0xBF, U+200A next to U+200B).
         #[test]
-        fn trim_agrees_with_trim_value(value in "[ -~\t\r\n\u{7}\u{3000}\u{a0}\u{feff}\u{200b}\u{2002}\u{e9}揭阳]{0,6}") {
+        fn trim_agrees_with_trim_value(value in "[ -~\t\r\n\u{7}\u{3000}\u{a0}\u{feff}\u{200b}\u{2002}\u{e9}揭阳\u{8000}\u{3080}\u{bf}\u{200a}]{0,6}") {
             proptest::prop_assert_eq!(trim(&value), trim_value(&value));
         }
     }
