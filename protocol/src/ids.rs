@@ -262,6 +262,29 @@ impl Uscc {
         Ok(Uscc(code))
     }
 
+    /// The code `text` is, if it is one in normal form (upper case) with the right check
+    /// character and no placeholder: what [`Uscc::parse`] returns unchanged with
+    /// [`Uscc::check_char_ok`] and no [`Uscc::placeholder`], told in one pass over the bytes
+    /// (the usual code of an export; validation asks this first).
+    pub(crate) fn normal(text: &str) -> Option<Uscc> {
+        let bytes = <&[u8; 18]>::try_from(text.as_bytes()).ok()?;
+        // Lower-case letters are outside the table: not in normal form.
+        let mut outside = 0u8;
+        let mut sum = 0u32;
+        for (&byte, weight) in bytes[..17].iter().zip(USCC_WEIGHTS) {
+            let value = USCC_VALUES[usize::from(byte)];
+            outside |= value;
+            sum += u32::from(value) * weight;
+        }
+        let check = USCC_VALUES[usize::from(bytes[17])];
+        let uscc = Uscc(*bytes);
+        (outside & 0x80 == 0
+            && bytes[2..8].iter().all(u8::is_ascii_digit)
+            && u32::from(check) == (31 - sum % 31) % 31
+            && uscc.placeholder().is_none())
+        .then_some(uscc)
+    }
+
     /// Its 18 characters' bytes (ASCII), without [`Uscc::as_str`]'s UTF-8 check.
     pub fn as_bytes(&self) -> &[u8; 18] {
         &self.0
@@ -1176,6 +1199,43 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// `Uscc::normal` is `Uscc::parse` of a code written as it parses, with its check
+        /// character right and no placeholder — on codes whose check character is computed
+        /// half the time (by the weighted sum over whatever bytes are there, letters outside
+        /// the alphabet too), some in lower case, some placeholders, some not codes at all.
+        #[test]
+        fn uscc_normal_is_parse_with_its_checks(
+            first17 in proptest::prop_oneof![
+                "[1-9ANY][1-9][1-9][0-9]{5}[0-9A-HJ-NP-RTUW-Y]{9}",
+                "[0-9A-HJ-NP-RTUW-Y]{17}",
+                "[1-9][1-9][1-9][0-9]{5}[0-9A-Za-z]{9}",
+                "[0-9A-Z]{2}00[0-9]{4}[0-9A-Z]{9}",
+                proptest::strategy::Just("00000000000000000".to_owned()),
+                proptest::strategy::Just("91445281MA0000000".to_owned()),
+                "[0-9A-Z]{0,18}",
+            ],
+            computed in proptest::bool::ANY,
+            last in "[0-9A-Za-z]",
+        ) {
+            let text = if computed && first17.len() == 17 {
+                let sum: u32 = first17
+                    .bytes()
+                    .zip(USCC_WEIGHTS)
+                    .map(|(byte, weight)| u32::from(USCC_VALUES[usize::from(byte)]) * weight)
+                    .sum();
+                let check = USCC_ALPHABET[((31 - sum % 31) % 31) as usize];
+                format!("{first17}{}", char::from(check))
+            } else {
+                format!("{first17}{last}")
+            };
+            let expected = Uscc::parse(&text).ok().filter(|uscc| {
+                uscc.as_bytes() == text.as_bytes()
+                    && uscc.check_char_ok()
+                    && uscc.placeholder().is_none()
+            });
+            proptest::prop_assert_eq!(Uscc::normal(&text), expected, "{}", text);
+        }
+
         /// `mask_parts` counts the stars from the character count it is given: the same mask
         /// as counting the masked characters, for any text and any head and tail that fit.
         #[test]

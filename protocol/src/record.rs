@@ -613,6 +613,7 @@ impl Schema {
 
 /// [`trim_value`], without its work for the usual cell that starts and ends with a visible
 /// ASCII character, which it would leave as it is.
+#[inline(always)]
 fn trim(value: &str) -> &str {
     // The characters `trim_value` removes: ASCII whitespace, and U+00A0, U+200B, U+3000 and
     // U+FEFF, whose UTF-8 forms start with 0xC2, 0xE2, 0xE3 and 0xEF. Any other lead byte
@@ -1011,43 +1012,59 @@ fn to_half_width(text: &str) -> Cow<'_, str> {
 /// `false` decides nothing (`normalize` then does). Validation asks this first, so the usual
 /// cell builds no [`Normalized`]; a property test holds it to `normalize` (both validation
 /// paths take it, so `tests/validate_fast_path.rs` cannot).
-#[inline]
+#[inline(always)]
 fn already_normal(kind: &FieldKind, text: &str) -> bool {
     if text.len() > VALUE_BYTES_MAX {
         return false;
     }
+    // Each kind's check out of line: this stays a jump to it, inlined where it is asked.
     match kind {
-        FieldKind::Text { max_chars } => {
-            (text.len() <= *max_chars || char_count(text) <= *max_chars)
-                && scan_controls(text) == (false, false)
-        }
+        FieldKind::Text { max_chars } => text_is_normal(text, *max_chars),
         FieldKind::Decimal { scale, min } => decimal_is_normal(text, *scale, *min),
-        FieldKind::Date => matches!(Period::parse_normal(text), Some(Period::Day { .. })),
-        FieldKind::Month => matches!(Period::parse_normal(text), Some(Period::Month { .. })),
+        FieldKind::Date => date_is_normal(text),
+        FieldKind::Month => month_is_normal(text),
         FieldKind::Enum { values } => values.iter().any(|v| v == text),
-        FieldKind::Uscc => Uscc::parse(text).is_ok_and(|uscc| {
-            uscc.as_bytes() == text.as_bytes()
-                && uscc.placeholder().is_none()
-                && uscc.check_char_ok()
-        }),
-        FieldKind::Integer { min, max } => {
-            // What `value.to_string()` writes: no '+', no leading zero, no "-0".
-            let digits = text.strip_prefix('-').unwrap_or(text);
-            let shaped = !digits.is_empty()
-                && digits.bytes().all(|b| b.is_ascii_digit())
-                && (!digits.starts_with('0') || text == "0");
-            shaped
-                && text.len() <= 19
-                && text.parse::<i64>().is_ok_and(|value| {
-                    !min.is_some_and(|m| value < m) && !max.is_some_and(|m| value > m)
-                })
-        }
-        FieldKind::Phone => {
-            let digits = text.strip_prefix('+').unwrap_or(text);
-            (7..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
-        }
+        FieldKind::Uscc => Uscc::normal(text).is_some(),
+        FieldKind::Integer { min, max } => integer_is_normal(text, *min, *max),
+        FieldKind::Phone => phone_is_normal(text),
         _ => false,
     }
+}
+
+#[inline(never)]
+fn text_is_normal(text: &str, max_chars: usize) -> bool {
+    (text.len() <= max_chars || char_count(text) <= max_chars)
+        && scan_controls(text) == (false, false)
+}
+
+#[inline(never)]
+fn date_is_normal(text: &str) -> bool {
+    matches!(Period::parse_normal(text), Some(Period::Day { .. }))
+}
+
+#[inline(never)]
+fn month_is_normal(text: &str) -> bool {
+    matches!(Period::parse_normal(text), Some(Period::Month { .. }))
+}
+
+#[inline(never)]
+fn integer_is_normal(text: &str, min: Option<i64>, max: Option<i64>) -> bool {
+    // What `value.to_string()` writes: no '+', no leading zero, no "-0".
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let shaped = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (!digits.starts_with('0') || text == "0");
+    shaped
+        && text.len() <= 19
+        && text
+            .parse::<i64>()
+            .is_ok_and(|value| min.is_none_or(|m| value >= m) && max.is_none_or(|m| value <= m))
+}
+
+#[inline(never)]
+fn phone_is_normal(text: &str) -> bool {
+    let digits = text.strip_prefix('+').unwrap_or(text);
+    (7..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Checks and normalizes one value of a field of `kind`, for a record of `period` (a resident
@@ -1374,6 +1391,7 @@ fn resident_id_error(error: crate::ids::IdError) -> (Rule, String) {
 /// zero (but for a lone `0` before the point), and if a point, 1 to `scale` digits after it,
 /// the last not `0`; at least `min` when that is above 0. One pass; `false` sends the text
 /// to the general path, which decides.
+#[inline(never)]
 fn decimal_is_normal(text: &str, scale: u8, min: Option<i64>) -> bool {
     let bytes = text.as_bytes();
     let int_len = bytes.iter().position(|&b| b == b'.').unwrap_or(bytes.len());
