@@ -626,8 +626,20 @@ impl EncodedRecords {
                 .and_then(|()| (self.spans.len() as u64).encode(&mut encoder))
                 .map_err(|_| BuildError::TooManyBytes(BATCH_BYTES_MAX + 1))?;
         }
-        for span in &self.spans {
-            bincode::enc::write::Writer::write(&mut writer, &self.bytes[span.start..span.end])
+        // Records added in key order lie back to back in that order: one copy of them all.
+        let mut next = 0;
+        let contiguous = self.spans.iter().all(|span| {
+            let follows = span.start == next;
+            next = span.end;
+            follows
+        }) && next == self.bytes.len();
+        let pieces: &mut dyn Iterator<Item = &[u8]> = if contiguous {
+            &mut std::iter::once(self.bytes.as_slice())
+        } else {
+            &mut self.spans.iter().map(|span| &bytes[span.start..span.end])
+        };
+        for piece in pieces {
+            bincode::enc::write::Writer::write(&mut writer, piece)
                 .map_err(|_| BuildError::TooManyBytes(BATCH_BYTES_MAX + 1))?;
         }
         if writer.dropped > 0 {
