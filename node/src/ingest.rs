@@ -690,11 +690,12 @@ fn batch_header(options: &IngestOptions<'_>) -> BatchHeader {
 /// Rows read and waiting to be checked, the cells of all of them in one buffer.
 #[derive(Default)]
 struct Chunk {
-    /// The cells of every row, back to back (checked as UTF-8 once, as read).
+    /// The bytes of every row ([`Row::as_slice`]), back to back (checked as UTF-8 once, as
+    /// read).
     cells: String,
-    /// Where each cell ends in `cells` (it starts where the one before ends).
-    cell_ends: Vec<usize>,
-    /// Each row's line, and where its cells end in `cell_ends`.
+    /// Where each cell starts and ends in `cells`.
+    cell_ranges: Vec<(usize, usize)>,
+    /// Each row's line, and where its cells end in `cell_ranges`.
     rows: Vec<(u64, usize)>,
     /// Data rows read into this chunk, refused ones included.
     rows_read: u64,
@@ -713,7 +714,7 @@ impl Chunk {
     /// Empties it, keeping its memory.
     fn clear(&mut self) {
         self.cells.clear();
-        self.cell_ends.clear();
+        self.cell_ranges.clear();
         self.rows.clear();
         self.rows_read = 0;
         self.refused.clear();
@@ -722,16 +723,16 @@ impl Chunk {
         self.accepted.clear();
     }
 
-    /// Adds `row`, whose cells back to back are `text`.
+    /// Adds `row`, whose bytes are `text`.
     fn push(&mut self, line: u64, row: &Row, text: &str) {
         let base = self.cells.len();
         self.cells.push_str(text);
-        self.cell_ends.extend(
-            (0..row.len())
-                .filter_map(|i| row.range(i))
-                .map(|r| base + r.end),
+        self.cell_ranges.extend(
+            row.ranges()
+                .iter()
+                .map(|&(start, end)| (base + start, base + end)),
         );
-        self.rows.push((line, self.cell_ends.len()));
+        self.rows.push((line, self.cell_ranges.len()));
     }
 }
 
@@ -746,7 +747,7 @@ fn check_chunk(
 ) -> Result<(), IngestError> {
     let Chunk {
         cells,
-        cell_ends,
+        cell_ranges,
         rows,
         refused,
         records,
@@ -757,19 +758,19 @@ fn check_chunk(
     let mut raw: Vec<Option<&str>> = Vec::with_capacity(columns.len());
     let mut staging = Staging::new();
     let text = cells.as_str();
-    // Where the row's bytes and its cell ends start.
-    let (mut row_start, mut ends_start) = (0, 0);
-    for &(line, ends_end) in rows.iter() {
-        let ends = &cell_ends[ends_start..ends_end];
-        ends_start = ends_end;
+    // Where the row's cell ranges start.
+    let mut ranges_start = 0;
+    for &(line, ranges_end) in rows.iter() {
+        let ranges = &cell_ranges[ranges_start..ranges_end];
+        ranges_start = ranges_end;
         raw.clear();
         for column in columns {
             raw.push(match *column {
                 None => None,
                 Some(c) => {
-                    let start = if c == 0 { row_start } else { ends[c - 1] };
+                    let (start, end) = ranges[c];
                     // Cells start and end on character boundaries (checked as read).
-                    let cell = text.get(start..ends[c]).ok_or_else(|| IngestError::Csv {
+                    let cell = text.get(start..end).ok_or_else(|| IngestError::Csv {
                         path: path.to_owned(),
                         line,
                         message: format!("field {} is not valid UTF-8", c + 1),
@@ -778,7 +779,6 @@ fn check_chunk(
                 }
             });
         }
-        row_start = ends.last().copied().unwrap_or(row_start);
         match options.schema.validate_encoded(
             &raw,
             options.period,
@@ -1244,20 +1244,24 @@ impl<R: Read> Read for GbkReader<R> {
 /// The text of `row`'s cells, back to back, if its bytes are valid in the file's encoding
 /// (and no cell starts inside a character); else why the row is refused.
 fn row_text(row: &Row, encoding: Encoding) -> Result<&str, String> {
-    // Fast path: the whole row is UTF-8 and no cell starts inside a character.
+    // Fast path: the whole row is UTF-8 and no cell starts inside a character. Nor ends in
+    // one, then: a cell ends where the next starts, or at an ASCII byte, or at the end.
     let all = row.as_slice();
     let text = simdutf8::basic::from_utf8(all).ok();
     let bad_field = match (encoding, text) {
         (Encoding::Utf8, Some(text))
-            if (0..row.len())
-                .all(|i| row.range(i).is_some_and(|r| text.is_char_boundary(r.start))) =>
+            if row
+                .ranges()
+                .iter()
+                .all(|&(start, _)| text.is_char_boundary(start)) =>
         {
             return Ok(text);
         }
         (Encoding::Utf8, _) => row
             .iter()
             .position(|cell| std::str::from_utf8(cell).is_err())
-            // Each cell UTF-8 but the row not: cannot be (cells are joined whole).
+            // Each cell UTF-8 but the row not: cannot be (the bytes between cells are
+            // ASCII).
             .unwrap_or(0),
         // Decoded from GBK: always UTF-8; what was not GBK became U+FFFD.
         (Encoding::Gbk, text) => match row

@@ -27,44 +27,50 @@ const BUFFER_BYTES: usize = 64 * 1024;
 /// this small whatever the input (the record itself grows as it did in the csv crate).
 const LINE_BYTES_MAX: usize = 1 << 20;
 
-/// One record: its cells back to back, where each ends, the line it starts on.
+/// One record: its bytes, where each cell lies in them, the line it starts on.
+///
+/// The bytes are the record's line as read — cells with the commas and quotes between them,
+/// copied once — or, for a record `csv_core` read (its cells unescaped), the cells back to
+/// back. Either way every byte outside a cell is ASCII, so the bytes are UTF-8 exactly when
+/// every cell is and every cell starts and ends on a character boundary.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Row {
     bytes: Vec<u8>,
-    ends: Vec<usize>,
+    cells: Vec<(usize, usize)>,
     line: u64,
 }
 
 impl Row {
     fn clear(&mut self) {
         self.bytes.clear();
-        self.ends.clear();
+        self.cells.clear();
     }
 
     fn push_field(&mut self, cell: &[u8]) {
+        let start = self.bytes.len();
         self.bytes.extend_from_slice(cell);
-        self.ends.push(self.bytes.len());
+        self.cells.push((start, self.bytes.len()));
     }
 
     /// How many cells.
     pub(super) fn len(&self) -> usize {
-        self.ends.len()
+        self.cells.len()
     }
 
-    /// The cells back to back.
+    /// The record's bytes, every cell among them.
     pub(super) fn as_slice(&self) -> &[u8] {
         &self.bytes
     }
 
-    /// Where cell `i` is in [`Row::as_slice`].
-    pub(super) fn range(&self, i: usize) -> Option<std::ops::Range<usize>> {
-        let end = *self.ends.get(i)?;
-        let start = i.checked_sub(1).map_or(0, |before| self.ends[before]);
-        Some(start..end)
+    /// Where each cell is in [`Row::as_slice`], in order.
+    pub(super) fn ranges(&self) -> &[(usize, usize)] {
+        &self.cells
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        (0..self.len()).filter_map(|i| self.range(i).map(|r| &self.bytes[r]))
+        self.cells
+            .iter()
+            .map(|&(start, end)| &self.bytes[start..end])
     }
 
     /// The line the record starts on (from 1).
@@ -260,13 +266,16 @@ impl<R: Read> Rows<R> {
 /// Returns where its cells end (at a `\r` that ends the record, or the line's end); `None`
 /// for any other record, left to `csv_core`.
 fn split_plain(line: &[u8], row: &mut Row) -> Option<usize> {
+    debug_assert!(row.bytes.is_empty(), "a row read afresh");
+    // The cells are placed in the line, copied once (not cell by cell).
+    row.bytes.extend_from_slice(line);
     let mut marks = Marks::new(line);
     let mut at = 0;
     loop {
         if line.get(at) == Some(&b'"') {
             // Quoted: to the next quote (commas and `\r` inside are characters).
             let close = marks.find(|&mark| mark > at && line[mark] == b'"')?;
-            row.push_field(&line[at + 1..close]);
+            row.cells.push((at + 1, close));
             let after = close + 1;
             match line.get(after) {
                 Some(b',') => at = after + 1,
@@ -277,14 +286,14 @@ fn split_plain(line: &[u8], row: &mut Row) -> Option<usize> {
             match marks.find(|&mark| mark >= at) {
                 Some(mark) if line[mark] == b'"' => return None,
                 Some(mark) => {
-                    row.push_field(&line[at..mark]);
+                    row.cells.push((at, mark));
                     if line[mark] == b'\r' {
                         return Some(mark);
                     }
                     at = mark + 1;
                 }
                 None => {
-                    row.push_field(&line[at..]);
+                    row.cells.push((at, line.len()));
                     return Some(line.len());
                 }
             }
