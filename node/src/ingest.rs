@@ -800,7 +800,8 @@ fn check_chunk(
 /// Record keys already accepted from this file, to refuse a later row with the same key
 /// naming the line of the first, exactly and in bounded memory.
 ///
-/// Each key is appended to a log (`line`, length, key bytes, padded to 4 bytes: in memory
+/// Each key is appended to a log (`line` as 4 bytes, length as 2, key bytes, padded to 4
+/// bytes: 24 bytes for an 18-byte key; in memory
 /// up to [`KEY_LOG_MEMORY_BYTES`], then in an unlinked temporary file) and indexed by a
 /// 32-bit fingerprint (SipHash of the key under a key drawn per run, so no file can be made
 /// to collide on purpose): 65,536 buckets, by 16 bits of the fingerprint,
@@ -970,7 +971,10 @@ fn entry(fingerprint: u64, offset: u64) -> [u16; 3] {
 }
 
 /// Append-only (line, key) entries, the newest in memory, the older ones in a temporary
-/// file made on the first spill (unlinked at once, so nothing is left behind).
+/// file made on the first spill (unlinked at once, so nothing is left behind). An entry is
+/// the line (`u32`, little-endian), the key's length (`u16`), the key, zeros to a multiple of
+/// 4 bytes. A sorted export logs every key though it never reads them back, and the spill's
+/// writes cost system time: the entry is as small as it can be and stay aligned.
 #[derive(Default)]
 struct KeyLog {
     file: Option<std::fs::File>,
@@ -983,7 +987,7 @@ struct KeyLog {
 
 impl KeyLog {
     fn append(&mut self, key: &[u8], line: u64) -> io::Result<u64> {
-        if self.memory.len() + 16 + key.len() > self.memory_max {
+        if self.memory.len() + ENTRY_HEAD + 3 + key.len() > self.memory_max {
             use std::io::Write;
             let file = match &mut self.file {
                 Some(file) => file,
@@ -999,7 +1003,15 @@ impl KeyLog {
                 "more than 16 GiB of record keys: split the file",
             ));
         }
-        let len = u32::try_from(key.len()).map_err(|_| io::Error::other("key too long"))?;
+        // Keys are at most `RECORD_KEY_BYTES_MAX` (512) bytes, and no line of a file of at most
+        // `FILE_BYTES_MAX` (4 GiB) that starts a record is past `u32::MAX`.
+        let len = u16::try_from(key.len()).map_err(|_| io::Error::other("key too long"))?;
+        let line = u32::try_from(line).map_err(|_| {
+            io::Error::other(format!(
+                "a record on line {line}: lines past {} are not indexed, split the file",
+                u32::MAX
+            ))
+        })?;
         self.memory.extend_from_slice(&line.to_le_bytes());
         self.memory.extend_from_slice(&len.to_le_bytes());
         self.memory.extend_from_slice(key);
@@ -1014,13 +1026,13 @@ impl KeyLog {
         let mut each_in = |bytes: &[u8], base: u64| -> usize {
             // Whole entries in `bytes`; returns the bytes they take.
             let mut at = 0;
-            while let Some(head) = bytes.get(at..at + 12) {
-                let len = u32::from_le_bytes(head[8..].try_into().expect("4 bytes")) as usize;
-                let Some(key) = bytes.get(at + 12..at + 12 + len) else {
+            while let Some(head) = bytes.get(at..at + ENTRY_HEAD) {
+                let (_, len) = entry_head(head);
+                let Some(key) = bytes.get(at + ENTRY_HEAD..at + ENTRY_HEAD + len) else {
                     break;
                 };
                 f(base + at as u64, key);
-                at = (at + 12 + len).next_multiple_of(4);
+                at = (at + ENTRY_HEAD + len).next_multiple_of(4);
             }
             at
         };
@@ -1044,28 +1056,34 @@ impl KeyLog {
     }
 
     fn read(&self, offset: u64) -> io::Result<(u64, Vec<u8>)> {
-        let mut head = [0u8; 12];
-        let entry = |head: &[u8; 12]| {
-            let line = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
-            let len = u32::from_le_bytes(head[8..].try_into().expect("4 bytes")) as usize;
-            (line, len)
-        };
+        let mut head = [0u8; ENTRY_HEAD];
         if offset >= self.file_len {
             let at = (offset - self.file_len) as usize;
-            head.copy_from_slice(&self.memory[at..at + 12]);
-            let (line, len) = entry(&head);
-            return Ok((line, self.memory[at + 12..at + 12 + len].to_vec()));
+            head.copy_from_slice(&self.memory[at..at + ENTRY_HEAD]);
+            let (line, len) = entry_head(&head);
+            let key = &self.memory[at + ENTRY_HEAD..at + ENTRY_HEAD + len];
+            return Ok((line, key.to_vec()));
         }
         let file = self
             .file
             .as_ref()
             .expect("offsets below file_len are in the file");
         read_exact_at(file, &mut head, offset)?;
-        let (line, len) = entry(&head);
+        let (line, len) = entry_head(&head);
         let mut key = vec![0; len];
-        read_exact_at(file, &mut key, offset + 12)?;
+        read_exact_at(file, &mut key, offset + ENTRY_HEAD as u64)?;
         Ok((line, key))
     }
+}
+
+/// Bytes of a [`KeyLog`] entry before its key: the line (4), the key's length (2).
+const ENTRY_HEAD: usize = 6;
+
+/// The line and the key's length an entry's head holds.
+fn entry_head(head: &[u8]) -> (u64, usize) {
+    let line = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+    let len = u16::from_le_bytes(head[4..6].try_into().expect("2 bytes"));
+    (u64::from(line), usize::from(len))
 }
 
 #[cfg(unix)]
@@ -1397,6 +1415,25 @@ mod tests {
     /// earlier one is still in memory or already in the temporary file; and whether the keys
     /// came in increasing order (only logged until the first out of order, which builds the
     /// buckets from the log), decreasing, or shuffled.
+    /// The log keeps a line as 4 bytes: the largest it can hold reads back as written, the
+    /// next is refused with what to do, and the log is left as it was.
+    #[test]
+    fn key_log_refuses_a_line_it_cannot_hold() {
+        let mut log = KeyLog {
+            memory_max: 1024,
+            ..KeyLog::default()
+        };
+        let last = u64::from(u32::MAX);
+        assert_eq!(log.append(b"first", last).unwrap(), 0);
+        let error = log.append(b"second", last + 1).unwrap_err();
+        assert!(error.to_string().contains("split the file"), "{error}");
+        assert_eq!(log.read(0).unwrap(), (last, b"first".to_vec()));
+        let mut keys = Vec::new();
+        log.for_each(|offset, key| keys.push((offset, key.to_vec())))
+            .unwrap();
+        assert_eq!(keys, [(0, b"first".to_vec())]);
+    }
+
     #[test]
     fn key_index_is_exact_under_fingerprint_collisions_and_after_spilling() {
         let fingerprints: [fn(&[u8]) -> u64; 3] = [
