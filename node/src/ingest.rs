@@ -803,7 +803,7 @@ fn check_chunk(
 /// Each key is appended to a log (`line` as 4 bytes, length as 2, key bytes, padded to 4
 /// bytes: 24 bytes for an 18-byte key; in memory
 /// up to [`KEY_LOG_MEMORY_BYTES`], then in an unlinked temporary file) and indexed by a
-/// 32-bit fingerprint (SipHash of the key under a key drawn per run, so no file can be made
+/// 32-bit fingerprint (foldhash of the key under a seed drawn per run, so no file can be made
 /// to collide on purpose): 65,536 buckets, by 16 bits of the fingerprint,
 /// each a sorted `Vec<[u16; 3]>` of (16 more fingerprint bits, log offset / 4) — 6 bytes a
 /// key, plus at most an eighth spare (eight entries in a small bucket). A fingerprint match
@@ -1411,10 +1411,6 @@ fn not_utf8(path: &Path, line: u64, field: usize) -> IngestError {
 mod tests {
     use super::*;
 
-    /// Keys that share a fingerprint are told apart by the keys themselves, whether the
-    /// earlier one is still in memory or already in the temporary file; and whether the keys
-    /// came in increasing order (only logged until the first out of order, which builds the
-    /// buckets from the log), decreasing, or shuffled.
     /// The log keeps a line as 4 bytes: the largest it can hold reads back as written, the
     /// next is refused with what to do, and the log is left as it was.
     #[test]
@@ -1434,6 +1430,10 @@ mod tests {
         assert_eq!(keys, [(0, b"first".to_vec())]);
     }
 
+    /// Keys that share a fingerprint are told apart by the keys themselves, whether the
+    /// earlier one is still in memory or already in the temporary file; and whether the keys
+    /// came in increasing order (only logged until the first out of order, which builds the
+    /// buckets from the log), decreasing, or shuffled.
     #[test]
     fn key_index_is_exact_under_fingerprint_collisions_and_after_spilling() {
         let fingerprints: [fn(&[u8]) -> u64; 3] = [

@@ -851,6 +851,42 @@ fn one_invalid_byte_refuses_only_its_row_at_its_line() {
     }
 }
 
+/// A record ended by a lone `\r` shares its line with the next record: each is judged by
+/// its own bytes, so a byte that is not UTF-8 in the second refuses the second only.
+#[test]
+fn a_record_ended_by_a_lone_cr_is_judged_by_its_own_bytes() {
+    // The sample ends its lines as Excel does (`\r\n`).
+    let plain = sample_csv(water(), origin(), period(), 200, 0, 9).text;
+    let mut lines: Vec<Vec<u8>> = plain
+        .split_inclusive('\n')
+        .map(|line| line.as_bytes().to_vec())
+        .collect();
+    // Data rows 100 and 101 (lines 101 and 102): the first ends with a `\r` alone, the
+    // second has a byte of its Chinese text replaced by 0xFF (no UTF-8 sequence starts so).
+    let first = &mut lines[100];
+    assert!(
+        first.ends_with(b"\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(first)
+    );
+    first.pop();
+    let second = &mut lines[101];
+    let at = second
+        .iter()
+        .position(|b| !b.is_ascii())
+        .expect("Chinese text");
+    second[at] = 0xFF;
+    let report = ingest(&lines.concat(), Encoding::Utf8).unwrap();
+    assert_eq!(report.rows, 200);
+    assert_eq!(report.records, 199, "{:?}", report.rejected);
+    assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
+    assert!(
+        report.rejected[0].problems[0].message.contains("not valid"),
+        "{:?}",
+        report.rejected[0]
+    );
+}
+
 /// Every built-in category, plain and reshaped (full-width, separators, quoted line
 /// breaks, wrong values, duplicates), gives the batches and reports it gave before
 /// validation and sealing were made to write encoded records directly (issue 12): one

@@ -267,15 +267,22 @@ impl<R: Read> Rows<R> {
 /// for any other record, left to `csv_core`.
 fn split_plain(line: &[u8], row: &mut Row) -> Option<usize> {
     debug_assert!(row.bytes.is_empty(), "a row read afresh");
-    // The cells are placed in the line, copied once (not cell by cell).
-    row.bytes.extend_from_slice(line);
+    let end = split_cells(line, &mut row.cells)?;
+    // The cells are placed in the record's bytes, copied once (not cell by cell) — only
+    // the record's: after a `\r` that ends it, the line goes on with the next record.
+    row.bytes.extend_from_slice(&line[..end]);
+    Some(end)
+}
+
+/// [`split_plain`]'s split: each cell's place in `line`, into `cells`.
+fn split_cells(line: &[u8], cells: &mut Vec<(usize, usize)>) -> Option<usize> {
     let mut marks = Marks::new(line);
     let mut at = 0;
     loop {
         if line.get(at) == Some(&b'"') {
             // Quoted: to the next quote (commas and `\r` inside are characters).
             let close = marks.find(|&mark| mark > at && line[mark] == b'"')?;
-            row.cells.push((at + 1, close));
+            cells.push((at + 1, close));
             let after = close + 1;
             match line.get(after) {
                 Some(b',') => at = after + 1,
@@ -286,14 +293,14 @@ fn split_plain(line: &[u8], row: &mut Row) -> Option<usize> {
             match marks.find(|&mark| mark >= at) {
                 Some(mark) if line[mark] == b'"' => return None,
                 Some(mark) => {
-                    row.cells.push((at, mark));
+                    cells.push((at, mark));
                     if line[mark] == b'\r' {
                         return Some(mark);
                     }
                     at = mark + 1;
                 }
                 None => {
-                    row.cells.push((at, line.len()));
+                    cells.push((at, line.len()));
                     return Some(line.len());
                 }
             }
@@ -468,6 +475,18 @@ mod tests {
         let mut row = Row::default();
         let mut out = Vec::new();
         while rows.read(&mut row).unwrap() {
+            // Between and around the cells only what delimits them: the record's own bytes,
+            // none of the next record's (a lone `\r` ends a record inside a line).
+            let mut outside = row.as_slice().to_vec();
+            for &(start, end) in row.ranges().iter().rev() {
+                outside.drain(start..end);
+            }
+            assert!(
+                outside.iter().all(|b| matches!(b, b',' | b'"' | b'\r')),
+                "{:?} outside the cells of {:?}",
+                String::from_utf8_lossy(&outside),
+                String::from_utf8_lossy(row.as_slice())
+            );
             out.push((row.iter().map(<[u8]>::to_vec).collect(), row.line()));
         }
         // The end stays the end.
