@@ -275,8 +275,7 @@ impl Schema {
         let mut values = Vec::with_capacity(self.fields.len());
         let mut record_key = String::new();
         let texts = PeriodTexts::of(period);
-        let (subject, warnings) =
-            self.stage(raw, period, &texts, key, &mut values, &mut record_key)?;
+        let (subject, warnings) = self.stage(raw, &texts, key, &mut values, &mut record_key)?;
         Ok(Validated {
             record: Record {
                 key: RecordKey(record_key),
@@ -310,14 +309,8 @@ impl Schema {
             Some(texts) if texts.period == period => texts,
             _ => *staging.period.insert(PeriodTexts::of(period)),
         };
-        let (subject, warnings) = self.stage(
-            raw,
-            period,
-            &texts,
-            key,
-            &mut staging.values,
-            &mut staging.key,
-        )?;
+        let (subject, warnings) =
+            self.stage(raw, &texts, key, &mut staging.values, &mut staging.key)?;
         let values = &staging.values;
         out.push_bytes(&staging.key, |bytes| {
             // `Subject`'s derived encoding: the variant index, then the id's bytes (a fixed
@@ -340,10 +333,10 @@ impl Schema {
 
     /// The work of [`Schema::validate`]: each field's value into `values` (in field order),
     /// the record key into `record_key`; the subject and the warnings, or every problem.
+    /// `texts` are the batch period's.
     fn stage<'a>(
         &self,
         raw: &[Option<&'a str>],
-        period: Period,
         texts: &PeriodTexts,
         key: &DesensitizeKey,
         values: &mut impl Values<'a>,
@@ -385,7 +378,7 @@ impl Schema {
                 }
                 continue;
             }
-            match normalize(&field.kind, text, period) {
+            match normalize(&field.kind, text, texts.period) {
                 Err((rule, message)) => {
                     problems.push(self.problem(field, text, rule, message));
                     values.push(Staged::Absent);
@@ -417,7 +410,7 @@ impl Schema {
                 field,
                 &text,
                 Rule::PeriodMismatch,
-                format!("the row is for {text} but the batch is for {period}: put this row in a file for {text}, or fix the period"),
+                format!("the row is for {text} but the batch is for {}: put this row in a file for {text}, or fix the period", texts.period),
             ));
         }
         if !problems.is_empty() {

@@ -29,9 +29,9 @@ const LINE_BYTES_MAX: usize = 1 << 20;
 
 /// One record: its bytes, where each cell lies in them, the line it starts on.
 ///
-/// The bytes are the record's line as read — cells with the commas and quotes between them,
-/// copied once — or, for a record `csv_core` read (its cells unescaped), the cells back to
-/// back. Either way every byte outside a cell is ASCII, so the bytes are UTF-8 exactly when
+/// The bytes are the record as read — its line up to where it ends, cells with the commas
+/// and quotes between them, copied once — or, for a record `csv_core` read (its cells
+/// unescaped), the cells back to back. Either way every byte outside a cell is ASCII, so the bytes are UTF-8 exactly when
 /// every cell is and every cell starts and ends on a character boundary.
 #[derive(Debug, Default, Clone)]
 pub(super) struct Row {
@@ -566,12 +566,11 @@ mod tests {
         assert!(read[1].0.len() > 100_000, "{} cells", read[1].0.len());
     }
 
-    /// Every byte value, at every place of a word, among other bytes that are marks or not:
-    /// the word's mask has the place's bit exactly when the byte is a mark.
     /// Records ended by `\r` alone (Excel's "CSV (Macintosh)") put no `\n` in the file: the
     /// reader keeps a long line's worth of bytes ahead of each record, and before it
     /// remembered where it had searched it moved and searched all of them again for every
-    /// record (a 4.7 MB export took 18 s). Now each byte is moved and searched about once.
+    /// record (a 4.7 MB export took 0.86 s, the csv crate 0.10 s). Now each byte is moved
+    /// and searched about once.
     #[test]
     fn records_without_line_feeds_are_read_in_linear_work() {
         let record = "揭阳市榕江物流有限公司,\"粤东路289号, 8栋\",13950094539,1629.41\r";
@@ -602,6 +601,8 @@ mod tests {
         assert!(rows.buf.len() <= 2 * line_bytes_max, "{}", rows.buf.len());
     }
 
+    /// Every byte value, at every place of a word, among other bytes that are marks or not:
+    /// the word's mask has the place's bit exactly when the byte is a mark.
     #[test]
     fn word_marks_finds_exactly_the_marks() {
         for filler in [b'a', b',', b'"', b'\r', 0, 0xff, b'-', b'#', 0x0c] {
