@@ -58,6 +58,7 @@ use std::time::{Duration, Instant};
 use node::identity::random32;
 use node::runtime::{self, Node};
 use node::store::Store;
+use node::store::file::FileWriter;
 use node::transport::{self, PeerPolicy};
 use protocol::batch::BATCH_RECORDS_MAX;
 use protocol::sync::{SyncConfig, verify_incoming};
@@ -935,6 +936,10 @@ struct Offline {
     group: StoreRun,
     /// As `each`, with the record index and audit a receiving node writes with the batch.
     indexed: StoreRun,
+    /// The disk's limit: the batches' bytes written as fresh files and fsynced one by one,
+    /// through the page cache and with direct IO (`node::store::file`).
+    files_buffered: Duration,
+    files_direct: Duration,
     usage: Usage,
 }
 
@@ -1095,6 +1100,27 @@ fn offline_costs(
         runs.sort_unstable_by_key(|r| r.total);
         runs.swap_remove(runs.len() / 2)
     };
+    // The disk alone: each batch's bytes as a fresh file, fsynced, as the store writes it
+    // (without the rename and the directory's fsync).
+    let files = |writer: &FileWriter, name: &str| {
+        let mut round = 0;
+        median(OFFLINE_ITERS, || {
+            round += 1;
+            let files = dir.join(format!("{name}-{round}"));
+            std::fs::create_dir_all(&files).expect("files dir");
+            for (n, b) in batches.iter().enumerate() {
+                writer
+                    .write_synced(&files.join(n.to_string()), &b.bytes)
+                    .expect("file written");
+            }
+        })
+    };
+    let files_buffered = files(&FileWriter::buffered(), "buffered");
+    let direct = FileWriter::default();
+    let files_direct = files(&direct, "direct");
+    if !direct.direct() {
+        println!("(the bench's directory refuses direct IO: its files were written buffered)");
+    }
     let each = median_run(true, false, "each");
     let group = median_run(false, false, "group");
     let indexed = median_run(true, true, "indexed");
@@ -1121,6 +1147,8 @@ fn offline_costs(
         each,
         group,
         indexed,
+        files_buffered,
+        files_direct,
         usage: Usage::between(before, Snapshot::now(), cpus),
     }
 }
@@ -1406,6 +1434,11 @@ fn main() {
             .verify_incoming
             .saturating_sub(offline.hash_signature + offline.decode),
     );
+    line(
+        "disk: the bytes as files, fsync each, buffered",
+        offline.files_buffered,
+    );
+    line("disk: the same with direct IO", offline.files_direct);
     line("receiver: Store::insert_batch", offline.each.insert);
     line("receiver: Store::sync after each", offline.each.sync);
     line(

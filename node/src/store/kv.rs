@@ -160,6 +160,8 @@ struct SledShared {
     path: PathBuf,
     /// Batch files, `xx/<id hex>` by the id's first byte.
     files: PathBuf,
+    /// Writes them (direct IO where the filesystem takes it).
+    writer: super::file::FileWriter,
 }
 
 struct SledOpen {
@@ -269,6 +271,7 @@ impl SledKv {
                 redo: Mutex::new(Redo::default()),
                 path: sled_path,
                 files,
+                writer: super::file::FileWriter::default(),
             }),
         })
     }
@@ -472,12 +475,12 @@ impl Kv for SledKv {
         Ok(())
     }
 
-    /// Temporary file, `fsync`, rename, `fsync` of the directory: a batch file is durable
+    /// Temporary file (written with direct IO where the filesystem takes it:
+    /// [`super::file`]), `fsync`, rename, `fsync` of the directory: a batch file is durable
     /// before the group that records it is applied, so a recorded batch always has its bytes
     /// (sled 0.34 would keep values this large as blob files it never fsyncs). A temporary
     /// file that could not be completed (a full disk) is removed, so it holds no space.
     fn write_blob(&self, id: &BatchId, bytes: &[u8]) -> Result<(), KvError> {
-        use std::io::Write;
         let path = self.blob_path(id);
         if std::fs::read(&path).is_ok_and(|existing| BatchId::of(&existing) == *id) {
             return Ok(());
@@ -494,13 +497,11 @@ impl Kv for SledKv {
                 .map_err(io)?;
         }
         let tmp = dir.join(format!(".{}.tmp", id.to_hex()));
-        let written = (|| {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            drop(file);
-            std::fs::rename(&tmp, &path)
-        })();
+        let written = self
+            .shared
+            .writer
+            .write_synced(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return Err(io(e));

@@ -31,6 +31,7 @@
 //! - `state`: name → value (audit head, last receipt per link; `quarantine/` ‖ id →
 //!   Quarantined, a batch signed with an ended key, its bytes in its file like a held batch's)
 
+pub mod file;
 pub mod kv;
 mod quality;
 
