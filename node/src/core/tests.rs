@@ -2327,7 +2327,14 @@ fn a_prechecked_submission_is_decided_as_the_bare_one() {
         for (n, batch) in batches.iter().enumerate() {
             let at = now(2 + n as u64);
             let result = if prechecked {
-                county.submit_prechecked(Prechecked::new(batch.clone()), at)
+                county
+                    .submit_prechecked(Prechecked::new(batch.clone()), at)
+                    .map(|(submitted, spent)| {
+                        // A stored submission's records come back whole.
+                        let held = protocol::Batch::decode(&batch.bytes).unwrap().records.len();
+                        assert_eq!(spent.records() as usize, held);
+                        submitted
+                    })
             } else {
                 county.submit(batch.clone(), at)
             };
@@ -2371,20 +2378,34 @@ fn a_prechecked_batch_is_decided_as_the_bare_batch() {
         link_from(&mut city, down, COUNTY, now(1));
         drain(&mut city);
         let mut outputs = Vec::new();
+        // The records each prechecked batch's `Spent` hands back to be freed outside the
+        // core's lock.
+        let mut spent = Vec::new();
         for (n, batch) in batches.iter().enumerate() {
             let at = now(2 + n as u64);
             if prechecked {
-                city.handle_prechecked(down, Prechecked::new(batch.clone()), None, at)
+                let handed = city
+                    .handle_prechecked(down, Prechecked::new(batch.clone()), None, at)
+                    .unwrap();
+                spent.push(handed.records());
             } else {
-                city.handle_batch(down, batch.clone(), None, at)
+                city.handle_batch(down, batch.clone(), None, at).unwrap();
             }
-            .unwrap();
             outputs.extend(make_durable(&mut city, &kv, at));
         }
-        (outputs, link_of(&city, COUNTY, "down").refused)
+        (outputs, link_of(&city, COUNTY, "down").refused, spent)
     };
-    let (bare, bare_refused) = run(false);
-    let (prechecked, prechecked_refused) = run(true);
+    let (bare, bare_refused, _) = run(false);
+    let (prechecked, prechecked_refused, spent) = run(true);
+    // A stored batch's records come back whole; nothing comes back from a refused one.
+    let records = |n: usize| {
+        protocol::Batch::decode(&batches[n].bytes)
+            .unwrap()
+            .records
+            .len() as u32
+    };
+    assert!(records(0) > 0 && records(5) > 0);
+    assert_eq!(spent, [records(0), 0, 0, 0, 0, records(5)]);
     // The cases are what they say.
     assert_eq!(
         bare_refused,

@@ -245,10 +245,14 @@ async fn receive_batch<K: Kv>(
                     let _entered = span.enter();
                     // Decoded and its records checked before the core's lock is taken.
                     let batch = Prechecked::new(batch);
-                    if let Err(e) = node.with_core(|core, now| {
+                    match node.with_core(|core, now| {
                         core.handle_prechecked(link, batch, first_receipt, now)
                     }) {
-                        error!(error = %e, "storing a batch failed; the child will offer it again");
+                        // Its records are freed here, the core released.
+                        Ok(spent) => drop(spent),
+                        Err(e) => {
+                            error!(error = %e, "storing a batch failed; the child will offer it again");
+                        }
                     }
                 })
                 .await;

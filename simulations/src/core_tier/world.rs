@@ -1235,6 +1235,7 @@ impl World {
                     let batch = Prechecked::new(signed);
                     self.call(n, |core, now| {
                         core.handle_prechecked(link, batch, first_receipt, now)
+                            .map(drop)
                             .map_err(|e| e.to_string())
                     });
                 } else {
@@ -2578,6 +2579,7 @@ fn submit_either_way<K: Kv>(
 ) -> Result<node::core::Submitted, node::core::CoreError> {
     if signed.id.as_bytes()[0] & 1 == 0 {
         core.submit_prechecked(Prechecked::new(signed), now)
+            .map(|(submitted, _spent)| submitted)
     } else {
         core.submit(signed, now)
     }
