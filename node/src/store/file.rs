@@ -99,31 +99,120 @@ fn refused_direct(error: &std::io::Error) -> bool {
 /// power of two; tests pass 1 to make the kernel refuse the alignment).
 #[cfg(target_os = "linux")]
 fn write_direct(path: &Path, bytes: &[u8], align: usize) -> std::io::Result<()> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    debug_assert!(align.is_power_of_two() && DIRECT_CHUNK.is_multiple_of(align));
+    use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
         .open(path)?;
+    write_padded_at(&file, bytes, 0, align)?;
+    if !bytes.len().is_multiple_of(align) {
+        file.set_len(bytes.len() as u64)?;
+    }
+    file.sync_all()
+}
+
+/// Writes `bytes` at `offset` (a multiple of `align`) through a buffer aligned to `align`, at
+/// most [`DIRECT_CHUNK`] at a time, the last block padded with zeros: what a file with
+/// direct IO takes.
+#[cfg(target_os = "linux")]
+fn write_padded_at(file: &File, bytes: &[u8], offset: u64, align: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    debug_assert!(align.is_power_of_two() && DIRECT_CHUNK.is_multiple_of(align));
+    debug_assert!(offset.is_multiple_of(align as u64));
     let padded = bytes.len().next_multiple_of(align);
     let chunk = DIRECT_CHUNK.min(padded).max(align);
     let mut buffer = vec![0u8; chunk + align];
     let start = buffer.as_ptr().align_offset(align);
     let buffer = &mut buffer[start..start + chunk];
-    let mut offset = 0u64;
+    let mut at = offset;
     for piece in bytes.chunks(chunk) {
         let len = piece.len().next_multiple_of(align);
         buffer[..piece.len()].copy_from_slice(piece);
         buffer[piece.len()..len].fill(0);
-        file.write_all_at(&buffer[..len], offset)?;
-        offset += len as u64;
+        file.write_all_at(&buffer[..len], at)?;
+        at += len as u64;
     }
-    if padded != bytes.len() {
-        file.set_len(bytes.len() as u64)?;
+    Ok(())
+}
+
+/// Appending to a file whole blocks at a time with direct IO, where its filesystem takes it:
+/// for a log written once and rarely read (ingestion's key log), whose bytes would otherwise
+/// fill the page cache.
+#[derive(Debug, Default)]
+pub struct DirectAppend {
+    on: bool,
+}
+
+impl DirectAppend {
+    /// The size of the blocks [`DirectAppend::write_at`] takes.
+    pub const BLOCK: usize = 4096;
+
+    /// Turns direct IO on for `file` if its filesystem takes it (else writes stay buffered).
+    pub fn start(file: &File) -> DirectAppend {
+        DirectAppend {
+            on: set_direct(file, true),
+        }
     }
-    file.sync_all()
+
+    /// Whether writes are direct.
+    pub fn on(&self) -> bool {
+        self.on
+    }
+
+    /// Writes the whole blocks at the start of `bytes` at `offset` (a multiple of
+    /// [`DirectAppend::BLOCK`]) with direct IO; returns how many bytes that was (perhaps
+    /// none), or `None` when direct IO is off: the caller writes them buffered. A refused
+    /// write turns it off.
+    pub fn write_at(
+        &mut self,
+        file: &File,
+        bytes: &[u8],
+        offset: u64,
+    ) -> std::io::Result<Option<usize>> {
+        #[cfg(target_os = "linux")]
+        if self.on {
+            let whole = bytes.len() / Self::BLOCK * Self::BLOCK;
+            match write_padded_at(file, &bytes[..whole], offset, Self::BLOCK) {
+                Ok(()) => return Ok(Some(whole)),
+                Err(e) if refused_direct(&e) => self.stop(file),
+                Err(e) => return Err(e),
+            }
+        }
+        let _ = (file, bytes, offset);
+        Ok(None)
+    }
+
+    /// Turns direct IO off (before the file is read at places not aligned to a block).
+    pub fn stop(&mut self, file: &File) {
+        if self.on {
+            set_direct(file, false);
+            self.on = false;
+        }
+    }
+}
+
+/// Sets or clears `O_DIRECT` on an open file; whether it is now as asked.
+fn set_direct(file: &File, on: bool) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
+        let Ok(flags) = fcntl_getfl(file) else {
+            return false;
+        };
+        let flags = if on {
+            flags | OFlags::DIRECT
+        } else {
+            flags - OFlags::DIRECT
+        };
+        fcntl_setfl(file, flags).is_ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        !on
+    }
 }
 
 #[cfg(test)]
