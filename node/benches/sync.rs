@@ -794,6 +794,8 @@ struct HopRun {
     usage: Usage,
     /// From the city's start until the link came up (not timed: redial backoff).
     link_up: Duration,
+    /// Where the city's received batches spent their time (`Node::receive_times`).
+    receiving: runtime::ReceiveTimes,
 }
 
 /// Child → parent alone: fresh county and city stores (the same identities, on the ports of
@@ -857,12 +859,23 @@ async fn one_hop(
         tick.tick().await;
     }
     let after = Snapshot::now();
+    // Each batch's times are counted just after the core lets it go: the last one's may
+    // come a moment after the store holds it.
+    while city.receive_times().batches < ids.len() as u64 {
+        assert!(
+            after.at.elapsed() < SYNC_TIMEOUT,
+            "the city never counted its batches' receive times"
+        );
+        tick.tick().await;
+    }
+    let receiving = city.receive_times();
     for node in [&county, &city] {
         let _ = tokio::time::timeout(Duration::from_secs(3), runtime::shutdown(node)).await;
     }
     HopRun {
         usage: Usage::between(before, after, cpus),
         link_up,
+        receiving,
     }
 }
 
@@ -1281,6 +1294,19 @@ fn main() {
         100.0 * hop_rate / raw_rate,
         one_hop_run.usage.cpu(),
         one_hop_run.usage.drops()
+    );
+    let times = one_hop_run.receiving;
+    let per = |d: Duration| ms(d) / times.batches.max(1) as f64;
+    println!(
+        "   the city's {} batches received, each on average: checked {:.1} ms before the core's lock, waited {:.1} ms (a turn, the lock), held by the core {:.1} ms (longest {:.1}); the core held them {:.0} ms of the hop's {:.0} ({:.0} %): it takes one batch at a time",
+        times.batches,
+        per(times.check),
+        per(times.wait),
+        per(times.core),
+        ms(times.core_max),
+        ms(times.core),
+        ms(one_hop_run.usage.wall),
+        100.0 * times.core.as_secs_f64() / one_hop_run.usage.wall.as_secs_f64(),
     );
 
     println!();

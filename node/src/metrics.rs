@@ -38,6 +38,7 @@ pub const BYTES_RECEIVED: &str = "credit_batch_bytes_received_total";
 pub const BATCHES_SENT: &str = "credit_batches_sent_total";
 pub const BYTES_SENT: &str = "credit_batch_bytes_sent_total";
 pub const RECEIPT_LATENCY: &str = "credit_receipt_latency_seconds";
+pub const BATCH_RECEIVE: &str = "credit_batch_receive_seconds";
 pub const OUTBOX: &str = "credit_outbox_batches";
 pub const BATCHES_REFUSED: &str = "credit_batches_refused_total";
 pub const RECONCILE_SESSIONS: &str = "credit_reconcile_sessions_total";
@@ -49,6 +50,12 @@ pub const LEDGER_REPORTS: &str = "credit_ledger_reports";
 /// for the parent's checks and its store's sync; a batch is offered again after 15 s).
 pub const RECEIPT_LATENCY_BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0,
+];
+
+/// Upper bounds of the receive stages' buckets, in seconds: 0.5 ms to 10 s (a batch of 10,000
+/// records takes tens of milliseconds in the core; waiting grows with the queue).
+pub const BATCH_RECEIVE_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// How often the recorder's histogram samples are folded in when nobody scrapes (rendering
@@ -94,6 +101,11 @@ pub fn install() -> Result<(), InstallError> {
         .set_buckets_for_metric(
             Matcher::Full(RECEIPT_LATENCY.to_owned()),
             &RECEIPT_LATENCY_BUCKETS,
+        )
+        .expect("the buckets are not empty")
+        .set_buckets_for_metric(
+            Matcher::Full(BATCH_RECEIVE.to_owned()),
+            &BATCH_RECEIVE_BUCKETS,
         )
         .expect("the buckets are not empty")
         .build_recorder();
@@ -145,6 +157,17 @@ pub(crate) fn receipt_latency(peer: NodeId, direction: &'static str, ms: u64) {
     }
     metrics::histogram!(RECEIPT_LATENCY, link_labels(peer.to_string(), direction))
         .record(ms as f64 / 1000.0);
+}
+
+/// A batch received from a child went through its stages: checked before the core's lock,
+/// waiting (for a turn and the lock), held by the core. Nothing without a recorder.
+pub(crate) fn batch_received(check: Duration, wait: Duration, core: Duration) {
+    if !installed() {
+        return;
+    }
+    for (stage, time) in [("check", check), ("wait", wait), ("core", core)] {
+        metrics::histogram!(BATCH_RECEIVE, "stage" => stage).record(time.as_secs_f64());
+    }
 }
 
 fn link_labels(peer: String, direction: &'static str) -> Vec<Label> {
@@ -263,6 +286,11 @@ fn describe() {
         RECEIPT_LATENCY,
         metrics::Unit::Seconds,
         "From the end of a batch's stream on an uplink to the peer's receipt for it."
+    );
+    describe_histogram!(
+        BATCH_RECEIVE,
+        metrics::Unit::Seconds,
+        "A batch received from a child, once read off its stream, by stage: check (decoding and the record checks, before the core's lock), wait (for a turn and for the lock), core (held by the core, which takes batches one at a time: at a mean of m seconds, at most 1/m batches a second)."
     );
     describe_gauge!(
         OUTBOX,

@@ -350,6 +350,42 @@ fn counters_move_when_batches_move_and_the_text_is_prometheus_exposition() {
     if arrived == BATCHES as f64 {
         assert_eq!(arrived_bytes, bytes as f64);
     }
+    // Every arrival went through the three receive stages (recorded once the core let it
+    // go, so the last may come a moment after its count), and the core held each a while.
+    wait_until(
+        "the city to record each arrival's receive stages",
+        TIMEOUT,
+        || {
+            let city_now = parse(&scrape(&city_http)?)?;
+            Ok(["check", "wait", "core"].iter().all(|stage| {
+                counted(
+                    &city_now,
+                    &city_before,
+                    "credit_batch_receive_seconds_count",
+                    &[("stage", stage)],
+                ) == arrived
+            }))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\ncity log:\n{}", cluster.log(city)));
+    let city_staged = parse(&scrape(&city_http).unwrap()).unwrap();
+    assert!(
+        counted(
+            &city_staged,
+            &city_before,
+            "credit_batch_receive_seconds_sum",
+            &[("stage", "core")],
+        ) > 0.0
+    );
+    // Nothing but batches from children is counted there: the county received none.
+    assert_eq!(
+        value(
+            &county_after,
+            "credit_batch_receive_seconds_count",
+            &[("stage", "core")]
+        ),
+        0.0
+    );
     // The receipt latency is a histogram: a sample per receipt, cumulative buckets.
     assert_eq!(
         counted(

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol::PublicKey;
 use protocol::ids::{BatchId, NodeId};
@@ -229,6 +229,7 @@ async fn receive_batch<K: Kv>(
             charge,
         }) => {
             let span = info_span!("batch", batch = %batch.id.short());
+            let read = Instant::now();
             // First come, first served; dropped with the task if the link goes (the child
             // offers the batch again).
             let _turn = node
@@ -244,10 +245,20 @@ async fn receive_batch<K: Kv>(
                     let _charge = charge;
                     let _entered = span.enter();
                     // Decoded and its records checked before the core's lock is taken.
+                    let checking = Instant::now();
                     let batch = Prechecked::new(batch);
-                    match node.with_core(|core, now| {
-                        core.handle_prechecked(link, batch, first_receipt, now)
-                    }) {
+                    let checked = Instant::now();
+                    let mut held = Duration::ZERO;
+                    let handled = node.with_core(|core, now| {
+                        let start = Instant::now();
+                        let handled = core.handle_prechecked(link, batch, first_receipt, now);
+                        held = start.elapsed();
+                        handled
+                    });
+                    let check = checked - checking;
+                    let wait = (checking - read) + checked.elapsed().saturating_sub(held);
+                    node.received(check, wait, held);
+                    match handled {
                         // Its records are freed here, the core released.
                         Ok(spent) => drop(spent),
                         Err(e) => {

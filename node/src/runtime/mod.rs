@@ -349,13 +349,47 @@ pub struct Node<K: Kv = SledKv> {
     batch_budget: framing::BatchBudget,
     /// Turns to hand a received or submitted batch to the core ([`links::BATCHES_TO_CORE`]).
     to_core: Arc<tokio::sync::Semaphore>,
+    /// Where received batches' time went, summed.
+    receiving: Mutex<ReceiveTimes>,
     /// Where the dashboard listens, once it does (`status` shows it).
     pub http: std::sync::OnceLock<std::net::SocketAddr>,
+}
+
+/// Where the batches a node received spent their time once read off the wire, summed since
+/// it started: the checks made before the core's lock ([`Prechecked`]), the wait for a turn
+/// and for the lock, and the time the core held them (which it does one at a time, so at
+/// `core / batches` per batch the node receives at most that many batches a second). Also
+/// in `/metrics` as `credit_batch_receive_seconds` by stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ReceiveTimes {
+    pub batches: u64,
+    pub check: Duration,
+    pub wait: Duration,
+    pub core: Duration,
+    /// The longest the core held one batch.
+    pub core_max: Duration,
 }
 
 impl<K: Kv> Node<K> {
     fn now(&self) -> Now {
         self.clock.now()
+    }
+
+    /// Where received batches' time went so far.
+    pub fn receive_times(&self) -> ReceiveTimes {
+        *self.receiving.lock().expect("never poisoned")
+    }
+
+    /// Counts one received batch's times (and records them in `/metrics`).
+    fn received(&self, check: Duration, wait: Duration, core: Duration) {
+        let mut times = self.receiving.lock().expect("never poisoned");
+        times.batches += 1;
+        times.check += check;
+        times.wait += wait;
+        times.core += core;
+        times.core_max = times.core_max.max(core);
+        drop(times);
+        crate::metrics::batch_received(check, wait, core);
     }
 
     /// Runs one input through the core, then carries out what it asked for.
@@ -761,6 +795,7 @@ pub async fn start_with<K: Kv>(seams: Seams<K>) -> Result<Arc<Node<K>>, StartErr
         timer: Notify::new(),
         batch_budget: framing::BatchBudget::new(),
         to_core: Arc::new(tokio::sync::Semaphore::new(links::BATCHES_TO_CORE)),
+        receiving: Mutex::default(),
         http: std::sync::OnceLock::new(),
     });
     info!(node = %me, %address, topology_version = version, "node listening");
