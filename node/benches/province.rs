@@ -440,6 +440,18 @@ fn child_main(args: &[String]) {
                 }
                 println!("held {total} ms={}", start.elapsed().as_millis());
             }
+            Some("receiving") => {
+                // Where the batches received so far spent their time (microseconds).
+                let times = node.receive_times();
+                println!(
+                    "receiving batches={} check_us={} wait_us={} core_us={} core_max_us={}",
+                    times.batches,
+                    times.check.as_micros(),
+                    times.wait.as_micros(),
+                    times.core.as_micros(),
+                    times.core_max.as_micros()
+                );
+            }
             Some("quit") => {
                 tokio.block_on(async {
                     let _ = tokio::time::timeout(Duration::from_secs(10), runtime::shutdown(&node))
@@ -1218,6 +1230,7 @@ fn part_b(base: &Path) {
         cpu_of("/proc/self/stat") - cpu_before.1,
     );
     assert!(held.starts_with("held "), "{held}");
+    let receiving = province.ask("receiving", &mut tick);
     let rate = records as f64 / time.as_secs_f64();
     println!(
         "   the province (started in {} ms on an empty store, RSS {:.1} MiB) held all {} batches {} after the cities started (starting the 21 took {}): {} records/s, {:.1} MB/s of batches",
@@ -1235,6 +1248,17 @@ fn part_b(base: &Path) {
         mib(sampled.max_kib),
         100.0 * cpu.0.as_secs_f64() / time.as_secs_f64(),
         100.0 * cpu.1.as_secs_f64() / time.as_secs_f64(),
+    );
+    let received = field(&receiving, "batches").max(1);
+    let per = |key: &str| field(&receiving, key) as f64 / 1000.0 / received as f64;
+    println!(
+        "   the province's {} batches received, each on average: checked {:.1} ms before its core's lock, waited {:.1} ms (a turn, the lock), held by the core {:.1} ms (longest {:.1}): the core held them {:.0} % of the time, one at a time",
+        grouped(received as f64),
+        per("check_us"),
+        per("wait_us"),
+        per("core_us"),
+        field(&receiving, "core_max_us") as f64 / 1000.0,
+        100.0 * field(&receiving, "core_us") as f64 / 1e6 / time.as_secs_f64(),
     );
     if records < FULL_MONTH_RECORDS {
         println!(
