@@ -441,7 +441,18 @@ fn child_main(args: &[String]) {
                 println!("held {total} ms={}", start.elapsed().as_millis());
             }
             Some("receiving") => {
-                // Where the batches received so far spent their time (microseconds).
+                // Where the batches received so far spent their time (microseconds), once
+                // there are at least as many as asked: a batch's times are counted just after
+                // the core lets it go, a moment after the store holds it.
+                let at_least: u64 = words.next().map_or(0, |n| n.parse().expect("a count"));
+                let start = Instant::now();
+                while node.receive_times().batches < at_least {
+                    std::thread::sleep(Duration::from_millis(1));
+                    assert!(
+                        start.elapsed() < PHASE_TIMEOUT,
+                        "the node counted fewer than {at_least} batches received"
+                    );
+                }
                 let times = node.receive_times();
                 println!(
                     "receiving batches={} check_us={} wait_us={} core_us={} core_max_us={}",
@@ -1230,7 +1241,7 @@ fn part_b(base: &Path) {
         cpu_of("/proc/self/stat") - cpu_before.1,
     );
     assert!(held.starts_with("held "), "{held}");
-    let receiving = province.ask("receiving", &mut tick);
+    let receiving = province.ask(&format!("receiving {}", ids.len()), &mut tick);
     let rate = records as f64 / time.as_secs_f64();
     println!(
         "   the province (started in {} ms on an empty store, RSS {:.1} MiB) held all {} batches {} after the cities started (starting the 21 took {}): {} records/s, {:.1} MB/s of batches",
