@@ -2647,10 +2647,15 @@ mod tests {
             (item.origin, category, item.period)
         };
 
+        // The simulator's batches in the order of their ids, so that the test picks the same
+        // ones on every run (`items` is a HashMap).
+        let mut made: Vec<BatchId> = world.items.keys().copied().collect();
+        made.sort_unstable();
+
         // An item opened at the national platform on a record a withdrawal removed.
-        let (group, key, withdrawal) = world
-            .items
+        let (group, key, withdrawal) = made
             .iter()
+            .map(|id| (id, &world.items[id]))
             .filter(|(_, item)| item.supersedes.is_some() && item.keys.is_empty())
             .find_map(|(id, item)| {
                 let group = group_of(item);
@@ -2696,14 +2701,17 @@ mod tests {
             .expect("written");
         world.check_current_versions().expect("the item is closed");
 
-        // The national platform loses a correction that is a record's current version.
-        let (key, correction) = world
-            .items
+        // The national platform loses a correction that is a record's current version. The
+        // check names the first key in key order whose current version the correction was:
+        // a record it carries or one it withdraws (a correction may do both).
+        let (key, correction) = made
             .iter()
+            .map(|id| (id, &world.items[id]))
             .filter(|(_, item)| item.supersedes.is_some() && !item.keys.is_empty())
             .find_map(|(id, item)| {
                 let versions = versions_at(&store, &group_of(item)).expect("readable");
-                let (key, _) = versions.iter().find(|(_, v)| **v == (*id, false))?;
+                versions.values().find(|v| **v == (*id, false))?;
+                let (key, _) = versions.iter().find(|(_, v)| v.0 == *id)?;
                 Some((key.clone(), *id))
             })
             .expect("seed 1 corrects a record");
