@@ -93,9 +93,10 @@ struct Overlay<'s, 'b, K: Kv> {
     run: u64,
     /// Each of the batch's distinct keys' slot.
     slots: FastMap<&'b RecordKey, usize>,
-    /// By slot: the key, its entry, and the bytes the store held for it (only an entry
-    /// whose bytes change is written).
-    entries: Vec<(&'b RecordKey, KeyEntry, Option<Vec<u8>>)>,
+    /// By slot: the key's index key (`k` ‖ record key, built once for the read and kept for
+    /// the write), its entry, and the bytes the store held for it (only an entry whose bytes
+    /// change is written).
+    entries: Vec<(Vec<u8>, KeyEntry, Option<Vec<u8>>)>,
     /// Every holder set and name count here was changed (only [`Overlay::apply`] loads them),
     /// by index key.
     holders: FastMap<Vec<u8>, BTreeSet<RecordKey>>,
@@ -179,17 +180,19 @@ impl<'s, 'b, K: Kv> Overlay<'s, 'b, K> {
         self.run = self.run.max(found.next_run);
         let mut values = found.values;
         let held = values.split_off(count);
-        aggregates.truncate(count);
+        let entry_keys = aggregates.split_off(count);
         self.read.extend(aggregates.into_iter().zip(values));
         self.entries = keys
-            .into_iter()
-            .map(|key| (key, KeyEntry::default(), None))
+            .iter()
+            .map(|_| (Vec::new(), KeyEntry::default(), None))
             .collect();
-        for (slot, held) in slots.into_iter().zip(held) {
+        for ((slot, at), held) in slots.into_iter().zip(entry_keys).zip(held) {
+            let entry = &mut self.entries[slot];
             if let Some(bytes) = &held {
-                self.entries[slot].1 = decode(bytes)?;
+                entry.1 = decode(bytes)?;
             }
-            self.entries[slot].2 = held;
+            entry.0 = at;
+            entry.2 = held;
         }
         Ok(())
     }
@@ -293,12 +296,14 @@ impl<'s, 'b, K: Kv> Overlay<'s, 'b, K> {
         }
         out.retain(changed);
         let from = out.len();
-        for (key, entry, held) in &entries {
-            let bytes = encode(entry);
-            if held.as_ref() != Some(&bytes) {
-                let mut at = Vec::with_capacity(1 + key.0.len());
-                index_key(&mut at, b'k', None, &key.0);
-                out.push((at, Some(bytes)));
+        // Each entry is encoded into one buffer and copied out only when it changed.
+        let mut buffer = Vec::new();
+        for (at, entry, held) in entries {
+            buffer.clear();
+            bincode::encode_into_std_write(&entry, &mut buffer, config())
+                .expect("index values encode");
+            if held.as_deref() != Some(buffer.as_slice()) {
+                out.push((at, Some(buffer.as_slice().to_vec())));
             }
         }
         // In slot order: key order unless the batch withdraws records too.
