@@ -424,7 +424,18 @@ impl<K: Kv> Store<K> {
         for (key, value) in run_writes(&base, update.index_run, level, &written) {
             group.insert(Tree::Index, key, value);
         }
-        let any = self.has_feedback(update.origin, update.period, &update.category)?;
+        // The period's items, if it holds no more than the batch has keys: a batch closes
+        // items only on its own keys, and with as many keys as the period holds items or
+        // more, one read of the period's items (at most keys + 1 entries) costs less than a
+        // range read for each key (a descent of sled's tree each, ~3,900 instructions: half
+        // of storing a batch of 10,000 records once its period held any item, 2026-12-04).
+        // With more items than keys, each key's are read on their own, as before.
+        let first: Vec<kv::Entry> = self
+            .scan_prefix(Tree::Feedback, base.clone())
+            .take(update.current.len() + 1)
+            .collect::<Result<_, _>>()?;
+        let held = (first.len() <= update.current.len()).then_some(first.as_slice());
+        let any = !first.is_empty();
         if any {
             // What the findings raise, by record (grouped once: a batch of bad records has as
             // many findings as records).
@@ -446,9 +457,27 @@ impl<K: Kv> Store<K> {
                     prefix,
                     record_prefix(update.origin, update.period, &update.category, key)
                 );
-                for entry in self.scan_prefix(Tree::Feedback, prefix) {
-                    let (item_key, bytes) = entry?;
-                    let mut item: FeedbackItem = decode("feedback", &bytes)?;
+                let read;
+                let items: &[kv::Entry] = match held {
+                    // In key order: the key's items are the ones from where its prefix would
+                    // go on that start with it.
+                    Some(all) => {
+                        let from = all.partition_point(|(at, _)| *at < prefix);
+                        let count = all[from..]
+                            .iter()
+                            .take_while(|(at, _)| at.starts_with(&prefix))
+                            .count();
+                        &all[from..from + count]
+                    }
+                    None => {
+                        read = self
+                            .scan_prefix(Tree::Feedback, prefix)
+                            .collect::<Result<Vec<_>, _>>()?;
+                        &read
+                    }
+                };
+                for (item_key, bytes) in items {
+                    let mut item: FeedbackItem = decode("feedback", bytes)?;
                     let still =
                         raised.contains(&(item.problem.field.as_str(), item.problem.rule.as_str()));
                     if item.closed.is_some() || (still && !withdrawn) {
@@ -459,7 +488,7 @@ impl<K: Kv> Store<K> {
                         by: update.batch,
                         withdrawn: *withdrawn,
                     });
-                    group.insert(Tree::Feedback, item_key, encode(&item));
+                    group.insert(Tree::Feedback, item_key.clone(), encode(&item));
                 }
             }
         }
@@ -1052,6 +1081,80 @@ mod tests {
 
     /// A damaged or missing chunk or directory piece is an error naming the tree, not a
     /// panic or a silent miss.
+    /// A batch closes the open items of its own keys only (none on another key, even one
+    /// its key is the start of), unless it raises the same problem again and does not
+    /// withdraw the record — read from the period's items at once when it has as many keys
+    /// as they are or more, and key by key otherwise.
+    #[test]
+    fn a_batch_closes_the_items_of_its_own_keys_whichever_way_they_are_read() {
+        let finding = |key: &str| Finding {
+            key: RecordKey(key.to_owned()),
+            problem: Problem {
+                field: "billed_amount".into(),
+                label: "应缴金额".into(),
+                value: "9000000".into(),
+                rule: protocol::record::Rule::UsualRange,
+                severity: protocol::record::Severity::Warning,
+                message: "far above the usual".into(),
+            },
+        };
+        let opened = ["K1", "K10", "K2", "K3"];
+        /// The keys of the batch, withdrawn or not; the items it should leave open.
+        type Case = (&'static [(&'static str, bool)], &'static [&'static str]);
+        let cases: [Case; 2] = [
+            // Five keys, four items: the period's items are read at once.
+            (
+                &[
+                    ("K1", false),
+                    ("K2", false),
+                    ("K3", true),
+                    ("K5", false),
+                    ("K6", false),
+                ],
+                &["K10", "K2"],
+            ),
+            // Two keys, four items: each key's are read on their own.
+            (&[("K1", false), ("K2", false)], &["K10", "K2", "K3"]),
+        ];
+        for (keys, open) in cases {
+            let store = Store::new(MemKv::new());
+            let mut first = update("2026-05", 1, &[]);
+            first.findings = opened.iter().map(|k| finding(k)).collect();
+            store.apply_quality(&first, 1).unwrap();
+            // Another period's item on the same key stays open.
+            let mut other = update("2026-06", 1, &[]);
+            other.findings = vec![finding("K1")];
+            store.apply_quality(&other, 1).unwrap();
+            let mut second = update("2026-05", 2, &[]);
+            second.batch = BatchId::of(b"the correction");
+            second.current = keys
+                .iter()
+                .map(|(k, withdrawn)| (RecordKey((*k).to_owned()), *withdrawn))
+                .collect();
+            // The correction still has K2's and K3's problem (K3 is withdrawn).
+            second.findings = vec![finding("K2"), finding("K3")];
+            store.apply_quality(&second, 2).unwrap();
+            let items: Vec<FeedbackItem> = store.feedback(None).map(Result::unwrap).collect();
+            let still_open: BTreeSet<(String, String)> = items
+                .iter()
+                .filter(|item| item.closed.is_none() && item.batch == BatchId::of(b"batch"))
+                .map(|item| (item.period.to_string(), item.key.0.clone()))
+                .collect();
+            let mut expected: BTreeSet<(String, String)> = open
+                .iter()
+                .map(|k| ("2026-05".to_owned(), (*k).to_owned()))
+                .collect();
+            expected.insert(("2026-06".to_owned(), "K1".to_owned()));
+            assert_eq!(still_open, expected, "the batch's keys {keys:?}");
+            let closed = items.iter().filter(|item| item.closed.is_some()).count();
+            assert_eq!(
+                closed,
+                opened.len() - open.len(),
+                "the batch's keys {keys:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_damaged_run_is_an_error() {
         let prefix = prefix("2026-05");
