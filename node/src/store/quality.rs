@@ -1079,8 +1079,6 @@ mod tests {
         );
     }
 
-    /// A damaged or missing chunk or directory piece is an error naming the tree, not a
-    /// panic or a silent miss.
     /// A batch closes the open items of its own keys only (none on another key, even one
     /// its key is the start of), unless it raises the same problem again and does not
     /// withdraw the record — read from the period's items at once when it has as many keys
@@ -1155,6 +1153,8 @@ mod tests {
         }
     }
 
+    /// A damaged or missing chunk or directory piece is an error naming the tree, not a
+    /// panic or a silent miss.
     #[test]
     fn a_damaged_run_is_an_error() {
         let prefix = prefix("2026-05");
