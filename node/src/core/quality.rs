@@ -28,7 +28,7 @@ use protocol::ids::{BatchId, NodeId};
 use protocol::record::{Problem, Severity};
 use protocol::{Batch, RecordKey, Registry, Schema};
 
-use crate::store::{FastMap, Kv, QualityUpdate, Store, StoreError, period_prefix};
+use crate::store::{FastMap, IndexReader, Kv, QualityUpdate, Store, StoreError, period_prefix};
 
 /// One record key's versions at this node.
 #[derive(Debug, Clone, Default, PartialEq, Encode, Decode)]
@@ -84,8 +84,9 @@ fn aggregate_key(out: &mut Vec<u8>, contribution: &Contribution) {
 /// keys), the aggregates by their index key (kind, rule, text), built in a scratch buffer
 /// for each lookup: a record's lookups allocate nothing unless they load.
 struct Overlay<'s, 'b, K: Kv> {
-    store: &'s Store<K>,
-    prefix: Vec<u8>,
+    /// The period's index as the store holds it (read twice, and more only for what the
+    /// two reads did not foresee: what it scans for the first is kept for the others).
+    index: IndexReader<'s, K>,
     /// Aggregates read from the store (a key read and found absent has no value here): read
     /// in bulk by [`Overlay::read`], one at a time only for what that did not foresee.
     read: FastMap<Vec<u8>, Option<Vec<u8>>>,
@@ -111,7 +112,7 @@ struct Overlay<'s, 'b, K: Kv> {
 
 impl<'s, 'b, K: Kv> Overlay<'s, 'b, K> {
     /// Reads the keys of `wanted` (none read yet: its callers leave those out) from the
-    /// store, in one read of the period's runs (`Store::index_read`).
+    /// store, in one read of the period's runs (`IndexReader::read`).
     fn read(&mut self, mut wanted: Vec<Vec<u8>>) -> Result<(), StoreError> {
         debug_assert!(wanted.iter().all(|key| !self.read.contains_key(key)));
         if wanted.is_empty() {
@@ -121,7 +122,7 @@ impl<'s, 'b, K: Kv> Overlay<'s, 'b, K> {
             wanted.sort_unstable();
         }
         wanted.dedup();
-        let found = self.store.index_read(&self.prefix, &wanted)?;
+        let found = self.index.read(&wanted)?;
         self.run = self.run.max(found.next_run);
         self.read.extend(wanted.into_iter().zip(found.values));
         Ok(())
@@ -176,7 +177,7 @@ impl<'s, 'b, K: Kv> Overlay<'s, 'b, K> {
             aggregates.push(at);
             slots.push(slot);
         }
-        let found = self.store.index_read(&self.prefix, &aggregates)?;
+        let found = self.index.read(&aggregates)?;
         self.run = self.run.max(found.next_run);
         let mut values = found.values;
         let held = values.split_off(count);
@@ -420,8 +421,11 @@ pub(super) fn assess<K: Kv>(
     let header = &batch.header;
     let schema: Option<&Schema> = registry.get(&header.category);
     let mut overlay = Overlay {
-        store,
-        prefix: period_prefix(header.origin, header.period, &header.category),
+        index: store.index_reader(period_prefix(
+            header.origin,
+            header.period,
+            &header.category,
+        )),
         holders: FastMap::default(),
         names: FastMap::default(),
         histograms: FastMap::default(),

@@ -99,6 +99,114 @@ const MERGE_BYTES_MAX: u64 = 4 << 20;
 const BLOOM_BITS_PER_KEY: usize = 16;
 const BLOOM_PROBES: u32 = 11;
 
+/// Kind byte of a run's filter: `F` ‖ run u64 ‖ piece u32 → whole blocks of a split-block
+/// Bloom filter of every key the run holds (removals too). A read asks a run's filter first
+/// and parses the run's directory only for the keys it lets through: a key new to the period
+/// costs one block of each run, not a walk of each run's directory (which made reading the
+/// index grow as a period filled). Runs written before it have none; they are read through
+/// their directory as before.
+const FILTER: u8 = b'F';
+/// A run filter's block: eight 32-bit words, one bit set in each per key (the split-block
+/// filter of Parquet and Impala): a key's probes touch one cache line.
+const FILTER_BLOCK_BYTES: usize = 32;
+/// Bits of a run filter per key: ~0.1 % false positives (a false positive costs a walk of
+/// one run's directory for that key, and a chunk read only if the chunk's filter lets it
+/// through too).
+const FILTER_BITS_PER_KEY: usize = 16;
+/// A run filter is cut into pieces of this many blocks (4 KiB), each stored as an entry
+/// smaller than a chunk (see [`RUN_CHUNK_BYTES`]: sled writes larger tree nodes as unsynced
+/// blobs); a power of two, so that finding a block's piece is a shift.
+const FILTER_BLOCKS_PER_PIECE: usize = 128;
+/// The split-block filter's odd multipliers, one per word (Parquet's).
+const FILTER_SALT: [u32; 8] = [
+    0x47b6_137b,
+    0x4497_4d91,
+    0x8824_ad5b,
+    0xa2b7_289d,
+    0x7054_95c7,
+    0x2df1_424b,
+    0x9efc_4947,
+    0x5c6b_fb31,
+];
+
+/// A key's hash for the run filters, from its hash for the chunk filters mixed again (so
+/// that the two filters' false positives are not the same keys).
+fn filter_hash(hash: u64) -> u64 {
+    let mixed = (hash ^ (hash >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    mixed ^ (mixed >> 33)
+}
+
+/// The block of a filter of `blocks` blocks (fewer than 2³²) that the key of run-filter hash
+/// `hash` falls in, and the 32 bits its bits in the block are taken from ([`filter_bit`]).
+fn filter_place(hash: u64, blocks: usize) -> (usize, u32) {
+    ((((hash >> 32) * blocks as u64) >> 32) as usize, hash as u32)
+}
+
+/// The bit a key sets in word `n` of its block, from its [`filter_place`] bits.
+fn filter_bit(bits: u32, n: usize) -> u32 {
+    1 << (bits.wrapping_mul(FILTER_SALT[n]) >> 27)
+}
+
+/// A run filter of the keys of `hashes`, as its pieces' bytes (little-endian words).
+fn run_filter_of(hashes: &[u64]) -> Vec<Vec<u8>> {
+    let blocks = (hashes.len() * FILTER_BITS_PER_KEY)
+        .div_ceil(FILTER_BLOCK_BYTES * 8)
+        .max(1);
+    let mut words = vec![0u32; blocks * 8];
+    for hash in hashes {
+        let (block, bits) = filter_place(filter_hash(*hash), blocks);
+        for (n, word) in words[block * 8..block * 8 + 8].iter_mut().enumerate() {
+            *word |= filter_bit(bits, n);
+        }
+    }
+    words
+        .chunks(FILTER_BLOCKS_PER_PIECE * 8)
+        .map(|piece| piece.iter().flat_map(|w| w.to_le_bytes()).collect())
+        .collect()
+}
+
+/// One run's filter, as read: its pieces in order, each of whole blocks, all but the last
+/// [`FILTER_BLOCKS_PER_PIECE`] blocks long.
+struct RunFilter<'a> {
+    pieces: Vec<&'a [u8]>,
+    blocks: usize,
+}
+
+impl<'a> RunFilter<'a> {
+    /// The filter of `pieces` (in order), or `None` if they are not a filter's.
+    fn new(pieces: Vec<&'a [u8]>) -> Option<RunFilter<'a>> {
+        let piece_bytes = FILTER_BLOCKS_PER_PIECE * FILTER_BLOCK_BYTES;
+        let (last, full) = pieces.split_last()?;
+        let whole = full.iter().all(|p| p.len() == piece_bytes)
+            && !last.is_empty()
+            && last.len() <= piece_bytes
+            && last.len().is_multiple_of(FILTER_BLOCK_BYTES);
+        let blocks = (full.len() * piece_bytes + last.len()) / FILTER_BLOCK_BYTES;
+        (whole && u32::try_from(blocks).is_ok()).then_some(RunFilter { pieces, blocks })
+    }
+
+    /// Whether the run may hold the key of run-filter hash `hash` ([`filter_hash`]).
+    #[inline]
+    fn may_hold(&self, hash: u64) -> bool {
+        let (block, bits) = filter_place(hash, self.blocks);
+        let piece = self.pieces[block / FILTER_BLOCKS_PER_PIECE];
+        let at = (block % FILTER_BLOCKS_PER_PIECE) * FILTER_BLOCK_BYTES;
+        let block: &[u8; FILTER_BLOCK_BYTES] = piece[at..]
+            .first_chunk()
+            .expect("a filter's pieces hold whole blocks");
+        // Most keys a run does not hold miss at the first words: asked one at a time.
+        (0..8).all(|n| {
+            let word = u32::from_le_bytes([
+                block[4 * n],
+                block[4 * n + 1],
+                block[4 * n + 2],
+                block[4 * n + 3],
+            ]);
+            word & filter_bit(bits, n) != 0
+        })
+    }
+}
+
 /// The hash maps of the record index's per-batch work (`core::quality`): some twenty
 /// lookups of 30–60-byte keys per record, where SipHash took a fifth of `assess`. foldhash
 /// is several times faster and still seeded at random (per process, and per map), so a
@@ -116,6 +224,8 @@ pub struct IndexRead {
     pub next_run: u64,
     /// How many chunks were read (the directory's filters let the others be skipped).
     pub chunks_read: usize,
+    /// How many runs' directories were read (the run filters let the others be skipped).
+    pub directories_read: usize,
 }
 
 /// One entry of a run: key, and value or `None` for a removal.
@@ -245,8 +355,46 @@ struct RunDirectory<'a> {
     chunks: Vec<(&'a [u8], &'a [u8])>,
 }
 
-/// Run `run`'s writes, sorted by key: its chunks, its directory pieces (per chunk: `u32
-/// length ‖ first key ‖ u32 length ‖ Bloom filter of its keys`) and its level record, each
+/// The error for a damaged entry of the record index: `what` at `key`.
+fn damaged(key: &[u8], what: &str) -> StoreError {
+    StoreError::Decode {
+        tree: "index",
+        message: format!("{what} {} does not parse", protocol::ids::hex(key)),
+    }
+}
+
+/// Run `run`'s directory from its pieces (`pieces`, in key order; `prefix_len`: the length
+/// of the period's prefix in their keys).
+fn run_directory(
+    prefix_len: usize,
+    run: u64,
+    pieces: &[kv::Entry],
+) -> Result<RunDirectory<'_>, StoreError> {
+    let mut directory = RunDirectory {
+        run,
+        chunks: Vec::new(),
+    };
+    for (key, piece) in pieces {
+        let (of, first) =
+            run_and_number(&key[prefix_len + 1..]).ok_or_else(|| damaged(key, "run directory"))?;
+        if of != run || directory.chunks.len() != first as usize {
+            return Err(damaged(key, "run directory (a piece is missing before)"));
+        }
+        let mut rest = piece.as_slice();
+        while !rest.is_empty() {
+            let (first_key, after) =
+                take_len_prefixed(rest).ok_or_else(|| damaged(key, "run directory"))?;
+            let (bloom, after) =
+                take_len_prefixed(after).ok_or_else(|| damaged(key, "run directory"))?;
+            directory.chunks.push((first_key, bloom));
+            rest = after;
+        }
+    }
+    Ok(directory)
+}
+
+/// Run `run`'s writes: its chunks, its directory pieces (per chunk: `u32 length ‖ first key
+/// ‖ u32 length ‖ Bloom filter of its keys`), its filter's pieces and its level record, each
 /// as `(key, value)`. Nothing for no entries.
 fn run_writes(
     prefix: &[u8],
@@ -260,12 +408,15 @@ fn run_writes(
     let (mut chunk, mut hashes, mut chunks, mut bytes) =
         (Vec::with_capacity(chunk_capacity), Vec::new(), 0u32, 0u64);
     let (mut piece, mut piece_first) = (Vec::with_capacity(chunk_capacity), 0u32);
+    let mut all_hashes = Vec::with_capacity(entries.len());
     for (n, (key, value)) in entries.iter().enumerate() {
         if chunk.is_empty() {
             push_len_prefixed(&mut piece, key);
         }
         push_chunk_entry(&mut chunk, key, *value);
-        hashes.push(bloom_hash(key));
+        let hash = bloom_hash(key);
+        hashes.push(hash);
+        all_hashes.push(hash);
         let last = n + 1 == entries.len();
         if chunk.len() >= RUN_CHUNK_BYTES || last {
             bytes += chunk.len() as u64;
@@ -286,6 +437,10 @@ fn run_writes(
         }
     }
     if !entries.is_empty() {
+        for (n, piece) in run_filter_of(&all_hashes).into_iter().enumerate() {
+            let n = u32::try_from(n).expect("a run's filter has far fewer pieces");
+            out.push((run_key(prefix, FILTER, run, n), piece));
+        }
         let mut record = vec![level];
         record.extend(bytes.to_be_bytes());
         out.push((run_prefix(prefix, LEVEL, run), record));
@@ -405,10 +560,7 @@ impl<K: Kv> Store<K> {
         all.extend(entries.iter().map(|(k, v)| (*k, 0, *v)));
         for (age, run_chunks) in chunks.iter().enumerate() {
             for (key, bytes) in run_chunks {
-                let parsed = chunk_entries(bytes).ok_or_else(|| StoreError::Decode {
-                    tree: "index",
-                    message: format!("run chunk {} does not parse", protocol::ids::hex(key)),
-                })?;
+                let parsed = chunk_entries(bytes).ok_or_else(|| damaged(key, "run chunk"))?;
                 all.extend(parsed.into_iter().map(|(k, v)| (k, age + 1, v)));
             }
         }
@@ -539,20 +691,14 @@ impl<K: Kv> Store<K> {
                         level,
                         bytes,
                     }),
-                    _ => Err(StoreError::Decode {
-                        tree: "index",
-                        message: format!(
-                            "run level record {} does not parse",
-                            protocol::ids::hex(&key)
-                        ),
-                    }),
+                    _ => Err(damaged(&key, "run level record")),
                 }
             })
             .collect()
     }
 
     /// Run `run`'s chunks (key, bytes), and the keys of everything it has in the store:
-    /// its chunks, directory pieces and level record.
+    /// its chunks, directory pieces, filter pieces and level record.
     fn run_parts(
         &self,
         prefix: &[u8],
@@ -562,155 +708,29 @@ impl<K: Kv> Store<K> {
             .scan_prefix(Tree::Index, run_prefix(prefix, CHUNK, run))
             .collect::<Result<_, _>>()?;
         let mut keys: Vec<Vec<u8>> = chunks.iter().map(|(key, _)| key.clone()).collect();
-        for entry in self.scan_prefix(Tree::Index, run_prefix(prefix, DIRECTORY, run)) {
-            keys.push(entry?.0);
+        for kind in [DIRECTORY, FILTER] {
+            for entry in self.scan_prefix(Tree::Index, run_prefix(prefix, kind, run)) {
+                keys.push(entry?.0);
+            }
         }
         keys.push(run_prefix(prefix, LEVEL, run));
         Ok((chunks, keys))
     }
 
     /// The entries `wanted` (keys under `prefix`, a period's, without it; sorted, each once)
-    /// of the record index: each key's value in the newest run holding it. Reads the period's
-    /// run directories, then only the chunks their first keys and filters point to (newest
-    /// run first; an older run's only for a key the newer ones do not hold), so the cost
-    /// follows the batch, not the period. Runs of the first runs layout and entries of the
-    /// one-entry-per-key layout, when a period has any, are scanned.
+    /// of the record index: one read of an [`IndexReader`] of its own.
     pub fn index_read(&self, prefix: &[u8], wanted: &[Vec<u8>]) -> Result<IndexRead, StoreError> {
-        debug_assert!(
-            wanted.windows(2).all(|pair| pair[0] < pair[1]),
-            "index_read takes its keys sorted, each once"
-        );
-        let damaged = |key: &[u8], what: &str| StoreError::Decode {
-            tree: "index",
-            message: format!("{what} {} does not parse", protocol::ids::hex(key)),
-        };
-        let at = |kind: u8| [prefix, &[kind]].concat();
-        // (run, value) of each wanted key seen so far, by its place in `wanted`; run 0 is the
-        // one-entry-per-key layout.
-        let mut found: Vec<Option<(u64, Option<Vec<u8>>)>> = vec![None; wanted.len()];
-        let mut see = |n: usize, run: u64, value: Option<&[u8]>| {
-            if found[n].as_ref().is_none_or(|(seen, _)| *seen <= run) {
-                found[n] = Some((run, value.map(<[u8]>::to_vec)));
-            }
-        };
-        let place = |sub: &[u8]| wanted.binary_search_by(|key| key.as_slice().cmp(sub)).ok();
-        let mut last_run = 0;
-        for kind in LEGACY_KINDS {
-            for entry in self.scan_prefix(Tree::Index, at(kind)) {
-                let (key, value) = entry?;
-                if let Some(n) = place(&key[prefix.len()..]) {
-                    see(n, 0, Some(&value));
-                }
-            }
+        self.index_reader(prefix.to_vec()).read(wanted)
+    }
+
+    /// A reader of the record index of the period `prefix` ([`period_prefix`]).
+    pub fn index_reader(&self, prefix: Vec<u8>) -> IndexReader<'_, K> {
+        IndexReader {
+            store: self,
+            prefix,
+            period: None,
+            directories: BTreeMap::new(),
         }
-        for entry in self.scan_prefix(Tree::Index, at(UNDIRECTED_CHUNK)) {
-            let (key, value) = entry?;
-            let (run, _) = run_and_number(&key[prefix.len() + 1..])
-                .ok_or_else(|| damaged(&key, "run chunk"))?;
-            last_run = last_run.max(run);
-            for (sub, value) in chunk_entries(&value).ok_or_else(|| damaged(&key, "run chunk"))? {
-                if let Some(n) = place(sub) {
-                    see(n, run, value);
-                }
-            }
-        }
-        // The directories, oldest run first.
-        let pieces: Vec<kv::Entry> = self
-            .scan_prefix(Tree::Index, at(DIRECTORY))
-            .collect::<Result<_, _>>()?;
-        let mut runs: Vec<RunDirectory<'_>> = Vec::new();
-        for (key, piece) in &pieces {
-            let (run, first) = run_and_number(&key[prefix.len() + 1..])
-                .ok_or_else(|| damaged(key, "run directory"))?;
-            if runs.last().is_none_or(|last| last.run != run) {
-                runs.push(RunDirectory {
-                    run,
-                    chunks: Vec::new(),
-                });
-            }
-            let directory = runs.last_mut().expect("just pushed");
-            if directory.chunks.len() != first as usize {
-                return Err(damaged(key, "run directory (a piece is missing before)"));
-            }
-            let mut rest = piece.as_slice();
-            while !rest.is_empty() {
-                let (first_key, after) =
-                    take_len_prefixed(rest).ok_or_else(|| damaged(key, "run directory"))?;
-                let (bloom, after) =
-                    take_len_prefixed(after).ok_or_else(|| damaged(key, "run directory"))?;
-                directory.chunks.push((first_key, bloom));
-                rest = after;
-            }
-        }
-        last_run = last_run.max(runs.last().map_or(0, |r| r.run));
-        // The runs, newest first, each asked for the keys no newer run holds: the keys and
-        // the run's chunks are both in order, so one pass over both finds each key's chunk,
-        // and its filter says whether to read it (a key the run does not hold is read for
-        // only on a false positive).
-        let mut unresolved: Vec<(usize, u64)> = wanted
-            .iter()
-            .enumerate()
-            .map(|(n, key)| (n, bloom_hash(key)))
-            .collect();
-        let mut chunks_read = 0;
-        for directory in runs.iter().rev() {
-            if unresolved.is_empty() {
-                break;
-            }
-            let mut reads: Vec<(u32, Vec<usize>)> = Vec::new();
-            let mut chunk = 0;
-            for (n, (place, hash)) in unresolved.iter().enumerate() {
-                let key = wanted[*place].as_slice();
-                while directory
-                    .chunks
-                    .get(chunk + 1)
-                    .is_some_and(|(first, _)| *first <= key)
-                {
-                    chunk += 1;
-                }
-                let Some((first, bloom)) = directory.chunks.get(chunk) else {
-                    break;
-                };
-                if *first <= key && bloom_may_hold(bloom, *hash) {
-                    match reads.last_mut() {
-                        Some((at, keys)) if *at == chunk as u32 => keys.push(n),
-                        _ => reads.push((chunk as u32, vec![n])),
-                    }
-                }
-            }
-            let mut resolved = vec![false; unresolved.len()];
-            for (chunk, keys) in reads {
-                let chunk_key = run_key(prefix, CHUNK, directory.run, chunk);
-                let bytes = self
-                    .kv
-                    .get(Tree::Index, &chunk_key)?
-                    .ok_or_else(|| damaged(&chunk_key, "run chunk (missing)"))?;
-                chunks_read += 1;
-                let entries =
-                    chunk_entries(&bytes).ok_or_else(|| damaged(&chunk_key, "run chunk"))?;
-                for n in keys {
-                    let place = unresolved[n].0;
-                    let key = wanted[place].as_slice();
-                    if let Ok(at) = entries.binary_search_by(|(sub, _)| (*sub).cmp(key)) {
-                        see(place, directory.run, entries[at].1);
-                        resolved[n] = true;
-                    }
-                }
-            }
-            let mut n = 0;
-            unresolved.retain(|_| {
-                n += 1;
-                !resolved[n - 1]
-            });
-        }
-        Ok(IndexRead {
-            values: found
-                .into_iter()
-                .map(|seen| seen.and_then(|(_, value)| value))
-                .collect(),
-            next_run: last_run + 1,
-            chunks_read,
-        })
     }
 
     /// Whether this node holds any feedback item, open or closed, of `origin`'s `category`
@@ -771,6 +791,230 @@ impl<K: Kv> Store<K> {
             }
         }
         Ok(out)
+    }
+}
+
+/// Reads of one period's record index against one state of the store, for as long as
+/// nothing writes the period (the core assesses a batch before it stores it, under its
+/// lock). What every read needs — the period's runs, their filters, the entries of the
+/// earlier layouts — is scanned once, at the first read, and a run's directory the first
+/// time a read needs it: a batch's assessment makes two reads, and scanning sled costs
+/// ~2,600 instructions an entry (callgrind, 2026-12-04), more than what is done with it.
+pub struct IndexReader<'s, K: Kv> {
+    store: &'s Store<K>,
+    prefix: Vec<u8>,
+    period: Option<PeriodParts>,
+    /// Each run's directory pieces scanned so far, by run.
+    directories: BTreeMap<u64, Vec<kv::Entry>>,
+}
+
+/// What every read of a period needs, as scanned.
+struct PeriodParts {
+    /// Entries of the one-entry-per-key layout (key after the prefix, value).
+    legacy: Vec<kv::Entry>,
+    /// Chunks of runs of the first runs layout (without a directory).
+    undirected: Vec<kv::Entry>,
+    /// The runs with a directory, oldest first.
+    levels: Vec<RunLevel>,
+    /// The runs' filter pieces, in key order (by run, then piece).
+    filters: Vec<kv::Entry>,
+}
+
+impl<K: Kv> IndexReader<'_, K> {
+    fn period_parts(&self) -> Result<PeriodParts, StoreError> {
+        let (store, prefix) = (self.store, self.prefix.as_slice());
+        let at = |kind: u8| [prefix, &[kind]].concat();
+        let mut legacy = Vec::new();
+        for kind in LEGACY_KINDS {
+            for entry in store.scan_prefix(Tree::Index, at(kind)) {
+                let (key, value) = entry?;
+                legacy.push((key[prefix.len()..].to_vec(), value));
+            }
+        }
+        Ok(PeriodParts {
+            legacy,
+            undirected: store
+                .scan_prefix(Tree::Index, at(UNDIRECTED_CHUNK))
+                .collect::<Result<_, _>>()?,
+            levels: store.run_levels(prefix)?,
+            filters: store
+                .scan_prefix(Tree::Index, at(FILTER))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The entries `wanted` (keys under the period's prefix, without it; sorted, each once)
+    /// of the record index: each key's value in the newest run holding it. Asks each run's
+    /// filter (newest run first; an older run only for the keys the newer ones do not hold),
+    /// reads the directory of a run only if its filter lets a key through, and then only the
+    /// chunks the directory's first keys and filters point to, so the cost follows the
+    /// batch, not the period. Runs of the first runs layout and entries of the
+    /// one-entry-per-key layout, when a period has any, are scanned.
+    pub fn read(&mut self, wanted: &[Vec<u8>]) -> Result<IndexRead, StoreError> {
+        debug_assert!(
+            wanted.windows(2).all(|pair| pair[0] < pair[1]),
+            "index reads take their keys sorted, each once"
+        );
+        if self.period.is_none() {
+            self.period = Some(self.period_parts()?);
+        }
+        let IndexReader {
+            store,
+            prefix,
+            period,
+            directories,
+        } = self;
+        let (store, prefix) = (*store, prefix.as_slice());
+        let period = period.as_ref().expect("read above");
+        // (run, value) of each wanted key seen so far, by its place in `wanted`; run 0 is the
+        // one-entry-per-key layout.
+        let mut found: Vec<Option<(u64, Option<Vec<u8>>)>> = vec![None; wanted.len()];
+        let mut see = |n: usize, run: u64, value: Option<&[u8]>| {
+            if found[n].as_ref().is_none_or(|(seen, _)| *seen <= run) {
+                found[n] = Some((run, value.map(<[u8]>::to_vec)));
+            }
+        };
+        let place = |sub: &[u8]| wanted.binary_search_by(|key| key.as_slice().cmp(sub)).ok();
+        for (sub, value) in &period.legacy {
+            if let Some(n) = place(sub) {
+                see(n, 0, Some(value));
+            }
+        }
+        let mut last_run = 0;
+        for (key, value) in &period.undirected {
+            let (run, _) = run_and_number(&key[prefix.len() + 1..])
+                .ok_or_else(|| damaged(key, "run chunk"))?;
+            last_run = last_run.max(run);
+            for (sub, value) in chunk_entries(value).ok_or_else(|| damaged(key, "run chunk"))? {
+                if let Some(n) = place(sub) {
+                    see(n, run, value);
+                }
+            }
+        }
+        // The runs with a directory, and their filters (runs written before filters have
+        // none: every key is looked for in their directory).
+        last_run = last_run.max(period.levels.last().map_or(0, |level| level.run));
+        let mut filters: Vec<(u64, Vec<&[u8]>)> = Vec::new();
+        for (key, piece) in &period.filters {
+            let (run, n) = run_and_number(&key[prefix.len() + 1..])
+                .ok_or_else(|| damaged(key, "run filter"))?;
+            if filters.last().is_none_or(|(last, _)| *last != run) {
+                filters.push((run, Vec::new()));
+            }
+            let pieces = &mut filters.last_mut().expect("just pushed").1;
+            if pieces.len() != n as usize {
+                return Err(damaged(key, "run filter (a piece is missing before)"));
+            }
+            pieces.push(piece);
+        }
+        let filters: BTreeMap<u64, RunFilter<'_>> = filters
+            .into_iter()
+            .map(|(run, pieces)| {
+                RunFilter::new(pieces)
+                    .map(|filter| (run, filter))
+                    .ok_or_else(|| damaged(&run_prefix(prefix, FILTER, run), "run filter"))
+            })
+            .collect::<Result<_, _>>()?;
+        // The runs, newest first, each asked for the keys no newer run holds: its filter
+        // says which it may hold; for those, the keys and the run's chunks are both in
+        // order, so one pass over both finds each key's chunk, and the chunk's filter says
+        // whether to read it (a key the run does not hold is read for only on false
+        // positives of both).
+        // (place in `wanted`, hash for the chunk filters, hash for the run filters).
+        let mut unresolved: Vec<(usize, u64, u64)> = wanted
+            .iter()
+            .enumerate()
+            .map(|(n, key)| {
+                let hash = bloom_hash(key);
+                (n, hash, filter_hash(hash))
+            })
+            .collect();
+        let (mut chunks_read, mut directories_read) = (0, 0);
+        for level in period.levels.iter().rev() {
+            if unresolved.is_empty() {
+                break;
+            }
+            // The keys the run may hold, by their place in `unresolved`.
+            let candidates: Vec<usize> = match filters.get(&level.run) {
+                Some(filter) => (0..unresolved.len())
+                    .filter(|n| filter.may_hold(unresolved[*n].2))
+                    .collect(),
+                None => (0..unresolved.len()).collect(),
+            };
+            if candidates.is_empty() {
+                continue;
+            }
+            let pieces = match directories.entry(level.run) {
+                std::collections::btree_map::Entry::Occupied(held) => held.into_mut(),
+                std::collections::btree_map::Entry::Vacant(place) => {
+                    let pieces: Vec<kv::Entry> = store
+                        .scan_prefix(Tree::Index, run_prefix(prefix, DIRECTORY, level.run))
+                        .collect::<Result<_, _>>()?;
+                    directories_read += 1;
+                    place.insert(pieces)
+                }
+            };
+            if pieces.is_empty() {
+                let key = run_prefix(prefix, DIRECTORY, level.run);
+                return Err(damaged(&key, "run directory (missing)"));
+            }
+            let directory = run_directory(prefix.len(), level.run, pieces)?;
+            let mut reads: Vec<(u32, Vec<usize>)> = Vec::new();
+            let mut chunk = 0;
+            for n in candidates {
+                let (place, hash, _) = unresolved[n];
+                let key = wanted[place].as_slice();
+                while directory
+                    .chunks
+                    .get(chunk + 1)
+                    .is_some_and(|(first, _)| *first <= key)
+                {
+                    chunk += 1;
+                }
+                let Some((first, bloom)) = directory.chunks.get(chunk) else {
+                    break;
+                };
+                if *first <= key && bloom_may_hold(bloom, hash) {
+                    match reads.last_mut() {
+                        Some((at, keys)) if *at == chunk as u32 => keys.push(n),
+                        _ => reads.push((chunk as u32, vec![n])),
+                    }
+                }
+            }
+            let mut resolved = vec![false; unresolved.len()];
+            for (chunk, keys) in reads {
+                let chunk_key = run_key(prefix, CHUNK, directory.run, chunk);
+                let bytes = store
+                    .kv
+                    .get(Tree::Index, &chunk_key)?
+                    .ok_or_else(|| damaged(&chunk_key, "run chunk (missing)"))?;
+                chunks_read += 1;
+                let entries =
+                    chunk_entries(&bytes).ok_or_else(|| damaged(&chunk_key, "run chunk"))?;
+                for n in keys {
+                    let place = unresolved[n].0;
+                    let key = wanted[place].as_slice();
+                    if let Ok(at) = entries.binary_search_by(|(sub, _)| (*sub).cmp(key)) {
+                        see(place, directory.run, entries[at].1);
+                        resolved[n] = true;
+                    }
+                }
+            }
+            let mut n = 0;
+            unresolved.retain(|_| {
+                n += 1;
+                !resolved[n - 1]
+            });
+        }
+        Ok(IndexRead {
+            values: found
+                .into_iter()
+                .map(|seen| seen.and_then(|(_, value)| value))
+                .collect(),
+            next_run: last_run + 1,
+            chunks_read,
+            directories_read,
+        })
     }
 }
 
@@ -967,6 +1211,125 @@ mod tests {
             "read {} of {chunks} chunks",
             read.chunks_read
         );
+        let runs = store.run_levels(&prefix).unwrap().len();
+        assert!(
+            read.directories_read <= 3,
+            "read {} of {runs} runs' directories",
+            read.directories_read
+        );
+        // Keys no run holds are turned away by the runs' filters: no directory is read.
+        let misses = self::wanted(&misses.iter().map(String::as_str).collect::<Vec<_>>());
+        let read = store.index_read(&prefix, &misses).unwrap();
+        assert!(read.values.iter().all(Option::is_none));
+        assert_eq!(
+            (read.directories_read, read.chunks_read),
+            (0, 0),
+            "{runs} runs"
+        );
+    }
+
+    /// A reader scans what every read needs once: a second read asks the store for no
+    /// directory the first one read, and reads what a reader of its own reads.
+    #[test]
+    fn a_reader_scans_a_run_directory_once_for_all_its_reads() {
+        let store = Store::new(MemKv::new());
+        let prefix = prefix("2026-05");
+        for run in 1..=5u64 {
+            let keys: Vec<String> = (0..300).map(|n| format!("k{run}-{n:04}")).collect();
+            let writes: Vec<(&str, Option<&str>)> =
+                keys.iter().map(|k| (k.as_str(), Some("v"))).collect();
+            apply(&store, &update("2026-05", run, &writes));
+        }
+        let first = wanted(&["k1-0001", "k3-0002", "k5-0299"]);
+        let second = wanted(&["k1-0002", "k3-0003", "k4-0000", "knone"]);
+        let mut reader = store.index_reader(prefix.clone());
+        let read = reader.read(&first).unwrap();
+        assert_eq!(read.values, vec![Some(b"v".to_vec()); 3]);
+        assert_eq!(read.directories_read, 3);
+        let read = reader.read(&second).unwrap();
+        let alone = store.index_read(&prefix, &second).unwrap();
+        assert_eq!(read.values, alone.values);
+        assert_eq!(
+            read.values.iter().filter(|v| v.is_some()).count(),
+            3,
+            "{:?}",
+            read.values
+        );
+        assert_eq!(read.next_run, alone.next_run);
+        assert_eq!(
+            (read.directories_read, alone.directories_read),
+            (1, 3),
+            "run 4's is new to the reader"
+        );
+    }
+
+    /// Runs written before runs had filters (a directory only) read as they did, beside
+    /// runs with one, and merge into runs with one: 120 runs of random writes and removals
+    /// over 300 keys, with the filters of every third run taken away as it is written,
+    /// checked after each run against a map written the same way.
+    #[test]
+    fn runs_without_a_filter_read_and_merge_as_before() {
+        let store = Store::new(MemKv::new());
+        let prefix = prefix("2026-05");
+        let mut reference: BTreeMap<String, String> = BTreeMap::new();
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut below = |n: u64| {
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) % n
+        };
+        let all: Vec<String> = (0..300).map(|n| format!("k{n:03}")).collect();
+        let wanted = wanted(&all.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut unfiltered = 0;
+        for run in 1..=120u64 {
+            let mut writes: BTreeMap<String, Option<String>> = BTreeMap::new();
+            for _ in 0..(1 + below(40)) {
+                let key = all[below(300) as usize].clone();
+                let value = (below(4) > 0).then(|| format!("{key} at {run}"));
+                writes.insert(key, value);
+            }
+            for (key, value) in &writes {
+                match value {
+                    Some(value) => reference.insert(key.clone(), value.clone()),
+                    None => reference.remove(key),
+                };
+            }
+            let borrowed: Vec<(&str, Option<&str>)> = writes
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref()))
+                .collect();
+            apply(&store, &update("2026-05", run, &borrowed));
+            if run % 3 == 0 {
+                let pieces: Vec<Vec<u8>> = store
+                    .scan_prefix(Tree::Index, run_prefix(&prefix, FILTER, run))
+                    .map(|e| e.unwrap().0)
+                    .collect();
+                assert!(!pieces.is_empty(), "run {run} has a filter");
+                let mut group = store.group();
+                for key in pieces {
+                    group.remove(Tree::Index, key);
+                }
+                group.commit().unwrap();
+            }
+            let levels = store.run_levels(&prefix).unwrap();
+            let filtered = store
+                .scan_prefix(Tree::Index, [prefix.as_slice(), &[FILTER]].concat())
+                .map(|e| run_and_number(&e.unwrap().0[prefix.len() + 1..]).unwrap().0)
+                .collect::<BTreeSet<u64>>()
+                .len();
+            unfiltered = unfiltered.max(levels.len() - filtered);
+            let read = store.index_read(&prefix, &wanted).unwrap();
+            let got: BTreeMap<String, String> = held(&wanted, &read)
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
+                .collect();
+            assert_eq!(got, reference, "after run {run}");
+        }
+        assert!(
+            unfiltered >= 2,
+            "runs without a filter were read: {unfiltered}"
+        );
     }
 
     /// Runs merge as they pile up, and the index reads the same as a map written the same
@@ -1033,9 +1396,14 @@ mod tests {
                 .scan_prefix(Tree::Index, [prefix.as_slice(), &[CHUNK]].concat())
                 .map(|e| run_and_number(&e.unwrap().0[prefix.len() + 1..]).unwrap().0)
                 .collect();
+            let filters: BTreeSet<u64> = store
+                .scan_prefix(Tree::Index, [prefix.as_slice(), &[FILTER]].concat())
+                .map(|e| run_and_number(&e.unwrap().0[prefix.len() + 1..]).unwrap().0)
+                .collect();
             let runs: BTreeSet<u64> = levels.iter().map(|l| l.run).collect();
             assert_eq!(directories, runs, "after run {run}");
             assert_eq!(chunks, runs, "after run {run}");
+            assert_eq!(filters, runs, "after run {run}");
         }
         assert!(most_runs >= MERGE_FAN_IN, "{most_runs}");
         // As many runs of each level as 300's digit in base MERGE_FAN_IN.
@@ -1077,6 +1445,35 @@ mod tests {
             !bloom_may_hold(&[], bloom_hash(b"k")),
             "an empty filter holds nothing"
         );
+    }
+
+    /// A run's filter holds every key of the run and lets few others through (~0.1 %), over
+    /// several pieces.
+    #[test]
+    fn a_run_filter_holds_its_keys_and_few_others() {
+        let keys: Vec<String> = (0..50_000)
+            .map(|n| format!("k44528120260512{n:06}"))
+            .collect();
+        let hashes: Vec<u64> = keys.iter().map(|k| bloom_hash(k.as_bytes())).collect();
+        let pieces = run_filter_of(&hashes);
+        assert_eq!(
+            pieces.len(),
+            50_000 * 2 / (FILTER_BLOCKS_PER_PIECE * 32) + 1
+        );
+        let filter = RunFilter::new(pieces.iter().map(Vec::as_slice).collect()).unwrap();
+        assert!(hashes.iter().all(|h| filter.may_hold(filter_hash(*h))));
+        let mut passed = 0;
+        let tries = 200_000;
+        for n in 0..tries {
+            let absent = format!("k44528120260512{:06}", 100_000 + n);
+            passed += usize::from(filter.may_hold(filter_hash(bloom_hash(absent.as_bytes()))));
+        }
+        assert!(passed < tries / 400, "false positives {passed} of {tries}");
+        // Pieces that are not a filter's are refused.
+        let mut short = pieces.clone();
+        short[0].pop();
+        assert!(RunFilter::new(short.iter().map(Vec::as_slice).collect()).is_none());
+        assert!(RunFilter::new(Vec::new()).is_none());
     }
 
     /// A batch closes the open items of its own keys only (none on another key, even one
@@ -1189,6 +1586,21 @@ mod tests {
             run_key(&prefix, UNDIRECTED_CHUNK, 1, 0),
             Some(vec![0, 9, b'k']),
             "run chunk",
+        );
+        damage(
+            run_key(&prefix, FILTER, 1, 0),
+            Some(vec![0; 31]),
+            "run filter",
+        );
+        damage(
+            run_key(&prefix, FILTER, 1, 2),
+            Some(vec![0; 32]),
+            "a piece is missing",
+        );
+        damage(
+            run_key(&prefix, DIRECTORY, 1, 0),
+            None,
+            "run directory (missing)",
         );
     }
 }
