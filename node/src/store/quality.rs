@@ -185,24 +185,30 @@ impl<'a> RunFilter<'a> {
         (whole && u32::try_from(blocks).is_ok()).then_some(RunFilter { pieces, blocks })
     }
 
+    /// The places in `keys` (place in the read, chunk-filter hash, run-filter hash) of the
+    /// keys the run may hold.
+    fn candidates(&self, keys: &[(usize, u64, u64)]) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (n, (_, _, hash)) in keys.iter().enumerate() {
+            if self.may_hold(*hash) {
+                out.push(n);
+            }
+        }
+        out
+    }
+
     /// Whether the run may hold the key of run-filter hash `hash` ([`filter_hash`]).
     #[inline]
     fn may_hold(&self, hash: u64) -> bool {
         let (block, bits) = filter_place(hash, self.blocks);
         let piece = self.pieces[block / FILTER_BLOCKS_PER_PIECE];
         let at = (block % FILTER_BLOCKS_PER_PIECE) * FILTER_BLOCK_BYTES;
-        let block: &[u8; FILTER_BLOCK_BYTES] = piece[at..]
-            .first_chunk()
-            .expect("a filter's pieces hold whole blocks");
+        let Some(block) = piece.get(at..at + FILTER_BLOCK_BYTES) else {
+            unreachable!("a filter's pieces hold whole blocks");
+        };
         // Most keys a run does not hold miss at the first words: asked one at a time.
-        (0..8).all(|n| {
-            let word = u32::from_le_bytes([
-                block[4 * n],
-                block[4 * n + 1],
-                block[4 * n + 2],
-                block[4 * n + 3],
-            ]);
-            word & filter_bit(bits, n) != 0
+        block.chunks_exact(4).enumerate().all(|(n, word)| {
+            u32::from_le_bytes([word[0], word[1], word[2], word[3]]) & filter_bit(bits, n) != 0
         })
     }
 }
@@ -936,9 +942,7 @@ impl<K: Kv> IndexReader<'_, K> {
             }
             // The keys the run may hold, by their place in `unresolved`.
             let candidates: Vec<usize> = match filters.get(&level.run) {
-                Some(filter) => (0..unresolved.len())
-                    .filter(|n| filter.may_hold(unresolved[*n].2))
-                    .collect(),
+                Some(filter) => filter.candidates(&unresolved),
                 None => (0..unresolved.len()).collect(),
             };
             if candidates.is_empty() {
