@@ -310,15 +310,16 @@ fn decode<T: Decode<()>>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreErr
 #[derive(Clone)]
 pub struct Store<K: Kv = SledKv> {
     kv: K,
+    /// Runs of the record index read before, kept between batches (shared by clones, as
+    /// the storage is; a store opened again starts without).
+    index_cache: std::sync::Arc<std::sync::Mutex<quality::IndexCache>>,
 }
 
 impl Store<SledKv> {
     /// Opens (or creates) the store in `path`: sled in `path/sled`, batch files in
     /// `path/batches`.
     pub fn open(path: &Path) -> Result<Store<SledKv>, StoreError> {
-        Ok(Store {
-            kv: SledKv::open(path)?,
-        })
+        Ok(Store::new(SledKv::open(path)?))
     }
 }
 
@@ -370,7 +371,10 @@ impl<K: Kv> Group<'_, K> {
 
 impl<K: Kv> Store<K> {
     pub fn new(kv: K) -> Store<K> {
-        Store { kv }
+        Store {
+            kv,
+            index_cache: Default::default(),
+        }
     }
 
     pub fn kv(&self) -> &K {

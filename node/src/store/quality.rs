@@ -230,8 +230,12 @@ pub struct IndexRead {
     pub next_run: u64,
     /// How many chunks were read (the directory's filters let the others be skipped).
     pub chunks_read: usize,
-    /// How many runs' directories were read (the run filters let the others be skipped).
+    /// How many runs' directories were scanned from the store (the run filters let the
+    /// others be skipped; the store's cache holds those read before).
     pub directories_read: usize,
+    /// How many runs' filters were scanned from the store (not in its cache): at the first
+    /// read of a reader only.
+    pub filters_read: usize,
 }
 
 /// One entry of a run: key, and value or `None` for a removal.
@@ -729,6 +733,14 @@ impl<K: Kv> Store<K> {
         self.index_reader(prefix.to_vec()).read(wanted)
     }
 
+    fn index_cache(&self) -> std::sync::MutexGuard<'_, IndexCache> {
+        // The cache holds only what was read from the store: a panic while it was held
+        // leaves nothing untrue in it.
+        self.index_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// A reader of the record index of the period `prefix` ([`period_prefix`]).
     pub fn index_reader(&self, prefix: Vec<u8>) -> IndexReader<'_, K> {
         IndexReader {
@@ -800,18 +812,146 @@ impl<K: Kv> Store<K> {
     }
 }
 
+/// How many bytes of runs' filter and directory pieces a store keeps between batches (the
+/// least recently used go first when more are read).
+const INDEX_CACHE_BYTES: usize = 16 << 20;
+
+/// One run's pieces of one kind (filter or directory) as scanned, in key order.
+type Pieces = std::sync::Arc<Vec<kv::Entry>>;
+
+/// Runs' filter and directory pieces read before, kept between batches so that a batch
+/// does not scan its whole period's again (at 800 batches of 1,000 records in one period,
+/// the filters alone are ~5 MB a batch). A run never changes once written: a merge writes a
+/// new run and deletes the ones it replaces, and run numbers only grow. So what was read
+/// stays true for as long as the store is not opened again (after a crash, a run that was
+/// not durable may be written again under its number: the store opened then starts with
+/// an empty cache). As a guard, a run's pieces are kept with its level record and taken
+/// only while the store holds the same one; runs a period no longer holds are dropped
+/// when its runs are next read.
+#[derive(Default)]
+pub struct IndexCache {
+    /// By period prefix, then run.
+    periods: BTreeMap<Vec<u8>, BTreeMap<u64, CachedRun>>,
+    bytes: usize,
+    clock: u64,
+}
+
+#[derive(Default)]
+struct CachedRun {
+    level: Option<RunLevel>,
+    filter: Option<Pieces>,
+    directory: Option<Pieces>,
+    used: u64,
+}
+
+fn pieces_bytes(pieces: &[kv::Entry]) -> usize {
+    pieces
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 64)
+        .sum::<usize>()
+        + 64
+}
+
+impl IndexCache {
+    /// Drops the runs of period `prefix` that are not among `levels` or whose level record
+    /// is not the one kept.
+    fn keep_only(&mut self, prefix: &[u8], levels: &[RunLevel]) {
+        let Some(runs) = self.periods.get_mut(prefix) else {
+            return;
+        };
+        let mut freed = 0;
+        runs.retain(|run, cached| {
+            let keep = levels
+                .binary_search_by_key(run, |level| level.run)
+                .is_ok_and(|at| cached.level == Some(levels[at]));
+            if !keep {
+                freed += cached.filter.as_deref().map_or(0, |p| pieces_bytes(p));
+                freed += cached.directory.as_deref().map_or(0, |p| pieces_bytes(p));
+            }
+            keep
+        });
+        self.bytes -= freed;
+        if runs.is_empty() {
+            self.periods.remove(prefix);
+        }
+    }
+
+    /// Run `level`'s pieces of one kind (`directory` or its filter), if kept.
+    fn get(&mut self, prefix: &[u8], level: RunLevel, directory: bool) -> Option<Pieces> {
+        self.clock += 1;
+        let cached = self.periods.get_mut(prefix)?.get_mut(&level.run)?;
+        if cached.level != Some(level) {
+            return None;
+        }
+        cached.used = self.clock;
+        if directory {
+            cached.directory.clone()
+        } else {
+            cached.filter.clone()
+        }
+    }
+
+    /// Keeps run `level`'s pieces of one kind, and drops the least recently used runs
+    /// while more than [`INDEX_CACHE_BYTES`] are kept.
+    fn put(&mut self, prefix: &[u8], level: RunLevel, directory: bool, pieces: Pieces) {
+        self.clock += 1;
+        let cached = self
+            .periods
+            .entry(prefix.to_vec())
+            .or_default()
+            .entry(level.run)
+            .or_default();
+        if cached.level != Some(level) {
+            let old = std::mem::take(cached);
+            self.bytes -= old.filter.as_deref().map_or(0, |p| pieces_bytes(p));
+            self.bytes -= old.directory.as_deref().map_or(0, |p| pieces_bytes(p));
+            cached.level = Some(level);
+        }
+        cached.used = self.clock;
+        let added = pieces_bytes(&pieces);
+        let slot = if directory {
+            &mut cached.directory
+        } else {
+            &mut cached.filter
+        };
+        if let Some(old) = slot.replace(pieces) {
+            self.bytes -= pieces_bytes(&old);
+        }
+        self.bytes += added;
+        while self.bytes > INDEX_CACHE_BYTES {
+            let Some((period, run)) = self
+                .periods
+                .iter()
+                .flat_map(|(period, runs)| runs.iter().map(move |(run, c)| (c.used, period, *run)))
+                .min()
+                .map(|(_, period, run)| (period.clone(), run))
+            else {
+                break;
+            };
+            let runs = self.periods.get_mut(&period).expect("just found");
+            let old = runs.remove(&run).expect("just found");
+            self.bytes -= old.filter.as_deref().map_or(0, |p| pieces_bytes(p));
+            self.bytes -= old.directory.as_deref().map_or(0, |p| pieces_bytes(p));
+            if runs.is_empty() {
+                self.periods.remove(&period);
+            }
+        }
+    }
+}
+
 /// Reads of one period's record index against one state of the store, for as long as
 /// nothing writes the period (the core assesses a batch before it stores it, under its
 /// lock). What every read needs — the period's runs, their filters, the entries of the
-/// earlier layouts — is scanned once, at the first read, and a run's directory the first
+/// earlier layouts — is taken once, at the first read, and a run's directory the first
 /// time a read needs it: a batch's assessment makes two reads, and scanning sled costs
 /// ~2,600 instructions an entry (callgrind, 2026-12-04), more than what is done with it.
+/// Runs' filters and directories come from the store's [`IndexCache`] when it holds them.
 pub struct IndexReader<'s, K: Kv> {
     store: &'s Store<K>,
     prefix: Vec<u8>,
     period: Option<PeriodParts>,
-    /// Each run's directory pieces scanned so far, by run.
-    directories: BTreeMap<u64, Vec<kv::Entry>>,
+    /// Each run's directory pieces taken so far, by run.
+    directories: BTreeMap<u64, Pieces>,
 }
 
 /// What every read of a period needs, as scanned.
@@ -820,10 +960,11 @@ struct PeriodParts {
     legacy: Vec<kv::Entry>,
     /// Chunks of runs of the first runs layout (without a directory).
     undirected: Vec<kv::Entry>,
-    /// The runs with a directory, oldest first.
-    levels: Vec<RunLevel>,
-    /// The runs' filter pieces, in key order (by run, then piece).
-    filters: Vec<kv::Entry>,
+    /// The runs with a directory, oldest first, each with its filter's pieces (none for a
+    /// run written before runs had filters).
+    runs: Vec<(RunLevel, Pieces)>,
+    /// How many runs' pieces were scanned from the store (not found in its cache).
+    scanned: usize,
 }
 
 impl<K: Kv> IndexReader<'_, K> {
@@ -837,15 +978,36 @@ impl<K: Kv> IndexReader<'_, K> {
                 legacy.push((key[prefix.len()..].to_vec(), value));
             }
         }
+        let levels = store.run_levels(prefix)?;
+        store.index_cache().keep_only(prefix, &levels);
+        let mut runs = Vec::with_capacity(levels.len());
+        let mut scanned = 0;
+        for level in levels {
+            let filter = store.index_cache().get(prefix, level, false);
+            let filter = match filter {
+                Some(filter) => filter,
+                None => {
+                    let pieces: Pieces = std::sync::Arc::new(
+                        store
+                            .scan_prefix(Tree::Index, run_prefix(prefix, FILTER, level.run))
+                            .collect::<Result<_, _>>()?,
+                    );
+                    scanned += 1;
+                    store
+                        .index_cache()
+                        .put(prefix, level, false, pieces.clone());
+                    pieces
+                }
+            };
+            runs.push((level, filter));
+        }
         Ok(PeriodParts {
             legacy,
             undirected: store
                 .scan_prefix(Tree::Index, at(UNDIRECTED_CHUNK))
                 .collect::<Result<_, _>>()?,
-            levels: store.run_levels(prefix)?,
-            filters: store
-                .scan_prefix(Tree::Index, at(FILTER))
-                .collect::<Result<_, _>>()?,
+            runs,
+            scanned,
         })
     }
 
@@ -861,8 +1023,11 @@ impl<K: Kv> IndexReader<'_, K> {
             wanted.windows(2).all(|pair| pair[0] < pair[1]),
             "index reads take their keys sorted, each once"
         );
+        let mut filters_read = 0;
         if self.period.is_none() {
-            self.period = Some(self.period_parts()?);
+            let parts = self.period_parts()?;
+            filters_read = parts.scanned;
+            self.period = Some(parts);
         }
         let IndexReader {
             store,
@@ -899,28 +1064,25 @@ impl<K: Kv> IndexReader<'_, K> {
         }
         // The runs with a directory, and their filters (runs written before filters have
         // none: every key is looked for in their directory).
-        last_run = last_run.max(period.levels.last().map_or(0, |level| level.run));
-        let mut filters: Vec<(u64, Vec<&[u8]>)> = Vec::new();
-        for (key, piece) in &period.filters {
-            let (run, n) = run_and_number(&key[prefix.len() + 1..])
-                .ok_or_else(|| damaged(key, "run filter"))?;
-            if filters.last().is_none_or(|(last, _)| *last != run) {
-                filters.push((run, Vec::new()));
+        last_run = last_run.max(period.runs.last().map_or(0, |(level, _)| level.run));
+        let mut filters: BTreeMap<u64, RunFilter<'_>> = BTreeMap::new();
+        for (level, pieces) in &period.runs {
+            let mut parts = Vec::with_capacity(pieces.len());
+            for (key, piece) in pieces.iter() {
+                let n = run_and_number(&key[prefix.len() + 1..])
+                    .ok_or_else(|| damaged(key, "run filter"))?
+                    .1;
+                if parts.len() != n as usize {
+                    return Err(damaged(key, "run filter (a piece is missing before)"));
+                }
+                parts.push(piece.as_slice());
             }
-            let pieces = &mut filters.last_mut().expect("just pushed").1;
-            if pieces.len() != n as usize {
-                return Err(damaged(key, "run filter (a piece is missing before)"));
+            if !parts.is_empty() {
+                let filter = RunFilter::new(parts)
+                    .ok_or_else(|| damaged(&run_prefix(prefix, FILTER, level.run), "run filter"))?;
+                filters.insert(level.run, filter);
             }
-            pieces.push(piece);
         }
-        let filters: BTreeMap<u64, RunFilter<'_>> = filters
-            .into_iter()
-            .map(|(run, pieces)| {
-                RunFilter::new(pieces)
-                    .map(|filter| (run, filter))
-                    .ok_or_else(|| damaged(&run_prefix(prefix, FILTER, run), "run filter"))
-            })
-            .collect::<Result<_, _>>()?;
         // The runs, newest first, each asked for the keys no newer run holds: its filter
         // says which it may hold; for those, the keys and the run's chunks are both in
         // order, so one pass over both finds each key's chunk, and the chunk's filter says
@@ -936,7 +1098,7 @@ impl<K: Kv> IndexReader<'_, K> {
             })
             .collect();
         let (mut chunks_read, mut directories_read) = (0, 0);
-        for level in period.levels.iter().rev() {
+        for (level, _) in period.runs.iter().rev() {
             if unresolved.is_empty() {
                 break;
             }
@@ -951,10 +1113,25 @@ impl<K: Kv> IndexReader<'_, K> {
             let pieces = match directories.entry(level.run) {
                 std::collections::btree_map::Entry::Occupied(held) => held.into_mut(),
                 std::collections::btree_map::Entry::Vacant(place) => {
-                    let pieces: Vec<kv::Entry> = store
-                        .scan_prefix(Tree::Index, run_prefix(prefix, DIRECTORY, level.run))
-                        .collect::<Result<_, _>>()?;
-                    directories_read += 1;
+                    let cached = store.index_cache().get(prefix, *level, true);
+                    let pieces = match cached {
+                        Some(pieces) => pieces,
+                        None => {
+                            let pieces: Pieces = std::sync::Arc::new(
+                                store
+                                    .scan_prefix(
+                                        Tree::Index,
+                                        run_prefix(prefix, DIRECTORY, level.run),
+                                    )
+                                    .collect::<Result<_, _>>()?,
+                            );
+                            directories_read += 1;
+                            store
+                                .index_cache()
+                                .put(prefix, *level, true, pieces.clone());
+                            pieces
+                        }
+                    };
                     place.insert(pieces)
                 }
             };
@@ -1018,6 +1195,7 @@ impl<K: Kv> IndexReader<'_, K> {
             next_run: last_run + 1,
             chunks_read,
             directories_read,
+            filters_read,
         })
     }
 }
@@ -1232,39 +1410,120 @@ mod tests {
         );
     }
 
-    /// A reader scans what every read needs once: a second read asks the store for no
-    /// directory the first one read, and reads what a reader of its own reads.
+    /// A run's filter and directory are scanned from the store once: a reader's second read
+    /// and later readers take them from the store's cache, a store opened again over the
+    /// same storage scans them again, a run written again under its number (as after a
+    /// crash that lost it) is not taken from the cache, and runs merged away leave it.
     #[test]
-    fn a_reader_scans_a_run_directory_once_for_all_its_reads() {
-        let store = Store::new(MemKv::new());
+    fn a_run_is_scanned_once_until_it_changes_or_the_store_is_opened_again() {
+        let kv = MemKv::new();
+        let store = Store::new(kv.clone());
         let prefix = prefix("2026-05");
-        for run in 1..=5u64 {
+        let write = |store: &Store<MemKv>, run: u64, value: &str| {
             let keys: Vec<String> = (0..300).map(|n| format!("k{run}-{n:04}")).collect();
             let writes: Vec<(&str, Option<&str>)> =
-                keys.iter().map(|k| (k.as_str(), Some("v"))).collect();
-            apply(&store, &update("2026-05", run, &writes));
+                keys.iter().map(|k| (k.as_str(), Some(value))).collect();
+            apply(store, &update("2026-05", run, &writes));
+        };
+        for run in 1..=5u64 {
+            write(&store, run, "v");
         }
         let first = wanted(&["k1-0001", "k3-0002", "k5-0299"]);
         let second = wanted(&["k1-0002", "k3-0003", "k4-0000", "knone"]);
         let mut reader = store.index_reader(prefix.clone());
         let read = reader.read(&first).unwrap();
         assert_eq!(read.values, vec![Some(b"v".to_vec()); 3]);
-        assert_eq!(read.directories_read, 3);
+        assert_eq!((read.filters_read, read.directories_read), (5, 3));
         let read = reader.read(&second).unwrap();
-        let alone = store.index_read(&prefix, &second).unwrap();
-        assert_eq!(read.values, alone.values);
         assert_eq!(
-            read.values.iter().filter(|v| v.is_some()).count(),
-            3,
-            "{:?}",
-            read.values
+            (read.filters_read, read.directories_read),
+            (0, 1),
+            "run 4's directory is new"
         );
-        assert_eq!(read.next_run, alone.next_run);
-        assert_eq!(
-            (read.directories_read, alone.directories_read),
-            (1, 3),
-            "run 4's is new to the reader"
+        let values = read.values;
+        assert_eq!(values.iter().filter(|v| v.is_some()).count(), 3);
+        let again = store.index_read(&prefix, &second).unwrap();
+        assert_eq!(again.values, values);
+        assert_eq!((again.filters_read, again.directories_read), (0, 0));
+        let reopened = Store::new(kv.clone()).index_read(&prefix, &second).unwrap();
+        assert_eq!(reopened.values, values);
+        assert_eq!((reopened.filters_read, reopened.directories_read), (5, 3));
+        // Run 1 written again under its number, with other values (its level record's
+        // size changes with them).
+        let mut group = store.group();
+        for key in store.run_parts(&prefix, 1).unwrap().1 {
+            group.remove(Tree::Index, key);
+        }
+        group.commit().unwrap();
+        write(&store, 1, "written again");
+        let read = store.index_read(&prefix, &second).unwrap();
+        assert_eq!(read.values[0].as_deref(), Some(&b"written again"[..]));
+        assert_eq!((read.filters_read, read.directories_read), (1, 1));
+        // Runs 6 to 8: the eighth run merges runs 1 to 7 into it; the cache keeps runs the
+        // period holds only.
+        for run in 6..=8u64 {
+            write(&store, run, "v");
+        }
+        let read = store.index_read(&prefix, &second).unwrap();
+        assert_eq!(read.values[1].as_deref(), Some(&b"v"[..]));
+        let levels: Vec<u64> = store
+            .run_levels(&prefix)
+            .unwrap()
+            .iter()
+            .map(|l| l.run)
+            .collect();
+        assert_eq!(levels, vec![8]);
+        let cache = store.index_cache();
+        let cached: Vec<u64> = cache.periods[&prefix].keys().copied().collect();
+        assert_eq!(cached, levels);
+        let bytes: usize = cache.periods[&prefix]
+            .values()
+            .flat_map(|c| [&c.filter, &c.directory])
+            .flatten()
+            .map(|p| pieces_bytes(p))
+            .sum();
+        assert_eq!(cache.bytes, bytes);
+    }
+
+    /// The cache keeps at most its bytes, dropping the least recently used run first.
+    #[test]
+    fn the_index_cache_drops_the_least_recently_used_runs() {
+        let mut cache = IndexCache::default();
+        let level = |run: u64| RunLevel {
+            run,
+            level: 0,
+            bytes: 1,
+        };
+        let big = || -> Pieces { std::sync::Arc::new(vec![(vec![0], vec![0; 6 << 20])]) };
+        cache.put(b"p", level(1), false, big());
+        cache.put(b"q", level(2), false, big());
+        assert!(cache.get(b"p", level(1), false).is_some());
+        cache.put(b"p", level(3), true, big());
+        assert!(cache.bytes <= INDEX_CACHE_BYTES, "{}", cache.bytes);
+        assert!(
+            cache.get(b"q", level(2), false).is_none(),
+            "the least recently used"
         );
+        assert!(cache.get(b"p", level(1), false).is_some());
+        assert!(cache.get(b"p", level(3), true).is_some());
+        assert!(
+            cache.get(b"p", level(3), false).is_none(),
+            "only its directory is kept"
+        );
+        assert!(!cache.periods.contains_key(&b"q"[..]));
+        let other = RunLevel {
+            bytes: 2,
+            ..level(1)
+        };
+        assert!(
+            cache.get(b"p", other, false).is_none(),
+            "another level record"
+        );
+        cache.keep_only(b"p", &[level(3)]);
+        assert_eq!(cache.bytes, pieces_bytes(&big()));
+        cache.keep_only(b"p", &[]);
+        assert_eq!(cache.bytes, 0);
+        assert!(cache.periods.is_empty());
     }
 
     /// Runs written before runs had filters (a directory only) read as they did, beside
