@@ -358,11 +358,103 @@ fn bloom_may_hold(bloom: &[u8], hash: u64) -> bool {
     bits > 0 && bloom_bits(hash, bits).all(|bit| bloom[(bit / 8) as usize] & (1 << (bit % 8)) != 0)
 }
 
-/// One run's directory, as read: per chunk (numbered from 0, in order), its first key and
-/// the Bloom filter of its keys.
-struct RunDirectory<'a> {
+/// One run's directory: its pieces as read and, per chunk (numbered from 0, in order), where
+/// its first key and the Bloom filter of its keys are in them. Parsed once, kept in the
+/// store's cache with the pieces.
+struct RunDirectory {
     run: u64,
-    chunks: Vec<(&'a [u8], &'a [u8])>,
+    pieces: Vec<kv::Entry>,
+    chunks: Vec<ChunkAt>,
+}
+
+/// Where one chunk's first key and filter are: its directory piece, and the byte ranges of
+/// each in the piece's value.
+#[derive(Clone, Copy)]
+struct ChunkAt {
+    piece: u32,
+    first: (u32, u32),
+    bloom: (u32, u32),
+}
+
+impl RunDirectory {
+    /// Run `run`'s directory from its pieces (in key order; `prefix_len`: the length of the
+    /// period's prefix in their keys).
+    fn parse(
+        prefix_len: usize,
+        run: u64,
+        pieces: Vec<kv::Entry>,
+    ) -> Result<RunDirectory, StoreError> {
+        let mut chunks = Vec::new();
+        for (n, (key, piece)) in pieces.iter().enumerate() {
+            let (of, first) = run_and_number(&key[prefix_len + 1..])
+                .ok_or_else(|| damaged(key, "run directory"))?;
+            if of != run || chunks.len() != first as usize {
+                return Err(damaged(key, "run directory (a piece is missing before)"));
+            }
+            let at = |part: &[u8]| {
+                let start = part.as_ptr() as usize - piece.as_ptr() as usize;
+                (start as u32, (start + part.len()) as u32)
+            };
+            let mut rest = piece.as_slice();
+            while !rest.is_empty() {
+                let (first_key, after) =
+                    take_len_prefixed(rest).ok_or_else(|| damaged(key, "run directory"))?;
+                let (bloom, after) =
+                    take_len_prefixed(after).ok_or_else(|| damaged(key, "run directory"))?;
+                chunks.push(ChunkAt {
+                    piece: n as u32,
+                    first: at(first_key),
+                    bloom: at(bloom),
+                });
+                rest = after;
+            }
+        }
+        Ok(RunDirectory {
+            run,
+            pieces,
+            chunks,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    fn part(&self, piece: u32, (start, end): (u32, u32)) -> &[u8] {
+        &self.pieces[piece as usize].1[start as usize..end as usize]
+    }
+
+    /// Chunk `n`'s first key.
+    fn first(&self, n: usize) -> &[u8] {
+        let chunk = self.chunks[n];
+        self.part(chunk.piece, chunk.first)
+    }
+
+    /// Chunk `n`'s Bloom filter.
+    fn bloom(&self, n: usize) -> &[u8] {
+        let chunk = self.chunks[n];
+        self.part(chunk.piece, chunk.bloom)
+    }
+
+    /// The chunk that would hold `key`: the last whose first key is not after it (`None`
+    /// for a key before the run's first).
+    fn chunk_of(&self, key: &[u8]) -> Option<usize> {
+        let (mut low, mut high) = (0, self.len());
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if self.first(middle) <= key {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        low.checked_sub(1)
+    }
+
+    /// What it holds in memory, about.
+    fn bytes(&self) -> usize {
+        pieces_bytes(&self.pieces) + self.chunks.len() * std::mem::size_of::<ChunkAt>()
+    }
 }
 
 /// The error for a damaged entry of the record index: `what` at `key`.
@@ -371,36 +463,6 @@ fn damaged(key: &[u8], what: &str) -> StoreError {
         tree: "index",
         message: format!("{what} {} does not parse", protocol::ids::hex(key)),
     }
-}
-
-/// Run `run`'s directory from its pieces (`pieces`, in key order; `prefix_len`: the length
-/// of the period's prefix in their keys).
-fn run_directory(
-    prefix_len: usize,
-    run: u64,
-    pieces: &[kv::Entry],
-) -> Result<RunDirectory<'_>, StoreError> {
-    let mut directory = RunDirectory {
-        run,
-        chunks: Vec::new(),
-    };
-    for (key, piece) in pieces {
-        let (of, first) =
-            run_and_number(&key[prefix_len + 1..]).ok_or_else(|| damaged(key, "run directory"))?;
-        if of != run || directory.chunks.len() != first as usize {
-            return Err(damaged(key, "run directory (a piece is missing before)"));
-        }
-        let mut rest = piece.as_slice();
-        while !rest.is_empty() {
-            let (first_key, after) =
-                take_len_prefixed(rest).ok_or_else(|| damaged(key, "run directory"))?;
-            let (bloom, after) =
-                take_len_prefixed(after).ok_or_else(|| damaged(key, "run directory"))?;
-            directory.chunks.push((first_key, bloom));
-            rest = after;
-        }
-    }
-    Ok(directory)
 }
 
 /// Run `run`'s writes: its chunks, its directory pieces (per chunk: `u32 length ‖ first key
@@ -840,8 +902,15 @@ pub struct IndexCache {
 struct CachedRun {
     level: Option<RunLevel>,
     filter: Option<Pieces>,
-    directory: Option<Pieces>,
+    directory: Option<std::sync::Arc<RunDirectory>>,
     used: u64,
+}
+
+impl CachedRun {
+    fn bytes(&self) -> usize {
+        self.filter.as_deref().map_or(0, |p| pieces_bytes(p))
+            + self.directory.as_deref().map_or(0, RunDirectory::bytes)
+    }
 }
 
 fn pieces_bytes(pieces: &[kv::Entry]) -> usize {
@@ -865,8 +934,7 @@ impl IndexCache {
                 .binary_search_by_key(run, |level| level.run)
                 .is_ok_and(|at| cached.level == Some(levels[at]));
             if !keep {
-                freed += cached.filter.as_deref().map_or(0, |p| pieces_bytes(p));
-                freed += cached.directory.as_deref().map_or(0, |p| pieces_bytes(p));
+                freed += cached.bytes();
             }
             keep
         });
@@ -876,24 +944,32 @@ impl IndexCache {
         }
     }
 
-    /// Run `level`'s pieces of one kind (`directory` or its filter), if kept.
-    fn get(&mut self, prefix: &[u8], level: RunLevel, directory: bool) -> Option<Pieces> {
+    /// Run `level` of period `prefix`, if kept with that level record.
+    fn run(&mut self, prefix: &[u8], level: RunLevel) -> Option<&CachedRun> {
         self.clock += 1;
         let cached = self.periods.get_mut(prefix)?.get_mut(&level.run)?;
         if cached.level != Some(level) {
             return None;
         }
         cached.used = self.clock;
-        if directory {
-            cached.directory.clone()
-        } else {
-            cached.filter.clone()
-        }
+        Some(cached)
     }
 
-    /// Keeps run `level`'s pieces of one kind, and drops the least recently used runs
+    fn filter(&mut self, prefix: &[u8], level: RunLevel) -> Option<Pieces> {
+        self.run(prefix, level)?.filter.clone()
+    }
+
+    fn directory(
+        &mut self,
+        prefix: &[u8],
+        level: RunLevel,
+    ) -> Option<std::sync::Arc<RunDirectory>> {
+        self.run(prefix, level)?.directory.clone()
+    }
+
+    /// Keeps what `keep` puts in run `level`'s entry, and drops the least recently used runs
     /// while more than [`INDEX_CACHE_BYTES`] are kept.
-    fn put(&mut self, prefix: &[u8], level: RunLevel, directory: bool, pieces: Pieces) {
+    fn put(&mut self, prefix: &[u8], level: RunLevel, keep: impl FnOnce(&mut CachedRun)) {
         self.clock += 1;
         let cached = self
             .periods
@@ -902,22 +978,13 @@ impl IndexCache {
             .entry(level.run)
             .or_default();
         if cached.level != Some(level) {
-            let old = std::mem::take(cached);
-            self.bytes -= old.filter.as_deref().map_or(0, |p| pieces_bytes(p));
-            self.bytes -= old.directory.as_deref().map_or(0, |p| pieces_bytes(p));
+            self.bytes -= std::mem::take(cached).bytes();
             cached.level = Some(level);
         }
         cached.used = self.clock;
-        let added = pieces_bytes(&pieces);
-        let slot = if directory {
-            &mut cached.directory
-        } else {
-            &mut cached.filter
-        };
-        if let Some(old) = slot.replace(pieces) {
-            self.bytes -= pieces_bytes(&old);
-        }
-        self.bytes += added;
+        self.bytes -= cached.bytes();
+        keep(cached);
+        self.bytes += cached.bytes();
         while self.bytes > INDEX_CACHE_BYTES {
             let Some((period, run)) = self
                 .periods
@@ -929,9 +996,7 @@ impl IndexCache {
                 break;
             };
             let runs = self.periods.get_mut(&period).expect("just found");
-            let old = runs.remove(&run).expect("just found");
-            self.bytes -= old.filter.as_deref().map_or(0, |p| pieces_bytes(p));
-            self.bytes -= old.directory.as_deref().map_or(0, |p| pieces_bytes(p));
+            self.bytes -= runs.remove(&run).expect("just found").bytes();
             if runs.is_empty() {
                 self.periods.remove(&period);
             }
@@ -950,8 +1015,8 @@ pub struct IndexReader<'s, K: Kv> {
     store: &'s Store<K>,
     prefix: Vec<u8>,
     period: Option<PeriodParts>,
-    /// Each run's directory pieces taken so far, by run.
-    directories: BTreeMap<u64, Pieces>,
+    /// Each run's directory taken so far, by run.
+    directories: BTreeMap<u64, std::sync::Arc<RunDirectory>>,
 }
 
 /// What every read of a period needs, as scanned.
@@ -983,7 +1048,7 @@ impl<K: Kv> IndexReader<'_, K> {
         let mut runs = Vec::with_capacity(levels.len());
         let mut scanned = 0;
         for level in levels {
-            let filter = store.index_cache().get(prefix, level, false);
+            let filter = store.index_cache().filter(prefix, level);
             let filter = match filter {
                 Some(filter) => filter,
                 None => {
@@ -995,7 +1060,7 @@ impl<K: Kv> IndexReader<'_, K> {
                     scanned += 1;
                     store
                         .index_cache()
-                        .put(prefix, level, false, pieces.clone());
+                        .put(prefix, level, |run| run.filter = Some(pieces.clone()));
                     pieces
                 }
             };
@@ -1110,52 +1175,62 @@ impl<K: Kv> IndexReader<'_, K> {
             if candidates.is_empty() {
                 continue;
             }
-            let pieces = match directories.entry(level.run) {
+            let directory = match directories.entry(level.run) {
                 std::collections::btree_map::Entry::Occupied(held) => held.into_mut(),
                 std::collections::btree_map::Entry::Vacant(place) => {
-                    let cached = store.index_cache().get(prefix, *level, true);
-                    let pieces = match cached {
-                        Some(pieces) => pieces,
+                    let cached = store.index_cache().directory(prefix, *level);
+                    let directory = match cached {
+                        Some(directory) => directory,
                         None => {
-                            let pieces: Pieces = std::sync::Arc::new(
-                                store
-                                    .scan_prefix(
-                                        Tree::Index,
-                                        run_prefix(prefix, DIRECTORY, level.run),
-                                    )
-                                    .collect::<Result<_, _>>()?,
-                            );
+                            let pieces: Vec<kv::Entry> = store
+                                .scan_prefix(Tree::Index, run_prefix(prefix, DIRECTORY, level.run))
+                                .collect::<Result<_, _>>()?;
+                            if pieces.is_empty() {
+                                let key = run_prefix(prefix, DIRECTORY, level.run);
+                                return Err(damaged(&key, "run directory (missing)"));
+                            }
                             directories_read += 1;
-                            store
-                                .index_cache()
-                                .put(prefix, *level, true, pieces.clone());
-                            pieces
+                            let directory = std::sync::Arc::new(RunDirectory::parse(
+                                prefix.len(),
+                                level.run,
+                                pieces,
+                            )?);
+                            store.index_cache().put(prefix, *level, |run| {
+                                run.directory = Some(directory.clone());
+                            });
+                            directory
                         }
                     };
-                    place.insert(pieces)
+                    place.insert(directory)
                 }
             };
-            if pieces.is_empty() {
-                let key = run_prefix(prefix, DIRECTORY, level.run);
-                return Err(damaged(&key, "run directory (missing)"));
-            }
-            let directory = run_directory(prefix.len(), level.run, pieces)?;
+            // Each candidate's chunk: by one pass over the keys and the chunks together
+            // (both in order), or by a binary search for each key when that compares fewer
+            // first keys (few keys got through the filter of a run of many chunks).
+            let chunks = directory.len();
+            let search = candidates
+                .len()
+                .saturating_mul((usize::BITS - chunks.leading_zeros()) as usize)
+                < chunks;
             let mut reads: Vec<(u32, Vec<usize>)> = Vec::new();
             let mut chunk = 0;
             for n in candidates {
                 let (place, hash, _) = unresolved[n];
                 let key = wanted[place].as_slice();
-                while directory
-                    .chunks
-                    .get(chunk + 1)
-                    .is_some_and(|(first, _)| *first <= key)
-                {
-                    chunk += 1;
+                if search {
+                    match directory.chunk_of(key) {
+                        Some(found) => chunk = found,
+                        None => continue,
+                    }
+                } else {
+                    while chunk + 1 < chunks && directory.first(chunk + 1) <= key {
+                        chunk += 1;
+                    }
+                    if chunk >= chunks || directory.first(chunk) > key {
+                        continue;
+                    }
                 }
-                let Some((first, bloom)) = directory.chunks.get(chunk) else {
-                    break;
-                };
-                if *first <= key && bloom_may_hold(bloom, hash) {
+                if bloom_may_hold(directory.bloom(chunk), hash) {
                     match reads.last_mut() {
                         Some((at, keys)) if *at == chunk as u32 => keys.push(n),
                         _ => reads.push((chunk as u32, vec![n])),
@@ -1476,12 +1551,7 @@ mod tests {
         let cache = store.index_cache();
         let cached: Vec<u64> = cache.periods[&prefix].keys().copied().collect();
         assert_eq!(cached, levels);
-        let bytes: usize = cache.periods[&prefix]
-            .values()
-            .flat_map(|c| [&c.filter, &c.directory])
-            .flatten()
-            .map(|p| pieces_bytes(p))
-            .sum();
+        let bytes: usize = cache.periods[&prefix].values().map(CachedRun::bytes).sum();
         assert_eq!(cache.bytes, bytes);
     }
 
@@ -1495,19 +1565,26 @@ mod tests {
             bytes: 1,
         };
         let big = || -> Pieces { std::sync::Arc::new(vec![(vec![0], vec![0; 6 << 20])]) };
-        cache.put(b"p", level(1), false, big());
-        cache.put(b"q", level(2), false, big());
-        assert!(cache.get(b"p", level(1), false).is_some());
-        cache.put(b"p", level(3), true, big());
+        let directory = std::sync::Arc::new(RunDirectory {
+            run: 3,
+            pieces: big().to_vec(),
+            chunks: Vec::new(),
+        });
+        cache.put(b"p", level(1), |run| run.filter = Some(big()));
+        cache.put(b"q", level(2), |run| run.filter = Some(big()));
+        assert!(cache.filter(b"p", level(1)).is_some());
+        cache.put(b"p", level(3), |run| {
+            run.directory = Some(directory.clone())
+        });
         assert!(cache.bytes <= INDEX_CACHE_BYTES, "{}", cache.bytes);
         assert!(
-            cache.get(b"q", level(2), false).is_none(),
+            cache.filter(b"q", level(2)).is_none(),
             "the least recently used"
         );
-        assert!(cache.get(b"p", level(1), false).is_some());
-        assert!(cache.get(b"p", level(3), true).is_some());
+        assert!(cache.filter(b"p", level(1)).is_some());
+        assert!(cache.directory(b"p", level(3)).is_some());
         assert!(
-            cache.get(b"p", level(3), false).is_none(),
+            cache.filter(b"p", level(3)).is_none(),
             "only its directory is kept"
         );
         assert!(!cache.periods.contains_key(&b"q"[..]));
@@ -1515,12 +1592,9 @@ mod tests {
             bytes: 2,
             ..level(1)
         };
-        assert!(
-            cache.get(b"p", other, false).is_none(),
-            "another level record"
-        );
+        assert!(cache.filter(b"p", other).is_none(), "another level record");
         cache.keep_only(b"p", &[level(3)]);
-        assert_eq!(cache.bytes, pieces_bytes(&big()));
+        assert_eq!(cache.bytes, directory.bytes());
         cache.keep_only(b"p", &[]);
         assert_eq!(cache.bytes, 0);
         assert!(cache.periods.is_empty());
