@@ -1600,6 +1600,69 @@ mod tests {
         assert!(cache.periods.is_empty());
     }
 
+    /// Runs of random writes and removals over a fixed set of keys, and the map the same
+    /// writes make: what the index must read as.
+    struct RandomRuns {
+        seed: u64,
+        keys: Vec<String>,
+        wanted: Vec<Vec<u8>>,
+        reference: BTreeMap<String, String>,
+    }
+
+    impl RandomRuns {
+        fn new(seed: u64, keys: usize) -> RandomRuns {
+            let keys: Vec<String> = (0..keys).map(|n| format!("k{n:03}")).collect();
+            let wanted = wanted(&keys.iter().map(String::as_str).collect::<Vec<_>>());
+            RandomRuns {
+                seed,
+                keys,
+                wanted,
+                reference: BTreeMap::new(),
+            }
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.seed ^= self.seed >> 12;
+            self.seed ^= self.seed << 25;
+            self.seed ^= self.seed >> 27;
+            self.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+        }
+
+        /// Writes run `run`: 1 to `most` keys, one in `remove_one_in` of them removed.
+        fn write(&mut self, store: &Store<MemKv>, run: u64, most: u64, remove_one_in: u64) {
+            let mut writes: BTreeMap<String, Option<String>> = BTreeMap::new();
+            for _ in 0..(1 + self.below(most)) {
+                let at = self.below(self.keys.len() as u64) as usize;
+                let key = self.keys[at].clone();
+                let value = (self.below(remove_one_in) > 0)
+                    .then(|| format!("{key} at {run} {}", self.below(1000)));
+                writes.insert(key, value);
+            }
+            for (key, value) in &writes {
+                match value {
+                    Some(value) => self.reference.insert(key.clone(), value.clone()),
+                    None => self.reference.remove(key),
+                };
+            }
+            let borrowed: Vec<(&str, Option<&str>)> = writes
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref()))
+                .collect();
+            apply(store, &update("2026-05", run, &borrowed));
+        }
+
+        /// Reads every key of the period and checks the index reads as the map.
+        fn check(&self, store: &Store<MemKv>, after: u64) -> IndexRead {
+            let read = store.index_read(&prefix("2026-05"), &self.wanted).unwrap();
+            let got: BTreeMap<String, String> = held(&self.wanted, &read)
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
+                .collect();
+            assert_eq!(got, self.reference, "after run {after}");
+            read
+        }
+    }
+
     /// Runs written before runs had filters (a directory only) read as they did, beside
     /// runs with one, and merge into runs with one: 120 runs of random writes and removals
     /// over 300 keys, with the filters of every third run taken away as it is written,
@@ -1608,35 +1671,10 @@ mod tests {
     fn runs_without_a_filter_read_and_merge_as_before() {
         let store = Store::new(MemKv::new());
         let prefix = prefix("2026-05");
-        let mut reference: BTreeMap<String, String> = BTreeMap::new();
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut below = |n: u64| {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) % n
-        };
-        let all: Vec<String> = (0..300).map(|n| format!("k{n:03}")).collect();
-        let wanted = wanted(&all.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut runs = RandomRuns::new(0x2545_F491_4F6C_DD1D, 300);
         let mut unfiltered = 0;
         for run in 1..=120u64 {
-            let mut writes: BTreeMap<String, Option<String>> = BTreeMap::new();
-            for _ in 0..(1 + below(40)) {
-                let key = all[below(300) as usize].clone();
-                let value = (below(4) > 0).then(|| format!("{key} at {run}"));
-                writes.insert(key, value);
-            }
-            for (key, value) in &writes {
-                match value {
-                    Some(value) => reference.insert(key.clone(), value.clone()),
-                    None => reference.remove(key),
-                };
-            }
-            let borrowed: Vec<(&str, Option<&str>)> = writes
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_deref()))
-                .collect();
-            apply(&store, &update("2026-05", run, &borrowed));
+            runs.write(&store, run, 40, 4);
             if run % 3 == 0 {
                 let pieces: Vec<Vec<u8>> = store
                     .scan_prefix(Tree::Index, run_prefix(&prefix, FILTER, run))
@@ -1656,12 +1694,7 @@ mod tests {
                 .collect::<BTreeSet<u64>>()
                 .len();
             unfiltered = unfiltered.max(levels.len() - filtered);
-            let read = store.index_read(&prefix, &wanted).unwrap();
-            let got: BTreeMap<String, String> = held(&wanted, &read)
-                .into_iter()
-                .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
-                .collect();
-            assert_eq!(got, reference, "after run {run}");
+            runs.check(&store, run);
         }
         assert!(
             unfiltered >= 2,
@@ -1676,16 +1709,7 @@ mod tests {
     fn merged_runs_read_as_the_runs_they_replace() {
         let store = Store::new(MemKv::new());
         let prefix = prefix("2026-05");
-        let mut reference: std::collections::BTreeMap<String, String> = Default::default();
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut below = |n: u64| {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            seed.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-        };
-        let all: Vec<String> = (0..400).map(|n| format!("k{n:03}")).collect();
-        let wanted = wanted(&all.iter().map(String::as_str).collect::<Vec<_>>());
+        let mut runs = RandomRuns::new(0x9E37_79B9_7F4A_7C15, 400);
         let mut most_runs = 0;
         let mut digits = Vec::new();
         let mut n = 300;
@@ -1694,29 +1718,8 @@ mod tests {
             n /= MERGE_FAN_IN;
         }
         for run in 1..=300u64 {
-            let mut writes: std::collections::BTreeMap<String, Option<String>> = Default::default();
-            for _ in 0..(1 + below(60)) {
-                let key = all[below(400) as usize].clone();
-                let value = (below(5) > 0).then(|| format!("{key} at {run} {}", below(1000)));
-                writes.insert(key, value);
-            }
-            for (key, value) in &writes {
-                match value {
-                    Some(value) => reference.insert(key.clone(), value.clone()),
-                    None => reference.remove(key),
-                };
-            }
-            let borrowed: Vec<(&str, Option<&str>)> = writes
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_deref()))
-                .collect();
-            apply(&store, &update("2026-05", run, &borrowed));
-            let read = store.index_read(&prefix, &wanted).unwrap();
-            let got: std::collections::BTreeMap<String, String> = held(&wanted, &read)
-                .into_iter()
-                .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
-                .collect();
-            assert_eq!(got, reference, "after run {run}");
+            runs.write(&store, run, 60, 5);
+            let read = runs.check(&store, run);
             assert_eq!(read.next_run, run + 1);
             let levels = store.run_levels(&prefix).unwrap();
             most_runs = most_runs.max(levels.len());
