@@ -1149,10 +1149,9 @@ impl<K: Kv> IndexReader<'_, K> {
             }
         }
         // The runs, newest first, each asked for the keys no newer run holds: its filter
-        // says which it may hold; for those, the keys and the run's chunks are both in
-        // order, so one pass over both finds each key's chunk, and the chunk's filter says
-        // whether to read it (a key the run does not hold is read for only on false
-        // positives of both).
+        // says which it may hold; for those, its directory says which chunk (the keys and
+        // the chunks are both in order), and the chunk's filter whether to read it (a key
+        // the run does not hold is read for only on false positives of both). Each key as
         // (place in `wanted`, hash for the chunk filters, hash for the run filters).
         let mut unresolved: Vec<(usize, u64, u64)> = wanted
             .iter()
