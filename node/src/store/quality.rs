@@ -167,22 +167,35 @@ fn run_filter_of(hashes: &[u64]) -> Vec<Vec<u8>> {
 
 /// One run's filter, as read: its pieces in order, each of whole blocks, all but the last
 /// [`FILTER_BLOCKS_PER_PIECE`] blocks long.
-struct RunFilter<'a> {
-    pieces: Vec<&'a [u8]>,
+struct RunFilter {
+    pieces: Pieces,
     blocks: usize,
 }
 
-impl<'a> RunFilter<'a> {
-    /// The filter of `pieces` (in order), or `None` if they are not a filter's.
-    fn new(pieces: Vec<&'a [u8]>) -> Option<RunFilter<'a>> {
+impl RunFilter {
+    /// Run `run`'s filter from its pieces as scanned (`prefix`: the period's); `None` for a
+    /// run written before runs had filters (no pieces), an error if they are not a filter's.
+    fn new(prefix: &[u8], run: u64, pieces: Pieces) -> Result<Option<RunFilter>, StoreError> {
+        for (n, (key, _)) in pieces.iter().enumerate() {
+            let (of, number) = run_and_number(&key[prefix.len() + 1..])
+                .ok_or_else(|| damaged(key, "run filter"))?;
+            if of != run || number as usize != n {
+                return Err(damaged(key, "run filter (a piece is missing before)"));
+            }
+        }
+        let Some(((_, last), full)) = pieces.split_last() else {
+            return Ok(None);
+        };
         let piece_bytes = FILTER_BLOCKS_PER_PIECE * FILTER_BLOCK_BYTES;
-        let (last, full) = pieces.split_last()?;
-        let whole = full.iter().all(|p| p.len() == piece_bytes)
+        let whole = full.iter().all(|(_, p)| p.len() == piece_bytes)
             && !last.is_empty()
             && last.len() <= piece_bytes
             && last.len().is_multiple_of(FILTER_BLOCK_BYTES);
         let blocks = (full.len() * piece_bytes + last.len()) / FILTER_BLOCK_BYTES;
-        (whole && u32::try_from(blocks).is_ok()).then_some(RunFilter { pieces, blocks })
+        if !whole || u32::try_from(blocks).is_err() {
+            return Err(damaged(&run_prefix(prefix, FILTER, run), "run filter"));
+        }
+        Ok(Some(RunFilter { pieces, blocks }))
     }
 
     /// The places in `keys` (place in the read, chunk-filter hash, run-filter hash) of the
@@ -201,7 +214,7 @@ impl<'a> RunFilter<'a> {
     #[inline]
     fn may_hold(&self, hash: u64) -> bool {
         let (block, bits) = filter_place(hash, self.blocks);
-        let piece = self.pieces[block / FILTER_BLOCKS_PER_PIECE];
+        let piece = &self.pieces[block / FILTER_BLOCKS_PER_PIECE].1;
         let at = (block % FILTER_BLOCKS_PER_PIECE) * FILTER_BLOCK_BYTES;
         let Some(block) = piece.get(at..at + FILTER_BLOCK_BYTES) else {
             unreachable!("a filter's pieces hold whole blocks");
@@ -1025,9 +1038,9 @@ struct PeriodParts {
     legacy: Vec<kv::Entry>,
     /// Chunks of runs of the first runs layout (without a directory).
     undirected: Vec<kv::Entry>,
-    /// The runs with a directory, oldest first, each with its filter's pieces (none for a
-    /// run written before runs had filters).
-    runs: Vec<(RunLevel, Pieces)>,
+    /// The runs with a directory, oldest first, each with its filter (none for a run
+    /// written before runs had filters).
+    runs: Vec<(RunLevel, Option<RunFilter>)>,
     /// How many runs' pieces were scanned from the store (not found in its cache).
     scanned: usize,
 }
@@ -1064,7 +1077,7 @@ impl<K: Kv> IndexReader<'_, K> {
                     pieces
                 }
             };
-            runs.push((level, filter));
+            runs.push((level, RunFilter::new(prefix, level.run, filter)?));
         }
         Ok(PeriodParts {
             legacy,
@@ -1127,29 +1140,9 @@ impl<K: Kv> IndexReader<'_, K> {
                 }
             }
         }
-        // The runs with a directory, and their filters (runs written before filters have
-        // none: every key is looked for in their directory).
         last_run = last_run.max(period.runs.last().map_or(0, |(level, _)| level.run));
-        let mut filters: BTreeMap<u64, RunFilter<'_>> = BTreeMap::new();
-        for (level, pieces) in &period.runs {
-            let mut parts = Vec::with_capacity(pieces.len());
-            for (key, piece) in pieces.iter() {
-                let n = run_and_number(&key[prefix.len() + 1..])
-                    .ok_or_else(|| damaged(key, "run filter"))?
-                    .1;
-                if parts.len() != n as usize {
-                    return Err(damaged(key, "run filter (a piece is missing before)"));
-                }
-                parts.push(piece.as_slice());
-            }
-            if !parts.is_empty() {
-                let filter = RunFilter::new(parts)
-                    .ok_or_else(|| damaged(&run_prefix(prefix, FILTER, level.run), "run filter"))?;
-                filters.insert(level.run, filter);
-            }
-        }
         // The runs, newest first, each asked for the keys no newer run holds: its filter
-        // says which it may hold; for those, its directory says which chunk (the keys and
+        // says which it may hold (a run written before runs had filters: every key); for those, its directory says which chunk (the keys and
         // the chunks are both in order), and the chunk's filter whether to read it (a key
         // the run does not hold is read for only on false positives of both). Each key as
         // (place in `wanted`, hash for the chunk filters, hash for the run filters).
@@ -1162,12 +1155,12 @@ impl<K: Kv> IndexReader<'_, K> {
             })
             .collect();
         let (mut chunks_read, mut directories_read) = (0, 0);
-        for (level, _) in period.runs.iter().rev() {
+        for (level, filter) in period.runs.iter().rev() {
             if unresolved.is_empty() {
                 break;
             }
             // The keys the run may hold, by their place in `unresolved`.
-            let candidates: Vec<usize> = match filters.get(&level.run) {
+            let candidates: Vec<usize> = match filter {
                 Some(filter) => filter.candidates(&unresolved),
                 None => (0..unresolved.len()).collect(),
             };
@@ -1799,7 +1792,18 @@ mod tests {
             pieces.len(),
             50_000 * 2 / (FILTER_BLOCKS_PER_PIECE * 32) + 1
         );
-        let filter = RunFilter::new(pieces.iter().map(Vec::as_slice).collect()).unwrap();
+        let prefix = prefix("2026-05");
+        let stored = |pieces: &[Vec<u8>]| -> Pieces {
+            std::sync::Arc::new(
+                (0..)
+                    .zip(pieces)
+                    .map(|(n, piece)| (run_key(&prefix, FILTER, 1, n), piece.clone()))
+                    .collect(),
+            )
+        };
+        let filter = RunFilter::new(&prefix, 1, stored(&pieces))
+            .unwrap()
+            .unwrap();
         assert!(hashes.iter().all(|h| filter.may_hold(filter_hash(*h))));
         let mut passed = 0;
         let tries = 200_000;
@@ -1811,8 +1815,15 @@ mod tests {
         // Pieces that are not a filter's are refused.
         let mut short = pieces.clone();
         short[0].pop();
-        assert!(RunFilter::new(short.iter().map(Vec::as_slice).collect()).is_none());
-        assert!(RunFilter::new(Vec::new()).is_none());
+        assert!(RunFilter::new(&prefix, 1, stored(&short)).is_err());
+        assert!(
+            RunFilter::new(&prefix, 2, stored(&pieces)).is_err(),
+            "another run's"
+        );
+        assert!(
+            RunFilter::new(&prefix, 1, stored(&[])).unwrap().is_none(),
+            "no filter"
+        );
     }
 
     /// A batch closes the open items of its own keys only (none on another key, even one
