@@ -348,9 +348,8 @@ pub fn ingest_reader(
         }
     }
     let fingerprinter = Fingerprinter::default();
-    let mut collector = Collector {
+    let collector = Collector {
         path,
-        options,
         progress,
         report: IngestReport {
             ignored_columns,
@@ -361,8 +360,11 @@ pub fn ingest_reader(
             let fingerprinter = fingerprinter.clone();
             Box::new(move |key| fingerprinter.of(key))
         }),
+        header: batch_header(options),
         batch: EncodedRecords::new(),
+        spare: EncodedRecords::new(),
         per_batch: options.batch_records_max.clamp(1, BATCH_RECORDS_MAX),
+        sealer: None,
         sink: &mut sink,
     };
 
@@ -382,7 +384,11 @@ pub fn ingest_reader(
             .expect("the receiver is alive");
     }
     // If a thread panics, the scope re-raises the panic once every thread has ended.
-    std::thread::scope(|scope| -> Result<(), IngestError> {
+    std::thread::scope(|scope| -> Result<IngestReport, IngestError> {
+        // Moved in, so that on an early return it is dropped here and the sealing thread,
+        // whose batches it sends, ends before the scope waits for it.
+        let mut collector = collector;
+        collector.sealer = Some(Sealer::spawn(scope, &collector.header, options.node_key));
         for _ in 0..workers {
             let (chunk_receiver, checked_sender) = (&chunk_receiver, checked_sender.clone());
             let (columns, fingerprinter) = (&columns, &fingerprinter);
@@ -438,9 +444,9 @@ pub fn ingest_reader(
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         merged?;
-        parsed
-    })?;
-    collector.finish()
+        parsed?;
+        collector.finish()
+    })
 }
 
 /// Most validation workers: one parsing thread cannot keep more busy.
@@ -543,24 +549,71 @@ fn parse_rows<R: Read>(
 
 /// Takes checked chunks in file order: refuses duplicate keys, cuts, seals and hands on
 /// batches.
-struct Collector<'a, 'o, S> {
+struct Collector<'a, S> {
     path: &'a Path,
-    options: &'a IngestOptions<'o>,
     progress: &'a IngestProgress,
     report: IngestReport,
     keys: KeyIndex,
+    /// The header of every batch.
+    header: BatchHeader,
     /// Records of the batch being filled.
     batch: EncodedRecords,
+    /// Memory of a batch sealed before, for the next.
+    spare: EncodedRecords,
     per_batch: usize,
+    /// Seals full batches while the next fills (set once the threads start).
+    sealer: Option<Sealer>,
     sink: &'a mut S,
 }
 
-impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
+/// A thread that seals batches (encodes, hashes, signs) one at a time, so that the collector
+/// goes on merging while a batch is sealed: merging stopped for each seal, and the workers
+/// and the parser with it once the chunks in flight were used up.
+struct Sealer {
+    batches: mpsc::SyncSender<EncodedRecords>,
+    sealed: mpsc::Receiver<(Result<SignedBatch, BuildError>, EncodedRecords)>,
+    /// The records of the batch being sealed, if one is: it is handed to the sink before the
+    /// next is sent, so batches reach the sink in order and at most one waits.
+    sealing: Option<u64>,
+}
+
+impl Sealer {
+    fn spawn<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        header: &BatchHeader,
+        key: &'scope NodeKey,
+    ) -> Sealer {
+        // One batch each way at most: neither side ever blocks on a send.
+        let (batches, to_seal) = mpsc::sync_channel::<EncodedRecords>(1);
+        let (done, sealed) = mpsc::sync_channel(1);
+        let header = header.clone();
+        scope.spawn(move || {
+            for mut records in to_seal {
+                let signed = SignedBatch::seal_encoded(header.clone(), &mut records, key);
+                records.clear();
+                if done.send((signed, records)).is_err() {
+                    break;
+                }
+            }
+        });
+        Sealer {
+            batches,
+            sealed,
+            sealing: None,
+        }
+    }
+}
+
+impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, S> {
     fn merge(&mut self, checked: &mut Chunk) -> Result<(), IngestError> {
         let self_rows = checked.rows_read;
         self.report.rows += checked.rows_read;
         self.report.rejected.append(&mut checked.refused);
-        for (index, (line, warnings)) in checked.accepted.drain(..).enumerate() {
+        let mut warned = checked.warned.drain(..).peekable();
+        for (index, &line) in checked.lines.iter().enumerate() {
+            let warnings = warned
+                .next_if(|(at, _)| *at == index)
+                .map(|(_, warnings)| warnings);
             if index % KeyIndex::WARM_GROUP == 0 {
                 let group = &checked.fingerprints[index..];
                 self.keys
@@ -588,14 +641,14 @@ impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
                 });
                 continue;
             }
-            if !warnings.is_empty() {
-                self.report.warnings.push(RowProblems {
-                    line,
-                    problems: warnings,
-                });
+            if let Some(problems) = warnings {
+                self.report.warnings.push(RowProblems { line, problems });
             }
             self.report.records += 1;
             if self.batch.is_empty() {
+                // A full batch's header is written in front of its records when sealed, so
+                // that its records become the batch's bytes without a copy.
+                self.batch.room_for_header(&self.header, self.per_batch);
                 // Room for the whole batch at once, by the size of these records: growing
                 // it a doubling at a time would copy it and touch fresh pages each time.
                 let per_record = checked.records.bytes_len() / checked.records.len().max(1);
@@ -608,7 +661,7 @@ impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
             }
             self.batch.push_from(&checked.records, index);
             if self.batch.len() >= self.per_batch {
-                self.seal_and_hand()?;
+                self.seal()?;
             }
         }
         IngestProgress::add(&self.progress.rows_checked, self_rows);
@@ -618,20 +671,36 @@ impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
         Ok(())
     }
 
-    fn seal_and_hand(&mut self) -> Result<(), IngestError> {
+    /// Gives the batch filled to the sealing thread, once the one sealed before is handed on.
+    fn seal(&mut self) -> Result<(), IngestError> {
+        self.hand_sealed()?;
+        let sealer = self.sealer.as_mut().expect("the sealing thread runs");
+        let full = std::mem::replace(&mut self.batch, std::mem::take(&mut self.spare));
+        sealer.sealing = Some(full.len() as u64);
+        sealer
+            .batches
+            .send(full)
+            .expect("the sealing thread takes batches until the collector ends");
+        Ok(())
+    }
+
+    /// Waits for the batch being sealed, if any, and hands it to the sink.
+    fn hand_sealed(&mut self) -> Result<(), IngestError> {
+        let sealer = self.sealer.as_mut().expect("the sealing thread runs");
+        let Some(count) = sealer.sealing.take() else {
+            return Ok(());
+        };
         self.progress.set_phase(Phase::Sealing);
-        let count = self.batch.len() as u64;
-        let signed = SignedBatch::seal_encoded(
-            batch_header(self.options),
-            &mut self.batch,
-            self.options.node_key,
-        )
-        .map_err(|source| IngestError::Build {
+        // It ends only by panicking while this waits; the scope then raises the panic.
+        let (signed, spare) = sealer
+            .sealed
+            .recv()
+            .expect("the sealing thread answers every batch");
+        self.spare = spare;
+        let signed = signed.map_err(|source| IngestError::Build {
             path: self.path.to_owned(),
             source,
         })?;
-        // The memory is kept for the next batch.
-        self.batch.clear();
         IngestProgress::add(&self.progress.batches_sealed, 1);
         let summary = BatchSummary {
             id: signed.id,
@@ -656,8 +725,9 @@ impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, '_, S> {
 
     fn finish(mut self) -> Result<IngestReport, IngestError> {
         if !self.batch.is_empty() {
-            self.seal_and_hand()?;
+            self.seal()?;
         }
+        self.hand_sealed()?;
         // Rows of the wrong width were refused as read, the others as checked and
         // duplicate keys as merged: merge by line.
         self.report.rejected.sort_by_key(|r| r.line);
@@ -708,8 +778,11 @@ struct Chunk {
     records: EncodedRecords,
     /// The [`KeyIndex`] fingerprint of each record's key.
     fingerprints: Vec<u64>,
-    /// The line and warnings of each record of `records`.
-    accepted: Vec<(u64, Vec<Problem>)>,
+    /// The line of each record of `records`.
+    lines: Vec<u64>,
+    /// The warnings of the records that have any, by their place in `records`, in order (most
+    /// have none: a line each is all that most records carry to the merge).
+    warned: Vec<(usize, Vec<Problem>)>,
 }
 
 impl Chunk {
@@ -722,7 +795,8 @@ impl Chunk {
         self.refused.clear();
         self.records.clear();
         self.fingerprints.clear();
-        self.accepted.clear();
+        self.lines.clear();
+        self.warned.clear();
     }
 
     /// Adds `row`, whose bytes are `text`.
@@ -754,7 +828,8 @@ fn check_chunk(
         refused,
         records,
         fingerprints,
-        accepted,
+        lines,
+        warned,
         ..
     } = chunk;
     let mut raw: Vec<Option<&str>> = Vec::with_capacity(columns.len());
@@ -792,7 +867,10 @@ fn check_chunk(
             Ok(warnings) => {
                 let key = records.key(records.len() - 1);
                 fingerprints.push(fingerprinter.of(key));
-                accepted.push((line, warnings));
+                if !warnings.is_empty() {
+                    warned.push((lines.len(), warnings));
+                }
+                lines.push(line);
             }
         }
     }
@@ -1333,16 +1411,18 @@ impl<R: Read> Read for GbkReader<R> {
 /// The text of `row`'s cells, back to back, if its bytes are valid in the file's encoding
 /// (and no cell starts inside a character); else why the row is refused.
 fn row_text(row: &Row, encoding: Encoding) -> Result<&str, String> {
-    // Fast path: the whole row is UTF-8 and no cell starts inside a character. Nor ends in
-    // one, then: a cell ends where the next starts, or at an ASCII byte, or at the end.
+    // Fast path: the whole row is UTF-8 and no cell starts inside a character (none can
+    // when each follows an ASCII byte). Nor ends in one, then: a cell ends where the next
+    // starts, or at an ASCII byte, or at the end.
     let all = row.as_slice();
     let text = simdutf8::basic::from_utf8(all).ok();
     let bad_field = match (encoding, text) {
         (Encoding::Utf8, Some(text))
-            if row
-                .ranges()
-                .iter()
-                .all(|&(start, _)| text.is_char_boundary(start)) =>
+            if row.cells_follow_ascii()
+                || row
+                    .ranges()
+                    .iter()
+                    .all(|&(start, _)| text.is_char_boundary(start)) =>
         {
             return Ok(text);
         }

@@ -851,6 +851,40 @@ fn one_invalid_byte_refuses_only_its_row_at_its_line() {
     }
 }
 
+/// A record with a doubled quote is read by `csv_core`, whose cells lie back to back: two
+/// cells each holding half of one character make valid UTF-8 together. The row is refused
+/// at its line, as a cell that is not UTF-8 is, and the rest of the file is read.
+#[test]
+fn cells_splitting_a_character_refuse_their_row_alone() {
+    let plain = sample_csv(water(), origin(), period(), 200, 0, 9).text;
+    let lines: Vec<&str> = plain.split_inclusive('\n').collect();
+    let damaged_line = 60;
+    let mut bytes = Vec::new();
+    for (n, line) in lines.iter().enumerate() {
+        if n + 1 != damaged_line {
+            bytes.extend_from_slice(line.as_bytes());
+            continue;
+        }
+        // The first two cells become `"a""<E4>"` and `<B8><AD>x`: 中 is E4 B8 AD.
+        let mut cells = line.splitn(3, ',');
+        let (_, _, rest) = (cells.next(), cells.next(), cells.next().unwrap());
+        bytes.extend_from_slice(b"\"a\"\"\xE4\",\xB8\xADx,");
+        bytes.extend_from_slice(rest.as_bytes());
+    }
+    let report = ingest(&bytes, Encoding::Utf8).unwrap();
+    assert_eq!(report.rows, 200);
+    assert_eq!(report.records, 199);
+    assert_eq!(report.rejected.len(), 1, "{:?}", report.rejected);
+    assert_eq!(report.rejected[0].line, damaged_line as u64);
+    assert!(
+        report.rejected[0].problems[0]
+            .message
+            .contains("column 1 holds bytes that are not valid UTF-8"),
+        "{:?}",
+        report.rejected[0]
+    );
+}
+
 /// A record ended by a lone `\r` shares its line with the next record: each is judged by
 /// its own bytes, so a byte that is not UTF-8 in the second refuses the second only.
 #[test]

@@ -437,8 +437,15 @@ impl bincode::enc::write::Writer for LimitedWriter {
 /// [`Batch::encode`] give for those records.
 #[derive(Debug, Clone, Default)]
 pub struct EncodedRecords {
-    /// The records' encodings, back to back.
+    /// `room` bytes left for a batch's header ([`EncodedRecords::room_for_header`]), then the
+    /// records' encodings, back to back.
     bytes: Vec<u8>,
+    /// Bytes at the start of `bytes` that hold no record.
+    room: usize,
+    /// False while every record was added by [`EncodedRecords::push_from`] with a key
+    /// greater than the one added before it: sealing then need not check the order, which
+    /// would read every key again long after it left the cache.
+    maybe_unordered: bool,
     /// Where each record lies in `bytes`, in the order they were added.
     spans: Vec<RecordSpan>,
 }
@@ -516,7 +523,20 @@ impl EncodedRecords {
 
     /// Bytes of the records' encodings.
     pub fn bytes_len(&self) -> usize {
-        self.bytes.len()
+        self.bytes.len() - self.room
+    }
+
+    /// Leaves room before the records (only while there are none) for the start of a batch
+    /// of `header` and `records` records: sealing them then writes it there and takes the
+    /// bytes as they are, with no copy, when they were added in key order and the batch has
+    /// that many records ([`EncodedRecords::encode_batch`]). Any other count is sealed by a
+    /// copy, as without the room.
+    pub fn room_for_header(&mut self, header: &BatchHeader, records: usize) {
+        assert!(self.is_empty(), "room is left before the first record only");
+        let room = batch_head(header, records).len();
+        self.bytes.clear();
+        self.bytes.resize(room, 0);
+        self.room = room;
     }
 
     /// Makes room for `records` more records of `bytes` bytes in all.
@@ -525,10 +545,12 @@ impl EncodedRecords {
         self.bytes.reserve(bytes);
     }
 
-    /// Removes every record, keeping the memory for the next ones.
+    /// Removes every record (and the room for a header), keeping the memory for the next ones.
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.spans.clear();
+        self.room = 0;
+        self.maybe_unordered = false;
     }
 
     /// Adds `record`, encoded.
@@ -563,6 +585,8 @@ impl EncodedRecords {
         self.bytes.extend_from_slice(key.as_bytes());
         let key_end = self.bytes.len();
         rest(&mut self.bytes);
+        // Not compared: the order is checked when sealed.
+        self.maybe_unordered |= !self.spans.is_empty();
         self.spans.push(RecordSpan {
             start,
             key_start: key_end - key.len(),
@@ -580,6 +604,11 @@ impl EncodedRecords {
     /// Adds a copy of record `index` of `other`.
     pub fn push_from(&mut self, other: &EncodedRecords, index: usize) {
         let span = other.spans[index];
+        if let Some(last) = self.spans.last() {
+            // Both keys are in the cache now, unlike when the batch is sealed.
+            self.maybe_unordered |= other.bytes[span.key_start..span.key_end]
+                <= self.bytes[last.key_start..last.key_end];
+        }
         let start = self.bytes.len();
         self.bytes
             .extend_from_slice(&other.bytes[span.start..span.end]);
@@ -593,17 +622,19 @@ impl EncodedRecords {
 
     /// The canonical bytes of a batch of `header` and these records: the records in key
     /// order (duplicate keys refused), withdrawals sorted, as [`Batch::new`] then
-    /// [`Batch::encode`] give them. Sorts the records in place.
+    /// [`Batch::encode`] give them. Takes the records, leaving this empty: when they came in
+    /// key order into room left for this header, their own bytes become the batch's (the
+    /// next records get new memory); otherwise they are copied and the memory is kept.
+    /// On an error the records are left as they were (perhaps sorted).
     pub fn encode_batch(&mut self, header: BatchHeader) -> Result<Vec<u8>, BuildError> {
-        use bincode::enc::Encode;
         let mut header = header;
         check_counts(self.len(), &header)?;
         let bytes = &self.bytes;
         let key = |span: &RecordSpan| &bytes[span.key_start..span.key_end];
         // A `String`'s order is its bytes' order. Records often come in key order already
         // (exports are sorted by account): one pass then tells both that no sort is needed
-        // and that no key repeats.
-        if !self.spans.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
+        // and that no key repeats — or none, when each was compared as it was added.
+        if self.maybe_unordered && !self.spans.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
             self.spans.sort_unstable_by(|a, b| key(a).cmp(key(b)));
             if let Some(pair) = self.spans.windows(2).find(|w| key(&w[0]) == key(&w[1])) {
                 return Err(BuildError::DuplicateKey(RecordKey(
@@ -612,41 +643,50 @@ impl EncodedRecords {
             }
         }
         sort_withdrawals(&mut header)?;
-        let len = 1024 + 64 * header.withdrawals.len() + self.bytes.len();
-        let mut writer = LimitedWriter {
-            bytes: Vec::with_capacity(len.min(BATCH_BYTES_MAX)),
-            dropped: 0,
-        };
-        {
-            let mut encoder =
-                bincode::enc::EncoderImpl::new(&mut writer, bincode_config::<BATCH_BYTES_MAX>());
-            // `Batch` is its header, then its records as a `Vec`: a length, then each.
-            header
-                .encode(&mut encoder)
-                .and_then(|()| (self.spans.len() as u64).encode(&mut encoder))
-                .map_err(|_| BuildError::TooManyBytes(BATCH_BYTES_MAX + 1))?;
+        // `Batch` is its header, then its records as a `Vec`: a length, then each.
+        let head = batch_head(&header, self.spans.len());
+        let total = head.len().saturating_add(self.bytes_len());
+        if total > BATCH_BYTES_MAX {
+            return Err(BuildError::TooManyBytes(total));
         }
-        // Records added in key order lie back to back in that order: one copy of them all.
-        let mut next = 0;
+        // Records added in key order lie back to back in that order.
+        let mut next = self.room;
         let contiguous = self.spans.iter().all(|span| {
             let follows = span.start == next;
             next = span.end;
             follows
         }) && next == self.bytes.len();
-        let pieces: &mut dyn Iterator<Item = &[u8]> = if contiguous {
-            &mut std::iter::once(self.bytes.as_slice())
+        if contiguous && head.len() == self.room {
+            self.bytes[..self.room].copy_from_slice(&head);
+            let bytes = std::mem::take(&mut self.bytes);
+            self.clear();
+            return Ok(bytes);
+        }
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(&head);
+        if contiguous {
+            out.extend_from_slice(&self.bytes[self.room..]);
         } else {
-            &mut self.spans.iter().map(|span| &bytes[span.start..span.end])
-        };
-        for piece in pieces {
-            bincode::enc::write::Writer::write(&mut writer, piece)
-                .map_err(|_| BuildError::TooManyBytes(BATCH_BYTES_MAX + 1))?;
+            for span in &self.spans {
+                out.extend_from_slice(&self.bytes[span.start..span.end]);
+            }
         }
-        if writer.dropped > 0 {
-            return Err(BuildError::TooManyBytes(writer.len()));
-        }
-        Ok(writer.bytes)
+        self.clear();
+        Ok(out)
     }
+}
+
+/// The start of a batch's encoding: `header`, then the length of its records' `Vec`.
+fn batch_head(header: &BatchHeader, records: usize) -> Vec<u8> {
+    use bincode::enc::Encode;
+    let mut head = Vec::with_capacity(256);
+    let mut encoder =
+        bincode::enc::EncoderImpl::new(VecWriter(&mut head), bincode_config::<BATCH_BYTES_MAX>());
+    header
+        .encode(&mut encoder)
+        .and_then(|()| (records as u64).encode(&mut encoder))
+        .expect("encoding into memory cannot fail");
+    head
 }
 
 impl BatchId {
@@ -963,6 +1003,47 @@ mod tests {
     use super::*;
     use crate::ids::PersonToken;
     use crate::record::Subject;
+
+    /// Records copied in key order into room left for a batch of their count become the
+    /// batch's bytes (no copy); with room for a count of another width, or out of order,
+    /// they are copied and the memory is kept.
+    #[test]
+    fn sealing_in_key_order_into_room_for_the_header_takes_the_records_bytes() {
+        let batch = batch_of_texts(&[3, 300, 7, 0, 12]);
+        let mut source = EncodedRecords::new();
+        for record in &batch.records {
+            source.push(record);
+        }
+        let expected = batch.encode().unwrap();
+        let copy_all = |records: &mut EncodedRecords, order: &[usize]| {
+            for &index in order {
+                records.push_from(&source, index);
+            }
+        };
+        let mut records = EncodedRecords::new();
+        records.room_for_header(&batch.header, 5);
+        copy_all(&mut records, &[0, 1, 2, 3, 4]);
+        assert!(!records.maybe_unordered);
+        let at = records.bytes.as_ptr();
+        let sealed = records.encode_batch(batch.header.clone()).unwrap();
+        assert_eq!(sealed, expected);
+        assert_eq!(sealed.as_ptr(), at, "the records' own bytes");
+        assert!(records.is_empty() && records.bytes.capacity() == 0);
+
+        for (room, order) in [(300, [0, 1, 2, 3, 4]), (5, [1, 0, 2, 3, 4])] {
+            let mut records = EncodedRecords::new();
+            records.room_for_header(&batch.header, room);
+            copy_all(&mut records, &order);
+            let at = records.bytes.as_ptr();
+            let sealed = records.encode_batch(batch.header.clone()).unwrap();
+            assert_eq!(sealed, expected);
+            assert_ne!(sealed.as_ptr(), at, "copied");
+            assert!(
+                records.is_empty() && records.bytes.capacity() > 0,
+                "memory kept"
+            );
+        }
+    }
 
     /// A batch of one record per text length, each holding a text that long.
     fn batch_of_texts(lengths: &[usize]) -> Batch {

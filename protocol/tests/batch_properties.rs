@@ -164,6 +164,48 @@ proptest! {
         prop_assert_eq!(ours, theirs);
     }
 
+    /// The ingest collector's path: records copied one by one (`push_from`) into room left
+    /// for the header seal into exactly the batch that building and encoding `Record`s gives,
+    /// or fail as it does — in key order or not, with a key given twice, with room for the
+    /// batch's count or for another (a wider or narrower count). Sealing leaves them empty.
+    #[test]
+    fn records_copied_into_room_for_the_header_seal_as_batches_do(
+        records in records_with_long_texts(),
+        order in prop_oneof![Just(None), any::<u64>().prop_map(Some)],
+        repeat in any::<bool>(),
+        room_for in prop_oneof![Just(None), (0usize..400).prop_map(Some)],
+    ) {
+        let mut records = records;
+        if let Some(seed) = order {
+            let mut state = seed | 1;
+            for i in (1..records.len()).rev() {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                records.swap(i, (state >> 33) as usize % (i + 1));
+            }
+        }
+        if repeat {
+            let again = records[records.len() / 2].clone();
+            records.push(again);
+        }
+        let mut source = EncodedRecords::new();
+        for record in &records {
+            source.push(record);
+        }
+        let mut copied = EncodedRecords::new();
+        copied.room_for_header(&header(vec![]), room_for.unwrap_or(records.len()));
+        for index in 0..source.len() {
+            copied.push_from(&source, index);
+        }
+        prop_assert_eq!(copied.bytes_len(), source.bytes_len());
+        let ours = SignedBatch::seal_encoded(header(vec![]), &mut copied, &key());
+        let theirs = Batch::new(header(vec![]), records)
+            .and_then(|batch| SignedBatch::seal(&batch, &key()));
+        prop_assert_eq!(&ours, &theirs);
+        if ours.is_ok() {
+            prop_assert!(copied.is_empty() && copied.bytes_len() == 0);
+        }
+    }
+
     #[test]
     fn any_input_order_gives_the_same_id(records in records(), seed in any::<u64>()) {
         let mut shuffled = records.clone();

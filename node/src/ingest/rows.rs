@@ -38,12 +38,17 @@ pub(super) struct Row {
     bytes: Vec<u8>,
     cells: Vec<(usize, usize)>,
     line: u64,
+    /// The cells are the record's bytes as read, an ASCII comma or quote before every cell
+    /// but the first ([`split_plain`]); not so for a record `csv_core` read, whose cells lie
+    /// back to back.
+    as_read: bool,
 }
 
 impl Row {
     fn clear(&mut self) {
         self.bytes.clear();
         self.cells.clear();
+        self.as_read = false;
     }
 
     fn push_field(&mut self, cell: &[u8]) {
@@ -76,6 +81,13 @@ impl Row {
     /// The line the record starts on (from 1).
     pub(super) fn line(&self) -> u64 {
         self.line
+    }
+
+    /// Whether every cell but the first comes right after an ASCII byte of the record (a
+    /// comma or a quote). Then, when the record's bytes are UTF-8, every cell starts on a
+    /// character boundary: a character's continuation bytes never follow an ASCII byte.
+    pub(super) fn cells_follow_ascii(&self) -> bool {
+        self.as_read
     }
 
     /// The record as the csv crate's, for the header's `StringRecord`.
@@ -301,6 +313,7 @@ fn split_plain(line: &[u8], row: &mut Row) -> Option<usize> {
     // The cells are placed in the record's bytes, copied once (not cell by cell) — only
     // the record's: after a `\r` that ends it, the line goes on with the next record.
     row.bytes.extend_from_slice(&line[..end]);
+    row.as_read = true;
     Some(end)
 }
 
