@@ -354,7 +354,11 @@ impl Schema {
         // check, the subject and the key read those from the row rather than from `values`.
         let mut verbatim = 0u64;
         for (index, field) in self.fields.iter().enumerate() {
-            let text = trimmed(index);
+            // Not `trimmed(index)`: its call is not inlined, and this runs for every cell.
+            let text = match raw[index] {
+                Some(cell) => trim(cell),
+                None => "",
+            };
             if text.is_empty() {
                 if self.is_required(index, trimmed) {
                     problems.push(self.problem(
@@ -367,14 +371,24 @@ impl Schema {
                 values.push(Staged::Absent);
                 continue;
             }
-            if already_normal(&field.kind, text) {
+            // The cell in normal form, or an amount written with its zeros (`167.70`,
+            // `100.00`), whose start is its normal form (then not verbatim: the value is not
+            // the whole cell).
+            let normal = if already_normal(&field.kind, text) {
+                Some(text)
+            } else if let FieldKind::Decimal { scale, min } = field.kind {
+                decimal_normal_start(text, scale, min)
+            } else {
+                None
+            };
+            if let Some(normal) = normal {
                 if field.desensitize == Desensitize::None {
-                    if index < 64 {
+                    if index < 64 && normal.len() == text.len() {
                         verbatim |= 1 << index;
                     }
-                    values.push_text(text);
+                    values.push_text(normal);
                 } else {
-                    values.push(desensitize(field, Cow::Borrowed(text), key));
+                    values.push(desensitize(field, Cow::Borrowed(normal), key));
                 }
                 continue;
             }
@@ -1413,6 +1427,24 @@ fn decimal_is_normal(text: &str, scale: u8, min: Option<i64>) -> bool {
     }
 }
 
+/// The normal form of a decimal written in it but for zeros ending its fraction (`167.70`,
+/// `100.00`, `0.0`, as exports often write amounts), which is the text without them (and
+/// without the point when nothing is left after it); `None` for any other text, which
+/// [`normalize_decimal`] decides. What `normalize` returns for such a text, with no warning,
+/// without building it.
+#[inline(never)]
+fn decimal_normal_start(text: &str, scale: u8, min: Option<i64>) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let dot = bytes.iter().position(|&b| b == b'.')?;
+    let kept = bytes[dot + 1..].iter().rposition(|&b| b != b'0');
+    // No zero at the end (already normal or not a number), or nothing after the point.
+    if kept == Some(bytes.len() - dot - 2) || dot + 1 == bytes.len() {
+        return None;
+    }
+    let normal = &text[..kept.map_or(dot, |at| dot + 2 + at)];
+    decimal_is_normal(normal, scale, min).then_some(normal)
+}
+
 /// Normalizes `-1,234.50` to `-1234.5`; at most `scale` fraction digits and 24 integer digits.
 fn normalize_decimal(text: &str, scale: u8, min: Option<i64>) -> FieldResult<'_> {
     if decimal_is_normal(text, scale, min) {
@@ -1740,6 +1772,59 @@ desensitize = "mask_name"
                 );
             }
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// An amount with zeros ending its fraction: `decimal_normal_start` gives what
+        /// `normalize` gives for it (with no warning), and nothing for a text `normalize`
+        /// would change otherwise, refuse, or warn about.
+        #[test]
+        fn a_decimals_normal_start_is_what_normalize_gives(
+            scale in 0u8..4,
+            min in prop_oneof![Just(None), (-5i64..120).prop_map(Some)],
+            text in prop_oneof![
+                "-?[0-9]{0,5}\\.[0-9]{0,3}0{0,4}",
+                "0{0,2}[0-9]{0,3}\\.0{0,5}",
+                "[0-9,.]{0,8}",
+                "[0-9]{1,3}\\.[0-9]{0,2}0[ a]?",
+            ],
+        ) {
+            let kind = FieldKind::Decimal { scale, min };
+            let period = Period::parse("2022-05").unwrap();
+            if let Some(start) = decimal_normal_start(&text, scale, min) {
+                proptest::prop_assert!(text.starts_with(start) && start.len() < text.len());
+                let normalized = normalize(&kind, &text, period);
+                proptest::prop_assert!(
+                    matches!(&normalized, Ok(Normalized { text, warning: None }) if *text == start),
+                    "{text:?} -> {start:?}: {:?}",
+                    normalized.map(|n| (n.text, n.warning))
+                );
+            }
+        }
+    }
+
+    /// Amounts as exports write them: with their zeros, the normal start; otherwise nothing.
+    #[test]
+    fn decimals_written_with_their_zeros_have_a_normal_start() {
+        for (text, start) in [
+            ("167.70", Some("167.7")),
+            ("100.00", Some("100")),
+            ("0.0", Some("0")),
+            ("0.50", Some("0.5")),
+            ("167.7", None),
+            ("100", None),
+            ("100.", None),
+            ("-1.50", None),
+            ("007.10", None),
+            ("1,234.50", None),
+        ] {
+            assert_eq!(decimal_normal_start(text, 2, None), start, "{text}");
+        }
+        // Below the minimum, or too many places once the zeros go: the general path decides.
+        assert_eq!(decimal_normal_start("0.50", 2, Some(1)), None);
+        assert_eq!(decimal_normal_start("1.2340", 2, None), None);
     }
 
     #[test]

@@ -74,6 +74,9 @@ fn cell(kind: &FieldKind) -> BoxedStrategy<String> {
         ],
         FieldKind::Decimal { .. } => vec![
             "12.5",
+            "167.70",
+            "100.00",
+            "0.0",
             "1,234.50",
             "007.00",
             "-0.0",
