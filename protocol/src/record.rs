@@ -1436,9 +1436,10 @@ fn decimal_is_normal(text: &str, scale: u8, min: Option<i64>) -> bool {
 fn decimal_normal_start(text: &str, scale: u8, min: Option<i64>) -> Option<&str> {
     let bytes = text.as_bytes();
     let dot = bytes.iter().position(|&b| b == b'.')?;
-    let kept = bytes[dot + 1..].iter().rposition(|&b| b != b'0');
-    // No zero at the end (already normal or not a number), or nothing after the point.
-    if kept == Some(bytes.len() - dot - 2) || dot + 1 == bytes.len() {
+    let fraction = &bytes[dot + 1..];
+    let kept = fraction.iter().rposition(|&b| b != b'0');
+    // Nothing after the point, or no zero at its end (already normal or not a number).
+    if fraction.is_empty() || kept == Some(fraction.len() - 1) {
         return None;
     }
     let normal = &text[..kept.map_or(dot, |at| dot + 2 + at)];
