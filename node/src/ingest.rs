@@ -349,25 +349,15 @@ pub fn ingest_reader(
         }
     }
     let fingerprinter = Fingerprinter::default();
-    let collector = Collector {
-        path,
-        progress,
-        report: IngestReport {
-            ignored_columns,
-            left_out_columns,
-            ..IngestReport::default()
-        },
-        keys: KeyIndex::new({
-            let fingerprinter = fingerprinter.clone();
-            Box::new(move |key| fingerprinter.of(key))
-        }),
-        header: batch_header(options),
-        batch: EncodedRecords::new(),
-        spare: EncodedRecords::new(),
-        per_batch: options.batch_records_max.clamp(1, BATCH_RECORDS_MAX),
-        sealer: None,
-        sink: &mut sink,
+    let report = IngestReport {
+        ignored_columns,
+        left_out_columns,
+        ..IngestReport::default()
     };
+    let keys = KeyIndex::new({
+        let fingerprinter = fingerprinter.clone();
+        Box::new(move |key| fingerprinter.of(key))
+    });
 
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(WORKERS_MAX));
     let (chunk_sender, chunk_receiver) = mpsc::channel::<(usize, Chunk)>();
@@ -386,10 +376,21 @@ pub fn ingest_reader(
     }
     // If a thread panics, the scope re-raises the panic once every thread has ended.
     std::thread::scope(|scope| -> Result<IngestReport, IngestError> {
-        // Moved in, so that on an early return it is dropped here and the sealing thread,
+        // Made here, so that on an early return it is dropped here and the sealing thread,
         // whose batches it sends, ends before the scope waits for it.
-        let mut collector = collector;
-        collector.sealer = Some(Sealer::spawn(scope, &collector.header, options.node_key));
+        let header = batch_header(options);
+        let mut collector = Collector {
+            path,
+            progress,
+            report,
+            keys,
+            sealer: Sealer::spawn(scope, &header, options.node_key),
+            header,
+            batch: EncodedRecords::new(),
+            spare: EncodedRecords::new(),
+            per_batch: options.batch_records_max.clamp(1, BATCH_RECORDS_MAX),
+            sink: &mut sink,
+        };
         for _ in 0..workers {
             let (chunk_receiver, checked_sender) = (&chunk_receiver, checked_sender.clone());
             let (columns, fingerprinter) = (&columns, &fingerprinter);
@@ -566,8 +567,8 @@ struct Collector<'a, S> {
     /// Memory of a batch sealed before, for the next.
     spare: EncodedRecords,
     per_batch: usize,
-    /// Seals full batches while the next fills (set once the threads start).
-    sealer: Option<Sealer>,
+    /// Seals full batches while the next fills.
+    sealer: Sealer,
     sink: &'a mut S,
 }
 
@@ -679,10 +680,9 @@ impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, S> {
     /// Gives the batch filled to the sealing thread, once the one sealed before is handed on.
     fn seal(&mut self) -> Result<(), IngestError> {
         self.hand_sealed()?;
-        let sealer = self.sealer.as_mut().expect("the sealing thread runs");
         let full = std::mem::replace(&mut self.batch, std::mem::take(&mut self.spare));
-        sealer.sealing = Some(full.len() as u64);
-        sealer
+        self.sealer.sealing = Some(full.len() as u64);
+        self.sealer
             .batches
             .send(full)
             .expect("the sealing thread takes batches until the collector ends");
@@ -691,13 +691,13 @@ impl<S: FnMut(SignedBatch) -> Result<(), SinkError>> Collector<'_, S> {
 
     /// Waits for the batch being sealed, if any, and hands it to the sink.
     fn hand_sealed(&mut self) -> Result<(), IngestError> {
-        let sealer = self.sealer.as_mut().expect("the sealing thread runs");
-        let Some(count) = sealer.sealing.take() else {
+        let Some(count) = self.sealer.sealing.take() else {
             return Ok(());
         };
         self.progress.set_phase(Phase::Sealing);
         // It ends only by panicking while this waits; the scope then raises the panic.
-        let (signed, spare) = sealer
+        let (signed, spare) = self
+            .sealer
             .sealed
             .recv()
             .expect("the sealing thread answers every batch");

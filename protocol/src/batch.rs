@@ -528,9 +528,9 @@ impl EncodedRecords {
 
     /// Leaves room before the records (only while there are none) for the start of a batch
     /// of `header` and `records` records: sealing them then writes it there and takes the
-    /// bytes as they are, with no copy, when they were added in key order and the batch has
-    /// that many records ([`EncodedRecords::encode_batch`]). Any other count is sealed by a
-    /// copy, as without the room.
+    /// bytes as they are, with no copy, when they were added in key order and the batch's
+    /// start takes exactly that room ([`EncodedRecords::encode_batch`]: a count of the same
+    /// varint width does). Otherwise they are sealed by a copy, as without the room.
     pub fn room_for_header(&mut self, header: &BatchHeader, records: usize) {
         assert!(self.is_empty(), "room is left before the first record only");
         let room = batch_head(header, records).len();
