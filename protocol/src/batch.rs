@@ -635,11 +635,28 @@ impl EncodedRecords {
         // (exports are sorted by account): one pass then tells both that no sort is needed
         // and that no key repeats — or none, when each was compared as it was added.
         if self.maybe_unordered && !self.spans.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
-            self.spans.sort_unstable_by(|a, b| key(a).cmp(key(b)));
-            if let Some(pair) = self.spans.windows(2).find(|w| key(&w[0]) == key(&w[1])) {
+            // Sorted by each key's first 16 bytes, held beside it, and by the whole key only
+            // where those are equal: comparing keys where they lie read the batch's memory
+            // at random, a cache miss or two a comparison (a shuffled export's sealing
+            // spent four fifths of its time there).
+            let mut order: Vec<(u128, RecordSpan)> = self
+                .spans
+                .iter()
+                .map(|span| (key_prefix(key(span)), *span))
+                .collect();
+            order.sort_unstable_by(|(a_prefix, a), (b_prefix, b)| {
+                a_prefix.cmp(b_prefix).then_with(|| key(a).cmp(key(b)))
+            });
+            if let Some(pair) = order
+                .windows(2)
+                .find(|w| w[0].0 == w[1].0 && key(&w[0].1) == key(&w[1].1))
+            {
                 return Err(BuildError::DuplicateKey(RecordKey(
-                    String::from_utf8_lossy(key(&pair[0])).into_owned(),
+                    String::from_utf8_lossy(key(&pair[0].1)).into_owned(),
                 )));
+            }
+            for (span, (_, sorted)) in self.spans.iter_mut().zip(order) {
+                *span = sorted;
             }
         }
         sort_withdrawals(&mut header)?;
@@ -674,6 +691,17 @@ impl EncodedRecords {
         self.clear();
         Ok(out)
     }
+}
+
+/// A key's first 16 bytes as a number (zeros after a shorter key's end): two keys whose
+/// prefixes differ are in the order of their prefixes. (Where they first differ, either both
+/// have a byte there, or the shorter one ended before it with only zeros after in the
+/// longer, of which it is then a prefix, and so the smaller.)
+fn key_prefix(key: &[u8]) -> u128 {
+    let mut bytes = [0u8; 16];
+    let n = key.len().min(16);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(bytes)
 }
 
 /// The start of a batch's encoding: `header`, then the length of its records' `Vec`.

@@ -206,6 +206,37 @@ proptest! {
         }
     }
 
+    /// Sealing sorts by the keys' first 16 bytes first: keys that share them, or differ only
+    /// past them, or end early (a shorter key, a key with NUL bytes), still come out in key
+    /// order, as `Batch::new` puts them, and a key given twice is still refused.
+    #[test]
+    fn keys_sharing_their_first_sixteen_bytes_seal_in_key_order(
+        records in records_of(
+            prop_oneof![
+                "k{13,18}[ab]{0,3}",
+                "[ab]{0,2}\\x00{0,2}[ab]{0,2}",
+                "[ab]{14,16}\\x00?[ab]?",
+            ],
+            value(),
+            1..40,
+        ).prop_shuffle(),
+        repeat in any::<bool>(),
+    ) {
+        let mut records = records;
+        if repeat {
+            let again = records[0].clone();
+            records.push(again);
+        }
+        let mut encoded = EncodedRecords::new();
+        for record in &records {
+            encoded.push(record);
+        }
+        let ours = SignedBatch::seal_encoded(header(vec![]), &mut encoded, &key());
+        let theirs = Batch::new(header(vec![]), records)
+            .and_then(|batch| SignedBatch::seal(&batch, &key()));
+        prop_assert_eq!(ours, theirs);
+    }
+
     #[test]
     fn any_input_order_gives_the_same_id(records in records(), seed in any::<u64>()) {
         let mut shuffled = records.clone();
