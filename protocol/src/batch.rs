@@ -638,7 +638,7 @@ impl EncodedRecords {
             // Sorted by each key's first 16 bytes, held beside it, and by the whole key only
             // where those are equal: comparing keys where they lie read the batch's memory
             // at random, a cache miss or two a comparison (a shuffled export's sealing
-            // spent four fifths of its time there).
+            // spent more than half of its time there).
             let mut order: Vec<(u128, RecordSpan)> = self
                 .spans
                 .iter()
