@@ -17,6 +17,7 @@
 //! judge only the batch's own records that are current (a version already superseded is not
 //! audited again). Every finding names the record key, the field, the rule and what to do.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use bincode::{Decode, Encode};
@@ -293,36 +294,91 @@ pub enum Contribution {
     Value { rule: u16, value: f64 },
 }
 
+/// A [`Contribution`] borrowing its texts from the record: encoded exactly as the
+/// contribution it stands for (bincode writes a `str` and a `String` alike).
+#[derive(Debug, Clone, PartialEq, Encode)]
+pub enum ContributionRef<'a> {
+    Unique {
+        rule: u16,
+        values: Cow<'a, str>,
+    },
+    Name {
+        rule: u16,
+        code: &'a str,
+        name: &'a str,
+    },
+    Value {
+        rule: u16,
+        value: f64,
+    },
+}
+
+impl ContributionRef<'_> {
+    pub fn to_owned(&self) -> Contribution {
+        match self {
+            ContributionRef::Unique { rule, values } => Contribution::Unique {
+                rule: *rule,
+                values: values.clone().into_owned(),
+            },
+            ContributionRef::Name { rule, code, name } => Contribution::Name {
+                rule: *rule,
+                code: (*code).to_owned(),
+                name: (*name).to_owned(),
+            },
+            ContributionRef::Value { rule, value } => Contribution::Value {
+                rule: *rule,
+                value: *value,
+            },
+        }
+    }
+}
+
 /// The contributions of `record` to the cross-record rules of `schema`.
 pub fn contributions(schema: &Schema, record: &Record) -> Vec<Contribution> {
     let mut out = Vec::with_capacity(schema.audit.len());
+    contributions_ref(schema, record, |contribution| {
+        out.push(contribution.to_owned());
+    });
+    out
+}
+
+/// [`contributions`], each given to `each` as it borrows from `record`, in the rules' order.
+pub fn contributions_ref<'a>(
+    schema: &Schema,
+    record: &'a Record,
+    mut each: impl FnMut(ContributionRef<'a>),
+) {
     for (n, rule) in schema.audit.iter().enumerate() {
         let rule_n = n as u16;
         match &rule.check {
             Check::Unique { fields } => {
-                if let Some(values) = fields
-                    .iter()
-                    .map(|&f| text(record, f))
-                    .collect::<Option<Vec<_>>>()
-                {
-                    out.push(Contribution::Unique {
+                let values = match fields.as_slice() {
+                    [field] => text(record, *field).map(Cow::Borrowed),
+                    fields => fields
+                        .iter()
+                        .map(|&f| text(record, f))
+                        .collect::<Option<Vec<_>>>()
+                        .map(|values| Cow::Owned(values.join(" / "))),
+                };
+                if let Some(values) = values {
+                    each(ContributionRef::Unique {
                         rule: rule_n,
-                        values: values.join(" / "),
+                        values,
                     });
                 }
             }
             Check::SameName { code, name } => {
-                if let (Some(c), Some(n)) = (text(record, *code), text(record, *name)) {
-                    out.push(Contribution::Name {
+                if let (Some(code), Some(name)) = (text(record, *code), text(record, *name)) {
+                    each(ContributionRef::Name {
                         rule: rule_n,
-                        code: c.to_owned(),
-                        name: n.to_owned(),
+                        code,
+                        name,
                     });
                 }
             }
             Check::UsualRange { field, .. } => {
                 if let Some(value) = text(record, *field).and_then(number).filter(|v| *v > 0.0) {
-                    out.push(Contribution::Value {
+                    each(ContributionRef::Value {
                         rule: rule_n,
                         value,
                     });
@@ -331,7 +387,6 @@ pub fn contributions(schema: &Schema, record: &Record) -> Vec<Contribution> {
             Check::NotGreater { .. } => {}
         }
     }
-    out
 }
 
 /// Positive values in buckets of 1/16 of an octave, from which the usual range's median is
@@ -393,9 +448,12 @@ pub trait View {
 
 /// The name carried by most records among `names` (name → how many records), and how many:
 /// on a tie, the first in order. The `same_name` rule takes it as right.
-pub fn usual_name(names: &BTreeMap<String, u64>) -> Option<(&String, u64)> {
+///
+/// `names` is each name with its count, in ascending order of name (a `BTreeMap`'s order).
+pub fn usual_name<'a>(
+    names: impl DoubleEndedIterator<Item = (&'a String, &'a u64)>,
+) -> Option<(&'a String, u64)> {
     names
-        .iter()
         .rev()
         .max_by_key(|(_, count)| **count)
         .map(|(name, count)| (name, *count))
@@ -478,7 +536,7 @@ impl View for BatchesView<'_> {
                 *names.entry(name.clone()).or_default() += 1;
             }
         }
-        usual_name(&names)
+        usual_name(names.iter())
             .filter(|(usual, _)| *usual != name)
             .map(|(usual, count)| (usual.clone(), count))
     }

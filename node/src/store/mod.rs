@@ -44,7 +44,10 @@ use protocol::wire::{Offer, SignedReceipt, Verdict};
 use protocol::{Category, Content, ContentKind, Period, SignedBatch};
 
 pub use kv::{BlobPool, CACHE_BYTES, Kv, KvError, MemKv, Op, SledKv, Tree, WriteFault};
-pub use quality::{Closed, FastMap, FeedbackItem, IndexReader, QualityUpdate, period_prefix};
+pub use quality::{
+    Closed, FastMap, FeedbackItem, IndexReader, IndexWrite, IndexWrites, QualityUpdate,
+    period_prefix,
+};
 
 /// Largest value this store decodes (a batch frame).
 const VALUE_BYTES_MAX: usize = protocol::wire::BATCH_FRAME_BYTES_MAX;

@@ -54,8 +54,102 @@ pub struct QualityUpdate {
     pub findings: Vec<Finding>,
     /// Writes to the record index (`index` tree): key under the period's prefix (without
     /// it) → value, `None` to remove; stored as run `index_run` of the period.
-    pub index: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub index: IndexWrites,
     pub index_run: u64,
+}
+
+/// Writes to the record index, their keys and values one after another in one buffer: a
+/// batch of 10,000 records makes about 20,000, which as vectors of their own took two
+/// allocations each to make and two to free.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexWrites {
+    bytes: Vec<u8>,
+    /// Each write's key end and value end in `bytes` (`None`: a removal); each starts where
+    /// the one before ends.
+    ends: Vec<(usize, Option<usize>)>,
+}
+
+impl IndexWrites {
+    /// Room for `writes` writes of `bytes` bytes in all.
+    pub fn with_capacity(writes: usize, bytes: usize) -> IndexWrites {
+        IndexWrites {
+            bytes: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(writes),
+        }
+    }
+
+    /// Adds a write of `value` (`None`: a removal) to `key`.
+    pub fn push(&mut self, key: &[u8], value: Option<&[u8]>) {
+        self.bytes.extend_from_slice(key);
+        let key_end = self.bytes.len();
+        let value_end = value.map(|value| {
+            self.bytes.extend_from_slice(value);
+            self.bytes.len()
+        });
+        self.ends.push((key_end, value_end));
+    }
+
+    /// Adds a write to `key` of the value `value` appends to the buffer it is given.
+    pub fn push_with(&mut self, key: &[u8], value: impl FnOnce(&mut Vec<u8>)) {
+        self.bytes.extend_from_slice(key);
+        let key_end = self.bytes.len();
+        value(&mut self.bytes);
+        self.ends.push((key_end, Some(self.bytes.len())));
+    }
+
+    /// Takes back the last write.
+    pub fn pop(&mut self) {
+        self.ends.pop();
+        let end = self
+            .ends
+            .last()
+            .map_or(0, |(key_end, value_end)| value_end.unwrap_or(*key_end));
+        self.bytes.truncate(end);
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Write `n`.
+    fn get(&self, n: usize) -> IndexWrite<'_> {
+        let start = match n.checked_sub(1) {
+            Some(before) => {
+                let (key_end, value_end) = self.ends[before];
+                value_end.unwrap_or(key_end)
+            }
+            None => 0,
+        };
+        let (key_end, value_end) = self.ends[n];
+        (
+            &self.bytes[start..key_end],
+            value_end.map(|end| &self.bytes[key_end..end]),
+        )
+    }
+
+    /// The writes, in the order they were added.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = IndexWrite<'_>> + '_ {
+        (0..self.ends.len()).map(|n| self.get(n))
+    }
+
+    /// The last write, if any.
+    pub fn last(&self) -> Option<IndexWrite<'_>> {
+        self.ends.len().checked_sub(1).map(|n| self.get(n))
+    }
+}
+
+impl<'a> FromIterator<IndexWrite<'a>> for IndexWrites {
+    fn from_iter<I: IntoIterator<Item = IndexWrite<'a>>>(writes: I) -> IndexWrites {
+        let mut out = IndexWrites::default();
+        for (key, value) in writes {
+            out.push(key, value);
+        }
+        out
+    }
 }
 
 /// Kind bytes of the record index's entries, right after the period's prefix: a run's
@@ -252,7 +346,7 @@ pub struct IndexRead {
 }
 
 /// One entry of a run: key, and value or `None` for a removal.
-type IndexWrite<'a> = (&'a [u8], Option<&'a [u8]>);
+pub type IndexWrite<'a> = (&'a [u8], Option<&'a [u8]>);
 /// An entry of runs being merged: key, age (0: the new run's, 1: the newest run merged, …),
 /// value.
 type AgedWrite<'a> = (&'a [u8], usize, Option<&'a [u8]>);
@@ -603,11 +697,7 @@ impl<K: Kv> Store<K> {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let base = period_prefix(update.origin, update.period, &update.category);
-        let mut entries: Vec<IndexWrite<'_>> = update
-            .index
-            .iter()
-            .map(|(key, value)| (key.as_slice(), value.as_deref()))
-            .collect();
+        let mut entries: Vec<IndexWrite<'_>> = update.index.iter().collect();
         // A stable sort finds the runs of keys already in order (the overlay writes its kinds
         // each in order) and merges them: near linear for what `core::quality` writes.
         entries.sort_by_key(|(key, _)| *key);
@@ -1096,9 +1186,11 @@ impl<K: Kv> IndexReader<'_, K> {
     /// chunks the directory's first keys and filters point to, so the cost follows the
     /// batch, not the period. Runs of the first runs layout and entries of the
     /// one-entry-per-key layout, when a period has any, are scanned.
-    pub fn read(&mut self, wanted: &[Vec<u8>]) -> Result<IndexRead, StoreError> {
+    pub fn read<W: AsRef<[u8]>>(&mut self, wanted: &[W]) -> Result<IndexRead, StoreError> {
         debug_assert!(
-            wanted.windows(2).all(|pair| pair[0] < pair[1]),
+            wanted
+                .windows(2)
+                .all(|pair| pair[0].as_ref() < pair[1].as_ref()),
             "index reads take their keys sorted, each once"
         );
         let mut filters_read = 0;
@@ -1123,7 +1215,7 @@ impl<K: Kv> IndexReader<'_, K> {
                 found[n] = Some((run, value.map(<[u8]>::to_vec)));
             }
         };
-        let place = |sub: &[u8]| wanted.binary_search_by(|key| key.as_slice().cmp(sub)).ok();
+        let place = |sub: &[u8]| wanted.binary_search_by(|key| key.as_ref().cmp(sub)).ok();
         for (sub, value) in &period.legacy {
             if let Some(n) = place(sub) {
                 see(n, 0, Some(value));
@@ -1150,7 +1242,7 @@ impl<K: Kv> IndexReader<'_, K> {
             .iter()
             .enumerate()
             .map(|(n, key)| {
-                let hash = bloom_hash(key);
+                let hash = bloom_hash(key.as_ref());
                 (n, hash, filter_hash(hash))
             })
             .collect();
@@ -1208,7 +1300,7 @@ impl<K: Kv> IndexReader<'_, K> {
             let mut chunk = 0;
             for n in candidates {
                 let (place, hash, _) = unresolved[n];
-                let key = wanted[place].as_slice();
+                let key = wanted[place].as_ref();
                 if search {
                     match directory.chunk_of(key) {
                         Some(found) => chunk = found,
@@ -1241,7 +1333,7 @@ impl<K: Kv> IndexReader<'_, K> {
                     chunk_entries(&bytes).ok_or_else(|| damaged(&chunk_key, "run chunk"))?;
                 for n in keys {
                     let place = unresolved[n].0;
-                    let key = wanted[place].as_slice();
+                    let key = wanted[place].as_ref();
                     if let Ok(at) = entries.binary_search_by(|(sub, _)| (*sub).cmp(key)) {
                         see(place, directory.run, entries[at].1);
                         resolved[n] = true;
@@ -1291,12 +1383,7 @@ mod tests {
             findings: Vec::new(),
             index: writes
                 .iter()
-                .map(|(key, value)| {
-                    (
-                        key.as_bytes().to_vec(),
-                        value.map(|v| v.as_bytes().to_vec()),
-                    )
-                })
+                .map(|(key, value)| (key.as_bytes(), value.map(str::as_bytes)))
                 .collect(),
             index_run: run,
         }

@@ -2673,7 +2673,7 @@ mod tests {
                 reporter: NodeId::NATIONAL,
                 current,
                 findings,
-                index: Vec::new(),
+                index: node::store::IndexWrites::default(),
                 index_run: 1,
             };
         let finding = Finding {

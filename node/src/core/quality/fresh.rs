@@ -1,0 +1,415 @@
+//! The record index's common case: a data batch that withdraws nothing and none of whose keys
+//! the period holds yet (a first publication, nearly every batch a node stores). Each key then
+//! has one version, this batch's, and is current; what remains is the aggregates the batch's
+//! records add to, the audit, and the writes. Taken here without the general path's overlay:
+//! no entry, owned contributions or map of aggregates by index key per record, the keys of
+//! a read in one buffer, the aggregates grouped by hashing and only the groups sorted, every
+//! key's entry written from one encoding of its version.
+//!
+//! The result is exactly what the general path (`super::assess_general`) makes of the same
+//! batch — the same findings, the same writes byte for byte — and a test holds it to that on
+//! random histories. A batch one of whose keys the period holds is left to the general path
+//! (the read that found it is its only cost).
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+
+use protocol::audit::{self, ContributionRef, Histogram, Version, View};
+use protocol::ids::{BatchId, NodeId};
+use protocol::{Batch, RecordKey, Schema};
+
+use super::{Assessed, Names, decode, encode_into, index_key};
+use crate::store::{FastMap, IndexWrites, Kv, QualityUpdate, Store, StoreError, period_prefix};
+
+/// The first 16 bytes of `text` as a big-endian number (zeros past its end): texts in this
+/// order are in byte order where the numbers differ.
+fn text_prefix(text: &str) -> u128 {
+    let mut first = [0u8; 16];
+    let n = text.len().min(16);
+    first[..n].copy_from_slice(&text.as_bytes()[..n]);
+    u128::from_be_bytes(first)
+}
+
+/// Index keys one after another in one buffer, for one read of the index.
+#[derive(Default)]
+struct Keys {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Keys {
+    /// Adds the index key of kind `kind`, rule `rule` (an aggregate's) and text `text`: as
+    /// `super::index_key` makes it.
+    fn push(&mut self, kind: u8, rule: Option<u16>, text: &str) {
+        self.bytes.push(kind);
+        if let Some(rule) = rule {
+            self.bytes.extend(rule.to_be_bytes());
+        }
+        self.bytes.extend(text.as_bytes());
+        self.ends.push(self.bytes.len());
+    }
+
+    fn slices(&self) -> Vec<&[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|(start, end)| &self.bytes[start..*end])
+            .collect()
+    }
+}
+
+/// A `same_name` aggregate the batch adds to: a credit code's names with the batch taken in.
+struct NameAggregate<'b> {
+    rule: u16,
+    code: &'b str,
+    names: Names,
+    held: Option<Vec<u8>>,
+}
+
+/// A `unique` aggregate the batch adds to: the keys holding some values, with the batch's.
+struct UniqueAggregate<'b> {
+    rule: u16,
+    values: Cow<'b, str>,
+    holders: BTreeSet<RecordKey>,
+    held: Option<Vec<u8>>,
+}
+
+/// The period as it stands with the batch taken in, as the rules see it.
+struct Fresh<'b> {
+    id: BatchId,
+    batch: &'b Batch,
+    /// In the order the records first name them.
+    names: Vec<NameAggregate<'b>>,
+    /// Each of `names` by rule and credit code.
+    name_of: FastMap<(u16, &'b str), usize>,
+    /// `names` in the order of their index keys.
+    names_order: Vec<usize>,
+    uniques: Vec<UniqueAggregate<'b>>,
+    /// By `usual_range` rule: the histogram, the bytes the store held for it, and whether
+    /// the batch added to it.
+    histograms: Vec<(u16, Histogram, Option<Vec<u8>>, bool)>,
+}
+
+impl View for Fresh<'_> {
+    /// Asked for the batch's own keys only (each has this batch's version alone).
+    fn current_batch(&self, key: &RecordKey) -> Option<BatchId> {
+        debug_assert!(
+            self.batch
+                .records
+                .binary_search_by(|r| r.key.cmp(key))
+                .is_ok()
+        );
+        Some(self.id)
+    }
+
+    fn unrelated(&self, _key: &RecordKey, _id: BatchId) -> Option<BatchId> {
+        None
+    }
+
+    fn other_holder(&self, rule: u16, values: &str, key: &RecordKey) -> Option<RecordKey> {
+        let at = self
+            .uniques
+            .binary_search_by(|u| (u.rule, u.values.as_ref()).cmp(&(rule, values)))
+            .ok()?;
+        self.uniques[at]
+            .holders
+            .iter()
+            .find(|holder| *holder != key)
+            .cloned()
+    }
+
+    fn other_usual_name(&self, rule: u16, code: &str, name: &str) -> Option<(String, u64)> {
+        let at = *self.name_of.get(&(rule, code))?;
+        audit::usual_name(
+            self.names[at]
+                .names
+                .iter()
+                .map(|(name, count)| (name, count)),
+        )
+        .filter(|(usual, _)| *usual != name)
+        .map(|(usual, count)| (usual.clone(), count))
+    }
+
+    fn histogram(&self, rule: u16) -> Histogram {
+        self.histograms
+            .iter()
+            .find(|(r, ..)| *r == rule)
+            .map(|(_, histogram, ..)| histogram.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// [`super::assess`] of data batch `id` when the period holds none of its keys and it
+/// withdraws nothing: `None` when the period holds one of its keys (the general path's
+/// case). `audit`: audit it (a receiver) or only index it (the origin's own submission).
+pub(super) fn assess<K: Kv>(
+    store: &Store<K>,
+    schema: &Schema,
+    reporter: NodeId,
+    id: BatchId,
+    batch: &Batch,
+    audit: bool,
+) -> Result<Option<Assessed>, StoreError> {
+    let header = &batch.header;
+    debug_assert!(header.withdrawals.is_empty());
+    let mut index = store.index_reader(period_prefix(
+        header.origin,
+        header.period,
+        &header.category,
+    ));
+    let usual_range: Vec<u16> = schema
+        .audit
+        .iter()
+        .enumerate()
+        .filter(|(_, rule)| matches!(rule.check, audit::Check::UsualRange { .. }))
+        .map(|(n, _)| n as u16)
+        .collect();
+    // The first read: the histograms and the batch's keys (`h` < `k`; the records are in key
+    // order, each key once).
+    let mut first = Keys::default();
+    for rule in &usual_range {
+        first.push(b'h', Some(*rule), "");
+    }
+    for record in &batch.records {
+        first.push(b'k', None, &record.key.0);
+    }
+    let found = index.read(&first.slices())?;
+    let mut run = found.next_run.max(1);
+    let (held_histograms, held_keys) = found.values.split_at(usual_range.len());
+    if held_keys.iter().any(Option::is_some) {
+        return Ok(None);
+    }
+    let mut histograms = Vec::with_capacity(usual_range.len());
+    for (rule, held) in usual_range.iter().zip(held_histograms) {
+        let histogram = match held {
+            Some(bytes) => decode(bytes)?,
+            None => Histogram::default(),
+        };
+        histograms.push((*rule, histogram, held.clone(), false));
+    }
+    // Each record's contributions (`starts[n]..starts[n + 1]` of them), and what they add to.
+    let mut contributions = Vec::with_capacity(batch.records.len() * schema.audit.len().max(1));
+    let mut starts = Vec::with_capacity(batch.records.len() + 1);
+    // The `same_name` aggregates as the records come (most credit codes are on one record of
+    // a batch: grouped by hashing, and only the groups sorted).
+    let mut names: Vec<NameAggregate<'_>> = Vec::new();
+    let mut name_of: FastMap<(u16, &str), usize> = FastMap::default();
+    let mut uniques_in: Vec<(u16, Cow<'_, str>, &RecordKey)> = Vec::new();
+    for record in &batch.records {
+        starts.push(contributions.len());
+        audit::contributions_ref(schema, record, |contribution| {
+            match &contribution {
+                ContributionRef::Name { rule, code, name } => {
+                    let (rule, code, name) = (*rule, *code, *name);
+                    let next = names.len();
+                    let at = *name_of.entry((rule, code)).or_insert(next);
+                    if at == next {
+                        names.push(NameAggregate {
+                            rule,
+                            code,
+                            names: vec![(name.to_owned(), 1)],
+                            held: None,
+                        });
+                    } else {
+                        let names = &mut names[at].names;
+                        match names.binary_search_by(|(held, _)| held.as_str().cmp(name)) {
+                            Ok(at) => names[at].1 += 1,
+                            Err(at) => names.insert(at, (name.to_owned(), 1)),
+                        }
+                    }
+                }
+                ContributionRef::Unique { rule, values } => {
+                    uniques_in.push((*rule, values.clone(), &record.key));
+                }
+                ContributionRef::Value { rule, value } => {
+                    if let Some((_, histogram, _, added)) =
+                        histograms.iter_mut().find(|(r, ..)| r == rule)
+                    {
+                        histogram.add(*value, 1);
+                        *added = true;
+                    }
+                }
+            }
+            contributions.push(contribution);
+        });
+    }
+    starts.push(contributions.len());
+    // The aggregates, each once, in their index keys' order (kind, rule, text): the names'
+    // by rule, then the code's first 16 bytes as one number (integers compared, not texts in
+    // memory), then the whole code.
+    let mut names_order: Vec<(u16, u128, usize)> = names
+        .iter()
+        .enumerate()
+        .map(|(at, n)| (n.rule, text_prefix(n.code), at))
+        .collect();
+    names_order.sort_unstable_by(|a, b| {
+        (a.0, a.1)
+            .cmp(&(b.0, b.1))
+            .then_with(|| names[a.2].code.cmp(names[b.2].code))
+    });
+    let names_order: Vec<usize> = names_order.into_iter().map(|(.., at)| at).collect();
+    uniques_in.sort_unstable();
+    let mut uniques: Vec<UniqueAggregate<'_>> = Vec::new();
+    for (rule, values, key) in uniques_in {
+        match uniques.last_mut() {
+            Some(last) if (last.rule, last.values.as_ref()) == (rule, values.as_ref()) => {
+                last.holders.insert(key.clone());
+            }
+            _ => uniques.push(UniqueAggregate {
+                rule,
+                values,
+                holders: BTreeSet::from([key.clone()]),
+                held: None,
+            }),
+        }
+    }
+    // The second read: what the store holds of those aggregates (`n` < `u`).
+    let mut second = Keys::default();
+    for at in &names_order {
+        let aggregate = &names[*at];
+        second.push(b'n', Some(aggregate.rule), aggregate.code);
+    }
+    for aggregate in &uniques {
+        second.push(b'u', Some(aggregate.rule), &aggregate.values);
+    }
+    if !second.ends.is_empty() {
+        let found = index.read(&second.slices())?;
+        run = run.max(found.next_run);
+        let (held_names, held_uniques) = found.values.split_at(names.len());
+        for (at, held) in names_order.iter().zip(held_names) {
+            let aggregate = &mut names[*at];
+            if let Some(bytes) = held {
+                // The store's names, the batch's added (both in order of name).
+                let mut all: Names = decode(bytes)?;
+                for (name, count) in aggregate.names.drain(..) {
+                    match all.binary_search_by(|(held, _)| held.cmp(&name)) {
+                        Ok(at) => all[at].1 = all[at].1.saturating_add(count),
+                        Err(at) => all.insert(at, (name, count)),
+                    }
+                }
+                aggregate.names = all;
+            }
+            aggregate.held = held.clone();
+        }
+        for (aggregate, held) in uniques.iter_mut().zip(held_uniques) {
+            if let Some(bytes) = held {
+                let stored: Vec<RecordKey> = decode(bytes)?;
+                aggregate.holders.extend(stored);
+            }
+            aggregate.held = held.clone();
+        }
+    }
+    let fresh = Fresh {
+        id,
+        batch,
+        names,
+        name_of,
+        names_order,
+        uniques,
+        histograms,
+    };
+    let findings = if audit {
+        audit::audit_with(schema, id, batch, &fresh)
+    } else {
+        Vec::new()
+    };
+    let index = writes(&fresh, header.supersedes, &contributions, &starts);
+    let current = if audit {
+        batch
+            .records
+            .iter()
+            .map(|r| (r.key.clone(), false))
+            .collect()
+    } else {
+        // The origin's own submission: only withdrawals close its items (it has none).
+        Vec::new()
+    };
+    Ok(Some(Assessed {
+        update: QualityUpdate {
+            origin: header.origin,
+            category: header.category.clone(),
+            period: header.period,
+            batch: id,
+            reporter,
+            current,
+            findings: findings.clone(),
+            index_run: run,
+            index,
+        },
+        findings,
+    }))
+}
+
+/// The writes of the batch taken in, in key order (`h` < `k` < `n` < `u`): what changed of
+/// the histograms, each key's entry (its one version, current, and what it contributes), the
+/// aggregates added to.
+fn writes(
+    fresh: &Fresh<'_>,
+    supersedes: Option<BatchId>,
+    contributions: &[ContributionRef<'_>],
+    starts: &[usize],
+) -> IndexWrites {
+    let records = &fresh.batch.records;
+    let mut out = IndexWrites::with_capacity(
+        fresh.histograms.len() + records.len() + fresh.names.len() + fresh.uniques.len(),
+        160 * records.len() + 48 * (fresh.names.len() + fresh.uniques.len()),
+    );
+    let mut at = Vec::new();
+    // A write of what `value` appends, unless the store holds those bytes already.
+    let push =
+        |out: &mut IndexWrites, at: &[u8], held: &Option<Vec<u8>>, value: &dyn Fn(&mut Vec<u8>)| {
+            out.push_with(at, value);
+            if out
+                .last()
+                .is_some_and(|(_, value)| value == held.as_deref())
+            {
+                out.pop();
+            }
+        };
+    for (rule, histogram, held, added) in &fresh.histograms {
+        if *added {
+            index_key(&mut at, b'h', Some(*rule), "");
+            push(&mut out, &at, held, &|value| encode_into(histogram, value));
+        }
+    }
+    // A key's entry as `super::KeyEntry` encodes it: its versions (this batch's alone), the
+    // current one, then the current version's contributions. The first two are the same
+    // bytes for every key: encoded once.
+    let version = [(
+        Version {
+            batch: fresh.id,
+            supersedes,
+        },
+        false,
+    )];
+    let mut head = Vec::new();
+    encode_into(&(&version[..], Some(fresh.id)), &mut head);
+    for (n, record) in records.iter().enumerate() {
+        let contributions = &contributions[starts[n]..starts[n + 1]];
+        index_key(&mut at, b'k', None, &record.key.0);
+        // Held by the store: none (or this path would not have been taken).
+        out.push_with(&at, |value| {
+            value.extend_from_slice(&head);
+            encode_into(&contributions, value);
+        });
+    }
+    for n in &fresh.names_order {
+        let aggregate = &fresh.names[*n];
+        index_key(&mut at, b'n', Some(aggregate.rule), aggregate.code);
+        push(&mut out, &at, &aggregate.held, &|value| {
+            encode_into(&aggregate.names, value);
+        });
+    }
+    for aggregate in &fresh.uniques {
+        let list: Vec<&RecordKey> = aggregate.holders.iter().collect();
+        index_key(&mut at, b'u', Some(aggregate.rule), &aggregate.values);
+        push(&mut out, &at, &aggregate.held, &|value| {
+            encode_into(&list, value)
+        });
+    }
+    debug_assert!(
+        out.iter().is_sorted_by(|a, b| a.0 < b.0),
+        "writes in key order"
+    );
+    out
+}
