@@ -451,12 +451,9 @@ pub trait View {
 ///
 /// `names` is each name with its count, in ascending order of name (a `BTreeMap`'s order).
 pub fn usual_name<'a>(
-    names: impl DoubleEndedIterator<Item = (&'a String, &'a u64)>,
-) -> Option<(&'a String, u64)> {
-    names
-        .rev()
-        .max_by_key(|(_, count)| **count)
-        .map(|(name, count)| (name, *count))
+    names: impl DoubleEndedIterator<Item = (&'a str, u64)>,
+) -> Option<(&'a str, u64)> {
+    names.rev().max_by_key(|(_, count)| *count)
 }
 
 /// [`View`] over held batches.
@@ -536,9 +533,9 @@ impl View for BatchesView<'_> {
                 *names.entry(name.clone()).or_default() += 1;
             }
         }
-        usual_name(names.iter())
+        usual_name(names.iter().map(|(name, count)| (name.as_str(), *count)))
             .filter(|(usual, _)| *usual != name)
-            .map(|(usual, count)| (usual.clone(), count))
+            .map(|(usual, count)| (usual.to_owned(), count))
     }
 
     fn histogram(&self, rule: u16) -> Histogram {

@@ -416,9 +416,11 @@ impl<K: Kv> View for Overlay<'_, '_, K> {
         let usual = self
             .names
             .get(at.as_slice())
-            .and_then(|names| audit::usual_name(names.iter().map(|(name, count)| (name, count))))
+            .and_then(|names| {
+                audit::usual_name(names.iter().map(|(name, count)| (name.as_str(), *count)))
+            })
             .filter(|(usual, _)| *usual != name)
-            .map(|(usual, count)| (usual.clone(), count));
+            .map(|(usual, count)| (usual.to_owned(), count));
         self.scratch.set(at);
         usual
     }

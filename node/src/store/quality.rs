@@ -774,9 +774,12 @@ impl<K: Kv> Store<K> {
                     .insert((f.problem.field.as_str(), f.problem.rule.as_str()));
             }
             let none = BTreeSet::new();
+            // With the keys in order (a batch without withdrawals), the items held are walked
+            // once beside them; else each key's are found by a binary search.
+            let in_order = update.current.is_sorted_by(|a, b| a.0 <= b.0);
+            let (mut prefix, mut walked) = (Vec::new(), 0);
             for (key, withdrawn) in &update.current {
-                let raised = raised.get(key).unwrap_or(&none);
-                let mut prefix = Vec::with_capacity(base.len() + key.0.len() + 1);
+                prefix.clear();
                 prefix.extend(&base);
                 prefix.extend(key.0.as_bytes());
                 prefix.push(0);
@@ -789,7 +792,14 @@ impl<K: Kv> Store<K> {
                     // In key order: the key's items are the ones from where its prefix would
                     // go on that start with it.
                     Some(all) => {
-                        let from = all.partition_point(|(at, _)| *at < prefix);
+                        let from = if in_order {
+                            while all.get(walked).is_some_and(|(at, _)| *at < prefix) {
+                                walked += 1;
+                            }
+                            walked
+                        } else {
+                            all.partition_point(|(at, _)| *at < prefix)
+                        };
                         let count = all[from..]
                             .iter()
                             .take_while(|(at, _)| at.starts_with(&prefix))
@@ -798,11 +808,15 @@ impl<K: Kv> Store<K> {
                     }
                     None => {
                         read = self
-                            .scan_prefix(Tree::Feedback, prefix)
+                            .scan_prefix(Tree::Feedback, prefix.clone())
                             .collect::<Result<Vec<_>, _>>()?;
                         &read
                     }
                 };
+                if items.is_empty() {
+                    continue;
+                }
+                let raised = raised.get(key).unwrap_or(&none);
                 for (item_key, bytes) in items {
                     let mut item: FeedbackItem = decode("feedback", bytes)?;
                     let still =

@@ -58,11 +58,13 @@ impl Keys {
     }
 }
 
-/// A `same_name` aggregate the batch adds to: a credit code's names with the batch taken in.
+/// A `same_name` aggregate the batch adds to: a credit code's names with the batch taken in,
+/// in order of name (encoded as [`Names`] is: a `str` and a `String` alike), the batch's
+/// borrowed from its records.
 struct NameAggregate<'b> {
     rule: u16,
     code: &'b str,
-    names: Names,
+    names: Vec<(Cow<'b, str>, u64)>,
     held: Option<Vec<u8>>,
 }
 
@@ -120,14 +122,10 @@ impl View for Fresh<'_> {
 
     fn other_usual_name(&self, rule: u16, code: &str, name: &str) -> Option<(String, u64)> {
         let at = *self.name_of.get(&(rule, code))?;
-        audit::usual_name(
-            self.names[at]
-                .names
-                .iter()
-                .map(|(name, count)| (name, count)),
-        )
-        .filter(|(usual, _)| *usual != name)
-        .map(|(usual, count)| (usual.clone(), count))
+        let names = self.names[at].names.iter();
+        audit::usual_name(names.map(|(name, count)| (name.as_ref(), *count)))
+            .filter(|(usual, _)| *usual != name)
+            .map(|(usual, count)| (usual.to_owned(), count))
     }
 
     fn histogram(&self, rule: u16) -> Histogram {
@@ -207,14 +205,14 @@ pub(super) fn assess<K: Kv>(
                         names.push(NameAggregate {
                             rule,
                             code,
-                            names: vec![(name.to_owned(), 1)],
+                            names: vec![(Cow::Borrowed(name), 1)],
                             held: None,
                         });
                     } else {
                         let names = &mut names[at].names;
-                        match names.binary_search_by(|(held, _)| held.as_str().cmp(name)) {
+                        match names.binary_search_by(|(held, _)| held.as_ref().cmp(name)) {
                             Ok(at) => names[at].1 += 1,
-                            Err(at) => names.insert(at, (name.to_owned(), 1)),
+                            Err(at) => names.insert(at, (Cow::Borrowed(name), 1)),
                         }
                     }
                 }
@@ -280,9 +278,13 @@ pub(super) fn assess<K: Kv>(
             let aggregate = &mut names[*at];
             if let Some(bytes) = held {
                 // The store's names, the batch's added (both in order of name).
-                let mut all: Names = decode(bytes)?;
+                let held: Names = decode(bytes)?;
+                let mut all: Vec<(Cow<'_, str>, u64)> = held
+                    .into_iter()
+                    .map(|(name, count)| (Cow::Owned(name), count))
+                    .collect();
                 for (name, count) in aggregate.names.drain(..) {
-                    match all.binary_search_by(|(held, _)| held.cmp(&name)) {
+                    match all.binary_search_by(|(held, _)| held.as_ref().cmp(name.as_ref())) {
                         Ok(at) => all[at].1 = all[at].1.saturating_add(count),
                         Err(at) => all.insert(at, (name, count)),
                     }
