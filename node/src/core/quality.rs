@@ -437,6 +437,31 @@ pub(super) struct Assessed {
 }
 
 impl Assessed {
+    /// What storing data batch `id` (of `header`) changes, as `reporter` found it.
+    fn new(
+        header: &protocol::batch::BatchHeader,
+        id: BatchId,
+        reporter: NodeId,
+        current: Vec<(RecordKey, bool)>,
+        findings: Vec<Finding>,
+        (index_run, index): (u64, IndexWrites),
+    ) -> Assessed {
+        Assessed {
+            update: QualityUpdate {
+                origin: header.origin,
+                category: header.category.clone(),
+                period: header.period,
+                batch: id,
+                reporter,
+                current,
+                findings: findings.clone(),
+                index_run,
+                index,
+            },
+            findings,
+        }
+    }
+
     /// The findings of error severity, as problems for a refusal (each message names its
     /// record); empty when the batch may be kept.
     pub fn errors(&self) -> Vec<Problem> {
@@ -655,20 +680,15 @@ fn assess_general<K: Kv>(
                 .collect()
         }
     };
-    Ok(Assessed {
-        update: QualityUpdate {
-            origin: header.origin,
-            category: header.category.clone(),
-            period: header.period,
-            batch: id,
-            reporter,
-            current,
-            findings: findings.clone(),
-            index_run: overlay.run,
-            index: overlay.writes(),
-        },
+    let run = overlay.run;
+    Ok(Assessed::new(
+        header,
+        id,
+        reporter,
+        current,
         findings,
-    })
+        (run, overlay.writes()),
+    ))
 }
 
 #[cfg(test)]
@@ -806,6 +826,38 @@ mod tests {
         batches
     }
 
+    /// Stores `batch` as `city` stores a child's batch, with its index and audit `assessed`.
+    fn store_as_receiver(
+        store: &Store<MemKv>,
+        key: &NodeKey,
+        city: NodeId,
+        (id, batch): (BatchId, &Batch),
+        assessed: &Assessed,
+        now_ms: u64,
+    ) {
+        let signed = SignedBatch::seal(batch, key).unwrap();
+        let receipt = Receipt {
+            receiver: city,
+            batch: id,
+            origin: batch.header.origin,
+            received_at_ms: 1,
+            verdict: Verdict::Accepted { warnings: 0 },
+        }
+        .sign(key);
+        store
+            .insert_batch(
+                &signed,
+                &Content::Data(batch.clone()),
+                batch.header.origin,
+                &receipt,
+                None,
+                &[],
+                Some(&assessed.update),
+                now_ms,
+            )
+            .unwrap();
+    }
+
     /// The incremental index gives exactly the findings of the reference audit over the held
     /// batches, at every arrival, and the same current version of every key at the end.
     #[test]
@@ -836,28 +888,8 @@ mod tests {
                 );
                 findings_seen += expected.len();
                 rules_seen.extend(expected.iter().map(|f| f.problem.rule.as_str()));
-                let signed = SignedBatch::seal(batch, &key).unwrap();
-                assert_eq!(signed.id, *id);
-                let receipt = Receipt {
-                    receiver: city,
-                    batch: *id,
-                    origin: batch.header.origin,
-                    received_at_ms: 1,
-                    verdict: Verdict::Accepted { warnings: 0 },
-                }
-                .sign(&key);
-                store
-                    .insert_batch(
-                        &signed,
-                        &Content::Data(batch.clone()),
-                        batch.header.origin,
-                        &receipt,
-                        None,
-                        &[],
-                        Some(&assessed.update),
-                        n as u64,
-                    )
-                    .unwrap();
+                assert_eq!(SignedBatch::seal(batch, &key).unwrap().id, *id);
+                store_as_receiver(&store, &key, city, (*id, batch), &assessed, n as u64);
             }
             let all: Vec<(BatchId, &Batch)> = arrived.iter().map(|(i, b)| (*i, b)).collect();
             let prefix = period_prefix(
@@ -953,27 +985,7 @@ mod tests {
                     Audit::Receiver,
                 )
                 .unwrap();
-                let signed = SignedBatch::seal(batch, &key).unwrap();
-                let receipt = Receipt {
-                    receiver: city,
-                    batch: *id,
-                    origin: batch.header.origin,
-                    received_at_ms: 1,
-                    verdict: Verdict::Accepted { warnings: 0 },
-                }
-                .sign(&key);
-                store
-                    .insert_batch(
-                        &signed,
-                        &Content::Data(batch.clone()),
-                        batch.header.origin,
-                        &receipt,
-                        None,
-                        &[],
-                        Some(&assessed.update),
-                        n as u64,
-                    )
-                    .unwrap();
+                store_as_receiver(&store, &key, city, (*id, batch), &assessed, n as u64);
             }
         }
         // Both sides of the choice, findings among them, and every kind of write.

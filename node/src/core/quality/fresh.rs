@@ -19,7 +19,7 @@ use protocol::ids::{BatchId, NodeId};
 use protocol::{Batch, RecordKey, Schema};
 
 use super::{Assessed, Names, decode, encode_into, index_key};
-use crate::store::{FastMap, IndexWrites, Kv, QualityUpdate, Store, StoreError, period_prefix};
+use crate::store::{FastMap, IndexWrites, Kv, Store, StoreError, period_prefix};
 
 /// The first 16 bytes of `text` as a big-endian number (zeros past its end): texts in this
 /// order are in byte order where the numbers differ.
@@ -326,20 +326,14 @@ pub(super) fn assess<K: Kv>(
         // The origin's own submission: only withdrawals close its items (it has none).
         Vec::new()
     };
-    Ok(Some(Assessed {
-        update: QualityUpdate {
-            origin: header.origin,
-            category: header.category.clone(),
-            period: header.period,
-            batch: id,
-            reporter,
-            current,
-            findings: findings.clone(),
-            index_run: run,
-            index,
-        },
+    Ok(Some(Assessed::new(
+        header,
+        id,
+        reporter,
+        current,
         findings,
-    }))
+        (run, index),
+    )))
 }
 
 /// The writes of the batch taken in, in key order (`h` < `k` < `n` < `u`): what changed of
