@@ -314,7 +314,8 @@ pub enum ContributionRef<'a> {
 }
 
 impl ContributionRef<'_> {
-    pub fn to_owned(&self) -> Contribution {
+    /// The contribution this stands for, its texts copied.
+    pub fn to_contribution(&self) -> Contribution {
         match self {
             ContributionRef::Unique { rule, values } => Contribution::Unique {
                 rule: *rule,
@@ -337,7 +338,7 @@ impl ContributionRef<'_> {
 pub fn contributions(schema: &Schema, record: &Record) -> Vec<Contribution> {
     let mut out = Vec::with_capacity(schema.audit.len());
     contributions_ref(schema, record, |contribution| {
-        out.push(contribution.to_owned());
+        out.push(contribution.to_contribution());
     });
     out
 }

@@ -104,6 +104,7 @@ impl View for Fresh<'_> {
         Some(self.id)
     }
 
+    /// None: the batch's keys have one version each, its own.
     fn unrelated(&self, _key: &RecordKey, _id: BatchId) -> Option<BatchId> {
         None
     }
