@@ -2989,6 +2989,19 @@ pub fn assess_received<K: Kv>(
     quality::assess(store, registry, me, id, batch, quality::Audit::Receiver).map(|a| a.update)
 }
 
+/// What a node's record index holds as the current version of each of `keys` (in key order,
+/// each once) of `origin`'s `category` in `period`: the batch, and whether it withdraws the
+/// record; `None` for a key it does not index. For the simulator, which holds every node's
+/// index to the versions read from its held batches.
+#[doc(hidden)]
+pub fn indexed_current<K: Kv>(
+    store: &Store<K>,
+    group: (NodeId, &protocol::Category, protocol::Period),
+    keys: &[&protocol::RecordKey],
+) -> Result<Vec<Option<(BatchId, bool)>>, StoreError> {
+    quality::indexed_current(store, group, keys)
+}
+
 pub fn may_connect(topology: &Topology, me: NodeId, node: NodeId) -> bool {
     topology.node(node).is_some_and(|n| n.parent == Some(me))
         || (me.is_national() && topology.legacy_link(node).is_some())

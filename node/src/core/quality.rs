@@ -430,6 +430,41 @@ impl<K: Kv> View for Overlay<'_, '_, K> {
     }
 }
 
+/// What the record index holds as the current version of each of `keys` (in key order, each
+/// once) of `origin`'s `category` in `period`: the batch, and whether it withdraws the record;
+/// `None` for a key it does not index.
+pub(super) fn indexed_current<K: Kv>(
+    store: &Store<K>,
+    (origin, category, period): (NodeId, &protocol::Category, protocol::Period),
+    keys: &[&RecordKey],
+) -> Result<Vec<Option<(BatchId, bool)>>, StoreError> {
+    let wanted: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|key| {
+            let mut at = Vec::new();
+            index_key(&mut at, b'k', None, &key.0);
+            at
+        })
+        .collect();
+    let read = store.index_read(&period_prefix(origin, period, category), &wanted)?;
+    read.values
+        .iter()
+        .map(|held| {
+            let Some(bytes) = held else {
+                return Ok(None);
+            };
+            let entry: KeyEntry = decode(bytes)?;
+            Ok(entry.current.map(|batch| {
+                let withdrawn = entry
+                    .versions
+                    .iter()
+                    .any(|(version, withdrawn)| version.batch == batch && *withdrawn);
+                (batch, withdrawn)
+            }))
+        })
+        .collect()
+}
+
 /// A batch's findings and what they change.
 pub(super) struct Assessed {
     pub findings: Vec<Finding>,

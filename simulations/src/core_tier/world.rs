@@ -2187,7 +2187,14 @@ impl World {
                     ));
                 }
                 checked += versions.len() as u64;
+                index_agrees(&stores[n], me, &group, &versions)
+                    .map_err(|e| format!("record index (seed {seed}): {e}"))?;
                 here.insert(group, versions);
+            }
+            // The origin's own index (its submissions, the parent's findings on them).
+            for (group, versions) in reference.iter().filter(|(group, _)| group.0 == me) {
+                index_agrees(&stores[n], me, group, versions)
+                    .map_err(|e| format!("record index (seed {seed}): {e}"))?;
             }
             for item in stores[n].feedback(None) {
                 let item = item.map_err(|e| format!("{me}'s feedback: {e}"))?;
@@ -2263,6 +2270,33 @@ fn versions_at(store: &Store<MemKv>, group: &Group) -> Result<Versions, String> 
 
 /// One record's current version: the batch holding it, and whether it withdraws it.
 type Version = (BatchId, bool);
+
+/// `me`'s record index holds `versions` (read from its held batches) as the current version
+/// of each of `group`'s records.
+fn index_agrees(
+    store: &Store<MemKv>,
+    me: NodeId,
+    group: &Group,
+    versions: &Versions,
+) -> Result<(), String> {
+    if versions.is_empty() {
+        return Ok(());
+    }
+    let (origin, category, period) = group;
+    let keys: Vec<&protocol::RecordKey> = versions.keys().collect();
+    let indexed = node::core::indexed_current(store, (*origin, category, *period), &keys)
+        .map_err(|e| format!("{me}'s index of {origin} {category} {period}: {e}"))?;
+    for ((key, version), indexed) in versions.iter().zip(indexed) {
+        if indexed != Some(*version) {
+            return Err(format!(
+                "{me}'s index has {} as the current version of {origin} {category} {period} record {key}; its held batches have {}",
+                describe(indexed),
+                describe(Some(*version))
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// The first key whose current version differs between `a` and `b`, with each side's.
 fn first_difference(
