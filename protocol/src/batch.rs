@@ -696,8 +696,9 @@ impl EncodedRecords {
 /// A key's first 16 bytes as a number (zeros after a shorter key's end): two keys whose
 /// prefixes differ are in the order of their prefixes. (Where they first differ, either both
 /// have a byte there, or the shorter one ended before it with only zeros after in the
-/// longer, of which it is then a prefix, and so the smaller.)
-fn key_prefix(key: &[u8]) -> u128 {
+/// longer, of which it is then a prefix, and so the smaller.) For sorting many byte strings
+/// by integers, comparing the whole strings only where these are equal.
+pub fn key_prefix(key: &[u8]) -> u128 {
     let mut bytes = [0u8; 16];
     let n = key.len().min(16);
     bytes[..n].copy_from_slice(&key[..n]);

@@ -85,6 +85,11 @@ fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, StoreError> {
 /// aggregate), text.
 fn index_key(out: &mut Vec<u8>, kind: u8, rule: Option<u16>, text: &str) {
     out.clear();
+    push_index_key(out, kind, rule, text);
+}
+
+/// [`index_key`], appended to what `out` holds.
+fn push_index_key(out: &mut Vec<u8>, kind: u8, rule: Option<u16>, text: &str) {
     out.push(kind);
     if let Some(rule) = rule {
         out.extend(rule.to_be_bytes());

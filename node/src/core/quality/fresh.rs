@@ -15,20 +15,12 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use protocol::audit::{self, ContributionRef, Histogram, Version, View};
+use protocol::batch::key_prefix;
 use protocol::ids::{BatchId, NodeId};
 use protocol::{Batch, RecordKey, Schema};
 
-use super::{Assessed, Names, decode, encode_into, index_key};
+use super::{Assessed, Names, decode, encode_into, index_key, push_index_key};
 use crate::store::{FastMap, IndexWrites, Kv, Store, StoreError, period_prefix};
-
-/// The first 16 bytes of `text` as a big-endian number (zeros past its end): texts in this
-/// order are in byte order where the numbers differ.
-fn text_prefix(text: &str) -> u128 {
-    let mut first = [0u8; 16];
-    let n = text.len().min(16);
-    first[..n].copy_from_slice(&text.as_bytes()[..n]);
-    u128::from_be_bytes(first)
-}
 
 /// Index keys one after another in one buffer, for one read of the index.
 #[derive(Default)]
@@ -38,14 +30,9 @@ struct Keys {
 }
 
 impl Keys {
-    /// Adds the index key of kind `kind`, rule `rule` (an aggregate's) and text `text`: as
-    /// `super::index_key` makes it.
+    /// Adds the index key of kind `kind`, rule `rule` (an aggregate's) and text `text`.
     fn push(&mut self, kind: u8, rule: Option<u16>, text: &str) {
-        self.bytes.push(kind);
-        if let Some(rule) = rule {
-            self.bytes.extend(rule.to_be_bytes());
-        }
-        self.bytes.extend(text.as_bytes());
+        push_index_key(&mut self.bytes, kind, rule, text);
         self.ends.push(self.bytes.len());
     }
 
@@ -239,7 +226,7 @@ pub(super) fn assess<K: Kv>(
     let mut names_order: Vec<(u16, u128, usize)> = names
         .iter()
         .enumerate()
-        .map(|(at, n)| (n.rule, text_prefix(n.code), at))
+        .map(|(at, n)| (n.rule, key_prefix(n.code.as_bytes()), at))
         .collect();
     names_order.sort_unstable_by(|a, b| {
         (a.0, a.1)
