@@ -278,7 +278,7 @@ impl Templates {
                 let mut record = templates[i % templates.len()].clone();
                 let account = format!("{origin}-{:07}", first + i);
                 record.key = RecordKey(format!("{account}|{period_text}"));
-                record.values[at] = Value::Text(account);
+                record.values[at] = Value::Text(account.into());
                 record
             })
             .collect();

@@ -137,7 +137,7 @@ fn correction(original: &SignedBatch, key: &NodeKey) -> SignedBatch {
         Value::Text(text) => format!("{text}（更正）"),
         _ => "更正后名称".to_owned(),
     };
-    first.values[name] = Value::Text(corrected);
+    first.values[name] = Value::Text(corrected.into());
     let batch = Batch::new(batch.header, batch.records).expect("the correction is a valid batch");
     SignedBatch::seal(&batch, key).expect("the correction seals")
 }

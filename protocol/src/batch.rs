@@ -304,7 +304,7 @@ impl RecordReader<'_> {
     }
 
     fn record(&mut self) -> Result<Record, DecodeError> {
-        let key = RecordKey(self.text()?);
+        let key = RecordKey(self.text()?.to_owned());
         let subject = match self.varint()? {
             0 => {
                 let code: [u8; 18] = self.array()?;
@@ -321,9 +321,9 @@ impl RecordReader<'_> {
         for _ in 0..count {
             values.push(match self.varint()? {
                 0 => Value::Absent,
-                1 => Value::Text(self.text()?),
+                1 => Value::Text(crate::Text::from(self.text()?)),
                 2 => Value::Token {
-                    masked: self.text()?,
+                    masked: crate::Text::from(self.text()?),
                     token: PersonToken(self.array()?),
                 },
                 other => return Err(unknown_variant("Value", other)),
@@ -387,12 +387,11 @@ impl RecordReader<'_> {
             .map_err(|_| DecodeError::Malformed(format!("length {n} at byte {at} is too large")))
     }
 
-    fn text(&mut self) -> Result<String, DecodeError> {
+    fn text(&mut self) -> Result<&str, DecodeError> {
         let n = self.len()?;
         let at = self.at;
         let bytes = self.take(n)?;
         std::str::from_utf8(bytes)
-            .map(str::to_owned)
             .map_err(|e| DecodeError::Malformed(format!("text at byte {at} is not UTF-8: {e}")))
     }
 }
@@ -1075,6 +1074,47 @@ mod tests {
     }
 
     /// A batch of one record per text length, each holding a text that long.
+    /// Texts (held inline up to 24 bytes, on the heap beyond) around a person token, a length
+    /// above 127 and multi-byte characters decode as they were encoded; a text that is not
+    /// UTF-8 is named by where it starts, and it is the fault reported when the record
+    /// breaks after it too.
+    #[test]
+    fn texts_decode_as_encoded_and_the_first_fault_in_the_bytes_is_reported() {
+        let mut batch = batch_of_texts(&[3, 200]);
+        for record in &mut batch.records {
+            record.values.extend([
+                Value::Text("揭阳市榕城区".into()),
+                Value::Text("é".repeat(70).into()),
+                Value::Text("TAIL".into()),
+            ]);
+        }
+        let bytes = batch.encode().unwrap();
+        assert_eq!(Batch::decode(&bytes).unwrap(), batch);
+        let find = |needle: &[u8]| {
+            bytes
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap()
+        };
+        let key = find(b"K0000");
+        let name = find("揭阳市榕城区".as_bytes());
+        let tail = find(b"TAIL");
+        let fault = |changes: &[(usize, u8)]| {
+            let mut changed = bytes.clone();
+            for &(at, byte) in changes {
+                changed[at] = byte;
+            }
+            Batch::decode(&changed).unwrap_err().to_string()
+        };
+        let not_utf8 = |at: usize| format!("text at byte {at} is not UTF-8");
+        assert!(fault(&[(name + 1, 0xFF)]).contains(&not_utf8(name)));
+        assert!(fault(&[(tail + 1, 0xC3)]).contains(&not_utf8(tail)));
+        // The last value's variant tag made unknown: reported alone, and after a bad key.
+        assert!(fault(&[(tail - 2, 9)]).contains("unknown Value variant 9"));
+        let both = fault(&[(key + 1, 0xFF), (tail - 2, 9)]);
+        assert!(both.contains(&not_utf8(key)), "{both}");
+    }
+
     fn batch_of_texts(lengths: &[usize]) -> Batch {
         let header = BatchHeader {
             format: BATCH_FORMAT,
@@ -1092,10 +1132,10 @@ mod tests {
                 key: RecordKey(format!("K{i:04}")),
                 subject: Subject::Person(PersonToken([i as u8; 16])),
                 values: vec![
-                    Value::Text("x".repeat(len)),
+                    Value::Text("x".repeat(len).into()),
                     Value::Absent,
                     Value::Token {
-                        masked: "110105***********X".to_owned(),
+                        masked: "110105***********X".into(),
                         token: PersonToken([7; 16]),
                     },
                 ],

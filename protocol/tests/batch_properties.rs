@@ -25,9 +25,9 @@ fn header(withdrawals: Vec<Withdrawal>) -> BatchHeader {
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![
         Just(Value::Absent),
-        ".{0,12}".prop_map(Value::Text),
+        ".{0,12}".prop_map(|text| Value::Text(text.into())),
         (".{0,8}", any::<[u8; 16]>()).prop_map(|(masked, t)| Value::Token {
-            masked,
+            masked: masked.into(),
             token: PersonToken(t)
         }),
     ]
@@ -74,9 +74,9 @@ fn key() -> NodeKey {
 fn records_with_long_texts() -> impl Strategy<Value = Vec<Record>> {
     let value = prop_oneof![
         3 => value(),
-        1 => "[a-z]{245,300}".prop_map(Value::Text),
+        1 => "[a-z]{245,300}".prop_map(|text| Value::Text(text.into())),
         1 => ("[a-z]{245,300}", any::<[u8; 16]>()).prop_map(|(masked, t)| Value::Token {
-            masked,
+            masked: masked.into(),
             token: PersonToken(t)
         }),
     ];
@@ -379,7 +379,7 @@ fn the_counted_length_is_the_encoded_length_for_many_records() {
         .map(|n| Record {
             key: RecordKey(format!("k{n:04}")),
             subject: Subject::Organization(Uscc::parse("914403001922038216").unwrap()),
-            values: vec![Value::Text("x".repeat(n)), Value::Absent],
+            values: vec![Value::Text("x".repeat(n).into()), Value::Absent],
         })
         .collect();
     let batch = Batch::new(header(vec![]), records).unwrap();
@@ -409,7 +409,7 @@ fn encoded_records_with_a_duplicate_key_or_none_are_refused_as_batches_are() {
     let record = |key: &str| Record {
         key: RecordKey(key.to_owned()),
         subject: Subject::Person(PersonToken([1; 16])),
-        values: vec![Value::Text("x".to_owned())],
+        values: vec![Value::Text("x".into())],
     };
     // Out of order, and in order (where sealing skips the sort).
     for keys in [["b", "a", "b"], ["a", "b", "b"]] {

@@ -802,7 +802,7 @@ mod tests {
             ]
         };
         for (field, value) in cells {
-            values[schema.field_index(field).unwrap()] = Value::Text(value);
+            values[schema.field_index(field).unwrap()] = Value::Text(value.into());
         }
         Record {
             key: RecordKey(format!("K{key:04}")),

@@ -275,7 +275,7 @@ pub fn correction(versions: &[(BatchId, Batch)], pick: u64) -> Option<Batch> {
         let Some(new) = changed_amount(text, above.as_deref(), &mut rng) else {
             continue;
         };
-        record.values[field] = Value::Text(new);
+        record.values[field] = Value::Text(new.into());
         records.push(record);
     }
     if records.is_empty() {

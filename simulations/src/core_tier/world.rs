@@ -2570,7 +2570,9 @@ fn tamper(signed: SignedBatch) -> SignedBatch {
             let protocol::Value::Text(text) = &mut changed.records[r].values[v] else {
                 unreachable!("matched above");
             };
-            text.replace_range(i..i + 1, if c == '1' { "2" } else { "1" });
+            let mut edited = String::from(text.as_str());
+            edited.replace_range(i..i + 1, if c == '1' { "2" } else { "1" });
+            *text = edited.into();
             let Ok(bytes) = changed.encode() else {
                 continue;
             };
@@ -2649,7 +2651,7 @@ fn denormalize_one(schema: &protocol::Schema, record: &mut protocol::Record) -> 
         if let protocol::Value::Text(text) = &mut record.values[i]
             && let Some(other) = other_form(&field.kind, text)
         {
-            *text = other;
+            *text = other.into();
             return true;
         }
     }
