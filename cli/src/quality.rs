@@ -190,7 +190,7 @@ pub fn correct(
             report.rejected.len()
         );
     }
-    let keys: Vec<String> = records.iter().map(|r| r.key.0.to_string()).collect();
+    let keys: Vec<String> = records.iter().map(|r| r.key.0.clone()).collect();
     let found = holders(dir, &args.category, Some(args.period), &keys)?;
     let never: Vec<&str> = keys
         .iter()
@@ -212,7 +212,7 @@ pub fn correct(
     // go through the version it replaces).
     let mut groups: BTreeMap<BatchId, (Vec<Record>, Vec<Withdrawal>)> = BTreeMap::new();
     for record in records {
-        let holder = &found[record.key.0.as_str()];
+        let holder = &found[&record.key.0];
         groups.entry(holder.batch).or_default().0.push(record);
     }
     if let Some(whole) = whole {
@@ -241,7 +241,7 @@ pub fn correct(
             let key = key.as_str().unwrap_or_default();
             if !in_file.contains(key) {
                 groups.entry(id).or_default().1.push(Withdrawal {
-                    key: RecordKey::from(key.to_owned()),
+                    key: RecordKey(key.to_owned()),
                     reason: WithdrawalReason::Error,
                 });
             }
@@ -337,7 +337,7 @@ pub fn withdraw(out: &mut impl Write, args: WithdrawArgs<'_>, json: bool) -> any
                 .entry((holder.period, holder.batch))
                 .or_default()
                 .push(Withdrawal {
-                    key: RecordKey::from(key.clone()),
+                    key: RecordKey(key.clone()),
                     reason: reason.clone(),
                 }),
         }

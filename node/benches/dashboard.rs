@@ -430,7 +430,7 @@ impl Maker<'_> {
         let records: Vec<Record> = (0..records)
             .map(|i| {
                 let mut record = template[i % template.len()].clone();
-                record.key = RecordKey::from(format!("{reporter}-{period}-{serial}-{i}"));
+                record.key = RecordKey(format!("{reporter}-{period}-{serial}-{i}"));
                 record
             })
             .collect();

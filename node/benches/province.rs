@@ -277,7 +277,7 @@ impl Templates {
             .map(|i| {
                 let mut record = templates[i % templates.len()].clone();
                 let account = format!("{origin}-{:07}", first + i);
-                record.key = RecordKey::from(format!("{account}|{period_text}"));
+                record.key = RecordKey(format!("{account}|{period_text}"));
                 record.values[at] = Value::Text(account.into());
                 record
             })

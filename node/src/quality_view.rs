@@ -337,7 +337,7 @@ pub fn records_json<K: Kv>(
         let held = store.data_batches(origin, period, category)?;
         let refs: Vec<(BatchId, &Batch)> = held.iter().map(|(id, b)| (*id, b)).collect();
         for (record_key, version) in audit::current(&refs) {
-            if key.is_some_and(|k| record_key.0 != k) {
+            if key.is_some_and(|k| k != record_key.0) {
                 continue;
             }
             let received = store.meta(&version.batch)?.map(|m| m.received_at_ms);
@@ -461,7 +461,7 @@ pub fn current_holders<K: Kv>(
                 continue;
             }
             found.insert(
-                key.0.to_string(),
+                key.0.clone(),
                 json!({
                     "period": period.to_string(),
                     "batch": version.batch.to_hex(),

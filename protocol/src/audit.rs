@@ -866,7 +866,7 @@ mod tests {
             values[schema.field_index(field).unwrap()] = Value::Text(value.into());
         }
         Record {
-            key: RecordKey::from(format!("{account}|2022-05")),
+            key: RecordKey(format!("{account}|2022-05")),
             subject: Subject::Organization(crate::Uscc::parse("91445281MA4UM1GX0E").unwrap()),
             values,
         }
@@ -910,7 +910,7 @@ mod tests {
     fn rules(findings: &[Finding]) -> Vec<(String, &'static str)> {
         findings
             .iter()
-            .map(|f| (f.key.0.to_string(), f.problem.rule.as_str()))
+            .map(|f| (f.key.0.clone(), f.problem.rule.as_str()))
             .collect()
     }
 

@@ -304,7 +304,7 @@ impl RecordReader<'_> {
     }
 
     fn record(&mut self) -> Result<Record, DecodeError> {
-        let key = RecordKey::from(self.text()?);
+        let key = RecordKey(self.text()?.to_owned());
         let subject = match self.varint()? {
             0 => {
                 let code: [u8; 18] = self.array()?;
@@ -650,7 +650,7 @@ impl EncodedRecords {
                 .windows(2)
                 .find(|w| w[0].0 == w[1].0 && key(&w[0].1) == key(&w[1].1))
             {
-                return Err(BuildError::DuplicateKey(RecordKey::from(
+                return Err(BuildError::DuplicateKey(RecordKey(
                     String::from_utf8_lossy(key(&pair[0].1)).into_owned(),
                 )));
             }
@@ -1129,7 +1129,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &len)| Record {
-                key: RecordKey::from(format!("K{i:04}")),
+                key: RecordKey(format!("K{i:04}")),
                 subject: Subject::Person(PersonToken([i as u8; 16])),
                 values: vec![
                     Value::Text("x".repeat(len).into()),

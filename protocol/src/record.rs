@@ -30,13 +30,7 @@ pub const VALUE_BYTES_MAX: usize = 16 * 1024;
 /// The key of a record, unique within its category and period (a penalty decision number;
 /// an account number and billing month for a fee).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
-pub struct RecordKey(pub Text);
-
-impl<T: Into<Text>> From<T> for RecordKey {
-    fn from(key: T) -> RecordKey {
-        RecordKey(key.into())
-    }
-}
+pub struct RecordKey(pub String);
 
 impl fmt::Display for RecordKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -410,7 +404,7 @@ impl Schema {
         let (subject, warnings) = self.stage(raw, &texts, key, &mut values, &mut record_key)?;
         Ok(Validated {
             record: Record {
-                key: RecordKey::from(record_key),
+                key: RecordKey(record_key),
                 subject,
                 values: values.into_iter().map(Staged::into_value).collect(),
             },
@@ -649,7 +643,7 @@ impl Schema {
         if problems.is_empty() {
             let mut key = String::new();
             match self.identify(|i| record.values[i].view(), &mut key) {
-                Ok(subject) if subject == record.subject && record.key.0 == key => {}
+                Ok(subject) if subject == record.subject && key == record.key.0 => {}
                 Ok(_) => problems.push(record_problem(
                     Rule::Key,
                     "subject or record key does not match the record's values".to_owned(),

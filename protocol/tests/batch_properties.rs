@@ -52,7 +52,7 @@ fn records_of(
         .prop_map(|m| {
             m.into_iter()
                 .map(|(key, (subject, values))| Record {
-                    key: RecordKey::from(key),
+                    key: RecordKey(key),
                     subject,
                     values,
                 })
@@ -377,7 +377,7 @@ fn non_minimal_varint_is_refused() {
 fn the_counted_length_is_the_encoded_length_for_many_records() {
     let records = (0..300)
         .map(|n| Record {
-            key: RecordKey::from(format!("k{n:04}")),
+            key: RecordKey(format!("k{n:04}")),
             subject: Subject::Organization(Uscc::parse("914403001922038216").unwrap()),
             values: vec![Value::Text("x".repeat(n).into()), Value::Absent],
         })
@@ -407,7 +407,7 @@ fn trailing_bytes_are_refused() {
 #[test]
 fn encoded_records_with_a_duplicate_key_or_none_are_refused_as_batches_are() {
     let record = |key: &str| Record {
-        key: RecordKey::from(key.to_owned()),
+        key: RecordKey(key.to_owned()),
         subject: Subject::Person(PersonToken([1; 16])),
         values: vec![Value::Text("x".into())],
     };

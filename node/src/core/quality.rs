@@ -805,7 +805,7 @@ mod tests {
             values[schema.field_index(field).unwrap()] = Value::Text(value.into());
         }
         Record {
-            key: RecordKey::from(format!("K{key:04}")),
+            key: RecordKey(format!("K{key:04}")),
             subject: Subject::Organization(protocol::Uscc::parse(codes[0]).unwrap()),
             values,
         }
@@ -835,7 +835,7 @@ mod tests {
             for key in keys {
                 if supersedes.is_some() && rng.below(4) == 0 {
                     withdrawals.push(Withdrawal {
-                        key: RecordKey::from(format!("K{key:04}")),
+                        key: RecordKey(format!("K{key:04}")),
                         reason: WithdrawalReason::Error,
                     });
                 } else {

@@ -2148,13 +2148,7 @@ fn open_items(store: &Store<MemKv>) -> Vec<(String, String, &'static str)> {
         .feedback(None)
         .map(Result::unwrap)
         .filter(|item| item.closed.is_none())
-        .map(|item| {
-            (
-                item.key.0.into(),
-                item.problem.field,
-                item.problem.rule.as_str(),
-            )
-        })
+        .map(|item| (item.key.0, item.problem.field, item.problem.rule.as_str()))
         .collect()
 }
 
@@ -2185,7 +2179,7 @@ fn an_audit_finding_reaches_the_origin_and_a_correction_closes_it() {
         (&mut city, &city_kv, down),
         3,
     );
-    let expected = vec![(keys[0].to_string(), "paid_amount".to_owned(), "not_greater")];
+    let expected = vec![(keys[0].clone(), "paid_amount".to_owned(), "not_greater")];
     assert_eq!(
         open_items(county.store()),
         expected,

@@ -1934,7 +1934,7 @@ mod tests {
     #[test]
     fn a_batch_closes_the_items_of_its_own_keys_whichever_way_they_are_read() {
         let finding = |key: &str| Finding {
-            key: RecordKey::from(key.to_owned()),
+            key: RecordKey(key.to_owned()),
             problem: Problem {
                 field: "billed_amount".into(),
                 label: "应缴金额".into(),
@@ -1975,7 +1975,7 @@ mod tests {
             second.batch = BatchId::of(b"the correction");
             second.current = keys
                 .iter()
-                .map(|(k, withdrawn)| (RecordKey::from((*k).to_owned()), *withdrawn))
+                .map(|(k, withdrawn)| (RecordKey((*k).to_owned()), *withdrawn))
                 .collect();
             // The correction still has K2's and K3's problem (K3 is withdrawn).
             second.findings = vec![finding("K2"), finding("K3")];
@@ -1984,7 +1984,7 @@ mod tests {
             let still_open: BTreeSet<(String, String)> = items
                 .iter()
                 .filter(|item| item.closed.is_none() && item.batch == BatchId::of(b"batch"))
-                .map(|item| (item.period.to_string(), item.key.0.to_string()))
+                .map(|item| (item.period.to_string(), item.key.0.clone()))
                 .collect();
             let mut expected: BTreeSet<(String, String)> = open
                 .iter()

@@ -2728,7 +2728,7 @@ mod tests {
             .expect("written");
         let message = world.check_current_versions().expect_err("an open item");
         assert!(
-            message.contains("feedback") && message.contains(key.0.as_str()),
+            message.contains("feedback") && message.contains(&key.0),
             "{message}"
         );
         // Closed by the withdrawal, as the core does: the check passes again.
@@ -2757,7 +2757,7 @@ mod tests {
             .expect_err("a missing correction");
         assert!(
             message.contains("disagree")
-                && message.contains(key.0.as_str())
+                && message.contains(&key.0)
                 && message.contains(&correction.short())
                 && message.contains("seed 1"),
             "{message}"
