@@ -1073,7 +1073,6 @@ mod tests {
         }
     }
 
-    /// A batch of one record per text length, each holding a text that long.
     /// Texts (held inline up to 24 bytes, on the heap beyond) around a person token, a length
     /// above 127 and multi-byte characters decode as they were encoded; a text that is not
     /// UTF-8 is named by where it starts, and it is the fault reported when the record
@@ -1115,6 +1114,7 @@ mod tests {
         assert!(both.contains(&not_utf8(key)), "{both}");
     }
 
+    /// A batch of one record per text length, each holding a text that long.
     fn batch_of_texts(lengths: &[usize]) -> Batch {
         let header = BatchHeader {
             format: BATCH_FORMAT,

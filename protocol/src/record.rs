@@ -72,11 +72,6 @@ pub enum Value {
 pub struct Text(compact_str::CompactString);
 
 impl Text {
-    /// `bytes` as text, if they are UTF-8.
-    pub fn from_utf8(bytes: &[u8]) -> Result<Text, std::str::Utf8Error> {
-        std::str::from_utf8(bytes).map(Text::from)
-    }
-
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }
