@@ -215,6 +215,9 @@ pub struct Stats {
     pub versions_checked: u64,
     /// Feedback items (audit findings) at all nodes after healing: open, closed.
     pub feedback_items: [u64; 2],
+    /// Findings on one record alone (`not_greater`) that the reference audit makes on the
+    /// current versions a node holds, each matched to an open item of that node.
+    pub per_record_findings: u64,
     pub converged_after_ms: Option<u64>,
     pub virtual_ms: u64,
 }
@@ -2162,9 +2165,12 @@ impl World {
         }
         let mut checked = 0u64;
         let mut items = [0u64; 2];
+        let mut per_record = 0u64;
         for (n, node) in self.nodes.iter().enumerate() {
             let me = node.id;
             let mut groups = data_groups(&stores[n], me, false)?;
+            let mut open = open_per_record_items(&stores[n], me)?;
+            groups.extend(open.keys().filter(|group| group.0 != me).cloned());
             groups.extend(
                 reference
                     .keys()
@@ -2189,6 +2195,9 @@ impl World {
                 checked += versions.len() as u64;
                 index_agrees(&stores[n], me, &group, &versions)
                     .map_err(|e| format!("record index (seed {seed}): {e}"))?;
+                let open = open.remove(&group).unwrap_or_default();
+                per_record += per_record_findings_agree(&stores[n], me, &group, &open)
+                    .map_err(|e| format!("feedback (seed {seed}): {e}"))?;
                 here.insert(group, versions);
             }
             // The origin's own index (its submissions, the parent's findings on them).
@@ -2223,6 +2232,7 @@ impl World {
         }
         self.stats.versions_checked += checked;
         self.stats.feedback_items = items;
+        self.stats.per_record_findings = per_record;
         Ok(())
     }
 
@@ -2296,6 +2306,75 @@ fn index_agrees(
         }
     }
     Ok(())
+}
+
+/// The one audit rule that reads a record alone (`not_greater`): what it finds on a record
+/// does not depend on what else had arrived when the record was audited.
+const PER_RECORD_RULE: protocol::record::Rule = protocol::record::Rule::NotGreater;
+
+/// `me`'s open items of its own findings (as a receiver) under [`PER_RECORD_RULE`], by group:
+/// each record key and field.
+fn open_per_record_items(
+    store: &Store<MemKv>,
+    me: NodeId,
+) -> Result<BTreeMap<Group, BTreeSet<(protocol::RecordKey, String)>>, String> {
+    let mut open: BTreeMap<Group, BTreeSet<_>> = BTreeMap::new();
+    for item in store.feedback(None) {
+        let item = item.map_err(|e| format!("{me}'s feedback: {e}"))?;
+        if item.closed.is_none() && item.reporter == me && item.problem.rule == PER_RECORD_RULE {
+            open.entry((item.origin, item.category, item.period))
+                .or_default()
+                .insert((item.key, item.problem.field));
+        }
+    }
+    Ok(open)
+}
+
+/// `me`'s open items under [`PER_RECORD_RULE`] on `group` (`open`) are exactly what the
+/// reference audit finds under it on the current versions of the batches `me` holds: an item
+/// opened on every finding, and closed once a later version without it became current. (The
+/// cross-record rules are left out: what they find on a record depends on what had arrived
+/// when it was audited, and the item stays open until the record itself changes.)
+fn per_record_findings_agree(
+    store: &Store<MemKv>,
+    me: NodeId,
+    group: &Group,
+    open: &BTreeSet<(protocol::RecordKey, String)>,
+) -> Result<u64, String> {
+    let (origin, category, period) = group;
+    let Some(schema) = protocol::Registry::builtin().get(category) else {
+        return Ok(0);
+    };
+    let held = store
+        .data_batches(*origin, *period, category)
+        .map_err(|e| format!("the data batches of {origin} {category} {period}: {e}"))?;
+    let all: Vec<(BatchId, &Batch)> = held.iter().map(|(id, batch)| (*id, batch)).collect();
+    let mut expected = BTreeSet::new();
+    for (id, batch) in &all {
+        for finding in protocol::audit::audit(schema, *id, batch, &all) {
+            if finding.problem.rule == PER_RECORD_RULE {
+                expected.insert((finding.key, finding.problem.field));
+            }
+        }
+    }
+    let describe = |(key, field): &(protocol::RecordKey, String)| {
+        format!("{origin} {category} {period} record {key} field {field}")
+    };
+    if let Some(missing) = expected.difference(open).next() {
+        return Err(format!(
+            "{me} has no open item for its {} finding on {}, the current version's",
+            PER_RECORD_RULE.as_str(),
+            describe(missing)
+        ));
+    }
+    if let Some(extra) = open.difference(&expected).next() {
+        return Err(format!(
+            "{me} keeps an item of its {} finding open on {}, which the current version does not have",
+            PER_RECORD_RULE.as_str(),
+            describe(extra)
+        ));
+    }
+    Ok(expected.len() as u64)
 }
 
 /// The first key whose current version differs between `a` and `b`, with each side's.
@@ -2667,8 +2746,10 @@ mod tests {
     use super::*;
 
     /// The agreement check is not vacuous: after a clean run it passes, and it fails when a
-    /// node keeps a feedback item open on a withdrawn record, or when one level lacks a
-    /// correction the origin made (as a level that never received it would).
+    /// node keeps a feedback item open on a withdrawn record, when it lacks the open item of a
+    /// `not_greater` finding its current version has or keeps one open that it has not, or
+    /// when one level lacks a correction the origin made (as a level that never received it
+    /// would).
     #[test]
     fn a_level_without_a_correction_or_an_item_open_on_a_withdrawn_record_is_caught() {
         let plan = super::super::plan("jieyang-year", 1).expect("a known scenario");
@@ -2736,6 +2817,80 @@ mod tests {
             .apply_quality(&update(Vec::new(), vec![(key, true)]), 0)
             .expect("written");
         world.check_current_versions().expect("the item is closed");
+
+        // The national platform's own `not_greater` items (a finding on one record alone):
+        // one closed that the current version still has, then one open that it does not.
+        let item = store
+            .feedback(None)
+            .map(|item| item.expect("readable"))
+            .find(|item| {
+                item.closed.is_none()
+                    && item.reporter == NodeId::NATIONAL
+                    && item.problem.rule == Rule::NotGreater
+            })
+            .expect("seed 1 has a not_greater finding at the national platform");
+        let in_group =
+            |findings: Vec<Finding>, current: Vec<(protocol::RecordKey, bool)>| QualityUpdate {
+                origin: item.origin,
+                category: item.category.clone(),
+                period: item.period,
+                batch: item.batch,
+                reporter: NodeId::NATIONAL,
+                current,
+                findings,
+                index: node::store::IndexWrites::default(),
+                index_run: 1,
+            };
+        let found = Finding {
+            key: item.key.clone(),
+            problem: item.problem.clone(),
+        };
+        store
+            .apply_quality(&in_group(Vec::new(), vec![(item.key.clone(), false)]), 0)
+            .expect("written");
+        let message = world
+            .check_current_versions()
+            .expect_err("a finding without its item");
+        assert!(
+            message.contains("has no open item") && message.contains(&item.key.0),
+            "{message}"
+        );
+        store
+            .apply_quality(&in_group(vec![found], Vec::new()), 0)
+            .expect("written");
+        world.check_current_versions().expect("open again");
+        let versions = versions_at(&store, &(item.origin, item.category.clone(), item.period))
+            .expect("readable");
+        let with_items: BTreeSet<protocol::RecordKey> = store
+            .feedback(None)
+            .map(|other| other.expect("readable"))
+            .filter(|other| other.closed.is_none() && other.problem.rule == Rule::NotGreater)
+            .map(|other| other.key)
+            .collect();
+        let clean = versions
+            .iter()
+            .find(|(key, (_, withdrawn))| !with_items.contains(*key) && !withdrawn)
+            .map(|(key, _)| key.clone())
+            .expect("a current record without the finding");
+        let planted = Finding {
+            key: clean.clone(),
+            problem: item.problem.clone(),
+        };
+        store
+            .apply_quality(&in_group(vec![planted], Vec::new()), 0)
+            .expect("written");
+        let message = world
+            .check_current_versions()
+            .expect_err("an item without its finding");
+        assert!(
+            message.contains("keeps an item of its not_greater finding open")
+                && message.contains(&clean.0),
+            "{message}"
+        );
+        store
+            .apply_quality(&in_group(Vec::new(), vec![(clean, false)]), 0)
+            .expect("written");
+        world.check_current_versions().expect("closed again");
 
         // The national platform loses a correction that is a record's current version. The
         // check names the first key in key order whose current version the correction was:
