@@ -2181,7 +2181,8 @@ impl World {
             );
             let mut here: BTreeMap<Group, Versions> = BTreeMap::new();
             for group in groups {
-                let versions = versions_at(&stores[n], &group)?;
+                let held = held_at(&stores[n], &group)?;
+                let versions = versions_of(&held);
                 let empty = Versions::new();
                 let origin = reference.get(&group).unwrap_or(&empty);
                 if let Some((key, mine, theirs)) = first_difference(&versions, origin) {
@@ -2196,7 +2197,7 @@ impl World {
                 index_agrees(&stores[n], me, &group, &versions)
                     .map_err(|e| format!("record index (seed {seed}): {e}"))?;
                 let open = open.remove(&group).unwrap_or_default();
-                per_record += per_record_findings_agree(&stores[n], me, &group, &open)
+                per_record += per_record_findings_agree(me, &group, &held, &open)
                     .map_err(|e| format!("feedback (seed {seed}): {e}"))?;
                 here.insert(group, versions);
             }
@@ -2264,18 +2265,27 @@ type Versions = BTreeMap<protocol::RecordKey, Version>;
 
 /// The current versions of `group` read from `store`.
 fn versions_at(store: &Store<MemKv>, group: &Group) -> Result<Versions, String> {
+    Ok(versions_of(&held_at(store, group)?))
+}
+
+/// The data batches of `group` that `store` holds.
+fn held_at(store: &Store<MemKv>, group: &Group) -> Result<Vec<(BatchId, Batch)>, String> {
     let (origin, category, period) = group;
-    let held = store
+    store
         .data_batches(*origin, *period, category)
-        .map_err(|e| format!("the data batches of {origin} {category} {period}: {e}"))?;
+        .map_err(|e| format!("the data batches of {origin} {category} {period}: {e}"))
+}
+
+/// The current versions of the records of `held`, a group's batches.
+fn versions_of(held: &[(BatchId, Batch)]) -> Versions {
     let all: Vec<(BatchId, &Batch)> = held.iter().map(|(id, batch)| (*id, batch)).collect();
-    Ok(protocol::audit::current(&all)
+    protocol::audit::current(&all)
         .into_iter()
         .map(|(key, version)| {
             let withdrawn = matches!(version.state, protocol::audit::State::Withdrawn(_));
             (key.clone(), (version.batch, withdrawn))
         })
-        .collect())
+        .collect()
 }
 
 /// One record's current version: the batch holding it, and whether it withdraws it.
@@ -2331,23 +2341,21 @@ fn open_per_record_items(
 }
 
 /// `me`'s open items under [`PER_RECORD_RULE`] on `group` (`open`) are exactly what the
-/// reference audit finds under it on the current versions of the batches `me` holds: an item
+/// reference audit finds under it on the current versions of `held`, the batches `me` holds
+/// of the group: an item
 /// opened on every finding, and closed once a later version without it became current. (The
 /// cross-record rules are left out: what they find on a record depends on what had arrived
 /// when it was audited, and the item stays open until the record itself changes.)
 fn per_record_findings_agree(
-    store: &Store<MemKv>,
     me: NodeId,
     group: &Group,
+    held: &[(BatchId, Batch)],
     open: &BTreeSet<(protocol::RecordKey, String)>,
 ) -> Result<u64, String> {
     let (origin, category, period) = group;
     let Some(schema) = protocol::Registry::builtin().get(category) else {
         return Ok(0);
     };
-    let held = store
-        .data_batches(*origin, *period, category)
-        .map_err(|e| format!("the data batches of {origin} {category} {period}: {e}"))?;
     let all: Vec<(BatchId, &Batch)> = held.iter().map(|(id, batch)| (*id, batch)).collect();
     let mut expected = BTreeSet::new();
     for (id, batch) in &all {
