@@ -112,8 +112,8 @@ fn mem(kib: Option<u64>) -> String {
 #[derive(Clone, Copy)]
 struct Snapshot {
     at: Instant,
-    /// This process, all threads, user + system, in ticks.
-    process: Option<u64>,
+    /// This process, all threads, in ticks: user, system; and its minor page faults.
+    process: Option<(u64, u64, u64)>,
     /// All CPUs of the machine: (busy, I/O wait, total) ticks.
     machine: Option<(u64, u64, u64)>,
     /// UDP datagrams dropped for a full socket receive buffer, machine-wide.
@@ -134,13 +134,13 @@ impl Snapshot {
     }
 }
 
-fn process_ticks() -> Option<u64> {
+/// This process's user and system ticks and minor page faults, all threads.
+fn process_ticks() -> Option<(u64, u64, u64)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // After the command name: state is field 3; utime is 14 and stime 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    // After the command name: state is field 3; minflt is 10, utime 14 and stime 15.
+    let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
+    Some((field(14)?, field(15)?, field(10)?))
 }
 
 fn machine_ticks() -> Option<(u64, u64, u64)> {
@@ -170,6 +170,10 @@ struct Usage {
     wall: Duration,
     /// CPU in % of one core: this process, other processes, all CPUs waiting on I/O.
     ours: Option<f64>,
+    /// This process's CPU time in user and in system mode, and its minor page faults.
+    user: Option<Duration>,
+    system: Option<Duration>,
+    faults: Option<u64>,
     others: Option<f64>,
     iowait: Option<f64>,
     udp_drops: Option<u64>,
@@ -179,10 +183,15 @@ struct Usage {
 impl Usage {
     fn between(a: Snapshot, b: Snapshot, cpus: usize) -> Usage {
         let wall = b.at - a.at;
-        let ours = b
-            .process
-            .zip(a.process)
-            .map(|(b, a)| 100.0 * (b - a) as f64 / TICKS_PER_S / wall.as_secs_f64());
+        let process = b.process.zip(a.process);
+        let ticks = |t: u64| Duration::from_secs_f64(t as f64 / TICKS_PER_S);
+        let (user, system) = (
+            process.map(|(b, a)| ticks(b.0 - a.0)),
+            process.map(|(b, a)| ticks(b.1 - a.1)),
+        );
+        let ours = user
+            .zip(system)
+            .map(|(user, system)| 100.0 * (user + system).as_secs_f64() / wall.as_secs_f64());
         let machine = b.machine.zip(a.machine).map(|(b, a)| {
             let total = (b.2 - a.2).max(1) as f64;
             let cores = cpus as f64 * 100.0;
@@ -194,6 +203,9 @@ impl Usage {
         Usage {
             wall,
             ours,
+            user,
+            system,
+            faults: process.map(|(b, a)| b.2 - a.2),
             others: machine
                 .zip(ours)
                 .map(|((busy, _), ours)| (busy - ours).max(0.0)),
@@ -399,13 +411,14 @@ async fn raw_transfer(
         sent.expect("send task");
     }
     assert_eq!(bytes, streams * payload.len(), "every byte arrived");
-    let cpu_s_per_mb = after
-        .process
-        .zip(before.process)
-        .map(|(b, a)| (b - a) as f64 / TICKS_PER_S / (bytes as f64 / MB));
+    let usage = Usage::between(before, after, cpus);
+    let cpu_s_per_mb = usage
+        .user
+        .zip(usage.system)
+        .map(|(user, system)| (user + system).as_secs_f64() / (bytes as f64 / MB));
     RawRun {
         bytes,
-        usage: Usage::between(before, after, cpus),
+        usage,
         cpu_s_per_mb,
     }
 }
@@ -1566,6 +1579,19 @@ fn main() {
             ms(offline.indexed.total.saturating_sub(offline.indexed.index)) / data_mb,
             ms(sender) / data_mb,
         );
+        // What the hop took as it ran, beside what its stages and quinn take alone.
+        let usage = &one_hop_run.usage;
+        if let (Some(user), Some(system), Some(faults)) = (usage.user, usage.system, usage.faults) {
+            let ran_ms_per_mb = ms(user + system) / data_mb;
+            let alone_ms_per_mb = hop_ms_per_mb + 1000.0 * quinn_s_per_mb;
+            println!(
+                "CPU of the one hop as it ran: {ran_ms_per_mb:.2} ms a MB (user {:.2}, system {:.2}; {:.0} page faults a MB) against {alone_ms_per_mb:.2} for its stages alone and quinn: {:.2} ms a MB more when they run together (the kernel beyond quinn's share, page faults, threads sharing {cpus} cores)",
+                ms(user) / data_mb,
+                ms(system) / data_mb,
+                faults as f64 / data_mb,
+                ran_ms_per_mb - alone_ms_per_mb,
+            );
+        }
     }
     println!(
         "one hop (county → city, from link up until the city holds all): {} records/s, {hop_rate:.1} MB/s = {:.1} % of raw quinn {raw_rate:.1} MB/s (target >= 60 %)",
