@@ -29,11 +29,14 @@
 //!    what a sender does per batch (`Store::batch`, frame encoding), what a receiver does
 //!    (frame decoding, `verify_incoming` and its parts, `Store::insert_batch`, `Store::sync`),
 //!    durable writes with one fsync per batch against one for all (group commit), and the
-//!    same with the record index and audit a receiving node writes with each batch.
+//!    same with the record index and audit a receiving node writes with each batch. Then
+//!    the one hop's CPU as it ran (user, system, page faults, a MB) beside the sum of its
+//!    stages alone and raw quinn's CPU for the same bytes: what the parts cost together.
 //!
-//! Around each network phase the bench reads this process's CPU time, the machine's (other
-//! processes, I/O wait) from `/proc/stat`, UDP receive-buffer drops from `/proc/net/snmp` and
-//! bytes written from `/proc/self/io`, to tell a CPU-bound run from a starved or waiting one.
+//! Around each network phase the bench reads this process's CPU time (user and system) and
+//! minor page faults, the machine's (other processes, I/O wait) from `/proc/stat`, UDP
+//! receive-buffer drops from `/proc/net/snmp` and bytes written from `/proc/self/io`, to tell
+//! a CPU-bound run from a starved or waiting one.
 //!
 //! A plain `main` (harness = false); arguments cargo passes are ignored. `BENCH_WINDOW` sets
 //! `SyncConfig::window` (default 8). `RUST_LOG` turns on the nodes' logs (stderr).
