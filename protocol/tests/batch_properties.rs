@@ -8,7 +8,7 @@ use protocol::batch::{
 use protocol::ids::{BatchId, Category, NodeId, Period, PersonToken, Uscc};
 use protocol::record::{Record, RecordKey, Subject, Value};
 use protocol::wire::{self, FRAME_BYTES_MAX, Message, Offer, Receipt, Verdict};
-use protocol::{NodeKey, SignedBatch};
+use protocol::{NodeKey, Signature, SignedBatch};
 
 fn header(withdrawals: Vec<Withdrawal>) -> BatchHeader {
     BatchHeader {
@@ -318,6 +318,127 @@ proptest! {
         }
         prop_assert!(rest.is_empty());
         prop_assert_eq!(decoded, messages);
+    }
+}
+
+/// A signed batch's fields with bytes of many lengths: around each wider form of the
+/// length's varint (251 and 65,536 bytes) and short.
+fn signed_batch() -> impl Strategy<Value = SignedBatch> {
+    let length = prop_oneof![
+        4 => 0..300usize,
+        1 => 65_530..65_545usize,
+        1 => Just(250usize),
+        1 => Just(251usize),
+    ];
+    (
+        any::<[u8; 32]>(),
+        any::<[[u8; 32]; 2]>(),
+        length,
+        any::<u8>(),
+    )
+        .prop_map(|(id, [a, b], length, fill)| {
+            let mut signature = [0u8; 64];
+            signature[..32].copy_from_slice(&a);
+            signature[32..].copy_from_slice(&b);
+            SignedBatch {
+                id: BatchId(id),
+                signature: Signature(signature),
+                bytes: (0..length).map(|n| fill.wrapping_add(n as u8)).collect(),
+            }
+        })
+}
+
+/// A forwarded batch's proof of first arrival, or none.
+fn first_receipt() -> impl Strategy<Value = Option<wire::SignedReceipt>> {
+    prop::option::of((any::<u64>(), any::<u32>()).prop_map(|(at, warnings)| {
+        Receipt {
+            receiver: NodeId::parse("445200").unwrap(),
+            batch: BatchId([9; 32]),
+            origin: NodeId::parse("445281").unwrap(),
+            received_at_ms: at,
+            verdict: Verdict::Accepted { warnings },
+        }
+        .sign(&key())
+    }))
+}
+
+fn batch_message(batch: SignedBatch, first_receipt: Option<wire::SignedReceipt>) -> Message {
+    match first_receipt {
+        Some(first_receipt) => Message::Forwarded {
+            batch,
+            first_receipt: Box::new(first_receipt),
+        },
+        None => Message::Batch(batch),
+    }
+}
+
+/// A change to a batch frame's payload.
+#[derive(Debug, Clone)]
+enum Mutation {
+    None,
+    Set(prop::sample::Index, u8),
+    Truncate(prop::sample::Index),
+    Append(u8),
+    /// The batch's length written in a wider varint than it needs.
+    WideLength,
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        2 => Just(Mutation::None),
+        4 => (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
+        1 => any::<prop::sample::Index>().prop_map(Mutation::Truncate),
+        1 => any::<u8>().prop_map(Mutation::Append),
+        1 => Just(Mutation::WideLength),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn a_batch_frame_in_parts_is_the_frame_encoded_whole(
+        batch in signed_batch(), first_receipt in first_receipt()
+    ) {
+        let whole = batch_message(batch.clone(), first_receipt.clone()).encode();
+        let parts = wire::batch_frame_parts(batch, first_receipt);
+        prop_assert_eq!(parts.concat(), whole);
+    }
+
+    #[test]
+    fn a_batch_payload_decodes_in_place_as_decode_payload_decodes_it(
+        batch in signed_batch(), first_receipt in first_receipt(), mutation in mutation()
+    ) {
+        let message = batch_message(batch.clone(), first_receipt);
+        let mut payload = message.encode()[wire::FRAME_HEADER_BYTES..].to_vec();
+        match &mutation {
+            Mutation::None => {}
+            Mutation::Set(at, byte) => {
+                let at = at.index(payload.len());
+                payload[at] = *byte;
+            }
+            Mutation::Truncate(at) => payload.truncate(at.index(payload.len())),
+            Mutation::Append(byte) => payload.push(*byte),
+            Mutation::WideLength => {
+                // The length at its place (after variant, id and signature) as 251 and a
+                // u16, or 252 and a u32: longer than it needs.
+                let length = batch.bytes.len();
+                let (old, new): (usize, Vec<u8>) = if length < 251 {
+                    (1, [vec![251], (length as u16).to_le_bytes().to_vec()].concat())
+                } else {
+                    (3, [vec![252], (length as u32).to_le_bytes().to_vec()].concat())
+                };
+                payload.splice(97..97 + old, new);
+            }
+        }
+        let reference = wire::decode_payload(&payload);
+        if matches!(mutation, Mutation::None | Mutation::Append(_) | Mutation::WideLength) {
+            prop_assert_eq!(reference.is_ok(), matches!(mutation, Mutation::None));
+        }
+        if matches!(mutation, Mutation::None) {
+            prop_assert_eq!(reference.as_ref().ok(), Some(&message));
+        }
+        prop_assert_eq!(wire::decode_batch_payload(payload), reference);
     }
 }
 

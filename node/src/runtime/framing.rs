@@ -58,22 +58,6 @@ pub(super) async fn writer(
     }
 }
 
-/// The frame a batch stream carries: the batch, with the proof of its first arrival when the
-/// sender did not originate it.
-pub(super) fn batch_frame(
-    batch: protocol::SignedBatch,
-    first_receipt: Option<wire::SignedReceipt>,
-) -> Vec<u8> {
-    match first_receipt {
-        Some(first_receipt) => Message::Forwarded {
-            batch,
-            first_receipt: Box::new(first_receipt),
-        },
-        None => Message::Batch(batch),
-    }
-    .encode()
-}
-
 /// No byte of a batch stream for this long (its header, the next bytes of its frame, or its
 /// end after the frame): the stream is stopped and the child offers the batch again.
 pub(super) const BATCH_STALL: Duration = Duration::from_secs(10);
@@ -88,8 +72,9 @@ pub(super) const BATCH_FRAME_DEADLINE: Duration = Duration::from_secs(
     BATCH_STALL.as_secs() + wire::BATCH_FRAME_BYTES_MAX as u64 / BATCH_RATE_MIN_BYTES_PER_S,
 );
 /// What a batch frame of `n` payload bytes is charged while it is read and handled: its
-/// buffer, and the copy of the batch decoded from it (the buffer goes, and half the charge
-/// with it, once decoded).
+/// buffer, and as much again for decoding it. A batch frame is decoded in place (its buffer
+/// becomes the batch's bytes), but anything else a child puts on a batch stream is decoded
+/// into a copy before it is refused; half the charge comes back once the frame is decoded.
 const fn charge(payload_bytes: usize) -> usize {
     2 * payload_bytes
 }
@@ -251,8 +236,8 @@ async fn read_batch_frame(
         Ok(Ok(Some(_))) => return Err(BatchStreamError::NotOneFrame("bytes after the frame")),
         Ok(Ok(None)) => {}
     }
-    let message = wire::decode_payload(&payload);
-    drop(payload);
+    // Decoded in place: a batch's bytes stay in the buffer they were read into.
+    let message = wire::decode_batch_payload(payload);
     charge.release(length);
     match message? {
         Message::Batch(batch) => Ok(ReadBatch {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use protocol::PublicKey;
 use protocol::ids::{BatchId, NodeId};
-use protocol::wire::SignedReceipt;
+use protocol::wire::{self, SignedReceipt};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, error, info_span, warn};
@@ -293,8 +293,11 @@ pub(super) async fn send_batch<K: Kv>(
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("batch {id} is in the outbox but not in the store"))?;
         let mut stream = connection.open_uni().await.map_err(|e| e.to_string())?;
+        // The batch's bytes go to QUIC as read from the store, with the frame's head and
+        // tail beside them: not copied into a frame first.
+        let mut parts = wire::batch_frame_parts(signed, first_receipt).map(bytes::Bytes::from);
         stream
-            .write_all(&framing::batch_frame(signed, first_receipt))
+            .write_all_chunks(&mut parts)
             .await
             .map_err(|e| e.to_string())?;
         stream.finish().map_err(|e| e.to_string())?;
