@@ -324,7 +324,7 @@ const BATCH_LENGTH_AT: usize = 1 + 32 + 64;
 /// everything before the batch's bytes, the bytes themselves (moved, not copied), and what
 /// follows them (a forwarded batch's receipt). A sender hands the three to QUIC as they are:
 /// encoding the frame whole copied each batch's bytes into a new buffer (2.9 MB a batch of
-/// 10,000 records, a tenth of a hop's page faults).
+/// 10,000 records), which quinn then copied again.
 pub fn batch_frame_parts(batch: SignedBatch, first_receipt: Option<SignedReceipt>) -> [Vec<u8>; 3] {
     let config = bincode_config::<BATCH_FRAME_BYTES_MAX>();
     let variant = match first_receipt {
