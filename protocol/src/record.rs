@@ -85,12 +85,6 @@ impl std::ops::Deref for Text {
     }
 }
 
-impl AsRef<str> for Text {
-    fn as_ref(&self) -> &str {
-        self.0.as_str()
-    }
-}
-
 impl std::borrow::Borrow<str> for Text {
     fn borrow(&self) -> &str {
         self.0.as_str()
@@ -116,24 +110,6 @@ impl From<Cow<'_, str>> for Text {
             Cow::Borrowed(text) => Text::from(text),
             Cow::Owned(text) => Text::from(text),
         }
-    }
-}
-
-impl From<Text> for String {
-    fn from(text: Text) -> String {
-        text.0.into_string()
-    }
-}
-
-impl PartialEq<str> for Text {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for Text {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
     }
 }
 

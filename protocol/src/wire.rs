@@ -315,9 +315,11 @@ pub fn decode_payload(payload: &[u8]) -> Result<Message, FrameError> {
 /// [`batch_frame_parts`] to [`Message::encode`]).
 const BATCH_VARIANT: u8 = 3;
 const FORWARDED_VARIANT: u8 = 4;
-/// Where a batch frame's payload holds the length of the batch's bytes: after the variant
-/// (one byte), the id (32) and the signature (64).
-const BATCH_LENGTH_AT: usize = 1 + 32 + 64;
+/// Where a batch frame's payload holds the batch's id, its signature, and the length of its
+/// bytes: after the variant (one byte), the id (32) and the signature (64).
+const BATCH_ID_AT: usize = 1;
+const BATCH_SIGNATURE_AT: usize = BATCH_ID_AT + 32;
+const BATCH_LENGTH_AT: usize = BATCH_SIGNATURE_AT + 64;
 
 /// The frame of `batch` (`Message::Batch`, or `Message::Forwarded` with `first_receipt`) in
 /// three parts whose concatenation is what [`Message::encode`] makes of it: the header and
@@ -357,8 +359,16 @@ pub fn decode_batch_payload(mut payload: Vec<u8>) -> Result<Message, FrameError>
     let Some((range, first_receipt)) = batch_in_payload(&payload) else {
         return decode_payload(&payload);
     };
-    let id = BatchId(payload[1..33].try_into().expect("32 bytes"));
-    let signature = Signature(payload[33..97].try_into().expect("64 bytes"));
+    let id = BatchId(
+        payload[BATCH_ID_AT..BATCH_SIGNATURE_AT]
+            .try_into()
+            .expect("32 bytes"),
+    );
+    let signature = Signature(
+        payload[BATCH_SIGNATURE_AT..BATCH_LENGTH_AT]
+            .try_into()
+            .expect("64 bytes"),
+    );
     let length = range.len();
     payload.copy_within(range, 0);
     payload.truncate(length);
@@ -387,28 +397,27 @@ fn batch_in_payload(payload: &[u8]) -> Option<(std::ops::Range<usize>, Option<Si
     if variant != BATCH_VARIANT && variant != FORWARDED_VARIANT {
         return None;
     }
-    // The length, a varint in its least form (bincode's standard configuration).
-    let (length, start) = match *payload.get(BATCH_LENGTH_AT)? {
-        n @ 0..=250 => (u64::from(n), BATCH_LENGTH_AT + 1),
-        251 => {
-            let n = u16::from_le_bytes(*payload.get(BATCH_LENGTH_AT + 1..)?.first_chunk()?);
-            (u64::from(n), BATCH_LENGTH_AT + 3)
-        }
-        252 => {
-            let n = u32::from_le_bytes(*payload.get(BATCH_LENGTH_AT + 1..)?.first_chunk()?);
-            (u64::from(n), BATCH_LENGTH_AT + 5)
-        }
-        253 => {
-            let n = u64::from_le_bytes(*payload.get(BATCH_LENGTH_AT + 1..)?.first_chunk()?);
-            (n, BATCH_LENGTH_AT + 9)
-        }
+    // The length, a varint in its least form (bincode's standard configuration): its value,
+    // where the bytes start, and the least value its width may hold.
+    let after = payload.get(BATCH_LENGTH_AT + 1..)?;
+    let (length, start, least) = match *payload.get(BATCH_LENGTH_AT)? {
+        n @ 0..=250 => (u64::from(n), BATCH_LENGTH_AT + 1, 0),
+        251 => (
+            u64::from(u16::from_le_bytes(*after.first_chunk()?)),
+            BATCH_LENGTH_AT + 3,
+            251,
+        ),
+        252 => (
+            u64::from(u32::from_le_bytes(*after.first_chunk()?)),
+            BATCH_LENGTH_AT + 5,
+            1 << 16,
+        ),
+        253 => (
+            u64::from_le_bytes(*after.first_chunk()?),
+            BATCH_LENGTH_AT + 9,
+            1 << 32,
+        ),
         _ => return None,
-    };
-    let least = match start - BATCH_LENGTH_AT {
-        1 => 0,
-        3 => 251,
-        5 => 1 << 16,
-        _ => 1 << 32,
     };
     if length < least {
         return None;
