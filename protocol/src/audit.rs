@@ -571,8 +571,19 @@ pub fn audit(
 
 /// [`audit`] against any [`View`] of the origin's current records with `batch` taken in.
 pub fn audit_with(schema: &Schema, id: BatchId, batch: &Batch, view: &dyn View) -> Vec<Finding> {
-    let mine: Vec<&Record> = batch
-        .records
+    audit_records(schema, id, &batch.records, view)
+}
+
+/// [`audit_with`] on some of batch `id`'s records: those of `records` whose current version
+/// is the batch's. A receiving node audits this way a record whose version in an earlier
+/// batch becomes current again when a version between arrives late.
+pub fn audit_records(
+    schema: &Schema,
+    id: BatchId,
+    records: &[Record],
+    view: &dyn View,
+) -> Vec<Finding> {
+    let mine: Vec<&Record> = records
         .iter()
         .filter(|record| view.current_batch(&record.key) == Some(id))
         .collect();

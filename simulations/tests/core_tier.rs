@@ -59,10 +59,12 @@ fn a_sweep_of_jieyang_years_under_faults_is_clean() {
 /// earlier receipt proved nothing, and a receipt from further up the path now does); 515 (the
 /// same city, having taken such a batch back and receipted it anew after its county's key was
 /// retired, lost it again: the county sent that newer receipt rather than the province's
-/// older one, and the city quarantined the batch for good).
+/// older one, and the city quarantined the batch for good); 4209 (a correction chain whose
+/// middle link reached the province last made the latest version current again without its
+/// `not_greater` item, and left the original's `republished` item open).
 #[test]
 fn seeds_that_once_failed_converge() {
-    for seed in [110, 253, 318, 515] {
+    for seed in [110, 253, 318, 515, 4209] {
         let report = run("jieyang-year", seed, None);
         if let Some(v) = &report.violation {
             panic!(

@@ -31,7 +31,7 @@ use protocol::{Batch, RecordKey, Registry, Schema};
 mod fresh;
 
 use crate::store::{
-    FastMap, IndexReader, IndexWrite, IndexWrites, Kv, QualityUpdate, Store, StoreError,
+    FastMap, IndexReader, IndexWrite, IndexWrites, Kv, QualityUpdate, Revived, Store, StoreError,
     period_prefix,
 };
 
@@ -483,7 +483,7 @@ impl Assessed {
         id: BatchId,
         reporter: NodeId,
         current: Vec<(RecordKey, bool)>,
-        findings: Vec<Finding>,
+        (findings, revived): (Vec<Finding>, Vec<Revived>),
         (index_run, index): (u64, IndexWrites),
     ) -> Assessed {
         Assessed {
@@ -495,6 +495,7 @@ impl Assessed {
                 reporter,
                 current,
                 findings: findings.clone(),
+                revived,
                 index_run,
                 index,
             },
@@ -646,6 +647,9 @@ fn assess_general<K: Kv>(
     }
     overlay.read(second)?;
     let mut current = Vec::with_capacity(keys.len());
+    // Keys whose version in another batch became current, and that version's record if it
+    // publishes one (rare: a version between arrived late).
+    let mut revived: Vec<(Revived, Option<protocol::Record>)> = Vec::new();
     for (n, (key, withdrawn)) in keys.into_iter().enumerate() {
         let slot = slot_of[n];
         let entry = &mut overlay.entries[slot].1;
@@ -672,28 +676,51 @@ fn assess_general<K: Kv>(
                 }
                 // A version between arrived late and another version became current: read
                 // that version's record from its batch (rare).
-                (Some(schema), false) => store
-                    .held_data_batch(&winner.batch)?
-                    .and_then(|b| b.records.into_iter().find(|r| &r.key == key))
-                    .map(|r| audit::contributions(schema, &r))
-                    .unwrap_or_default(),
+                (Some(schema), false) => {
+                    let record = store
+                        .held_data_batch(&winner.batch)?
+                        .and_then(|b| b.records.into_iter().find(|r| &r.key == key));
+                    let new = record
+                        .as_ref()
+                        .map(|r| audit::contributions(schema, r))
+                        .unwrap_or_default();
+                    revived.push((revive(key, winner.batch, false), record));
+                    new
+                }
             };
+            if winner.batch != id && winner_withdrawn {
+                // Another batch's withdrawal is current (a correction arriving after the
+                // withdrawal that supersedes it): the record is gone, and so are its items
+                // (found by the simulator at jieyang seed 19).
+                revived.push((revive(key, winner.batch, true), None));
+            }
             overlay.apply(key, &old, -1)?;
             overlay.apply(key, &new, 1)?;
             overlay.entries[slot].1.contributions = new;
         }
         if winner.batch == id {
             current.push((key.clone(), winner_withdrawn));
-        } else if winner_withdrawn && changed {
-            // This batch completed a chain that makes another batch's withdrawal current (a
-            // correction arriving after the withdrawal that supersedes it): the record is
-            // gone, and so are its items (found by the simulator at jieyang seed 19).
-            current.push((key.clone(), true));
         }
     }
     for rule in usual_range {
         overlay.histogram_mut(rule)?;
     }
+    // Another batch's version current again is audited as that batch's, against the period
+    // with this batch taken in: its items are what they would be had the chain arrived in
+    // order (found by the simulator at jieyang-year seed 4209, where a correction chain's
+    // middle link arrived last and the current version's item stayed closed). The origin
+    // keeps only the parent's findings: there only a withdrawal closes items.
+    let audits = matches!(audit, Audit::Receiver);
+    let revived: Vec<Revived> = revived
+        .into_iter()
+        .filter(|(r, _)| audits || r.withdrawn)
+        .map(|(mut r, record)| {
+            if let (Some(schema), Some(record)) = (schema.filter(|_| audits), record) {
+                r.findings = audit::audit_records(schema, r.batch, &[record], &overlay);
+            }
+            r
+        })
+        .collect();
     let findings = match audit {
         Audit::Receiver => schema.map_or_else(Vec::new, |schema| {
             audit::audit_with(schema, id, batch, &overlay)
@@ -726,9 +753,19 @@ fn assess_general<K: Kv>(
         id,
         reporter,
         current,
-        findings,
+        (findings, revived),
         (run, overlay.writes()),
     ))
+}
+
+/// Key `key`'s version in batch `batch` current again, its findings not yet made.
+fn revive(key: &RecordKey, batch: BatchId, withdrawn: bool) -> Revived {
+    Revived {
+        key: key.clone(),
+        batch,
+        withdrawn,
+        findings: Vec::new(),
+    }
 }
 
 #[cfg(test)]

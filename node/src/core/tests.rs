@@ -9,7 +9,7 @@ use protocol::{Ed25519, NodeId, NodeKey, Period, SignedBatch};
 use topology::{LegacyLink, Node as TopologyNode, Role, Topology};
 
 use super::*;
-use crate::store::{AuditEvent, MemKv, Store};
+use crate::store::{AuditEvent, FeedbackItem, MemKv, Store};
 
 fn id(text: &str) -> NodeId {
     NodeId::parse(text).unwrap()
@@ -2255,6 +2255,58 @@ fn an_audit_finding_reaches_the_origin_and_a_correction_closes_it() {
             (keys[2].clone(), original.id, false),
         ]
     );
+}
+
+/// A correction chain whose middle link arrives last (original ← middle ← latest, received
+/// latest, original, middle): once the middle link makes the latest version current again,
+/// the receiver's items are those of the chain received in order — the latest version's
+/// finding open on its batch, the `republished` item the original raised closed (found by
+/// the simulator at jieyang-year seed 4209).
+#[test]
+fn a_correction_chain_arriving_out_of_order_leaves_the_items_of_its_current_version() {
+    let (mut city, kv, link) = city_with_county();
+    let mut key0 = String::new();
+    let original = county_variant(&county_batch(), |batch| {
+        key0 = batch.records[0].key.0.clone();
+        batch.records.truncate(1);
+        set(&mut batch.records[0], "billed_amount", "100");
+        set(&mut batch.records[0], "paid_amount", "100");
+    });
+    let middle = county_variant(&original, |batch| {
+        batch.header.supersedes = Some(original.id);
+        set(&mut batch.records[0], "paid_amount", "90");
+    });
+    let latest = county_variant(&middle, |batch| {
+        batch.header.supersedes = Some(middle.id);
+        set(&mut batch.records[0], "paid_amount", "150");
+    });
+    let not_greater = (key0.clone(), "paid_amount".to_owned(), "not_greater");
+    let mut receive = |batch: &SignedBatch, at: u64| {
+        city.handle_batch(link, batch.clone(), None, now(at))
+            .unwrap();
+        let outputs = make_durable(&mut city, &kv, now(at + 1));
+        assert_eq!(receipts_in(&outputs).len(), 1, "{outputs:?}");
+        open_items(city.store())
+    };
+    assert_eq!(receive(&latest, 2), vec![not_greater.clone()]);
+    // The original looks unrelated to the latest version (the link between is missing) and
+    // is taken as current: the finding is gone, and the record is reported as published twice.
+    let republished = |items: &[(String, String, &str)]| {
+        items
+            .iter()
+            .any(|(key, _, rule)| *key == key0 && *rule == "republished")
+    };
+    assert!(republished(&receive(&original, 4)));
+    assert_eq!(receive(&middle, 6), vec![not_greater]);
+    let items: Vec<FeedbackItem> = city.store().feedback(None).map(Result::unwrap).collect();
+    let open = items.iter().find(|item| item.closed.is_none()).unwrap();
+    assert_eq!(open.batch, latest.id, "the finding is the latest version's");
+    let closed = items
+        .iter()
+        .find(|item| item.problem.rule.as_str() == "republished")
+        .and_then(|item| item.closed.clone())
+        .expect("the republished item is closed");
+    assert_eq!((closed.by, closed.withdrawn), (latest.id, false));
 }
 
 /// Each kind of refusal has its own label, and every label is in the exported list.

@@ -48,14 +48,31 @@ pub struct QualityUpdate {
     /// Who made the findings: this node, or the parent for the origin's own batch.
     pub reporter: NodeId,
     /// The keys whose current version this batch now holds, `true` where it withdraws the
-    /// record; and, `true`, the keys it made another batch's withdrawal current for (a
-    /// correction arriving after the withdrawal that supersedes it).
+    /// record.
     pub current: Vec<(RecordKey, bool)>,
     pub findings: Vec<Finding>,
+    /// The keys whose current version this batch made another batch's (a version between
+    /// arriving late completes a correction chain), with that version's findings.
+    pub revived: Vec<Revived>,
     /// Writes to the record index (`index` tree): key under the period's prefix (without
     /// it) → value, `None` to remove; stored as run `index_run` of the period.
     pub index: IndexWrites,
     pub index_run: u64,
+}
+
+/// A record whose current version a batch made another batch's: a correction that arrives
+/// after the version it supersedes and before the version that supersedes it completes the
+/// chain, and an earlier batch's version (or withdrawal) is current again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revived {
+    pub key: RecordKey,
+    /// The batch whose version is current now.
+    pub batch: BatchId,
+    /// That version withdraws the record.
+    pub withdrawn: bool,
+    /// What the receiver finds on that version now (none for a withdrawal, or where this
+    /// node does not audit: the origin's own batches).
+    pub findings: Vec<Finding>,
 }
 
 /// Writes to the record index, their keys and values one after another in one buffer: a
@@ -627,6 +644,32 @@ fn run_writes(
     out
 }
 
+/// Closes the open ones of one record's `items` that `raised` (field, rule) no longer holds —
+/// all of them if the record is withdrawn — as closed by version `by` (its batch, and whether
+/// it withdraws the record).
+fn close_items<K: Kv>(
+    group: &mut Group<'_, K>,
+    items: &[kv::Entry],
+    raised: &BTreeSet<(&str, &str)>,
+    (by, withdrawn): (BatchId, bool),
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    for (item_key, bytes) in items {
+        let mut item: FeedbackItem = decode("feedback", bytes)?;
+        let still = raised.contains(&(item.problem.field.as_str(), item.problem.rule.as_str()));
+        if item.closed.is_some() || (still && !withdrawn) {
+            continue;
+        }
+        item.closed = Some(Closed {
+            at_ms: now_ms,
+            by,
+            withdrawn,
+        });
+        group.insert(Tree::Feedback, item_key.clone(), encode(&item));
+    }
+    Ok(())
+}
+
 /// A run with a directory, by its level record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct RunLevel {
@@ -689,7 +732,8 @@ fn item_key(item: &FeedbackItem) -> Vec<u8> {
 impl<K: Kv> Store<K> {
     /// Adds to `group` what `update` changes: open items of the batch's current keys that
     /// its findings no longer raise are closed (all of them for a withdrawn record), and
-    /// each finding not already open opens an item.
+    /// each finding not already open opens an item; the same for the keys whose earlier
+    /// version it made current again, with that version's findings, on that version's batch.
     pub(super) fn quality_ops(
         &self,
         group: &mut Group<'_, K>,
@@ -817,29 +861,46 @@ impl<K: Kv> Store<K> {
                     continue;
                 }
                 let raised = raised.get(key).unwrap_or(&none);
-                for (item_key, bytes) in items {
-                    let mut item: FeedbackItem = decode("feedback", bytes)?;
-                    let still =
-                        raised.contains(&(item.problem.field.as_str(), item.problem.rule.as_str()));
-                    if item.closed.is_some() || (still && !withdrawn) {
-                        continue;
-                    }
-                    item.closed = Some(Closed {
-                        at_ms: now_ms,
-                        by: update.batch,
-                        withdrawn: *withdrawn,
-                    });
-                    group.insert(Tree::Feedback, item_key.clone(), encode(&item));
-                }
+                close_items(group, items, raised, (update.batch, *withdrawn), now_ms)?;
             }
         }
-        for finding in &update.findings {
+        self.open_items(group, update, update.batch, &update.findings, now_ms)?;
+        // Versions current again (rare): each key's items read on their own.
+        for revived in &update.revived {
+            let prefix =
+                record_prefix(update.origin, update.period, &update.category, &revived.key);
+            let items = self
+                .scan_prefix(Tree::Feedback, prefix)
+                .collect::<Result<Vec<_>, _>>()?;
+            let raised: BTreeSet<(&str, &str)> = revived
+                .findings
+                .iter()
+                .map(|f| (f.problem.field.as_str(), f.problem.rule.as_str()))
+                .collect();
+            let by = (revived.batch, revived.withdrawn);
+            close_items(group, &items, &raised, by, now_ms)?;
+            self.open_items(group, update, revived.batch, &revived.findings, now_ms)?;
+        }
+        Ok(())
+    }
+
+    /// Opens an item for each of `findings` (made on batch `batch`'s versions, as `update`'s
+    /// reporter found them) that is not open already.
+    fn open_items(
+        &self,
+        group: &mut Group<'_, K>,
+        update: &QualityUpdate,
+        batch: BatchId,
+        findings: &[Finding],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        for finding in findings {
             let item = FeedbackItem {
                 origin: update.origin,
                 category: update.category.clone(),
                 period: update.period,
                 key: finding.key.clone(),
-                batch: update.batch,
+                batch,
                 reporter: update.reporter,
                 problem: finding.problem.clone(),
                 opened_ms: now_ms,
@@ -1395,6 +1456,7 @@ mod tests {
             reporter: NodeId::parse("445200").unwrap(),
             current: Vec::new(),
             findings: Vec::new(),
+            revived: Vec::new(),
             index: writes
                 .iter()
                 .map(|(key, value)| (key.as_bytes(), value.map(str::as_bytes)))

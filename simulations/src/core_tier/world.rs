@@ -2798,6 +2798,7 @@ mod tests {
                 reporter: NodeId::NATIONAL,
                 current,
                 findings,
+                revived: Vec::new(),
                 index: node::store::IndexWrites::default(),
                 index_run: 1,
             };
@@ -2846,6 +2847,7 @@ mod tests {
                 reporter: NodeId::NATIONAL,
                 current,
                 findings,
+                revived: Vec::new(),
                 index: node::store::IndexWrites::default(),
                 index_run: 1,
             };

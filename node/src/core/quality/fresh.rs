@@ -319,7 +319,7 @@ pub(super) fn assess<K: Kv>(
         id,
         reporter,
         current,
-        findings,
+        (findings, Vec::new()),
         (run, index),
     )))
 }
