@@ -62,7 +62,7 @@ fn print(report: &Report) {
     );
     let [pending, on_time, late, missing, incomplete, concealed] = s.ledger_states;
     println!(
-        "  ledger at the province(s): {} entries checked ({} exactly): {on_time} on time, {late} late, {missing} missing, {concealed} concealment suspected, {incomplete} incomplete, {pending} pending; {} batches lost from stores, {} proofs of arrival dropped or forged; {} progress reports listed at the national platform; {} corrections and withdrawals submitted, {} current record versions checked, {} feedback items open and {} closed ({} findings on one record alone matched to open items)",
+        "  ledger at the province(s): {} entries checked ({} exactly): {on_time} on time, {late} late, {missing} missing, {concealed} concealment suspected, {incomplete} incomplete, {pending} pending; {} batches lost from stores, {} proofs of arrival dropped or forged; {} progress reports listed at the national platform; {} corrections and withdrawals submitted, {} current record versions checked, {} feedback items open and {} closed ({} findings on one record and its versions alone matched to open items)",
         s.ledger_checked,
         s.ledger_exact,
         s.lost,

@@ -31,8 +31,8 @@ use protocol::{Batch, RecordKey, Registry, Schema};
 mod fresh;
 
 use crate::store::{
-    FastMap, IndexReader, IndexWrite, IndexWrites, Kv, QualityUpdate, Revived, Store, StoreError,
-    period_prefix,
+    FastMap, IndexReader, IndexWrite, IndexWrites, Kv, QualityUpdate, Reassessed, Store,
+    StoreError, period_prefix,
 };
 
 /// One record key's versions at this node.
@@ -483,7 +483,7 @@ impl Assessed {
         id: BatchId,
         reporter: NodeId,
         current: Vec<(RecordKey, bool)>,
-        (findings, revived): (Vec<Finding>, Vec<Revived>),
+        (findings, others): (Vec<Finding>, Vec<Reassessed>),
         (index_run, index): (u64, IndexWrites),
     ) -> Assessed {
         Assessed {
@@ -495,7 +495,7 @@ impl Assessed {
                 reporter,
                 current,
                 findings: findings.clone(),
-                revived,
+                others,
                 index_run,
                 index,
             },
@@ -646,15 +646,19 @@ fn assess_general<K: Kv>(
         overlay.want_aggregates(contributions, &mut second);
     }
     overlay.read(second)?;
-    let mut current = Vec::with_capacity(keys.len());
-    // Keys whose version in another batch became current, and that version's record if it
-    // publishes one (rare: a version between arrived late).
-    let mut revived: Vec<(Revived, Option<protocol::Record>)> = Vec::new();
-    for (n, (key, withdrawn)) in keys.into_iter().enumerate() {
-        let slot = slot_of[n];
-        let entry = &mut overlay.entries[slot].1;
+    let receiver = matches!(audit, Audit::Receiver);
+    // Each key's current version with this batch taken in, and whether that changes it.
+    let mut winners = Vec::with_capacity(keys.len());
+    // The keys whose current version is another batch's, each once, by their place in
+    // `keys`, that need that version's record: for its contributions if it became current,
+    // and for a receiver to audit it again (rare: a version that loses, or one between that
+    // arrived late).
+    let mut wanted: Vec<(BatchId, usize)> = Vec::new();
+    let mut reassessed = vec![false; overlay.entries.len()];
+    for (n, (_, withdrawn)) in keys.iter().enumerate() {
+        let entry = &mut overlay.entries[slot_of[n]].1;
         if !entry.versions.iter().any(|(v, _)| v.batch == id) {
-            entry.versions.push((version, withdrawn));
+            entry.versions.push((version, *withdrawn));
         }
         let winner = match entry.versions.as_slice() {
             [_] => 0,
@@ -664,61 +668,65 @@ fn assess_general<K: Kv>(
             }
         };
         let (winner, winner_withdrawn) = entry.versions[winner];
-        let changed = entry.current != Some(winner.batch);
+        // A key both published and withdrawn in the batch comes here twice: changed once.
+        let changed = entry.current.replace(winner.batch) != Some(winner.batch);
+        let other = winner.batch != id
+            && (changed || receiver)
+            && !std::mem::replace(&mut reassessed[slot_of[n]], true);
+        if other && !winner_withdrawn && schema.is_some() {
+            wanted.push((winner.batch, n));
+        }
+        winners.push((winner.batch, winner_withdrawn, changed, other));
+    }
+    let mut records = held_records(store, wanted, &keys)?;
+    let mut current = Vec::with_capacity(keys.len());
+    let mut others: Vec<(Reassessed, Option<protocol::Record>)> = Vec::new();
+    for (n, (key, _)) in keys.into_iter().enumerate() {
+        let (winner, winner_withdrawn, changed, other) = winners[n];
+        let record = records.remove(&n);
+        let mut contributions = None;
+        if winner == id {
+            current.push((key.clone(), winner_withdrawn));
+        } else if other {
+            contributions = schema
+                .zip(record.as_ref())
+                .map(|(s, r)| audit::contributions(s, r));
+            others.push((reassess(key, winner, winner_withdrawn), record));
+        }
         if changed {
-            let old = std::mem::take(&mut entry.contributions);
-            entry.current = Some(winner.batch);
+            let slot = slot_of[n];
+            let old = std::mem::take(&mut overlay.entries[slot].1.contributions);
             let new = match (schema, winner_withdrawn) {
                 (None, _) | (_, true) => Vec::new(),
-                (Some(_), false) if winner.batch == id => {
+                (Some(_), false) if winner == id => {
                     // Taken: a key comes here once (a second time, it is current already).
                     fresh.get_mut(n).map(std::mem::take).unwrap_or_default()
                 }
-                // A version between arrived late and another version became current: read
-                // that version's record from its batch (rare).
-                (Some(schema), false) => {
-                    let record = store
-                        .held_data_batch(&winner.batch)?
-                        .and_then(|b| b.records.into_iter().find(|r| &r.key == key));
-                    let new = record
-                        .as_ref()
-                        .map(|r| audit::contributions(schema, r))
-                        .unwrap_or_default();
-                    revived.push((revive(key, winner.batch, false), record));
-                    new
-                }
+                (Some(_), false) => contributions.unwrap_or_default(),
             };
-            if winner.batch != id && winner_withdrawn {
-                // Another batch's withdrawal is current (a correction arriving after the
-                // withdrawal that supersedes it): the record is gone, and so are its items
-                // (found by the simulator at jieyang seed 19).
-                revived.push((revive(key, winner.batch, true), None));
-            }
             overlay.apply(key, &old, -1)?;
             overlay.apply(key, &new, 1)?;
             overlay.entries[slot].1.contributions = new;
-        }
-        if winner.batch == id {
-            current.push((key.clone(), winner_withdrawn));
         }
     }
     for rule in usual_range {
         overlay.histogram_mut(rule)?;
     }
-    // Another batch's version current again is audited as that batch's, against the period
-    // with this batch taken in: its items are what they would be had the chain arrived in
-    // order (found by the simulator at jieyang-year seed 4209, where a correction chain's
-    // middle link arrived last and the current version's item stayed closed). The origin
-    // keeps only the parent's findings: there only a withdrawal closes items.
-    let audits = matches!(audit, Audit::Receiver);
-    let revived: Vec<Revived> = revived
+    // A key whose current version is another batch's is audited again, as that batch's,
+    // against the period with this batch taken in: a receiver's items are then what they
+    // would be had the versions arrived in order — a version between arriving late and
+    // making an earlier one current again (found by the simulator at jieyang-year seed 4209),
+    // a version that loses telling the current one it was published twice, or that it no
+    // longer is. The origin keeps only the parent's findings: there only a withdrawal
+    // closes items (found at jieyang seed 19 for every node).
+    let others: Vec<Reassessed> = others
         .into_iter()
-        .filter(|(r, _)| audits || r.withdrawn)
-        .map(|(mut r, record)| {
-            if let (Some(schema), Some(record)) = (schema.filter(|_| audits), record) {
-                r.findings = audit::audit_records(schema, r.batch, &[record], &overlay);
+        .filter(|(other, _)| receiver || other.withdrawn)
+        .map(|(mut other, record)| {
+            if let (Some(schema), Some(record)) = (schema.filter(|_| receiver), record) {
+                other.findings = audit::audit_records(schema, other.batch, &[record], &overlay);
             }
-            r
+            other
         })
         .collect();
     let findings = match audit {
@@ -753,19 +761,43 @@ fn assess_general<K: Kv>(
         id,
         reporter,
         current,
-        (findings, revived),
+        (findings, others),
         (run, overlay.writes()),
     ))
 }
 
-/// Key `key`'s version in batch `batch` current again, its findings not yet made.
-fn revive(key: &RecordKey, batch: BatchId, withdrawn: bool) -> Revived {
-    Revived {
+/// Key `key`'s current version, in batch `batch`, its findings not yet made.
+fn reassess(key: &RecordKey, batch: BatchId, withdrawn: bool) -> Reassessed {
+    Reassessed {
         key: key.clone(),
         batch,
         withdrawn,
         findings: Vec::new(),
     }
+}
+
+/// The records `wanted` (the held batch, and the key's place) asks for, by place: each
+/// batch read and decoded once, and let go before the next.
+fn held_records<K: Kv>(
+    store: &Store<K>,
+    mut wanted: Vec<(BatchId, usize)>,
+    keys: &[(&RecordKey, bool)],
+) -> Result<FastMap<usize, protocol::Record>, StoreError> {
+    let mut found = FastMap::default();
+    wanted.sort_unstable();
+    for group in wanted.chunk_by(|a, b| a.0 == b.0) {
+        let Some(batch) = store.held_data_batch(&group[0].0)? else {
+            continue;
+        };
+        for (_, n) in group {
+            // A held batch's records are in strict key order (checked when it was decoded).
+            let key = keys[*n].0;
+            if let Ok(at) = batch.records.binary_search_by(|r| r.key.cmp(key)) {
+                found.insert(*n, batch.records[at].clone());
+            }
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -935,6 +967,12 @@ mod tests {
             .unwrap();
     }
 
+    /// The rules whose findings on a record depend only on the record and its own versions.
+    const PER_RECORD: [protocol::record::Rule; 2] = [
+        protocol::record::Rule::NotGreater,
+        protocol::record::Rule::Republished,
+    ];
+
     /// The incremental index gives exactly the findings of the reference audit over the held
     /// batches, at every arrival, and the same current version of every key at the end; the
     /// receiver's open `not_greater` items are then the current versions' findings, and no
@@ -1005,9 +1043,9 @@ mod tests {
                         records: vec![record.clone()],
                     };
                     expected_items.extend(
-                        audit::audit(schema(category), version.batch, &alone, &[])
+                        audit::audit(schema(category), version.batch, &alone, &all)
                             .into_iter()
-                            .filter(|f| f.problem.rule == protocol::record::Rule::NotGreater)
+                            .filter(|f| PER_RECORD.contains(&f.problem.rule))
                             .map(|f| (f.key, f.problem.field)),
                     );
                 }
@@ -1015,9 +1053,7 @@ mod tests {
             let items: Vec<_> = store.feedback(None).map(Result::unwrap).collect();
             let open_items: BTreeSet<_> = items
                 .iter()
-                .filter(|item| {
-                    item.closed.is_none() && item.problem.rule == protocol::record::Rule::NotGreater
-                })
+                .filter(|item| item.closed.is_none() && PER_RECORD.contains(&item.problem.rule))
                 .map(|item| (item.key.clone(), item.problem.field.clone()))
                 .collect();
             assert_eq!(open_items, expected_items, "{category} seed {seed}");

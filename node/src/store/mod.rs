@@ -45,7 +45,7 @@ use protocol::{Category, Content, ContentKind, Period, SignedBatch};
 
 pub use kv::{BlobPool, CACHE_BYTES, Kv, KvError, MemKv, Op, SledKv, Tree, WriteFault};
 pub use quality::{
-    Closed, FastMap, FeedbackItem, IndexReader, IndexWrite, IndexWrites, QualityUpdate, Revived,
+    Closed, FastMap, FeedbackItem, IndexReader, IndexWrite, IndexWrites, QualityUpdate, Reassessed,
     period_prefix,
 };
 

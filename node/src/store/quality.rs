@@ -51,27 +51,28 @@ pub struct QualityUpdate {
     /// record.
     pub current: Vec<(RecordKey, bool)>,
     pub findings: Vec<Finding>,
-    /// The keys whose current version this batch made another batch's (a version between
-    /// arriving late completes a correction chain), with that version's findings.
-    pub revived: Vec<Revived>,
+    /// The batch's keys whose current version is another batch's, with that version's
+    /// findings as this node audits it now.
+    pub others: Vec<Reassessed>,
     /// Writes to the record index (`index` tree): key under the period's prefix (without
     /// it) → value, `None` to remove; stored as run `index_run` of the period.
     pub index: IndexWrites,
     pub index_run: u64,
 }
 
-/// A record whose current version a batch made another batch's: a correction that arrives
-/// after the version it supersedes and before the version that supersedes it completes the
-/// chain, and an earlier batch's version (or withdrawal) is current again.
+/// A key of a batch whose current version is another batch's: one that was current already
+/// (the batch's version loses to it), or one that the batch made current (a correction that
+/// arrives after the version it supersedes and before the version that supersedes it
+/// completes the chain, and an earlier batch's version or withdrawal is current again).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Revived {
+pub struct Reassessed {
     pub key: RecordKey,
-    /// The batch whose version is current now.
+    /// The batch whose version is current.
     pub batch: BatchId,
     /// That version withdraws the record.
     pub withdrawn: bool,
-    /// What the receiver finds on that version now (none for a withdrawal, or where this
-    /// node does not audit: the origin's own batches).
+    /// What this node finds on that version now (none for a withdrawal, or where it does not
+    /// audit: the origin's own batches).
     pub findings: Vec<Finding>,
 }
 
@@ -732,8 +733,8 @@ fn item_key(item: &FeedbackItem) -> Vec<u8> {
 impl<K: Kv> Store<K> {
     /// Adds to `group` what `update` changes: open items of the batch's current keys that
     /// its findings no longer raise are closed (all of them for a withdrawn record), and
-    /// each finding not already open opens an item; the same for the keys whose earlier
-    /// version it made current again, with that version's findings, on that version's batch.
+    /// each finding not already open opens an item; the same for the keys whose current
+    /// version is another batch's, with that version's findings, on that version's batch.
     pub(super) fn quality_ops(
         &self,
         group: &mut Group<'_, K>,
@@ -865,21 +866,21 @@ impl<K: Kv> Store<K> {
             }
         }
         self.open_items(group, update, update.batch, &update.findings, now_ms)?;
-        // Versions current again (rare): each key's items read on their own.
-        for revived in &update.revived {
-            let prefix =
-                record_prefix(update.origin, update.period, &update.category, &revived.key);
+        // Keys whose current version is another batch's (rare): each key's items read on
+        // their own.
+        for other in &update.others {
+            let prefix = record_prefix(update.origin, update.period, &update.category, &other.key);
             let items = self
                 .scan_prefix(Tree::Feedback, prefix)
                 .collect::<Result<Vec<_>, _>>()?;
-            let raised: BTreeSet<(&str, &str)> = revived
+            let raised: BTreeSet<(&str, &str)> = other
                 .findings
                 .iter()
                 .map(|f| (f.problem.field.as_str(), f.problem.rule.as_str()))
                 .collect();
-            let by = (revived.batch, revived.withdrawn);
+            let by = (other.batch, other.withdrawn);
             close_items(group, &items, &raised, by, now_ms)?;
-            self.open_items(group, update, revived.batch, &revived.findings, now_ms)?;
+            self.open_items(group, update, other.batch, &other.findings, now_ms)?;
         }
         Ok(())
     }
@@ -1456,7 +1457,7 @@ mod tests {
             reporter: NodeId::parse("445200").unwrap(),
             current: Vec::new(),
             findings: Vec::new(),
-            revived: Vec::new(),
+            others: Vec::new(),
             index: writes
                 .iter()
                 .map(|(key, value)| (key.as_bytes(), value.map(str::as_bytes)))

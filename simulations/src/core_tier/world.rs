@@ -215,8 +215,9 @@ pub struct Stats {
     pub versions_checked: u64,
     /// Feedback items (audit findings) at all nodes after healing: open, closed.
     pub feedback_items: [u64; 2],
-    /// Findings on one record alone (`not_greater`) that the reference audit makes on the
-    /// current versions a node holds, each matched to an open item of that node.
+    /// Findings on one record and its versions alone (`not_greater`, `republished`) that the
+    /// reference audit makes on the current versions a node holds, each matched to an open
+    /// item of that node.
     pub per_record_findings: u64,
     pub converged_after_ms: Option<u64>,
     pub virtual_ms: u64,
@@ -2318,30 +2319,40 @@ fn index_agrees(
     Ok(())
 }
 
-/// The one audit rule that reads a record alone (`not_greater`): what it finds on a record
-/// does not depend on what else had arrived when the record was audited.
-const PER_RECORD_RULE: protocol::record::Rule = protocol::record::Rule::NotGreater;
+/// The audit rules whose findings on a record depend only on the record and its own versions
+/// (`not_greater` reads the record alone, `republished` its versions), not on what else had
+/// arrived when the record was audited: a node audits a record again whenever a version of
+/// it arrives, so once converged these items are the current versions' findings.
+const PER_RECORD_RULES: [protocol::record::Rule; 2] = [
+    protocol::record::Rule::NotGreater,
+    protocol::record::Rule::Republished,
+];
 
-/// `me`'s open items of its own findings (as a receiver) under [`PER_RECORD_RULE`], by group:
-/// each record key and field.
+/// One per-record item or finding: record key, field, rule.
+type PerRecord = (protocol::RecordKey, String, &'static str);
+
+/// `me`'s open items of its own findings (as a receiver) under [`PER_RECORD_RULES`], by group.
 fn open_per_record_items(
     store: &Store<MemKv>,
     me: NodeId,
-) -> Result<BTreeMap<Group, BTreeSet<(protocol::RecordKey, String)>>, String> {
+) -> Result<BTreeMap<Group, BTreeSet<PerRecord>>, String> {
     let mut open: BTreeMap<Group, BTreeSet<_>> = BTreeMap::new();
     for item in store.feedback(None) {
         let item = item.map_err(|e| format!("{me}'s feedback: {e}"))?;
-        if item.closed.is_none() && item.reporter == me && item.problem.rule == PER_RECORD_RULE {
+        if item.closed.is_none()
+            && item.reporter == me
+            && PER_RECORD_RULES.contains(&item.problem.rule)
+        {
             open.entry((item.origin, item.category, item.period))
                 .or_default()
-                .insert((item.key, item.problem.field));
+                .insert((item.key, item.problem.field, item.problem.rule.as_str()));
         }
     }
     Ok(open)
 }
 
-/// `me`'s open items under [`PER_RECORD_RULE`] on `group` (`open`) are exactly what the
-/// reference audit finds under it on the current versions of `held`, the batches `me` holds
+/// `me`'s open items under [`PER_RECORD_RULES`] on `group` (`open`) are exactly what the
+/// reference audit finds under them on the current versions of `held`, the batches `me` holds
 /// of the group: an item
 /// opened on every finding, and closed once a later version without it became current. (The
 /// cross-record rules are left out: what they find on a record depends on what had arrived
@@ -2350,7 +2361,7 @@ fn per_record_findings_agree(
     me: NodeId,
     group: &Group,
     held: &[(BatchId, Batch)],
-    open: &BTreeSet<(protocol::RecordKey, String)>,
+    open: &BTreeSet<PerRecord>,
 ) -> Result<u64, String> {
     let (origin, category, period) = group;
     let Some(schema) = protocol::Registry::builtin().get(category) else {
@@ -2360,25 +2371,26 @@ fn per_record_findings_agree(
     let mut expected = BTreeSet::new();
     for (id, batch) in &all {
         for finding in protocol::audit::audit(schema, *id, batch, &all) {
-            if finding.problem.rule == PER_RECORD_RULE {
-                expected.insert((finding.key, finding.problem.field));
+            if PER_RECORD_RULES.contains(&finding.problem.rule) {
+                let rule = finding.problem.rule.as_str();
+                expected.insert((finding.key, finding.problem.field, rule));
             }
         }
     }
-    let describe = |(key, field): &(protocol::RecordKey, String)| {
+    let describe = |(key, field, _): &PerRecord| {
         format!("{origin} {category} {period} record {key} field {field}")
     };
     if let Some(missing) = expected.difference(open).next() {
         return Err(format!(
             "{me} has no open item for its {} finding on {}, the current version's",
-            PER_RECORD_RULE.as_str(),
+            missing.2,
             describe(missing)
         ));
     }
     if let Some(extra) = open.difference(&expected).next() {
         return Err(format!(
             "{me} keeps an item of its {} finding open on {}, which the current version does not have",
-            PER_RECORD_RULE.as_str(),
+            extra.2,
             describe(extra)
         ));
     }
@@ -2798,7 +2810,7 @@ mod tests {
                 reporter: NodeId::NATIONAL,
                 current,
                 findings,
-                revived: Vec::new(),
+                others: Vec::new(),
                 index: node::store::IndexWrites::default(),
                 index_run: 1,
             };
@@ -2847,7 +2859,7 @@ mod tests {
                 reporter: NodeId::NATIONAL,
                 current,
                 findings,
-                revived: Vec::new(),
+                others: Vec::new(),
                 index: node::store::IndexWrites::default(),
                 index_run: 1,
             };
