@@ -701,6 +701,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     identity.id,
                     dir.display()
                 )?;
+                write_republished(&mut out, &submitted, &file, &batch)?;
             }
             return Ok(exit_for(&report));
         }
@@ -1107,4 +1108,36 @@ fn exit_for(report: &IngestReport) -> std::process::ExitCode {
     } else {
         std::process::ExitCode::from(1)
     }
+}
+
+/// Warns when submitted batches (the node's answers, `submitted`) publish records this node
+/// had published already in batches they do not correct: whichever batch has the higher id
+/// holds the current version, so changed rows sent again this way may change nothing.
+fn write_republished(
+    out: &mut impl Write,
+    submitted: &[serde_json::Value],
+    file: &std::path::Path,
+    batch: &BatchArgs,
+) -> anyhow::Result<()> {
+    let mut found = submitted
+        .iter()
+        .filter_map(|answer| answer.get("republished"));
+    let Some(first) = found.next() else {
+        return Ok(());
+    };
+    let (mut records, mut not_current) = (0, 0);
+    for republished in std::iter::once(first).chain(found) {
+        records += republished["records"].as_u64().unwrap_or(0);
+        not_current += republished["not_current"].as_u64().unwrap_or(0);
+    }
+    writeln!(
+        out,
+        "warning: {records} record(s) of {file} were published already by this node in batches these do not correct (first: record {} in batch {}); each is now published twice, and for {not_current} of them the earlier version stays current. To change published records, send them as a correction: credit-node correct {file} --category {} --period {} --dir <node>",
+        first["first"]["key"].as_str().unwrap_or("?"),
+        first["first"]["batch"].as_str().unwrap_or("?"),
+        batch.category,
+        batch.period,
+        file = file.display(),
+    )?;
+    Ok(())
 }

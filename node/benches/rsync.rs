@@ -397,7 +397,7 @@ async fn push(
     for batch in batches {
         let submit = Instant::now();
         assert!(
-            county.submit(batch.clone()).await.expect("submit"),
+            county.submit(batch.clone()).await.expect("submit").new,
             "every batch is new"
         );
         submitted.push(submit.elapsed());
@@ -519,7 +519,7 @@ async fn preloaded(identities: &Identities, batches: &[SignedBatch]) -> (Leg, Du
     let stored = Instant::now();
     for batch in batches {
         assert!(
-            county.submit(batch.clone()).await.expect("submit"),
+            county.submit(batch.clone()).await.expect("submit").new,
             "every batch is new"
         );
     }

@@ -787,7 +787,7 @@ async fn sync_once(cluster: &Cluster, batches: Vec<SignedBatch>, cpus: usize) ->
             let mut done = Vec::new();
             for batch in batches {
                 assert!(
-                    cluster.county.submit(batch).await.expect("submit"),
+                    cluster.county.submit(batch).await.expect("submit").new,
                     "every batch is new"
                 );
                 done.push(start.elapsed());
@@ -840,7 +840,10 @@ async fn one_hop(
     let county = start(COUNTY).await;
     let ids: Vec<BatchId> = batches.iter().map(|b| b.id).collect();
     for batch in batches {
-        assert!(county.submit(batch).await.expect("submit"), "a new batch");
+        assert!(
+            county.submit(batch).await.expect("submit").new,
+            "a new batch"
+        );
     }
     let started = Instant::now();
     let city = start(CITY).await;

@@ -444,8 +444,17 @@ async fn answer(node: &Arc<Node>, request: ApiRequest) -> Result<Value, AnswerEr
     Ok(match request {
         ApiRequest::Submit(signed) => {
             let id = signed.id;
-            let new = node.submit(signed).await?;
-            json!({"ok": true, "batch": id.to_hex(), "new": new})
+            let submitted = node.submit(signed).await?;
+            let republished = &submitted.republished;
+            let mut value = json!({"ok": true, "batch": id.to_hex(), "new": submitted.new});
+            if let Some((key, other)) = &republished.first {
+                value["republished"] = json!({
+                    "records": republished.records,
+                    "not_current": republished.not_current,
+                    "first": {"key": key.0, "batch": other.to_hex()},
+                });
+            }
+            value
         }
         ApiRequest::Status => status(node)?,
         ApiRequest::Batches => batches(node)?,

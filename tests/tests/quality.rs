@@ -331,5 +331,35 @@ fn feedback_reaches_the_county_a_correction_closes_it_and_a_withdrawal_reaches_t
         ],
     );
     assert!(table.contains("WITHDRAWN (repaired)"), "{table}");
+
+    // The month's valid rows sent again as a new batch, not as a correction: the operator is
+    // told at once that every record was published already, and how to correct instead.
+    let again: Vec<Vec<String>> = original
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i + 1 != bad_line)
+        .map(|(_, row)| row.clone())
+        .collect();
+    let again_file = root.path().join("water-again.csv");
+    write_csv(&again_file, &again);
+    let said = run(
+        &cluster.member(county).dir,
+        &[
+            "submit",
+            again_file.to_str().unwrap(),
+            "--category",
+            "water_fee",
+            "--period",
+            PERIOD,
+        ],
+    );
+    let records_again = again.len() - 1;
+    assert!(
+        said.contains(&format!(
+            "warning: {records_again} record(s) of {} were published already",
+            again_file.display()
+        )) && said.contains("credit-node correct"),
+        "{said}"
+    );
     cluster.stop_all();
 }

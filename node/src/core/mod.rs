@@ -341,10 +341,27 @@ pub enum ReloadError {
 }
 
 /// A submitted batch, accepted: durable once [`Core::durable_seq`] reaches `durable_at`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submitted {
     pub new: bool,
     pub durable_at: u64,
+    /// Its records this node had published already in a batch it does not correct.
+    pub republished: Republished,
+}
+
+/// The records of a submitted batch that this node published before in another batch, with
+/// neither batch superseding the other: each is then published twice, and the version in the
+/// batch with the higher id is current — so a changed record sent again instead of as a
+/// correction (`credit-node correct`) may change nothing. The operator is told at once; the
+/// parent's audit reports it too (rule `republished`), but only on the version that is
+/// current.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Republished {
+    pub records: u64,
+    /// Of those, how many keep the other batch's version as the current one.
+    pub not_current: u64,
+    /// The first such record, and the other batch that publishes it.
+    pub first: Option<(protocol::RecordKey, BatchId)>,
 }
 
 #[derive(Debug, Default)]
@@ -1933,7 +1950,7 @@ impl<K: Kv> Core<K> {
         let targets = self.forward_targets();
         // Indexed like a receiver's batch, so corrections and the parent's findings find its
         // records; not audited here (the parent's findings come back as feedback).
-        let indexed = match &content {
+        let mut indexed = match &content {
             Content::Data(batch) => Some(quality::assess(
                 &self.store,
                 self.registry,
@@ -1967,6 +1984,10 @@ impl<K: Kv> Core<K> {
             Submitted {
                 new,
                 durable_at: seq,
+                republished: indexed
+                    .as_mut()
+                    .map(|a| std::mem::take(&mut a.republished))
+                    .unwrap_or_default(),
             },
             Spent(Some(content)),
         ))

@@ -474,6 +474,9 @@ pub(super) fn indexed_current<K: Kv>(
 pub(super) struct Assessed {
     pub findings: Vec<Finding>,
     pub update: QualityUpdate,
+    /// For the origin's own submission: its records published already in a batch it does
+    /// not correct.
+    pub republished: super::Republished,
 }
 
 impl Assessed {
@@ -500,6 +503,7 @@ impl Assessed {
                 index,
             },
             findings,
+            republished: super::Republished::default(),
         }
     }
 
@@ -729,6 +733,7 @@ fn assess_general<K: Kv>(
             other
         })
         .collect();
+    let mut republished = super::Republished::default();
     let findings = match audit {
         Audit::Receiver => schema.map_or_else(Vec::new, |schema| {
             audit::audit_with(schema, id, batch, &overlay)
@@ -739,6 +744,13 @@ fn assess_general<K: Kv>(
         // the parent's audit.
         Audit::Submission => {
             current.retain(|(_, withdrawn)| *withdrawn);
+            for (n, record) in batch.records.iter().enumerate() {
+                if let Some(other) = overlay.unrelated(&record.key, id) {
+                    republished.records += 1;
+                    republished.not_current += u64::from(winners[n].0 != id);
+                    republished.first.get_or_insert((record.key.clone(), other));
+                }
+            }
             Vec::new()
         }
         // The parent's findings open items only on records whose current version is this
@@ -756,14 +768,16 @@ fn assess_general<K: Kv>(
         }
     };
     let run = overlay.run;
-    Ok(Assessed::new(
+    let mut assessed = Assessed::new(
         header,
         id,
         reporter,
         current,
         (findings, others),
         (run, overlay.writes()),
-    ))
+    );
+    assessed.republished = republished;
+    Ok(assessed)
 }
 
 /// Key `key`'s current version, in batch `batch`, its findings not yet made.

@@ -2309,6 +2309,62 @@ fn a_correction_chain_arriving_out_of_order_leaves_the_items_of_its_current_vers
     assert_eq!((closed.by, closed.withdrawn), (latest.id, false));
 }
 
+/// A county that sends records again in a new batch instead of as a correction is told at
+/// once: how many of the batch's records it had published already, how many keep the earlier
+/// version as the current one (the higher batch id wins), and the first with its batch. A
+/// correction of them is not a republication, nor is the same batch submitted again.
+#[test]
+fn records_published_again_without_a_correction_are_reported_to_the_operator() {
+    let kv = MemKv::new();
+    let mut county = core(COUNTY, topology(1, None), kv);
+    let original = county_batch();
+    let first = county.submit(original.clone(), now(2)).unwrap();
+    assert_eq!(first.republished, Republished::default());
+    let records = protocol::Batch::decode(&original.bytes).unwrap().records;
+    // The first two records sent again with a changed amount, a few times: the current
+    // version is the one in the batch with the highest id so far.
+    let mut ids = vec![original.id];
+    let mut seen = std::collections::BTreeSet::new();
+    for amount in 1..=6 {
+        let again = county_variant(&original, |batch| {
+            batch.records.truncate(2);
+            for record in &mut batch.records {
+                set(record, "paid_amount", &amount.to_string());
+            }
+        });
+        let submitted = county.submit(again.clone(), now(2 + amount)).unwrap();
+        ids.push(again.id);
+        let not_current = if ids.iter().max() == Some(&again.id) {
+            0
+        } else {
+            2
+        };
+        seen.insert(not_current);
+        assert_eq!(
+            submitted.republished,
+            Republished {
+                records: 2,
+                not_current,
+                first: Some((records[0].key.clone(), original.id)),
+            }
+        );
+        assert_eq!(
+            county.submit(again, now(10)).unwrap().republished,
+            submitted.republished,
+            "the same batch again says the same"
+        );
+    }
+    assert_eq!(seen.len(), 2, "a republication both wins and loses");
+    // A correction of the third record, which only the original published.
+    let correction = county_variant(&original, |batch| {
+        batch.header.supersedes = Some(original.id);
+        batch.records = vec![records[2].clone()];
+        set(&mut batch.records[0], "paid_amount", "2");
+    });
+    let corrected = county.submit(correction, now(5)).unwrap();
+    assert_eq!(corrected.republished, Republished::default());
+}
+
 /// Each kind of refusal has its own label, and every label is in the exported list.
 #[test]
 fn every_refusal_reason_is_a_listed_label() {

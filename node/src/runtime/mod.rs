@@ -500,8 +500,11 @@ impl<K: Kv> Node<K> {
 
     /// Accepts a batch submitted by this node's operator: the core checks it as a receiver
     /// would, stores it and queues it up; this returns once it is durable. Returns whether
-    /// it was new.
-    pub async fn submit(self: &Arc<Self>, signed: SignedBatch) -> Result<bool, SubmitError> {
+    /// it was new, and its records published already in a batch it does not correct.
+    pub async fn submit(
+        self: &Arc<Self>,
+        signed: SignedBatch,
+    ) -> Result<crate::core::Submitted, SubmitError> {
         let node = self.clone();
         // The batch's stateless checks (97 % of verifying it) run before the core's lock, so
         // the core goes on with links and receipts meanwhile; a turn of the budget received
@@ -524,7 +527,7 @@ impl<K: Kv> Node<K> {
             .await
             .map_err(SubmitError::Interrupted)??;
         self.durable_at(submitted.durable_at).await?;
-        Ok(submitted.new)
+        Ok(submitted)
     }
 
     /// Waits until the store has made every write up to `seq` durable, or a sync fails.
