@@ -925,21 +925,7 @@ mod tests {
                     records.push(record(&mut rng, category, key));
                 }
             }
-            let batch = Batch::new(
-                BatchHeader {
-                    format: BATCH_FORMAT,
-                    origin: NodeId::parse("445281").unwrap(),
-                    category: Category::parse(category).unwrap(),
-                    schema_version: schema(category).version,
-                    period: Period::parse("2026-05").unwrap(),
-                    supersedes,
-                    withdrawals,
-                },
-                records,
-            )
-            .unwrap();
-            let id = BatchId::of(&batch.encode().unwrap());
-            batches.push((id, batch));
+            batches.push(batch_of(category, supersedes, withdrawals, records));
         }
         // Arrival in a random order.
         for i in (1..batches.len()).rev() {
@@ -947,6 +933,34 @@ mod tests {
             batches.swap(i, j);
         }
         batches
+    }
+
+    /// A batch of the histories' origin and period, with its id.
+    fn batch_of(
+        category: &str,
+        supersedes: Option<BatchId>,
+        withdrawals: Vec<Withdrawal>,
+        records: Vec<Record>,
+    ) -> (BatchId, Batch) {
+        let batch = Batch::new(
+            BatchHeader {
+                format: BATCH_FORMAT,
+                origin: NodeId::parse("445281").unwrap(),
+                category: Category::parse(category).unwrap(),
+                schema_version: schema(category).version,
+                period: Period::parse("2026-05").unwrap(),
+                supersedes,
+                withdrawals,
+            },
+            records,
+        )
+        .unwrap();
+        (BatchId::of(&batch.encode().unwrap()), batch)
+    }
+
+    /// What `city` makes of `batch` as a receiver.
+    fn received<K: Kv>(store: &Store<K>, city: NodeId, (id, batch): (BatchId, &Batch)) -> Assessed {
+        assess(store, Registry::builtin(), city, id, batch, Audit::Receiver).unwrap()
     }
 
     /// Stores `batch` as `city` stores a child's batch, with its index and audit `assessed`.
@@ -1006,15 +1020,7 @@ mod tests {
                 let others: Vec<(BatchId, &Batch)> =
                     arrived[..n].iter().map(|(i, b)| (*i, b)).collect();
                 let expected = audit::audit(schema(category), *id, batch, &others);
-                let assessed = assess(
-                    &store,
-                    Registry::builtin(),
-                    city,
-                    *id,
-                    batch,
-                    Audit::Receiver,
-                )
-                .unwrap();
+                let assessed = received(&store, city, (*id, batch));
                 assert_eq!(
                     assessed.findings, expected,
                     "{category} seed {seed}, arrival {n}"
@@ -1155,20 +1161,7 @@ mod tests {
             let mut make = |supersedes: Option<BatchId>| {
                 let records: Vec<Record> =
                     (0..300).map(|k| record(&mut rng, "water_fee", k)).collect();
-                let batch = Batch::new(
-                    BatchHeader {
-                        format: BATCH_FORMAT,
-                        origin: NodeId::parse("445281").unwrap(),
-                        category: Category::parse("water_fee").unwrap(),
-                        schema_version: schema("water_fee").version,
-                        period: Period::parse("2026-05").unwrap(),
-                        supersedes,
-                        withdrawals: Vec::new(),
-                    },
-                    records,
-                )
-                .unwrap();
-                (BatchId::of(&batch.encode().unwrap()), batch)
+                batch_of("water_fee", supersedes, Vec::new(), records)
             };
             let original = make(None);
             let middle = make(Some(original.0));
@@ -1176,15 +1169,7 @@ mod tests {
             let mut read_back = Vec::new();
             for (at, (id, batch)) in [&newest, &original, &middle].into_iter().enumerate() {
                 let before = reads.load(std::sync::atomic::Ordering::Relaxed);
-                let assessed = assess(
-                    &store,
-                    Registry::builtin(),
-                    city,
-                    *id,
-                    batch,
-                    Audit::Receiver,
-                )
-                .unwrap();
+                let assessed = received(&store, city, (*id, batch));
                 read_back.push(reads.load(std::sync::atomic::Ordering::Relaxed) - before);
                 store_as_receiver(&store, &key, city, (*id, batch), &assessed, at as u64);
             }
