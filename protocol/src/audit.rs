@@ -575,8 +575,9 @@ pub fn audit_with(schema: &Schema, id: BatchId, batch: &Batch, view: &dyn View) 
 }
 
 /// [`audit_with`] on some of batch `id`'s records: those of `records` whose current version
-/// is the batch's. A receiving node audits this way a record whose version in an earlier
-/// batch becomes current again when a version between arrives late.
+/// is the batch's. A receiving node audits this way a record whose current version is an
+/// earlier batch's when another version of it arrives (one that loses to it, or one between
+/// that makes it current again).
 pub fn audit_records(
     schema: &Schema,
     id: BatchId,
