@@ -43,7 +43,7 @@ fn peak_rss_mib() -> Option<u64> {
 fn print(report: &Report) {
     let s = &report.stats;
     println!(
-        "{} seed {}: {} nodes, {} batches submitted ({} acknowledged), {} batch sends, {} KB of batches, {} frames, {} events; {} crashes, {} link breaks, {} corrupted, {} tampered, {} forged submissions refused; faults: {}",
+        "{} seed {}: {} nodes, {} batches submitted ({} acknowledged), {} batch sends, {} KB of batches, {} frames, {} events; {} crashes, {} link breaks, {} corrupted, {} tampered, {} overtaken by their corrections, {} forged submissions refused; faults: {}",
         report.scenario,
         report.seed,
         report.nodes,
@@ -57,6 +57,7 @@ fn print(report: &Report) {
         s.link_breaks,
         s.corrupted,
         s.tampered,
+        s.overtaken,
         s.forgeries_refused,
         report.faults
     );

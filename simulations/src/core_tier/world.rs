@@ -189,6 +189,9 @@ pub struct Stats {
     pub link_breaks: u64,
     pub corrupted: u64,
     pub tampered: u64,
+    /// Batches that reached a node holding a version that supersedes them already (a
+    /// correction chain arriving out of order).
+    pub overtaken: u64,
     pub intruders_refused: u64,
     /// Forged submissions at operator APIs, each refused ([`Fault::Forge`]).
     pub forgeries_refused: u64,
@@ -255,6 +258,9 @@ pub struct World {
     /// original first, then each correction or withdrawal made (superseding the one before),
     /// each with its submission.
     chains: HashMap<usize, Vec<(usize, BatchId, Batch)>>,
+    /// The corrections and withdrawals made of each batch (for the count of batches that
+    /// arrive after a version superseding them).
+    superseded_by: HashMap<BatchId, Vec<BatchId>>,
     /// Progress reports the provinces made: (province, period).
     progress: HashMap<BatchId, (NodeId, Period)>,
     /// Each batch's arrival as its origin's parent signed it in its receipt (the first one
@@ -392,6 +398,7 @@ impl World {
             items: HashMap::new(),
             acked_submissions: BTreeSet::new(),
             chains: HashMap::new(),
+            superseded_by: HashMap::new(),
             progress: HashMap::new(),
             first_arrival: HashMap::new(),
             proof_touched: BTreeSet::new(),
@@ -928,6 +935,9 @@ impl World {
                 self.items.insert(id, Item::data(&batch));
                 let chain = self.chains.get_mut(&of).expect("made by next_version");
                 if !chain.iter().any(|(made, _, _)| *made == s) {
+                    if let Some(old) = batch.header.supersedes {
+                        self.superseded_by.entry(old).or_default().push(id);
+                    }
                     chain.push((s, id, batch));
                 }
                 self.legit.insert(id, origin);
@@ -1231,6 +1241,14 @@ impl World {
             }
             Payload::Batch(signed, first_receipt) => {
                 self.trace.update(signed.id.as_bytes());
+                if let Some(later) = self.superseded_by.get(&signed.id) {
+                    let store = Store::new(self.nodes[n].kv.clone());
+                    if !store.holds(&signed.id).unwrap_or(true)
+                        && later.iter().any(|id| store.holds(id).unwrap_or(false))
+                    {
+                        self.stats.overtaken += 1;
+                    }
+                }
                 let first_receipt = first_receipt.map(|r| *r);
                 // Both ways in, as the runtime (checked before the core's lock) and as a
                 // caller that hands the core the bare batch: half the batches each, by their
