@@ -21,12 +21,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::batch::{Batch, Ed25519, PublicKey, SignedBatch, Verifier, VerifyError};
+use crate::batch::{Batch, BatchHeader, Ed25519, PublicKey, SignedBatch, Verifier, VerifyError};
 use crate::ids::{BatchId, NodeId};
 use crate::manifest::{Content, ContentKind, Manifest};
 use crate::progress::ProgressReport;
 use crate::record::Problem;
-use crate::schema::Registry;
+use crate::schema::{Registry, Schema};
 use crate::wire::{IDS_PER_FRAME_MAX, Message, Offer, SignedReceipt, Verdict};
 
 /// Most batches an uplink holds in memory; the driver feeds more as these are receipted.
@@ -794,26 +794,17 @@ pub fn decode_content(
         }
         return Ok(Content::Manifest(manifest));
     }
-    let batch = Batch::decode(&signed.bytes)
-        .map_err(|e| (Rejection::Verify(VerifyError::Decode(e)), Vec::new()))?;
-    let category = batch.header.category.to_string();
-    let schema = registry
-        .get(&batch.header.category)
-        .ok_or_else(|| (Rejection::UnknownCategory(category.clone()), Vec::new()))?;
-    if schema.version != batch.header.schema_version {
-        return Err((
-            Rejection::SchemaVersion {
-                category,
-                got: batch.header.schema_version,
-                have: schema.version,
-            },
-            Vec::new(),
-        ));
-    }
+    // Each record is checked as soon as it is decoded, while it is in the cache; the header
+    // (decoded before any record) gives the schema.
+    let mut schema: Option<Result<&Schema, Rejection>> = None;
     let mut problems = Vec::new();
     let mut count = 0;
-    for record in &batch.records {
-        let found = schema.check_record(record, batch.header.period);
+    let decoded = Batch::decode_each(&signed.bytes, |header, record| {
+        let schema = schema.get_or_insert_with(|| schema_of(registry, header));
+        let Ok(schema) = schema else {
+            return;
+        };
+        let found = schema.check_record(record, header.period);
         if !found.is_empty() {
             count += 1;
             for mut problem in found {
@@ -823,9 +814,99 @@ pub fn decode_content(
                 }
             }
         }
+    });
+    let batch = decoded.map_err(|e| (Rejection::Verify(VerifyError::Decode(e)), Vec::new()))?;
+    // A batch of withdrawals alone has no record to have asked for its schema.
+    if let Err(rejection) = schema.unwrap_or_else(|| schema_of(registry, &batch.header)) {
+        return Err((rejection, Vec::new()));
     }
     if count > 0 {
+        let category = batch.header.category.to_string();
         return Err((Rejection::Records { category, count }, problems));
     }
     Ok(Content::Data(batch))
+}
+
+/// The schema a data batch's header names, if this registry has it at that version.
+fn schema_of<'r>(registry: &'r Registry, header: &BatchHeader) -> Result<&'r Schema, Rejection> {
+    let schema = registry
+        .get(&header.category)
+        .ok_or_else(|| Rejection::UnknownCategory(header.category.to_string()))?;
+    if schema.version != header.schema_version {
+        return Err(Rejection::SchemaVersion {
+            category: header.category.to_string(),
+            got: header.schema_version,
+            have: schema.version,
+        });
+    }
+    Ok(schema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{BATCH_FORMAT, NodeKey};
+    use crate::ids::{Category, Period, PersonToken};
+    use crate::record::{Record, RecordKey, Subject, Value};
+
+    /// A water-fee batch of `bad` records with one value each (the schema has many), under
+    /// schema version `version`.
+    fn signed(category: &str, version: u32, bad: usize) -> SignedBatch {
+        let header = BatchHeader {
+            format: BATCH_FORMAT,
+            origin: NodeId::parse("445281").unwrap(),
+            category: Category::parse(category).unwrap(),
+            schema_version: version,
+            period: Period::parse("2022-05").unwrap(),
+            supersedes: None,
+            withdrawals: Vec::new(),
+        };
+        let records = (0..bad)
+            .map(|i| Record {
+                key: RecordKey(format!("K{i}")),
+                subject: Subject::Person(PersonToken([1; 16])),
+                values: vec![Value::Absent],
+            })
+            .collect();
+        let batch = Batch::new(header, records).unwrap();
+        SignedBatch::seal(&batch, &NodeKey::from_seed([3; 32])).unwrap()
+    }
+
+    /// Records are checked as they are decoded, and the header's schema is judged first: an
+    /// unknown category or schema version is the reason (with no record problems), whatever
+    /// the records; then every bad record counts, its problems named by its key.
+    #[test]
+    fn the_schema_is_judged_before_the_records_checked_as_they_are_decoded() {
+        let registry = Registry::builtin();
+        let version = registry.by_name("water_fee").unwrap().version;
+        assert_eq!(
+            decode_content(&signed("water_fee", version + 1, 3), registry),
+            Err((
+                Rejection::SchemaVersion {
+                    category: "water_fee".into(),
+                    got: version + 1,
+                    have: version
+                },
+                Vec::new()
+            ))
+        );
+        assert_eq!(
+            decode_content(&signed("no_such_fee", 1, 3), registry),
+            Err((Rejection::UnknownCategory("no_such_fee".into()), Vec::new()))
+        );
+        let (rejection, problems) = decode_content(&signed("water_fee", version, 3), registry)
+            .expect_err("records with one value each");
+        assert_eq!(
+            rejection,
+            Rejection::Records {
+                category: "water_fee".into(),
+                count: 3
+            }
+        );
+        let named: Vec<&str> = problems
+            .iter()
+            .map(|p| p.message.split(':').next().unwrap())
+            .collect();
+        assert_eq!(named, ["record K0", "record K1", "record K2"]);
+    }
 }

@@ -228,3 +228,43 @@ fn batches_reach_the_province_verified_and_survive_a_city_sigkill() {
     let _ = national;
     cluster.stop_all();
 }
+
+/// A batch near the 64 MiB cap travels and is stored at every level: 90,000 `admin_penalty`
+/// records (the widest category) in one batch of ~55 MiB. Batches from 85,000 such records
+/// (52 MiB) up were once made and then refused by every receiver, their own node's included
+/// (bincode's decoder counted decoded sizes against the cap); records are read by hand since.
+#[test]
+fn a_batch_near_the_byte_cap_reaches_the_province() {
+    let root = tempfile::tempdir().unwrap();
+    let (province, city, county) = (id("440000"), id("445200"), id("445281"));
+    let mut cluster = Cluster::create(
+        &credit_e2e::binary(),
+        root.path(),
+        &[
+            ("000000", "全国中小企业融资综合信用服务平台", None),
+            ("440000", "广东省", Some("000000")),
+            ("445200", "揭阳市", Some("440000")),
+            ("445281", "普宁市", Some("445200")),
+        ],
+    )
+    .unwrap();
+    cluster.start_all().unwrap();
+    let (ids, records) = submit(&cluster, county, "admin_penalty", 90_000, 0, 100_000);
+    assert_eq!((ids.len(), records), (1, 90_000), "one batch of every row");
+    let at_county = cluster.batches(county).unwrap();
+    let bytes = at_county["batches"][0]["bytes"].as_u64().unwrap();
+    assert!(
+        bytes > 52 * 1024 * 1024 && bytes <= protocol::batch::BATCH_BYTES_MAX as u64,
+        "{bytes} bytes: above where receivers once refused, within the cap"
+    );
+    let expected: BTreeSet<String> = ids.into_iter().collect();
+    wait_until("the batch at the province", SYNC_TIMEOUT, || {
+        holds_all(&cluster, province, &expected)
+    })
+    .unwrap_or_else(|e| panic!("{e}\ncity log:\n{}", cluster.log(city)));
+    let at_province = cluster.batches(province).unwrap();
+    let batch = &at_province["batches"][0];
+    assert_eq!(batch["signature_valid"], true, "{batch}");
+    assert_eq!(batch["records"], 90_000, "{batch}");
+    assert_eq!(batch["from"], "445200", "came through the city: {batch}");
+}
