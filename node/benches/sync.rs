@@ -957,6 +957,8 @@ struct Offline {
     verify_incoming: Duration,
     hash_signature: Duration,
     decode: Duration,
+    /// The header and keys alone (`Batch::decode_keys`, the ledger's read of held batches).
+    decode_keys: Duration,
     /// The canonical check `Batch::decode` made before it read the records by hand (which
     /// refuses non-minimal forms as it reads): the whole encoding's length counted.
     canonical: Duration,
@@ -1010,6 +1012,13 @@ fn offline_costs(
             .iter()
             .map(|b| Batch::decode(&b.bytes).expect("decodes"))
             .collect::<Vec<Batch>>()
+    });
+    // What the ledger reads of each held batch (its keys), for every report and scrape.
+    let decode_keys = median(OFFLINE_ITERS, || {
+        batches
+            .iter()
+            .map(|b| Batch::decode_keys(&b.bytes).expect("decodes"))
+            .collect::<Vec<_>>()
     });
     let decoded: Vec<Batch> = batches
         .iter()
@@ -1184,6 +1193,7 @@ fn offline_costs(
         verify_incoming: verify_incoming_time,
         hash_signature,
         decode,
+        decode_keys,
         canonical,
         reencode,
         each,
@@ -1483,6 +1493,10 @@ fn main() {
         offline.canonical,
     );
     line("    (the check by encoding, before that)", offline.reencode);
+    line(
+        "  (keys alone: decode_keys, for the ledger)",
+        offline.decode_keys,
+    );
     line(
         "  check_record etc. (the rest)",
         offline

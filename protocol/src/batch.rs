@@ -212,36 +212,7 @@ impl Batch {
         bytes: &[u8],
         mut each: impl FnMut(&BatchHeader, &Record),
     ) -> Result<Batch, DecodeError> {
-        if bytes.len() > BATCH_BYTES_MAX {
-            return Err(DecodeError::TooLarge(bytes.len()));
-        }
-        // The format is the first field: check it before decoding the rest, so a newer
-        // format is reported as such and not as garbage.
-        let (format, _): (u16, usize) = bincode::decode_from_slice(bytes, bincode_config::<16>())
-            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if format != BATCH_FORMAT {
-            return Err(DecodeError::Format(format));
-        }
-        // The header by bincode; the records, nearly all of the bytes, by `RecordReader`,
-        // which reads them straight from the slice and takes only minimal varints.
-        let (header, used): (BatchHeader, usize) =
-            bincode::decode_from_slice(bytes, bincode_config::<BATCH_BYTES_MAX>())
-                .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        if header.withdrawals.len() > WITHDRAWALS_MAX {
-            return Err(DecodeError::NotCanonical("too many records or withdrawals"));
-        }
-        // Every value this format holds has exactly one encoding of the least length
-        // (integers, lengths and variants as minimal varints, texts and ids as their bytes),
-        // and bincode's other accepted forms (a varint with a wider marker) are longer: the
-        // header is canonical exactly when it is as long as its canonical encoding, which is
-        // counted rather than encoded (`Batch::encodes_to` is the check by encoding), and the
-        // records are, since their reader refuses every other form. A field type without one
-        // least-length encoding (a float, a map) would need the check by encoding again.
-        if header_len(&header) != used {
-            return Err(DecodeError::NotCanonical(
-                "re-encoding gives other bytes (non-minimal integers)",
-            ));
-        }
+        let (header, used) = decode_header(bytes)?;
         let mut reader = RecordReader { bytes, at: used };
         let records = reader.records(|record| each(&header, record))?;
         if reader.at != bytes.len() {
@@ -260,6 +231,40 @@ impl Batch {
         Ok(batch)
     }
 
+    /// The header and the record keys of a batch, its values passed over: what a node reads
+    /// of the batches it holds to count the records they deliver (the ledger), ~3× faster
+    /// than [`Batch::decode`]. For bytes that were verified when they arrived and are checked
+    /// against their id as they are read (a store's): the header, the layout, the keys (UTF-8,
+    /// strict order) and every integer's canonical form are checked as `decode` checks them,
+    /// not the values' texts (their UTF-8) or credit codes. Anything `decode` accepts, this
+    /// accepts with the same keys.
+    pub fn decode_keys(bytes: &[u8]) -> Result<(BatchHeader, Vec<RecordKey>), DecodeError> {
+        let (header, used) = decode_header(bytes)?;
+        let mut reader = RecordReader { bytes, at: used };
+        let count = reader.len()?;
+        if count > BATCH_RECORDS_MAX {
+            return Err(DecodeError::NotCanonical("too many records or withdrawals"));
+        }
+        let mut keys = Vec::with_capacity(count.min(reader.left() / RECORD_BYTES_MIN));
+        for _ in 0..count {
+            keys.push(reader.key_passing_over()?);
+        }
+        if reader.at != bytes.len() {
+            return Err(DecodeError::TrailingBytes(bytes.len() - reader.at));
+        }
+        if keys.is_empty() && header.withdrawals.is_empty() {
+            return Err(DecodeError::NotCanonical("empty batch"));
+        }
+        let ordered = keys.windows(2).all(|w| w[0] < w[1])
+            && header.withdrawals.windows(2).all(|w| w[0].key < w[1].key);
+        if !ordered {
+            return Err(DecodeError::NotCanonical(
+                "records or withdrawals not in strict key order",
+            ));
+        }
+        Ok((header, keys))
+    }
+
     /// The length of this batch's canonical encoding, counted: the header's by bincode, the
     /// records' from their texts' lengths.
     pub fn canonical_len(&self) -> usize {
@@ -275,6 +280,42 @@ impl Batch {
                 .windows(2)
                 .all(|w| w[0].key < w[1].key)
     }
+}
+
+/// A batch's header, checked (the format first, then canonical form), and where its records
+/// start.
+fn decode_header(bytes: &[u8]) -> Result<(BatchHeader, usize), DecodeError> {
+    if bytes.len() > BATCH_BYTES_MAX {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    // The format is the first field: check it before decoding the rest, so a newer
+    // format is reported as such and not as garbage.
+    let (format, _): (u16, usize) = bincode::decode_from_slice(bytes, bincode_config::<16>())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if format != BATCH_FORMAT {
+        return Err(DecodeError::Format(format));
+    }
+    // The header by bincode; the records, nearly all of the bytes, by `RecordReader`,
+    // which reads them straight from the slice and takes only minimal varints.
+    let (header, used): (BatchHeader, usize) =
+        bincode::decode_from_slice(bytes, bincode_config::<BATCH_BYTES_MAX>())
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if header.withdrawals.len() > WITHDRAWALS_MAX {
+        return Err(DecodeError::NotCanonical("too many records or withdrawals"));
+    }
+    // Every value this format holds has exactly one encoding of the least length
+    // (integers, lengths and variants as minimal varints, texts and ids as their bytes),
+    // and bincode's other accepted forms (a varint with a wider marker) are longer: the
+    // header is canonical exactly when it is as long as its canonical encoding, which is
+    // counted rather than encoded (`Batch::encodes_to` is the check by encoding), and the
+    // records are, since their reader refuses every other form. A field type without one
+    // least-length encoding (a float, a map) would need the check by encoding again.
+    if header_len(&header) != used {
+        return Err(DecodeError::NotCanonical(
+            "re-encoding gives other bytes (non-minimal integers)",
+        ));
+    }
+    Ok((header, used))
 }
 
 /// The length of `header`'s canonical encoding, counted by bincode's size writer.
@@ -347,6 +388,34 @@ impl RecordReader<'_> {
             subject,
             values,
         })
+    }
+
+    /// A record's key, the rest of the record passed over: its subject and values are read
+    /// only for their layout (variants, lengths, canonical integers), their bytes skipped.
+    fn key_passing_over(&mut self) -> Result<RecordKey, DecodeError> {
+        let key = RecordKey(self.text()?.to_owned());
+        match self.varint()? {
+            0 => self.take(18)?,
+            1 => self.take(16)?,
+            other => return Err(unknown_variant("Subject", other)),
+        };
+        for _ in 0..self.len()? {
+            match self.varint()? {
+                0 => {}
+                1 => self.skip_text()?,
+                2 => {
+                    self.skip_text()?;
+                    self.take(16)?;
+                }
+                other => return Err(unknown_variant("Value", other)),
+            }
+        }
+        Ok(key)
+    }
+
+    fn skip_text(&mut self) -> Result<(), DecodeError> {
+        let n = self.len()?;
+        self.take(n).map(|_| ())
     }
 
     fn left(&self) -> usize {

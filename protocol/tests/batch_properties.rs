@@ -271,9 +271,52 @@ proptest! {
         prop_assert!(tampered.verify(&key().public()).is_err());
     }
 
+    /// `Batch::decode_keys` (the ledger's read of held batches) takes whatever
+    /// `Batch::decode` takes, with the same header and keys, on a valid batch changed
+    /// anywhere; what only it takes differs in the values' bytes alone (a text that is not
+    /// UTF-8, a credit code out of form), never in the keys, the layout or an integer's form.
+    #[test]
+    fn the_keys_alone_are_read_as_decode_reads_them(
+        records in records_with_long_texts(),
+        withdrawn in any::<bool>(),
+        at in any::<prop::sample::Index>(),
+        how in 0..5u8,
+        byte in any::<u8>(),
+    ) {
+        let withdrawals = if withdrawn {
+            vec![Withdrawal { key: RecordKey("W".into()), reason: WithdrawalReason::Error }]
+        } else {
+            vec![]
+        };
+        let batch = Batch::new(header(withdrawals), records).unwrap();
+        let bytes = batch.encode().unwrap();
+        let keys = |batch: &Batch| batch.records.iter().map(|r| r.key.clone()).collect::<Vec<_>>();
+        prop_assert_eq!(Batch::decode_keys(&bytes).unwrap(), (batch.header.clone(), keys(&batch)));
+        let i = at.index(bytes.len());
+        let mut changed = bytes.clone();
+        match how {
+            0 => changed[i] = byte,
+            1 => changed.insert(i, byte),
+            2 => { changed.remove(i); }
+            3 if bytes[i] < 251 => { changed.splice(i..=i, [0xFB, bytes[i], 0]); }
+            _ => changed.truncate(i),
+        }
+        match (Batch::decode(&changed), Batch::decode_keys(&changed)) {
+            (Ok(decoded), read) => prop_assert_eq!(read.ok(), Some((decoded.header.clone(), keys(&decoded)))),
+            (Err(_), Ok((header, read))) => {
+                // Only a value's bytes can be what decode refused: the same keys and header.
+                prop_assert_eq!(header, batch.header.clone(), "{} at {}", how, i);
+                prop_assert_eq!(read, keys(&batch), "{} at {}", how, i);
+                prop_assert_eq!(changed.len(), bytes.len(), "{} at {}", how, i);
+            }
+            (Err(_), Err(_)) => {}
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic_a_decoder(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = Batch::decode(&bytes);
+        let _ = Batch::decode_keys(&bytes);
         let _ = wire::decode_payload(&bytes);
         let _ = wire::decode_frame(&bytes, FRAME_BYTES_MAX);
         let _ = SignedBatch { id: BatchId([0; 32]), signature: protocol::Signature([0; 64]), bytes }.header();

@@ -345,13 +345,11 @@ fn held_for<K: Kv>(
     held.manifests.sort_by_key(|(_, _, m)| m.revision);
     if held.data.len() > 1 {
         for (id, meta) in &held.data {
-            if let Some(batch) = store.held_data_batch(id)? {
-                let keys = batch
-                    .records
-                    .into_iter()
-                    .map(|record| (meta.period, record.key))
-                    .collect();
-                held.versions.insert(*id, (batch.header.supersedes, keys));
+            // The keys alone: a province's month holds thousands of batches, read again
+            // for every report and every scrape of the metrics.
+            if let Some((header, keys)) = store.held_data_batch_keys(id)? {
+                let keys = keys.into_iter().map(|key| (meta.period, key)).collect();
+                held.versions.insert(*id, (header.supersedes, keys));
             }
         }
     }

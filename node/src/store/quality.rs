@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bincode::{Decode, Encode};
 use protocol::audit::Finding;
+use protocol::batch::BatchHeader;
 use protocol::ids::{BatchId, NodeId};
 use protocol::record::Problem;
 use protocol::{Batch, Category, ContentKind, Period, RecordKey};
@@ -1026,6 +1027,26 @@ impl<K: Kv> Store<K> {
         }
         let signed = self.batch(id)?.ok_or(StoreError::Corrupt { id: *id })?;
         Batch::decode(&signed.bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Decode {
+                tree: "batches",
+                message: format!("held batch {id}: {e}"),
+            })
+    }
+
+    /// Held data batch `id`'s header and record keys, its values passed over
+    /// ([`Batch::decode_keys`]; checked against its id as it is read); `None` if it is not
+    /// held or not data.
+    pub fn held_data_batch_keys(
+        &self,
+        id: &BatchId,
+    ) -> Result<Option<(BatchHeader, Vec<RecordKey>)>, StoreError> {
+        match self.meta(id)? {
+            Some(meta) if meta.kind == ContentKind::Data => {}
+            _ => return Ok(None),
+        }
+        let signed = self.batch(id)?.ok_or(StoreError::Corrupt { id: *id })?;
+        Batch::decode_keys(&signed.bytes)
             .map(Some)
             .map_err(|e| StoreError::Decode {
                 tree: "batches",
