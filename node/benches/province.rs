@@ -659,6 +659,37 @@ struct Built {
     time: Duration,
 }
 
+/// The timeliness ledger of one month at the province, as `credit-node report` reads it
+/// (and `/metrics` twice a scrape: this month and the last), from the store as built: every
+/// reporter and category, with the three previous months read for the concealment check.
+fn ledger_of_a_month(province: &Path, topology: &Topology) {
+    let store: Store<SledKv> = Store::open(province).expect("the province's store");
+    let period = Period::Month {
+        year: YEAR,
+        month: 6,
+    };
+    let now_ms = days_from_civil(i64::from(YEAR) + 1, 1, 1) as u64 * DAY_MS;
+    let started = Instant::now();
+    let entries = node::core::ledger::ledger(
+        &store,
+        topology,
+        id(440_000),
+        period,
+        None,
+        now_ms,
+        node::core::ledger::LedgerConfig::default(),
+    )
+    .expect("the ledger");
+    let took = started.elapsed();
+    let records: u64 = entries.iter().map(|e| e.records_delivered).sum();
+    println!(
+        "   the ledger of {period} (credit-node report; /metrics reads two a scrape): {} reports, {} records delivered, {}",
+        entries.len(),
+        grouped(records as f64),
+        secs(took),
+    );
+}
+
 /// Builds the province's store in `province` and its parent's copy (without the lost
 /// batches) in `national`.
 fn build_year(province: &Path, national: &Path, topology: &Topology, records: usize) -> Built {
@@ -937,6 +968,7 @@ fn part_a(base: &Path) {
         sled_bytes as f64 / (1u64 << 30) as f64,
         root.display()
     );
+    ledger_of_a_month(&province_dir, &topology);
     if national_base != national_dir {
         copy_store(&national_base, &national_dir);
     }

@@ -28,7 +28,7 @@ use protocol::{Content, ContentKind, Manifest};
 use serde::Serialize;
 use topology::Topology;
 
-use crate::store::{BatchMeta, Kv, Store, StoreError};
+use crate::store::{BatchMeta, Counted, Kv, Store, StoreError};
 
 const DAY_MS: u64 = 86_400_000;
 /// China Standard Time is UTC+8.
@@ -277,9 +277,13 @@ fn previous_months(period: Period, count: u32) -> Vec<Period> {
 struct Held {
     data: Vec<(BatchId, BatchMeta)>,
     manifests: Vec<(BatchId, BatchMeta, Manifest)>,
+    /// What the store recorded of each data batch when it stored it (its records new to the
+    /// period, what it supersedes), when it did for every one and more than one is held.
+    counted: Option<HashMap<BatchId, Counted>>,
     /// Each data batch's record keys (with its period) and the batch it supersedes: read
     /// only when more than one data batch is held (a lone batch carries each key once and
-    /// corrects nothing held).
+    /// corrects nothing held) and the store's counts do not answer (not recorded for every
+    /// batch, or some of the batches asked about).
     versions: HashMap<BatchId, Version>,
 }
 
@@ -289,8 +293,40 @@ type Version = (Option<BatchId>, Vec<(Period, RecordKey)>);
 impl Held {
     /// The records the held data batches `ids` deliver: each record once, however many
     /// versions of it they carry (a correction replaces records and adds none; a
-    /// withdrawal carries none, and takes nothing back from what was delivered).
-    fn records<'a>(&self, ids: impl Iterator<Item = &'a BatchId>) -> u64 {
+    /// withdrawal carries none, and takes nothing back from what was delivered). All the
+    /// held batches together from the store's counts, without reading them; some of them
+    /// from their keys.
+    fn records<K: Kv>(&mut self, store: &Store<K>, ids: &[BatchId]) -> Result<u64, StoreError> {
+        if let Some(counted) = &self.counted {
+            let asked: BTreeSet<&BatchId> = ids.iter().collect();
+            if asked.len() == self.data.len() && self.data.iter().all(|(id, _)| asked.contains(id))
+            {
+                let sum = asked
+                    .iter()
+                    .map(|id| u64::from(counted[*id].new_keys))
+                    .sum();
+                // The simulator's builds hold the counts to the keys on every judgement.
+                #[cfg(feature = "test-hooks")]
+                {
+                    let versions = versions_of(store, &self.data)?;
+                    let keys: BTreeSet<&(Period, RecordKey)> =
+                        versions.values().flat_map(|(_, keys)| keys).collect();
+                    assert_eq!(
+                        sum,
+                        keys.len() as u64,
+                        "the counts stored with {:?} disagree with their keys",
+                        self.data
+                            .iter()
+                            .map(|(id, _)| id.short())
+                            .collect::<Vec<_>>()
+                    );
+                }
+                return Ok(sum);
+            }
+            if self.versions.is_empty() {
+                self.versions = versions_of(store, &self.data)?;
+            }
+        }
         let mut keys: BTreeSet<&(Period, RecordKey)> = BTreeSet::new();
         let mut counted = 0u64;
         for id in ids {
@@ -305,17 +341,45 @@ impl Held {
                 }
             }
         }
-        counted + keys.len() as u64
+        Ok(counted + keys.len() as u64)
+    }
+
+    /// Every held data batch's id.
+    fn data_ids(&self) -> Vec<BatchId> {
+        self.data.iter().map(|(id, _)| *id).collect()
     }
 
     /// Whether data batch `id` supersedes another held data batch: a change to a filing (a
     /// correction or a withdrawal), not a filing, so not what its timeliness is judged by.
     fn corrects_held(&self, id: &BatchId) -> bool {
-        self.versions
-            .get(id)
-            .and_then(|(supersedes, _)| *supersedes)
-            .is_some_and(|earlier| self.versions.contains_key(&earlier))
+        let supersedes = match &self.counted {
+            Some(counted) => counted.get(id).and_then(|c| c.supersedes),
+            None => self
+                .versions
+                .get(id)
+                .and_then(|(supersedes, _)| *supersedes),
+        };
+        // Versions or counts are known only when more than one data batch is held.
+        supersedes.is_some_and(|earlier| {
+            self.data.len() > 1 && self.data.iter().any(|(held, _)| *held == earlier)
+        })
     }
+}
+
+/// Each of `data`'s batches' keys (with its period) and what it supersedes. The keys
+/// alone: a province's month holds thousands of batches.
+fn versions_of<K: Kv>(
+    store: &Store<K>,
+    data: &[(BatchId, BatchMeta)],
+) -> Result<HashMap<BatchId, Version>, StoreError> {
+    let mut versions = HashMap::new();
+    for (id, meta) in data {
+        if let Some((header, keys)) = store.held_data_batch_keys(id)? {
+            let keys = keys.into_iter().map(|key| (meta.period, key)).collect();
+            versions.insert(*id, (header.supersedes, keys));
+        }
+    }
+    Ok(versions)
 }
 
 fn held_for<K: Kv>(
@@ -327,10 +391,13 @@ fn held_for<K: Kv>(
     let mut held = Held {
         data: Vec::new(),
         manifests: Vec::new(),
+        counted: None,
         versions: HashMap::new(),
     };
-    for entry in store.held_in_period(reporter, category, period) {
-        let (id, meta) = entry?;
+    let mut counted = HashMap::new();
+    let mut uncounted = false;
+    for entry in store.held_in_period_counted(reporter, category, period) {
+        let (id, meta, count) = entry?;
         if meta.kind == ContentKind::Manifest {
             let Some(signed) = store.batch(&id)? else {
                 continue;
@@ -339,18 +406,24 @@ fn held_for<K: Kv>(
                 held.manifests.push((id, meta, manifest));
             }
         } else if meta.kind == ContentKind::Data {
+            match count {
+                Some(count) => {
+                    counted.insert(id, count);
+                }
+                None => uncounted = true,
+            }
             held.data.push((id, meta));
         }
     }
     held.manifests.sort_by_key(|(_, _, m)| m.revision);
     if held.data.len() > 1 {
-        for (id, meta) in &held.data {
-            // The keys alone: a province's month holds thousands of batches, read again
-            // for every report and every scrape of the metrics.
-            if let Some((header, keys)) = store.held_data_batch_keys(id)? {
-                let keys = keys.into_iter().map(|key| (meta.period, key)).collect();
-                held.versions.insert(*id, (header.supersedes, keys));
-            }
+        // The store's counts, when it recorded them for every batch (a province's month
+        // holds thousands of batches, judged again for every report and every scrape of
+        // the metrics); else the batches' keys.
+        if uncounted {
+            held.versions = versions_of(store, &held.data)?;
+        } else {
+            held.counted = Some(counted);
         }
     }
     Ok(held)
@@ -475,31 +548,25 @@ fn judge<K: Kv>(
     config: LedgerConfig,
 ) -> Result<Entry, StoreError> {
     let due = due_ms(period, cadence, due_day);
-    let held = held_for(store, reporter, category, period)?;
-    let latest = held.manifests.last().map(|(_, _, m)| m);
-    let first_manifest = held.manifests.first();
+    let mut held = held_for(store, reporter, category, period)?;
 
     // Completeness against the latest manifest.
-    let data_ids: BTreeMap<BatchId, &BatchMeta> = held.data.iter().map(|(i, m)| (*i, m)).collect();
-    let (incomplete, delivered): (Vec<String>, u64) = match latest {
-        Some(manifest) => {
-            let missing = manifest
+    let held_ids: BTreeSet<BatchId> = held.data.iter().map(|(id, _)| *id).collect();
+    let (incomplete, named): (Vec<String>, Vec<BatchId>) = match held.manifests.last() {
+        Some((_, _, manifest)) => {
+            let (named, missing): (Vec<BatchId>, Vec<BatchId>) = manifest
                 .batches
                 .iter()
-                .filter(|e| !data_ids.contains_key(&e.batch))
-                .map(|e| e.batch.to_hex())
-                .collect();
-            let delivered = held.records(
-                manifest
-                    .batches
-                    .iter()
-                    .map(|e| &e.batch)
-                    .filter(|id| data_ids.contains_key(*id)),
-            );
-            (missing, delivered)
+                .map(|e| e.batch)
+                .partition(|id| held_ids.contains(id));
+            (missing.iter().map(BatchId::to_hex).collect(), named)
         }
-        None => (Vec::new(), held.records(held.data.iter().map(|(id, _)| id))),
+        None => (Vec::new(), held_ids.iter().copied().collect()),
     };
+    let delivered = held.records(store, &named)?;
+    let latest = held.manifests.last().map(|(_, _, m)| m);
+    let first_manifest = held.manifests.first();
+    let data_ids: BTreeMap<BatchId, &BatchMeta> = held.data.iter().map(|(i, m)| (*i, m)).collect();
 
     // Timeliness: the first filing (its first manifest and the data it named), or the data
     // alone when no manifest came (less the batches correcting or withdrawing from another
@@ -553,8 +620,9 @@ fn judge<K: Kv>(
     if concealment.is_none() && arrived.is_some() && cadence == Cadence::Monthly {
         let mut counts = Vec::new();
         for p in previous_months(period, config.trailing_periods) {
-            let before = held_for(store, reporter, category, p)?;
-            let n = before.records(before.data.iter().map(|(id, _)| id));
+            let mut before = held_for(store, reporter, category, p)?;
+            let all = before.data_ids();
+            let n = before.records(store, &all)?;
             if n > 0 {
                 counts.push(n);
             }

@@ -488,6 +488,7 @@ impl Assessed {
         current: Vec<(RecordKey, bool)>,
         (findings, others): (Vec<Finding>, Vec<Reassessed>),
         (index_run, index): (u64, IndexWrites),
+        new_keys: usize,
     ) -> Assessed {
         Assessed {
             update: QualityUpdate {
@@ -501,6 +502,7 @@ impl Assessed {
                 others,
                 index_run,
                 index,
+                new_keys: u32::try_from(new_keys).ok(),
             },
             findings,
             republished: super::Republished::default(),
@@ -659,8 +661,32 @@ fn assess_general<K: Kv>(
     // arrived late).
     let mut wanted: Vec<(BatchId, usize)> = Vec::new();
     let mut reassessed = vec![false; overlay.entries.len()];
+    // The batch's records whose key no other batch this node holds carries a record of
+    // (the index may name a batch no longer held: one lost and not yet sent again).
+    let mut new_keys = 0;
+    let mut holds: FastMap<BatchId, bool> = FastMap::default();
     for (n, (_, withdrawn)) in keys.iter().enumerate() {
         let entry = &mut overlay.entries[slot_of[n]].1;
+        if !withdrawn {
+            let mut carried = false;
+            for (other, withdraws) in &entry.versions {
+                if *withdraws || other.batch == id {
+                    continue;
+                }
+                carried = match holds.get(&other.batch) {
+                    Some(held) => *held,
+                    None => {
+                        let held = store.holds(&other.batch)?;
+                        holds.insert(other.batch, held);
+                        held
+                    }
+                };
+                if carried {
+                    break;
+                }
+            }
+            new_keys += usize::from(!carried);
+        }
         if !entry.versions.iter().any(|(v, _)| v.batch == id) {
             entry.versions.push((version, *withdrawn));
         }
@@ -775,6 +801,7 @@ fn assess_general<K: Kv>(
         current,
         (findings, others),
         (run, overlay.writes()),
+        new_keys,
     );
     assessed.republished = republished;
     Ok(assessed)
@@ -1100,49 +1127,6 @@ mod tests {
         assert_eq!(rules_seen, BTreeSet::from(every), "the rules found on");
     }
 
-    /// [`MemKv`] counting the batches read back.
-    #[derive(Clone)]
-    struct CountingKv(MemKv, std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-    impl Kv for CountingKv {
-        fn get(
-            &self,
-            tree: crate::store::Tree,
-            key: &[u8],
-        ) -> Result<Option<Vec<u8>>, crate::store::KvError> {
-            self.0.get(tree, key)
-        }
-        fn scan(
-            &self,
-            tree: crate::store::Tree,
-            start: &[u8],
-            end: Option<&[u8]>,
-            limit: usize,
-        ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, crate::store::KvError> {
-            self.0.scan(tree, start, end, limit)
-        }
-        fn count_prefix(
-            &self,
-            tree: crate::store::Tree,
-            prefix: &[u8],
-        ) -> Result<usize, crate::store::KvError> {
-            self.0.count_prefix(tree, prefix)
-        }
-        fn apply(&self, ops: Vec<crate::store::Op>) -> Result<(), crate::store::KvError> {
-            self.0.apply(ops)
-        }
-        fn write_blob(&self, id: &BatchId, bytes: &[u8]) -> Result<(), crate::store::KvError> {
-            self.0.write_blob(id, bytes)
-        }
-        fn read_blob(&self, id: &BatchId) -> Result<Option<Vec<u8>>, crate::store::KvError> {
-            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.0.read_blob(id)
-        }
-        fn sync(&self) -> Result<(), crate::store::KvError> {
-            self.0.sync()
-        }
-    }
-
     /// A correction chain of whole batches whose middle link arrives last (newest, original,
     /// middle): the middle link makes the newest version current again for every record, and
     /// its assessment reads the newest batch back once, not once a record (it read and decoded
@@ -1156,7 +1140,7 @@ mod tests {
         let mut losing = BTreeSet::new();
         for seed in 1..=8 {
             let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let store = Store::new(CountingKv(MemKv::new(), reads.clone()));
+            let store = Store::new(crate::store::CountingKv(MemKv::new(), reads.clone()));
             let mut rng = Rng(seed);
             let mut make = |supersedes: Option<BatchId>| {
                 let records: Vec<Record> =

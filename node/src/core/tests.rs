@@ -630,6 +630,69 @@ fn the_ledger_dates_reports_by_the_first_parents_receipt() {
     assert_eq!(early[0].state, ledger::State::Pending);
 }
 
+/// The ledger counts the records a report delivered (each key once, over a republication and
+/// a correction) from what the store recorded with each batch, reading none of them back; a
+/// batch lost and received again leaves its period's counts unknown, and the ledger reads
+/// the batches' keys, with the same result.
+#[test]
+fn the_ledger_counts_a_reports_records_without_reading_its_batches() {
+    let may = Period::parse("2026-05").unwrap();
+    let cadence = protocol::schema::Cadence::Monthly;
+    let city_kv = MemKv::new();
+    let mut city = core(CITY, schedule_topology(), city_kv.clone());
+    let down = LinkId(3);
+    link_from(&mut city, down, COUNTY, at_wall(1));
+    let first = county_batch_of("2026-05");
+    // Two of the first's records published again, beside one of a new account.
+    let again = county_variant(&first, |batch| {
+        batch.records.truncate(2);
+        let mut other = batch.records[0].clone();
+        set(&mut other, "account_no", "AC99999999");
+        other.key = protocol::RecordKey("AC99999999|2026-05".into());
+        batch.records.push(other);
+    });
+    // A correction of the first's first record.
+    let correction = county_variant(&first, |batch| {
+        batch.header.supersedes = Some(first.id);
+        batch.records.truncate(1);
+    });
+    let at = at_wall(ledger::due_ms(may, cadence, 10) - 1);
+    for batch in [&first, &again, &correction] {
+        city.handle_batch(down, batch.clone(), None, at).unwrap();
+    }
+    for batch in [&first, &again, &correction] {
+        assert!(city.store().holds(&batch.id).unwrap(), "held");
+    }
+    let judged = ledger::due_ms(may, cadence, 10) + 1;
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counting = Store::new(crate::store::CountingKv(city_kv.clone(), reads.clone()));
+    let judge = || {
+        let before = reads.load(std::sync::atomic::Ordering::Relaxed);
+        let entries = ledger::ledger(
+            &counting,
+            &schedule_topology(),
+            id(CITY),
+            may,
+            None,
+            judged,
+            ledger::LedgerConfig::default(),
+        )
+        .unwrap();
+        let read = reads.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert_eq!(entries.len(), 1, "one county owes water fees");
+        (entries[0].records_delivered, entries[0].state, read)
+    };
+    assert_eq!(judge(), (4, ledger::State::OnTime, 0));
+
+    assert!(city.store().forget_batch(&first.id).unwrap());
+    city.handle_batch(down, first.clone(), None, at).unwrap();
+    assert_eq!(
+        judge(),
+        (4, ledger::State::OnTime, 3),
+        "the keys of all three read"
+    );
+}
+
 /// Jieyang's task allocation table: the city reports water fees for 榕城 and 揭东 (the city
 /// water group's data), so the province expects them from the city with the city's contact,
 /// and not from either district; 普宁 reports its own, without a line in the table.

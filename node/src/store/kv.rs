@@ -1277,6 +1277,46 @@ impl Kv for MemKv {
     }
 }
 
+/// [`MemKv`] counting the batches read back.
+#[cfg(test)]
+#[derive(Clone)]
+pub(crate) struct CountingKv(
+    pub MemKv,
+    pub std::sync::Arc<std::sync::atomic::AtomicUsize>,
+);
+
+#[cfg(test)]
+impl Kv for CountingKv {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.0.get(tree, key)
+    }
+    fn scan(
+        &self,
+        tree: Tree,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+        self.0.scan(tree, start, end, limit)
+    }
+    fn count_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<usize, KvError> {
+        self.0.count_prefix(tree, prefix)
+    }
+    fn apply(&self, ops: Vec<Op>) -> Result<(), KvError> {
+        self.0.apply(ops)
+    }
+    fn write_blob(&self, id: &BatchId, bytes: &[u8]) -> Result<(), KvError> {
+        self.0.write_blob(id, bytes)
+    }
+    fn read_blob(&self, id: &BatchId) -> Result<Option<Vec<u8>>, KvError> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.read_blob(id)
+    }
+    fn sync(&self) -> Result<(), KvError> {
+        self.0.sync()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,6 +43,8 @@ use protocol::record::Problem;
 use protocol::wire::{Offer, SignedReceipt, Verdict};
 use protocol::{Category, Content, ContentKind, Period, SignedBatch};
 
+#[cfg(test)]
+pub(crate) use kv::CountingKv;
 pub use kv::{BlobPool, CACHE_BYTES, Kv, KvError, MemKv, Op, SledKv, Tree, WriteFault};
 pub use quality::{
     Closed, FastMap, FeedbackItem, IndexReader, IndexWrite, IndexWrites, QualityUpdate, Reassessed,
@@ -501,7 +503,11 @@ impl<K: Kv> Store<K> {
                 bytes: signed.bytes.len() as u64,
             }),
         );
-        group.insert(Tree::Held, held_key(&meta, &id), Vec::new());
+        group.insert(
+            Tree::Held,
+            held_key(&meta, &id),
+            held_value(content, id, quality),
+        );
         group.insert(
             Tree::Receipts,
             receipt_key(&id, receiver),
@@ -775,6 +781,18 @@ impl<K: Kv> Store<K> {
         category: &'a Category,
         period: Period,
     ) -> impl Iterator<Item = Result<(BatchId, BatchMeta), StoreError>> + 'a {
+        self.held_in_period_counted(origin, category, period)
+            .map(|entry| entry.map(|(id, meta, _)| (id, meta)))
+    }
+
+    /// [`Store::held_in_period`], with what the store recorded of each data batch when it
+    /// stored it ([`Counted`]; `None` when not known).
+    pub fn held_in_period_counted<'a>(
+        &'a self,
+        origin: NodeId,
+        category: &'a Category,
+        period: Period,
+    ) -> impl Iterator<Item = Result<(BatchId, BatchMeta, Option<Counted>), StoreError>> + 'a {
         let mut prefix = origin.to_be_bytes().to_vec();
         let period_bytes = period.key_bytes();
         match period {
@@ -783,15 +801,20 @@ impl<K: Kv> Store<K> {
         }
         self.scan_prefix(Tree::Held, prefix)
             .filter_map(move |entry| {
-                let key = match entry {
-                    Ok((key, _)) => key,
+                let (key, value) = match entry {
+                    Ok(entry) => entry,
                     Err(e) => return Some(Err(e)),
                 };
                 // origin (4) | period (4) | category | 0 | id (32)
                 let named = key.get(8..key.len().saturating_sub(33))?;
-                (named == category.as_str().as_bytes()).then(|| Ok(held_key_id(&key)))
+                (named == category.as_str().as_bytes())
+                    .then(|| Ok((held_key_id(&key), Counted::parse(&value))))
             })
-            .map(move |id| self.indexed_meta(id?))
+            .map(move |entry| {
+                let (id, counted) = entry?;
+                let (id, meta) = self.indexed_meta(id)?;
+                Ok((id, meta, counted))
+            })
     }
 
     /// The ids of the batches and manifests `origin` originated for periods of `year`, each
@@ -1005,6 +1028,17 @@ impl<K: Kv> Store<K> {
             Op::Remove(Tree::Meta, id.as_bytes().to_vec()),
             Op::Remove(Tree::Held, held_key(&meta, id)),
         ];
+        // The record index keeps the batch's versions, so the counts its period's other
+        // batches were stored with no longer add up to what is held: forgotten too (the
+        // ledger then reads those batches' keys).
+        let mut group = held_key(&meta, id);
+        group.truncate(group.len() - 32);
+        for entry in self.scan_prefix(Tree::Held, group) {
+            let (key, value) = entry?;
+            if !value.is_empty() && held_key_id(&key) != *id {
+                ops.push(Op::Insert(Tree::Held, key, Vec::new()));
+            }
+        }
         for receipt in self.receipts_for(id)? {
             ops.push(Op::Remove(
                 Tree::Receipts,
@@ -1166,6 +1200,48 @@ fn held_key(meta: &BatchMeta, id: &BatchId) -> Vec<u8> {
     key.push(0);
     key.extend(id.as_bytes());
     key
+}
+
+/// What a `held` entry says of a data batch, for the ledger ([`Counted`]): the records whose
+/// key its period held no record of before it (u32 BE), then the batch it supersedes, if
+/// any (32 bytes). Empty when not known: not a data batch, or stored without the record
+/// index's update (or by a version before 2026-12-05).
+fn held_value(content: &Content, id: BatchId, quality: Option<&QualityUpdate>) -> Vec<u8> {
+    let Content::Data(batch) = content else {
+        return Vec::new();
+    };
+    let Some(new_keys) = quality.filter(|q| q.batch == id).and_then(|q| q.new_keys) else {
+        return Vec::new();
+    };
+    let mut value = new_keys.to_be_bytes().to_vec();
+    if let Some(supersedes) = batch.header.supersedes {
+        value.extend(supersedes.as_bytes());
+    }
+    value
+}
+
+/// What the store recorded of a held data batch when it stored it (`held_value`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    /// Its records whose key its period held no record of before it: summed over every
+    /// data batch of a period held, the records they deliver, each key once.
+    pub new_keys: u32,
+    pub supersedes: Option<BatchId>,
+}
+
+impl Counted {
+    fn parse(value: &[u8]) -> Option<Counted> {
+        let (new_keys, rest) = value.split_first_chunk::<4>()?;
+        let supersedes = match rest.len() {
+            0 => None,
+            32 => Some(BatchId(rest.try_into().ok()?)),
+            _ => return None,
+        };
+        Some(Counted {
+            new_keys: u32::from_be_bytes(*new_keys),
+            supersedes,
+        })
+    }
 }
 
 fn held_key_id(key: &[u8]) -> BatchId {

@@ -59,6 +59,10 @@ pub struct QualityUpdate {
     /// it) → value, `None` to remove; stored as run `index_run` of the period.
     pub index: IndexWrites,
     pub index_run: u64,
+    /// How many of the batch's records have a key the period held no record of before it
+    /// (by any version that carries one): stored with the batch, so that the ledger counts
+    /// the records a report delivered without reading its batches. `None` when unknown.
+    pub new_keys: Option<u32>,
 }
 
 /// A key of a batch whose current version is another batch's: one that was current already
@@ -1484,6 +1488,7 @@ mod tests {
                 .map(|(key, value)| (key.as_bytes(), value.map(str::as_bytes)))
                 .collect(),
             index_run: run,
+            new_keys: None,
         }
     }
 

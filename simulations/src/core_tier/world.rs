@@ -2831,6 +2831,7 @@ mod tests {
                 others: Vec::new(),
                 index: node::store::IndexWrites::default(),
                 index_run: 1,
+                new_keys: None,
             };
         let finding = Finding {
             key: key.clone(),
@@ -2880,6 +2881,7 @@ mod tests {
                 others: Vec::new(),
                 index: node::store::IndexWrites::default(),
                 index_run: 1,
+                new_keys: None,
             };
         let found = Finding {
             key: item.key.clone(),

@@ -321,6 +321,8 @@ pub(super) fn assess<K: Kv>(
         current,
         (findings, Vec::new()),
         (run, index),
+        // None of the batch's keys is held: each is new.
+        batch.records.len(),
     )))
 }
 
