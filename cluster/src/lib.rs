@@ -90,6 +90,15 @@ fn free_udp_port() -> anyhow::Result<SocketAddr> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// The smallest whole chain (id, name, parent): the national platform, Guangdong, Jieyang
+/// and one of its counties, 普宁.
+pub const PUNING_CHAIN: &[(&str, &str, Option<&str>)] = &[
+    ("000000", "全国中小企业融资综合信用服务平台", None),
+    ("440000", "广东省", Some("000000")),
+    ("445200", "揭阳市", Some("440000")),
+    ("445281", "普宁市", Some("445200")),
+];
+
 impl Cluster {
     /// Creates the identities of `nodes` (id, name, parent) under `root`, sharing one network
     /// key, and writes the topology file.

@@ -132,14 +132,7 @@ proptest! {
         }
         let bytes = Batch::new(header(vec![]), records).unwrap().encode().unwrap();
         let i = at.index(bytes.len());
-        let mut changed = bytes.clone();
-        match how {
-            0 => changed[i] = byte,
-            1 => changed.insert(i, byte),
-            2 => { changed.remove(i); }
-            3 if bytes[i] < 251 => { changed.splice(i..=i, [0xFB, bytes[i], 0]); }
-            _ => changed.truncate(i),
-        }
+        let changed = changed(&bytes, i, how, byte);
         prop_assert_eq!(Batch::decode(&changed).ok(), decode_by_bincode(&changed), "{} at {}", how, i);
     }
 
@@ -293,14 +286,7 @@ proptest! {
         let keys = |batch: &Batch| batch.records.iter().map(|r| r.key.clone()).collect::<Vec<_>>();
         prop_assert_eq!(Batch::decode_keys(&bytes).unwrap(), (batch.header.clone(), keys(&batch)));
         let i = at.index(bytes.len());
-        let mut changed = bytes.clone();
-        match how {
-            0 => changed[i] = byte,
-            1 => changed.insert(i, byte),
-            2 => { changed.remove(i); }
-            3 if bytes[i] < 251 => { changed.splice(i..=i, [0xFB, bytes[i], 0]); }
-            _ => changed.truncate(i),
-        }
+        let changed = changed(&bytes, i, how, byte);
         match (Batch::decode(&changed), Batch::decode_keys(&changed)) {
             (Ok(decoded), read) => prop_assert_eq!(read.ok(), Some((decoded.header.clone(), keys(&decoded)))),
             (Err(_), Ok((header, read))) => {
@@ -488,6 +474,24 @@ proptest! {
 /// What `Batch::decode` accepted before it read the records by hand: bincode's decoding of
 /// the whole batch, every byte used, at least one record or withdrawal, keys in strict order,
 /// and the bytes exactly the batch's encoding.
+/// `bytes` changed at `i`: `byte` written there (`how` 0), inserted (1), the byte removed
+/// (2), a one-byte varint widened to three bytes (3), or the bytes cut short there.
+fn changed(bytes: &[u8], i: usize, how: u8, byte: u8) -> Vec<u8> {
+    let mut changed = bytes.to_vec();
+    match how {
+        0 => changed[i] = byte,
+        1 => changed.insert(i, byte),
+        2 => {
+            changed.remove(i);
+        }
+        3 if bytes[i] < 251 => {
+            changed.splice(i..=i, [0xFB, bytes[i], 0]);
+        }
+        _ => changed.truncate(i),
+    }
+    changed
+}
+
 fn decode_by_bincode(bytes: &[u8]) -> Option<Batch> {
     let config = bincode::config::standard().with_limit::<{ protocol::batch::BATCH_BYTES_MAX }>();
     let (batch, used): (Batch, usize) = bincode::decode_from_slice(bytes, config).ok()?;

@@ -214,17 +214,8 @@ fn counted(
 fn counters_move_when_batches_move_and_the_text_is_prometheus_exposition() {
     let root = tempfile::tempdir().unwrap();
     let (province, city, county) = (id("440000"), id("445200"), id("445281"));
-    let mut cluster = Cluster::init(
-        &credit_e2e::binary(),
-        root.path(),
-        &[
-            ("000000", "全国中小企业融资综合信用服务平台", None),
-            ("440000", "广东省", Some("000000")),
-            ("445200", "揭阳市", Some("440000")),
-            ("445281", "普宁市", Some("445200")),
-        ],
-    )
-    .unwrap();
+    let mut cluster =
+        Cluster::init(&credit_e2e::binary(), root.path(), cluster::PUNING_CHAIN).unwrap();
     // Water fees are owed monthly, due on the 10th of the next month.
     cluster.schedules.push(topology::Schedule::new(
         protocol::Category::parse("water_fee").unwrap(),

@@ -92,17 +92,8 @@ fn feedback_reaches_the_county_a_correction_closes_it_and_a_withdrawal_reaches_t
     let root = tempfile::tempdir().unwrap();
     let (national, province, city, county) =
         (id("000000"), id("440000"), id("445200"), id("445281"));
-    let mut cluster = Cluster::create(
-        &credit_e2e::binary(),
-        root.path(),
-        &[
-            ("000000", "全国中小企业融资综合信用服务平台", None),
-            ("440000", "广东省", Some("000000")),
-            ("445200", "揭阳市", Some("440000")),
-            ("445281", "普宁市", Some("445200")),
-        ],
-    )
-    .unwrap();
+    let mut cluster =
+        Cluster::create(&credit_e2e::binary(), root.path(), cluster::PUNING_CHAIN).unwrap();
     cluster.start_all().unwrap();
 
     // A month of 40 water-fee rows, one of them invalid (refused at its line), five made to

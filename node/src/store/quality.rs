@@ -1025,17 +1025,7 @@ impl<K: Kv> Store<K> {
     /// Held data batch `id`, decoded (checked against its id as it is read); `None` if it is
     /// not held or not data.
     pub fn held_data_batch(&self, id: &BatchId) -> Result<Option<Batch>, StoreError> {
-        match self.meta(id)? {
-            Some(meta) if meta.kind == ContentKind::Data => {}
-            _ => return Ok(None),
-        }
-        let signed = self.batch(id)?.ok_or(StoreError::Corrupt { id: *id })?;
-        Batch::decode(&signed.bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Decode {
-                tree: "batches",
-                message: format!("held batch {id}: {e}"),
-            })
+        self.decode_held(id, Batch::decode)
     }
 
     /// Held data batch `id`'s header and record keys, its values passed over
@@ -1045,12 +1035,21 @@ impl<K: Kv> Store<K> {
         &self,
         id: &BatchId,
     ) -> Result<Option<(BatchHeader, Vec<RecordKey>)>, StoreError> {
+        self.decode_held(id, Batch::decode_keys)
+    }
+
+    /// Held data batch `id` read (checked against its id) and decoded by `decode`.
+    fn decode_held<T>(
+        &self,
+        id: &BatchId,
+        decode: impl FnOnce(&[u8]) -> Result<T, protocol::batch::DecodeError>,
+    ) -> Result<Option<T>, StoreError> {
         match self.meta(id)? {
             Some(meta) if meta.kind == ContentKind::Data => {}
             _ => return Ok(None),
         }
         let signed = self.batch(id)?.ok_or(StoreError::Corrupt { id: *id })?;
-        Batch::decode_keys(&signed.bytes)
+        decode(&signed.bytes)
             .map(Some)
             .map_err(|e| StoreError::Decode {
                 tree: "batches",
