@@ -569,6 +569,8 @@ impl Network {
 
 /// Runs the scenario with `seed` under `config` (which may plant a bug).
 pub fn run(seed: u64, config: CoreConfig) -> Report {
+    // Every ledger judgement holds the counts stored with the batches to their keys.
+    node::core::ledger::check_counts(true);
     let started = std::time::Instant::now();
     let mut rng = rng_for(seed);
     let faults = Faults::choose(&mut rng);
