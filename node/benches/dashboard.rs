@@ -13,7 +13,9 @@
 //!   [`EVENT_RECORDS`] record, its period that day;
 //! - one manifest (revision 1, naming the month's batches, declaring a total).
 //!
-//! Each is a real batch, signed by its county's key, inserted with `Store::insert_batch` as
+//! Each is a real batch, signed by its county's key, assessed (`core::assess_received`: the
+//! record index and the audit, which also give the count of new records the store keeps with
+//! a data batch for the ledger) and inserted with `Store::insert_batch` as
 //! the province stores what its city forwarded: this node's signed receipt, the city's
 //! signed receipt (the first receipt, which dates the arrival), queued for the national
 //! platform; then the national platform's signed receipt through `Store::insert_receipt`
@@ -608,6 +610,15 @@ fn build(store: &Store<SledKv>, topology: &Topology, reporters: &[NodeId]) -> Bu
             let Ok(item) = rx.recv() else { break };
             waited += wait.elapsed();
             let at = item.own.receipt.received_at_ms;
+            // The record index and audit, as a receiving province makes them: with them the
+            // store records each data batch's count of new records, which the ledger sums.
+            let quality = match &item.content {
+                Content::Data(batch) => Some(
+                    node::core::assess_received(store, registry, province, item.signed.id, batch)
+                        .expect("record index and audit"),
+                ),
+                _ => None,
+            };
             let new = store
                 .insert_batch(
                     &item.signed,
@@ -616,7 +627,7 @@ fn build(store: &Store<SledKv>, topology: &Topology, reporters: &[NodeId]) -> Bu
                     &item.own,
                     item.first.as_ref(),
                     &[national],
-                    None,
+                    quality.as_ref(),
                     at,
                 )
                 .expect("insert batch");
@@ -734,8 +745,8 @@ struct Reads {
     keys_walked: u64,
     entries: u64,
     scan_time: Duration,
-    /// Batch files read, re-hashed and decoded (manifests always; data when more than one
-    /// data batch is held for the report).
+    /// Batch files read, re-hashed and decoded (manifests always; the keys of data batches
+    /// when more than one is held for the report and the store has no count for one).
     files: u64,
     file_time: Duration,
     receipts: u64,
@@ -787,23 +798,26 @@ fn replay_reads(
                 reads.scans += 1;
                 let start = Instant::now();
                 let held: Vec<_> = store
-                    .held_in_period(*reporter, category, period)
+                    .held_in_period_counted(*reporter, category, period)
                     .collect::<Result<_, _>>()
                     .expect("index");
                 reads.scan_time += start.elapsed();
                 reads.entries += held.len() as u64;
-                let data = held
+                let data: Vec<_> = held
                     .iter()
-                    .filter(|(_, m)| m.kind == protocol::ContentKind::Data)
-                    .count();
+                    .filter(|(_, m, _)| m.kind == protocol::ContentKind::Data)
+                    .collect();
+                // The data batches' keys, where more than one is held and a count is unknown.
+                let keys_read =
+                    data.len() > 1 && data.iter().any(|(.., counted)| counted.is_none());
                 let start = Instant::now();
-                for (bid, meta) in &held {
+                for (bid, meta, _) in &held {
                     let read = match meta.kind {
                         protocol::ContentKind::Manifest => {
                             store.batch(bid).expect("batch").is_some()
                         }
-                        protocol::ContentKind::Data if data > 1 => {
-                            store.held_data_batch(bid).expect("batch").is_some()
+                        protocol::ContentKind::Data if keys_read => {
+                            store.held_data_batch_keys(bid).expect("batch").is_some()
                         }
                         _ => false,
                     };
@@ -813,7 +827,7 @@ fn replay_reads(
                 if n == 0 {
                     // Arrival: the first receipt of the manifest and of each data batch.
                     let start = Instant::now();
-                    for (bid, meta) in &held {
+                    for (bid, meta, _) in &held {
                         if let Some(first) = meta.first {
                             reads.receipts +=
                                 u64::from(store.receipt(bid, first).expect("receipt").is_some());
@@ -1137,7 +1151,7 @@ fn main() {
             let _ = replay_reads(&store, c, cadence, &page);
             let r = replay_reads(&store, c, cadence, &page);
             println!(
-                "   {name}: {} index ranges walking {} keys ({} of the category, metadata decoded): {}; {} batch files read+hashed+decoded: {}; {} first receipts: {}",
+                "   {name}: {} index ranges walking {} keys ({} of the category, metadata decoded): {}; {} batch files read+hashed+decoded (manifests; data keys where uncounted): {}; {} first receipts: {}",
                 r.scans,
                 r.keys_walked,
                 r.entries,
