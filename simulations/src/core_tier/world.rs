@@ -2016,6 +2016,11 @@ impl World {
     /// wire), whether it is missing, short of its declared total or of its usual count.
     /// Planted reports are flagged: every missing one missing, every short one suspected.
     fn check_ledgers(&mut self) -> Result<(), String> {
+        // Each judgement below also holds the counts stored with the batches to their keys:
+        // the counts, once written, are what the provinces' final ledgers sum (on every
+        // judgement of a run — every progress report — a china-year run read its provinces'
+        // batches again and again).
+        node::core::ledger::check_counts(true);
         let mut by_report: HashMap<(NodeId, &str, u8), Vec<BatchId>> = HashMap::new();
         for (id, item) in &self.items {
             let month = match item.period {
