@@ -1202,8 +1202,8 @@ fn held_key(meta: &BatchMeta, id: &BatchId) -> Vec<u8> {
     key
 }
 
-/// What a `held` entry says of a data batch, for the ledger ([`Counted`]): the records whose
-/// key its period held no record of before it (u32 BE), then the batch it supersedes, if
+/// What a `held` entry says of a data batch, for the ledger ([`Counted`]): its records whose
+/// key no other held batch carried a record of (u32 BE), then the batch it supersedes, if
 /// any (32 bytes). Empty when not known: not a data batch, or stored without the record
 /// index's update (or by a version before 2026-12-05).
 fn held_value(content: &Content, id: BatchId, quality: Option<&QualityUpdate>) -> Vec<u8> {
@@ -1223,8 +1223,9 @@ fn held_value(content: &Content, id: BatchId, quality: Option<&QualityUpdate>) -
 /// What the store recorded of a held data batch when it stored it (`held_value`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counted {
-    /// Its records whose key its period held no record of before it: summed over every
-    /// data batch of a period held, the records they deliver, each key once.
+    /// Its records whose key no other batch held when it was stored carried a record of:
+    /// summed over every data batch of a period held, the records they deliver, each key
+    /// once (while no batch of the period was lost: `forget_batch` empties the others).
     pub new_keys: u32,
     pub supersedes: Option<BatchId>,
 }

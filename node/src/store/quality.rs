@@ -59,8 +59,9 @@ pub struct QualityUpdate {
     /// it) → value, `None` to remove; stored as run `index_run` of the period.
     pub index: IndexWrites,
     pub index_run: u64,
-    /// How many of the batch's records have a key the period held no record of before it
-    /// (by any version that carries one): stored with the batch, so that the ledger counts
+    /// How many of the batch's records have a key of which no other batch this node holds
+    /// carries a record (the index may still name a batch lost and not yet received again):
+    /// stored with the batch, so that the ledger counts
     /// the records a report delivered without reading its batches. `None` when unknown.
     pub new_keys: Option<u32>,
 }
