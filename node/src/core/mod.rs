@@ -99,10 +99,22 @@ type Decoded = Result<Content, (Rejection, Vec<Problem>)>;
 /// The checks now run even for a batch whose signature will fail: a child can make its
 /// parent decode that much anyway, with batches it signs itself, and the frame budget and
 /// the decoder's limit bound both alike.
+///
+/// For a data batch that withdraws nothing it also holds what the record index takes from the
+/// batch alone ([`quality::prepare`]: the keys to read, each record's contributions to the
+/// cross-record rules and their encoding in its index entry), so that this share of the
+/// index's work is done outside the lock too.
 pub struct Prechecked {
     signed: SignedBatch,
     registry: &'static Registry,
+    checked: Checked,
+}
+
+/// What was found of a batch before the core's lock: its checks' result and, for a data
+/// batch that may take the record index's common path, what that path takes from it alone.
+struct Checked {
     decoded: Decoded,
+    prepared: Option<quality::Prepared>,
 }
 
 impl Prechecked {
@@ -110,18 +122,31 @@ impl Prechecked {
     pub fn new(signed: SignedBatch) -> Prechecked {
         let registry = Registry::builtin();
         let decoded = decode_content(&signed, registry);
+        let prepared = match &decoded {
+            Ok(Content::Data(batch)) => quality::prepare(registry, batch),
+            _ => None,
+        };
         Prechecked {
             signed,
             registry,
-            decoded,
+            checked: Checked { decoded, prepared },
         }
     }
 
-    /// The batch, and the checks' result if they ran under `registry` (the core's; checked
-    /// under another, which never happens today, they run again).
-    fn into_parts(self, registry: &Registry) -> (SignedBatch, Option<Decoded>) {
-        let decoded = std::ptr::eq(self.registry, registry).then_some(self.decoded);
-        (self.signed, decoded)
+    /// The batch, and what was found of it if under `registry` (the core's; checked under
+    /// another, which never happens today, the checks run again).
+    fn into_parts(self, registry: &Registry) -> (SignedBatch, Option<Checked>) {
+        let checked = std::ptr::eq(self.registry, registry).then_some(self.checked);
+        (self.signed, checked)
+    }
+}
+
+/// The checks' result, and what was prepared for the record index, of a batch checked before
+/// the core's lock (`None`: checked now, nothing prepared).
+fn split(checked: Option<Checked>) -> (Option<Decoded>, Option<quality::Prepared>) {
+    match checked {
+        Some(Checked { decoded, prepared }) => (Some(decoded), prepared),
+        None => (None, None),
     }
 }
 
@@ -1406,8 +1431,8 @@ impl<K: Kv> Core<K> {
         first_receipt: Option<SignedReceipt>,
         now: Now,
     ) -> Result<Spent, CoreError> {
-        let (signed, decoded) = batch.into_parts(self.registry);
-        self.handle_received(link, signed, decoded, first_receipt, now)
+        let (signed, checked) = batch.into_parts(self.registry);
+        self.handle_received(link, signed, checked, first_receipt, now)
             .map(Spent)
     }
 
@@ -1416,7 +1441,7 @@ impl<K: Kv> Core<K> {
         &mut self,
         link: LinkId,
         signed: SignedBatch,
-        decoded: Option<Decoded>,
+        checked: Option<Checked>,
         first_receipt: Option<SignedReceipt>,
         now: Now,
     ) -> Result<Option<Content>, CoreError> {
@@ -1430,7 +1455,7 @@ impl<K: Kv> Core<K> {
         status.batches_received += 1;
         status.bytes_received += signed.bytes.len() as u64;
         status.last_batch_ms = Some(now.wall_ms);
-        let result = self.receive(link, child, signed, decoded, first_receipt, now);
+        let result = self.receive(link, child, signed, checked, first_receipt, now);
         self.flush_links(now);
         result
     }
@@ -1502,11 +1527,12 @@ impl<K: Kv> Core<K> {
         link: LinkId,
         child: NodeId,
         signed: SignedBatch,
-        decoded: Option<Decoded>,
+        checked: Option<Checked>,
         first_receipt: Option<SignedReceipt>,
         now: Now,
     ) -> Result<Option<Content>, CoreError> {
         let id = signed.id;
+        let (decoded, prepared) = split(checked);
         if let Some(receipt) = self.store.receipt(&id, self.me)? {
             debug!(batch = %id.short(), "already held; answering with the stored receipt once durable");
             let seq = self.unsynced.get(&id).copied().unwrap_or(self.durable);
@@ -1631,6 +1657,7 @@ impl<K: Kv> Core<K> {
                         id,
                         batch,
                         quality::Audit::Receiver,
+                        prepared.as_ref(),
                     )?),
                     _ => None,
                 };
@@ -1781,6 +1808,7 @@ impl<K: Kv> Core<K> {
             *id,
             &batch,
             quality::Audit::Receiver,
+            None,
         )?;
         Ok(Some(assessed.findings))
     }
@@ -1819,6 +1847,7 @@ impl<K: Kv> Core<K> {
             id,
             &batch,
             quality::Audit::Parent(findings),
+            None,
         )?;
         Ok(Some(assessed.update))
     }
@@ -1902,16 +1931,17 @@ impl<K: Kv> Core<K> {
         batch: Prechecked,
         now: Now,
     ) -> Result<(Submitted, Spent), CoreError> {
-        let (signed, decoded) = batch.into_parts(self.registry);
-        self.submit_checked(signed, decoded, now)
+        let (signed, checked) = batch.into_parts(self.registry);
+        self.submit_checked(signed, checked, now)
     }
 
     fn submit_checked(
         &mut self,
         signed: SignedBatch,
-        decoded: Option<Decoded>,
+        checked: Option<Checked>,
         now: Now,
     ) -> Result<(Submitted, Spent), CoreError> {
+        let (decoded, prepared) = split(checked);
         let me = self.me;
         let key = self.signer.public();
         let id = signed.id;
@@ -1958,6 +1988,7 @@ impl<K: Kv> Core<K> {
                 id,
                 batch,
                 quality::Audit::Submission,
+                prepared.as_ref(),
             )?),
             _ => None,
         };
@@ -3007,7 +3038,16 @@ pub fn assess_received<K: Kv>(
     id: BatchId,
     batch: &protocol::Batch,
 ) -> Result<crate::store::QualityUpdate, StoreError> {
-    quality::assess(store, registry, me, id, batch, quality::Audit::Receiver).map(|a| a.update)
+    quality::assess(
+        store,
+        registry,
+        me,
+        id,
+        batch,
+        quality::Audit::Receiver,
+        None,
+    )
+    .map(|a| a.update)
 }
 
 /// What a node's record index holds as the current version of each of `keys` (in key order,

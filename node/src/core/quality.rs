@@ -30,6 +30,8 @@ use protocol::{Batch, RecordKey, Registry, Schema};
 
 mod fresh;
 
+pub(crate) use fresh::Prepared;
+
 use crate::store::{
     FastMap, IndexReader, IndexWrite, IndexWrites, Kv, QualityUpdate, Reassessed, Store,
     StoreError, period_prefix,
@@ -532,8 +534,18 @@ pub(super) enum Audit {
     Parent(Vec<Finding>),
 }
 
+/// What [`assess`] can take from data batch `batch` before the store is read, where it may
+/// take the common case's path (it withdraws nothing; see `fresh`): made outside the core's
+/// lock ([`super::Prechecked`]). `None` where that path is not open to it.
+pub(crate) fn prepare(registry: &Registry, batch: &Batch) -> Option<Prepared> {
+    let schema = registry.get(&batch.header.category)?;
+    (batch.header.withdrawals.is_empty() && !batch.records.is_empty())
+        .then(|| fresh::prepare(schema, batch))
+}
+
 /// Takes data batch `id` into the record index of its origin, period and category and audits
 /// it as `audit` says. Idempotent: a batch already indexed changes nothing in the index.
+/// `prepared`: [`prepare`] of the same batch, if it was made beforehand.
 pub(super) fn assess<K: Kv>(
     store: &Store<K>,
     registry: &Registry,
@@ -541,6 +553,7 @@ pub(super) fn assess<K: Kv>(
     id: BatchId,
     batch: &Batch,
     audit: Audit,
+    prepared: Option<&Prepared>,
 ) -> Result<Assessed, StoreError> {
     // A batch that withdraws nothing, none of whose keys the period holds: the common case,
     // without the general path's overlay (the same result; see `fresh`).
@@ -550,7 +563,9 @@ pub(super) fn assess<K: Kv>(
         && !batch.records.is_empty()
     {
         let receiver = matches!(audit, Audit::Receiver);
-        if let Some(assessed) = fresh::assess(store, schema, reporter, id, batch, receiver)? {
+        if let Some(assessed) =
+            fresh::assess(store, schema, reporter, id, batch, receiver, prepared)?
+        {
             return Ok(assessed);
         }
     }
@@ -987,7 +1002,16 @@ mod tests {
 
     /// What `city` makes of `batch` as a receiver.
     fn received<K: Kv>(store: &Store<K>, city: NodeId, (id, batch): (BatchId, &Batch)) -> Assessed {
-        assess(store, Registry::builtin(), city, id, batch, Audit::Receiver).unwrap()
+        assess(
+            store,
+            Registry::builtin(),
+            city,
+            id,
+            batch,
+            Audit::Receiver,
+            None,
+        )
+        .unwrap()
     }
 
     /// Stores `batch` as `city` stores a child's batch, with its index and audit `assessed`.
@@ -1193,7 +1217,8 @@ mod tests {
 
     /// The path for a batch none of whose keys the period holds (`fresh`) makes what the
     /// general path makes of it — the same findings, keys and writes, byte for byte — as a
-    /// receiver and as the origin, on random histories where most batches are first
+    /// receiver and as the origin, whether what it takes from the batch alone was prepared
+    /// beforehand or not, on random histories where most batches are first
     /// publications adding to aggregates the period holds already; and it declines every
     /// batch one of whose keys the period holds.
     #[test]
@@ -1211,7 +1236,18 @@ mod tests {
                 // The general path's alone: a batch that withdraws records.
                 let withdraws = !batch.header.withdrawals.is_empty();
                 for receiver in [true, false].into_iter().filter(|_| !withdraws) {
-                    let fast = fresh::assess(&store, schema, city, *id, batch, receiver).unwrap();
+                    let fast =
+                        fresh::assess(&store, schema, city, *id, batch, receiver, None).unwrap();
+                    // Made beforehand (as outside the core's lock), the same.
+                    let prepared = fresh::prepare(schema, batch);
+                    let ahead =
+                        fresh::assess(&store, schema, city, *id, batch, receiver, Some(&prepared))
+                            .unwrap();
+                    assert_eq!(
+                        fast.as_ref().map(|a| (&a.findings, &a.update)),
+                        ahead.as_ref().map(|a| (&a.findings, &a.update)),
+                        "{category} seed {seed}, arrival {n}: prepared beforehand"
+                    );
                     let holds_a_key = batch.records.iter().any(|r| {
                         arrived[..n].iter().any(|(_, earlier)| {
                             earlier.records.iter().any(|e| e.key == r.key)

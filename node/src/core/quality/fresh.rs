@@ -23,7 +23,7 @@ use super::{Assessed, Names, decode, encode_into, index_key, push_index_key};
 use crate::store::{FastMap, IndexWrites, Kv, Store, StoreError, period_prefix};
 
 /// Index keys one after another in one buffer, for one read of the index.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Keys {
     bytes: Vec<u8>,
     ends: Vec<usize>,
@@ -125,9 +125,148 @@ impl View for Fresh<'_> {
     }
 }
 
+/// What [`assess`] takes from a batch alone, before anything is read from the store: the
+/// keys of its first read, what its records add to the histograms, each record's
+/// contributions to the cross-record rules (texts copied into one buffer) and their
+/// encoding in the record's index entry. Made outside the core's lock where the runtime
+/// checks a batch before handing it to the core (`core::Prechecked`), so a node's second
+/// core does this share of the index's work while the core stores another batch; made by
+/// [`assess`] itself otherwise. Nothing in it depends on the store, the batch's id or
+/// whether it is audited.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// How many records the batch it was made from has (a check that it is that batch's).
+    records: usize,
+    /// The first read: the histograms' keys, then each record's (`h` < `k`; the records are
+    /// in key order, each key once).
+    first: Keys,
+    /// The `usual_range` rules, and what the batch's records add to each one's histogram
+    /// (`None`: nothing).
+    usual_range: Vec<(u16, Option<Histogram>)>,
+    /// Each record's contributions, `starts[n]..starts[n + 1]` of them, but for the
+    /// `usual_range` rules' (in `usual_range`): their texts are spans of `texts`.
+    contributions: Vec<Compact>,
+    starts: Vec<usize>,
+    texts: String,
+    /// Each record's contributions, all of them, as its index entry encodes them: record
+    /// `n`'s are `tails[tail_ends[n - 1]..tail_ends[n]]`.
+    tails: Vec<u8>,
+    tail_ends: Vec<usize>,
+}
+
+/// A [`ContributionRef`] whose texts are spans of [`Prepared::texts`].
+#[derive(Debug)]
+enum Compact {
+    Unique {
+        rule: u16,
+        values: (u32, u32),
+    },
+    Name {
+        rule: u16,
+        code: (u32, u32),
+        name: (u32, u32),
+    },
+}
+
+impl Prepared {
+    fn text(&self, (start, end): (u32, u32)) -> &str {
+        &self.texts[start as usize..end as usize]
+    }
+
+    /// Record `n`'s contributions but for the `usual_range` rules'.
+    fn contributions(&self, n: usize) -> impl Iterator<Item = ContributionRef<'_>> {
+        self.contributions[self.starts[n]..self.starts[n + 1]]
+            .iter()
+            .map(|c| match c {
+                Compact::Unique { rule, values } => ContributionRef::Unique {
+                    rule: *rule,
+                    values: Cow::Borrowed(self.text(*values)),
+                },
+                Compact::Name { rule, code, name } => ContributionRef::Name {
+                    rule: *rule,
+                    code: self.text(*code),
+                    name: self.text(*name),
+                },
+            })
+    }
+
+    /// Record `n`'s contributions as its index entry encodes them.
+    fn tail(&self, n: usize) -> &[u8] {
+        let start = if n == 0 { 0 } else { self.tail_ends[n - 1] };
+        &self.tails[start..self.tail_ends[n]]
+    }
+}
+
+/// [`Prepared`] for `batch` under `schema`.
+pub(crate) fn prepare(schema: &Schema, batch: &Batch) -> Prepared {
+    let records = &batch.records;
+    let mut usual_range: Vec<(u16, Option<Histogram>)> = schema
+        .audit
+        .iter()
+        .enumerate()
+        .filter(|(_, rule)| matches!(rule.check, audit::Check::UsualRange { .. }))
+        .map(|(n, _)| (n as u16, None))
+        .collect();
+    let mut first = Keys::default();
+    for (rule, _) in &usual_range {
+        first.push(b'h', Some(*rule), "");
+    }
+    for record in records {
+        first.push(b'k', None, &record.key.0);
+    }
+    let mut contributions = Vec::with_capacity(records.len() * schema.audit.len().max(1));
+    let mut starts = Vec::with_capacity(records.len() + 1);
+    let mut texts = String::new();
+    let mut tails = Vec::with_capacity(records.len() * 48);
+    let mut tail_ends = Vec::with_capacity(records.len());
+    let mut all = Vec::with_capacity(schema.audit.len());
+    let span = |texts: &mut String, text: &str| {
+        let start = texts.len() as u32;
+        texts.push_str(text);
+        (start, texts.len() as u32)
+    };
+    for record in records {
+        starts.push(contributions.len());
+        all.clear();
+        audit::contributions_ref(schema, record, |contribution| all.push(contribution));
+        for contribution in &all {
+            match contribution {
+                ContributionRef::Unique { rule, values } => contributions.push(Compact::Unique {
+                    rule: *rule,
+                    values: span(&mut texts, values),
+                }),
+                ContributionRef::Name { rule, code, name } => contributions.push(Compact::Name {
+                    rule: *rule,
+                    code: span(&mut texts, code),
+                    name: span(&mut texts, name),
+                }),
+                ContributionRef::Value { rule, value } => {
+                    if let Some((_, added)) = usual_range.iter_mut().find(|(r, _)| r == rule) {
+                        added.get_or_insert_with(Histogram::default).add(*value, 1);
+                    }
+                }
+            }
+        }
+        encode_into(&all, &mut tails);
+        tail_ends.push(tails.len());
+    }
+    starts.push(contributions.len());
+    Prepared {
+        records: records.len(),
+        first,
+        usual_range,
+        contributions,
+        starts,
+        texts,
+        tails,
+        tail_ends,
+    }
+}
+
 /// [`super::assess`] of data batch `id` when the period holds none of its keys and it
 /// withdraws nothing: `None` when the period holds one of its keys (the general path's
 /// case). `audit`: audit it (a receiver) or only index it (the origin's own submission).
+/// `prepared`: what was taken from the batch beforehand ([`prepare`]), if it was.
 pub(super) fn assess<K: Kv>(
     store: &Store<K>,
     schema: &Schema,
@@ -135,58 +274,49 @@ pub(super) fn assess<K: Kv>(
     id: BatchId,
     batch: &Batch,
     audit: bool,
+    prepared: Option<&Prepared>,
 ) -> Result<Option<Assessed>, StoreError> {
     let header = &batch.header;
     debug_assert!(header.withdrawals.is_empty());
+    let made;
+    let prepared = match prepared {
+        Some(prepared) if prepared.records == batch.records.len() => prepared,
+        _ => {
+            made = prepare(schema, batch);
+            &made
+        }
+    };
     let mut index = store.index_reader(period_prefix(
         header.origin,
         header.period,
         &header.category,
     ));
-    let usual_range: Vec<u16> = schema
-        .audit
-        .iter()
-        .enumerate()
-        .filter(|(_, rule)| matches!(rule.check, audit::Check::UsualRange { .. }))
-        .map(|(n, _)| n as u16)
-        .collect();
-    // The first read: the histograms and the batch's keys (`h` < `k`; the records are in key
-    // order, each key once).
-    let mut first = Keys::default();
-    for rule in &usual_range {
-        first.push(b'h', Some(*rule), "");
-    }
-    for record in &batch.records {
-        first.push(b'k', None, &record.key.0);
-    }
-    let found = index.read(&first.slices())?;
+    let found = index.read(&prepared.first.slices())?;
     let mut run = found.next_run.max(1);
-    let (held_histograms, held_keys) = found.values.split_at(usual_range.len());
+    let (held_histograms, held_keys) = found.values.split_at(prepared.usual_range.len());
     if held_keys.iter().any(Option::is_some) {
         return Ok(None);
     }
-    let mut histograms = Vec::with_capacity(usual_range.len());
-    for (rule, held) in usual_range.iter().zip(held_histograms) {
-        let histogram = match held {
+    let mut histograms = Vec::with_capacity(prepared.usual_range.len());
+    for ((rule, added), held) in prepared.usual_range.iter().zip(held_histograms) {
+        let mut histogram: Histogram = match held {
             Some(bytes) => decode(bytes)?,
             None => Histogram::default(),
         };
-        histograms.push((*rule, histogram, held.clone(), false));
+        if let Some(added) = added {
+            histogram.absorb(added);
+        }
+        histograms.push((*rule, histogram, held.clone(), added.is_some()));
     }
-    // Each record's contributions (`starts[n]..starts[n + 1]` of them), and what they add to.
-    let mut contributions = Vec::with_capacity(batch.records.len() * schema.audit.len().max(1));
-    let mut starts = Vec::with_capacity(batch.records.len() + 1);
     // The `same_name` aggregates as the records come (most credit codes are on one record of
     // a batch: grouped by hashing, and only the groups sorted).
     let mut names: Vec<NameAggregate<'_>> = Vec::new();
     let mut name_of: FastMap<(u16, &str), usize> = FastMap::default();
     let mut uniques_in: Vec<(u16, Cow<'_, str>, &RecordKey)> = Vec::new();
-    for record in &batch.records {
-        starts.push(contributions.len());
-        audit::contributions_ref(schema, record, |contribution| {
-            match &contribution {
+    for (n, record) in batch.records.iter().enumerate() {
+        for contribution in prepared.contributions(n) {
+            match contribution {
                 ContributionRef::Name { rule, code, name } => {
-                    let (rule, code, name) = (*rule, *code, *name);
                     let next = names.len();
                     let at = *name_of.entry((rule, code)).or_insert(next);
                     if at == next {
@@ -205,21 +335,14 @@ pub(super) fn assess<K: Kv>(
                     }
                 }
                 ContributionRef::Unique { rule, values } => {
-                    uniques_in.push((*rule, values.clone(), &record.key));
+                    uniques_in.push((rule, values, &record.key));
                 }
-                ContributionRef::Value { rule, value } => {
-                    if let Some((_, histogram, _, added)) =
-                        histograms.iter_mut().find(|(r, ..)| r == rule)
-                    {
-                        histogram.add(*value, 1);
-                        *added = true;
-                    }
+                ContributionRef::Value { .. } => {
+                    unreachable!("a usual_range rule's contributions are in the histograms")
                 }
             }
-            contributions.push(contribution);
-        });
+        }
     }
-    starts.push(contributions.len());
     // The aggregates, each once, in their index keys' order (kind, rule, text): the names'
     // by rule, then the code's first 16 bytes as one number (integers compared, not texts in
     // memory), then the whole code.
@@ -303,7 +426,7 @@ pub(super) fn assess<K: Kv>(
     } else {
         Vec::new()
     };
-    let index = writes(&fresh, header.supersedes, &contributions, &starts);
+    let index = writes(&fresh, header.supersedes, prepared);
     let current = if audit {
         batch
             .records
@@ -329,12 +452,7 @@ pub(super) fn assess<K: Kv>(
 /// The writes of the batch taken in, in key order (`h` < `k` < `n` < `u`): what changed of
 /// the histograms, each key's entry (its one version, current, and what it contributes), the
 /// aggregates added to.
-fn writes(
-    fresh: &Fresh<'_>,
-    supersedes: Option<BatchId>,
-    contributions: &[ContributionRef<'_>],
-    starts: &[usize],
-) -> IndexWrites {
+fn writes(fresh: &Fresh<'_>, supersedes: Option<BatchId>, prepared: &Prepared) -> IndexWrites {
     let records = &fresh.batch.records;
     let mut out = IndexWrites::with_capacity(
         fresh.histograms.len() + records.len() + fresh.names.len() + fresh.uniques.len(),
@@ -371,12 +489,11 @@ fn writes(
     let mut head = Vec::new();
     encode_into(&(&version[..], Some(fresh.id)), &mut head);
     for (n, record) in records.iter().enumerate() {
-        let contributions = &contributions[starts[n]..starts[n + 1]];
         index_key(&mut at, b'k', None, &record.key.0);
         // Held by the store: none (or this path would not have been taken).
         out.push_with(&at, |value| {
             value.extend_from_slice(&head);
-            encode_into(&contributions, value);
+            value.extend_from_slice(prepared.tail(n));
         });
     }
     for n in &fresh.names_order {
