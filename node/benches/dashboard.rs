@@ -614,8 +614,15 @@ fn build(store: &Store<SledKv>, topology: &Topology, reporters: &[NodeId]) -> Bu
             // store records each data batch's count of new records, which the ledger sums.
             let quality = match &item.content {
                 Content::Data(batch) => Some(
-                    node::core::assess_received(store, registry, province, item.signed.id, batch)
-                        .expect("record index and audit"),
+                    node::core::assess_received(
+                        store,
+                        registry,
+                        province,
+                        item.signed.id,
+                        batch,
+                        None,
+                    )
+                    .expect("record index and audit"),
                 ),
                 _ => None,
             };

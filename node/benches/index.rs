@@ -51,7 +51,7 @@ fn store_all(dir: &Path, batches: &[(SignedBatch, Batch)], indexed: bool) -> Vec
             .sign(&city_key);
             let start = Instant::now();
             let update = indexed.then(|| {
-                node::core::assess_received(&store, registry, city, signed.id, batch)
+                node::core::assess_received(&store, registry, city, signed.id, batch, None)
                     .expect("record index and audit")
             });
             let assessed = start.elapsed();

@@ -780,6 +780,7 @@ fn build_year(province: &Path, national: &Path, topology: &Topology, records: us
                 province_id,
                 item.signed.id,
                 &item.batch,
+                None,
             )
             .expect("assess");
             let errors: Vec<_> = update

@@ -940,6 +940,8 @@ async fn sync_phase(
 struct StoreRun {
     /// The record index and audit (`assess`), included in `insert`.
     index: Duration,
+    /// The part of `index` a receiver does before the core's lock (`prepare`).
+    prepare: Duration,
     insert: Duration,
     sync: Duration,
     total: Duration,
@@ -1097,7 +1099,7 @@ fn offline_costs(
         let written_before = written();
         let (mut insert, mut sync) = (Duration::ZERO, Duration::ZERO);
         let mut insert_each = Vec::new();
-        let mut index = Duration::ZERO;
+        let (mut index, mut prepare) = (Duration::ZERO, Duration::ZERO);
         let contents: Vec<protocol::Content> = decoded
             .iter()
             .cloned()
@@ -1106,8 +1108,17 @@ fn offline_costs(
         for i in 0..batches.len() {
             let start = Instant::now();
             let update = indexed.then(|| {
-                node::core::assess_received(&store, registry, city_id, batches[i].id, &decoded[i])
-                    .expect("record index and audit")
+                let prepared = node::core::prepare_received(registry, batches[i].id, &decoded[i]);
+                prepare += start.elapsed();
+                node::core::assess_received(
+                    &store,
+                    registry,
+                    city_id,
+                    batches[i].id,
+                    &decoded[i],
+                    prepared,
+                )
+                .expect("record index and audit")
             });
             index += start.elapsed();
             let new = store
@@ -1136,6 +1147,7 @@ fn offline_costs(
         drop(store);
         StoreRun {
             index,
+            prepare,
             insert,
             sync,
             total: insert + sync,
@@ -1525,6 +1537,10 @@ fn main() {
     line(
         "  of which record index and audit (assess)",
         offline.indexed.index,
+    );
+    line(
+        "    of which before the core's lock (prepare)",
+        offline.indexed.prepare,
     );
     println!(
         "insert_batch per batch, in order (ms): {}",

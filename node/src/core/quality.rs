@@ -30,7 +30,7 @@ use protocol::{Batch, RecordKey, Registry, Schema};
 
 mod fresh;
 
-pub(crate) use fresh::Prepared;
+pub use fresh::Prepared;
 
 use crate::store::{
     FastMap, IndexReader, IndexWrite, IndexWrites, Kv, QualityUpdate, Reassessed, Store,
@@ -534,13 +534,13 @@ pub(super) enum Audit {
     Parent(Vec<Finding>),
 }
 
-/// What [`assess`] can take from data batch `batch` before the store is read, where it may
+/// What [`assess`] can take from data batch `id` (`batch`) before the store is read, where it may
 /// take the common case's path (it withdraws nothing; see `fresh`): made outside the core's
 /// lock ([`super::Prechecked`]). `None` where that path is not open to it.
-pub(crate) fn prepare(registry: &Registry, batch: &Batch) -> Option<Prepared> {
+pub(crate) fn prepare(registry: &Registry, id: BatchId, batch: &Batch) -> Option<Prepared> {
     let schema = registry.get(&batch.header.category)?;
     (batch.header.withdrawals.is_empty() && !batch.records.is_empty())
-        .then(|| fresh::prepare(schema, batch))
+        .then(|| fresh::prepare(schema, id, batch))
 }
 
 /// Takes data batch `id` into the record index of its origin, period and category and audits
@@ -553,7 +553,7 @@ pub(super) fn assess<K: Kv>(
     id: BatchId,
     batch: &Batch,
     audit: Audit,
-    prepared: Option<&Prepared>,
+    prepared: Option<Prepared>,
 ) -> Result<Assessed, StoreError> {
     // A batch that withdraws nothing, none of whose keys the period holds: the common case,
     // without the general path's overlay (the same result; see `fresh`).
@@ -1239,9 +1239,9 @@ mod tests {
                     let fast =
                         fresh::assess(&store, schema, city, *id, batch, receiver, None).unwrap();
                     // Made beforehand (as outside the core's lock), the same.
-                    let prepared = fresh::prepare(schema, batch);
+                    let prepared = fresh::prepare(schema, *id, batch);
                     let ahead =
-                        fresh::assess(&store, schema, city, *id, batch, receiver, Some(&prepared))
+                        fresh::assess(&store, schema, city, *id, batch, receiver, Some(prepared))
                             .unwrap();
                     assert_eq!(
                         fast.as_ref().map(|a| (&a.findings, &a.update)),

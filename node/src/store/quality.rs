@@ -121,6 +121,23 @@ impl IndexWrites {
         self.ends.push((key_end, Some(self.bytes.len())));
     }
 
+    /// Adds every write of `other`, in its order.
+    pub fn extend(&mut self, other: &IndexWrites) {
+        let base = self.bytes.len();
+        self.bytes.extend_from_slice(&other.bytes);
+        self.ends.extend(
+            other
+                .ends
+                .iter()
+                .map(|(key_end, value_end)| (base + key_end, value_end.map(|end| base + end))),
+        );
+    }
+
+    /// The bytes of the writes' keys and values.
+    pub fn bytes_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// Takes back the last write.
     pub fn pop(&mut self) {
         self.ends.pop();

@@ -47,7 +47,7 @@ impl Keys {
 
 /// A `same_name` aggregate the batch adds to: a credit code's names with the batch taken in,
 /// in order of name (encoded as [`Names`] is: a `str` and a `String` alike), the batch's
-/// borrowed from its records.
+/// borrowed from what was prepared.
 struct NameAggregate<'b> {
     rule: u16,
     code: &'b str,
@@ -58,7 +58,7 @@ struct NameAggregate<'b> {
 /// A `unique` aggregate the batch adds to: the keys holding some values, with the batch's.
 struct UniqueAggregate<'b> {
     rule: u16,
-    values: Cow<'b, str>,
+    values: &'b str,
     holders: BTreeSet<RecordKey>,
     held: Option<Vec<u8>>,
 }
@@ -67,16 +67,24 @@ struct UniqueAggregate<'b> {
 struct Fresh<'b> {
     id: BatchId,
     batch: &'b Batch,
-    /// In the order the records first name them.
+    /// In the order of their index keys: by rule, then the code's first 16 bytes as one
+    /// number, then the whole code (see [`name_order`]).
     names: Vec<NameAggregate<'b>>,
-    /// Each of `names` by rule and credit code.
-    name_of: FastMap<(u16, &'b str), usize>,
-    /// `names` in the order of their index keys.
-    names_order: Vec<usize>,
+    /// Where in `names` a rule and code's hash is ([`Prepared::name_at`]).
+    name_at: &'b FastMap<(u16, u64), u32>,
+    /// In the order of their index keys (rule, values).
     uniques: Vec<UniqueAggregate<'b>>,
     /// By `usual_range` rule: the histogram, the bytes the store held for it, and whether
     /// the batch added to it.
     histograms: Vec<(u16, Histogram, Option<Vec<u8>>, bool)>,
+}
+
+/// The order of the `same_name` aggregates' index keys (kind, rule, code) without comparing
+/// the codes' bytes in memory where their first 16 bytes, as one number, differ.
+fn name_order(a: (u16, &str), b: (u16, &str)) -> std::cmp::Ordering {
+    (a.0, key_prefix(a.1.as_bytes()))
+        .cmp(&(b.0, key_prefix(b.1.as_bytes())))
+        .then_with(|| a.1.cmp(b.1))
 }
 
 impl View for Fresh<'_> {
@@ -99,7 +107,7 @@ impl View for Fresh<'_> {
     fn other_holder(&self, rule: u16, values: &str, key: &RecordKey) -> Option<RecordKey> {
         let at = self
             .uniques
-            .binary_search_by(|u| (u.rule, u.values.as_ref()).cmp(&(rule, values)))
+            .binary_search_by(|u| (u.rule, u.values).cmp(&(rule, values)))
             .ok()?;
         self.uniques[at]
             .holders
@@ -109,7 +117,13 @@ impl View for Fresh<'_> {
     }
 
     fn other_usual_name(&self, rule: u16, code: &str, name: &str) -> Option<(String, u64)> {
-        let at = *self.name_of.get(&(rule, code))?;
+        let at = match self.name_at.get(&(rule, code_hash(code))) {
+            Some(at) if self.names[*at as usize].code == code => *at as usize,
+            _ => self
+                .names
+                .binary_search_by(|n| name_order((n.rule, n.code), (rule, code)))
+                .ok()?,
+        };
         let names = self.names[at].names.iter();
         audit::usual_name(names.map(|(name, count)| (name.as_ref(), *count)))
             .filter(|(usual, _)| *usual != name)
@@ -125,17 +139,35 @@ impl View for Fresh<'_> {
     }
 }
 
-/// What [`assess`] takes from a batch alone, before anything is read from the store: the
-/// keys of its first read, what its records add to the histograms, each record's
-/// contributions to the cross-record rules (texts copied into one buffer) and their
-/// encoding in the record's index entry. Made outside the core's lock where the runtime
-/// checks a batch before handing it to the core (`core::Prechecked`), so a node's second
-/// core does this share of the index's work while the core stores another batch; made by
-/// [`assess`] itself otherwise. Nothing in it depends on the store, the batch's id or
-/// whether it is audited.
+/// A credit code's hash for [`Prepared::name_at`] (the same in every process).
+fn code_hash(code: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0).hash_one(code)
+}
+
+/// A text of [`Prepared::texts`]: its start and end.
+type Span = (u32, u32);
+
+/// A `same_name` aggregate of [`Prepared`]: rule, code, and the batch's names for the code
+/// with how many records carry each, in order of name.
+type PreparedName = (u16, Span, Vec<(Span, u64)>);
+
+/// A `same_name` aggregate as [`prepare`] groups the records: rule, code, names and counts.
+type BatchName<'b> = (u16, &'b str, Vec<(&'b str, u64)>);
+
+/// What [`assess`] takes from batch `id` alone, before anything is read from the store: the
+/// keys of its two reads, what its records add to the histograms and to the `same_name` and
+/// `unique` aggregates (grouped and in their index keys' order, texts copied into one
+/// buffer), each record's index entry, and the keys it makes current. Made outside the core's
+/// lock where the runtime checks a batch before handing it to the core (`core::Prechecked`),
+/// so a node's second core does this share of the index's work while the core stores
+/// another batch; made by [`assess`] itself otherwise. Nothing in it depends on the store or
+/// on whether the batch is audited.
 #[derive(Debug)]
-pub(crate) struct Prepared {
-    /// How many records the batch it was made from has (a check that it is that batch's).
+pub struct Prepared {
+    /// The batch it was made from, and how many records it has (a check that it is that
+    /// batch's).
+    id: BatchId,
     records: usize,
     /// The first read: the histograms' keys, then each record's (`h` < `k`; the records are
     /// in key order, each key once).
@@ -143,62 +175,33 @@ pub(crate) struct Prepared {
     /// The `usual_range` rules, and what the batch's records add to each one's histogram
     /// (`None`: nothing).
     usual_range: Vec<(u16, Option<Histogram>)>,
-    /// Each record's contributions, `starts[n]..starts[n + 1]` of them, but for the
-    /// `usual_range` rules' (in `usual_range`): their texts are spans of `texts`.
-    contributions: Vec<Compact>,
-    starts: Vec<usize>,
+    /// The `same_name` aggregates the records add to, in their index keys' order: rule,
+    /// code, and the batch's names for it with how many records carry each, in order of name.
+    names: Vec<PreparedName>,
+    /// Where in `names` each rule and code's hash ([`code_hash`]) is, for codes whose hash no
+    /// other's took first.
+    name_at: FastMap<(u16, u64), u32>,
+    /// The `unique` aggregates, in their index keys' order: rule, values, and the records
+    /// (by position in the batch) holding them.
+    uniques: Vec<(u16, Span, Vec<u32>)>,
+    /// The second read: `names`' keys, then `uniques`' (`n` < `u`).
+    second: Keys,
     texts: String,
-    /// Each record's contributions, all of them, as its index entry encodes them: record
-    /// `n`'s are `tails[tail_ends[n - 1]..tail_ends[n]]`.
-    tails: Vec<u8>,
-    tail_ends: Vec<usize>,
-}
-
-/// A [`ContributionRef`] whose texts are spans of [`Prepared::texts`].
-#[derive(Debug)]
-enum Compact {
-    Unique {
-        rule: u16,
-        values: (u32, u32),
-    },
-    Name {
-        rule: u16,
-        code: (u32, u32),
-        name: (u32, u32),
-    },
+    /// Each record's `k` entry: its one version (this batch's) current, and what it
+    /// contributes.
+    entries: IndexWrites,
+    /// Each record's key, made current by the batch (none withdrawn).
+    current: Vec<(RecordKey, bool)>,
 }
 
 impl Prepared {
-    fn text(&self, (start, end): (u32, u32)) -> &str {
+    fn text(&self, (start, end): Span) -> &str {
         &self.texts[start as usize..end as usize]
-    }
-
-    /// Record `n`'s contributions but for the `usual_range` rules'.
-    fn contributions(&self, n: usize) -> impl Iterator<Item = ContributionRef<'_>> {
-        self.contributions[self.starts[n]..self.starts[n + 1]]
-            .iter()
-            .map(|c| match c {
-                Compact::Unique { rule, values } => ContributionRef::Unique {
-                    rule: *rule,
-                    values: Cow::Borrowed(self.text(*values)),
-                },
-                Compact::Name { rule, code, name } => ContributionRef::Name {
-                    rule: *rule,
-                    code: self.text(*code),
-                    name: self.text(*name),
-                },
-            })
-    }
-
-    /// Record `n`'s contributions as its index entry encodes them.
-    fn tail(&self, n: usize) -> &[u8] {
-        let start = if n == 0 { 0 } else { self.tail_ends[n - 1] };
-        &self.tails[start..self.tail_ends[n]]
     }
 }
 
-/// [`Prepared`] for `batch` under `schema`.
-pub(crate) fn prepare(schema: &Schema, batch: &Batch) -> Prepared {
+/// [`Prepared`] for data batch `id` (`batch`) under `schema`.
+pub(crate) fn prepare(schema: &Schema, id: BatchId, batch: &Batch) -> Prepared {
     let records = &batch.records;
     let mut usual_range: Vec<(u16, Option<Histogram>)> = schema
         .audit
@@ -214,32 +217,48 @@ pub(crate) fn prepare(schema: &Schema, batch: &Batch) -> Prepared {
     for record in records {
         first.push(b'k', None, &record.key.0);
     }
-    let mut contributions = Vec::with_capacity(records.len() * schema.audit.len().max(1));
-    let mut starts = Vec::with_capacity(records.len() + 1);
-    let mut texts = String::new();
-    let mut tails = Vec::with_capacity(records.len() * 48);
-    let mut tail_ends = Vec::with_capacity(records.len());
+    // A key's entry as `super::KeyEntry` encodes it: its versions (this batch's alone), the
+    // current one, then the current version's contributions. The first two are the same
+    // bytes for every key: encoded once.
+    let version = [(
+        Version {
+            batch: id,
+            supersedes: batch.header.supersedes,
+        },
+        false,
+    )];
+    let mut head = Vec::new();
+    encode_into(&(&version[..], Some(id)), &mut head);
+    let mut entries = IndexWrites::with_capacity(records.len(), 160 * records.len());
+    let mut at = Vec::new();
+    // The `same_name` aggregates as the records come (most credit codes are on one record of
+    // a batch: grouped by hashing, and only the groups sorted).
+    let mut names: Vec<BatchName<'_>> = Vec::new();
+    let mut name_of: FastMap<(u16, &str), usize> = FastMap::default();
+    let mut uniques: Vec<(u16, Cow<'_, str>, u32)> = Vec::new();
     let mut all = Vec::with_capacity(schema.audit.len());
-    let span = |texts: &mut String, text: &str| {
-        let start = texts.len() as u32;
-        texts.push_str(text);
-        (start, texts.len() as u32)
-    };
-    for record in records {
-        starts.push(contributions.len());
+    for (n, record) in records.iter().enumerate() {
         all.clear();
         audit::contributions_ref(schema, record, |contribution| all.push(contribution));
         for contribution in &all {
             match contribution {
-                ContributionRef::Unique { rule, values } => contributions.push(Compact::Unique {
-                    rule: *rule,
-                    values: span(&mut texts, values),
-                }),
-                ContributionRef::Name { rule, code, name } => contributions.push(Compact::Name {
-                    rule: *rule,
-                    code: span(&mut texts, code),
-                    name: span(&mut texts, name),
-                }),
+                ContributionRef::Name { rule, code, name } => {
+                    let (rule, code, name) = (*rule, *code, *name);
+                    let next = names.len();
+                    let at = *name_of.entry((rule, code)).or_insert(next);
+                    if at == next {
+                        names.push((rule, code, vec![(name, 1)]));
+                    } else {
+                        let names = &mut names[at].2;
+                        match names.binary_search_by(|(held, _)| (*held).cmp(name)) {
+                            Ok(at) => names[at].1 += 1,
+                            Err(at) => names.insert(at, (name, 1)),
+                        }
+                    }
+                }
+                ContributionRef::Unique { rule, values } => {
+                    uniques.push((*rule, values.clone(), n as u32));
+                }
                 ContributionRef::Value { rule, value } => {
                     if let Some((_, added)) = usual_range.iter_mut().find(|(r, _)| r == rule) {
                         added.get_or_insert_with(Histogram::default).add(*value, 1);
@@ -247,20 +266,88 @@ pub(crate) fn prepare(schema: &Schema, batch: &Batch) -> Prepared {
                 }
             }
         }
-        encode_into(&all, &mut tails);
-        tail_ends.push(tails.len());
+        index_key(&mut at, b'k', None, &record.key.0);
+        out_entry(&mut entries, &at, &head, &all);
     }
-    starts.push(contributions.len());
+    // In their index keys' order (see [`name_order`]), each code's first 16 bytes taken once.
+    let mut order: Vec<(u16, u128, usize)> = names
+        .iter()
+        .enumerate()
+        .map(|(at, (rule, code, _))| (*rule, key_prefix(code.as_bytes()), at))
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        (a.0, a.1)
+            .cmp(&(b.0, b.1))
+            .then_with(|| names[a.2].1.cmp(names[b.2].1))
+    });
+    let mut names: Vec<_> = names.into_iter().map(Some).collect();
+    let names: Vec<BatchName<'_>> = order
+        .iter()
+        .map(|(.., at)| names[*at].take().expect("each once"))
+        .collect();
+    // Each aggregate's place by rule and the code's hash, for the audit's questions under the
+    // lock (a code whose hash another's took is found by searching).
+    let mut name_at: FastMap<(u16, u64), u32> = FastMap::default();
+    for (at, (rule, code, _)) in names.iter().enumerate() {
+        name_at.entry((*rule, code_hash(code))).or_insert(at as u32);
+    }
+    uniques.sort_unstable();
+    let mut texts = String::new();
+    let span = |texts: &mut String, text: &str| -> Span {
+        let start = texts.len() as u32;
+        texts.push_str(text);
+        (start, texts.len() as u32)
+    };
+    let mut second = Keys::default();
+    let names = names
+        .into_iter()
+        .map(|(rule, code, names)| {
+            second.push(b'n', Some(rule), code);
+            let code = span(&mut texts, code);
+            let names = names
+                .into_iter()
+                .map(|(name, count)| (span(&mut texts, name), count))
+                .collect();
+            (rule, code, names)
+        })
+        .collect();
+    let mut grouped: Vec<(u16, Span, Vec<u32>)> = Vec::new();
+    for (rule, values, holder) in uniques {
+        match grouped.last_mut() {
+            Some((last_rule, last, holders))
+                if (*last_rule, &texts[last.0 as usize..last.1 as usize])
+                    == (rule, values.as_ref()) =>
+            {
+                holders.push(holder);
+            }
+            _ => {
+                second.push(b'u', Some(rule), &values);
+                grouped.push((rule, span(&mut texts, &values), vec![holder]));
+            }
+        }
+    }
     Prepared {
+        id,
         records: records.len(),
         first,
         usual_range,
-        contributions,
-        starts,
+        names,
+        name_at,
+        uniques: grouped,
+        second,
         texts,
-        tails,
-        tail_ends,
+        entries,
+        current: records.iter().map(|r| (r.key.clone(), false)).collect(),
     }
+}
+
+/// Adds the `k` entry `at` of a record whose one version is current (`head`, see
+/// [`prepare`]) and contributes `contributions`.
+fn out_entry(out: &mut IndexWrites, at: &[u8], head: &[u8], contributions: &[ContributionRef<'_>]) {
+    out.push_with(at, |value| {
+        value.extend_from_slice(head);
+        encode_into(&contributions, value);
+    });
 }
 
 /// [`super::assess`] of data batch `id` when the period holds none of its keys and it
@@ -274,18 +361,17 @@ pub(super) fn assess<K: Kv>(
     id: BatchId,
     batch: &Batch,
     audit: bool,
-    prepared: Option<&Prepared>,
+    prepared: Option<Prepared>,
 ) -> Result<Option<Assessed>, StoreError> {
     let header = &batch.header;
     debug_assert!(header.withdrawals.is_empty());
-    let made;
-    let prepared = match prepared {
-        Some(prepared) if prepared.records == batch.records.len() => prepared,
-        _ => {
-            made = prepare(schema, batch);
-            &made
-        }
+    let mut prepared = match prepared {
+        Some(prepared) if prepared.id == id && prepared.records == batch.records.len() => prepared,
+        _ => prepare(schema, id, batch),
     };
+    let entries = std::mem::take(&mut prepared.entries);
+    let current = std::mem::take(&mut prepared.current);
+    let prepared = &prepared;
     let mut index = store.index_reader(period_prefix(
         header.origin,
         header.period,
@@ -308,85 +394,38 @@ pub(super) fn assess<K: Kv>(
         }
         histograms.push((*rule, histogram, held.clone(), added.is_some()));
     }
-    // The `same_name` aggregates as the records come (most credit codes are on one record of
-    // a batch: grouped by hashing, and only the groups sorted).
-    let mut names: Vec<NameAggregate<'_>> = Vec::new();
-    let mut name_of: FastMap<(u16, &str), usize> = FastMap::default();
-    let mut uniques_in: Vec<(u16, Cow<'_, str>, &RecordKey)> = Vec::new();
-    for (n, record) in batch.records.iter().enumerate() {
-        for contribution in prepared.contributions(n) {
-            match contribution {
-                ContributionRef::Name { rule, code, name } => {
-                    let next = names.len();
-                    let at = *name_of.entry((rule, code)).or_insert(next);
-                    if at == next {
-                        names.push(NameAggregate {
-                            rule,
-                            code,
-                            names: vec![(Cow::Borrowed(name), 1)],
-                            held: None,
-                        });
-                    } else {
-                        let names = &mut names[at].names;
-                        match names.binary_search_by(|(held, _)| held.as_ref().cmp(name)) {
-                            Ok(at) => names[at].1 += 1,
-                            Err(at) => names.insert(at, (Cow::Borrowed(name), 1)),
-                        }
-                    }
-                }
-                ContributionRef::Unique { rule, values } => {
-                    uniques_in.push((rule, values, &record.key));
-                }
-                ContributionRef::Value { .. } => {
-                    unreachable!("a usual_range rule's contributions are in the histograms")
-                }
-            }
-        }
-    }
-    // The aggregates, each once, in their index keys' order (kind, rule, text): the names'
-    // by rule, then the code's first 16 bytes as one number (integers compared, not texts in
-    // memory), then the whole code.
-    let mut names_order: Vec<(u16, u128, usize)> = names
+    let mut names: Vec<NameAggregate<'_>> = prepared
+        .names
         .iter()
-        .enumerate()
-        .map(|(at, n)| (n.rule, key_prefix(n.code.as_bytes()), at))
+        .map(|(rule, code, names)| NameAggregate {
+            rule: *rule,
+            code: prepared.text(*code),
+            names: names
+                .iter()
+                .map(|(name, count)| (Cow::Borrowed(prepared.text(*name)), *count))
+                .collect(),
+            held: None,
+        })
         .collect();
-    names_order.sort_unstable_by(|a, b| {
-        (a.0, a.1)
-            .cmp(&(b.0, b.1))
-            .then_with(|| names[a.2].code.cmp(names[b.2].code))
-    });
-    let names_order: Vec<usize> = names_order.into_iter().map(|(.., at)| at).collect();
-    uniques_in.sort_unstable();
-    let mut uniques: Vec<UniqueAggregate<'_>> = Vec::new();
-    for (rule, values, key) in uniques_in {
-        match uniques.last_mut() {
-            Some(last) if (last.rule, last.values.as_ref()) == (rule, values.as_ref()) => {
-                last.holders.insert(key.clone());
-            }
-            _ => uniques.push(UniqueAggregate {
-                rule,
-                values,
-                holders: BTreeSet::from([key.clone()]),
-                held: None,
-            }),
-        }
-    }
+    let mut uniques: Vec<UniqueAggregate<'_>> = prepared
+        .uniques
+        .iter()
+        .map(|(rule, values, holders)| UniqueAggregate {
+            rule: *rule,
+            values: prepared.text(*values),
+            holders: holders
+                .iter()
+                .map(|n| batch.records[*n as usize].key.clone())
+                .collect(),
+            held: None,
+        })
+        .collect();
     // The second read: what the store holds of those aggregates (`n` < `u`).
-    let mut second = Keys::default();
-    for at in &names_order {
-        let aggregate = &names[*at];
-        second.push(b'n', Some(aggregate.rule), aggregate.code);
-    }
-    for aggregate in &uniques {
-        second.push(b'u', Some(aggregate.rule), &aggregate.values);
-    }
-    if !second.ends.is_empty() {
-        let found = index.read(&second.slices())?;
+    if !prepared.second.ends.is_empty() {
+        let found = index.read(&prepared.second.slices())?;
         run = run.max(found.next_run);
         let (held_names, held_uniques) = found.values.split_at(names.len());
-        for (at, held) in names_order.iter().zip(held_names) {
-            let aggregate = &mut names[*at];
+        for (aggregate, held) in names.iter_mut().zip(held_names) {
             if let Some(bytes) = held {
                 // The store's names, the batch's added (both in order of name).
                 let held: Names = decode(bytes)?;
@@ -416,8 +455,7 @@ pub(super) fn assess<K: Kv>(
         id,
         batch,
         names,
-        name_of,
-        names_order,
+        name_at: &prepared.name_at,
         uniques,
         histograms,
     };
@@ -426,17 +464,9 @@ pub(super) fn assess<K: Kv>(
     } else {
         Vec::new()
     };
-    let index = writes(&fresh, header.supersedes, prepared);
-    let current = if audit {
-        batch
-            .records
-            .iter()
-            .map(|r| (r.key.clone(), false))
-            .collect()
-    } else {
-        // The origin's own submission: only withdrawals close its items (it has none).
-        Vec::new()
-    };
+    let index = writes(&fresh, &entries);
+    // The origin's own submission: only withdrawals close its items (it has none).
+    let current = if audit { current } else { Vec::new() };
     Ok(Some(Assessed::new(
         header,
         id,
@@ -450,13 +480,12 @@ pub(super) fn assess<K: Kv>(
 }
 
 /// The writes of the batch taken in, in key order (`h` < `k` < `n` < `u`): what changed of
-/// the histograms, each key's entry (its one version, current, and what it contributes), the
-/// aggregates added to.
-fn writes(fresh: &Fresh<'_>, supersedes: Option<BatchId>, prepared: &Prepared) -> IndexWrites {
-    let records = &fresh.batch.records;
+/// the histograms, each key's entry (`entries`: its one version, current, and what it
+/// contributes), the aggregates added to.
+fn writes(fresh: &Fresh<'_>, entries: &IndexWrites) -> IndexWrites {
     let mut out = IndexWrites::with_capacity(
-        fresh.histograms.len() + records.len() + fresh.names.len() + fresh.uniques.len(),
-        160 * records.len() + 48 * (fresh.names.len() + fresh.uniques.len()),
+        fresh.histograms.len() + entries.len() + fresh.names.len() + fresh.uniques.len(),
+        entries.bytes_len() + 48 * (fresh.names.len() + fresh.uniques.len()),
     );
     let mut at = Vec::new();
     // A write of what `value` appends, unless the store holds those bytes already.
@@ -476,28 +505,9 @@ fn writes(fresh: &Fresh<'_>, supersedes: Option<BatchId>, prepared: &Prepared) -
             push(&mut out, &at, held, &|value| encode_into(histogram, value));
         }
     }
-    // A key's entry as `super::KeyEntry` encodes it: its versions (this batch's alone), the
-    // current one, then the current version's contributions. The first two are the same
-    // bytes for every key: encoded once.
-    let version = [(
-        Version {
-            batch: fresh.id,
-            supersedes,
-        },
-        false,
-    )];
-    let mut head = Vec::new();
-    encode_into(&(&version[..], Some(fresh.id)), &mut head);
-    for (n, record) in records.iter().enumerate() {
-        index_key(&mut at, b'k', None, &record.key.0);
-        // Held by the store: none (or this path would not have been taken).
-        out.push_with(&at, |value| {
-            value.extend_from_slice(&head);
-            value.extend_from_slice(prepared.tail(n));
-        });
-    }
-    for n in &fresh.names_order {
-        let aggregate = &fresh.names[*n];
+    // Held by the store: none (or this path would not have been taken).
+    out.extend(entries);
+    for aggregate in &fresh.names {
         index_key(&mut at, b'n', Some(aggregate.rule), aggregate.code);
         push(&mut out, &at, &aggregate.held, &|value| {
             encode_into(&aggregate.names, value);
@@ -505,7 +515,7 @@ fn writes(fresh: &Fresh<'_>, supersedes: Option<BatchId>, prepared: &Prepared) -
     }
     for aggregate in &fresh.uniques {
         let list: Vec<&RecordKey> = aggregate.holders.iter().collect();
-        index_key(&mut at, b'u', Some(aggregate.rule), &aggregate.values);
+        index_key(&mut at, b'u', Some(aggregate.rule), aggregate.values);
         push(&mut out, &at, &aggregate.held, &|value| {
             encode_into(&list, value)
         });
