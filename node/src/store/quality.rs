@@ -121,21 +121,26 @@ impl IndexWrites {
         self.ends.push((key_end, Some(self.bytes.len())));
     }
 
-    /// Adds every write of `other`, in its order.
-    pub fn extend(&mut self, other: &IndexWrites) {
-        let base = self.bytes.len();
-        self.bytes.extend_from_slice(&other.bytes);
-        self.ends.extend(
-            other
-                .ends
-                .iter()
-                .map(|(key_end, value_end)| (base + key_end, value_end.map(|end| base + end))),
-        );
+    /// Puts every write of `front` before this one's, in its order, moving this one's within
+    /// its buffer (no new buffer for the many writes behind a few).
+    pub fn prepend(&mut self, front: &IndexWrites) {
+        let (n, old) = (front.bytes.len(), self.bytes.len());
+        self.bytes.resize(old + n, 0);
+        self.bytes.copy_within(0..old, n);
+        self.bytes[..n].copy_from_slice(&front.bytes);
+        self.ends.splice(0..0, front.ends.iter().copied());
+        for (key_end, value_end) in &mut self.ends[front.ends.len()..] {
+            *key_end += n;
+            if let Some(end) = value_end {
+                *end += n;
+            }
+        }
     }
 
-    /// The bytes of the writes' keys and values.
-    pub fn bytes_len(&self) -> usize {
-        self.bytes.len()
+    /// Room for `writes` more writes of `bytes` more bytes.
+    pub fn reserve(&mut self, writes: usize, bytes: usize) {
+        self.ends.reserve(writes);
+        self.bytes.reserve(bytes);
     }
 
     /// Takes back the last write.

@@ -299,7 +299,7 @@ pub(crate) fn prepare(schema: &Schema, id: BatchId, batch: &Batch) -> Prepared {
         (start, texts.len() as u32)
     };
     let mut second = Keys::default();
-    let names = names
+    let names: Vec<PreparedName> = names
         .into_iter()
         .map(|(rule, code, names)| {
             second.push(b'n', Some(rule), code);
@@ -326,6 +326,9 @@ pub(crate) fn prepare(schema: &Schema, id: BatchId, batch: &Batch) -> Prepared {
             }
         }
     }
+    // Room for the writes `writes` adds around the entries, in their buffer.
+    let aggregates = names.len() + grouped.len() + usual_range.len();
+    entries.reserve(aggregates, 64 * aggregates + 4096 * usual_range.len());
     Prepared {
         id,
         records: records.len(),
@@ -464,7 +467,7 @@ pub(super) fn assess<K: Kv>(
     } else {
         Vec::new()
     };
-    let index = writes(&fresh, &entries);
+    let index = writes(&fresh, entries);
     // The origin's own submission: only withdrawals close its items (it has none).
     let current = if audit { current } else { Vec::new() };
     Ok(Some(Assessed::new(
@@ -481,12 +484,8 @@ pub(super) fn assess<K: Kv>(
 
 /// The writes of the batch taken in, in key order (`h` < `k` < `n` < `u`): what changed of
 /// the histograms, each key's entry (`entries`: its one version, current, and what it
-/// contributes), the aggregates added to.
-fn writes(fresh: &Fresh<'_>, entries: &IndexWrites) -> IndexWrites {
-    let mut out = IndexWrites::with_capacity(
-        fresh.histograms.len() + entries.len() + fresh.names.len() + fresh.uniques.len(),
-        entries.bytes_len() + 48 * (fresh.names.len() + fresh.uniques.len()),
-    );
+/// contributes; the writes are made in its buffer), the aggregates added to.
+fn writes(fresh: &Fresh<'_>, mut out: IndexWrites) -> IndexWrites {
     let mut at = Vec::new();
     // A write of what `value` appends, unless the store holds those bytes already.
     let push =
@@ -499,14 +498,21 @@ fn writes(fresh: &Fresh<'_>, entries: &IndexWrites) -> IndexWrites {
                 out.pop();
             }
         };
+    let mut front = IndexWrites::default();
     for (rule, histogram, held, added) in &fresh.histograms {
         if *added {
             index_key(&mut at, b'h', Some(*rule), "");
-            push(&mut out, &at, held, &|value| encode_into(histogram, value));
+            push(&mut front, &at, held, &|value| {
+                encode_into(histogram, value)
+            });
         }
     }
-    // Held by the store: none (or this path would not have been taken).
-    out.extend(entries);
+    // The keys' entries: held by the store, none (or this path would not have been taken).
+    out.prepend(&front);
+    out.reserve(
+        fresh.names.len() + fresh.uniques.len(),
+        48 * (fresh.names.len() + fresh.uniques.len()),
+    );
     for aggregate in &fresh.names {
         index_key(&mut at, b'n', Some(aggregate.rule), aggregate.code);
         push(&mut out, &at, &aggregate.held, &|value| {
