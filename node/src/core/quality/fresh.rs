@@ -46,13 +46,42 @@ impl Keys {
 }
 
 /// A `same_name` aggregate the batch adds to: a credit code's names with the batch taken in,
-/// in order of name (encoded as [`Names`] is: a `str` and a `String` alike), the batch's
-/// borrowed from what was prepared.
+/// in order of name (encoded as [`Names`] is: a `str` and a `String` alike) — the batch's
+/// alone as prepared, or merged with the store's.
 struct NameAggregate<'b> {
     rule: u16,
     code: &'b str,
-    names: Vec<(Cow<'b, str>, u64)>,
+    /// The batch's names for the code (spans of `prepared`'s texts) and how many records
+    /// carry each, in order of name.
+    batch: &'b [(Span, u64)],
+    prepared: &'b Prepared,
+    /// With the store's names, where it held any.
+    merged: Option<Vec<(Cow<'b, str>, u64)>>,
     held: Option<Vec<u8>>,
+}
+
+impl NameAggregate<'_> {
+    /// The names and how many records carry each, in order of name.
+    fn names(&self) -> impl DoubleEndedIterator<Item = (&str, u64)> + '_ {
+        let (merged, batch) = match &self.merged {
+            Some(merged) => (&merged[..], &[][..]),
+            None => (&[][..], self.batch),
+        };
+        let merged = merged.iter().map(|(name, count)| (name.as_ref(), *count));
+        let batch = batch
+            .iter()
+            .map(|(name, count)| (self.prepared.text(*name), *count));
+        merged.chain(batch)
+    }
+
+    /// Appends the names as [`Names`] encodes them (a length, then each name and count).
+    fn encode(&self, out: &mut Vec<u8>) {
+        let len = self.merged.as_ref().map_or(self.batch.len(), Vec::len);
+        encode_into(&(len as u64), out);
+        for name in self.names() {
+            encode_into(&name, out);
+        }
+    }
 }
 
 /// A `unique` aggregate the batch adds to: the keys holding some values, with the batch's.
@@ -124,8 +153,7 @@ impl View for Fresh<'_> {
                 .binary_search_by(|n| name_order((n.rule, n.code), (rule, code)))
                 .ok()?,
         };
-        let names = self.names[at].names.iter();
-        audit::usual_name(names.map(|(name, count)| (name.as_ref(), *count)))
+        audit::usual_name(self.names[at].names())
             .filter(|(usual, _)| *usual != name)
             .map(|(usual, count)| (usual.to_owned(), count))
     }
@@ -148,12 +176,9 @@ fn code_hash(code: &str) -> u64 {
 /// A text of [`Prepared::texts`]: its start and end.
 type Span = (u32, u32);
 
-/// A `same_name` aggregate of [`Prepared`]: rule, code, and the batch's names for the code
-/// with how many records carry each, in order of name.
-type PreparedName = (u16, Span, Vec<(Span, u64)>);
-
-/// A `same_name` aggregate as [`prepare`] groups the records: rule, code, names and counts.
-type BatchName<'b> = (u16, &'b str, Vec<(&'b str, u64)>);
+/// A `same_name` aggregate of [`Prepared`]: rule, code, and where in
+/// [`Prepared::name_list`] its names are.
+type PreparedName = (u16, Span, (u32, u32));
 
 /// What [`assess`] takes from batch `id` alone, before anything is read from the store: the
 /// keys of its two reads, what its records add to the histograms and to the `same_name` and
@@ -176,8 +201,10 @@ pub struct Prepared {
     /// (`None`: nothing).
     usual_range: Vec<(u16, Option<Histogram>)>,
     /// The `same_name` aggregates the records add to, in their index keys' order: rule,
-    /// code, and the batch's names for it with how many records carry each, in order of name.
+    /// code, and where its names are in `name_list`.
     names: Vec<PreparedName>,
+    /// Each aggregate's names, in order of name, and how many records carry each.
+    name_list: Vec<(Span, u64)>,
     /// Where in `names` each rule and code's hash ([`code_hash`]) is, for codes whose hash no
     /// other's took first.
     name_at: FastMap<(u16, u64), u32>,
@@ -210,7 +237,11 @@ pub(crate) fn prepare(schema: &Schema, id: BatchId, batch: &Batch) -> Prepared {
         .filter(|(_, rule)| matches!(rule.check, audit::Check::UsualRange { .. }))
         .map(|(n, _)| (n as u16, None))
         .collect();
-    let mut first = Keys::default();
+    let key_bytes: usize = records.iter().map(|r| r.key.0.len() + 1).sum();
+    let mut first = Keys {
+        bytes: Vec::with_capacity(key_bytes + 3 * usual_range.len()),
+        ends: Vec::with_capacity(records.len() + usual_range.len()),
+    };
     for (rule, _) in &usual_range {
         first.push(b'h', Some(*rule), "");
     }
@@ -231,33 +262,25 @@ pub(crate) fn prepare(schema: &Schema, id: BatchId, batch: &Batch) -> Prepared {
     encode_into(&(&version[..], Some(id)), &mut head);
     let mut entries = IndexWrites::with_capacity(records.len(), 160 * records.len());
     let mut at = Vec::new();
-    // The `same_name` aggregates as the records come (most credit codes are on one record of
-    // a batch: grouped by hashing, and only the groups sorted).
-    let mut names: Vec<BatchName<'_>> = Vec::new();
-    let mut name_of: FastMap<(u16, &str), usize> = FastMap::default();
+    // Each record's `same_name` contribution: rule, the code's first 16 bytes as one number,
+    // code, name — sorted, they are the aggregates in their index keys' order (see
+    // [`name_order`]), each aggregate's names in order, one after another.
+    let mut named: Vec<(u16, u128, &str, &str)> = Vec::with_capacity(records.len());
     let mut uniques: Vec<(u16, Cow<'_, str>, u32)> = Vec::new();
     let mut all = Vec::with_capacity(schema.audit.len());
+    let mut text_bytes = 0;
     for (n, record) in records.iter().enumerate() {
         all.clear();
         audit::contributions_ref(schema, record, |contribution| all.push(contribution));
         for contribution in &all {
             match contribution {
                 ContributionRef::Name { rule, code, name } => {
-                    let (rule, code, name) = (*rule, *code, *name);
-                    let next = names.len();
-                    let at = *name_of.entry((rule, code)).or_insert(next);
-                    if at == next {
-                        names.push((rule, code, vec![(name, 1)]));
-                    } else {
-                        let names = &mut names[at].2;
-                        match names.binary_search_by(|(held, _)| (*held).cmp(name)) {
-                            Ok(at) => names[at].1 += 1,
-                            Err(at) => names.insert(at, (name, 1)),
-                        }
-                    }
+                    named.push((*rule, key_prefix(code.as_bytes()), code, name));
+                    text_bytes += code.len() + name.len();
                 }
                 ContributionRef::Unique { rule, values } => {
                     uniques.push((*rule, values.clone(), n as u32));
+                    text_bytes += values.len();
                 }
                 ContributionRef::Value { rule, value } => {
                     if let Some((_, added)) = usual_range.iter_mut().find(|(r, _)| r == rule) {
@@ -269,48 +292,46 @@ pub(crate) fn prepare(schema: &Schema, id: BatchId, batch: &Batch) -> Prepared {
         index_key(&mut at, b'k', None, &record.key.0);
         out_entry(&mut entries, &at, &head, &all);
     }
-    // In their index keys' order (see [`name_order`]), each code's first 16 bytes taken once.
-    let mut order: Vec<(u16, u128, usize)> = names
-        .iter()
-        .enumerate()
-        .map(|(at, (rule, code, _))| (*rule, key_prefix(code.as_bytes()), at))
-        .collect();
-    order.sort_unstable_by(|a, b| {
-        (a.0, a.1)
-            .cmp(&(b.0, b.1))
-            .then_with(|| names[a.2].1.cmp(names[b.2].1))
-    });
-    let mut names: Vec<_> = names.into_iter().map(Some).collect();
-    let names: Vec<BatchName<'_>> = order
-        .iter()
-        .map(|(.., at)| names[*at].take().expect("each once"))
-        .collect();
-    // Each aggregate's place by rule and the code's hash, for the audit's questions under the
-    // lock (a code whose hash another's took is found by searching).
-    let mut name_at: FastMap<(u16, u64), u32> = FastMap::default();
-    for (at, (rule, code, _)) in names.iter().enumerate() {
-        name_at.entry((*rule, code_hash(code))).or_insert(at as u32);
-    }
+    named.sort_unstable();
     uniques.sort_unstable();
-    let mut texts = String::new();
+    let mut texts = String::with_capacity(text_bytes);
     let span = |texts: &mut String, text: &str| -> Span {
         let start = texts.len() as u32;
         texts.push_str(text);
         (start, texts.len() as u32)
     };
     let mut second = Keys::default();
-    let names: Vec<PreparedName> = names
-        .into_iter()
-        .map(|(rule, code, names)| {
-            second.push(b'n', Some(rule), code);
-            let code = span(&mut texts, code);
-            let names = names
-                .into_iter()
-                .map(|(name, count)| (span(&mut texts, name), count))
-                .collect();
-            (rule, code, names)
-        })
-        .collect();
+    let mut names: Vec<PreparedName> = Vec::new();
+    let mut name_list: Vec<(Span, u64)> = Vec::with_capacity(named.len());
+    // Each aggregate's place by rule and the code's hash, for the audit's questions under the
+    // lock (a code whose hash another's took is found by searching).
+    let mut name_at: FastMap<(u16, u64), u32> =
+        FastMap::with_capacity_and_hasher(named.len(), Default::default());
+    let mut last: Option<(u16, &str, &str)> = None;
+    for (rule, _, code, name) in named {
+        match last {
+            Some((r, c, n)) if (r, c) == (rule, code) => {
+                if n == name {
+                    name_list.last_mut().expect("the aggregate's names").1 += 1;
+                } else {
+                    name_list.push((span(&mut texts, name), 1));
+                }
+                let (.., list) = names.last_mut().expect("the aggregate");
+                list.1 = name_list.len() as u32;
+            }
+            _ => {
+                second.push(b'n', Some(rule), code);
+                name_at
+                    .entry((rule, code_hash(code)))
+                    .or_insert(names.len() as u32);
+                let code_span = span(&mut texts, code);
+                let start = name_list.len() as u32;
+                name_list.push((span(&mut texts, name), 1));
+                names.push((rule, code_span, (start, start + 1)));
+            }
+        }
+        last = Some((rule, code, name));
+    }
     let mut grouped: Vec<(u16, Span, Vec<u32>)> = Vec::new();
     for (rule, values, holder) in uniques {
         match grouped.last_mut() {
@@ -335,6 +356,7 @@ pub(crate) fn prepare(schema: &Schema, id: BatchId, batch: &Batch) -> Prepared {
         first,
         usual_range,
         names,
+        name_list,
         name_at,
         uniques: grouped,
         second,
@@ -400,13 +422,12 @@ pub(super) fn assess<K: Kv>(
     let mut names: Vec<NameAggregate<'_>> = prepared
         .names
         .iter()
-        .map(|(rule, code, names)| NameAggregate {
+        .map(|(rule, code, (start, end))| NameAggregate {
             rule: *rule,
             code: prepared.text(*code),
-            names: names
-                .iter()
-                .map(|(name, count)| (Cow::Borrowed(prepared.text(*name)), *count))
-                .collect(),
+            batch: &prepared.name_list[*start as usize..*end as usize],
+            prepared,
+            merged: None,
             held: None,
         })
         .collect();
@@ -436,13 +457,14 @@ pub(super) fn assess<K: Kv>(
                     .into_iter()
                     .map(|(name, count)| (Cow::Owned(name), count))
                     .collect();
-                for (name, count) in aggregate.names.drain(..) {
-                    match all.binary_search_by(|(held, _)| held.as_ref().cmp(name.as_ref())) {
-                        Ok(at) => all[at].1 = all[at].1.saturating_add(count),
-                        Err(at) => all.insert(at, (name, count)),
+                for (name, count) in aggregate.batch {
+                    let name = prepared.text(*name);
+                    match all.binary_search_by(|(held, _)| held.as_ref().cmp(name)) {
+                        Ok(at) => all[at].1 = all[at].1.saturating_add(*count),
+                        Err(at) => all.insert(at, (Cow::Borrowed(name), *count)),
                     }
                 }
-                aggregate.names = all;
+                aggregate.merged = Some(all);
             }
             aggregate.held = held.clone();
         }
@@ -516,7 +538,7 @@ fn writes(fresh: &Fresh<'_>, mut out: IndexWrites) -> IndexWrites {
     for aggregate in &fresh.names {
         index_key(&mut at, b'n', Some(aggregate.rule), aggregate.code);
         push(&mut out, &at, &aggregate.held, &|value| {
-            encode_into(&aggregate.names, value);
+            aggregate.encode(value)
         });
     }
     for aggregate in &fresh.uniques {
