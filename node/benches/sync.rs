@@ -942,6 +942,8 @@ struct StoreRun {
     index: Duration,
     /// The part of `index` a receiver does before the core's lock (`prepare`).
     prepare: Duration,
+    /// The most a batch's prepared part held on the heap.
+    prepared_bytes: usize,
     insert: Duration,
     sync: Duration,
     total: Duration,
@@ -1100,6 +1102,7 @@ fn offline_costs(
         let (mut insert, mut sync) = (Duration::ZERO, Duration::ZERO);
         let mut insert_each = Vec::new();
         let (mut index, mut prepare) = (Duration::ZERO, Duration::ZERO);
+        let mut prepared_bytes = 0;
         let contents: Vec<protocol::Content> = decoded
             .iter()
             .cloned()
@@ -1110,6 +1113,10 @@ fn offline_costs(
             let update = indexed.then(|| {
                 let prepared = node::core::prepare_received(registry, batches[i].id, &decoded[i]);
                 prepare += start.elapsed();
+                prepared_bytes = prepared
+                    .as_ref()
+                    .map_or(0, |p| p.heap_bytes())
+                    .max(prepared_bytes);
                 node::core::assess_received(
                     &store,
                     registry,
@@ -1148,6 +1155,7 @@ fn offline_costs(
         StoreRun {
             index,
             prepare,
+            prepared_bytes,
             insert,
             sync,
             total: insert + sync,
@@ -1541,6 +1549,12 @@ fn main() {
     line(
         "    of which before the core's lock (prepare)",
         offline.indexed.prepare,
+    );
+    println!(
+        "prepared before the core's lock: at most {:.1} MB a batch (of <= {} records; {:.1} MB of batches in all)",
+        offline.indexed.prepared_bytes as f64 / MB,
+        grouped(per_batch as f64),
+        data_mb,
     );
     println!(
         "insert_batch per batch, in order (ms): {}",

@@ -1215,6 +1215,29 @@ mod tests {
         );
     }
 
+    /// What `prepare` keeps of a batch — made before the core's lock while another batch is
+    /// in the core, so held beside it — is a few hundred bytes a record, whatever the
+    /// records: here at most 512 bytes a record and the batch's own bytes, for 10,000
+    /// records of either category (a decoded batch takes ~1,600 bytes a water-fee record;
+    /// see the memory budgets in ARCHITECTURE.md).
+    #[test]
+    fn what_is_prepared_of_a_batch_is_a_few_hundred_bytes_a_record() {
+        for category in CATEGORIES {
+            let mut rng = Rng(7);
+            let records = (0..10_000)
+                .map(|key| record(&mut rng, category, key))
+                .collect();
+            let (id, batch) = batch_of(category, None, Vec::new(), records);
+            let bytes = batch.encode().unwrap().len();
+            let held = fresh::prepare(schema(category), id, &batch).heap_bytes();
+            eprintln!("{category}: {held} bytes prepared for 10,000 records, {bytes} bytes");
+            assert!(
+                held <= 512 * 10_000 + bytes,
+                "{category}: {held} bytes prepared for 10,000 records, {bytes} bytes"
+            );
+        }
+    }
+
     /// The path for a batch none of whose keys the period holds (`fresh`) makes what the
     /// general path makes of it — the same findings, keys and writes, byte for byte — as a
     /// receiver and as the origin, whether what it takes from the batch alone was prepared

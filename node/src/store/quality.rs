@@ -137,10 +137,21 @@ impl IndexWrites {
         }
     }
 
-    /// Room for `writes` more writes of `bytes` more bytes.
-    pub fn reserve(&mut self, writes: usize, bytes: usize) {
-        self.ends.reserve(writes);
-        self.bytes.reserve(bytes);
+    /// The bytes it holds on the heap (its buffers' capacities).
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.ends.capacity() * std::mem::size_of::<(usize, Option<usize>)>()
+    }
+
+    /// Gives back what its buffers hold beyond its writes.
+    pub fn shrink_to_fit(&mut self) {
+        self.bytes.shrink_to_fit();
+        self.ends.shrink_to_fit();
+    }
+
+    /// Room for `writes` more writes of `bytes` more bytes, and no more (not doubled).
+    pub fn reserve_exact(&mut self, writes: usize, bytes: usize) {
+        self.ends.reserve_exact(writes);
+        self.bytes.reserve_exact(bytes);
     }
 
     /// Takes back the last write.

@@ -225,6 +225,32 @@ impl Prepared {
     fn text(&self, (start, end): Span) -> &str {
         &self.texts[start as usize..end as usize]
     }
+
+    /// The bytes it holds on the heap (its buffers' capacities; the map's by its entries).
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of_val;
+        let keys = |k: &Keys| k.bytes.capacity() + k.ends.capacity() * size_of::<usize>();
+        keys(&self.first)
+            + keys(&self.second)
+            + self.texts.capacity()
+            + self.entries.heap_bytes()
+            + self.names.capacity() * size_of::<PreparedName>()
+            + self.name_list.capacity() * size_of::<(Span, u64)>()
+            + self.name_at.capacity() * (size_of::<((u16, u64), u32)>() + 1)
+            + self
+                .uniques
+                .iter()
+                .map(|(.., holders)| size_of_val(&holders[..]))
+                .sum::<usize>()
+            + self.uniques.capacity() * size_of::<(u16, Span, Vec<u32>)>()
+            + self
+                .current
+                .iter()
+                .map(|(key, _)| key.0.capacity())
+                .sum::<usize>()
+            + self.current.capacity() * size_of::<(RecordKey, bool)>()
+            + self.usual_range.len() * 4096
+    }
 }
 
 /// [`Prepared`] for data batch `id` (`batch`) under `schema`.
@@ -260,7 +286,9 @@ pub(crate) fn prepare(schema: &Schema, id: BatchId, batch: &Batch) -> Prepared {
     )];
     let mut head = Vec::new();
     encode_into(&(&version[..], Some(id)), &mut head);
-    let mut entries = IndexWrites::with_capacity(records.len(), 160 * records.len());
+    // Room for each key's entry with its contributions (more if they need it).
+    let mut entries =
+        IndexWrites::with_capacity(records.len(), key_bytes + records.len() * (head.len() + 96));
     let mut at = Vec::new();
     // Each record's `same_name` contribution: rule, the code's first 16 bytes as one number,
     // code, name — sorted, they are the aggregates in their index keys' order (see
@@ -347,9 +375,14 @@ pub(crate) fn prepare(schema: &Schema, id: BatchId, batch: &Batch) -> Prepared {
             }
         }
     }
-    // Room for the writes `writes` adds around the entries, in their buffer.
+    // Room for the writes `writes` adds around the entries, in their buffer, and no more
+    // (the entries' may have grown by doubling).
     let aggregates = names.len() + grouped.len() + usual_range.len();
-    entries.reserve(aggregates, 64 * aggregates + 4096 * usual_range.len());
+    entries.shrink_to_fit();
+    entries.reserve_exact(aggregates, 64 * aggregates + 4096 * usual_range.len());
+    texts.shrink_to_fit();
+    name_at.shrink_to_fit();
+    second.bytes.shrink_to_fit();
     Prepared {
         id,
         records: records.len(),
@@ -531,7 +564,7 @@ fn writes(fresh: &Fresh<'_>, mut out: IndexWrites) -> IndexWrites {
     }
     // The keys' entries: held by the store, none (or this path would not have been taken).
     out.prepend(&front);
-    out.reserve(
+    out.reserve_exact(
         fresh.names.len() + fresh.uniques.len(),
         48 * (fresh.names.len() + fresh.uniques.len()),
     );
