@@ -107,7 +107,7 @@ pub use quality::Prepared;
 /// batch alone ([`quality::prepare`]: the keys to read, what the records add to the audit's
 /// aggregates, grouped and ordered, each record's index entry), so that this share of the
 /// index's work is done outside the lock too: the city's core held each batch of the sync
-/// bench's hop ~31 ms before, ~19–24 ms after.
+/// bench's hop 27–32 ms before, 17–23 ms after (alternating runs, 2026-12-05).
 pub struct Prechecked {
     signed: SignedBatch,
     registry: &'static Registry,

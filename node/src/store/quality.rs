@@ -124,6 +124,9 @@ impl IndexWrites {
     /// Puts every write of `front` before this one's, in its order, moving this one's within
     /// its buffer (no new buffer for the many writes behind a few).
     pub fn prepend(&mut self, front: &IndexWrites) {
+        if front.is_empty() {
+            return;
+        }
         let (n, old) = (front.bytes.len(), self.bytes.len());
         self.bytes.resize(old + n, 0);
         self.bytes.copy_within(0..old, n);
@@ -2121,6 +2124,34 @@ mod tests {
                 "the batch's keys {keys:?}"
             );
         }
+    }
+
+    /// Writes put before others (the fresh path's histograms before its keys' entries) read
+    /// as the two lists one after the other, and take back as the last write; nothing put
+    /// before changes nothing.
+    #[test]
+    fn writes_put_before_others_read_as_both_in_order() {
+        let back: IndexWrites = [
+            (&b"k1"[..], Some(&b"one"[..])),
+            (b"k2", None),
+            (b"k3", Some(b"")),
+        ]
+        .into_iter()
+        .collect();
+        let front: IndexWrites = [(&b"h"[..], Some(&b"xy"[..])), (b"i", None)]
+            .into_iter()
+            .collect();
+        let mut joined = back.clone();
+        joined.prepend(&front);
+        let expected: Vec<IndexWrite<'_>> = front.iter().chain(back.iter()).collect();
+        assert_eq!(joined.iter().collect::<Vec<_>>(), expected);
+        joined.pop();
+        assert_eq!(joined.iter().collect::<Vec<_>>(), expected[..4]);
+        joined.push(b"k4", Some(b"four"));
+        assert_eq!(joined.last(), Some((&b"k4"[..], Some(&b"four"[..]))));
+        let mut same = back.clone();
+        same.prepend(&IndexWrites::default());
+        assert_eq!(same, back);
     }
 
     /// A damaged or missing chunk or directory piece is an error naming the tree, not a

@@ -3,8 +3,12 @@
 //! has one version, this batch's, and is current; what remains is the aggregates the batch's
 //! records add to, the audit, and the writes. Taken here without the general path's overlay:
 //! no entry, owned contributions or map of aggregates by index key per record, the keys of
-//! a read in one buffer, the aggregates grouped by hashing and only the groups sorted, every
-//! key's entry written from one encoding of its version.
+//! a read in one buffer, the aggregates' contributions sorted once into their index keys'
+//! order, every key's entry written from one encoding of its version.
+//!
+//! In two parts: [`prepare`] takes from the batch alone everything that needs no store (made
+//! before the core's lock where the runtime checks a batch, `core::Prechecked`), and
+//! [`assess`] reads the store, merges, audits and writes under it.
 //!
 //! The result is exactly what the general path (`super::assess_general`) makes of the same
 //! batch — the same findings, the same writes byte for byte — and a test holds it to that on
