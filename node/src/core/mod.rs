@@ -121,13 +121,29 @@ struct Checked {
     prepared: Option<quality::Prepared>,
 }
 
+/// The most records a data batch may have for the record index's part to be prepared
+/// before the core's lock ([`Prechecked`]); the core prepares a larger one itself, under the
+/// lock. What is prepared takes ~500 bytes a water-fee record beside the ~1,600 the decoded
+/// record takes: this bounds it to ~25 MB a batch, ~50 MB for the two a node checks at once,
+/// where batches at the 64 MiB cap would take ~110 MB each. 50,000 is `credit-node ingest`'s
+/// default batch size.
+pub const PREPARED_RECORDS_MAX: usize = 50_000;
+
 impl Prechecked {
     /// Runs the stateless checks on `signed` under the built-in registry (the core's).
     pub fn new(signed: SignedBatch) -> Prechecked {
+        Prechecked::preparing_up_to(signed, PREPARED_RECORDS_MAX)
+    }
+
+    /// [`Prechecked::new`], preparing the record index's part for a data batch of at most
+    /// `records` records.
+    fn preparing_up_to(signed: SignedBatch, records: usize) -> Prechecked {
         let registry = Registry::builtin();
         let decoded = decode_content(&signed, registry);
         let prepared = match &decoded {
-            Ok(Content::Data(batch)) => quality::prepare(registry, signed.id, batch),
+            Ok(Content::Data(batch)) if batch.records.len() <= records => {
+                quality::prepare(registry, signed.id, batch)
+            }
             _ => None,
         };
         Prechecked {

@@ -2548,6 +2548,38 @@ fn a_prechecked_submission_is_decided_as_the_bare_one() {
     assert_eq!(run(true), bare);
 }
 
+/// The record index's part is prepared before the core's lock only for a data batch of at
+/// most so many records (`PREPARED_RECORDS_MAX`); a larger one is prepared by the core, and
+/// stored and indexed the same.
+#[test]
+fn only_a_batch_of_at_most_so_many_records_is_prepared_before_the_lock() {
+    let batch = county_batch();
+    let records = protocol::Batch::decode(&batch.bytes).unwrap().records.len();
+    assert_eq!(records, 3);
+    let prepared = |up_to: usize| {
+        Prechecked::preparing_up_to(batch.clone(), up_to)
+            .checked
+            .prepared
+            .is_some()
+    };
+    assert!(prepared(3) && !prepared(2));
+    assert!(Prechecked::new(batch.clone()).checked.prepared.is_some());
+    // Either way the city stores the batch with the same index entries.
+    let index = |up_to: usize| {
+        let kv = MemKv::new();
+        let mut city = core(CITY, topology(1, None), kv.clone());
+        let down = LinkId(7);
+        link_from(&mut city, down, COUNTY, now(1));
+        let checked = Prechecked::preparing_up_to(batch.clone(), up_to);
+        city.handle_prechecked(down, checked, None, now(2)).unwrap();
+        make_durable(&mut city, &kv, now(2));
+        crate::store::Kv::scan(&kv, crate::store::Tree::Index, &[], None, usize::MAX).unwrap()
+    };
+    let prepared_before = index(3);
+    assert!(!prepared_before.is_empty());
+    assert_eq!(prepared_before, index(2));
+}
+
 /// A batch checked before the core's lock (`Prechecked`, as the runtime receives) is decided
 /// exactly as the bare batch: the same receipts, feedback and refusals, in the same order,
 /// for a good batch, one with a bad record, one signed for another batch (its records are
