@@ -839,6 +839,27 @@ mod tests {
                 proptest::prop_assert_eq!(Some(fast.to_bits()), std.map(f64::to_bits));
             }
         }
+
+        /// A histogram absorbing another holds what adding the other's values one by one
+        /// gives.
+        #[test]
+        fn a_histogram_absorbs_another_as_its_values_one_by_one(
+            held in proptest::collection::vec(0.01f64..1e9, 0..40),
+            added in proptest::collection::vec(0.01f64..1e9, 0..40),
+        ) {
+            let mut one_by_one = Histogram::default();
+            let mut other = Histogram::default();
+            for value in &held {
+                one_by_one.add(*value, 1);
+            }
+            let mut absorbed = one_by_one.clone();
+            for value in &added {
+                one_by_one.add(*value, 1);
+                other.add(*value, 1);
+            }
+            absorbed.absorb(&other);
+            proptest::prop_assert_eq!(absorbed, one_by_one);
+        }
     }
 
     #[test]
