@@ -1261,7 +1261,19 @@ mod tests {
                 for receiver in [true, false].into_iter().filter(|_| !withdraws) {
                     let fast =
                         fresh::assess(&store, schema, city, *id, batch, receiver, None).unwrap();
-                    // Made beforehand (as outside the core's lock), the same.
+                    // Made beforehand (as outside the core's lock), the same; and the same
+                    // where every code's place must be searched for (as when its hash was
+                    // taken by another code's).
+                    let mut collided = fresh::prepare(schema, *id, batch);
+                    collided.collide_every_code();
+                    let searched =
+                        fresh::assess(&store, schema, city, *id, batch, receiver, Some(collided))
+                            .unwrap();
+                    assert_eq!(
+                        fast.as_ref().map(|a| (&a.findings, &a.update)),
+                        searched.as_ref().map(|a| (&a.findings, &a.update)),
+                        "{category} seed {seed}, arrival {n}: codes searched for"
+                    );
                     let prepared = fresh::prepare(schema, *id, batch);
                     let ahead =
                         fresh::assess(&store, schema, city, *id, batch, receiver, Some(prepared))
