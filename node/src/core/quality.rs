@@ -1264,25 +1264,29 @@ mod tests {
                     // Made beforehand (as outside the core's lock), the same; and the same
                     // where every code's place must be searched for (as when its hash was
                     // taken by another code's).
-                    let mut collided = fresh::prepare(schema, *id, batch);
-                    collided.collide_every_code();
-                    let searched =
-                        fresh::assess(&store, schema, city, *id, batch, receiver, Some(collided))
-                            .unwrap();
-                    assert_eq!(
-                        fast.as_ref().map(|a| (&a.findings, &a.update)),
-                        searched.as_ref().map(|a| (&a.findings, &a.update)),
-                        "{category} seed {seed}, arrival {n}: codes searched for"
-                    );
-                    let prepared = fresh::prepare(schema, *id, batch);
-                    let ahead =
-                        fresh::assess(&store, schema, city, *id, batch, receiver, Some(prepared))
-                            .unwrap();
-                    assert_eq!(
-                        fast.as_ref().map(|a| (&a.findings, &a.update)),
-                        ahead.as_ref().map(|a| (&a.findings, &a.update)),
-                        "{category} seed {seed}, arrival {n}: prepared beforehand"
-                    );
+                    for (collide, way) in
+                        [(false, "prepared beforehand"), (true, "codes searched for")]
+                    {
+                        let mut prepared = fresh::prepare(schema, *id, batch);
+                        if collide {
+                            prepared.collide_every_code();
+                        }
+                        let ahead = fresh::assess(
+                            &store,
+                            schema,
+                            city,
+                            *id,
+                            batch,
+                            receiver,
+                            Some(prepared),
+                        )
+                        .unwrap();
+                        assert_eq!(
+                            fast.as_ref().map(|a| (&a.findings, &a.update)),
+                            ahead.as_ref().map(|a| (&a.findings, &a.update)),
+                            "{category} seed {seed}, arrival {n}: {way}"
+                        );
+                    }
                     let holds_a_key = batch.records.iter().any(|r| {
                         arrived[..n].iter().any(|(_, earlier)| {
                             earlier.records.iter().any(|e| e.key == r.key)
