@@ -29,7 +29,7 @@ use std::fmt;
 use protocol::{Category, NodeId, PublicKey, Registry};
 
 use crate::{
-    Allocation, Cadence, KeyEnd, LegacyLink, Node, Role, Schedule, Topology, cadence_name,
+    Allocation, Cadence, KeyEnd, LegacyLink, Node, OldKey, Role, Schedule, Topology, cadence_name,
 };
 
 /// The ordered steps from one topology version to the next.
@@ -192,14 +192,10 @@ fn check_key_history(old: &Topology, new: &Topology) -> Result<(), Refusal> {
         node,
         message,
     };
+    let listed = old_keys(new);
     for was in &old.admissions().old_keys {
         let key = short(&was.public_key);
-        let Some(is) = new
-            .admissions()
-            .old_keys
-            .iter()
-            .find(|k| k.public_key == was.public_key)
-        else {
+        let Some(&is) = listed.get(&was.public_key) else {
             return Err(refuse(
                 was.node,
                 format!("drop old key {key} of {}", was.node),
@@ -230,11 +226,7 @@ fn check_key_history(old: &Topology, new: &Topology) -> Result<(), Refusal> {
         if was.public_key == is.public_key {
             continue;
         }
-        let listed = new
-            .admissions()
-            .old_keys
-            .iter()
-            .any(|k| k.node == is.id && k.public_key == was.public_key)
+        let listed = listed.get(&was.public_key).is_some_and(|k| k.node == is.id)
             || new.is_revoked(&was.public_key);
         if !listed {
             let id = is.id;
@@ -251,6 +243,17 @@ fn check_key_history(old: &Topology, new: &Topology) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// A topology's `[[old_key]]`s by key (a valid file lists each key once; after years of
+/// re-keys a national file lists thousands, so the plan looks them up rather than scanning).
+fn old_keys(topology: &Topology) -> HashMap<&PublicKey, &OldKey> {
+    topology
+        .admissions()
+        .old_keys
+        .iter()
+        .map(|key| (&key.public_key, key))
+        .collect()
 }
 
 /// The first 16 hexadecimal characters of a key, for step texts.
@@ -647,16 +650,11 @@ impl Planner<'_> {
     }
 
     fn rekeys(&mut self) {
+        let (listed, known) = (old_keys(self.new), old_keys(self.old));
         for (was, is) in kept(self.old, self.new) {
             if was.public_key != is.public_key {
                 let id = is.id;
-                let fate = match self
-                    .new
-                    .admissions()
-                    .old_keys
-                    .iter()
-                    .find(|k| k.public_key == was.public_key)
-                {
+                let fate = match listed.get(&was.public_key) {
                     Some(k) if k.end == KeyEnd::Retired => format!(
                         "; batches its old key {} signed stay valid where they arrived before {}",
                         short(&was.public_key),
@@ -683,7 +681,7 @@ impl Planner<'_> {
                 .old
                 .node(key.node)
                 .is_some_and(|n| n.public_key == key.public_key);
-            let known = self.old.admissions().old_keys.contains(key);
+            let known = known.get(&key.public_key) == Some(&key);
             if known || still_current {
                 continue;
             }
@@ -964,10 +962,28 @@ impl Planner<'_> {
     fn simulate(self) -> Result<Plan, Refusal> {
         let mut links = Links::of(self.old);
         let mut steps = Vec::with_capacity(self.steps.len());
+        // Whether every node had a path after the last step checked. From then on a step
+        // can strand only the node it changes and the nodes below it: a node's path runs
+        // through its ancestors alone. So a step that changes no link is not checked again,
+        // and one that changes a node nothing hangs under checks that node alone. A plan of
+        // the whole nation (3,210 nodes, a step each) took 0.6-1.4 s when every step walked
+        // every node's path, 8-12 ms now (`benches/plan.rs`).
+        let mut clean = false;
         for (index, planned) in self.steps.into_iter().enumerate() {
             let number = index + 1;
             links.apply(&planned.effect);
-            if let Some((node, message)) = links.stranded(self.old.version) {
+            let stranded = if clean {
+                links.stranded_by(&planned.effect, self.old.version)
+            } else {
+                links.stranded(self.old.version)
+            };
+            debug_assert_eq!(
+                stranded,
+                links.stranded(self.old.version),
+                "the step's own check agrees with the whole network's"
+            );
+            clean = true;
+            if let Some((node, message)) = stranded {
                 return Err(Refusal {
                     step: number,
                     action: planned.action,
@@ -1110,6 +1126,36 @@ impl Links {
         reach
     }
 
+    /// [`Links::stranded`] after `effect`, when every node had a path before it: only the
+    /// node the effect changes, and what hangs under it, can have lost theirs. A node nothing
+    /// hangs under is checked alone (its parents still have their paths); for any other the
+    /// whole network is.
+    fn stranded_by(&self, effect: &Effect, old_version: u64) -> Option<(NodeId, String)> {
+        let id = match effect {
+            Effect::None => return None,
+            Effect::AddNode { id, .. }
+            | Effect::Legacy { id, .. }
+            | Effect::Connect { id, .. }
+            | Effect::Close { id, .. }
+            | Effect::SetParent { id, .. }
+            | Effect::RemoveNode { id } => *id,
+        };
+        if self.nodes.values().any(|state| state.parents.contains(&id)) {
+            return self.stranded(old_version);
+        }
+        let state = self.nodes.get(&id)?;
+        let reaches = id.is_national()
+            || state.legacy == LegacyState::InUse
+            || state
+                .parents
+                .iter()
+                .any(|parent| *parent != id && self.nodes.contains_key(parent));
+        if reaches {
+            return None;
+        }
+        Some(self.why_stranded(id, state, 0, old_version))
+    }
+
     /// The highest node without a path, and why, in words.
     fn stranded(&self, old_version: u64) -> Option<(NodeId, String)> {
         let reach = self.reaching();
@@ -1120,6 +1166,17 @@ impl Links {
             .collect();
         stranded.sort_by_key(|(id, state)| (Reverse(state.role), **id));
         let (&id, state) = *stranded.first()?;
+        Some(self.why_stranded(id, state, stranded.len() - 1, old_version))
+    }
+
+    /// Why node `id` has no path, in words, with how many `others` lose theirs with it.
+    fn why_stranded(
+        &self,
+        id: NodeId,
+        state: &LinkState,
+        others: usize,
+        old_version: u64,
+    ) -> (NodeId, String) {
         let parents = match state.parents.as_slice() {
             [] => "it has no parent link".to_owned(),
             parents => parents
@@ -1142,18 +1199,17 @@ impl Links {
             ),
             LegacyState::InUse => unreachable!("a legacy link in use is a path"),
         };
-        let others = stranded.len() - 1;
         let below = match others {
             0 => String::new(),
             1 => " (nor would 1 other node)".to_owned(),
             n => format!(" (nor would {n} other nodes)"),
         };
-        Some((
+        (
             id,
             format!(
                 "{id} would have no path to 000000 after this step{below}: {parents}, and {legacy}; keep a path it uses in this version and take the old one away in a later version, once it has moved"
             ),
-        ))
+        )
     }
 }
 
