@@ -524,6 +524,11 @@ pub struct Topology {
     revoked: HashSet<PublicKey>,
     schedules: Vec<Schedule>,
     admissions: Admissions,
+    /// Each node's assessment and old keys (in file order), by node: every node looks up its
+    /// children's assessments each minute, and every batch its origin's keys, in a file of
+    /// thousands (3,209 nodes for the nation, an old key a node for each re-key).
+    assessment_by_node: HashMap<NodeId, usize>,
+    old_keys_by_node: HashMap<NodeId, Vec<usize>>,
 }
 
 /// Who may connect, and with which keys, over time, and what may travel upstream:
@@ -646,6 +651,21 @@ impl Topology {
             .map(|(index, link)| (link.node, index))
             .collect();
         let revoked: HashSet<PublicKey> = revoked_keys.iter().copied().collect();
+        let assessment_by_node: HashMap<NodeId, usize> = admissions
+            .assessments
+            .iter()
+            .enumerate()
+            .map(|(index, assessment)| (assessment.node, index))
+            .collect();
+        let mut old_keys_by_node: HashMap<NodeId, Vec<usize>> = HashMap::new();
+        for (index, key) in admissions.old_keys.iter().enumerate() {
+            old_keys_by_node.entry(key.node).or_default().push(index);
+        }
+        assert_eq!(
+            assessment_by_node.len(),
+            admissions.assessments.len(),
+            "validated assessments are one per node"
+        );
         assert_eq!(by_id.len(), nodes.len(), "validated ids are unique");
         assert_eq!(by_key.len(), nodes.len(), "validated keys are unique");
         assert_eq!(
@@ -670,6 +690,8 @@ impl Topology {
             revoked,
             schedules,
             admissions,
+            assessment_by_node,
+            old_keys_by_node,
         }
     }
 
@@ -685,11 +707,14 @@ impl Topology {
             return Vec::new();
         };
         let mut keys = vec![(current.public_key, KeyState::Current)];
+        let old_keys = self
+            .old_keys_by_node
+            .get(&node)
+            .map_or(&[][..], Vec::as_slice);
         keys.extend(
-            self.admissions
-                .old_keys
+            old_keys
                 .iter()
-                .filter(|old| old.node == node)
+                .map(|&index| &self.admissions.old_keys[index])
                 .map(|old| {
                     let state = match old.end {
                         KeyEnd::Retired => KeyState::Retired { at_ms: old.at_ms },
@@ -703,10 +728,9 @@ impl Topology {
 
     /// The assessment of `node`, if the file has one.
     pub fn assessment(&self, node: NodeId) -> Option<&Assessment> {
-        self.admissions
-            .assessments
-            .iter()
-            .find(|assessment| assessment.node == node)
+        self.assessment_by_node
+            .get(&node)
+            .map(|&index| &self.admissions.assessments[index])
     }
 
     /// The profile for `category`, if the file restricts it.

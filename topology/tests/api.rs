@@ -459,3 +459,81 @@ fn profiles_from_code_are_checked() {
         "{errors:#?}"
     );
 }
+
+/// A node's keys come back current first, then its old keys in file order, whoever else's
+/// are listed between them; each node's assessment is its own (both looked up by node).
+#[test]
+fn keys_and_assessments_are_each_nodes_own() {
+    use topology::{Admissions, Assessment, Date, KeyEnd, KeyState, OldKey};
+    let old = |code: &str, n: u8, end: KeyEnd, at_ms: u64| OldKey {
+        node: id(code),
+        public_key: key(n),
+        end,
+        at_ms,
+    };
+    let assessed = |code: &str, year: u16| Assessment {
+        node: id(code),
+        assessor: "广东省网络安全等级保护测评中心".into(),
+        reference: Some(format!("GD-{code}")),
+        assessed_on: Date::new(year, 1, 1).unwrap(),
+        valid_until: Date::new(year + 3, 12, 31).unwrap(),
+    };
+    let mut nodes = nodes();
+    nodes[2].parent = Some(id("440000"));
+    let admissions = Admissions {
+        require_assessment: false,
+        old_keys: vec![
+            old("445202", 20, KeyEnd::Retired, 1_780_000_001_000),
+            old("445281", 21, KeyEnd::Revoked, 1_780_000_002_000),
+            old("445202", 22, KeyEnd::Revoked, 1_780_000_003_000),
+        ],
+        assessments: vec![
+            assessed("445281", 2024),
+            assessed("445202", 2025),
+            assessed("445200", 2023),
+        ],
+        profiles: Vec::new(),
+    };
+    let topology =
+        Topology::from_parts_with(1, nodes, Vec::new(), Vec::new(), Vec::new(), admissions)
+            .unwrap();
+    assert_eq!(
+        topology.keys_of(id("445202")),
+        vec![
+            (key(4), KeyState::Current),
+            (
+                key(20),
+                KeyState::Retired {
+                    at_ms: 1_780_000_001_000
+                }
+            ),
+            (
+                key(22),
+                KeyState::Revoked {
+                    at_ms: 1_780_000_003_000
+                }
+            ),
+        ]
+    );
+    assert_eq!(
+        topology.keys_of(id("445281")),
+        vec![
+            (key(5), KeyState::Current),
+            (
+                key(21),
+                KeyState::Revoked {
+                    at_ms: 1_780_000_002_000
+                }
+            ),
+        ]
+    );
+    assert_eq!(
+        topology.keys_of(id("440000")),
+        vec![(key(2), KeyState::Current)]
+    );
+    assert_eq!(topology.keys_of(id("445203")), Vec::new());
+    for (code, year) in [("445281", 2024), ("445202", 2025), ("445200", 2023)] {
+        assert_eq!(topology.assessment(id(code)), Some(&assessed(code, year)));
+    }
+    assert_eq!(topology.assessment(id("440000")), None);
+}
