@@ -801,6 +801,50 @@ impl Topology {
             .map(|&index| &self.nodes[index])
     }
 
+    /// `id` and every node below it in the hierarchy, in file order; empty for an unknown id.
+    /// Walks the subtree alone: a county's is itself, however large the file.
+    pub fn subtree(&self, id: NodeId) -> Vec<NodeId> {
+        let Some(&root) = self.by_id.get(&id) else {
+            return Vec::new();
+        };
+        let mut found = vec![root];
+        let mut next = 0;
+        while let Some(&index) = found.get(next) {
+            next += 1;
+            found.extend(
+                self.children
+                    .get(&self.nodes[index].id)
+                    .into_iter()
+                    .flatten(),
+            );
+            assert!(
+                found.len() <= self.nodes.len(),
+                "a validated topology has no cycles"
+            );
+        }
+        found.sort_unstable();
+        found
+            .into_iter()
+            .map(|index| self.nodes[index].id)
+            .collect()
+    }
+
+    /// Whether `id` is `ancestor` or below it in the hierarchy ([`Topology::path_to_national`]
+    /// holds `ancestor`), without building the path.
+    pub fn is_within(&self, id: NodeId, ancestor: NodeId) -> bool {
+        let mut current = self.node(id);
+        for _ in 0..=self.nodes.len() {
+            let Some(node) = current else {
+                return false;
+            };
+            if node.id == ancestor {
+                return true;
+            }
+            current = node.parent.and_then(|parent| self.node(parent));
+        }
+        unreachable!("a validated topology has no cycles")
+    }
+
     /// The node that owns this identity key.
     pub fn node_by_key(&self, key: &PublicKey) -> Option<&Node> {
         self.by_key.get(key).map(|&index| &self.nodes[index])

@@ -537,3 +537,36 @@ fn keys_and_assessments_are_each_nodes_own() {
     }
     assert_eq!(topology.assessment(id("440000")), None);
 }
+
+/// `subtree` and `is_within` say what `path_to_national` says, for every pair of a province's
+/// nodes and of the smallest file (the national platform alone), without building paths.
+#[test]
+fn subtrees_agree_with_paths() {
+    let national = Topology::from_nodes(1, vec![node("000000", None, 1)]).unwrap();
+    let guangdong = topology::generate(id("440000"), 20_000).unwrap();
+    for topology in [&national, &guangdong] {
+        let ids: Vec<NodeId> = topology.nodes().map(|n| n.id).collect();
+        for &ancestor in &ids {
+            let below: Vec<NodeId> = ids
+                .iter()
+                .copied()
+                .filter(|&id| topology.path_to_national(id).contains(&ancestor))
+                .collect();
+            assert_eq!(topology.subtree(ancestor), below, "below {ancestor}");
+            for &id in &ids {
+                assert_eq!(
+                    topology.is_within(id, ancestor),
+                    below.contains(&id),
+                    "{id} within {ancestor}"
+                );
+            }
+        }
+        assert_eq!(
+            topology.subtree(id("445203")).len(),
+            usize::from(topology.len() > 1)
+        );
+        assert!(!topology.is_within(id("999999"), NodeId::NATIONAL));
+        assert!(!topology.is_within(NodeId::NATIONAL, id("999999")));
+    }
+    assert_eq!(guangdong.subtree(NodeId::NATIONAL).len(), guangdong.len());
+}

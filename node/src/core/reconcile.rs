@@ -49,7 +49,7 @@ pub fn receipt_item(batch: &BatchId, receiver: NodeId) -> [u8; 32] {
 
 /// Whether `origin` is `child` or below it.
 pub fn in_subtree(topology: &Topology, child: NodeId, origin: NodeId) -> bool {
-    topology.path_to_national(origin).contains(&child)
+    topology.is_within(origin, child)
 }
 
 /// The batches this node holds for `child`'s subtree in `year` (at the child: everything it
@@ -61,12 +61,7 @@ fn held_in_scope<K: Kv>(
     year: u16,
 ) -> Result<Vec<(BatchId, u64)>, StoreError> {
     let mut held = Vec::new();
-    let origins: Vec<NodeId> = topology
-        .nodes()
-        .map(|n| n.id)
-        .filter(|id| in_subtree(topology, child, *id))
-        .collect();
-    for origin in origins {
+    for origin in topology.subtree(child) {
         for entry in store.held_in_year(origin, year) {
             let (id, [hi, lo, month, day]) = entry?;
             let year = u64::from(u16::from_be_bytes([hi, lo]));
