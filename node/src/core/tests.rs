@@ -2595,8 +2595,8 @@ fn a_prechecked_batch_is_decided_as_the_bare_batch() {
         link_from(&mut city, down, COUNTY, now(1));
         drain(&mut city);
         let mut outputs = Vec::new();
-        // The records each prechecked batch's `Spent` hands back to be freed outside the
-        // core's lock.
+        // The records and index keys each prechecked batch's `Spent` hands back to be freed
+        // outside the core's lock.
         let mut spent = Vec::new();
         for (n, batch) in batches.iter().enumerate() {
             let at = now(2 + n as u64);
@@ -2604,7 +2604,7 @@ fn a_prechecked_batch_is_decided_as_the_bare_batch() {
                 let handed = city
                     .handle_prechecked(down, Prechecked::new(batch.clone()), None, at)
                     .unwrap();
-                spent.push(handed.records());
+                spent.push((handed.records(), handed.current_keys()));
             } else {
                 city.handle_batch(down, batch.clone(), None, at).unwrap();
             }
@@ -2622,7 +2622,9 @@ fn a_prechecked_batch_is_decided_as_the_bare_batch() {
             .len() as u32
     };
     assert!(records(0) > 0 && records(5) > 0);
-    assert_eq!(spent, [records(0), 0, 0, 0, 0, records(5)]);
+    // With them, the index update that made each of its records current.
+    let whole = |n: usize| (records(n), records(n) as usize);
+    assert_eq!(spent, [whole(0), (0, 0), (0, 0), (0, 0), (0, 0), whole(5)]);
     // The cases are what they say.
     assert_eq!(
         bare_refused,
