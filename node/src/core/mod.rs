@@ -1461,8 +1461,8 @@ impl<K: Kv> Core<K> {
     /// [`Core::handle_batch`] for a batch whose stateless checks were run before
     /// ([`Prechecked::new`], outside the core's lock): the same decision, in the same order
     /// (hash, origin, signature, then the checks' result), without decoding it again. The
-    /// stored batch's decoded records come back ([`Spent`]) for the caller to drop once it
-    /// has released the core.
+    /// stored batch's decoded records and index update come back ([`Spent`]) for the caller
+    /// to drop once it has released the core.
     pub fn handle_prechecked(
         &mut self,
         link: LinkId,
@@ -1475,7 +1475,7 @@ impl<K: Kv> Core<K> {
             .map(Option::unwrap_or_default)
     }
 
-    /// Receives a batch; returns the content of one it stored.
+    /// Receives a batch; returns what the core is done with of one it stored.
     fn handle_received(
         &mut self,
         link: LinkId,
@@ -1966,7 +1966,8 @@ impl<K: Kv> Core<K> {
 
     /// [`Core::submit`] of a batch whose stateless checks ran before (outside the core's
     /// lock, in the runtime): the same checks in the same order, so the same outcome. The
-    /// batch's decoded records come back ([`Spent`]) to be dropped once the core is released.
+    /// batch's decoded records and index update come back ([`Spent`]) to be dropped once the
+    /// core is released.
     pub fn submit_prechecked(
         &mut self,
         batch: Prechecked,

@@ -259,7 +259,7 @@ async fn receive_batch<K: Kv>(
                     let wait = (checking - read) + checked.elapsed().saturating_sub(held);
                     node.received(check, wait, held);
                     match handled {
-                        // Its records are freed here, the core released.
+                        // Its records and index update are freed here, the core released.
                         Ok(spent) => drop(spent),
                         Err(e) => {
                             error!(error = %e, "storing a batch failed; the child will offer it again");

@@ -521,7 +521,7 @@ impl<K: Kv> Node<K> {
                 let _turn = turn;
                 let checked = Prechecked::new(signed);
                 node.with_core(|core, now| core.submit_prechecked(checked, now))
-                    // Its records are freed here, the core released.
+                    // Its records and index update are freed here, the core released.
                     .map(|(submitted, _spent)| submitted)
             })
             .await
