@@ -2187,6 +2187,12 @@ impl World {
                 reference.insert(group, versions);
             }
         }
+        // The reference's groups by origin: each node takes those of its subtree's origins
+        // (a filter of every group for every node was most of a national run's time).
+        let mut by_origin: BTreeMap<NodeId, Vec<&Group>> = BTreeMap::new();
+        for group in reference.keys() {
+            by_origin.entry(group.0).or_default().push(group);
+        }
         let mut checked = 0u64;
         let mut items = [0u64; 2];
         let mut per_record = 0u64;
@@ -2195,14 +2201,12 @@ impl World {
             let mut groups = data_groups(&stores[n], me, false)?;
             let mut open = open_per_record_items(&stores[n], me)?;
             groups.extend(open.keys().filter(|group| group.0 != me).cloned());
-            groups.extend(
-                reference
-                    .keys()
-                    .filter(|(origin, _, _)| {
-                        *origin != me && node::core::reconcile::in_subtree(topology, me, *origin)
-                    })
-                    .cloned(),
-            );
+            for origin in topology.subtree(me) {
+                if origin != me {
+                    let of_origin = by_origin.get(&origin).into_iter().flatten();
+                    groups.extend(of_origin.map(|group| (*group).clone()));
+                }
+            }
             let mut here: BTreeMap<Group, Versions> = BTreeMap::new();
             for group in groups {
                 let held = held_at(&stores[n], &group)?;
