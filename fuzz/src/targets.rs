@@ -23,7 +23,7 @@ use protocol::sync::{Rejection, verify_content_with};
 use protocol::wire::{
     BATCH_FRAME_BYTES_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES, Message, decode_frame,
 };
-use protocol::{PublicKey, Registry, SignedBatch};
+use protocol::{PublicKey, Record, Registry, SignedBatch};
 use topology::Topology;
 
 use crate::runner::{Target, Verdict};
@@ -123,6 +123,22 @@ pub fn batch(data: &[u8]) -> Verdict {
             Some(&batch.header),
             "header disagrees"
         );
+    }
+    // Read in place, the same verdict and the same records (or the same error).
+    let mut read = Vec::new();
+    let in_place = Batch::read_each(data, |_, record| read.push(Record::from(record)));
+    match (&decoded, in_place) {
+        (Ok(batch), Ok((header, count))) => {
+            assert_eq!(header, batch.header, "read in place: another header");
+            assert_eq!(count, batch.records.len(), "read in place: another count");
+            assert_eq!(read, batch.records, "read in place: other records");
+        }
+        (Err(refused), Err(error)) => assert_eq!(&error, refused, "read in place: another error"),
+        (decoded, in_place) => panic!(
+            "decode and read_each disagree: {:?} against {:?}",
+            decoded.as_ref().map(|b| b.records.len()),
+            in_place.map(|(_, n)| n)
+        ),
     }
     receive(data);
     if decoded.is_ok() {

@@ -64,7 +64,7 @@ use node::store::Store;
 use node::store::file::FileWriter;
 use node::transport::{self, PeerPolicy};
 use protocol::batch::BATCH_RECORDS_MAX;
-use protocol::sync::{SyncConfig, verify_incoming};
+use protocol::sync::{SyncConfig, decode_content, verify_incoming};
 use protocol::wire::{self, Message, Receipt, Verdict};
 use protocol::{
     Batch, BatchId, DesensitizeKey, NodeId, NodeKey, Period, PublicKey, Registry, SignedBatch,
@@ -351,20 +351,18 @@ async fn raw_pair() -> (quinn::Connection, quinn::Connection, [quinn::Endpoint; 
     (client_side, server_side, [server, client])
 }
 
-/// Opens `streams` uni streams on `connection`, each carrying `payload`, at most `window`
+/// Opens a uni stream on `connection` for each of `payloads`, in order, at most `window`
 /// being written at once; returns the tasks still writing the last ones.
 async fn send_streams(
     connection: &quinn::Connection,
-    streams: usize,
-    payload: &Arc<Vec<u8>>,
+    payloads: impl IntoIterator<Item = Arc<Vec<u8>>>,
     window: usize,
 ) -> JoinSet<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(window));
     let mut sends = JoinSet::new();
-    for _ in 0..streams {
+    for payload in payloads {
         let slot = slots.clone().acquire_owned().await.expect("semaphore");
         let connection = connection.clone();
-        let payload = payload.clone();
         sends.spawn(async move {
             let mut stream = connection.open_uni().await.expect("open a uni stream");
             stream.write_all(&payload).await.expect("write a stream");
@@ -407,7 +405,7 @@ async fn raw_transfer(
         })
     };
     let before = Snapshot::now();
-    let mut sends = send_streams(client, streams, &payload, window).await;
+    let mut sends = send_streams(client, vec![payload.clone(); streams], window).await;
     let bytes = receiver.await.expect("receiver task");
     let after = Snapshot::now();
     while let Some(sent) = sends.join_next().await {
@@ -440,17 +438,33 @@ async fn raw_run(streams: usize, payload: Arc<Vec<u8>>, window: usize, cpus: usi
 
 /// Argument that makes this binary one relay process (`sink` or `middle`) instead of the bench.
 const RELAY_ARG: &str = "--raw-relay";
+/// Set for a relay process of the floor (1c): the work it does on each batch frame
+/// ([`FloorWork::name`]) and, in [`FLOOR_ORIGIN_ENV`], the origin's key in hex.
+/// [`FLOOR_DIR_ENV`] names the directory it writes its batch files in (the bench's, removed
+/// by the bench once the relay processes are stopped).
+const FLOOR_WORK_ENV: &str = "BENCH_FLOOR_WORK";
+const FLOOR_ORIGIN_ENV: &str = "BENCH_FLOOR_ORIGIN";
+const FLOOR_DIR_ENV: &str = "BENCH_FLOOR_DIR";
 
 /// A process of the raw relay, run as a child of the bench: `sink SEED CLIENT_KEY BYTES` reads
 /// uni streams until `BYTES` arrived, then prints `done`; `middle SEED CLIENT_KEY SINK_ADDR
 /// SINK_KEY` reads each stream whole (as a node reads a batch) and forwards it to the sink on
-/// a stream of its own. Each first prints `listening ADDR PUBLIC_KEY`.
+/// a stream of its own. Each first prints `listening ADDR PUBLIC_KEY`. In the floor (1c; with
+/// [`FLOOR_WORK_ENV`] set) each stream is a batch frame, read as a node reads it, the step's
+/// work done on it before it is forwarded (framed again as a node frames it) or counted.
 fn relay_process(args: &[String]) {
     use std::io::Write;
     let arg = |n: usize| args.get(n).map(String::as_str).unwrap_or_default();
     let seed = protocol::ids::parse_hex32(arg(1)).expect("relay: seed");
     let key = NodeKey::from_seed(seed);
     let client = PublicKey::parse_hex(arg(2)).expect("relay: client key");
+    let floor = std::env::var(FLOOR_WORK_ENV).ok().map(|work| {
+        let work = FloorWork::parse(&work).expect("relay: floor work");
+        let origin = std::env::var(FLOOR_ORIGIN_ENV).expect("relay: floor origin");
+        let origin = PublicKey::parse_hex(&origin).expect("relay: floor origin key");
+        let dir = PathBuf::from(std::env::var(FLOOR_DIR_ENV).expect("relay: floor directory"));
+        Arc::new(FloorReceiver::new(work, origin, dir))
+    });
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -500,18 +514,30 @@ fn relay_process(args: &[String]) {
                 () = done.notified() => break,
             };
             let (forward, total, done) = (forward.clone(), total.clone(), done.clone());
+            let floor = floor.clone();
             tokio::spawn(async move {
-                let bytes = stream
-                    .read_to_end(STREAM_BYTES)
-                    .await
-                    .expect("read a relayed stream");
+                let (parts, len) = match floor {
+                    Some(floor) => {
+                        let (batch, len) = floor.receive(stream).await;
+                        (wire::batch_frame_parts(batch, None).to_vec(), len)
+                    }
+                    None => {
+                        let bytes = stream
+                            .read_to_end(STREAM_BYTES)
+                            .await
+                            .expect("read a relayed stream");
+                        let len = bytes.len();
+                        (vec![bytes], len)
+                    }
+                };
                 if let Some(connection) = forward {
                     let mut out = connection.open_uni().await.expect("open onward stream");
-                    out.write_all(&bytes).await.expect("write onward");
+                    for part in &parts {
+                        out.write_all(part).await.expect("write onward");
+                    }
                     out.finish().expect("finish onward");
                 }
-                let sum =
-                    total.fetch_add(bytes.len(), std::sync::atomic::Ordering::SeqCst) + bytes.len();
+                let sum = total.fetch_add(len, std::sync::atomic::Ordering::SeqCst) + len;
                 if sum >= expected {
                     done.notify_one();
                 }
@@ -529,15 +555,27 @@ struct RelayChild {
 }
 
 impl RelayChild {
-    fn spawn(args: &[String]) -> (RelayChild, SocketAddr, PublicKey) {
+    /// Starts a relay process with `args`, of the floor when `floor` is given (writing its
+    /// files in the directory given).
+    fn spawn(
+        args: &[String],
+        floor: Option<(FloorWork, PublicKey, &Path)>,
+    ) -> (RelayChild, SocketAddr, PublicKey) {
         use std::io::BufRead;
         let exe = std::env::current_exe().expect("the bench's own path");
-        let mut child = std::process::Command::new(exe)
+        let mut command = std::process::Command::new(exe);
+        command
             .arg(RELAY_ARG)
             .args(args)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn a relay process");
+            .stdout(std::process::Stdio::piped());
+        if let Some((work, origin, dir)) = floor {
+            std::fs::create_dir_all(dir).expect("a relay's floor directory");
+            command
+                .env(FLOOR_WORK_ENV, work.name())
+                .env(FLOOR_ORIGIN_ENV, origin.to_hex())
+                .env(FLOOR_DIR_ENV, dir);
+        }
+        let mut child = command.spawn().expect("spawn a relay process");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = std::io::BufReader::new(stdout).lines();
         let line = lines
@@ -576,27 +614,42 @@ impl Drop for RelayChild {
     }
 }
 
-/// This process → middle process → sink process: `streams` uni streams of `payload`, at most
-/// `window` written at once, each forwarded whole by the middle. Timed from the first stream
+/// This process → middle process → sink process: a uni stream for each of `payloads`, at
+/// most `window` written at once, each forwarded whole by the middle (in the floor, `floor`'s
+/// work done on each batch frame at the middle and at the sink). Timed from the first stream
 /// opened until the sink has read every byte. CPU is the machine's (three processes).
-fn raw_relay(streams: usize, payload: Arc<Vec<u8>>, window: usize, cpus: usize) -> RawRun {
+fn raw_relay(
+    payloads: Vec<Arc<Vec<u8>>>,
+    floor: Option<(FloorWork, PublicKey)>,
+    window: usize,
+    cpus: usize,
+) -> RawRun {
     let seeds: [[u8; 32]; 3] = std::array::from_fn(|_| random32().expect("random"));
     let keys = seeds.map(NodeKey::from_seed);
     let hex = |seed: &[u8; 32]| protocol::ids::hex(seed);
-    let bytes = streams * payload.len();
-    let (mut sink, sink_addr, sink_key) = RelayChild::spawn(&[
-        "sink".into(),
-        hex(&seeds[2]),
-        keys[1].public().to_hex(),
-        bytes.to_string(),
-    ]);
-    let (_middle, middle_addr, middle_key) = RelayChild::spawn(&[
-        "middle".into(),
-        hex(&seeds[1]),
-        keys[0].public().to_hex(),
-        sink_addr.to_string(),
-        sink_key.to_hex(),
-    ]);
+    let bytes: usize = payloads.iter().map(|p| p.len()).sum();
+    // Removed once the processes writing in it are stopped (dropped after them).
+    let files = tempfile::tempdir().expect("the relay's floor directory");
+    let (sink_dir, middle_dir) = (files.path().join("sink"), files.path().join("middle"));
+    let (mut sink, sink_addr, sink_key) = RelayChild::spawn(
+        &[
+            "sink".into(),
+            hex(&seeds[2]),
+            keys[1].public().to_hex(),
+            bytes.to_string(),
+        ],
+        floor.map(|(work, origin)| (work, origin, sink_dir.as_path())),
+    );
+    let (_middle, middle_addr, middle_key) = RelayChild::spawn(
+        &[
+            "middle".into(),
+            hex(&seeds[1]),
+            keys[0].public().to_hex(),
+            sink_addr.to_string(),
+            sink_key.to_hex(),
+        ],
+        floor.map(|(work, origin)| (work, origin, middle_dir.as_path())),
+    );
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -610,7 +663,7 @@ fn raw_relay(streams: usize, payload: Arc<Vec<u8>>, window: usize, cpus: usize) 
                 .await
                 .expect("source → middle handshake");
         let before = Snapshot::now();
-        let mut sends = send_streams(&connection, streams, &payload, window).await;
+        let mut sends = send_streams(&connection, payloads, window).await;
         let arrived = tokio::task::spawn_blocking(move || sink.done())
             .await
             .expect("sink reader");
@@ -630,6 +683,217 @@ fn raw_relay(streams: usize, payload: Arc<Vec<u8>>, window: usize, cpus: usize) 
             cpu_s_per_mb: None,
         }
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1c. The floor of a verified, durable hop
+
+/// What the floor's receiver does with each batch frame it reads, beyond reading it: the
+/// least a receiver that verifies and makes durable can do, in steps. Each is a lower bound
+/// of a real receiver's work: nothing is indexed, audited or acknowledged, and the sender
+/// sends from memory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FloorWork {
+    /// Read the frame and decode it in place (`wire::decode_batch_payload`), as a node does.
+    Read,
+    /// The batch's hash against its id and the origin's signature, then its bytes written as
+    /// a file with the store's own writer (direct IO where the filesystem takes it) and
+    /// fsynced: durable before acknowledged. No record is read.
+    Durable,
+    /// `Durable`, and every record's layout and key read as `Batch::decode_keys` reads them
+    /// (canonical integers, keys in strict order; values passed over): less than any check
+    /// of the records.
+    Keys,
+    /// `Durable`, and every record read in place (`Batch::read_each`: every check `decode`
+    /// makes, every text's UTF-8 and every credit code, no owned record built).
+    InPlace,
+    /// `InPlace`, and every record checked against its schema there (`Schema::check_read`):
+    /// a receiver's whole verification of a batch, without building its records.
+    Checked,
+    /// `Durable`, and the verification a node makes today (`sync::decode_content`: the batch
+    /// decoded into owned records, each checked against its schema as it is read).
+    Decoded,
+}
+
+impl FloorWork {
+    const ALL: [FloorWork; 6] = [
+        FloorWork::Read,
+        FloorWork::Durable,
+        FloorWork::Keys,
+        FloorWork::InPlace,
+        FloorWork::Checked,
+        FloorWork::Decoded,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            FloorWork::Read => "read",
+            FloorWork::Durable => "durable",
+            FloorWork::Keys => "keys",
+            FloorWork::InPlace => "in-place",
+            FloorWork::Checked => "checked",
+            FloorWork::Decoded => "decoded",
+        }
+    }
+
+    fn parse(name: &str) -> Option<FloorWork> {
+        FloorWork::ALL.into_iter().find(|work| work.name() == name)
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            FloorWork::Read => "read and decode each frame (no work: the limit at these streams)",
+            FloorWork::Durable => {
+                "+ hash, signature, the bytes written and fsynced (no record read)"
+            }
+            FloorWork::Keys => "+ every record's layout and key read (decode_keys)",
+            FloorWork::InPlace => "+ every record read in place (Batch::read_each)",
+            FloorWork::Checked => "+ each checked against its schema there (check_read)",
+            FloorWork::Decoded => "durable + today's verification (decode_content)",
+        }
+    }
+}
+
+/// The floor's receiving end (1c): reads batch frames as a node does and does a step's work
+/// on each.
+struct FloorReceiver {
+    work: FloorWork,
+    origin: PublicKey,
+    /// Where the batch files go (the caller removes it).
+    dir: PathBuf,
+    files: FileWriter,
+    /// Frames received so far: names the files.
+    received: std::sync::atomic::AtomicUsize,
+}
+
+impl FloorReceiver {
+    fn new(work: FloorWork, origin: PublicKey, dir: PathBuf) -> FloorReceiver {
+        FloorReceiver {
+            work,
+            origin,
+            dir,
+            files: FileWriter::default(),
+            received: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Reads one batch frame from `stream` (its header, then its payload, decoded in place),
+    /// lets the stream go (the sender may open the next: at most
+    /// [`transport::STREAMS_MAX`] are open at once) and does the step's work on the batch on
+    /// a blocking thread; the batch and the frame's length.
+    async fn receive(self: Arc<Self>, mut stream: quinn::RecvStream) -> (SignedBatch, usize) {
+        let mut header = [0u8; wire::FRAME_HEADER_BYTES];
+        stream.read_exact(&mut header).await.expect("frame header");
+        let length =
+            wire::payload_length(header, wire::BATCH_FRAME_BYTES_MAX).expect("frame length");
+        let mut payload = vec![0u8; length];
+        stream
+            .read_exact(&mut payload)
+            .await
+            .expect("frame payload");
+        drop(stream);
+        let Message::Batch(batch) = wire::decode_batch_payload(payload).expect("a batch frame")
+        else {
+            panic!("not a batch frame");
+        };
+        let batch = if self.work == FloorWork::Read {
+            batch
+        } else {
+            tokio::task::spawn_blocking(move || {
+                self.work_on(&batch);
+                batch
+            })
+            .await
+            .expect("floor work")
+        };
+        (batch, wire::FRAME_HEADER_BYTES + length)
+    }
+
+    fn work_on(&self, batch: &SignedBatch) {
+        batch
+            .verify_hash_and_signature(&self.origin)
+            .expect("the bench's batch verifies");
+        match self.work {
+            FloorWork::Keys => {
+                black_box(Batch::decode_keys(&batch.bytes).expect("keys"));
+            }
+            FloorWork::InPlace => {
+                black_box(Batch::read_each(&batch.bytes, |_, record| {
+                    black_box(record);
+                }))
+                .expect("reads");
+            }
+            FloorWork::Checked => {
+                let registry = Registry::builtin();
+                let mut schema = None;
+                Batch::read_each(&batch.bytes, |header, record| {
+                    let schema = schema
+                        .get_or_insert_with(|| registry.get(&header.category).expect("schema"));
+                    assert!(schema.check_read(record, header.period).is_empty());
+                })
+                .expect("reads");
+            }
+            FloorWork::Decoded => {
+                black_box(decode_content(batch, Registry::builtin()).expect("verifies"));
+            }
+            FloorWork::Read | FloorWork::Durable => {}
+        }
+        let n = self
+            .received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.files
+            .write_synced(&self.dir.join(n.to_string()), &batch.bytes)
+            .expect("batch file written");
+    }
+}
+
+/// The batch frames of `frames`, each on a uni stream of its own from one endpoint to the
+/// other (at most `window` written at once); the receiver does `work` on each. Timed until
+/// the last frame's work is done.
+async fn floor_run(
+    frames: Vec<Arc<Vec<u8>>>,
+    origin: PublicKey,
+    work: FloorWork,
+    window: usize,
+    cpus: usize,
+) -> RawRun {
+    let (client, server, _endpoints) = raw_pair().await;
+    let dir = tempfile::tempdir().expect("floor directory");
+    let floor = Arc::new(FloorReceiver::new(work, origin, dir.path().to_owned()));
+    let streams = frames.len();
+    let expected: usize = frames.iter().map(|f| f.len()).sum();
+    let receiver = tokio::spawn(async move {
+        let mut reads = JoinSet::new();
+        for _ in 0..streams {
+            let stream = server.accept_uni().await.expect("accept a uni stream");
+            let floor = floor.clone();
+            reads.spawn(async move { floor.receive(stream).await.1 });
+        }
+        let mut total = 0;
+        while let Some(read) = reads.join_next().await {
+            total += read.expect("read task");
+        }
+        total
+    });
+    let before = Snapshot::now();
+    let mut sends = send_streams(&client, frames, window).await;
+    let bytes = receiver.await.expect("receiver task");
+    let after = Snapshot::now();
+    while let Some(sent) = sends.join_next().await {
+        sent.expect("send task");
+    }
+    assert_eq!(bytes, expected, "every frame arrived");
+    client.close(0u32.into(), b"done");
+    let usage = Usage::between(before, after, cpus);
+    let cpu_s_per_mb = usage
+        .user
+        .zip(usage.system)
+        .map(|(user, system)| (user + system).as_secs_f64() / (bytes as f64 / MB));
+    RawRun {
+        bytes,
+        usage,
+        cpu_s_per_mb,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -963,6 +1227,9 @@ struct Offline {
     decode: Duration,
     /// The header and keys alone (`Batch::decode_keys`, the ledger's read of held batches).
     decode_keys: Duration,
+    /// Every record read in place (`Batch::read_each`), and checked there (`check_read`).
+    read_in_place: Duration,
+    checked_in_place: Duration,
     /// The canonical check `Batch::decode` made before it read the records by hand (which
     /// refuses non-minimal forms as it reads): the whole encoding's length counted.
     canonical: Duration,
@@ -1023,6 +1290,23 @@ fn offline_costs(
             .iter()
             .map(|b| Batch::decode_keys(&b.bytes).expect("decodes"))
             .collect::<Vec<_>>()
+    });
+    let read_in_place = median(OFFLINE_ITERS, || {
+        for b in batches {
+            black_box(Batch::read_each(&b.bytes, |_, record| {
+                black_box(record);
+            }))
+            .expect("reads");
+        }
+    });
+    let checked_in_place = median(OFFLINE_ITERS, || {
+        for b in batches {
+            Batch::read_each(&b.bytes, |header, record| {
+                let schema = registry.get(&header.category).expect("schema");
+                assert!(schema.check_read(record, header.period).is_empty());
+            })
+            .expect("reads");
+        }
     });
     let decoded: Vec<Batch> = batches
         .iter()
@@ -1214,6 +1498,8 @@ fn offline_costs(
         hash_signature,
         decode,
         decode_keys,
+        read_in_place,
+        checked_in_place,
         canonical,
         reencode,
         each,
@@ -1226,6 +1512,32 @@ fn offline_costs(
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/// The floor's summary line for the hop or the chain: each step's rate in % of `limit`, and
+/// ours in % of the floor of today's verification.
+fn print_floor(
+    what: &str,
+    runs: &[(FloorWork, RawRun)],
+    limit: f64,
+    limit_name: &str,
+    ours: f64,
+    ours_name: &str,
+) {
+    let of = |step: FloorWork| {
+        runs.iter()
+            .find(|(work, _)| *work == step)
+            .map_or(0.0, |(_, run)| run.mb_per_s())
+    };
+    let pct = |step: FloorWork| 100.0 * of(step) / limit;
+    println!(
+        "the floor of a verified, durable {what} (1c), in % of {limit_name}: {:.1} with no record read, {:.1} with every key read, {:.1} with every record checked in place, {:.1} verified as today; the {ours_name} is {:.1} % of the last",
+        pct(FloorWork::Durable),
+        pct(FloorWork::Keys),
+        pct(FloorWork::Checked),
+        pct(FloorWork::Decoded),
+        100.0 * ours / of(FloorWork::Decoded).max(f64::MIN_POSITIVE),
+    );
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -1305,6 +1617,39 @@ fn main() {
         .collect();
     let raw_peak = peak();
     let rss_after_raw = rss();
+    // 1c. The floor: the first run's batches again (built as before: the same bytes), as
+    // frames, about as many bytes as raw quinn's; each step twice, the faster counts.
+    let floor_frames: Vec<Arc<Vec<u8>>> = build("2022-01", records, SEED)
+        .into_iter()
+        .map(|b| Arc::new(Message::Batch(b).encode()))
+        .collect();
+    let floor_repeat = (raw_mib * 1024 * 1024).div_ceil(batch_bytes.max(1)).max(1);
+    let floor_streams: Vec<Arc<Vec<u8>>> = (0..floor_repeat)
+        .flat_map(|_| floor_frames.iter().cloned())
+        .collect();
+    let best = |runs: Vec<RawRun>| {
+        runs.into_iter()
+            .max_by(|a, b| a.mb_per_s().total_cmp(&b.mb_per_s()))
+            .expect("two runs")
+    };
+    let floor_runs: Vec<(FloorWork, RawRun)> = FloorWork::ALL
+        .iter()
+        .map(|&work| {
+            let runs = (0..2)
+                .map(|_| {
+                    tokio.block_on(floor_run(
+                        floor_streams.clone(),
+                        identities.county_public,
+                        work,
+                        config.window,
+                        cpus,
+                    ))
+                })
+                .collect();
+            (work, best(runs))
+        })
+        .collect();
+    drop(floor_frames);
     drop(tokio);
     let raw = raw_runs
         .iter()
@@ -1313,9 +1658,28 @@ fn main() {
     let raw_rate = raw.mb_per_s();
     // 1b. The same bytes through three processes, forwarded whole at the middle, twice.
     let relay_runs: Vec<RawRun> = (0..2)
-        .map(|_| raw_relay(streams, payload.clone(), config.window, cpus))
+        .map(|_| raw_relay(vec![payload.clone(); streams], None, config.window, cpus))
         .collect();
     let relay_rate = relay_runs.iter().map(RawRun::mb_per_s).fold(0.0, f64::max);
+    // 1c. The floor of the chain: the same frames through the same three processes, each
+    // step's work done at the middle and at the sink.
+    let floor_relays: Vec<(FloorWork, RawRun)> = FloorWork::ALL
+        .iter()
+        .map(|&work| {
+            let runs = (0..2)
+                .map(|_| {
+                    raw_relay(
+                        floor_streams.clone(),
+                        Some((work, identities.county_public)),
+                        config.window,
+                        cpus,
+                    )
+                })
+                .collect();
+            (work, best(runs))
+        })
+        .collect();
+    drop(floor_streams);
 
     // Report.
     let data_mb = batch_bytes as f64 / MB;
@@ -1341,6 +1705,37 @@ fn main() {
         config.window
     );
     print_raw_runs(&relay_runs);
+
+    println!();
+    println!(
+        "1c. the floor of a verified, durable hop: the one hop's {batch_count} batch frames x {floor_repeat} from memory, each on a uni stream (<= {} written at once); one hop between two endpoints as in 1, the chain through three processes as in 1b; each receiver reads each frame as a node does and does the step's work on a blocking thread (the middle then frames it again and forwards it); nothing indexed, audited or acknowledged; the faster of two runs each",
+        config.window
+    );
+    println!(
+        "{:<70} {:>8} {:>10} {:>10} {:>9} {:>10} {:>10}",
+        "", "hop MB/s", "of raw", "CPU ms/MB", "chain MB/s", "of relay", "CPU ms/MB"
+    );
+    for ((work, hop), (_, chain)) in floor_runs.iter().zip(&floor_relays) {
+        let cpu = |run: &RawRun| {
+            run.cpu_s_per_mb
+                .map_or_else(|| "?".to_owned(), |s| format!("{:.2}", 1000.0 * s))
+        };
+        // The relay's CPU is the machine's busy time (three processes), in % of one core.
+        let chain_cpu = chain.usage.ours.map_or_else(
+            || "?".to_owned(),
+            |pct| format!("{:.2}", 10.0 * pct / chain.mb_per_s()),
+        );
+        println!(
+            "{:<70} {:>8.1} {:>9.1}% {:>10} {:>10.1} {:>9.1}% {:>10}",
+            work.describe(),
+            hop.mb_per_s(),
+            100.0 * hop.mb_per_s() / raw_rate,
+            cpu(hop),
+            chain.mb_per_s(),
+            100.0 * chain.mb_per_s() / relay_rate,
+            chain_cpu,
+        );
+    }
 
     println!();
     let hop_rate = data_mb / one_hop_run.usage.wall.as_secs_f64();
@@ -1518,6 +1913,14 @@ fn main() {
         offline.decode_keys,
     );
     line(
+        "  (read in place: Batch::read_each, no record built)",
+        offline.read_in_place,
+    );
+    line(
+        "  (read in place and checked: + check_read)",
+        offline.checked_in_place,
+    );
+    line(
         "  check_record etc. (the rest)",
         offline
             .verify_incoming
@@ -1658,11 +2061,27 @@ fn main() {
         grouped(records as f64 / one_hop_run.usage.wall.as_secs_f64()),
         100.0 * hop_rate / raw_rate,
     );
+    print_floor(
+        "hop",
+        &floor_runs,
+        raw_rate,
+        "raw quinn",
+        hop_rate,
+        "one hop",
+    );
     println!(
         "sync county → city → province (median run, until the province holds all): {} records/s, {:.1} MB/s = {:.1} % of the raw quinn relay through 3 processes {relay_rate:.1} MB/s (target >= 60 %); {:.1} % of raw quinn over one connection",
         grouped(records as f64 / sync_time.as_secs_f64()),
         rate(sync_time),
         100.0 * rate(sync_time) / relay_rate,
         100.0 * rate(sync_time) / raw_rate,
+    );
+    print_floor(
+        "chain",
+        &floor_relays,
+        relay_rate,
+        "the relay",
+        rate(sync_time),
+        "chain",
     );
 }

@@ -22,5 +22,5 @@ pub use batch::{
 pub use ids::{BatchId, Category, NodeId, Period, Uscc};
 pub use manifest::{Content, ContentKind, Manifest, ManifestEntry, Summary};
 pub use progress::{OperatorFigures, ProgressReport};
-pub use record::{DesensitizeKey, Problem, Record, RecordKey, Text, Value};
+pub use record::{DesensitizeKey, Problem, Record, RecordKey, RecordRef, Text, Value, ValueRef};
 pub use schema::{Registry, Schema};

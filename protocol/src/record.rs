@@ -45,7 +45,7 @@ impl fmt::Debug for RecordKey {
 }
 
 /// Whom a record is about.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
 pub enum Subject {
     Organization(Uscc),
     /// A natural person, known upstream only by token.
@@ -169,6 +169,65 @@ pub struct Record {
     pub key: RecordKey,
     pub subject: Subject,
     pub values: Vec<Value>,
+}
+
+/// A record read in place from a batch's bytes ([`crate::Batch::read_each`]): its key and
+/// texts borrow from the bytes, its values from the reader's buffer; nothing is allocated
+/// for it. `Record::from` builds the [`Record`] that [`crate::Batch::decode`] gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'b, 'v> {
+    pub key: &'b str,
+    pub subject: Subject,
+    pub values: &'v [ValueRef<'b>],
+}
+
+/// A [`Value`] read in place: its texts borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueRef<'b> {
+    Absent,
+    Text(&'b str),
+    Token { masked: &'b str, token: PersonToken },
+}
+
+impl<'a> From<&'a Value> for ValueRef<'a> {
+    fn from(value: &'a Value) -> ValueRef<'a> {
+        match value {
+            Value::Absent => ValueRef::Absent,
+            Value::Text(text) => ValueRef::Text(text),
+            Value::Token { masked, token } => ValueRef::Token {
+                masked,
+                token: *token,
+            },
+        }
+    }
+}
+
+impl From<ValueRef<'_>> for Value {
+    #[inline]
+    fn from(value: ValueRef<'_>) -> Value {
+        match value {
+            ValueRef::Absent => Value::Absent,
+            ValueRef::Text(text) => Value::Text(Text::from(text)),
+            ValueRef::Token { masked, token } => Value::Token {
+                masked: Text::from(masked),
+                token,
+            },
+        }
+    }
+}
+
+impl From<RecordRef<'_, '_>> for Record {
+    fn from(record: RecordRef<'_, '_>) -> Record {
+        Record {
+            key: RecordKey(record.key.to_owned()),
+            subject: record.subject,
+            values: record
+                .values
+                .iter()
+                .map(|&value| Value::from(value))
+                .collect(),
+        }
+    }
 }
 
 /// The length of `n` as a varint of the batch format (bincode's standard configuration: one
@@ -538,6 +597,19 @@ impl Schema {
     /// this schema's validation would have produced, personal fields desensitized, and subject
     /// and key consistent with the values. Returns every problem found.
     pub fn check_record(&self, record: &Record, period: Period) -> Vec<Problem> {
+        let values: Vec<ValueRef<'_>> = record.values.iter().map(ValueRef::from).collect();
+        self.check_read(
+            RecordRef {
+                key: &record.key.0,
+                subject: record.subject,
+                values: &values,
+            },
+            period,
+        )
+    }
+
+    /// [`Schema::check_record`] of a record read in place ([`crate::Batch::read_each`]).
+    pub fn check_read(&self, record: RecordRef<'_, '_>, period: Period) -> Vec<Problem> {
         let mut problems = Vec::new();
         if record.values.len() != self.fields.len() {
             problems.push(record_problem(
@@ -552,47 +624,47 @@ impl Schema {
             ));
             return problems;
         }
-        let text_of = |i: usize| match &record.values[i] {
-            Value::Text(t) => t.as_str(),
-            Value::Token { masked, .. } => masked.as_str(),
-            Value::Absent => "",
+        let text_of = |i: usize| match record.values[i] {
+            ValueRef::Text(text) | ValueRef::Token { masked: text, .. } => text,
+            ValueRef::Absent => "",
         };
-        for (index, (field, value)) in self.fields.iter().zip(&record.values).enumerate() {
+        for (index, (field, &value)) in self.fields.iter().zip(record.values).enumerate() {
             let shown = text_of(index);
             let problem = match (value, field.desensitize) {
-                (Value::Absent, _) => self
+                (ValueRef::Absent, _) => self
                     .is_required(index, text_of)
                     .then(|| (Rule::Required, required_message(self, field))),
-                (Value::Text(_), Desensitize::Drop) | (Value::Token { .. }, Desensitize::Drop) => {
-                    Some((
-                        Rule::Desensitization,
-                        "a dropped field carries a value".to_owned(),
-                    ))
-                }
-                (Value::Text(_), Desensitize::Token) => Some((
+                (ValueRef::Text(_), Desensitize::Drop)
+                | (ValueRef::Token { .. }, Desensitize::Drop) => Some((
+                    Rule::Desensitization,
+                    "a dropped field carries a value".to_owned(),
+                )),
+                (ValueRef::Text(_), Desensitize::Token) => Some((
                     Rule::Desensitization,
                     "an identity number arrived in clear instead of as a token".to_owned(),
                 )),
-                (Value::Token { .. }, rule) if rule != Desensitize::Token => Some((
+                (ValueRef::Token { .. }, rule) if rule != Desensitize::Token => Some((
                     Rule::Format,
                     "a token in a field that is not tokenized".to_owned(),
                 )),
-                (Value::Token { masked, .. }, _) if masked.len() > 64 => {
+                (ValueRef::Token { masked, .. }, _) if masked.len() > 64 => {
                     Some((Rule::TooLong, "masked form longer than 64 bytes".to_owned()))
                 }
-                (Value::Token { masked, .. }, rule) => reveals_too_much(masked, rule),
-                (Value::Text(text), Desensitize::None) if already_normal(&field.kind, text) => None,
-                (Value::Text(text), Desensitize::None) => {
+                (ValueRef::Token { masked, .. }, rule) => reveals_too_much(masked, rule),
+                (ValueRef::Text(text), Desensitize::None) if already_normal(&field.kind, text) => {
+                    None
+                }
+                (ValueRef::Text(text), Desensitize::None) => {
                     match normalize(&field.kind, text, period) {
-                        Ok(n) if n.text == text.as_str() => None,
+                        Ok(n) if n.text == text => None,
                         Ok(_) => Some((Rule::Format, "value is not in normalized form".to_owned())),
                         Err(e) => Some(e),
                     }
                 }
-                (Value::Text(text), _) if text.len() > VALUE_BYTES_MAX => {
+                (ValueRef::Text(text), _) if text.len() > VALUE_BYTES_MAX => {
                     Some((Rule::TooLong, "masked value too long".to_owned()))
                 }
-                (Value::Text(text), masked) => reveals_too_much(text, masked),
+                (ValueRef::Text(text), masked) => reveals_too_much(text, masked),
             };
             if let Some((rule, message)) = problem {
                 problems.push(self.problem(field, shown, rule, message));
@@ -615,7 +687,7 @@ impl Schema {
         if problems.is_empty() {
             let mut key = String::new();
             match self.identify(|i| record.values[i].view(), &mut key) {
-                Ok(subject) if subject == record.subject && key == record.key.0 => {}
+                Ok(subject) if subject == record.subject && key == record.key => {}
                 Ok(_) => problems.push(record_problem(
                     Rule::Key,
                     "subject or record key does not match the record's values".to_owned(),
@@ -809,12 +881,12 @@ enum View<'v> {
     Token(PersonToken),
 }
 
-impl Value {
-    fn view(&self) -> View<'_> {
+impl<'v> ValueRef<'v> {
+    fn view(self) -> View<'v> {
         match self {
-            Value::Absent => View::Absent,
-            Value::Text(text) => View::Text(Cow::Borrowed(text)),
-            Value::Token { token, .. } => View::Token(*token),
+            ValueRef::Absent => View::Absent,
+            ValueRef::Text(text) => View::Text(Cow::Borrowed(text)),
+            ValueRef::Token { token, .. } => View::Token(token),
         }
     }
 }

@@ -804,7 +804,7 @@ pub fn decode_content(
         let Ok(schema) = schema else {
             return;
         };
-        let found = schema.check_record(record, header.period);
+        let found = schema.check_read(record, header.period);
         if !found.is_empty() {
             count += 1;
             for mut problem in found {

@@ -136,6 +136,45 @@ proptest! {
         prop_assert_eq!(Batch::decode(&changed).ok(), decode_by_bincode(&changed), "{} at {}", how, i);
     }
 
+    /// `Batch::read_each` reads in place what bincode's decoding followed by the check by
+    /// encoding accepts, and nothing else: the same header, and each record handed out, in
+    /// order, is that decoding's record; on a valid batch (with or without withdrawals)
+    /// changed anywhere. Where it refuses, `decode` refuses with the same error.
+    #[test]
+    fn records_read_in_place_are_the_records_decoded(
+        records in records_with_long_texts(),
+        withdrawn in any::<bool>(),
+        at in any::<prop::sample::Index>(),
+        how in 0..5u8,
+        byte in any::<u8>(),
+    ) {
+        let withdrawals = if withdrawn {
+            vec![Withdrawal { key: RecordKey("W".into()), reason: WithdrawalReason::Error }]
+        } else {
+            vec![]
+        };
+        let bytes = Batch::new(header(withdrawals), records).unwrap().encode().unwrap();
+        let i = at.index(bytes.len());
+        for bytes in [bytes.clone(), changed(&bytes, i, how, byte)] {
+            let mut read = Vec::new();
+            let result = Batch::read_each(&bytes, |_, record| read.push(Record::from(record)));
+            match (result, decode_by_bincode(&bytes)) {
+                (Ok((header, count)), Some(decoded)) => {
+                    prop_assert_eq!(header, decoded.header, "{} at {}", how, i);
+                    prop_assert_eq!(count, decoded.records.len(), "{} at {}", how, i);
+                    prop_assert_eq!(&read, &decoded.records, "{} at {}", how, i);
+                }
+                (Err(refused), None) => {
+                    prop_assert_eq!(Some(refused), Batch::decode(&bytes).err(), "{} at {}", how, i);
+                }
+                (result, decoded) => prop_assert!(
+                    false,
+                    "{} at {}: read in place {:?}, bincode {:?}", how, i, result.map(|(_, n)| n), decoded.is_some()
+                ),
+            }
+        }
+    }
+
     #[test]
     fn encoding_round_trips(records in records()) {
         let batch = Batch::new(header(vec![]), records).unwrap();
@@ -613,6 +652,38 @@ fn duplicate_keys_and_empty_batches_are_refused() {
     };
     assert!(Batch::new(header(vec![]), vec![record.clone(), record]).is_err());
     assert!(Batch::new(header(vec![]), vec![]).is_err());
+}
+
+/// Bytes with a key repeated or out of order (encoded by bincode, which `Batch::encode` would
+/// not do) are refused by `read_each` and `decode` alike, for their order, after every record
+/// was read.
+#[test]
+fn keys_repeated_or_out_of_order_are_refused_in_place() {
+    let record = |key: &str| Record {
+        key: RecordKey(key.into()),
+        subject: Subject::Organization(Uscc::parse("914403001922038216").unwrap()),
+        values: vec![Value::Text("1".into())],
+    };
+    let config = bincode::config::standard();
+    for keys in [["a", "a"], ["b", "a"], ["a", "b"]] {
+        let batch = Batch {
+            header: header(vec![]),
+            records: keys.map(record).to_vec(),
+        };
+        let bytes = bincode::encode_to_vec(&batch, config).unwrap();
+        let mut read = 0;
+        let result = Batch::read_each(&bytes, |_, _| read += 1);
+        assert_eq!(read, 2, "{keys:?}: every record is read first");
+        if keys[0] < keys[1] {
+            assert_eq!(result.unwrap().1, 2);
+            assert_eq!(Batch::decode(&bytes).unwrap(), batch);
+        } else {
+            let refused =
+                DecodeError::NotCanonical("records or withdrawals not in strict key order");
+            assert_eq!(result.unwrap_err(), refused, "{keys:?}");
+            assert_eq!(Batch::decode(&bytes).unwrap_err(), refused, "{keys:?}");
+        }
+    }
 }
 
 #[test]
