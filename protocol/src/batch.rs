@@ -284,7 +284,7 @@ impl Batch {
     /// accepts with the same keys.
     pub fn decode_keys(bytes: &[u8]) -> Result<(BatchHeader, Vec<RecordKey>), DecodeError> {
         let (header, used) = decode_header(bytes)?;
-        let mut reader = RecordReader { bytes, at: used };
+        let mut reader = RecordReader::new(bytes, used);
         let count = reader.len()?;
         if count > BATCH_RECORDS_MAX {
             return Err(DecodeError::NotCanonical("too many records or withdrawals"));
@@ -330,14 +330,13 @@ impl Batch {
 /// record ([`Batch::read_each`]), or owned, into a vector of the record's own
 /// ([`Batch::decode`], which takes it).
 trait Values<'b> {
-    /// Before a record's `count` values, with `left` bytes left (a value takes one at least,
-    /// so a hostile count reserves no more than the bytes could hold).
-    fn start(&mut self, count: usize, left: usize);
+    /// Before a record's `count` values, every one of them read.
+    fn start(&mut self, count: usize);
     fn push(&mut self, value: ValueRef<'b>);
 }
 
 impl<'b> Values<'b> for Vec<ValueRef<'b>> {
-    fn start(&mut self, _: usize, _: usize) {
+    fn start(&mut self, _: usize) {
         self.clear();
     }
 
@@ -347,8 +346,8 @@ impl<'b> Values<'b> for Vec<ValueRef<'b>> {
 }
 
 impl<'b> Values<'b> for Vec<Value> {
-    fn start(&mut self, count: usize, left: usize) {
-        *self = Vec::with_capacity(count.min(left));
+    fn start(&mut self, count: usize) {
+        *self = Vec::with_capacity(count);
     }
 
     // Inlined into the reader's loop, so that a value is built straight from the bytes as
@@ -369,7 +368,7 @@ fn read_in_place<'b, V: Values<'b>>(
     mut each: impl FnMut(&BatchHeader, usize, &'b str, Subject, &mut V),
 ) -> Result<(BatchHeader, usize), DecodeError> {
     let (header, used) = decode_header(bytes)?;
-    let mut reader = RecordReader { bytes, at: used };
+    let mut reader = RecordReader::new(bytes, used);
     let count = reader.len()?;
     if count > BATCH_RECORDS_MAX {
         return Err(DecodeError::NotCanonical("too many records or withdrawals"));
@@ -451,6 +450,37 @@ fn header_len(header: &BatchHeader) -> usize {
 struct RecordReader<'b> {
     bytes: &'b [u8],
     at: usize,
+    /// The values of the record being read, laid out before their texts are checked, and
+    /// their texts once checked (`""` for an absent value): kept for the next record.
+    laid: Vec<Laid>,
+    texts: Vec<&'b str>,
+}
+
+/// Where a value is in a batch's bytes, read before its text is checked.
+#[derive(Clone, Copy)]
+enum Laid {
+    Absent,
+    Text(Span),
+    Token(Span, PersonToken),
+}
+
+/// A text's bytes, `bytes[start..end]`, and whether nothing but ASCII bytes lie between the
+/// record's text before it and it (its pass of [`check_texts`] goes on).
+#[derive(Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+    joins: bool,
+}
+
+impl Laid {
+    /// Its text, if it has one.
+    fn text(self) -> Option<Span> {
+        match self {
+            Laid::Absent => None,
+            Laid::Text(span) | Laid::Token(span, _) => Some(span),
+        }
+    }
 }
 
 /// The least bytes a record's encoding takes: a one-byte key, a subject (variant and a
@@ -475,19 +505,76 @@ impl<'b> RecordReader<'b> {
             other => return Err(unknown_variant("Subject", other)),
         };
         let count = self.len()?;
-        values.start(count, self.left());
-        for _ in 0..count {
-            values.push(match self.varint()? {
-                0 => ValueRef::Absent,
-                1 => ValueRef::Text(self.text()?),
-                2 => ValueRef::Token {
-                    masked: self.text()?,
-                    token: PersonToken(self.array()?),
+        // The values' layout first, then their texts checked, most of them in one pass
+        // (`check_texts`); an error in the layout is reported after any text before it that
+        // is not UTF-8, as reading and checking each value in turn reported them.
+        let laid_out = self.lay_out(count);
+        check_texts(self.bytes, &self.laid, &mut self.texts)?;
+        laid_out?;
+        values.start(count);
+        for (laid, &text) in self.laid.iter().zip(&self.texts) {
+            values.push(match *laid {
+                Laid::Absent => ValueRef::Absent,
+                Laid::Text(_) => ValueRef::Text(text),
+                Laid::Token(_, token) => ValueRef::Token {
+                    masked: text,
+                    token,
                 },
-                other => return Err(unknown_variant("Value", other)),
             });
         }
         Ok((key, subject))
+    }
+
+    /// Reads the layout of a record's `count` values into `self.laid` (variants, lengths,
+    /// tokens), their texts passed over. On an error, the values laid before it stay, and the
+    /// text of the value it stopped in if that was read: their texts are checked first.
+    fn lay_out(&mut self, count: usize) -> Result<(), DecodeError> {
+        self.laid.clear();
+        // Whether only ASCII bytes were read since the last text's end: a variant (0, 1 or 2)
+        // is one, a length one when below 128; a token's bytes are not.
+        let mut ascii = false;
+        for _ in 0..count {
+            let laid = match self.varint()? {
+                0 => Laid::Absent,
+                1 => {
+                    let span = self.span(ascii)?;
+                    ascii = true;
+                    Laid::Text(span)
+                }
+                2 => {
+                    let span = self.span(ascii)?;
+                    self.laid.push(Laid::Text(span));
+                    let token = PersonToken(self.array()?);
+                    self.laid.pop();
+                    ascii = false;
+                    Laid::Token(span, token)
+                }
+                other => return Err(unknown_variant("Value", other)),
+            };
+            self.laid.push(laid);
+        }
+        Ok(())
+    }
+
+    /// A text's length, then where its bytes are, passed over; `ascii`: whether only ASCII
+    /// bytes were read since the text before it (but for its length).
+    #[inline(always)]
+    fn span(&mut self, ascii: bool) -> Result<Span, DecodeError> {
+        let (start, end) = self.text_bytes()?;
+        Ok(Span {
+            start,
+            end,
+            joins: ascii && end - start < 128,
+        })
+    }
+
+    /// A text's length, then where its bytes are, passed over.
+    #[inline(always)]
+    fn text_bytes(&mut self) -> Result<(usize, usize), DecodeError> {
+        let n = self.len()?;
+        let start = self.at;
+        self.take(n)?;
+        Ok((start, self.at))
     }
 
     /// A record's key, the rest of the record passed over: its subject and values are read
@@ -518,10 +605,12 @@ impl<'b> RecordReader<'b> {
         self.take(n).map(|_| ())
     }
 
+    #[inline]
     fn left(&self) -> usize {
         self.bytes.len() - self.at
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'b [u8], DecodeError> {
         if n > self.left() {
             return Err(DecodeError::Malformed(format!(
@@ -536,11 +625,13 @@ impl<'b> RecordReader<'b> {
         Ok(taken)
     }
 
+    #[inline]
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         Ok(self.take(N)?.try_into().expect("took N bytes"))
     }
 
     /// A varint (bincode's standard configuration), refused unless in its least form.
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, DecodeError> {
         let first = self.take(1)?[0];
         let (value, least) = match first {
@@ -563,6 +654,7 @@ impl<'b> RecordReader<'b> {
         Ok(value)
     }
 
+    #[inline]
     fn len(&mut self) -> Result<usize, DecodeError> {
         let at = self.at;
         let n = self.varint()?;
@@ -571,18 +663,102 @@ impl<'b> RecordReader<'b> {
     }
 
     fn text(&mut self) -> Result<&'b str, DecodeError> {
-        let n = self.len()?;
-        let at = self.at;
-        let bytes = self.take(n)?;
-        // simdutf8's check: several times std's on Chinese text; std's only to say where it
-        // fails.
-        simdutf8::basic::from_utf8(bytes).map_err(|_| {
-            let detail = std::str::from_utf8(bytes)
-                .err()
-                .map_or_else(String::new, |e| format!(": {e}"));
-            DecodeError::Malformed(format!("text at byte {at} is not UTF-8{detail}"))
-        })
+        let (start, end) = self.text_bytes()?;
+        utf8_at(self.bytes, start, end)
     }
+}
+
+impl<'b> RecordReader<'b> {
+    fn new(bytes: &'b [u8], at: usize) -> RecordReader<'b> {
+        RecordReader {
+            bytes,
+            at,
+            laid: Vec::new(),
+            texts: Vec::new(),
+        }
+    }
+}
+
+/// `bytes[start..end]` as text, or the error that names where it is not UTF-8.
+fn utf8_at(bytes: &[u8], start: usize, end: usize) -> Result<&str, DecodeError> {
+    let text = &bytes[start..end];
+    // simdutf8's check: several times std's on Chinese text (it leaves texts shorter than 64
+    // bytes to std's); std's only to say where it fails.
+    simdutf8::basic::from_utf8(text).map_err(|_| {
+        let detail = std::str::from_utf8(text)
+            .err()
+            .map_or_else(String::new, |e| format!(": {e}"));
+        DecodeError::Malformed(format!("text at byte {start} is not UTF-8{detail}"))
+    })
+}
+
+/// Checks that the texts of the values `laid` out are UTF-8, into `texts` (one for each value,
+/// `""` for an absent one). Texts with nothing but ASCII bytes between them (a variant, a
+/// length below 128: a record's short texts) are checked in one pass, from the first one's
+/// start to the last one's end: a valid text neither starts nor ends inside a character and
+/// ASCII bytes are characters of their own, so the whole is UTF-8 exactly when each text is,
+/// and each is a slice of it. Checked one by one, a record's ~17 short texts cost more than
+/// the rest of reading it (std's check, a call each). Where a pass fails, its texts are
+/// checked one by one, in order, and the first that is not UTF-8 is named as before.
+fn check_texts<'b>(
+    bytes: &'b [u8],
+    laid: &[Laid],
+    texts: &mut Vec<&'b str>,
+) -> Result<(), DecodeError> {
+    texts.clear();
+    texts.resize(laid.len(), "");
+    // The pass being gathered: its first value, where its bytes start and end.
+    let mut pass: Option<(usize, usize)> = None;
+    let mut end = 0;
+    for (i, value) in laid.iter().enumerate() {
+        let Some(span) = value.text() else {
+            continue;
+        };
+        match pass {
+            Some(_) if span.joins => {}
+            Some((first, from)) => {
+                check_pass(bytes, &laid[first..i], from, end, &mut texts[first..i])?;
+                pass = Some((i, span.start));
+            }
+            None => pass = Some((i, span.start)),
+        }
+        end = span.end;
+    }
+    if let Some((first, from)) = pass {
+        check_pass(bytes, &laid[first..], from, end, &mut texts[first..])?;
+    }
+    Ok(())
+}
+
+/// One pass of [`check_texts`]: `bytes[from..end]`, holding the texts of `laid`.
+fn check_pass<'b>(
+    bytes: &'b [u8],
+    laid: &[Laid],
+    from: usize,
+    end: usize,
+    texts: &mut [&'b str],
+) -> Result<(), DecodeError> {
+    if let Ok(whole) = simdutf8::basic::from_utf8(&bytes[from..end]) {
+        let sliced = laid.iter().zip(texts.iter_mut()).all(|(value, text)| {
+            let Some(span) = value.text() else {
+                return true;
+            };
+            // Always on a character's boundary (above); checked, never assumed.
+            whole
+                .get(span.start - from..span.end - from)
+                .map(|t| *text = t)
+                .is_some()
+        });
+        if sliced {
+            return Ok(());
+        }
+    }
+    for (value, text) in laid.iter().zip(texts.iter_mut()) {
+        if let Some(span) = value.text() {
+            *text = utf8_at(bytes, span.start, span.end)?;
+        }
+    }
+    Ok(())
 }
 
 fn unknown_variant(what: &str, variant: u64) -> DecodeError {
@@ -1301,6 +1477,16 @@ mod tests {
         assert!(fault(&[(tail - 2, 9)]).contains("unknown Value variant 9"));
         let both = fault(&[(key + 1, 0xFF), (tail - 2, 9)]);
         assert!(both.contains(&not_utf8(key)), "{both}");
+        // A value's text before it too: the values are laid out before their texts are
+        // checked, and the text is still the fault reported.
+        let both = fault(&[(name + 1, 0xFF), (tail - 2, 9)]);
+        assert!(both.contains(&not_utf8(name)), "{both}");
+        // The bytes cut inside the last value (its text read, not its end): the same.
+        let mut cut = bytes.clone();
+        cut[name + 1] = 0xFF;
+        cut.truncate(tail + 2);
+        let why = Batch::decode(&cut).unwrap_err().to_string();
+        assert!(why.contains(&not_utf8(name)), "{why}");
     }
 
     /// A batch of one record per text length, each holding a text that long.
