@@ -11,6 +11,16 @@
 //!    sink process (the bench binary re-run with `--raw-relay`), the middle reading each
 //!    stream whole and forwarding it, with no verification or storage: the physical limit of
 //!    a three-node chain on this machine. Two runs; the faster counts.
+//!    1c. **the floor of a verified, durable hop and chain**: the one hop's batch frames, sent
+//!    from memory about as many bytes as in 1, to a receiver that reads each frame as a node
+//!    does and then does, in steps, the least a receiver that verifies and makes durable must:
+//!    the hash and signature, the bytes written and fsynced (the store's own file writer);
+//!    then also every record's key read, every record read in place (`Batch::read_each`),
+//!    each checked against its schema there (`Schema::check_read`); and today's verification
+//!    (`sync::decode_content`). Nothing is indexed, audited or acknowledged. One hop between
+//!    two endpoints as in 1, the chain through the three processes of 1b (the middle and the
+//!    sink each doing the step's work). Two runs a step; the faster counts. Where a step's
+//!    floor is below 60 %, no receiver doing that much reaches the target on this machine.
 //!    2a. **one hop**: a county and a city in-process (fresh stores, on their own ports); the
 //!    county stores a run's batches before the city starts; timed from the county's link
 //!    coming up until the city holds every batch (verified, indexed, audited, durable).
