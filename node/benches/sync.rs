@@ -302,6 +302,20 @@ struct RawRun {
 }
 
 impl RawRun {
+    /// `bytes` moved between two snapshots of this process (both ends in it).
+    fn between(bytes: usize, before: Snapshot, after: Snapshot, cpus: usize) -> RawRun {
+        let usage = Usage::between(before, after, cpus);
+        let cpu_s_per_mb = usage
+            .user
+            .zip(usage.system)
+            .map(|(user, system)| (user + system).as_secs_f64() / (bytes as f64 / MB));
+        RawRun {
+            bytes,
+            usage,
+            cpu_s_per_mb,
+        }
+    }
+
     fn mb_per_s(&self) -> f64 {
         self.bytes as f64 / MB / self.usage.wall.as_secs_f64()
     }
@@ -422,16 +436,7 @@ async fn raw_transfer(
         sent.expect("send task");
     }
     assert_eq!(bytes, streams * payload.len(), "every byte arrived");
-    let usage = Usage::between(before, after, cpus);
-    let cpu_s_per_mb = usage
-        .user
-        .zip(usage.system)
-        .map(|(user, system)| (user + system).as_secs_f64() / (bytes as f64 / MB));
-    RawRun {
-        bytes,
-        usage,
-        cpu_s_per_mb,
-    }
+    RawRun::between(bytes, before, after, cpus)
 }
 
 /// A fresh pair of endpoints, a warm-up stream, then the timed transfer.
@@ -894,16 +899,7 @@ async fn floor_run(
     }
     assert_eq!(bytes, expected, "every frame arrived");
     client.close(0u32.into(), b"done");
-    let usage = Usage::between(before, after, cpus);
-    let cpu_s_per_mb = usage
-        .user
-        .zip(usage.system)
-        .map(|(user, system)| (user + system).as_secs_f64() / (bytes as f64 / MB));
-    RawRun {
-        bytes,
-        usage,
-        cpu_s_per_mb,
-    }
+    RawRun::between(bytes, before, after, cpus)
 }
 
 // ---------------------------------------------------------------------------------------------

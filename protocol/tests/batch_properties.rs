@@ -148,11 +148,7 @@ proptest! {
         how in 0..5u8,
         byte in any::<u8>(),
     ) {
-        let withdrawals = if withdrawn {
-            vec![Withdrawal { key: RecordKey("W".into()), reason: WithdrawalReason::Error }]
-        } else {
-            vec![]
-        };
+        let withdrawals = withdrawal_if(withdrawn);
         let bytes = Batch::new(header(withdrawals), records).unwrap().encode().unwrap();
         let i = at.index(bytes.len());
         for bytes in [bytes.clone(), changed(&bytes, i, how, byte)] {
@@ -319,11 +315,7 @@ proptest! {
         how in 0..5u8,
         byte in any::<u8>(),
     ) {
-        let withdrawals = if withdrawn {
-            vec![Withdrawal { key: RecordKey("W".into()), reason: WithdrawalReason::Error }]
-        } else {
-            vec![]
-        };
+        let withdrawals = withdrawal_if(withdrawn);
         let batch = Batch::new(header(withdrawals), records).unwrap();
         let bytes = batch.encode().unwrap();
         let keys = |batch: &Batch| batch.records.iter().map(|r| r.key.clone()).collect::<Vec<_>>();
@@ -521,6 +513,18 @@ proptest! {
 /// What `Batch::decode` accepted before it read the records by hand: bincode's decoding of
 /// the whole batch, every byte used, at least one record or withdrawal, keys in strict order,
 /// and the bytes exactly the batch's encoding.
+/// One withdrawal if `withdrawn`, else none.
+fn withdrawal_if(withdrawn: bool) -> Vec<Withdrawal> {
+    if withdrawn {
+        vec![Withdrawal {
+            key: RecordKey("W".into()),
+            reason: WithdrawalReason::Error,
+        }]
+    } else {
+        vec![]
+    }
+}
+
 /// `bytes` changed at `i`: `byte` written there (`how` 0), inserted (1), the byte removed
 /// (2), a one-byte varint widened to three bytes (3), or the bytes cut short there.
 fn changed(bytes: &[u8], i: usize, how: u8, byte: u8) -> Vec<u8> {
