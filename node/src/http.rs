@@ -395,7 +395,7 @@ fn heat(node: &Node, query: &PageQuery) -> Result<Heat, RequestError> {
     let reporters: Vec<NodeId> = topology
         .reporters(schedule)
         .into_iter()
-        .filter(|r| topology.path_to_national(*r).contains(&node.me))
+        .filter(|r| topology.is_within(*r, node.me))
         .collect();
     let shown: Vec<NodeId> = reporters.iter().skip(offset).take(limit).copied().collect();
     let only: BTreeSet<NodeId> = shown.iter().copied().collect();

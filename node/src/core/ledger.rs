@@ -509,7 +509,7 @@ pub fn ledger_of<K: Kv>(
         let reporters = topology.reporters(schedule);
         for reporter in reporters {
             let allocation = schedule.allocation_of(reporter).map(Allocation::from);
-            if !topology.path_to_national(reporter).contains(&me)
+            if !topology.is_within(reporter, me)
                 || only.is_some_and(|only| !only.contains(&reporter))
             {
                 continue;

@@ -861,7 +861,7 @@ impl<K: Kv> Core<K> {
     /// The key pinned for `origin`, if `origin` is `via` itself or below it (a child may only
     /// send batches of its own subtree).
     fn origin_key(&self, via: NodeId, origin: NodeId) -> Option<PublicKey> {
-        if !self.topology.path_to_national(origin).contains(&via) {
+        if !self.topology.is_within(origin, via) {
             return None;
         }
         self.topology.node(origin).map(|n| n.public_key)
@@ -1507,7 +1507,7 @@ impl<K: Kv> Core<K> {
             && r.origin == origin
             && r.receiver != origin
             && matches!(r.verdict, Verdict::Accepted { .. })
-            && self.topology.path_to_national(origin).contains(&r.receiver)
+            && self.topology.is_within(origin, r.receiver)
             && keys::receipt_signed_validly(&self.topology, receipt, &*self.verifier)
     }
 
