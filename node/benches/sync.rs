@@ -769,6 +769,26 @@ impl FloorWork {
     }
 }
 
+/// Every record of a batch read in place (`Batch::read_each`), none built.
+fn read_in_place(bytes: &[u8]) {
+    black_box(Batch::read_each(bytes, |_, record| {
+        black_box(record);
+    }))
+    .expect("reads");
+}
+
+/// Every record of a batch read in place and checked there against its schema (looked up
+/// once): a receiver's verification of the records without building them.
+fn check_in_place(bytes: &[u8]) {
+    let registry = Registry::builtin();
+    let mut schema = None;
+    Batch::read_each(bytes, |header, record| {
+        let schema = schema.get_or_insert_with(|| registry.get(&header.category).expect("schema"));
+        assert!(schema.check_read(record, header.period).is_empty());
+    })
+    .expect("reads");
+}
+
 /// The floor's receiving end (1c): reads batch frames as a node does and does a step's work
 /// on each.
 struct FloorReceiver {
@@ -832,22 +852,8 @@ impl FloorReceiver {
             FloorWork::Keys => {
                 black_box(Batch::decode_keys(&batch.bytes).expect("keys"));
             }
-            FloorWork::InPlace => {
-                black_box(Batch::read_each(&batch.bytes, |_, record| {
-                    black_box(record);
-                }))
-                .expect("reads");
-            }
-            FloorWork::Checked => {
-                let registry = Registry::builtin();
-                let mut schema = None;
-                Batch::read_each(&batch.bytes, |header, record| {
-                    let schema = schema
-                        .get_or_insert_with(|| registry.get(&header.category).expect("schema"));
-                    assert!(schema.check_read(record, header.period).is_empty());
-                })
-                .expect("reads");
-            }
+            FloorWork::InPlace => read_in_place(&batch.bytes),
+            FloorWork::Checked => check_in_place(&batch.bytes),
             FloorWork::Decoded => {
                 black_box(decode_content(batch, Registry::builtin()).expect("verifies"));
             }
@@ -1298,21 +1304,10 @@ fn offline_costs(
             .collect::<Vec<_>>()
     });
     let read_in_place = median(OFFLINE_ITERS, || {
-        for b in batches {
-            black_box(Batch::read_each(&b.bytes, |_, record| {
-                black_box(record);
-            }))
-            .expect("reads");
-        }
+        batches.iter().for_each(|b| self::read_in_place(&b.bytes));
     });
     let checked_in_place = median(OFFLINE_ITERS, || {
-        for b in batches {
-            Batch::read_each(&b.bytes, |header, record| {
-                let schema = registry.get(&header.category).expect("schema");
-                assert!(schema.check_read(record, header.period).is_empty());
-            })
-            .expect("reads");
-        }
+        batches.iter().for_each(|b| check_in_place(&b.bytes));
     });
     let decoded: Vec<Batch> = batches
         .iter()
